@@ -1,0 +1,42 @@
+//! kiln-data: a user's records to training batches.
+//!
+//! read ([`Reader`]) → normalise ([`Record`]) → render with the model's chat template
+//! ([`ChatTemplate`], identical to transformers' `apply_chat_template`) → tokenize and label
+//! ([`Encoder`], completion-only labels from character offsets) → pack ([`pack`],
+//! [`GreedyPacker`]) or pad ([`Batch`]) → split and shuffle ([`train_val_split`],
+//! [`ShuffleBuffer`]). Plus a table → question/answer generator ([`qa`]) and a token/label
+//! pretty-printer ([`show_labels`]).
+//!
+//! It knows no model: it takes a [`tokenizers::Tokenizer`] and a template string and returns
+//! plain vectors.
+
+pub mod batch;
+pub mod encode;
+pub mod error;
+mod jsonfmt;
+pub mod pack;
+pub mod pretty;
+pub mod qa;
+pub mod reader;
+pub mod record;
+pub mod spans;
+pub mod split;
+pub mod stream;
+pub mod synthetic;
+pub mod template;
+mod timefmt;
+
+pub use batch::{Batch, Padding, length_grouped_batches};
+pub use encode::{
+    EncodeOptions, EncodeStats, Encoded, Encoder, Example, IGNORE_INDEX, LabelMode, Rendered,
+    Truncation,
+};
+pub use error::{DataError, Location, Result};
+pub use pack::{GreedyPacker, PackStrategy, PackedRow, pack};
+pub use pretty::{show_labels, show_trained_text};
+pub use qa::{QaOptions, Table, format_number};
+pub use reader::{BadRecords, FileKind, ReadReport, Reader, Source, count_lines, expand_paths};
+pub use record::{FieldMap, Format, Label, Message, Record, Role, parse_record};
+pub use split::{ShuffleBuffer, SplitSize, dedup_by_key, shuffled, train_val_split};
+pub use stream::PackedRows;
+pub use template::{ChatTemplate, TemplateSource, load_chat_template, template_from_config};

@@ -1,0 +1,181 @@
+//! Table → QA generator on the shipped census table: exact numbers, determinism, coverage.
+
+use std::path::PathBuf;
+
+use kiln_data::qa::{self, QaOptions, Table};
+use kiln_data::{DataError, Role, format_number};
+
+fn census() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../data/japan_census_prefectures.csv"
+    ))
+}
+
+#[test]
+fn loads_census_columns() {
+    let t = Table::from_csv(&census(), "prefecture").expect("table");
+    assert_eq!(t.keys.len(), 47);
+    let names: Vec<_> = t
+        .columns
+        .iter()
+        .map(|c| (c.measure.as_str(), c.year, c.unit.as_deref(), c.integer))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("area", None, Some("km²"), false),
+            ("population", Some(2015), None, true),
+            ("population", Some(2020), None, true)
+        ]
+    );
+    let total: f64 = t.columns[2].values.iter().sum();
+    assert_eq!(total, 126_146_099.0, "official 2020 total (data/README.md)");
+}
+
+#[test]
+fn numbers_are_formatted_consistently() {
+    assert_eq!(format_number(126_146_099.0, 0), "126,146,099");
+    assert_eq!(format_number(83_424.444, 2), "83,424.44");
+    assert_eq!(format_number(-1_234.5, 1), "-1,234.5");
+    assert_eq!(format_number(999.995, 0), "1,000");
+    assert_eq!(format_number(0.0, 2), "0.00");
+    assert_eq!(format_number(-0.04, 1), "0.0");
+}
+
+#[test]
+fn answers_are_exact_and_generation_is_deterministic() {
+    let t = Table::from_csv(&census(), "prefecture").expect("table");
+    let opts = QaOptions {
+        seed: 42,
+        count: 600,
+        system_prompt: Some("Answer from the census.".into()),
+        follow_up: 0.5,
+    };
+    let convs = qa::generate(&t, &opts);
+    assert_eq!(convs, qa::generate(&t, &opts), "same seed, same data");
+    assert_ne!(
+        convs,
+        qa::generate(
+            &t,
+            &QaOptions {
+                seed: 43,
+                ..opts.clone()
+            }
+        )
+    );
+    assert_eq!(convs.len(), 600);
+    let pop2020 = |k: &str| t.columns[2].values[t.keys.iter().position(|x| x == k).expect("key")];
+    let (mut lookups, mut follow_ups, mut kinds) = (0, 0, std::collections::BTreeSet::new());
+    for c in &convs {
+        assert_eq!(c[0].role, Role::System);
+        assert!(c.len() >= 3 && c.len() % 2 == 1);
+        for pair in c[1..].chunks(2) {
+            assert_eq!((pair[0].role, pair[1].role), (Role::User, Role::Assistant));
+            let (q, a) = (&pair[0].content, &pair[1].content);
+            for (needle, kind) in [
+                ("What was the population of", "lookup"),
+                ("Give the", "lookup"),
+                ("Tell me", "lookup"),
+                ("Which had the larger", "comparison"),
+                ("exceed that of", "difference"),
+                ("How many times larger", "ratio"),
+                ("By what percentage", "percent"),
+                ("grow or shrink", "trend"),
+                ("population density", "density"),
+                ("total", "sum"),
+                ("average", "mean"),
+                ("had the largest", "max"),
+                ("had the smallest", "min"),
+                ("rank by", "rank"),
+                ("List the", "top-k"),
+                ("And ", "follow-up"),
+            ] {
+                if q.contains(needle) {
+                    kinds.insert(kind);
+                }
+            }
+            if q.starts_with("And ") {
+                follow_ups += 1;
+            }
+            if let Some(rest) = a.strip_prefix("The population of ") {
+                if let Some((key, n)) = rest.split_once(" in 2020 was ") {
+                    assert_eq!(
+                        n,
+                        format!("{}.", format_number(pop2020(key), 0)),
+                        "{q} -> {a}"
+                    );
+                    lookups += 1;
+                }
+            }
+            if q == "What was the total population of all 47 prefectures in 2020?" {
+                assert_eq!(a, "The total was 126,146,099.");
+            }
+            if q == "Which prefecture had the largest population in 2020?" {
+                assert_eq!(a, "Tokyo, with 14,047,594.");
+            }
+            // Python: 14047594 / 2194.03 = 6402.644...
+            if q == "What was the population density of Tokyo in 2020?" {
+                assert_eq!(
+                    a,
+                    "6,402.6 people per km² (14,047,594 people on 2,194.03 km²)."
+                );
+            }
+        }
+    }
+    assert!(
+        lookups > 5 && follow_ups > 5,
+        "lookups {lookups}, follow-ups {follow_ups}"
+    );
+    assert_eq!(kinds.len(), 14, "every kind appears: {kinds:?}");
+}
+
+#[test]
+fn table_errors_name_file_and_column() {
+    let err = Table::from_csv(&census(), "city").expect_err("no such key");
+    assert!(
+        matches!(&err, DataError::Table { column, .. } if column == "city"),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("japan_census_prefectures.csv:1: column `city`"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = dir.path().join("t.csv");
+    std::fs::write(&p, "name,kind\na,x\nb,y\n").expect("write");
+    assert!(
+        Table::from_csv(&p, "name")
+            .expect_err("no numbers")
+            .to_string()
+            .contains("no numeric column")
+    );
+}
+
+#[test]
+fn writes_messages_jsonl_that_the_reader_reads_back() {
+    let t = Table::from_csv(&census(), "prefecture").expect("table");
+    let convs = qa::generate(
+        &t,
+        &QaOptions {
+            count: 20,
+            ..QaOptions::default()
+        },
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = dir.path().join("qa.jsonl");
+    qa::write_jsonl(&p, &convs).expect("write");
+    let (recs, _) = kiln_data::Reader::open(&[p.display().to_string()])
+        .expect("open")
+        .read_all()
+        .expect("read");
+    let back: Vec<_> = recs
+        .into_iter()
+        .map(|r| match r {
+            kiln_data::Record::Conversation(m) => m,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(back, convs);
+}

@@ -1,0 +1,265 @@
+//! Readers and record formats: every format, every bad-input case, the skip policy.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use kiln_data::{
+    BadRecords, DataError, FieldMap, Format, Label, Message, Reader, Record, Role, Source,
+};
+
+fn write(dir: &tempfile::TempDir, name: &str, content: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::File::create(&path)
+        .and_then(|mut f| f.write_all(content.as_bytes()))
+        .expect("write");
+    path
+}
+
+fn read(path: &PathBuf) -> kiln_data::Result<Vec<Record>> {
+    Reader::new(Source::from_paths(std::slice::from_ref(path))?)
+        .read_all()
+        .map(|(r, _)| r)
+}
+
+fn conv(list: &[(Role, &str)]) -> Record {
+    Record::Conversation(list.iter().map(|(r, c)| Message::new(*r, *c)).collect())
+}
+
+#[test]
+fn detects_every_format_in_jsonl() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = write(
+        &dir,
+        "mixed.jsonl",
+        r#"{"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}]}
+{"conversations": [{"from": "human", "value": "U"}, {"from": "gpt", "value": "A"}]}
+
+{"instruction": "I", "input": "X", "output": "O", "system": "S"}
+{"instruction": "I", "input": "", "output": "O"}
+{"prompt": "P", "completion": "C"}
+{"text": "T"}
+{"prompt": "P", "chosen": "C", "rejected": [{"role": "assistant", "content": "R"}]}
+{"text": "T", "label": 2}
+{"text": "T", "label": "pos"}
+"#,
+    );
+    let recs = read(&p).expect("read");
+    assert_eq!(
+        recs,
+        vec![
+            conv(&[
+                (Role::System, "S"),
+                (Role::User, "U"),
+                (Role::Assistant, "A")
+            ]),
+            conv(&[(Role::User, "U"), (Role::Assistant, "A")]),
+            conv(&[
+                (Role::System, "S"),
+                (Role::User, "I\n\nX"),
+                (Role::Assistant, "O")
+            ]),
+            conv(&[(Role::User, "I"), (Role::Assistant, "O")]),
+            Record::PromptCompletion {
+                prompt: "P".into(),
+                completion: "C".into()
+            },
+            Record::Text("T".into()),
+            Record::Preference {
+                prompt: vec![Message::new(Role::User, "P")],
+                chosen: vec![Message::new(Role::Assistant, "C")],
+                rejected: vec![Message::new(Role::Assistant, "R")],
+            },
+            Record::Classification {
+                text: "T".into(),
+                label: Label::Value(2.0)
+            },
+            Record::Classification {
+                text: "T".into(),
+                label: Label::Name("pos".into())
+            },
+        ]
+    );
+}
+
+#[test]
+fn json_array_csv_text_and_field_renames() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let arr = write(
+        &dir,
+        "a.json",
+        r#"[{"q": "U", "a": "A"}, {"q": "U2", "a": "A2"}]"#,
+    );
+    let fields = FieldMap::default()
+        .rename("prompt", "q")
+        .rename("completion", "a");
+    let (recs, report) = Reader::new(Source::from_paths(&[arr]).expect("src"))
+        .format(Format::PromptCompletion)
+        .fields(fields)
+        .read_all()
+        .expect("read");
+    assert_eq!(recs.len(), 2);
+    assert_eq!(report.read, 2);
+    let csv = write(&dir, "b.csv", "instruction,output\n\"Say, hi\",hi\n");
+    assert_eq!(
+        read(&csv).expect("csv"),
+        vec![conv(&[(Role::User, "Say, hi"), (Role::Assistant, "hi")])]
+    );
+    let txt = write(&dir, "c.txt", "line one\n\nline two\n");
+    assert_eq!(
+        read(&txt).expect("txt"),
+        vec![Record::Text("line one\n\nline two\n".into())]
+    );
+    let per_line = Source::with_kinds(vec![(txt, kiln_data::FileKind::Text { per_line: true })]);
+    let (recs, _) = Reader::new(per_line).read_all().expect("lines");
+    assert_eq!(
+        recs,
+        vec![
+            Record::Text("line one".into()),
+            Record::Text("line two".into())
+        ]
+    );
+}
+
+#[test]
+fn glob_reads_files_in_order_and_empty_glob_fails() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write(&dir, "2.jsonl", "{\"text\": \"b\"}\n");
+    write(&dir, "1.jsonl", "{\"text\": \"a\"}\n");
+    let pattern = format!("{}/*.jsonl", dir.path().display());
+    let (recs, _) = Reader::open(&[pattern])
+        .expect("open")
+        .read_all()
+        .expect("read");
+    assert_eq!(
+        recs,
+        vec![Record::Text("a".into()), Record::Text("b".into())]
+    );
+    let none = format!("{}/*.parquet", dir.path().display());
+    assert!(matches!(Reader::open(&[none]), Err(DataError::Glob { .. })));
+    let n = kiln_data::count_lines(&dir.path().join("1.jsonl"), kiln_data::FileKind::JsonLines)
+        .expect("count");
+    assert_eq!(n, Some(1));
+}
+
+fn first_error(content: &str) -> String {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = write(&dir, "bad.jsonl", content);
+    read(&p)
+        .expect_err("must fail")
+        .to_string()
+        .replace(&dir.path().display().to_string(), "DIR")
+}
+
+#[test]
+fn bad_records_name_file_line_and_field() {
+    assert!(
+        first_error("{\"text\": \"ok\"}\n{\"text\": \n")
+            .starts_with("DIR/bad.jsonl:2: malformed JSON")
+    );
+    assert_eq!(
+        first_error("{\"instruction\": \"I\", \"output\": 3}\n"),
+        "DIR/bad.jsonl:1: field `output`: expected a string"
+    );
+    assert_eq!(
+        first_error("{\"messages\": [{\"role\": \"user\"}]}\n"),
+        "DIR/bad.jsonl:1: field `messages[0].content`: expected a string"
+    );
+    assert_eq!(
+        first_error("{\"messages\": [{\"role\": \"narrator\", \"content\": \"x\"}]}\n"),
+        "DIR/bad.jsonl:1: field `messages[0].role`: expected system, user, assistant or tool (or ShareGPT's human/gpt)"
+    );
+    assert_eq!(
+        first_error("{\"messages\": []}\n"),
+        "DIR/bad.jsonl:1: field `messages`: empty conversation"
+    );
+    assert!(
+        first_error("{\"foo\": 1}\n")
+            .contains("DIR/bad.jsonl:1: cannot detect the record format from keys [foo]")
+    );
+    assert_eq!(
+        first_error("[1]\n"),
+        "DIR/bad.jsonl:1: field `<record>`: expected a JSON object"
+    );
+    assert!(
+        first_error("\n\n")
+            .starts_with("the dataset is empty after reading and filtering (no records")
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = write(&dir, "x.jsonl", "{\"prompt\": \"P\"}\n");
+    let err = Reader::new(Source::from_paths(&[p]).expect("src"))
+        .format(Format::PromptCompletion)
+        .read_all()
+        .expect_err("missing");
+    assert!(
+        err.to_string()
+            .ends_with("x.jsonl:1: missing field `prompt`")
+            || err
+                .to_string()
+                .ends_with("x.jsonl:1: missing field `completion`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn skip_policy_counts_and_reports_reasons() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = write(
+        &dir,
+        "s.jsonl",
+        "{\"text\": \"a\"}\nnot json\n{\"text\": 5}\n{\"text\": \"b\"}\n",
+    );
+    let (recs, report) = Reader::new(Source::from_paths(&[p.clone()]).expect("src"))
+        .policy(BadRecords::Skip)
+        .read_all()
+        .expect("read");
+    assert_eq!(
+        recs,
+        vec![Record::Text("a".into()), Record::Text("b".into())]
+    );
+    assert_eq!(
+        (report.read, report.skipped, report.reasons.len()),
+        (2, 2, 2)
+    );
+    assert!(
+        report.reasons[0].contains("s.jsonl:2: malformed JSON"),
+        "{:?}",
+        report.reasons
+    );
+    assert!(
+        report.reasons[1].contains("s.jsonl:3: field `text`"),
+        "{:?}",
+        report.reasons
+    );
+    let all_bad = write(&dir, "t.jsonl", "x\ny\n");
+    let err = Reader::new(Source::from_paths(&[all_bad]).expect("src"))
+        .policy(BadRecords::Skip)
+        .read_all()
+        .expect_err("empty");
+    assert!(err.to_string().contains("all 2 records skipped"), "{err}");
+    assert!("drop".parse::<BadRecords>().is_err());
+}
+
+#[test]
+fn malformed_json_array_and_csv_rows() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = write(&dir, "a.json", "{\"text\": \"not an array\"}");
+    assert!(
+        read(&p)
+            .expect_err("object")
+            .to_string()
+            .ends_with("a.json:1: malformed JSON: expected an array of records")
+    );
+    let p = write(&dir, "b.csv", "text\nok\n\"a\",\"extra\"\n");
+    let err = read(&p).expect_err("ragged");
+    assert!(err.to_string().contains("b.csv:3: malformed CSV"), "{err}");
+    let p = write(&dir, "c.parquet", "");
+    assert!(matches!(
+        read(&p),
+        Err(DataError::UnknownName {
+            what: "file extension",
+            ..
+        })
+    ));
+    let missing = dir.path().join("nope.jsonl");
+    assert!(matches!(read(&missing), Err(DataError::Io { .. })));
+}

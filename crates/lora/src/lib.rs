@@ -1,0 +1,31 @@
+//! kiln-lora: low-rank adapters for linear layers, with Hugging Face PEFT's maths, names and files.
+//!
+//! The crate knows no model. A model uses [`LoraLinear`] for every projection that adapters may
+//! target and implements [`AdapterTarget`] so that [`LoraModel`] can attach, switch, merge, save
+//! and load adapters by name. Without adapters a [`LoraLinear`] is a plain linear layer with a
+//! frozen weight.
+//!
+//! - [`LoraConfig`]: PEFT's `adapter_config.json` (`r`, `lora_alpha`, `target_modules`, rsLoRA,
+//!   DoRA, `init_lora_weights`, `bias`, `modules_to_save`, rank/alpha patterns).
+//! - [`LoraLinear`]: `y = x W + b + scale · (dropout(x) A) B` per active adapter; DoRA as PEFT.
+//! - [`LoraModel`]: adapters by name (add, activate, disable, delete, weighted combination,
+//!   hot swap, merge/unmerge, PEFT's trainable-parameter line) and PEFT's files.
+pub mod adapter;
+pub mod config;
+pub mod error;
+pub mod io;
+pub mod linear;
+pub mod model;
+pub mod pattern;
+mod svd;
+pub mod target;
+pub mod weighted;
+
+pub use adapter::{AdapterSpec, LoraAdapter};
+pub use config::{Bias, InitLoraWeights, LoraConfig, ModuleRank, TargetModules};
+pub use error::{LoraError, Result};
+pub use io::{CONFIG_FILE, HostTensor, WEIGHTS_FILE, read_safetensors, write_safetensors};
+pub use linear::LoraLinear;
+pub use model::{LoraModel, ParamCount};
+pub use target::{AdapterTarget, OtherParam, OtherParamMut};
+pub use weighted::Combination;

@@ -1,0 +1,363 @@
+//! A linear layer with a frozen base weight that holds low-rank adapters by name.
+//!
+//! The adapted forward is `y = x W + b + Σ_active scale · ((dropout(x) A) B)`: two thin GEMMs per
+//! adapter, never the `[in, out]` delta `A B`. burn's own `Module::apply_lora` reparameterises the
+//! weight as `W + scale · A B` and therefore materialises that full delta (and its gradient) on
+//! every forward: `in·out·r` extra FLOPs and an `[in, out]` temporary per call instead of
+//! `tokens·r·(in+out)`; `benches/lora_layer.rs` measures the difference.
+use burn::module::{Module, Param};
+use burn::tensor::Tensor;
+use burn::tensor::module::linear;
+
+use crate::adapter::{AdapterSpec, LoraAdapter, column_norm, dora_weight_norm, linear_nb};
+use crate::error::{LoraError, Result};
+
+/// A linear projection `y = x W + b` whose base weight is frozen, plus named adapters.
+///
+/// The weight is stored `[in, out]` (burn's layout, so the forward is one GEMM with no
+/// transpose); checkpoints in PyTorch layout `[out, in]` are transposed once when loading.
+#[derive(Module, Debug)]
+pub struct LoraLinear {
+    /// Base weight `[in, out]`, frozen.
+    pub weight: Param<Tensor<2>>,
+    /// Base bias `[out]`, frozen.
+    pub bias: Option<Param<Tensor<1>>>,
+    /// Adapters in the order they were added.
+    pub adapters: Vec<LoraAdapter>,
+    #[module(skip)]
+    state: LayerState,
+}
+
+/// Which adapters run and which are folded into the weight.
+#[derive(Debug, Clone, Default)]
+struct LayerState {
+    active: Vec<String>,
+    disabled: bool,
+    /// Merged adapters in merge order, with DoRA's weight norm at merge time.
+    merged: Vec<(String, Option<Tensor<1>>)>,
+}
+
+impl LoraLinear {
+    /// Wraps a base weight `[in, out]` and optional bias `[out]`; both are frozen.
+    pub fn new(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
+        Self {
+            weight: Param::from_tensor(weight).set_require_grad(false),
+            bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
+            adapters: Vec::new(),
+            state: LayerState::default(),
+        }
+    }
+
+    /// Input features.
+    pub fn d_in(&self) -> usize {
+        self.weight.shape().dims::<2>()[0]
+    }
+
+    /// Output features.
+    pub fn d_out(&self) -> usize {
+        self.weight.shape().dims::<2>()[1]
+    }
+
+    /// Applies the layer with its active adapters.
+    ///
+    /// # Shapes
+    /// - x: `[..., in]`
+    /// - output: `[..., out]`
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let bias = self.bias.as_ref().map(|b| b.val());
+        let running: Vec<&LoraAdapter> = if self.state.disabled || !self.state.merged.is_empty() {
+            Vec::new()
+        } else {
+            self.state
+                .active
+                .iter()
+                .filter_map(|n| self.adapter(n))
+                .collect()
+        };
+        if running.is_empty() {
+            return linear(x, self.weight.val(), bias);
+        }
+        let mut result = linear(x.clone(), self.weight.val(), bias.clone());
+        for adapter in running {
+            let dx = adapter.dropout.forward(x.clone());
+            result = match &adapter.magnitude {
+                None => result + adapter.lora_path(dx),
+                Some(mag) => self.dora_forward(adapter, mag.val(), &x, dx, result, bias.clone()),
+            };
+        }
+        result
+    }
+
+    /// PEFT's `DoraLinearVariant.forward` + `DoraLinearLayer.forward`:
+    /// `result + (m/‖W + sBA‖ - 1) · base + m/‖W + sBA‖ · s·B A x`, the norm detached, where
+    /// `base` is the running result without bias (or `dropout(x) W` when dropout is active).
+    fn dora_forward<const D: usize>(
+        &self,
+        adapter: &LoraAdapter,
+        magnitude: Tensor<1>,
+        x: &Tensor<D>,
+        dx: Tensor<D>,
+        result: Tensor<D>,
+        bias: Option<Tensor<1>>,
+    ) -> Tensor<D> {
+        let weight = self.weight.val();
+        let norm = dora_weight_norm(&weight, &adapter.lora_a.val(), &adapter.lora_b.val(), adapter.scale);
+        let out = self.d_out();
+        let mut dims = [1usize; D];
+        dims[D - 1] = out;
+        let factor = (magnitude / norm).reshape(dims); // [1, .., out]
+        let dropout_ran = adapter.dropout.prob > 0.0 && x.device().is_autodiff();
+        let base = if dropout_ran {
+            linear_nb(dx.clone(), weight)
+        } else {
+            match bias {
+                Some(b) => result.clone() - b.reshape(dims),
+                None => result.clone(),
+            }
+        };
+        let lora = adapter.lora_path(dx);
+        result + (factor.clone() - 1.0) * base + factor * lora
+    }
+
+    /// The adapter called `name`.
+    pub fn adapter(&self, name: &str) -> Option<&LoraAdapter> {
+        self.adapters.iter().find(|a| a.name == name)
+    }
+
+    /// The adapter called `name`, mutably.
+    pub fn adapter_mut(&mut self, name: &str) -> Option<&mut LoraAdapter> {
+        self.adapters.iter_mut().find(|a| a.name == name)
+    }
+
+    /// Adds a freshly initialised adapter (inactive until [`set_active`](Self::set_active)).
+    /// PiSSA replaces the base weight with its residual.
+    pub fn add_adapter(&mut self, name: &str, spec: &AdapterSpec) -> Result<()> {
+        if self.adapter(name).is_some() {
+            return Err(LoraError::DuplicateAdapter(name.into()));
+        }
+        self.require_unmerged("add an adapter")?;
+        let (adapter, residual) = LoraAdapter::init(name, spec, &self.weight.val())?;
+        if let Some(res) = residual {
+            replace_value(&mut self.weight, res);
+        }
+        self.adapters.push(adapter);
+        Ok(())
+    }
+
+    /// Adds an adapter built elsewhere (loaded from a file, combined), checking its shapes.
+    /// `key` names the adapter's tensors in errors.
+    pub fn insert_adapter(&mut self, adapter: LoraAdapter, key: &str) -> Result<()> {
+        if self.adapter(&adapter.name).is_some() {
+            return Err(LoraError::DuplicateAdapter(adapter.name.clone()));
+        }
+        self.check_shapes(&adapter, key)?;
+        self.adapters.push(adapter);
+        Ok(())
+    }
+
+    /// Replaces the weights of adapter `name` by those of `new` (same shapes), keeping the
+    /// parameter ids so that an optimizer's state stays attached; the model is not rebuilt.
+    pub fn swap_adapter_weights(&mut self, name: &str, new: LoraAdapter, key: &str) -> Result<()> {
+        self.require_unmerged("hot-swap an adapter")?;
+        self.check_shapes(&new, key)?;
+        let slot = self
+            .adapter_mut(name)
+            .ok_or_else(|| LoraError::UnknownAdapter(name.into()))?;
+        if slot.is_dora() != new.is_dora() {
+            return Err(LoraError::UnexpectedKey {
+                key: format!("{key}.lora_magnitude_vector"),
+                reason: "DoRA and plain LoRA adapters cannot be swapped for each other".into(),
+            });
+        }
+        replace_value(&mut slot.lora_a, new.lora_a.val());
+        replace_value(&mut slot.lora_b, new.lora_b.val());
+        if let (Some(m), Some(n)) = (slot.magnitude.as_mut(), new.magnitude) {
+            replace_value(m, n.val());
+        }
+        slot.alpha = new.alpha;
+        slot.scale = new.scale;
+        Ok(())
+    }
+
+    fn check_shapes(&self, adapter: &LoraAdapter, key: &str) -> Result<()> {
+        let (d_in, d_out) = (self.d_in(), self.d_out());
+        let r = adapter.lora_a.shape().dims::<2>()[1];
+        // Errors use PEFT's layouts: lora_A.weight [r, in], lora_B.weight [out, r].
+        let a = adapter.lora_a.shape().dims::<2>();
+        if a[0] != d_in {
+            return Err(shape_err(format!("{key}.lora_A.weight"), [r, d_in], [a[1], a[0]]));
+        }
+        let b = adapter.lora_b.shape().dims::<2>();
+        if b != [r, d_out] {
+            return Err(shape_err(format!("{key}.lora_B.weight"), [d_out, r], [b[1], b[0]]));
+        }
+        if let Some(m) = &adapter.magnitude {
+            let m = m.shape().dims::<1>();
+            if m != [d_out] {
+                return Err(LoraError::Shape {
+                    key: format!("{key}.lora_magnitude_vector"),
+                    expected: vec![d_out],
+                    found: m.to_vec(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes adapter `name`. Merged adapters must be unmerged first.
+    pub fn delete_adapter(&mut self, name: &str) -> Result<LoraAdapter> {
+        if self.state.merged.iter().any(|(n, _)| n == name) {
+            return Err(LoraError::State(format!(
+                "adapter `{name}` is merged; unmerge before deleting it"
+            )));
+        }
+        let i = self
+            .adapters
+            .iter()
+            .position(|a| a.name == name)
+            .ok_or_else(|| LoraError::UnknownAdapter(name.into()))?;
+        self.state.active.retain(|n| n != name);
+        Ok(self.adapters.remove(i))
+    }
+
+    /// Makes exactly `names` active (in that order) and trainable; the others are frozen.
+    /// Names this layer does not hold are ignored (an adapter need not target every layer).
+    pub fn set_active(&mut self, names: &[String]) {
+        self.state.active = names
+            .iter()
+            .filter(|n| self.adapter(n).is_some())
+            .cloned()
+            .collect();
+        let active = self.state.active.clone();
+        self.adapters = std::mem::take(&mut self.adapters)
+            .into_iter()
+            .map(|a| {
+                let on = active.contains(&a.name);
+                a.set_trainable(on)
+            })
+            .collect();
+    }
+
+    /// Names of the active adapters this layer holds.
+    pub fn active_adapters(&self) -> &[String] {
+        &self.state.active
+    }
+
+    /// Runs the base layer only (`true`) or the active adapters again (`false`).
+    /// Disabling unmerges first, as PEFT's forward does.
+    pub fn set_disabled(&mut self, disabled: bool) {
+        if disabled {
+            self.unmerge();
+        }
+        self.state.disabled = disabled;
+    }
+
+    /// Whether adapters are disabled.
+    pub fn is_disabled(&self) -> bool {
+        self.state.disabled
+    }
+
+    /// Names of the adapters folded into the weight, in merge order.
+    pub fn merged_adapters(&self) -> Vec<String> {
+        self.state.merged.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    fn require_unmerged(&self, what: &str) -> Result<()> {
+        if self.state.merged.is_empty() {
+            Ok(())
+        } else {
+            Err(LoraError::State(format!("cannot {what} while adapters are merged; unmerge first")))
+        }
+    }
+
+    /// Folds adapters into the base weight: `names`, or the active ones when `None`.
+    /// Already merged adapters are skipped. DoRA: `W ← m/‖W₀ + sBA‖ · (W + sBA)` with `W₀` the
+    /// weight without any merged adapter, as PEFT.
+    pub fn merge(&mut self, names: Option<&[String]>) -> Result<()> {
+        let names: Vec<String> = names.map(<[String]>::to_vec).unwrap_or_else(|| self.state.active.clone());
+        for name in names {
+            if self.state.merged.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            let adapter = self
+                .adapter(&name)
+                .ok_or_else(|| LoraError::UnknownAdapter(name.clone()))?;
+            let delta = adapter.delta_weight().detach();
+            let w = self.weight.val().detach();
+            let (new, norm) = match &adapter.magnitude {
+                None => (w + delta, None),
+                Some(m) => {
+                    let base = self.unmerged_weight();
+                    let norm = column_norm(base + delta.clone());
+                    let factor = (m.val().detach() / norm.clone()).unsqueeze_dim::<2>(0); // [1, out]
+                    ((w + delta) * factor, Some(norm))
+                }
+            };
+            replace_value(&mut self.weight, new);
+            self.state.merged.push((name, norm));
+        }
+        Ok(())
+    }
+
+    /// Restores the base weight by undoing merged adapters in reverse order.
+    pub fn unmerge(&mut self) {
+        while let Some((name, norm)) = self.state.merged.pop() {
+            let w = self.weight.val().detach();
+            let Some(adapter) = self.adapter(&name) else {
+                continue;
+            };
+            let delta = adapter.delta_weight().detach();
+            let new = match (&adapter.magnitude, norm) {
+                (Some(m), Some(norm)) => {
+                    let factor = (m.val().detach() / norm).unsqueeze_dim::<2>(0);
+                    w / factor - delta
+                }
+                _ => w - delta,
+            };
+            replace_value(&mut self.weight, new);
+        }
+    }
+
+    /// The weight with every merged adapter undone (without changing the layer).
+    fn unmerged_weight(&self) -> Tensor<2> {
+        let mut w = self.weight.val().detach();
+        for (name, norm) in self.state.merged.iter().rev() {
+            if let Some(adapter) = self.adapter(name) {
+                let delta = adapter.delta_weight().detach();
+                w = match (&adapter.magnitude, norm) {
+                    (Some(m), Some(norm)) => {
+                        w / (m.val().detach() / norm.clone()).unsqueeze_dim::<2>(0) - delta
+                    }
+                    _ => w - delta,
+                };
+            }
+        }
+        w
+    }
+
+    /// Lets the base weight (and bias) train in full, for `modules_to_save`.
+    pub fn set_base_trainable(&mut self, trainable: bool) {
+        self.weight = self.weight.clone().set_require_grad(trainable);
+        self.set_bias_trainable(trainable);
+    }
+
+    /// Lets the base bias train (PEFT `bias = "all" | "lora_only"`).
+    pub fn set_bias_trainable(&mut self, trainable: bool) {
+        self.bias = self.bias.take().map(|b| b.set_require_grad(trainable));
+    }
+}
+
+fn shape_err(key: String, expected: [usize; 2], found: [usize; 2]) -> LoraError {
+    LoraError::Shape {
+        key,
+        expected: expected.to_vec(),
+        found: found.to_vec(),
+    }
+}
+
+/// Replaces a parameter's value, keeping its id and whether it trains.
+pub(crate) fn replace_value<const D: usize>(p: &mut Param<Tensor<D>>, value: Tensor<D>) {
+    let trainable = p.is_require_grad();
+    let value = value.detach();
+    *p = p.clone().map(|_| if trainable { value.require_grad() } else { value });
+}

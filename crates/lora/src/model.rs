@@ -1,0 +1,357 @@
+//! `LoraModel`: a model plus its adapters by name, PEFT's `PeftModel` for LoRA.
+use burn::module::Module;
+
+use crate::adapter::AdapterSpec;
+use crate::config::{Bias, LoraConfig};
+use crate::error::{LoraError, Result};
+use crate::pattern::TargetMatcher;
+use crate::target::{AdapterTarget, OtherParam, OtherParamMut};
+
+/// A model with named LoRA adapters.
+///
+/// It stays a burn [`Module`]: pass it (or `.model`) to a burn optimizer such as
+/// `burn::optim::AdamWConfig::new().init()` and only the active adapters (plus `modules_to_save`
+/// and trained biases) receive gradients; every base parameter is frozen (`require_grad = false`),
+/// so autodiff neither computes nor keeps a gradient for it and the optimizer never updates it.
+#[derive(Module, Debug)]
+pub struct LoraModel<M: Module> {
+    /// The wrapped model; call its forward directly.
+    pub model: M,
+    #[module(skip)]
+    registry: Registry,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Registry {
+    configs: Vec<(String, LoraConfig)>,
+    active: Vec<String>,
+    disabled: bool,
+}
+
+/// Trainable and total parameter counts (PEFT's `get_nb_trainable_parameters`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamCount {
+    /// Parameters the optimizer updates.
+    pub trainable: usize,
+    /// All parameters of the model, adapters included.
+    pub all: usize,
+}
+
+impl std::fmt::Display for ParamCount {
+    /// PEFT's `print_trainable_parameters` line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pct = if self.all == 0 {
+            0.0
+        } else {
+            100.0 * self.trainable as f64 / self.all as f64
+        };
+        write!(
+            f,
+            "trainable params: {} || all params: {} || trainable%: {pct:.4}",
+            thousands(self.trainable),
+            thousands(self.all)
+        )
+    }
+}
+
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl<M: Module + AdapterTarget> LoraModel<M> {
+    /// Wraps `model` and freezes every one of its parameters (PEFT freezes the base model).
+    pub fn new(model: M) -> Self {
+        Self {
+            model: model.set_require_grad(false),
+            registry: Registry::default(),
+        }
+    }
+
+    /// Wraps `model` and adds adapter `name` from `config`, active (PEFT's `get_peft_model`).
+    pub fn with_adapter(model: M, name: &str, config: LoraConfig) -> Result<Self> {
+        let mut this = Self::new(model);
+        this.add_adapter(name, config)?;
+        Ok(this)
+    }
+
+    /// The wrapped model.
+    pub fn into_inner(self) -> M {
+        self.model
+    }
+
+    /// Adds a freshly initialised adapter to every layer `config` targets. The first adapter
+    /// becomes active; later ones stay inactive until [`set_active`](Self::set_active).
+    pub fn add_adapter(&mut self, name: &str, config: LoraConfig) -> Result<()> {
+        self.create_adapter(name, config, true)
+    }
+
+    /// Shared by `add_adapter` (fresh weights) and loading (`init = false`: zero-init factors
+    /// that the caller overwrites).
+    pub(crate) fn create_adapter(&mut self, name: &str, config: LoraConfig, init: bool) -> Result<()> {
+        config.validate()?;
+        if self.config(name).is_some() {
+            return Err(LoraError::DuplicateAdapter(name.into()));
+        }
+        let matcher = TargetMatcher::new(&config)?;
+        let output = self.model.output_layer().map(str::to_string);
+        let mut result = Ok(());
+        let mut targeted = 0usize;
+        self.model.visit_linears_mut(&mut |path, layer| {
+            if result.is_err() || !matcher.is_target(path, output.as_deref() == Some(path)) {
+                return;
+            }
+            let rank = config.module_rank(path);
+            let mut spec = AdapterSpec {
+                r: rank.r,
+                alpha: rank.alpha,
+                scale: rank.scale,
+                dropout: config.lora_dropout,
+                init: config.init_lora_weights.clone(),
+                use_dora: config.use_dora,
+            };
+            if !init {
+                spec.init = crate::config::InitLoraWeights::Gaussian;
+            }
+            targeted += 1;
+            result = layer.add_adapter(name, &spec);
+        });
+        result?;
+        if targeted == 0 {
+            return Err(LoraError::NoTarget {
+                adapter: name.into(),
+                targets: format!("{:?}", config.target_modules),
+            });
+        }
+        self.check_modules_to_save(name, &config, &matcher)?;
+        self.registry.configs.push((name.to_string(), config));
+        if self.registry.active.is_empty() {
+            self.registry.active.push(name.to_string());
+        }
+        self.apply_active();
+        Ok(())
+    }
+
+    fn check_modules_to_save(&self, name: &str, config: &LoraConfig, m: &TargetMatcher) -> Result<()> {
+        for module in config.modules_to_save.iter().flatten() {
+            let one = LoraConfig {
+                modules_to_save: Some(vec![module.clone()]),
+                ..LoraConfig::default()
+            };
+            let single = TargetMatcher::new(&one)?;
+            let mut found = false;
+            self.model
+                .visit_linears(&mut |p, _| found |= single.is_module_to_save(p));
+            self.model
+                .visit_other_params(&mut |p, _, _| found |= single.is_module_to_save(p));
+            if !found {
+                return Err(LoraError::NoModuleToSave {
+                    adapter: name.into(),
+                    module: module.clone(),
+                });
+            }
+        }
+        let _ = m;
+        Ok(())
+    }
+
+    /// The config of adapter `name`.
+    pub fn config(&self, name: &str) -> Option<&LoraConfig> {
+        self.registry
+            .configs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c)
+    }
+
+    /// Names of all adapters, in the order they were added.
+    pub fn adapter_names(&self) -> Vec<String> {
+        self.registry.configs.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Names of the active adapters.
+    pub fn active_adapters(&self) -> &[String] {
+        &self.registry.active
+    }
+
+    /// Makes `names` the active adapters (one or several; their outputs add up). Only active
+    /// adapters train.
+    pub fn set_active(&mut self, names: &[&str]) -> Result<()> {
+        for n in names {
+            if self.config(n).is_none() {
+                return Err(LoraError::UnknownAdapter(n.to_string()));
+            }
+        }
+        self.registry.active = names.iter().map(|s| s.to_string()).collect();
+        self.apply_active();
+        Ok(())
+    }
+
+    /// Runs the base model only (unmerging merged adapters first), until
+    /// [`enable_adapters`](Self::enable_adapters).
+    pub fn disable_adapters(&mut self) {
+        self.registry.disabled = true;
+        self.model.visit_linears_mut(&mut |_, l| l.set_disabled(true));
+    }
+
+    /// Runs the active adapters again.
+    pub fn enable_adapters(&mut self) {
+        self.registry.disabled = false;
+        self.model.visit_linears_mut(&mut |_, l| l.set_disabled(false));
+    }
+
+    /// Removes adapter `name` from every layer.
+    pub fn delete_adapter(&mut self, name: &str) -> Result<()> {
+        if self.config(name).is_none() {
+            return Err(LoraError::UnknownAdapter(name.into()));
+        }
+        let mut result = Ok(());
+        self.model.visit_linears_mut(&mut |_, l| {
+            if result.is_ok() && l.adapter(name).is_some() {
+                result = l.delete_adapter(name).map(|_| ());
+            }
+        });
+        result?;
+        self.registry.configs.retain(|(n, _)| n != name);
+        self.registry.active.retain(|n| n != name);
+        self.apply_active();
+        Ok(())
+    }
+
+    /// Folds the active adapters into the base weights (PEFT `merge_adapter`).
+    pub fn merge(&mut self) -> Result<()> {
+        let active = self.registry.active.clone();
+        let mut result = Ok(());
+        self.model.visit_linears_mut(&mut |_, l| {
+            if result.is_ok() {
+                let names: Vec<String> = active.iter().filter(|n| l.adapter(n).is_some()).cloned().collect();
+                result = l.merge(Some(&names));
+            }
+        });
+        result
+    }
+
+    /// Restores the base weights (PEFT `unmerge_adapter`).
+    pub fn unmerge(&mut self) {
+        self.model.visit_linears_mut(&mut |_, l| l.unmerge());
+    }
+
+    /// Trainable and total parameter counts, as PEFT counts them.
+    ///
+    /// `all` counts every parameter of the model once. PEFT keeps a trainable *copy* of each
+    /// `modules_to_save` module and counts it too; kiln trains the module in place, so with
+    /// `modules_to_save` kiln's `all` is smaller than PEFT's by the size of those modules.
+    pub fn param_count(&self) -> ParamCount {
+        let plan = self.plan();
+        let mut trainable = 0usize;
+        self.model.visit_linears(&mut |path, l| {
+            let mut adapted = false;
+            for a in &l.adapters {
+                if l.active_adapters().contains(&a.name) {
+                    trainable += a.num_params();
+                    adapted = true;
+                }
+            }
+            let bias = l.bias.as_ref().map_or(0, |b| b.dims()[0]);
+            if plan.module_to_save(path) {
+                trainable += l.d_in() * l.d_out() + bias;
+            } else if plan.bias_trains(adapted) {
+                trainable += bias;
+            }
+        });
+        self.model.visit_other_params(&mut |path, param, p| {
+            if plan.module_to_save(path) || (param == "bias" && plan.bias_trains(false)) {
+                trainable += p.dims().iter().product::<usize>();
+            }
+            let _ = OtherParam::dims;
+        });
+        ParamCount {
+            trainable,
+            all: self.model.num_params(),
+        }
+    }
+
+    /// PEFT's `print_trainable_parameters` line, e.g.
+    /// `trainable params: 4,884,480 || all params: 139,399,488 || trainable%: 3.5040`.
+    pub fn trainable_parameters_report(&self) -> String {
+        self.param_count().to_string()
+    }
+
+    /// Applies the active set and what trains to every layer.
+    pub(crate) fn apply_active(&mut self) {
+        let plan = self.plan();
+        let active = self.registry.active.clone();
+        let disabled = self.registry.disabled;
+        self.model.visit_linears_mut(&mut |path, l| {
+            l.set_active(&active);
+            l.set_disabled(disabled);
+            let adapted = !l.active_adapters().is_empty();
+            if plan.module_to_save(path) {
+                l.set_base_trainable(true);
+            } else {
+                l.set_base_trainable(false);
+                l.set_bias_trainable(plan.bias_trains(adapted));
+            }
+        });
+        self.model.visit_other_params_mut(&mut |path, param, p| {
+            let on = plan.module_to_save(path) || (param == "bias" && plan.bias_trains(false));
+            match p {
+                OtherParamMut::Vector(p) => *p = p.clone().set_require_grad(on),
+                OtherParamMut::Matrix(p) => *p = p.clone().set_require_grad(on),
+            }
+        });
+    }
+
+    fn plan(&self) -> Plan {
+        let mut plan = Plan::default();
+        for name in &self.registry.active {
+            if let Some(c) = self.config(name) {
+                if let Ok(m) = TargetMatcher::new(c) {
+                    plan.saves.push(m);
+                }
+                plan.bias = match (plan.bias, c.bias) {
+                    (Bias::All, _) | (_, Bias::All) => Bias::All,
+                    (Bias::LoraOnly, _) | (_, Bias::LoraOnly) => Bias::LoraOnly,
+                    _ => Bias::None,
+                };
+            }
+        }
+        plan
+    }
+
+    pub(crate) fn configs(&self) -> &[(String, LoraConfig)] {
+        &self.registry.configs
+    }
+
+    pub(crate) fn push_config(&mut self, name: &str, config: LoraConfig) {
+        self.registry.configs.push((name.to_string(), config));
+    }
+}
+
+/// What trains under the active adapters' configs.
+#[derive(Default)]
+struct Plan {
+    saves: Vec<TargetMatcher>,
+    bias: Bias,
+}
+
+impl Plan {
+    fn module_to_save(&self, path: &str) -> bool {
+        self.saves.iter().any(|m| m.is_module_to_save(path))
+    }
+
+    fn bias_trains(&self, adapted: bool) -> bool {
+        match self.bias {
+            Bias::None => false,
+            Bias::All => true,
+            Bias::LoraOnly => adapted,
+        }
+    }
+}

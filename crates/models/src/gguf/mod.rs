@@ -1,0 +1,27 @@
+//! GGUF checkpoints (llama.cpp's format): a memory-mapped reader, dequantisation to f32, and the
+//! translation of a file into what the rest of kiln expects: Hugging Face tensor names and
+//! PyTorch shapes ([`GgufWeights`]), a `config.json` equivalent ([`hf_config_from_gguf`]), the
+//! tokenizer ([`tokenizer_from_gguf`]) and the chat template ([`chat_template`]).
+//!
+//! Every derivation follows what transformers does when it loads the same file with
+//! `from_pretrained(dir, gguf_file=...)` (`modeling_gguf_pytorch_utils.py`,
+//! `integrations/ggml.py`, `integrations/gguf/gguf_tokenizer_mapping.py`), so that kiln and
+//! transformers see the same weights, config and token ids.
+//! Format reference: <https://github.com/ggml-org/ggml/blob/master/docs/gguf.md>.
+mod config;
+mod dequant;
+mod file;
+pub mod names;
+mod reader;
+mod tokenizer;
+mod types;
+mod value;
+mod weights;
+
+pub use config::{GgufArch, chat_template, hf_config_from_gguf};
+pub use file::GgufFile;
+pub use reader::TensorInfo;
+pub use tokenizer::{GgufTokenizerKind, tokenizer_from_gguf};
+pub use types::GgmlType;
+pub use value::{FromGguf, GgufValue};
+pub use weights::GgufWeights;

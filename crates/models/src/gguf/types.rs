@@ -1,0 +1,175 @@
+//! ggml tensor types: their ids in a GGUF file, block sizes and byte sizes.
+//!
+//! The table follows `GGML_QUANT_SIZES` of gguf-py and `ggml_type` of ggml.h.
+
+/// A ggml tensor type, as stored in a GGUF tensor info.
+///
+/// Every type known to ggml is listed so that the reader can compute each tensor's byte size and
+/// check its bounds; only some of them can be dequantised (see [`GgmlType::is_dequantizable`]).
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q8_1,
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+    Q8_K,
+    IQ2_XXS,
+    IQ2_XS,
+    IQ3_XXS,
+    IQ1_S,
+    IQ4_NL,
+    IQ3_S,
+    IQ2_S,
+    IQ4_XS,
+    I8,
+    I16,
+    I32,
+    I64,
+    F64,
+    IQ1_M,
+    BF16,
+    TQ1_0,
+    TQ2_0,
+    MXFP4,
+    NVFP4,
+    Q1_0,
+}
+
+/// Elements per super-block of the k-quants.
+pub(crate) const QK_K: usize = 256;
+
+impl GgmlType {
+    /// The type with ggml id `id`, if ggml defines one.
+    pub fn from_id(id: u32) -> Option<Self> {
+        use GgmlType::*;
+        Some(match id {
+            0 => F32,
+            1 => F16,
+            2 => Q4_0,
+            3 => Q4_1,
+            6 => Q5_0,
+            7 => Q5_1,
+            8 => Q8_0,
+            9 => Q8_1,
+            10 => Q2_K,
+            11 => Q3_K,
+            12 => Q4_K,
+            13 => Q5_K,
+            14 => Q6_K,
+            15 => Q8_K,
+            16 => IQ2_XXS,
+            17 => IQ2_XS,
+            18 => IQ3_XXS,
+            19 => IQ1_S,
+            20 => IQ4_NL,
+            21 => IQ3_S,
+            22 => IQ2_S,
+            23 => IQ4_XS,
+            24 => I8,
+            25 => I16,
+            26 => I32,
+            27 => I64,
+            28 => F64,
+            29 => IQ1_M,
+            30 => BF16,
+            34 => TQ1_0,
+            35 => TQ2_0,
+            39 => MXFP4,
+            40 => NVFP4,
+            41 => Q1_0,
+            _ => return None,
+        })
+    }
+
+    /// `(elements per block, bytes per block)`.
+    pub fn block_layout(self) -> (usize, usize) {
+        use GgmlType::*;
+        match self {
+            F32 => (1, 4),
+            F16 => (1, 2),
+            Q4_0 => (32, 2 + 16),
+            Q4_1 => (32, 2 + 2 + 16),
+            Q5_0 => (32, 2 + 4 + 16),
+            Q5_1 => (32, 2 + 2 + 4 + 16),
+            Q8_0 => (32, 2 + 32),
+            Q8_1 => (32, 4 + 4 + 32),
+            Q2_K => (QK_K, 2 + 2 + QK_K / 16 + QK_K / 4),
+            Q3_K => (QK_K, 2 + QK_K / 4 + QK_K / 8 + 12),
+            Q4_K => (QK_K, 2 + 2 + QK_K / 2 + 12),
+            Q5_K => (QK_K, 2 + 2 + QK_K / 2 + QK_K / 8 + 12),
+            Q6_K => (QK_K, 2 + QK_K / 2 + QK_K / 4 + QK_K / 16),
+            Q8_K => (QK_K, 4 + QK_K + QK_K / 8),
+            IQ2_XXS => (QK_K, 2 + QK_K / 4),
+            IQ2_XS => (QK_K, 2 + QK_K / 4 + QK_K / 32),
+            IQ3_XXS => (QK_K, 2 + QK_K / 4 + QK_K / 8),
+            IQ1_S => (QK_K, 2 + QK_K / 8 + QK_K / 16),
+            IQ4_NL => (32, 2 + 16),
+            IQ3_S => (QK_K, 2 + QK_K / 4 + QK_K / 8 + QK_K / 32 + 4),
+            IQ2_S => (QK_K, 2 + QK_K / 4 + QK_K / 16),
+            IQ4_XS => (QK_K, 2 + 2 + QK_K / 2 + QK_K / 64),
+            I8 => (1, 1),
+            I16 => (1, 2),
+            I32 => (1, 4),
+            I64 => (1, 8),
+            F64 => (1, 8),
+            IQ1_M => (QK_K, QK_K / 8 + QK_K / 16 + QK_K / 32),
+            BF16 => (1, 2),
+            TQ1_0 => (QK_K, 2 + 4 * 13),
+            TQ2_0 => (QK_K, 2 + 64),
+            MXFP4 => (32, 1 + 16),
+            NVFP4 => (64, 4 + 32),
+            Q1_0 => (128, 2 + 16),
+        }
+    }
+
+    /// Whether kiln can dequantise this type to f32.
+    pub fn is_dequantizable(self) -> bool {
+        use GgmlType::*;
+        matches!(
+            self,
+            F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q4_K | Q5_K | Q6_K
+        )
+    }
+
+    /// The name ggml gives the type (`Q4_K`, `BF16`...).
+    pub fn name(self) -> String {
+        format!("{self:?}")
+    }
+}
+
+impl std::fmt::Display for GgmlType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_sizes_match_ggml() {
+        assert_eq!(GgmlType::from_id(3), Some(GgmlType::Q4_1));
+        assert_eq!(
+            GgmlType::from_id(4),
+            None,
+            "id 4 (Q4_2) was removed from ggml"
+        );
+        assert_eq!(GgmlType::Q4_K.block_layout(), (256, 144));
+        assert_eq!(GgmlType::Q5_K.block_layout(), (256, 176));
+        assert_eq!(GgmlType::Q6_K.block_layout(), (256, 210));
+        assert_eq!(GgmlType::Q8_0.block_layout(), (32, 34));
+        assert!(!GgmlType::Q2_K.is_dequantizable());
+        assert_eq!(GgmlType::IQ4_XS.to_string(), "IQ4_XS");
+    }
+}

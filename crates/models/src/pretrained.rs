@@ -1,0 +1,126 @@
+//! Loading a whole pretrained model, tokenizer and chat template from a Hugging Face directory
+//! or a GGUF file.
+use crate::config::{DecoderConfig, HfConfig};
+use crate::decoder::CausalLm;
+use crate::error::{ModelError, Result};
+use crate::gguf::{GgufFile, GgufWeights};
+use crate::load::build_causal_lm;
+use crate::safetensors_source::SafetensorsWeights;
+use crate::tokenizer::{TokenizerExtras, load_extras, load_tokenizer};
+use burn::tensor::Device;
+use std::path::{Path, PathBuf};
+use tokenizers::Tokenizer;
+
+/// A model with everything needed to talk to it.
+#[derive(Debug)]
+pub struct Pretrained {
+    pub model: CausalLm,
+    pub tokenizer: Tokenizer,
+    /// Chat template and special token strings.
+    pub extras: TokenizerExtras,
+    /// The directory or GGUF file it was loaded from.
+    pub source: PathBuf,
+}
+
+impl Pretrained {
+    /// Loads `path`: a directory with `config.json`, safetensors and `tokenizer.json`, or a
+    /// `.gguf` file.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        if !path.exists() {
+            return Err(ModelError::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "model path does not exist"),
+            ));
+        }
+        let loaded = if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            Self::load_gguf(path, device)?
+        } else {
+            Self::load_hf_dir(path, device)?
+        };
+        let vocab = loaded.tokenizer.get_vocab_size(true);
+        if vocab > loaded.model.config.vocab_size {
+            return Err(ModelError::Tokenizer {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "tokenizer has {vocab} tokens but the embedding only {} rows",
+                    loaded.model.config.vocab_size
+                ),
+            });
+        }
+        Ok(loaded)
+    }
+
+    fn load_hf_dir(dir: &Path, device: &Device) -> Result<Self> {
+        let config = DecoderConfig::from_file(&dir.join("config.json"))?;
+        let weights = SafetensorsWeights::open(dir)?;
+        let model = build_causal_lm(&config, &weights, device)?;
+        Ok(Self {
+            model,
+            tokenizer: load_tokenizer(dir)?,
+            extras: load_extras(dir)?,
+            source: dir.to_path_buf(),
+        })
+    }
+
+    fn load_gguf(path: &Path, device: &Device) -> Result<Self> {
+        let file = GgufFile::open(path)?;
+        let json = crate::gguf::hf_config_from_gguf(&file)?;
+        let hf: HfConfig = serde_json::from_value(json).map_err(|e| ModelError::Gguf {
+            path: path.to_path_buf(),
+            reason: format!("derived config: {e}"),
+        })?;
+        let config = hf.to_decoder_config(path)?;
+        let tokenizer = crate::gguf::tokenizer_from_gguf(&file)?;
+        let token = |key: &str| -> Result<Option<String>> {
+            Ok(file.get_u32(key)?.and_then(|id| tokenizer.id_to_token(id)))
+        };
+        let extras = TokenizerExtras {
+            chat_template: crate::gguf::chat_template(&file),
+            bos_token: token("tokenizer.ggml.bos_token_id")?,
+            eos_token: token("tokenizer.ggml.eos_token_id")?,
+            pad_token: token("tokenizer.ggml.padding_token_id")?,
+        };
+        let weights = GgufWeights::new(file)?;
+        let model = build_causal_lm(&config, &weights, device)?;
+        Ok(Self {
+            model,
+            tokenizer,
+            extras,
+            source: path.to_path_buf(),
+        })
+    }
+
+    /// Token ids that end generation: the config's `eos_token_id`(s) plus the tokenizer's EOS
+    /// token and, for chat models, the end-of-turn token if the vocabulary has one.
+    pub fn eos_token_ids(&self) -> Vec<u32> {
+        let mut ids = self.model.config.eos_token_ids.clone();
+        let named = [self.extras.eos_token.as_deref(), Some("<|im_end|>"), Some("<|eot_id|>"), Some("<end_of_turn>"), Some("<|end|>")];
+        for t in named.into_iter().flatten() {
+            if let Some(id) = self.tokenizer.token_to_id(t)
+                && !ids.contains(&id)
+            {
+                ids.push(id);
+            }
+        }
+        ids
+    }
+
+    /// Encodes text; `add_special_tokens` adds BOS/EOS as the tokenizer's post-processor says.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        self.tokenizer
+            .encode(text, add_special_tokens)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.source.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Decodes ids to text.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.tokenizer.decode(ids, skip_special_tokens).map_err(|e| ModelError::Tokenizer {
+            path: self.source.clone(),
+            reason: e.to_string(),
+        })
+    }
+}

@@ -1,0 +1,136 @@
+//! Rotary position embeddings (RoPE), in the "rotate half" layout of Hugging Face checkpoints.
+//!
+//! Frequencies are computed in f32 the way transformers computes them, so the angles match
+//! bit for bit; `cos`/`sin` tables are built on the host for the positions of a batch.
+use crate::config::{DecoderConfig, RopeScaling};
+use burn::tensor::{Device, Tensor, TensorData};
+
+/// Inverse frequencies of one rotary embedding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rope {
+    /// `[head_dim / 2]`
+    inv_freq: Vec<f32>,
+}
+
+impl Rope {
+    /// The rotary embedding of a decoder config (`rope_theta`, scaling, `head_dim`).
+    pub fn new(config: &DecoderConfig) -> Self {
+        Self::with_params(config.head_dim, config.rope_theta, &config.rope_scaling)
+    }
+
+    /// A rotary embedding over `dim` channels with base `theta`.
+    pub fn with_params(dim: usize, theta: f64, scaling: &RopeScaling) -> Self {
+        let base = theta as f32;
+        let mut inv_freq: Vec<f32> = (0..dim)
+            .step_by(2)
+            .map(|i| 1.0 / base.powf(i as f32 / dim as f32))
+            .collect();
+        match *scaling {
+            RopeScaling::Default => {}
+            RopeScaling::Linear { factor } => {
+                let factor = factor as f32;
+                inv_freq.iter_mut().for_each(|f| *f /= factor);
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let (factor, low, high, old) = (
+                    factor as f32,
+                    low_freq_factor as f32,
+                    high_freq_factor as f32,
+                    original_max_position_embeddings as f32,
+                );
+                let low_wavelen = old / low;
+                let high_wavelen = old / high;
+                for f in inv_freq.iter_mut() {
+                    let wavelen = 2.0 * std::f32::consts::PI / *f;
+                    let scaled = if wavelen > low_wavelen { *f / factor } else { *f };
+                    let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                    *f = if medium {
+                        let smooth = (old / wavelen - low) / (high - low);
+                        (1.0 - smooth) * scaled / factor + smooth * scaled
+                    } else {
+                        scaled
+                    };
+                }
+            }
+        }
+        Self { inv_freq }
+    }
+
+    /// `cos` and `sin` tables for the given positions.
+    ///
+    /// # Shapes
+    /// - positions: `[b * t]`, row-major over `[b, t]`
+    /// - output: two tensors `[b, 1, t, head_dim]`
+    pub fn tables(&self, positions: &[i64], b: usize, t: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
+        let half = self.inv_freq.len();
+        let dim = half * 2;
+        let mut cos = vec![0f32; b * t * dim];
+        let mut sin = vec![0f32; b * t * dim];
+        for (row, &p) in positions.iter().enumerate() {
+            let p = p as f32;
+            for (j, &f) in self.inv_freq.iter().enumerate() {
+                let angle = f * p;
+                let (s, c) = (angle as f64).sin_cos();
+                let base = row * dim;
+                cos[base + j] = c as f32;
+                cos[base + half + j] = c as f32;
+                sin[base + j] = s as f32;
+                sin[base + half + j] = s as f32;
+            }
+        }
+        let shape = [b, 1, t, dim];
+        (
+            Tensor::from_data(TensorData::new(cos, shape), device),
+            Tensor::from_data(TensorData::new(sin, shape), device),
+        )
+    }
+}
+
+/// Rotates `x` by the tables of [`Rope::tables`]: `x * cos + rotate_half(x) * sin`.
+///
+/// # Shapes
+/// - x: `[b, heads, t, head_dim]`
+/// - cos, sin: `[b, 1, t, head_dim]`
+pub fn apply_rotary(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    let [b, h, t, d] = x.dims();
+    let half = d / 2;
+    let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
+    let x2 = x.clone().slice([0..b, 0..h, 0..t, half..d]);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_frequencies_match_the_formula() {
+        let r = Rope::with_params(8, 10_000.0, &RopeScaling::Default);
+        let expected = [1.0, 0.1, 0.01, 0.001];
+        for (a, e) in r.inv_freq.iter().zip(expected) {
+            assert!((a - e).abs() / e < 1e-6, "{a} vs {e}");
+        }
+    }
+
+    #[test]
+    fn llama3_scaling_keeps_high_and_divides_low_frequencies() {
+        let s = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8.0,
+        };
+        let plain = Rope::with_params(16, 10_000.0, &RopeScaling::Default);
+        let r = Rope::with_params(16, 10_000.0, &s);
+        // wavelength 2π < 8/4: untouched; the lowest frequency (wavelength ≫ 8) is divided by 8.
+        assert_eq!(r.inv_freq[0], plain.inv_freq[0]);
+        let last = plain.inv_freq.len() - 1;
+        assert_eq!(r.inv_freq[last], plain.inv_freq[last] / 8.0);
+    }
+}

@@ -1,0 +1,45 @@
+//! kiln-train: supervised fine-tuning (LoRA or full) with exact resume, metrics and model cards.
+//!
+//! - [`SftConfig`]: the run, from TOML or JSON.
+//! - [`Trainer`]: micro-batch forward/backward with accumulation normalised by the step's label
+//!   tokens, global-norm clipping, burn's AdamW with no decay on norms and biases, LR schedule,
+//!   evaluation, callbacks; [`Trainer::save_checkpoint`] / [`Trainer::resume`] continue
+//!   bit-identically.
+//! - [`fit`]: the loop around it (eval every N, save every N, keep last K, early stopping,
+//!   NaN policy, loss-curve PNG).
+//! - Metrics: [`JsonlLogger`], [`TensorBoardWriter`], [`Progress`]; [`TrainingMetadata`] writes
+//!   the model card.
+pub mod batch;
+pub mod callback;
+pub mod card;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod export;
+pub mod logging;
+pub mod model;
+pub mod params;
+pub mod plot;
+pub mod run;
+pub mod schedule;
+pub mod tensorboard;
+pub mod trainer;
+
+pub use batch::{Batch, BatchSource, Shuffled};
+pub use callback::{Callback, EvalMetrics, StepMetrics};
+pub use card::TrainingMetadata;
+pub use checkpoint::{latest_checkpoint, list_checkpoints};
+pub use config::{
+    AdamWOptions, DataOptions, EarlyStopping, EvalOptions, NonFinitePolicy, SaveOptions, ScheduleKind,
+    ScheduleOptions, SftConfig,
+};
+pub use error::{Result, TrainError};
+pub use export::Export;
+pub use logging::{JsonlLogger, Progress};
+pub use model::CausalModel;
+pub use params::{HostParams, ParamInfo};
+pub use plot::write_loss_curve;
+pub use run::{FitOptions, RunSummary, fit};
+pub use schedule::LrSchedule;
+pub use tensorboard::TensorBoardWriter;
+pub use trainer::{MicroOutcome, TrainState, Trainer, TrainerOptions, training_device};

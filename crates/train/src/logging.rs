@@ -1,0 +1,113 @@
+//! Metrics people look at: a JSON Lines file and an `indicatif` progress bar.
+use crate::callback::{Callback, EvalMetrics, StepMetrics};
+use crate::error::{Result, TrainError};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// Appends one JSON object per line: `{"kind":"train","step":..,"loss":..,"lr":..,"grad_norm":..,
+/// "tokens":..,"tokens_per_s":..,"elapsed":..}` and `{"kind":"eval","step":..,"val_loss":..,
+/// "val_perplexity":..,"val_tokens":..}`.
+pub struct JsonlLogger {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl std::fmt::Debug for JsonlLogger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonlLogger").field("path", &self.path).finish()
+    }
+}
+
+#[derive(Serialize)]
+struct Line<'a, T: Serialize> {
+    kind: &'a str,
+    #[serde(flatten)]
+    metrics: &'a T,
+}
+
+impl JsonlLogger {
+    /// Opens `path` for appending (a resumed run continues the same file).
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| TrainError::io(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            out: BufWriter::new(file),
+        })
+    }
+
+    fn write<T: Serialize>(&mut self, kind: &str, metrics: &T) -> Result<()> {
+        let line = serde_json::to_string(&Line { kind, metrics })
+            .map_err(|e| TrainError::option("metrics", e.to_string()))?;
+        writeln!(self.out, "{line}").map_err(|e| TrainError::io(&self.path, e))?;
+        self.out.flush().map_err(|e| TrainError::io(&self.path, e))
+    }
+}
+
+impl Callback for JsonlLogger {
+    fn on_step(&mut self, m: &StepMetrics) -> Result<()> {
+        self.write("train", m)
+    }
+
+    fn on_eval(&mut self, m: &EvalMetrics) -> Result<()> {
+        self.write("eval", m)
+    }
+}
+
+/// A progress bar over optimizer steps with loss, tokens/s and ETA.
+#[derive(Debug)]
+pub struct Progress {
+    bar: ProgressBar,
+    last_val: Option<f64>,
+}
+
+impl Progress {
+    /// A bar for `total` steps, starting at `done`.
+    pub fn new(total: usize, done: usize) -> Self {
+        let bar = ProgressBar::new(total as u64);
+        let style = ProgressStyle::with_template(
+            "{bar:30.cyan/blue} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.set_position(done as u64);
+        Self { bar, last_val: None }
+    }
+
+    /// A bar that draws nothing (tests, non-interactive runs).
+    pub fn hidden() -> Self {
+        Self {
+            bar: ProgressBar::hidden(),
+            last_val: None,
+        }
+    }
+}
+
+impl Callback for Progress {
+    fn on_step(&mut self, m: &StepMetrics) -> Result<()> {
+        let val = self.last_val.map(|v| format!(" val {v:.4}")).unwrap_or_default();
+        self.bar
+            .set_message(format!("loss {:.4}{val} lr {:.2e} {:.0} tok/s", m.loss, m.lr, m.tokens_per_s));
+        self.bar.set_position(m.step as u64);
+        Ok(())
+    }
+
+    fn on_eval(&mut self, m: &EvalMetrics) -> Result<()> {
+        self.last_val = Some(m.val_loss);
+        Ok(())
+    }
+
+    fn on_end(&mut self) -> Result<()> {
+        self.bar.finish();
+        Ok(())
+    }
+}

@@ -1,0 +1,362 @@
+//! The trainer: micro-batch forward/backward, gradient accumulation normalised by the label
+//! tokens of the whole optimizer step, global-norm clipping, AdamW, the learning-rate schedule
+//! and evaluation.
+use crate::batch::{Batch, BatchSource, mix};
+use crate::callback::{Callback, EvalMetrics, StepMetrics};
+use crate::config::{AdamWOptions, EarlyStopping, NonFinitePolicy, SftConfig};
+use crate::error::{Result, TrainError};
+use crate::model::CausalModel;
+use crate::params::{ParamInfo, accumulate_grads, global_grad_norm, scale_grads, trainable_params};
+use crate::schedule::LrSchedule;
+use burn::module::{Module, ParamGroup};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::Device;
+use kiln_models::causal_lm_loss_sum;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// How the trainer updates the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainerOptions {
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Clip the global gradient norm to this value.
+    pub max_grad_norm: Option<f64>,
+    pub schedule: LrSchedule,
+    pub adamw: AdamWOptions,
+    /// Seeds dropout per micro-batch (`mix(seed, position)`), so a resumed run draws the same masks.
+    pub seed: u64,
+    pub on_non_finite: NonFinitePolicy,
+    pub early_stopping: Option<EarlyStopping>,
+    /// Recompute activations in the backward pass.
+    pub gradient_checkpointing: bool,
+}
+
+impl TrainerOptions {
+    /// Options of `config` for a run of `total_steps` optimizer steps.
+    pub fn from_config(config: &SftConfig, total_steps: usize) -> Self {
+        Self {
+            grad_accum: config.grad_accum,
+            max_grad_norm: config.max_grad_norm,
+            schedule: LrSchedule::new(&config.schedule, config.optimizer.lr, total_steps),
+            adamw: config.optimizer.clone(),
+            seed: config.seed,
+            on_non_finite: config.on_non_finite,
+            early_stopping: config.early_stopping.clone(),
+            gradient_checkpointing: config.gradient_checkpointing,
+        }
+    }
+}
+
+/// Where training stands; saved in every checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps done.
+    pub step: usize,
+    /// Global micro-batch position where the current optimizer step starts.
+    pub position: u64,
+    /// Micro-batches of the current step already accumulated.
+    pub micro_in_step: usize,
+    /// Label tokens of the whole current step (the loss normaliser).
+    pub step_label_tokens: usize,
+    /// Loss accumulated so far in the current step.
+    pub step_loss: f64,
+    /// Input tokens accumulated so far in the current step.
+    pub step_tokens: usize,
+    /// Input tokens trained on.
+    pub tokens_seen: u64,
+    /// Steps dropped because of a non-finite loss or gradient.
+    pub skipped_steps: usize,
+    /// Training seconds before the current session.
+    pub elapsed: f64,
+    pub best_val_loss: Option<f64>,
+    pub evals_without_improvement: usize,
+    pub history: Vec<StepMetrics>,
+    pub evals: Vec<EvalMetrics>,
+}
+
+/// What one call to [`Trainer::micro_step`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MicroOutcome {
+    /// Gradients accumulated; the optimizer step is not complete.
+    Accumulated,
+    /// The optimizer step completed.
+    Stepped(StepMetrics),
+    /// The step was dropped: non-finite loss or gradient under [`NonFinitePolicy::Skip`].
+    Skipped { step: usize, loss: f64, grad_norm: f64 },
+}
+
+/// Trains a model with AdamW.
+///
+/// The model lives on an autodiff device; its parameters with `require_grad` train and no other
+/// parameter gets a gradient or optimizer state.
+pub struct Trainer<M: CausalModel> {
+    model: Option<M>,
+    pub(crate) optim: ModuleOptimizer,
+    pub options: TrainerOptions,
+    pub state: TrainState,
+    pub(crate) grads: Option<GradientsParams>,
+    callbacks: Vec<Box<dyn Callback>>,
+    session_start: Instant,
+    step_start: Option<Instant>,
+}
+
+impl<M: CausalModel> std::fmt::Debug for Trainer<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer").field("options", &self.options).field("state", &self.state).finish()
+    }
+}
+
+/// The autodiff device the trainer runs on (with gradient checkpointing when asked).
+pub fn training_device(device: &Device, gradient_checkpointing: bool) -> Device {
+    let d = device.clone().autodiff();
+    if gradient_checkpointing { d.gradient_checkpointing() } else { d }
+}
+
+/// burn's AdamW with torch's update (bias-corrected moments, decoupled decay `θ ← θ(1 - lr·wd)`),
+/// and weight decay 0 for norm weights and biases.
+pub(crate) fn build_optimizer(options: &AdamWOptions, trainable: &[ParamInfo]) -> ModuleOptimizer {
+    let config = AdamWConfig::new()
+        .with_beta_1(options.betas.0 as f32)
+        .with_beta_2(options.betas.1 as f32)
+        .with_epsilon(options.eps as f32)
+        .with_weight_decay(options.weight_decay as f32);
+    let no_decay: Vec<_> = trainable.iter().filter(|p| p.no_decay()).map(|p| p.id).collect();
+    let optim = config.init();
+    if no_decay.is_empty() || options.weight_decay == 0.0 {
+        optim
+    } else {
+        optim.with_group(ParamGroup::from_ids(no_decay), config.with_weight_decay(0.0).build(), None)
+    }
+}
+
+impl<M: CausalModel> Trainer<M> {
+    /// Moves `model` to the autodiff version of `device` and sets up AdamW.
+    pub fn new(model: M, device: &Device, options: TrainerOptions) -> Result<Self> {
+        if options.grad_accum == 0 {
+            return Err(TrainError::option("grad_accum", "must be at least 1"));
+        }
+        let model = model.fork(&training_device(device, options.gradient_checkpointing)).train();
+        let trainable = trainable_params(&model);
+        if trainable.is_empty() {
+            return Err(TrainError::option(
+                "model",
+                "no parameter trains: attach an adapter or call set_require_grad(true)",
+            ));
+        }
+        Ok(Self {
+            optim: build_optimizer(&options.adamw, &trainable),
+            model: Some(model),
+            options,
+            state: TrainState::default(),
+            grads: None,
+            callbacks: Vec::new(),
+            session_start: Instant::now(),
+            step_start: None,
+        })
+    }
+
+    /// Adds a callback (logger, progress bar...).
+    pub fn add_callback(&mut self, callback: Box<dyn Callback>) {
+        self.callbacks.push(callback);
+    }
+
+    pub(crate) fn callbacks(&mut self) -> &mut [Box<dyn Callback>] {
+        &mut self.callbacks
+    }
+
+    /// The model being trained (on the autodiff device).
+    pub fn model(&self) -> &M {
+        // `model` is only `None` inside `apply_step`, which always puts it back.
+        self.model.as_ref().unwrap_or_else(|| unreachable!("model taken during a step"))
+    }
+
+    /// The trained model, leaving the trainer.
+    pub fn into_model(mut self) -> M {
+        self.model.take().unwrap_or_else(|| unreachable!("model taken during a step"))
+    }
+
+    pub(crate) fn set_model(&mut self, model: M) {
+        self.model = Some(model);
+    }
+
+    /// Trainable parameters.
+    pub fn trainable(&self) -> Vec<ParamInfo> {
+        trainable_params(self.model())
+    }
+
+    /// Seconds trained, across resumes.
+    pub fn elapsed(&self) -> f64 {
+        self.state.elapsed + self.session_start.elapsed().as_secs_f64()
+    }
+
+    /// Runs micro-batches until the current optimizer step completes (or is skipped).
+    pub fn step(&mut self, data: &dyn BatchSource) -> Result<MicroOutcome> {
+        loop {
+            match self.micro_step(data)? {
+                MicroOutcome::Accumulated => continue,
+                done => return Ok(done),
+            }
+        }
+    }
+
+    /// Runs one micro-batch: forward, loss `sum_nll / label_tokens_of_the_whole_step`, backward,
+    /// and adds its gradients. The last micro-batch of a step also clips and updates.
+    pub fn micro_step(&mut self, data: &dyn BatchSource) -> Result<MicroOutcome> {
+        let accum = self.options.grad_accum;
+        let start = self.state.position;
+        if self.state.micro_in_step == 0 {
+            // The normaliser must be known before the first backward pass of the step.
+            let mut tokens = 0;
+            for j in 0..accum as u64 {
+                tokens += data.at(start + j)?.label_tokens();
+            }
+            if tokens == 0 {
+                return Err(TrainError::Batch {
+                    index: start as usize,
+                    reason: format!("the {accum} micro-batches of step {} have no label token", self.state.step + 1),
+                });
+            }
+            self.state.step_label_tokens = tokens;
+            self.state.step_loss = 0.0;
+            self.state.step_tokens = 0;
+            self.step_start = Some(Instant::now());
+        }
+        let position = start + self.state.micro_in_step as u64;
+        let batch = data.at(position)?;
+        self.backward(&batch, position)?;
+        self.state.micro_in_step += 1;
+        if self.state.micro_in_step < accum {
+            return Ok(MicroOutcome::Accumulated);
+        }
+        self.apply_step()
+    }
+
+    fn backward(&mut self, batch: &Batch, position: u64) -> Result<()> {
+        let model = self.model();
+        let device = model.devices().into_iter().next();
+        if let Some(d) = &device {
+            d.seed(mix(self.options.seed, position));
+        }
+        let logits = model.logits(&batch.input)?;
+        let sum = causal_lm_loss_sum(logits, &batch.labels)?.sum;
+        let loss = sum / self.state.step_label_tokens as f64;
+        let value = loss.clone().into_scalar::<f32>() as f64;
+        let grads = GradientsParams::from_grads(loss.backward(), model);
+        let mut acc = self.grads.take().unwrap_or_default();
+        accumulate_grads(model, &mut acc, grads);
+        self.grads = Some(acc);
+        self.state.step_loss += value;
+        self.state.step_tokens += match &batch.input.attention_mask {
+            Some(m) => m.iter().filter(|&&v| v != 0).count(),
+            None => batch.input.ids.len(),
+        };
+        Ok(())
+    }
+
+    /// Clips, checks for NaN/inf, updates the weights and advances the schedule.
+    fn apply_step(&mut self) -> Result<MicroOutcome> {
+        let mut grads = self.grads.take().unwrap_or_default();
+        let model = self.model();
+        let grad_norm = global_grad_norm(model, &grads)?;
+        let loss = self.state.step_loss;
+        let step = self.state.step + 1;
+        let next_position = self.state.position + self.options.grad_accum as u64;
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            // Roll back to the start of the step: the weights are untouched.
+            self.state.micro_in_step = 0;
+            if self.options.on_non_finite == NonFinitePolicy::Skip {
+                self.state.position = next_position;
+                self.state.skipped_steps += 1;
+                tracing::warn!("step {step}: non-finite loss {loss} or gradient norm {grad_norm}; step skipped");
+                return Ok(MicroOutcome::Skipped { step, loss, grad_norm });
+            }
+            let (what, value) = if loss.is_finite() { ("gradient norm", grad_norm) } else { ("loss", loss) };
+            return Err(TrainError::NonFinite {
+                what,
+                value,
+                step,
+                checkpoint: None,
+            });
+        }
+        // Clip by the GLOBAL norm, as torch.nn.utils.clip_grad_norm_: one factor for all
+        // gradients. burn's GradientClipping::Norm clips each tensor by its own norm instead.
+        if let Some(max) = self.options.max_grad_norm {
+            let coef = max / (grad_norm + 1e-6);
+            if coef < 1.0 {
+                scale_grads(model, &mut grads, coef);
+            }
+        }
+        let lr = self.options.schedule.lr(self.state.step);
+        let model = self.model.take().unwrap_or_else(|| unreachable!("model present"));
+        self.model = Some(self.optim.step(lr, model, grads));
+        let secs = self.step_start.take().map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let metrics = StepMetrics {
+            step,
+            loss,
+            lr,
+            grad_norm,
+            tokens: self.state.step_tokens,
+            tokens_per_s: if secs > 0.0 { self.state.step_tokens as f64 / secs } else { 0.0 },
+            elapsed: self.elapsed(),
+        };
+        self.state.step = step;
+        self.state.position = next_position;
+        self.state.micro_in_step = 0;
+        self.state.tokens_seen += self.state.step_tokens as u64;
+        self.state.history.push(metrics.clone());
+        for c in &mut self.callbacks {
+            c.on_step(&metrics)?;
+        }
+        Ok(MicroOutcome::Stepped(metrics))
+    }
+
+    /// Validation loss and perplexity over the first `max_batches` batches of `data` (all when
+    /// `None`), without autodiff. Records the result, tracks the best loss for early stopping
+    /// and calls the callbacks.
+    pub fn evaluate(&mut self, data: &dyn BatchSource, max_batches: Option<usize>) -> Result<EvalMetrics> {
+        let model = self.model().valid();
+        let n = max_batches.map_or(data.len(), |m| m.min(data.len()));
+        let (mut sum, mut tokens) = (0.0f64, 0usize);
+        for i in 0..n {
+            let batch = data.get(0, i)?;
+            let out = causal_lm_loss_sum(model.logits(&batch.input)?, &batch.labels)?;
+            sum += out.sum.into_scalar::<f32>() as f64;
+            tokens += out.tokens;
+        }
+        if tokens == 0 {
+            return Err(TrainError::Batch {
+                index: 0,
+                reason: "the validation data has no label token".into(),
+            });
+        }
+        let val_loss = sum / tokens as f64;
+        let metrics = EvalMetrics {
+            step: self.state.step,
+            val_loss,
+            val_perplexity: val_loss.exp(),
+            val_tokens: tokens,
+        };
+        let min_delta = self.options.early_stopping.as_ref().map_or(0.0, |e| e.min_delta);
+        match self.state.best_val_loss {
+            Some(best) if val_loss > best - min_delta => self.state.evals_without_improvement += 1,
+            _ => {
+                self.state.best_val_loss = Some(val_loss);
+                self.state.evals_without_improvement = 0;
+            }
+        }
+        self.state.evals.push(metrics.clone());
+        for c in &mut self.callbacks {
+            c.on_eval(&metrics)?;
+        }
+        Ok(metrics)
+    }
+
+    /// Whether early stopping says to stop.
+    pub fn should_stop_early(&self) -> bool {
+        self.options
+            .early_stopping
+            .as_ref()
+            .is_some_and(|e| self.state.evals_without_improvement >= e.patience.max(1))
+    }
+}

@@ -1,0 +1,96 @@
+//! Shared helpers: the tiny Llama fixture with LoRA on q and v, fixed batches.
+#![allow(dead_code)]
+use burn::module::Module;
+use burn::tensor::Device;
+use kiln_lora::{AdapterSpec, InitLoraWeights};
+use kiln_models::{CausalLm, DecoderConfig, DecoderInput, SafetensorsWeights, build_causal_lm, default_device};
+use kiln_train::{AdamWOptions, Batch, LrSchedule, NonFinitePolicy, ScheduleKind, ScheduleOptions, TrainerOptions};
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+
+/// burn's CPU RNG is global: tests that draw dropout masks run one at a time.
+static RNG: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/")).join(rel)
+}
+
+pub fn device() -> Device {
+    default_device()
+}
+
+pub fn tiny_model() -> CausalLm {
+    let dir = fixture("tiny/llama");
+    let config = DecoderConfig::from_file(&dir.join("config.json")).unwrap();
+    let weights = SafetensorsWeights::open(&dir).unwrap();
+    build_causal_lm(&config, &weights, &device()).unwrap()
+}
+
+/// Tiny model, base frozen, LoRA `r` on q_proj and v_proj of every layer with A and B random.
+pub fn tiny_lora(r: usize, dropout: f64, seed: u64) -> CausalLm {
+    let device = device();
+    device.seed(seed);
+    let mut model = tiny_model().set_require_grad(false);
+    let spec = AdapterSpec {
+        r,
+        alpha: 2.0 * r as f64,
+        scale: 2.0,
+        dropout,
+        init: InitLoraWeights::Random,
+        use_dora: false,
+    };
+    for layer in &mut model.model.layers {
+        for proj in [&mut layer.self_attn.q_proj, &mut layer.self_attn.v_proj] {
+            proj.add_adapter("default", &spec).unwrap();
+            proj.set_active(&["default".to_string()]);
+        }
+    }
+    model
+}
+
+/// A batch of `rows` rows of `t` tokens; row `r` is padded on the right by `r % 3` tokens and
+/// its first `r % 2 + 1` labels are ignored, so rows count different numbers of tokens.
+pub fn batch(rows: std::ops::Range<usize>, t: usize) -> Batch {
+    let mut ids = Vec::new();
+    let mut mask = Vec::new();
+    let mut labels = Vec::new();
+    for r in rows.clone() {
+        let pad = r % 3;
+        for i in 0..t {
+            let id = ((r * 37 + i * 11 + 5) % 500 + 3) as u32;
+            let real = i < t - pad;
+            ids.push(if real { id } else { 0 });
+            mask.push(real as u8);
+            labels.push(if !real || i <= r % 2 { -100 } else { id as i64 });
+        }
+    }
+    let input = DecoderInput::new(ids, rows.len(), t).with_attention_mask(mask);
+    Batch::new(input, labels).unwrap()
+}
+
+pub fn options(grad_accum: usize, lr: f64, total: usize) -> TrainerOptions {
+    let schedule = ScheduleOptions {
+        kind: ScheduleKind::Linear,
+        warmup_steps: Some(1),
+        warmup_ratio: None,
+        min_lr: 0.0,
+    };
+    TrainerOptions {
+        grad_accum,
+        max_grad_norm: Some(1.0),
+        schedule: LrSchedule::new(&schedule, lr, total),
+        adamw: AdamWOptions {
+            lr,
+            weight_decay: 0.01,
+            ..AdamWOptions::default()
+        },
+        seed: 7,
+        on_non_finite: NonFinitePolicy::Stop,
+        early_stopping: None,
+        gradient_checkpointing: false,
+    }
+}

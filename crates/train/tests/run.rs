@@ -1,0 +1,100 @@
+//! The run loop and the files people look at: metrics.jsonl, TensorBoard events, loss curve,
+//! model card, adapter export, early stopping.
+mod common;
+
+use common::*;
+use kiln_train::tensorboard::read_tfrecords;
+use kiln_train::{
+    Batch, EarlyStopping, FitOptions, JsonlLogger, Progress, SftConfig, TensorBoardWriter, Trainer, TrainingMetadata, fit,
+};
+use serde_json::Value;
+
+fn fit_options(dir: &std::path::Path, total: usize) -> FitOptions {
+    FitOptions {
+        total_steps: total,
+        output_dir: dir.to_path_buf(),
+        eval_every: Some(1),
+        eval_max_batches: None,
+        save_every: Some(2),
+        keep_last: 1,
+        save_at_end: true,
+    }
+}
+
+#[test]
+fn fit_writes_metrics_events_curve_and_card() {
+    let _g = serial();
+    let out = tempfile::tempdir().unwrap();
+    let train: Vec<Batch> = vec![batch(0..2, 12), batch(2..4, 12)];
+    let val: Vec<Batch> = vec![batch(4..6, 12)];
+    let mut t = Trainer::new(tiny_lora(4, 0.0, 1), &device(), options(1, 1e-2, 3)).unwrap();
+    t.add_callback(Box::new(JsonlLogger::open(&out.path().join("metrics.jsonl")).unwrap()));
+    let tb = TensorBoardWriter::create(&out.path().join("tensorboard")).unwrap();
+    let tb_path = tb.path().to_path_buf();
+    t.add_callback(Box::new(tb));
+    t.add_callback(Box::new(Progress::hidden()));
+    let summary = fit(&mut t, &train, Some(&val), &fit_options(out.path(), 3)).unwrap();
+    assert_eq!(summary.steps, 3);
+    assert!(!summary.stopped_early);
+
+    let text = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let train_lines: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "train").collect();
+    let eval_lines: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "eval").collect();
+    assert_eq!(train_lines.len(), 3);
+    assert_eq!(eval_lines.len(), 3);
+    for (i, l) in train_lines.iter().enumerate() {
+        assert_eq!(l["step"], i + 1);
+        for k in ["loss", "lr", "grad_norm", "tokens_per_s", "elapsed"] {
+            assert!(l[k].as_f64().unwrap().is_finite(), "{k}: {l}");
+        }
+        assert!(l["tokens"].as_u64().unwrap() > 0);
+    }
+    let ppl = eval_lines[2]["val_perplexity"].as_f64().unwrap();
+    let loss = eval_lines[2]["val_loss"].as_f64().unwrap();
+    assert!((ppl - loss.exp()).abs() < 1e-9 * ppl);
+    assert_eq!(summary.final_eval.as_ref().unwrap().val_loss, loss);
+
+    // TensorBoard: version record + one per step + one per eval, all CRCs valid.
+    let records = read_tfrecords(&std::fs::read(&tb_path).unwrap()).unwrap();
+    assert_eq!(records.len(), 1 + 3 + 3);
+    assert!(records[0].windows(13).any(|w| w == b"brain.Event:2"));
+    assert!(records[1].windows(10).any(|w| w == b"train/loss"));
+
+    // One checkpoint kept (keep_last 1): the final one.
+    let ckpts = kiln_train::list_checkpoints(&out.path().join("checkpoints")).unwrap();
+    assert_eq!(ckpts.len(), 1);
+    assert!(ckpts[0].ends_with("step-00000003"));
+    assert!(out.path().join("loss_curve.png").is_file());
+
+    let mut config = SftConfig::new("fixtures/tiny/llama");
+    config.max_steps = Some(3);
+    let mut meta = TrainingMetadata::new(&config, &summary);
+    meta.train_examples = 4;
+    meta.write(out.path()).unwrap();
+    let card = std::fs::read_to_string(out.path().join("README.md")).unwrap();
+    assert!(card.contains("base_model: fixtures/tiny/llama"));
+    assert!(card.contains("validation loss"));
+    let back: TrainingMetadata =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("training_metadata.json")).unwrap()).unwrap();
+    assert_eq!(back, meta);
+}
+
+#[test]
+fn early_stopping_stops_when_validation_loss_stops_improving() {
+    let _g = serial();
+    let out = tempfile::tempdir().unwrap();
+    // Training on data unrelated to the validation batch at a large lr makes it worse.
+    let train: Vec<Batch> = vec![batch(0..2, 12)];
+    let val: Vec<Batch> = vec![batch(7..9, 12)];
+    let mut opts = options(1, 0.5, 20);
+    opts.early_stopping = Some(EarlyStopping {
+        patience: 1,
+        min_delta: 10.0,
+    });
+    let mut t = Trainer::new(tiny_lora(4, 0.0, 1), &device(), opts).unwrap();
+    let summary = fit(&mut t, &train, Some(&val), &fit_options(out.path(), 20)).unwrap();
+    // With min_delta 10 no evaluation counts as an improvement after the first.
+    assert!(summary.stopped_early);
+    assert_eq!(summary.steps, 2);
+}

@@ -1,0 +1,14 @@
+//! kiln: fine-tune large language models in Rust on [burn].
+//!
+//! This facade re-exports the workspace crates so that downstream code adds one dependency:
+//!
+//! - [`models`]: decoders loaded from Hugging Face and GGUF checkpoints, generation.
+//! - [`lora`]: LoRA adapters with PEFT parity.
+//! - [`data`]: datasets, chat templates, labels, packing.
+//! - [`eval`]: metrics and evaluation harness.
+pub use burn;
+pub use kiln_data as data;
+pub use kiln_eval as eval;
+pub use kiln_lora as lora;
+pub use kiln_models as models;
+pub use kiln_train as train;
