@@ -59,7 +59,7 @@ fn main() -> Result<()> {
     }
     let logits = lm.model.forward(&DecoderInput::new(ids, b, t).with_attention_mask(mask))?;
     let v = logits.dims()[2];
-    let mut host: Vec<f32> = logits.into_data().to_vec().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut host: Vec<f32> = logits.into_data().into_vec().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let mut out_rows = Vec::new();
     for (r, row) in rows.iter().enumerate() {
         let mut logprobs = Vec::new();

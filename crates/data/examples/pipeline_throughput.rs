@@ -15,9 +15,15 @@ use kiln_data::{BadRecords, ChatTemplate, EncodeOptions, Encoder, PackedRows, Re
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let file = PathBuf::from(args.next().ok_or("usage: pipeline_throughput FILE.jsonl [RECORDS]")?);
+    let file = PathBuf::from(
+        args.next()
+            .ok_or("usage: pipeline_throughput FILE.jsonl [RECORDS]")?,
+    );
     let records: usize = args.next().map_or(Ok(100_000), |s| s.parse())?;
-    let fixtures = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/chat_templates"));
+    let fixtures = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fixtures/chat_templates"
+    ));
     if !file.exists() {
         kiln_data::synthetic::write_messages_jsonl(&file, records, 0)?;
     }
@@ -28,9 +34,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("<|im_start|>"),
         Some("<|im_end|>"),
     )?;
-    let opts = EncodeOptions { max_len: Some(2048), ..EncodeOptions::default() };
+    let opts = EncodeOptions {
+        max_len: Some(2048),
+        ..EncodeOptions::default()
+    };
     let encoder = Encoder::new(&tokenizer, Some(&template), opts)?;
-    let pad = tokenizer.token_to_id("<|endoftext|>").ok_or("no pad token")?;
+    let pad = tokenizer
+        .token_to_id("<|endoftext|>")
+        .ok_or("no pad token")?;
     let start = Instant::now();
     let reader = Reader::open(&[file.display().to_string()])?;
     let mut rows = PackedRows::new(reader, &encoder, 2048, pad, BadRecords::Error)?;
@@ -43,7 +54,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let s = rows.stats();
     println!(
         "records {} rows {} tokens {} trained {} truncated {} secs {:.2} records/s {:.0}",
-        s.kept, n_rows, s.tokens, s.trained_tokens, s.truncated, secs, s.kept as f64 / secs
+        s.kept,
+        n_rows,
+        s.tokens,
+        s.trained_tokens,
+        s.truncated,
+        secs,
+        s.kept as f64 / secs
     );
     Ok(())
 }

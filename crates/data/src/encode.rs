@@ -176,7 +176,11 @@ pub struct Encoder<'a> {
     eos_id: Option<u32>,
     end_markers: Vec<String>,
     template_vars: serde_json::Map<String, serde_json::Value>,
+    fast_offsets: Option<crate::offsets::TokenBytes>,
 }
+
+/// Byte range of each token in the text.
+type Offsets = Vec<(usize, usize)>;
 
 /// Text with the byte spans to train.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,6 +220,7 @@ impl<'a> Encoder<'a> {
             eos_id,
             end_markers,
             template_vars: serde_json::Map::new(),
+            fast_offsets: crate::offsets::TokenBytes::new(tokenizer),
         })
     }
 
@@ -253,11 +258,11 @@ impl<'a> Encoder<'a> {
             Record::Conversation(messages) => self.render_conversation(messages),
             Record::PromptCompletion { prompt, completion } => Ok(Rendered {
                 text: format!("{prompt}{completion}"),
-                spans: vec![prompt.len()..prompt.len() + completion.len()],
+                spans: std::iter::once(prompt.len()..prompt.len() + completion.len()).collect(),
             }),
             Record::Text(text) => Ok(Rendered {
                 text: text.clone(),
-                spans: vec![0..text.len()],
+                spans: std::iter::once(0..text.len()).collect(),
             }),
             Record::Preference { .. } => Err(DataError::InvalidOption {
                 option: "record",
@@ -322,6 +327,20 @@ impl<'a> Encoder<'a> {
         Ok((one(chosen)?, one(rejected)?))
     }
 
+    /// Token ids and byte offsets of `text` (the fast exact path when it applies).
+    fn tokenize(&self, text: &str) -> Result<(Vec<u32>, Offsets)> {
+        let add = self.opts.add_special_tokens;
+        let err = |e: tokenizers::Error| DataError::Tokenizer(e.to_string());
+        if let Some(fast) = &self.fast_offsets {
+            let enc = self.tokenizer.encode_fast(text, add).map_err(err)?;
+            if let Some(offsets) = fast.offsets(enc.get_ids(), text) {
+                return Ok((enc.get_ids().to_vec(), offsets));
+            }
+        }
+        let enc = self.tokenizer.encode(text, add).map_err(err)?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
+    }
+
     /// Whether the last trained span ends with an end-of-turn special token.
     fn turn_closed(&self, r: &Rendered) -> bool {
         r.spans.last().is_some_and(|s| {
@@ -335,12 +354,8 @@ impl<'a> Encoder<'a> {
     /// Tokenizes rendered text and labels the tokens overlapping its spans; with `append_eos`
     /// the EOS token is added at the end unless the text already ends with it.
     pub fn encode_rendered(&self, rendered: &Rendered, append_eos: bool) -> Result<Encoded> {
-        let enc = self
-            .tokenizer
-            .encode(rendered.text.as_str(), self.opts.add_special_tokens)
-            .map_err(|e| DataError::Tokenizer(e.to_string()))?;
-        let ids = enc.get_ids();
-        let offsets = enc.get_offsets();
+        let (ids, offsets) = self.tokenize(&rendered.text)?;
+        let (ids, offsets) = (ids.as_slice(), offsets.as_slice());
         let spans: &[std::ops::Range<usize>] = match self.opts.labels {
             LabelMode::LastTurn => rendered.spans.last().map_or(&[], std::slice::from_ref),
             _ => &rendered.spans,
@@ -360,16 +375,17 @@ impl<'a> Encoder<'a> {
             });
         }
         let mut input_ids = ids.to_vec();
-        if let Some(eos) = self.eos_id {
-            if append_eos && input_ids.last() != Some(&eos) {
-                let trained = all || labels.last().is_some_and(|&l| l != IGNORE_INDEX);
-                input_ids.push(eos);
-                labels.push(if trained {
-                    i64::from(eos)
-                } else {
-                    IGNORE_INDEX
-                });
-            }
+        if let Some(eos) = self
+            .eos_id
+            .filter(|e| append_eos && input_ids.last() != Some(e))
+        {
+            let trained = all || labels.last().is_some_and(|&l| l != IGNORE_INDEX);
+            input_ids.push(eos);
+            labels.push(if trained {
+                i64::from(eos)
+            } else {
+                IGNORE_INDEX
+            });
         }
         Ok(self.truncate(Example { input_ids, labels }))
     }

@@ -10,15 +10,20 @@
 //! It knows no model: it takes a [`tokenizers::Tokenizer`] and a template string and returns
 //! plain vectors.
 
+/// The tokenizer library kiln-data takes its [`tokenizers::Tokenizer`] from.
+pub use tokenizers;
+
 pub mod batch;
 pub mod encode;
 pub mod error;
 mod jsonfmt;
+mod offsets;
 pub mod pack;
 pub mod pretty;
 pub mod qa;
 pub mod reader;
 pub mod record;
+pub mod source;
 pub mod spans;
 pub mod split;
 pub mod stream;
@@ -35,8 +40,9 @@ pub use error::{DataError, Location, Result};
 pub use pack::{GreedyPacker, PackStrategy, PackedRow, pack};
 pub use pretty::{show_labels, show_trained_text};
 pub use qa::{QaOptions, Table, format_number};
-pub use reader::{BadRecords, FileKind, ReadReport, Reader, Source, count_lines, expand_paths};
+pub use reader::{BadRecords, ReadReport, Reader, count_lines};
 pub use record::{FieldMap, Format, Label, Message, Record, Role, parse_record};
+pub use source::{FileKind, RawRecord, Source, expand_paths};
 pub use split::{ShuffleBuffer, SplitSize, dedup_by_key, shuffled, train_val_split};
 pub use stream::PackedRows;
 pub use template::{ChatTemplate, TemplateSource, load_chat_template, template_from_config};

@@ -228,17 +228,13 @@ pub fn parse_record(
         }
         Format::Alpaca => {
             let mut msgs = Vec::new();
-            if let Some(system) = p.opt_str("system")? {
-                if !system.is_empty() {
-                    msgs.push(Message::new(Role::System, system));
-                }
+            if let Some(system) = p.opt_str("system")?.filter(|s| !s.is_empty()) {
+                msgs.push(Message::new(Role::System, system));
             }
             let mut user = p.str("instruction")?.to_string();
-            if let Some(input) = p.opt_str("input")? {
-                if !input.is_empty() {
-                    user.push_str("\n\n");
-                    user.push_str(input);
-                }
+            if let Some(input) = p.opt_str("input")?.filter(|s| !s.is_empty()) {
+                user.push_str("\n\n");
+                user.push_str(input);
             }
             msgs.push(Message::new(Role::User, user));
             msgs.push(Message::new(Role::Assistant, p.str("output")?));

@@ -109,10 +109,10 @@ impl<'a> PackedRows<'a> {
                 }
                 Err(e) => return Err(e),
             };
-            if let Some(ex) = example {
-                if let Some(row) = packer.push(&ex)? {
-                    self.ready.push_back(row);
-                }
+            if let Some(ex) = example
+                && let Some(row) = packer.push(&ex)?
+            {
+                self.ready.push_back(row);
             }
         }
         Ok(())

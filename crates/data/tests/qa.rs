@@ -98,15 +98,15 @@ fn answers_are_exact_and_generation_is_deterministic() {
             if q.starts_with("And ") {
                 follow_ups += 1;
             }
-            if let Some(rest) = a.strip_prefix("The population of ") {
-                if let Some((key, n)) = rest.split_once(" in 2020 was ") {
-                    assert_eq!(
-                        n,
-                        format!("{}.", format_number(pop2020(key), 0)),
-                        "{q} -> {a}"
-                    );
-                    lookups += 1;
-                }
+            if let Some(rest) = a.strip_prefix("The population of ")
+                && let Some((key, n)) = rest.split_once(" in 2020 was ")
+            {
+                assert_eq!(
+                    n,
+                    format!("{}.", format_number(pop2020(key), 0)),
+                    "{q} -> {a}"
+                );
+                lookups += 1;
             }
             if q == "What was the total population of all 47 prefectures in 2020?" {
                 assert_eq!(a, "The total was 126,146,099.");

@@ -208,7 +208,7 @@ fn skip_policy_counts_and_reports_reasons() {
         "s.jsonl",
         "{\"text\": \"a\"}\nnot json\n{\"text\": 5}\n{\"text\": \"b\"}\n",
     );
-    let (recs, report) = Reader::new(Source::from_paths(&[p.clone()]).expect("src"))
+    let (recs, report) = Reader::new(Source::from_paths(std::slice::from_ref(&p)).expect("src"))
         .policy(BadRecords::Skip)
         .read_all()
         .expect("read");

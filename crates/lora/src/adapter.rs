@@ -1,7 +1,7 @@
 //! One low-rank adapter: the factors A and B, DoRA's magnitude, dropout and the scale.
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor, TensorData};
 
 use crate::config::InitLoraWeights;
 use crate::error::{LoraError, Result};
@@ -64,7 +64,13 @@ impl LoraAdapter {
             lora_a: Param::from_tensor(lora_a),
             lora_b: Param::from_tensor(lora_b),
             magnitude: magnitude.map(Param::from_tensor),
-            dropout: DropoutConfig::new(dropout).init(),
+            // `LoraConfig::validate` rejects other values; burn's dropout would panic on them.
+            dropout: DropoutConfig::new(if (0.0..1.0).contains(&dropout) {
+                dropout
+            } else {
+                0.0
+            })
+            .init(),
             name: name.to_string(),
             alpha,
             scale,
@@ -90,10 +96,16 @@ impl LoraAdapter {
         };
         let mut residual = None;
         let (a, b) = match &spec.init {
-            InitLoraWeights::Kaiming => (kaiming(d_in, [d_in, r]), Tensor::zeros([r, d_out], &device)),
+            InitLoraWeights::Kaiming => {
+                (kaiming(d_in, [d_in, r]), Tensor::zeros([r, d_out], &device))
+            }
             InitLoraWeights::Random => (kaiming(d_in, [d_in, r]), kaiming(r, [r, d_out])),
             InitLoraWeights::Gaussian => (
-                Tensor::random([d_in, r], Distribution::Normal(0.0, 1.0 / r as f64), &device),
+                Tensor::random(
+                    [d_in, r],
+                    Distribution::Normal(0.0, 1.0 / r as f64),
+                    &device,
+                ),
                 Tensor::zeros([r, d_out], &device),
             ),
             InitLoraWeights::Pissa => {
@@ -179,7 +191,11 @@ pub(crate) fn linear_nb<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D>
 /// # Shapes
 /// - weight `[in, out]`, a `[in, r]`, b `[r, out]` -> `[out]`
 pub fn dora_weight_norm(weight: &Tensor<2>, a: &Tensor<2>, b: &Tensor<2>, scale: f64) -> Tensor<1> {
-    let w = weight.clone().detach() + a.clone().detach().matmul(b.clone().detach()).mul_scalar(scale);
+    let w = weight.clone().detach()
+        + a.clone()
+            .detach()
+            .matmul(b.clone().detach())
+            .mul_scalar(scale);
     column_norm(w)
 }
 
@@ -198,7 +214,10 @@ fn pissa(weight: &Tensor<2>, r: usize, scale: f64) -> Result<(Tensor<2>, Tensor<
     if r > d_in.min(d_out) {
         return Err(LoraError::Config {
             field: "r".into(),
-            reason: format!("PiSSA needs r <= min(in, out) = {}, found {r}", d_in.min(d_out)),
+            reason: format!(
+                "PiSSA needs r <= min(in, out) = {}, found {r}",
+                d_in.min(d_out)
+            ),
         });
     }
     let device = weight.device();
@@ -207,7 +226,7 @@ fn pissa(weight: &Tensor<2>, r: usize, scale: f64) -> Result<(Tensor<2>, Tensor<
         .transpose()
         .into_data()
         .convert::<f32>()
-        .into_vec()
+        .try_into_vec()
         .map_err(|e| LoraError::State(format!("PiSSA: reading the base weight: {e:?}")))?;
     // PyTorch layout [out, in] = U S V^T.
     let (u, s, vt) = svd_top_r(&data, d_out, d_in, r);
@@ -222,12 +241,8 @@ fn pissa(weight: &Tensor<2>, r: usize, scale: f64) -> Result<(Tensor<2>, Tensor<
             a[k * d_in + i] = (vt[k * d_in + i] * root) as f32;
         }
     }
-    let a = Tensor::<1>::from_floats(a.as_slice(), &device)
-        .reshape([r, d_in])
-        .transpose(); // [in, r]
-    let b = Tensor::<1>::from_floats(b.as_slice(), &device)
-        .reshape([d_out, r])
-        .transpose(); // [r, out]
+    let a = Tensor::<2>::from_data(TensorData::new(a, [r, d_in]), &device).transpose(); // [in, r]
+    let b = Tensor::<2>::from_data(TensorData::new(b, [d_out, r]), &device).transpose(); // [r, out]
     let residual = weight.clone() - a.clone().matmul(b.clone()).mul_scalar(scale);
     Ok((a, b, residual))
 }

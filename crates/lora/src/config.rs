@@ -289,7 +289,10 @@ fn is_unset(v: &Value) -> bool {
     }
 }
 
-fn ser_targets<S: Serializer>(t: &Option<TargetModules>, s: S) -> std::result::Result<S::Ok, S::Error> {
+fn ser_targets<S: Serializer>(
+    t: &Option<TargetModules>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
     match t {
         None => s.serialize_none(),
         Some(TargetModules::Names(names)) => names.serialize(s),
@@ -298,7 +301,9 @@ fn ser_targets<S: Serializer>(t: &Option<TargetModules>, s: S) -> std::result::R
     }
 }
 
-fn de_targets<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<TargetModules>, D::Error> {
+fn de_targets<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<TargetModules>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -376,8 +381,9 @@ mod ordered_map {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use serde_json::{Map, Value};
 
+    #[allow(clippy::ptr_arg)]
     pub fn serialize<T: Serialize, S: Serializer>(
-        v: &[(String, T)],
+        v: &Vec<(String, T)>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(v.len()))?;
@@ -393,7 +399,8 @@ mod ordered_map {
         let map = Option::<Map<String, Value>>::deserialize(d)?.unwrap_or_default();
         map.into_iter()
             .map(|(k, v)| {
-                let x = serde_json::from_value(v).map_err(|e| D::Error::custom(format!("`{k}`: {e}")))?;
+                let x = serde_json::from_value(v)
+                    .map_err(|e| D::Error::custom(format!("`{k}`: {e}")))?;
                 Ok((k, x))
             })
             .collect()

@@ -42,13 +42,16 @@ impl HostTensor {
         let data = t
             .into_data()
             .convert::<f32>()
-            .into_vec::<f32>()
+            .try_into_vec::<f32>()
             .map_err(|e| LoraError::State(format!("`{key}`: reading tensor: {e:?}")))?;
         Ok(Self { shape, data })
     }
 
     fn to_tensor<const D: usize>(&self, device: &Device) -> Tensor<D> {
-        Tensor::from_data(TensorData::new(self.data.clone(), self.shape.clone()), device)
+        Tensor::from_data(
+            TensorData::new(self.data.clone(), self.shape.clone()),
+            device,
+        )
     }
 
     fn check(&self, key: &str, expected: &[usize]) -> Result<()> {
@@ -74,7 +77,10 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
     for (key, view) in st.iter() {
         let raw = view.data();
         let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            Dtype::F32 => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
             Dtype::F16 => raw
                 .chunks_exact(2)
                 .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
@@ -85,7 +91,9 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
                 .collect(),
             Dtype::F64 => raw
                 .chunks_exact(8)
-                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+                .map(|c| {
+                    f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                })
                 .collect(),
             other => {
                 return Err(LoraError::Dtype {
@@ -95,7 +103,13 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
                 });
             }
         };
-        out.insert(key.to_string(), HostTensor { shape: view.shape().to_vec(), data });
+        out.insert(
+            key.to_string(),
+            HostTensor {
+                shape: view.shape().to_vec(),
+                data,
+            },
+        );
     }
     Ok(out)
 }
@@ -104,7 +118,13 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
 pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
-        .map(|(k, t)| (k.clone(), t.data.iter().flat_map(|x| x.to_le_bytes()).collect(), t.shape.clone()))
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                t.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                t.shape.clone(),
+            )
+        })
         .collect();
     let st_err = |e: safetensors::SafeTensorError| LoraError::Safetensors {
         path: path.to_path_buf(),
@@ -112,7 +132,9 @@ pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, HostTensor>) ->
     };
     let views = bytes
         .iter()
-        .map(|(k, b, s)| safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).map(|v| (k.clone(), v)))
+        .map(|(k, b, s)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).map(|v| (k.clone(), v))
+        })
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(st_err)?;
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
@@ -121,7 +143,10 @@ pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, HostTensor>) ->
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
     std::fs::write(&tmp, bytes).map_err(|source| io_err(&tmp, source))?;
     std::fs::rename(&tmp, path).map_err(|source| io_err(path, source))
@@ -162,9 +187,15 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
             let adapted = l.adapter(name);
             if let Some(a) = adapted {
                 let ka = format!("{key}.lora_A.weight");
-                put(ka.clone(), HostTensor::from_tensor(a.lora_a.val().transpose(), &ka));
+                put(
+                    ka.clone(),
+                    HostTensor::from_tensor(a.lora_a.val().transpose(), &ka),
+                );
                 let kb = format!("{key}.lora_B.weight");
-                put(kb.clone(), HostTensor::from_tensor(a.lora_b.val().transpose(), &kb));
+                put(
+                    kb.clone(),
+                    HostTensor::from_tensor(a.lora_b.val().transpose(), &kb),
+                );
                 if let Some(m) = &a.magnitude {
                     let km = format!("{key}.lora_magnitude_vector");
                     put(km.clone(), HostTensor::from_tensor(m.val(), &km));
@@ -172,9 +203,15 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
             }
             if matcher.is_module_to_save(path) {
                 let kw = format!("{key}.weight");
-                put(kw.clone(), HostTensor::from_tensor(l.weight.val().transpose(), &kw));
+                put(
+                    kw.clone(),
+                    HostTensor::from_tensor(l.weight.val().transpose(), &kw),
+                );
                 if let Some(b) = &l.bias {
-                    put(format!("{key}.bias"), HostTensor::from_tensor(b.val(), &key));
+                    put(
+                        format!("{key}.bias"),
+                        HostTensor::from_tensor(b.val(), &key),
+                    );
                 }
             } else if let Some(b) = &l.bias {
                 let saved = match config.bias {
@@ -193,7 +230,8 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
             }
         });
         self.model.visit_other_params(&mut |path, param, p| {
-            let saved = matcher.is_module_to_save(path) || (param == "bias" && config.bias == Bias::All);
+            let saved =
+                matcher.is_module_to_save(path) || (param == "bias" && config.bias == Bias::All);
             if saved {
                 let key = format!("{PREFIX}{path}.{param}");
                 let t = match p {
@@ -226,7 +264,9 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
             return Err(LoraError::DuplicateAdapter(name.into()));
         }
         let (config, plans, others) = self.read_adapter(dir, name)?;
-        self.apply_plans(plans, others, |layer, adapter, key| layer.insert_adapter(adapter, key))?;
+        self.apply_plans(plans, others, |layer, adapter, key| {
+            layer.insert_adapter(adapter, key)
+        })?;
         self.push_config(name, config);
         if self.active_adapters().is_empty() {
             self.set_active(&[name])?;
@@ -272,7 +312,9 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
         let device = self.device();
         let mut result = Ok(());
         self.model.visit_linears_mut(&mut |path, layer| {
-            let Some(plan) = plans.remove(path) else { return };
+            let Some(plan) = plans.remove(path) else {
+                return;
+            };
             if let Some(w) = plan.weight {
                 replace_value(&mut layer.weight, w);
             }
@@ -287,7 +329,9 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
         });
         result?;
         self.model.visit_other_params_mut(&mut |path, param, p| {
-            let Some(t) = others.remove(&format!("{PREFIX}{path}.{param}")) else { return };
+            let Some(t) = others.remove(&format!("{PREFIX}{path}.{param}")) else {
+                return;
+            };
             match p {
                 OtherParamMut::Vector(p) => replace_value(p, t.to_tensor(&device)),
                 OtherParamMut::Matrix(p) => replace_value(p, t.to_tensor(&device)),
@@ -312,7 +356,11 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
         &self,
         dir: &Path,
         name: &str,
-    ) -> Result<(LoraConfig, HashMap<String, Planned>, HashMap<String, HostTensor>)> {
+    ) -> Result<(
+        LoraConfig,
+        HashMap<String, Planned>,
+        HashMap<String, HostTensor>,
+    )> {
         let config = LoraConfig::from_file(&dir.join(CONFIG_FILE))?;
         let file: PathBuf = dir.join(WEIGHTS_FILE);
         let mut tensors = read_safetensors(&file)?;
@@ -328,13 +376,27 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
             }
             let key = format!("{PREFIX}{path}");
             let (d_in, d_out) = (l.d_in(), l.d_out());
-            let mut plan = Planned { adapter: None, weight: None, bias: None };
+            let mut plan = Planned {
+                adapter: None,
+                weight: None,
+                bias: None,
+            };
             let step = (|| -> Result<()> {
                 if matcher.is_target(path, output.as_deref() == Some(path)) {
                     targeted += 1;
                     let rank = config.module_rank(path);
-                    let a = take(&mut tensors, &file, format!("{key}.lora_A.weight"), &[rank.r, d_in])?;
-                    let b = take(&mut tensors, &file, format!("{key}.lora_B.weight"), &[d_out, rank.r])?;
+                    let a = take(
+                        &mut tensors,
+                        &file,
+                        format!("{key}.lora_A.weight"),
+                        &[rank.r, d_in],
+                    )?;
+                    let b = take(
+                        &mut tensors,
+                        &file,
+                        format!("{key}.lora_B.weight"),
+                        &[d_out, rank.r],
+                    )?;
                     let m = if config.use_dora {
                         let k = format!("{key}.lora_magnitude_vector");
                         Some(take(&mut tensors, &file, k, &[d_out])?)
@@ -352,7 +414,8 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
                     ));
                     let k = format!("{key}.base_layer.bias");
                     if tensors.contains_key(&k) {
-                        plan.bias = Some(take(&mut tensors, &file, k, &[d_out])?.to_tensor(&device));
+                        plan.bias =
+                            Some(take(&mut tensors, &file, k, &[d_out])?.to_tensor(&device));
                     }
                 }
                 if matcher.is_module_to_save(path) {
@@ -385,7 +448,10 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
                 }
                 others.insert(key, t);
             } else if matcher.is_module_to_save(path) && result.is_ok() {
-                result = Err(LoraError::MissingKey { key, file: file.clone() });
+                result = Err(LoraError::MissingKey {
+                    key,
+                    file: file.clone(),
+                });
             }
         });
         result?;

@@ -101,7 +101,12 @@ impl LoraLinear {
         bias: Option<Tensor<1>>,
     ) -> Tensor<D> {
         let weight = self.weight.val();
-        let norm = dora_weight_norm(&weight, &adapter.lora_a.val(), &adapter.lora_b.val(), adapter.scale);
+        let norm = dora_weight_norm(
+            &weight,
+            &adapter.lora_a.val(),
+            &adapter.lora_b.val(),
+            adapter.scale,
+        );
         let out = self.d_out();
         let mut dims = [1usize; D];
         dims[D - 1] = out;
@@ -116,7 +121,7 @@ impl LoraLinear {
             }
         };
         let lora = adapter.lora_path(dx);
-        result + (factor.clone() - 1.0) * base + factor * lora
+        result + factor.clone().sub_scalar(1.0) * base + factor * lora
     }
 
     /// The adapter called `name`.
@@ -185,11 +190,19 @@ impl LoraLinear {
         // Errors use PEFT's layouts: lora_A.weight [r, in], lora_B.weight [out, r].
         let a = adapter.lora_a.shape().dims::<2>();
         if a[0] != d_in {
-            return Err(shape_err(format!("{key}.lora_A.weight"), [r, d_in], [a[1], a[0]]));
+            return Err(shape_err(
+                format!("{key}.lora_A.weight"),
+                [r, d_in],
+                [a[1], a[0]],
+            ));
         }
         let b = adapter.lora_b.shape().dims::<2>();
         if b != [r, d_out] {
-            return Err(shape_err(format!("{key}.lora_B.weight"), [d_out, r], [b[1], b[0]]));
+            return Err(shape_err(
+                format!("{key}.lora_B.weight"),
+                [d_out, r],
+                [b[1], b[0]],
+            ));
         }
         if let Some(m) = &adapter.magnitude {
             let m = m.shape().dims::<1>();
@@ -266,7 +279,9 @@ impl LoraLinear {
         if self.state.merged.is_empty() {
             Ok(())
         } else {
-            Err(LoraError::State(format!("cannot {what} while adapters are merged; unmerge first")))
+            Err(LoraError::State(format!(
+                "cannot {what} while adapters are merged; unmerge first"
+            )))
         }
     }
 
@@ -274,7 +289,9 @@ impl LoraLinear {
     /// Already merged adapters are skipped. DoRA: `W ← m/‖W₀ + sBA‖ · (W + sBA)` with `W₀` the
     /// weight without any merged adapter, as PEFT.
     pub fn merge(&mut self, names: Option<&[String]>) -> Result<()> {
-        let names: Vec<String> = names.map(<[String]>::to_vec).unwrap_or_else(|| self.state.active.clone());
+        let names: Vec<String> = names
+            .map(<[String]>::to_vec)
+            .unwrap_or_else(|| self.state.active.clone());
         for name in names {
             if self.state.merged.iter().any(|(n, _)| *n == name) {
                 continue;
@@ -359,5 +376,11 @@ fn shape_err(key: String, expected: [usize; 2], found: [usize; 2]) -> LoraError 
 pub(crate) fn replace_value<const D: usize>(p: &mut Param<Tensor<D>>, value: Tensor<D>) {
     let trainable = p.is_require_grad();
     let value = value.detach();
-    *p = p.clone().map(|_| if trainable { value.require_grad() } else { value });
+    *p = p.clone().map(|_| {
+        if trainable {
+            value.require_grad()
+        } else {
+            value
+        }
+    });
 }

@@ -5,7 +5,7 @@ use crate::adapter::AdapterSpec;
 use crate::config::{Bias, LoraConfig};
 use crate::error::{LoraError, Result};
 use crate::pattern::TargetMatcher;
-use crate::target::{AdapterTarget, OtherParam, OtherParamMut};
+use crate::target::{AdapterTarget, OtherParamMut};
 
 /// A model with named LoRA adapters.
 ///
@@ -90,26 +90,30 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
     /// Adds a freshly initialised adapter to every layer `config` targets. The first adapter
     /// becomes active; later ones stay inactive until [`set_active`](Self::set_active).
     pub fn add_adapter(&mut self, name: &str, config: LoraConfig) -> Result<()> {
-        self.create_adapter(name, config, true)
-    }
-
-    /// Shared by `add_adapter` (fresh weights) and loading (`init = false`: zero-init factors
-    /// that the caller overwrites).
-    pub(crate) fn create_adapter(&mut self, name: &str, config: LoraConfig, init: bool) -> Result<()> {
         config.validate()?;
         if self.config(name).is_some() {
             return Err(LoraError::DuplicateAdapter(name.into()));
         }
         let matcher = TargetMatcher::new(&config)?;
+        self.check_modules_to_save(name, &config)?;
         let output = self.model.output_layer().map(str::to_string);
-        let mut result = Ok(());
         let mut targeted = 0usize;
+        self.model.visit_linears(&mut |path, _| {
+            targeted += usize::from(matcher.is_target(path, output.as_deref() == Some(path)));
+        });
+        if targeted == 0 {
+            return Err(LoraError::NoTarget {
+                adapter: name.into(),
+                targets: format!("{:?}", config.target_modules),
+            });
+        }
+        let mut result = Ok(());
         self.model.visit_linears_mut(&mut |path, layer| {
             if result.is_err() || !matcher.is_target(path, output.as_deref() == Some(path)) {
                 return;
             }
             let rank = config.module_rank(path);
-            let mut spec = AdapterSpec {
+            let spec = AdapterSpec {
                 r: rank.r,
                 alpha: rank.alpha,
                 scale: rank.scale,
@@ -117,20 +121,9 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
                 init: config.init_lora_weights.clone(),
                 use_dora: config.use_dora,
             };
-            if !init {
-                spec.init = crate::config::InitLoraWeights::Gaussian;
-            }
-            targeted += 1;
             result = layer.add_adapter(name, &spec);
         });
         result?;
-        if targeted == 0 {
-            return Err(LoraError::NoTarget {
-                adapter: name.into(),
-                targets: format!("{:?}", config.target_modules),
-            });
-        }
-        self.check_modules_to_save(name, &config, &matcher)?;
         self.registry.configs.push((name.to_string(), config));
         if self.registry.active.is_empty() {
             self.registry.active.push(name.to_string());
@@ -139,7 +132,7 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
         Ok(())
     }
 
-    fn check_modules_to_save(&self, name: &str, config: &LoraConfig, m: &TargetMatcher) -> Result<()> {
+    fn check_modules_to_save(&self, name: &str, config: &LoraConfig) -> Result<()> {
         for module in config.modules_to_save.iter().flatten() {
             let one = LoraConfig {
                 modules_to_save: Some(vec![module.clone()]),
@@ -158,7 +151,6 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
                 });
             }
         }
-        let _ = m;
         Ok(())
     }
 
@@ -173,7 +165,11 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
 
     /// Names of all adapters, in the order they were added.
     pub fn adapter_names(&self) -> Vec<String> {
-        self.registry.configs.iter().map(|(n, _)| n.clone()).collect()
+        self.registry
+            .configs
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// Names of the active adapters.
@@ -198,13 +194,15 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
     /// [`enable_adapters`](Self::enable_adapters).
     pub fn disable_adapters(&mut self) {
         self.registry.disabled = true;
-        self.model.visit_linears_mut(&mut |_, l| l.set_disabled(true));
+        self.model
+            .visit_linears_mut(&mut |_, l| l.set_disabled(true));
     }
 
     /// Runs the active adapters again.
     pub fn enable_adapters(&mut self) {
         self.registry.disabled = false;
-        self.model.visit_linears_mut(&mut |_, l| l.set_disabled(false));
+        self.model
+            .visit_linears_mut(&mut |_, l| l.set_disabled(false));
     }
 
     /// Removes adapter `name` from every layer.
@@ -231,7 +229,11 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
         let mut result = Ok(());
         self.model.visit_linears_mut(&mut |_, l| {
             if result.is_ok() {
-                let names: Vec<String> = active.iter().filter(|n| l.adapter(n).is_some()).cloned().collect();
+                let names: Vec<String> = active
+                    .iter()
+                    .filter(|n| l.adapter(n).is_some())
+                    .cloned()
+                    .collect();
                 result = l.merge(Some(&names));
             }
         });
@@ -270,7 +272,6 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
             if plan.module_to_save(path) || (param == "bias" && plan.bias_trains(false)) {
                 trainable += p.dims().iter().product::<usize>();
             }
-            let _ = OtherParam::dims;
         });
         ParamCount {
             trainable,
@@ -324,10 +325,6 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
             }
         }
         plan
-    }
-
-    pub(crate) fn configs(&self) -> &[(String, LoraConfig)] {
-        &self.registry.configs
     }
 
     pub(crate) fn push_config(&mut self, name: &str, config: LoraConfig) {

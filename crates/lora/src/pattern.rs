@@ -185,9 +185,18 @@ mod tests {
 
     #[test]
     fn pattern_keys_first_match_wins_and_need_a_dot_boundary() {
-        let p = vec![("v_proj".to_string(), 3usize), ("layers.0.*".to_string(), 5)];
-        assert_eq!(pattern_lookup(&p, "model.layers.0.self_attn.v_proj"), Some(3));
-        assert_eq!(pattern_lookup(&p, "model.layers.0.self_attn.q_proj"), Some(5));
+        let p = vec![
+            ("v_proj".to_string(), 3usize),
+            ("layers.0.*".to_string(), 5),
+        ];
+        assert_eq!(
+            pattern_lookup(&p, "model.layers.0.self_attn.v_proj"),
+            Some(3)
+        );
+        assert_eq!(
+            pattern_lookup(&p, "model.layers.0.self_attn.q_proj"),
+            Some(5)
+        );
         assert_eq!(pattern_lookup(&p, "model.layers.1.self_attn.xv_proj"), None);
     }
 

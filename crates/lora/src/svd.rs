@@ -38,7 +38,10 @@ fn to_rows(cols: &[Vec<f64>], len: usize, r: usize) -> Vec<f64> {
 
 /// First `r` columns `[k][len]` -> row-major `[r, len]` (their transpose).
 fn to_cols_t(cols: &[Vec<f64>], len: usize, r: usize) -> Vec<f64> {
-    cols.iter().take(r).flat_map(|c| c[..len].to_vec()).collect()
+    cols.iter()
+        .take(r)
+        .flat_map(|c| c[..len].to_vec())
+        .collect()
 }
 
 /// Orthogonalises `n` columns; returns (U columns, singular values, V columns), sorted.
@@ -79,7 +82,11 @@ fn jacobi(mut a: Vec<Vec<f64>>, n: usize) -> (Vec<Vec<f64>>, Vec<f64>, Vec<Vec<f
     let s: Vec<f64> = order.iter().map(|(s, _)| *s).collect();
     let u = order
         .iter()
-        .map(|&(s, j)| a[j].iter().map(|x| if s > 0.0 { x / s } else { 0.0 }).collect())
+        .map(|&(s, j)| {
+            a[j].iter()
+                .map(|x| if s > 0.0 { x / s } else { 0.0 })
+                .collect()
+        })
         .collect();
     let v = order.iter().map(|&(_, j)| v[j].clone()).collect();
     (u, s, v)

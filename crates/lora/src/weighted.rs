@@ -45,7 +45,9 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
             configs.push(c.clone());
         }
         let Some(first) = configs.first().cloned() else {
-            return Err(LoraError::State("add_weighted_adapter needs at least one adapter".into()));
+            return Err(LoraError::State(
+                "add_weighted_adapter needs at least one adapter".into(),
+            ));
         };
         let combination = if adapters.len() == 1 {
             Combination::Linear
@@ -86,8 +88,15 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
                 return;
             }
             let (a, b) = combine(&parts, combination, new_rank, layer.d_in(), layer.d_out());
-            let adapter =
-                LoraAdapter::from_factors(new_name, a, b, None, new_rank as f64, scale, config.lora_dropout);
+            let adapter = LoraAdapter::from_factors(
+                new_name,
+                a,
+                b,
+                None,
+                new_rank as f64,
+                scale,
+                config.lora_dropout,
+            );
             result = layer.insert_adapter(adapter, &format!("base_model.model.{path}"));
         });
         result?;
@@ -124,8 +133,10 @@ fn combine(
                 .iter()
                 .map(|(ad, w)| ad.lora_a.val().detach().mul_scalar(w * ad.scale))
                 .collect();
-            let mut b_parts: Vec<Tensor<2>> =
-                parts.iter().map(|(ad, _)| ad.lora_b.val().detach()).collect();
+            let mut b_parts: Vec<Tensor<2>> = parts
+                .iter()
+                .map(|(ad, _)| ad.lora_b.val().detach())
+                .collect();
             let used: usize = parts.iter().map(|(ad, _)| ad.rank()).sum();
             if used < rank {
                 a_parts.push(Tensor::zeros([d_in, rank - used], &device));
@@ -138,8 +149,15 @@ fn combine(
 
 /// PEFT: lists are united, regexes joined as `(a)|(b)`; mixing the two is an error.
 fn union_targets(configs: &[LoraConfig]) -> Result<TargetModules> {
-    let targets: Vec<&TargetModules> = configs.iter().filter_map(|c| c.target_modules.as_ref()).collect();
-    if targets.iter().all(|t| matches!(t, TargetModules::AllLinear)) && !targets.is_empty() {
+    let targets: Vec<&TargetModules> = configs
+        .iter()
+        .filter_map(|c| c.target_modules.as_ref())
+        .collect();
+    if targets
+        .iter()
+        .all(|t| matches!(t, TargetModules::AllLinear))
+        && !targets.is_empty()
+    {
         return Ok(TargetModules::AllLinear);
     }
     if targets.iter().all(|t| matches!(t, TargetModules::Names(_))) {
@@ -167,6 +185,7 @@ fn union_targets(configs: &[LoraConfig]) -> Result<TargetModules> {
     }
     Err(LoraError::Config {
         field: "target_modules".into(),
-        reason: "cannot combine adapters whose target_modules mix lists, regexes and all-linear".into(),
+        reason: "cannot combine adapters whose target_modules mix lists, regexes and all-linear"
+            .into(),
     })
 }

@@ -4,6 +4,7 @@
 //! One decoder ([`CausalLm`]) with knobs ([`DecoderConfig`]) serves the Llama family
 //! (`llama`, `mistral`, `qwen2`). Every projection is a [`kiln_lora::LoraLinear`], so adapters
 //! attach to any of them.
+pub mod adapters;
 pub mod attention;
 pub mod config;
 pub mod decoder;

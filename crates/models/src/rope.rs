@@ -124,11 +124,11 @@ mod tests {
             factor: 8.0,
             low_freq_factor: 1.0,
             high_freq_factor: 4.0,
-            original_max_position_embeddings: 8.0,
+            original_max_position_embeddings: 32.0,
         };
         let plain = Rope::with_params(16, 10_000.0, &RopeScaling::Default);
         let r = Rope::with_params(16, 10_000.0, &s);
-        // wavelength 2π < 8/4: untouched; the lowest frequency (wavelength ≫ 8) is divided by 8.
+        // wavelength 2π < 32/4: untouched; the lowest frequency (wavelength ≫ 8) is divided by 8.
         assert_eq!(r.inv_freq[0], plain.inv_freq[0]);
         let last = plain.inv_freq.len() - 1;
         assert_eq!(r.inv_freq[last], plain.inv_freq[last] / 8.0);

@@ -11,7 +11,7 @@ fn tiny(name: &str) -> CausalLm {
 }
 
 fn host(t: burn::tensor::Tensor<3>) -> Vec<f32> {
-    t.into_data().to_vec().unwrap()
+    t.into_data().into_vec().unwrap()
 }
 
 const IDS: [u32; 10] = [17, 250, 3, 99, 400, 12, 7, 301, 45, 88];

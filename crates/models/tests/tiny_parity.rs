@@ -20,7 +20,7 @@ fn check(name: &str, checkpoint: &str) {
         .with_position_ids(reference.i64("position_ids"));
     let logits = model.forward(&input).unwrap();
     let v = logits.dims()[2];
-    let got: Vec<f32> = logits.clone().into_data().to_vec().unwrap();
+    let got: Vec<f32> = logits.clone().into_data().into_vec().unwrap();
     let want = reference.f32("logits");
     // Compare real (non-padded) positions only.
     let (mut g, mut w) = (Vec::new(), Vec::new());

@@ -90,10 +90,12 @@ impl BatchSource for Vec<Batch> {
     }
 
     fn get(&self, _epoch: usize, index: usize) -> Result<Batch> {
-        <[Batch]>::get(self, index).cloned().ok_or_else(|| TrainError::Batch {
-            index,
-            reason: format!("only {} batches", <[Batch]>::len(self)),
-        })
+        <[Batch]>::get(self, index)
+            .cloned()
+            .ok_or_else(|| TrainError::Batch {
+                index,
+                reason: format!("only {} batches", <[Batch]>::len(self)),
+            })
     }
 }
 
@@ -135,7 +137,9 @@ impl<S: BatchSource> BatchSource for Shuffled<S> {
 
 /// SplitMix64 of `seed + k`: independent seeds for epochs and micro-batches.
 pub fn mix(seed: u64, k: u64) -> u64 {
-    let mut z = seed.wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = seed
+        .wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -161,7 +165,9 @@ mod tests {
 
     #[test]
     fn shuffled_is_a_deterministic_permutation_per_epoch() {
-        let batches: Vec<Batch> = (0..8).map(|i| Batch::language_modelling(vec![i, i], 1, 2).unwrap()).collect();
+        let batches: Vec<Batch> = (0..8)
+            .map(|i| Batch::language_modelling(vec![i, i], 1, 2).unwrap())
+            .collect();
         let s = Shuffled::new(batches, 7);
         let mut o = s.order(0);
         assert_eq!(o, s.order(0));

@@ -28,7 +28,12 @@ impl TrainingMetadata {
         Self {
             kiln_version: env!("CARGO_PKG_VERSION").to_string(),
             base_model: config.model.display().to_string(),
-            data: config.data.train.iter().map(|p| p.display().to_string()).collect(),
+            data: config
+                .data
+                .train
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
             train_examples: 0,
             val_examples: 0,
             trainable_params: 0,
@@ -49,29 +54,85 @@ impl TrainingMetadata {
                 l.r,
                 l.lora_alpha,
                 l.lora_dropout,
-                l.target_modules.as_ref().map_or("default targets".to_string(), |m| format!("{m:?}"))
+                l.target_modules
+                    .as_ref()
+                    .map_or("default targets".to_string(), |m| format!("{m:?}"))
             ),
             None => "full fine-tuning".to_string(),
         };
-        let _ = writeln!(t, "---\nbase_model: {}\nlibrary_name: {}\ntags:\n- kiln\n- sft\n---\n", self.base_model, if c.lora.is_some() { "peft" } else { "kiln" });
+        let _ = writeln!(
+            t,
+            "---\nbase_model: {}\nlibrary_name: {}\ntags:\n- kiln\n- sft\n---\n",
+            self.base_model,
+            if c.lora.is_some() { "peft" } else { "kiln" }
+        );
         let _ = writeln!(t, "# Fine-tuned {}\n", self.base_model);
         let _ = writeln!(t, "Trained with kiln {} ({method}).\n", self.kiln_version);
         let _ = writeln!(t, "## Data\n");
-        let _ = writeln!(t, "- files: {}", if self.data.is_empty() { "(in code)".into() } else { self.data.join(", ") });
-        let _ = writeln!(t, "- training examples: {}, validation examples: {}", self.train_examples, self.val_examples);
-        let _ = writeln!(t, "- max sequence length: {}, packing: {}\n", c.data.max_seq_len, c.data.packing);
+        let _ = writeln!(
+            t,
+            "- files: {}",
+            if self.data.is_empty() {
+                "(in code)".into()
+            } else {
+                self.data.join(", ")
+            }
+        );
+        let _ = writeln!(
+            t,
+            "- training examples: {}, validation examples: {}",
+            self.train_examples, self.val_examples
+        );
+        let _ = writeln!(
+            t,
+            "- max sequence length: {}, packing: {}\n",
+            c.data.max_seq_len, c.data.packing
+        );
         let _ = writeln!(t, "## Hyperparameters\n");
         let _ = writeln!(t, "| | |\n|---|---|");
         let o = &c.optimizer;
         let rows = [
             ("method", method.clone()),
-            ("trainable parameters", format!("{} of {}", self.trainable_params, self.all_params)),
-            ("optimizer", format!("AdamW lr={} betas=({}, {}) eps={} weight_decay={}", o.lr, o.betas.0, o.betas.1, o.eps, o.weight_decay)),
-            ("schedule", format!("{:?}, warmup steps {:?} / ratio {:?}, min lr {}", c.schedule.kind, c.schedule.warmup_steps, c.schedule.warmup_ratio, c.schedule.min_lr)),
-            ("batch", format!("{} x {} accumulation", c.micro_batch_size, c.grad_accum)),
+            (
+                "trainable parameters",
+                format!("{} of {}", self.trainable_params, self.all_params),
+            ),
+            (
+                "optimizer",
+                format!(
+                    "AdamW lr={} betas=({}, {}) eps={} weight_decay={}",
+                    o.lr, o.betas.0, o.betas.1, o.eps, o.weight_decay
+                ),
+            ),
+            (
+                "schedule",
+                format!(
+                    "{:?}, warmup steps {:?} / ratio {:?}, min lr {}",
+                    c.schedule.kind,
+                    c.schedule.warmup_steps,
+                    c.schedule.warmup_ratio,
+                    c.schedule.min_lr
+                ),
+            ),
+            (
+                "batch",
+                format!("{} x {} accumulation", c.micro_batch_size, c.grad_accum),
+            ),
             ("max grad norm", format!("{:?}", c.max_grad_norm)),
             ("seed", c.seed.to_string()),
-            ("steps", format!("{} ({} skipped){}", s.steps, s.skipped_steps, if s.stopped_early { ", stopped early" } else { "" })),
+            (
+                "steps",
+                format!(
+                    "{} ({} skipped){}",
+                    s.steps,
+                    s.skipped_steps,
+                    if s.stopped_early {
+                        ", stopped early"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
         ];
         for (k, v) in rows {
             let _ = writeln!(t, "| {k} | {v} |");
@@ -81,9 +142,17 @@ impl TrainingMetadata {
             let _ = writeln!(t, "- final training loss: {l:.4}");
         }
         if let Some(e) = &s.final_eval {
-            let _ = writeln!(t, "- validation loss: {:.4}, perplexity: {:.3} ({} tokens)", e.val_loss, e.val_perplexity, e.val_tokens);
+            let _ = writeln!(
+                t,
+                "- validation loss: {:.4}, perplexity: {:.3} ({} tokens)",
+                e.val_loss, e.val_perplexity, e.val_tokens
+            );
         }
-        let _ = writeln!(t, "- tokens trained on: {}, time: {:.1} s", s.tokens_seen, s.elapsed_secs);
+        let _ = writeln!(
+            t,
+            "- tokens trained on: {}, time: {:.1} s",
+            s.tokens_seen, s.elapsed_secs
+        );
         t
     }
 
@@ -93,7 +162,8 @@ impl TrainingMetadata {
         let readme = dir.join("README.md");
         std::fs::write(&readme, self.model_card()).map_err(|e| TrainError::io(&readme, e))?;
         let meta = dir.join("training_metadata.json");
-        let json = serde_json::to_string_pretty(self).map_err(|e| TrainError::option("metadata", e.to_string()))?;
+        let json = serde_json::to_string_pretty(self)
+            .map_err(|e| TrainError::option("metadata", e.to_string()))?;
         std::fs::write(&meta, json).map_err(|e| TrainError::io(&meta, e))
     }
 }

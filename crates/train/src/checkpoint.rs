@@ -12,7 +12,9 @@
 //! - `grads.safetensors`: accumulated gradients, only mid-step.
 use crate::error::{Result, TrainError};
 use crate::model::CausalModel;
-use crate::params::{HostParams, grads_from_host, grads_to_host, params_to_host, restore_params, trainable_params};
+use crate::params::{
+    HostParams, grads_from_host, grads_to_host, params_to_host, restore_params, trainable_params,
+};
 use crate::trainer::{TrainState, Trainer, TrainerOptions, build_optimizer, training_device};
 use burn::optim::OptimizerRecord;
 use burn::tensor::Device;
@@ -44,7 +46,13 @@ pub fn write_host_safetensors(path: &Path, host: &HostParams) -> Result<()> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = host
         .tensors
         .iter()
-        .map(|(k, (_, shape, v))| (k.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect(), shape.clone()))
+        .map(|(k, (_, shape, v))| {
+            (
+                k.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                shape.clone(),
+            )
+        })
         .collect();
     let mut views = Vec::new();
     for (k, b, shape) in &bytes {
@@ -52,20 +60,29 @@ pub fn write_host_safetensors(path: &Path, host: &HostParams) -> Result<()> {
             .map_err(|e| TrainError::checkpoint(path, format!("{k}: {e}")))?;
         views.push((k.clone(), view));
     }
-    let data = safetensors::serialize(views, None).map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
+    let data = safetensors::serialize(views, None)
+        .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
     write_synced(path, &data)
 }
 
 /// Reads a file written by [`write_host_safetensors`] (ids are set to 0; see `state.json`).
 pub fn read_host_safetensors(path: &Path) -> Result<HostParams> {
     let bytes = fs::read(path).map_err(|e| TrainError::io(path, e))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
     let mut host = HostParams::default();
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
-            return Err(TrainError::checkpoint(path, format!("{name}: dtype {:?}, expected F32", view.dtype())));
+            return Err(TrainError::checkpoint(
+                path,
+                format!("{name}: dtype {:?}, expected F32", view.dtype()),
+            ));
         }
-        let v = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let v = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         host.tensors.insert(name, (0, view.shape().to_vec(), v));
     }
     Ok(host)
@@ -167,13 +184,18 @@ impl<M: CausalModel> Trainer<M> {
             format: FORMAT,
             kiln_version: env!("CARGO_PKG_VERSION").to_string(),
             seed: self.options.seed,
-            param_ids: params.tensors.iter().map(|(k, (id, _, _))| (k.clone(), *id)).collect(),
+            param_ids: params
+                .tensors
+                .iter()
+                .map(|(k, (id, _, _))| (k.clone(), *id))
+                .collect(),
             state: TrainState {
                 elapsed: self.elapsed(),
                 ..self.state.clone()
             },
         };
-        let json = serde_json::to_vec_pretty(&file).map_err(|e| TrainError::checkpoint(dir, e.to_string()))?;
+        let json = serde_json::to_vec_pretty(&file)
+            .map_err(|e| TrainError::checkpoint(dir, e.to_string()))?;
         write_synced(&dir.join(STATE), &json)
     }
 
@@ -183,23 +205,32 @@ impl<M: CausalModel> Trainer<M> {
     pub fn resume(model: M, device: &Device, options: TrainerOptions, dir: &Path) -> Result<Self> {
         let state_path = dir.join(STATE);
         let text = fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
-        let file: StateFile =
-            serde_json::from_str(&text).map_err(|e| TrainError::checkpoint(&state_path, e.to_string()))?;
+        let file: StateFile = serde_json::from_str(&text)
+            .map_err(|e| TrainError::checkpoint(&state_path, e.to_string()))?;
         if file.format != FORMAT {
-            return Err(TrainError::checkpoint(&state_path, format!("format {} is not {FORMAT}", file.format)));
+            return Err(TrainError::checkpoint(
+                &state_path,
+                format!("format {} is not {FORMAT}", file.format),
+            ));
         }
         if file.seed != options.seed {
-            tracing::warn!("resuming with seed {} instead of the checkpoint's {}", options.seed, file.seed);
+            tracing::warn!(
+                "resuming with seed {} instead of the checkpoint's {}",
+                options.seed,
+                file.seed
+            );
         }
         let mut params = read_host_safetensors(&dir.join(PARAMS))?;
         for (path, entry) in params.tensors.iter_mut() {
-            entry.0 = *file
-                .param_ids
-                .get(path)
-                .ok_or_else(|| TrainError::checkpoint(&state_path, format!("no id for parameter {path}")))?;
+            entry.0 = *file.param_ids.get(path).ok_or_else(|| {
+                TrainError::checkpoint(&state_path, format!("no id for parameter {path}"))
+            })?;
         }
-        let model = model.fork(&training_device(device, options.gradient_checkpointing)).train();
-        let model = restore_params(model, &params).map_err(|e| TrainError::checkpoint(dir, e.to_string()))?;
+        let model = model
+            .fork(&training_device(device, options.gradient_checkpointing))
+            .train();
+        let model = restore_params(model, &params)
+            .map_err(|e| TrainError::checkpoint(dir, e.to_string()))?;
         let trainable = trainable_params(&model);
         if trainable.len() != params.tensors.len() {
             return Err(TrainError::checkpoint(
@@ -212,8 +243,8 @@ impl<M: CausalModel> Trainer<M> {
             ));
         }
         let opt_path = dir.join(OPTIMIZER);
-        let record =
-            OptimizerRecord::load(&opt_path).map_err(|e| TrainError::checkpoint(&opt_path, format!("{e:?}")))?;
+        let record = OptimizerRecord::load(&opt_path)
+            .map_err(|e| TrainError::checkpoint(&opt_path, format!("{e:?}")))?;
         let mut trainer = Trainer::new(model, device, options)?;
         trainer.optim = build_optimizer(&trainer.options.adamw, &trainable).load_record(record);
         trainer.state = file.state;

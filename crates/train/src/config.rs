@@ -288,7 +288,11 @@ impl SftConfig {
         let config: Self = match path.extension().and_then(|e| e.to_str()) {
             Some("toml") => toml::from_str(&text).map_err(|e| bad(e.to_string()))?,
             Some("json") => serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?,
-            other => return Err(bad(format!("unknown config extension {other:?}; use .toml or .json"))),
+            other => {
+                return Err(bad(format!(
+                    "unknown config extension {other:?}; use .toml or .json"
+                )));
+            }
         };
         config.validate().map_err(|e| bad(e.to_string()))?;
         Ok(config)
@@ -319,19 +323,31 @@ impl SftConfig {
         if let Some(e) = self.epochs
             && !(e.is_finite() && e > 0.0)
         {
-            return Err(TrainError::option("epochs", format!("{e} is not a positive number")));
+            return Err(TrainError::option(
+                "epochs",
+                format!("{e} is not a positive number"),
+            ));
         }
         let o = &self.optimizer;
         if !(o.lr.is_finite() && o.lr >= 0.0) {
-            return Err(TrainError::option("optimizer.lr", format!("{} is not a non-negative number", o.lr)));
+            return Err(TrainError::option(
+                "optimizer.lr",
+                format!("{} is not a non-negative number", o.lr),
+            ));
         }
-        for (key, b) in [("optimizer.betas[0]", o.betas.0), ("optimizer.betas[1]", o.betas.1)] {
+        for (key, b) in [
+            ("optimizer.betas[0]", o.betas.0),
+            ("optimizer.betas[1]", o.betas.1),
+        ] {
             if !(0.0..1.0).contains(&b) {
                 return Err(TrainError::option(key, format!("{b} is outside [0, 1)")));
             }
         }
         if !(o.eps > 0.0) {
-            return Err(TrainError::option("optimizer.eps", format!("{} must be positive", o.eps)));
+            return Err(TrainError::option(
+                "optimizer.eps",
+                format!("{} must be positive", o.eps),
+            ));
         }
         if !(o.weight_decay >= 0.0) {
             return Err(TrainError::option("optimizer.weight_decay", "must be >= 0"));
@@ -339,18 +355,30 @@ impl SftConfig {
         if let Some(r) = self.schedule.warmup_ratio
             && !(0.0..=1.0).contains(&r)
         {
-            return Err(TrainError::option("schedule.warmup_ratio", format!("{r} is outside [0, 1]")));
+            return Err(TrainError::option(
+                "schedule.warmup_ratio",
+                format!("{r} is outside [0, 1]"),
+            ));
         }
         if !(self.schedule.min_lr >= 0.0 && self.schedule.min_lr <= o.lr) {
-            return Err(TrainError::option("schedule.min_lr", "must lie between 0 and optimizer.lr"));
+            return Err(TrainError::option(
+                "schedule.min_lr",
+                "must lie between 0 and optimizer.lr",
+            ));
         }
         if let Some(c) = self.max_grad_norm
             && !(c > 0.0)
         {
-            return Err(TrainError::option("max_grad_norm", format!("{c} must be positive")));
+            return Err(TrainError::option(
+                "max_grad_norm",
+                format!("{c} must be positive"),
+            ));
         }
         if !(0.0..1.0).contains(&self.data.validation_split) {
-            return Err(TrainError::option("data.validation_split", "must lie in [0, 1)"));
+            return Err(TrainError::option(
+                "data.validation_split",
+                "must lie in [0, 1)",
+            ));
         }
         if matches!(self.eval.every, Some(0)) {
             return Err(TrainError::option("eval.every", "must be at least 1"));
@@ -370,7 +398,9 @@ impl SftConfig {
     /// Optimizer steps of the run, given the number of micro-batches in one epoch.
     pub fn total_steps(&self, micro_batches_per_epoch: usize) -> usize {
         let per_epoch = micro_batches_per_epoch as f64 / self.grad_accum as f64;
-        let from_epochs = self.epochs.map(|e| (e * per_epoch).ceil().max(1.0) as usize);
+        let from_epochs = self
+            .epochs
+            .map(|e| (e * per_epoch).ceil().max(1.0) as usize);
         match (self.max_steps, from_epochs) {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) => a,
@@ -410,13 +440,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
             ("model = \"m\"\n", "max_steps"),
-            ("model = \"m\"\nmax_steps = 1\ngrad_accum = 0\n", "grad_accum"),
-            ("model = \"m\"\nmax_steps = 1\n[optimizer]\nbetas = [0.9, 1.0]\n", "betas[1]"),
+            (
+                "model = \"m\"\nmax_steps = 1\ngrad_accum = 0\n",
+                "grad_accum",
+            ),
+            (
+                "model = \"m\"\nmax_steps = 1\n[optimizer]\nbetas = [0.9, 1.0]\n",
+                "betas[1]",
+            ),
             ("model = \"m\"\nmax_steps = 1\ndevice = \"tpu\"\n", "device"),
-            ("model = \"m\"\nmax_steps = 1\nmax_grad_norm = -1.0\n", "max_grad_norm"),
-            ("model = \"m\"\nmax_steps = 1\n[schedule]\nkind = \"step\"\n", "unknown variant"),
+            (
+                "model = \"m\"\nmax_steps = 1\nmax_grad_norm = -1.0\n",
+                "max_grad_norm",
+            ),
+            (
+                "model = \"m\"\nmax_steps = 1\n[schedule]\nkind = \"step\"\n",
+                "unknown variant",
+            ),
             ("model = \"m\"\nmax_steps = 1\nbatch = 3\n", "unknown field"),
-            ("model = \"m\"\nmax_steps = 1\n[schedule]\nmin_lr = 1.0\n", "min_lr"),
+            (
+                "model = \"m\"\nmax_steps = 1\n[schedule]\nmin_lr = 1.0\n",
+                "min_lr",
+            ),
         ];
         for (text, needle) in cases {
             let p = dir.path().join("bad.toml");
@@ -427,7 +472,12 @@ mod tests {
         }
         let p = dir.path().join("c.yaml");
         std::fs::write(&p, "model: m").unwrap();
-        assert!(SftConfig::from_file(&p).unwrap_err().to_string().contains("extension"));
+        assert!(
+            SftConfig::from_file(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("extension")
+        );
     }
 
     #[test]

@@ -30,8 +30,8 @@ pub use callback::{Callback, EvalMetrics, StepMetrics};
 pub use card::TrainingMetadata;
 pub use checkpoint::{latest_checkpoint, list_checkpoints};
 pub use config::{
-    AdamWOptions, DataOptions, EarlyStopping, EvalOptions, NonFinitePolicy, SaveOptions, ScheduleKind,
-    ScheduleOptions, SftConfig,
+    AdamWOptions, DataOptions, EarlyStopping, EvalOptions, NonFinitePolicy, SaveOptions,
+    ScheduleKind, ScheduleOptions, SftConfig,
 };
 pub use error::{Result, TrainError};
 pub use export::Export;

@@ -17,7 +17,9 @@ pub struct JsonlLogger {
 
 impl std::fmt::Debug for JsonlLogger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JsonlLogger").field("path", &self.path).finish()
+        f.debug_struct("JsonlLogger")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -80,7 +82,10 @@ impl Progress {
         .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
         bar.set_position(done as u64);
-        Self { bar, last_val: None }
+        Self {
+            bar,
+            last_val: None,
+        }
     }
 
     /// A bar that draws nothing (tests, non-interactive runs).
@@ -94,9 +99,14 @@ impl Progress {
 
 impl Callback for Progress {
     fn on_step(&mut self, m: &StepMetrics) -> Result<()> {
-        let val = self.last_val.map(|v| format!(" val {v:.4}")).unwrap_or_default();
-        self.bar
-            .set_message(format!("loss {:.4}{val} lr {:.2e} {:.0} tok/s", m.loss, m.lr, m.tokens_per_s));
+        let val = self
+            .last_val
+            .map(|v| format!(" val {v:.4}"))
+            .unwrap_or_default();
+        self.bar.set_message(format!(
+            "loss {:.4}{val} lr {:.2e} {:.0} tok/s",
+            m.loss, m.lr, m.tokens_per_s
+        ));
         self.bar.set_position(m.step as u64);
         Ok(())
     }

@@ -68,7 +68,7 @@ pub fn param_infos<M: Module>(module: &M) -> Vec<ParamInfo> {
             self.1.push(ParamInfo {
                 path: self.0.get(),
                 id: param.id,
-                shape: param.shape().dims.to_vec(),
+                shape: param.dims().to_vec(),
                 trainable: param.is_require_grad(),
             });
         }
@@ -80,13 +80,15 @@ pub fn param_infos<M: Module>(module: &M) -> Vec<ParamInfo> {
 
 /// The trainable parameters of `module`.
 pub fn trainable_params<M: Module>(module: &M) -> Vec<ParamInfo> {
-    param_infos(module).into_iter().filter(|p| p.trainable).collect()
+    param_infos(module)
+        .into_iter()
+        .filter(|p| p.trainable)
+        .collect()
 }
 
 fn host<const D: usize>(t: Tensor<D>, path: &str) -> Result<Vec<f32>> {
     t.into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
+        .try_into_vec_as::<f32>()
         .map_err(|e| TrainError::option(path, format!("cannot read tensor: {e:?}")))
 }
 
@@ -107,7 +109,9 @@ pub fn params_to_host<M: Module>(module: &M, trainable_only: bool) -> Result<Hos
             let path = self.0.get();
             match host(param.val(), &path) {
                 Ok(v) => {
-                    self.1.tensors.insert(path, (param.id.val(), param.shape().dims.to_vec(), v));
+                    self.1
+                        .tensors
+                        .insert(path, (param.id.val(), param.dims().to_vec(), v));
                 }
                 Err(e) => self.3 = Some(e),
             }
@@ -138,14 +142,15 @@ pub fn restore_params<M: Module>(module: M, values: &HostParams) -> Result<M> {
                 return param;
             };
             self.2.push(path.clone());
-            let dims = param.shape().dims.to_vec();
+            let dims = param.dims().to_vec();
             if *shape != dims {
                 self.3 = Some(format!("{path}: saved shape {shape:?}, model has {dims:?}"));
                 return param;
             }
             let trains = param.is_require_grad();
             let (_, old, mapper) = param.consume();
-            let mut t = Tensor::<D>::from_data(TensorData::new(data.clone(), shape.clone()), &old.device());
+            let mut t =
+                Tensor::<D>::from_data(TensorData::new(data.clone(), shape.clone()), &old.device());
             if trains {
                 t = t.require_grad();
             }
@@ -169,7 +174,11 @@ pub fn restore_params<M: Module>(module: M, values: &HostParams) -> Result<M> {
 
 /// Adds `new` into `acc` for every parameter of `module` (burn's `GradientsAccumulator`, without
 /// the type parameter so it can be saved).
-pub fn accumulate_grads<M: Module>(module: &M, acc: &mut GradientsParams, mut new: GradientsParams) {
+pub fn accumulate_grads<M: Module>(
+    module: &M,
+    acc: &mut GradientsParams,
+    mut new: GradientsParams,
+) {
     struct V<'a>(&'a mut GradientsParams, &'a mut GradientsParams);
     impl ModuleVisitor for V<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
@@ -262,7 +271,8 @@ pub fn grads_from_host<M: Module>(module: &M, host: &HostParams) -> GradientsPar
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             if let Some((_, shape, data)) = self.1.tensors.get(&self.0.get()) {
                 let device = param.val().device().inner();
-                let g = Tensor::<D>::from_data(TensorData::new(data.clone(), shape.clone()), &device);
+                let g =
+                    Tensor::<D>::from_data(TensorData::new(data.clone(), shape.clone()), &device);
                 self.2.register::<D>(param.id, g);
             }
         }

@@ -46,13 +46,22 @@ impl Canvas {
 /// Draws `train` and `val` (`(step, loss)` points) into a PNG at `path`. Non-finite values are
 /// left out.
 pub fn write_loss_curve(path: &Path, train: &[(usize, f64)], val: &[(usize, f64)]) -> Result<()> {
-    let finite = |s: &[(usize, f64)]| s.iter().copied().filter(|p| p.1.is_finite()).collect::<Vec<_>>();
+    let finite = |s: &[(usize, f64)]| {
+        s.iter()
+            .copied()
+            .filter(|p| p.1.is_finite())
+            .collect::<Vec<_>>()
+    };
     let (train, val) = (finite(train), finite(val));
     let all: Vec<&(usize, f64)> = train.iter().chain(val.iter()).collect();
     let max_x = all.iter().map(|p| p.0).max().unwrap_or(1).max(1) as f64;
     let lo = all.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
     let hi = all.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
-    let (lo, hi) = if lo.is_finite() && hi > lo { (lo, hi) } else { (lo.min(0.0), lo.max(0.0) + 1.0) };
+    let (lo, hi) = if lo.is_finite() && hi > lo {
+        (lo, hi)
+    } else {
+        (lo.min(0.0), lo.max(0.0) + 1.0)
+    };
     let (pw, ph) = ((W - 2 * MARGIN) as f64, (H - 2 * MARGIN) as f64);
     let to_px = |(s, l): (usize, f64)| {
         let x = MARGIN as f64 + s as f64 / max_x * pw;
@@ -85,7 +94,8 @@ pub fn write_loss_curve(path: &Path, train: &[(usize, f64)], val: &[(usize, f64)
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), W as u32, H as u32);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
-    let png_err = |e: png::EncodingError| TrainError::io(path, std::io::Error::other(e.to_string()));
+    let png_err =
+        |e: png::EncodingError| TrainError::io(path, std::io::Error::other(e.to_string()));
     let mut w = enc.write_header().map_err(png_err)?;
     w.write_image_data(&c.0).map_err(png_err)?;
     w.finish().map_err(png_err)
@@ -99,7 +109,12 @@ mod tests {
     fn writes_a_png_with_both_colours() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("loss.png");
-        write_loss_curve(&p, &[(1, 3.0), (2, 2.5), (3, f64::NAN), (4, 2.0)], &[(2, 2.8), (4, 2.4)]).unwrap();
+        write_loss_curve(
+            &p,
+            &[(1, 3.0), (2, 2.5), (3, f64::NAN), (4, 2.0)],
+            &[(2, 2.8), (4, 2.4)],
+        )
+        .unwrap();
         let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&p).unwrap()));
         let mut reader = decoder.read_info().unwrap();
         let mut buf = vec![0; reader.output_buffer_size().unwrap()];

@@ -94,7 +94,9 @@ pub fn fit<M: CausalModel>(
                 }
             }
             Ok(_) => continue,
-            Err(TrainError::NonFinite { what, value, step, .. }) => {
+            Err(TrainError::NonFinite {
+                what, value, step, ..
+            }) => {
                 let dir = trainer.save_checkpoint(&ckpt_root, options.keep_last)?;
                 return Err(TrainError::NonFinite {
                     what,
@@ -107,11 +109,17 @@ pub fn fit<M: CausalModel>(
         }
     }
     if let Some(v) = val
-        && last_eval.as_ref().is_none_or(|e| e.step != trainer.state.step)
+        && last_eval
+            .as_ref()
+            .is_none_or(|e| e.step != trainer.state.step)
     {
         last_eval = Some(trainer.evaluate(v, options.eval_max_batches)?);
     }
-    if options.save_at_end && last_ckpt.as_ref().is_none_or(|p: &PathBuf| !p.ends_with(crate::checkpoint::checkpoint_name(&trainer.state))) {
+    if options.save_at_end
+        && last_ckpt.as_ref().is_none_or(|p: &PathBuf| {
+            !p.ends_with(crate::checkpoint::checkpoint_name(&trainer.state))
+        })
+    {
         last_ckpt = Some(trainer.save_checkpoint(&ckpt_root, options.keep_last)?);
     }
     write_curves(trainer, &options.output_dir.join("loss_curve.png"))?;
@@ -136,7 +144,17 @@ pub fn write_curves<M: CausalModel>(trainer: &Trainer<M>, path: &Path) -> Result
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     }
-    let train: Vec<(usize, f64)> = trainer.state.history.iter().map(|m| (m.step, m.loss)).collect();
-    let val: Vec<(usize, f64)> = trainer.state.evals.iter().map(|m| (m.step, m.val_loss)).collect();
+    let train: Vec<(usize, f64)> = trainer
+        .state
+        .history
+        .iter()
+        .map(|m| (m.step, m.loss))
+        .collect();
+    let val: Vec<(usize, f64)> = trainer
+        .state
+        .evals
+        .iter()
+        .map(|m| (m.step, m.val_loss))
+        .collect();
     write_loss_curve(path, &train, &val)
 }

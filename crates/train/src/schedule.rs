@@ -21,7 +21,11 @@ impl LrSchedule {
     pub fn new(options: &ScheduleOptions, peak: f64, total: usize) -> Self {
         let warmup = options
             .warmup_steps
-            .or_else(|| options.warmup_ratio.map(|r| (r * total as f64).ceil() as usize))
+            .or_else(|| {
+                options
+                    .warmup_ratio
+                    .map(|r| (r * total as f64).ceil() as usize)
+            })
             .unwrap_or(0);
         Self {
             kind: options.kind,
@@ -79,7 +83,10 @@ mod tests {
         assert!((s.lr(5) - (1e-5 + (1e-3 - 1e-5) * 0.5)).abs() < 1e-15);
         assert!((s.lr(10) - 1e-5).abs() < 1e-15);
         let c = LrSchedule::new(&options(ScheduleKind::Constant, 3, 0.0), 1.0, 10);
-        assert_eq!([c.lr(0), c.lr(1), c.lr(3), c.lr(9)], [0.0, 1.0 / 3.0, 1.0, 1.0]);
+        assert_eq!(
+            [c.lr(0), c.lr(1), c.lr(3), c.lr(9)],
+            [0.0, 1.0 / 3.0, 1.0, 1.0]
+        );
     }
 
     #[test]

@@ -19,7 +19,11 @@ pub fn crc32c(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ CASTAGNOLI } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ CASTAGNOLI
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -47,15 +51,21 @@ pub fn read_tfrecords(bytes: &[u8]) -> std::result::Result<Vec<Vec<u8>>, String>
     let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        let head = bytes.get(i..i + 12).ok_or(format!("truncated header at byte {i}"))?;
+        let head = bytes
+            .get(i..i + 12)
+            .ok_or(format!("truncated header at byte {i}"))?;
         let len_bytes: [u8; 8] = head[..8].try_into().map_err(|_| "header")?;
         let crc = u32::from_le_bytes(head[8..12].try_into().map_err(|_| "header")?);
         if crc != masked_crc(&len_bytes) {
             return Err(format!("length CRC mismatch at byte {i}"));
         }
         let n = u64::from_le_bytes(len_bytes) as usize;
-        let data = bytes.get(i + 12..i + 12 + n).ok_or(format!("truncated record at byte {i}"))?;
-        let crc = bytes.get(i + 12 + n..i + 16 + n).ok_or(format!("truncated CRC at byte {i}"))?;
+        let data = bytes
+            .get(i + 12..i + 12 + n)
+            .ok_or(format!("truncated record at byte {i}"))?;
+        let crc = bytes
+            .get(i + 12 + n..i + 16 + n)
+            .ok_or(format!("truncated CRC at byte {i}"))?;
         if u32::from_le_bytes(crc.try_into().map_err(|_| "crc")?) != masked_crc(data) {
             return Err(format!("data CRC mismatch at byte {i}"));
         }
@@ -112,7 +122,9 @@ pub fn scalars_event(wall_time: f64, step: i64, scalars: &[(&str, f32)]) -> Vec<
 }
 
 fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Writes `events.out.tfevents.<time>.kiln` in a directory; TensorBoard reads it.
@@ -123,7 +135,9 @@ pub struct TensorBoardWriter {
 
 impl std::fmt::Debug for TensorBoardWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TensorBoardWriter").field("path", &self.path).finish()
+        f.debug_struct("TensorBoardWriter")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -132,7 +146,11 @@ impl TensorBoardWriter {
     pub fn create(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
         let t = now();
-        let path = dir.join(format!("events.out.tfevents.{}.kiln.{}", t as u64, std::process::id()));
+        let path = dir.join(format!(
+            "events.out.tfevents.{}.kiln.{}",
+            t as u64,
+            std::process::id()
+        ));
         let file = File::create(&path).map_err(|e| TrainError::io(&path, e))?;
         let mut w = Self {
             path,
@@ -148,7 +166,9 @@ impl TensorBoardWriter {
     }
 
     fn write_record(&mut self, event: &[u8]) -> Result<()> {
-        self.out.write_all(&tfrecord(event)).map_err(|e| TrainError::io(&self.path, e))?;
+        self.out
+            .write_all(&tfrecord(event))
+            .map_err(|e| TrainError::io(&self.path, e))?;
         self.out.flush().map_err(|e| TrainError::io(&self.path, e))
     }
 
@@ -172,7 +192,13 @@ impl Callback for TensorBoardWriter {
     }
 
     fn on_eval(&mut self, m: &EvalMetrics) -> Result<()> {
-        self.scalars(m.step, &[("eval/loss", m.val_loss as f32), ("eval/perplexity", m.val_perplexity as f32)])
+        self.scalars(
+            m.step,
+            &[
+                ("eval/loss", m.val_loss as f32),
+                ("eval/perplexity", m.val_perplexity as f32),
+            ],
+        )
     }
 }
 
@@ -193,7 +219,10 @@ mod tests {
         let a = tfrecord(b"hello");
         let b = tfrecord(&[]);
         let all = [a.clone(), b].concat();
-        assert_eq!(read_tfrecords(&all).unwrap(), vec![b"hello".to_vec(), Vec::new()]);
+        assert_eq!(
+            read_tfrecords(&all).unwrap(),
+            vec![b"hello".to_vec(), Vec::new()]
+        );
         let mut bad = a.clone();
         bad[13] ^= 1;
         assert!(read_tfrecords(&bad).unwrap_err().contains("data CRC"));

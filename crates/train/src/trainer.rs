@@ -8,7 +8,7 @@ use crate::error::{Result, TrainError};
 use crate::model::CausalModel;
 use crate::params::{ParamInfo, accumulate_grads, global_grad_norm, scale_grads, trainable_params};
 use crate::schedule::LrSchedule;
-use burn::module::{Module, ParamGroup};
+use burn::module::ParamGroup;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::Device;
 use kiln_models::causal_lm_loss_sum;
@@ -83,7 +83,11 @@ pub enum MicroOutcome {
     /// The optimizer step completed.
     Stepped(StepMetrics),
     /// The step was dropped: non-finite loss or gradient under [`NonFinitePolicy::Skip`].
-    Skipped { step: usize, loss: f64, grad_norm: f64 },
+    Skipped {
+        step: usize,
+        loss: f64,
+        grad_norm: f64,
+    },
 }
 
 /// Trains a model with AdamW.
@@ -103,14 +107,21 @@ pub struct Trainer<M: CausalModel> {
 
 impl<M: CausalModel> std::fmt::Debug for Trainer<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Trainer").field("options", &self.options).field("state", &self.state).finish()
+        f.debug_struct("Trainer")
+            .field("options", &self.options)
+            .field("state", &self.state)
+            .finish()
     }
 }
 
 /// The autodiff device the trainer runs on (with gradient checkpointing when asked).
 pub fn training_device(device: &Device, gradient_checkpointing: bool) -> Device {
     let d = device.clone().autodiff();
-    if gradient_checkpointing { d.gradient_checkpointing() } else { d }
+    if gradient_checkpointing {
+        d.gradient_checkpointing()
+    } else {
+        d
+    }
 }
 
 /// burn's AdamW with torch's update (bias-corrected moments, decoupled decay `θ ← θ(1 - lr·wd)`),
@@ -121,12 +132,20 @@ pub(crate) fn build_optimizer(options: &AdamWOptions, trainable: &[ParamInfo]) -
         .with_beta_2(options.betas.1 as f32)
         .with_epsilon(options.eps as f32)
         .with_weight_decay(options.weight_decay as f32);
-    let no_decay: Vec<_> = trainable.iter().filter(|p| p.no_decay()).map(|p| p.id).collect();
+    let no_decay: Vec<_> = trainable
+        .iter()
+        .filter(|p| p.no_decay())
+        .map(|p| p.id)
+        .collect();
     let optim = config.init();
     if no_decay.is_empty() || options.weight_decay == 0.0 {
         optim
     } else {
-        optim.with_group(ParamGroup::from_ids(no_decay), config.with_weight_decay(0.0).build(), None)
+        optim.with_group(
+            ParamGroup::from_ids(no_decay),
+            config.with_weight_decay(0.0).build(),
+            None,
+        )
     }
 }
 
@@ -136,7 +155,9 @@ impl<M: CausalModel> Trainer<M> {
         if options.grad_accum == 0 {
             return Err(TrainError::option("grad_accum", "must be at least 1"));
         }
-        let model = model.fork(&training_device(device, options.gradient_checkpointing)).train();
+        let model = model
+            .fork(&training_device(device, options.gradient_checkpointing))
+            .train();
         let trainable = trainable_params(&model);
         if trainable.is_empty() {
             return Err(TrainError::option(
@@ -168,16 +189,16 @@ impl<M: CausalModel> Trainer<M> {
     /// The model being trained (on the autodiff device).
     pub fn model(&self) -> &M {
         // `model` is only `None` inside `apply_step`, which always puts it back.
-        self.model.as_ref().unwrap_or_else(|| unreachable!("model taken during a step"))
+        self.model
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("model taken during a step"))
     }
 
     /// The trained model, leaving the trainer.
     pub fn into_model(mut self) -> M {
-        self.model.take().unwrap_or_else(|| unreachable!("model taken during a step"))
-    }
-
-    pub(crate) fn set_model(&mut self, model: M) {
-        self.model = Some(model);
+        self.model
+            .take()
+            .unwrap_or_else(|| unreachable!("model taken during a step"))
     }
 
     /// Trainable parameters.
@@ -214,7 +235,10 @@ impl<M: CausalModel> Trainer<M> {
             if tokens == 0 {
                 return Err(TrainError::Batch {
                     index: start as usize,
-                    reason: format!("the {accum} micro-batches of step {} have no label token", self.state.step + 1),
+                    reason: format!(
+                        "the {accum} micro-batches of step {} have no label token",
+                        self.state.step + 1
+                    ),
                 });
             }
             self.state.step_label_tokens = tokens;
@@ -233,7 +257,10 @@ impl<M: CausalModel> Trainer<M> {
     }
 
     fn backward(&mut self, batch: &Batch, position: u64) -> Result<()> {
-        let model = self.model();
+        let model = self
+            .model
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("model present"));
         let device = model.devices().into_iter().next();
         if let Some(d) = &device {
             d.seed(mix(self.options.seed, position));
@@ -268,10 +295,20 @@ impl<M: CausalModel> Trainer<M> {
             if self.options.on_non_finite == NonFinitePolicy::Skip {
                 self.state.position = next_position;
                 self.state.skipped_steps += 1;
-                tracing::warn!("step {step}: non-finite loss {loss} or gradient norm {grad_norm}; step skipped");
-                return Ok(MicroOutcome::Skipped { step, loss, grad_norm });
+                tracing::warn!(
+                    "step {step}: non-finite loss {loss} or gradient norm {grad_norm}; step skipped"
+                );
+                return Ok(MicroOutcome::Skipped {
+                    step,
+                    loss,
+                    grad_norm,
+                });
             }
-            let (what, value) = if loss.is_finite() { ("gradient norm", grad_norm) } else { ("loss", loss) };
+            let (what, value) = if loss.is_finite() {
+                ("gradient norm", grad_norm)
+            } else {
+                ("loss", loss)
+            };
             return Err(TrainError::NonFinite {
                 what,
                 value,
@@ -288,16 +325,26 @@ impl<M: CausalModel> Trainer<M> {
             }
         }
         let lr = self.options.schedule.lr(self.state.step);
-        let model = self.model.take().unwrap_or_else(|| unreachable!("model present"));
+        let model = self
+            .model
+            .take()
+            .unwrap_or_else(|| unreachable!("model present"));
         self.model = Some(self.optim.step(lr, model, grads));
-        let secs = self.step_start.take().map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let secs = self
+            .step_start
+            .take()
+            .map_or(0.0, |t| t.elapsed().as_secs_f64());
         let metrics = StepMetrics {
             step,
             loss,
             lr,
             grad_norm,
             tokens: self.state.step_tokens,
-            tokens_per_s: if secs > 0.0 { self.state.step_tokens as f64 / secs } else { 0.0 },
+            tokens_per_s: if secs > 0.0 {
+                self.state.step_tokens as f64 / secs
+            } else {
+                0.0
+            },
             elapsed: self.elapsed(),
         };
         self.state.step = step;
@@ -314,7 +361,11 @@ impl<M: CausalModel> Trainer<M> {
     /// Validation loss and perplexity over the first `max_batches` batches of `data` (all when
     /// `None`), without autodiff. Records the result, tracks the best loss for early stopping
     /// and calls the callbacks.
-    pub fn evaluate(&mut self, data: &dyn BatchSource, max_batches: Option<usize>) -> Result<EvalMetrics> {
+    pub fn evaluate(
+        &mut self,
+        data: &dyn BatchSource,
+        max_batches: Option<usize>,
+    ) -> Result<EvalMetrics> {
         let model = self.model().valid();
         let n = max_batches.map_or(data.len(), |m| m.min(data.len()));
         let (mut sum, mut tokens) = (0.0f64, 0usize);
@@ -337,7 +388,11 @@ impl<M: CausalModel> Trainer<M> {
             val_perplexity: val_loss.exp(),
             val_tokens: tokens,
         };
-        let min_delta = self.options.early_stopping.as_ref().map_or(0.0, |e| e.min_delta);
+        let min_delta = self
+            .options
+            .early_stopping
+            .as_ref()
+            .map_or(0.0, |e| e.min_delta);
         match self.state.best_val_loss {
             Some(best) if val_loss > best - min_delta => self.state.evals_without_improvement += 1,
             _ => {

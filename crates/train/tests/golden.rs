@@ -8,8 +8,8 @@ use common::*;
 use kiln_lora::{LoraAdapter, read_safetensors};
 use kiln_models::DecoderInput;
 use kiln_train::{
-    AdamWOptions, Batch, LrSchedule, MicroOutcome, NonFinitePolicy, ScheduleKind, ScheduleOptions, Trainer,
-    TrainerOptions,
+    AdamWOptions, Batch, LrSchedule, MicroOutcome, NonFinitePolicy, ScheduleKind, ScheduleOptions,
+    Trainer, TrainerOptions,
 };
 use serde_json::Value;
 
@@ -31,14 +31,24 @@ fn model_with_fixture_adapter() -> kiln_models::CausalLm {
     let mut model = tiny_model().set_require_grad(false);
     let mut inserted = 0;
     for (i, layer) in model.model.layers.iter_mut().enumerate() {
-        for (name, proj) in [("q_proj", &mut layer.self_attn.q_proj), ("v_proj", &mut layer.self_attn.v_proj)] {
+        for (name, proj) in [
+            ("q_proj", &mut layer.self_attn.q_proj),
+            ("v_proj", &mut layer.self_attn.v_proj),
+        ] {
             let key = format!("base_model.model.model.layers.{i}.self_attn.{name}");
             let a = &tensors[&format!("{key}.lora_A.weight")]; // [r, in]
             let b = &tensors[&format!("{key}.lora_B.weight")]; // [out, r]
             let (r, d_in, d_out) = (a.shape[0], a.shape[1], b.shape[0]);
-            let a = Tensor::<2>::from_data(TensorData::new(transpose(&a.data, r, d_in), [d_in, r]), &device);
-            let b = Tensor::<2>::from_data(TensorData::new(transpose(&b.data, d_out, r), [r, d_out]), &device);
-            let adapter = LoraAdapter::from_factors("default", a, b, None, 8.0, 8.0 / r as f64, 0.0);
+            let a = Tensor::<2>::from_data(
+                TensorData::new(transpose(&a.data, r, d_in), [d_in, r]),
+                &device,
+            );
+            let b = Tensor::<2>::from_data(
+                TensorData::new(transpose(&b.data, d_out, r), [r, d_out]),
+                &device,
+            );
+            let adapter =
+                LoraAdapter::from_factors("default", a, b, None, 8.0, 8.0 / r as f64, 0.0);
             proj.insert_adapter(adapter, &key).unwrap();
             proj.set_active(&["default".to_string()]);
             inserted += 1;
@@ -49,7 +59,11 @@ fn model_with_fixture_adapter() -> kiln_models::CausalLm {
 }
 
 fn ints(v: &Value) -> Vec<i64> {
-    v.as_array().unwrap().iter().flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_i64().unwrap())).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()))
+        .collect()
 }
 
 #[test]
@@ -62,7 +76,12 @@ fn five_lora_steps_match_pytorch_peft() {
     let rows = b["input_ids"].as_array().unwrap().len();
     let t = ids.len() / rows;
     let input = DecoderInput::new(ids.iter().map(|&i| i as u32).collect(), rows, t)
-        .with_attention_mask(ints(&b["attention_mask"]).iter().map(|&m| m as u8).collect());
+        .with_attention_mask(
+            ints(&b["attention_mask"])
+                .iter()
+                .map(|&m| m as u8)
+                .collect(),
+        );
     let data = vec![Batch::new(input, ints(&b["labels"])).unwrap()];
     let steps = curve["steps"].as_array().unwrap();
     let schedule = ScheduleOptions {
@@ -94,9 +113,27 @@ fn five_lora_steps_match_pytorch_peft() {
         let loss = want["loss"].as_f64().unwrap();
         let lr = want["lr"].as_f64().unwrap();
         let norm = want["grad_norm"].as_f64().unwrap();
-        println!("step {}: kiln loss {:.7} torch {loss:.7}; grad norm {:.6} vs {norm:.6}", m.step, m.loss, m.grad_norm);
-        assert!((m.loss - loss).abs() < 1e-5, "step {}: loss {} vs {loss}", m.step, m.loss);
-        assert!((m.lr - lr).abs() < 1e-12, "step {}: lr {} vs {lr}", m.step, m.lr);
-        assert!((m.grad_norm - norm).abs() < 1e-4 * norm, "step {}: grad norm {} vs {norm}", m.step, m.grad_norm);
+        println!(
+            "step {}: kiln loss {:.7} torch {loss:.7}; grad norm {:.6} vs {norm:.6}",
+            m.step, m.loss, m.grad_norm
+        );
+        assert!(
+            (m.loss - loss).abs() < 1e-5,
+            "step {}: loss {} vs {loss}",
+            m.step,
+            m.loss
+        );
+        assert!(
+            (m.lr - lr).abs() < 1e-12,
+            "step {}: lr {} vs {lr}",
+            m.step,
+            m.lr
+        );
+        assert!(
+            (m.grad_norm - norm).abs() < 1e-4 * norm,
+            "step {}: grad norm {} vs {norm}",
+            m.step,
+            m.grad_norm
+        );
     }
 }

@@ -5,7 +5,8 @@ mod common;
 use common::*;
 use kiln_train::tensorboard::read_tfrecords;
 use kiln_train::{
-    Batch, EarlyStopping, FitOptions, JsonlLogger, Progress, SftConfig, TensorBoardWriter, Trainer, TrainingMetadata, fit,
+    Batch, BatchSource, EarlyStopping, FitOptions, JsonlLogger, Progress, SftConfig,
+    TensorBoardWriter, Trainer, TrainingMetadata, fit,
 };
 use serde_json::Value;
 
@@ -28,17 +29,28 @@ fn fit_writes_metrics_events_curve_and_card() {
     let train: Vec<Batch> = vec![batch(0..2, 12), batch(2..4, 12)];
     let val: Vec<Batch> = vec![batch(4..6, 12)];
     let mut t = Trainer::new(tiny_lora(4, 0.0, 1), &device(), options(1, 1e-2, 3)).unwrap();
-    t.add_callback(Box::new(JsonlLogger::open(&out.path().join("metrics.jsonl")).unwrap()));
+    t.add_callback(Box::new(
+        JsonlLogger::open(&out.path().join("metrics.jsonl")).unwrap(),
+    ));
     let tb = TensorBoardWriter::create(&out.path().join("tensorboard")).unwrap();
     let tb_path = tb.path().to_path_buf();
     t.add_callback(Box::new(tb));
     t.add_callback(Box::new(Progress::hidden()));
-    let summary = fit(&mut t, &train, Some(&val), &fit_options(out.path(), 3)).unwrap();
+    let summary = fit(
+        &mut t,
+        &train,
+        Some(&val as &dyn BatchSource),
+        &fit_options(out.path(), 3),
+    )
+    .unwrap();
     assert_eq!(summary.steps, 3);
     assert!(!summary.stopped_early);
 
     let text = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let train_lines: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "train").collect();
     let eval_lines: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "eval").collect();
     assert_eq!(train_lines.len(), 3);
@@ -60,6 +72,15 @@ fn fit_writes_metrics_events_curve_and_card() {
     assert_eq!(records.len(), 1 + 3 + 3);
     assert!(records[0].windows(13).any(|w| w == b"brain.Event:2"));
     assert!(records[1].windows(10).any(|w| w == b"train/loss"));
+    // For tools/read_tensorboard.py: KILN_TB_OUT=DIR keeps a copy of the event file.
+    if let Ok(keep) = std::env::var("KILN_TB_OUT") {
+        std::fs::create_dir_all(&keep).unwrap();
+        std::fs::copy(
+            &tb_path,
+            std::path::Path::new(&keep).join(tb_path.file_name().unwrap()),
+        )
+        .unwrap();
+    }
 
     // One checkpoint kept (keep_last 1): the final one.
     let ckpts = kiln_train::list_checkpoints(&out.path().join("checkpoints")).unwrap();
@@ -75,8 +96,10 @@ fn fit_writes_metrics_events_curve_and_card() {
     let card = std::fs::read_to_string(out.path().join("README.md")).unwrap();
     assert!(card.contains("base_model: fixtures/tiny/llama"));
     assert!(card.contains("validation loss"));
-    let back: TrainingMetadata =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("training_metadata.json")).unwrap()).unwrap();
+    let back: TrainingMetadata = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("training_metadata.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(back, meta);
 }
 
@@ -93,7 +116,13 @@ fn early_stopping_stops_when_validation_loss_stops_improving() {
         min_delta: 10.0,
     });
     let mut t = Trainer::new(tiny_lora(4, 0.0, 1), &device(), opts).unwrap();
-    let summary = fit(&mut t, &train, Some(&val), &fit_options(out.path(), 20)).unwrap();
+    let summary = fit(
+        &mut t,
+        &train,
+        Some(&val as &dyn BatchSource),
+        &fit_options(out.path(), 20),
+    )
+    .unwrap();
     // With min_delta 10 no evaluation counts as an improvement after the first.
     assert!(summary.stopped_early);
     assert_eq!(summary.steps, 2);

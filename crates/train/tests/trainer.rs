@@ -5,12 +5,15 @@ mod common;
 use common::*;
 use kiln_train::params::{params_to_host, restore_params};
 use kiln_train::{
-    Batch, BatchSource, MicroOutcome, NonFinitePolicy, Shuffled, Trainer, TrainError, latest_checkpoint,
+    Batch, MicroOutcome, NonFinitePolicy, Shuffled, TrainError, Trainer, latest_checkpoint,
     list_checkpoints,
 };
 
 fn max_abs_diff(a: &kiln_train::HostParams, b: &kiln_train::HostParams) -> f32 {
-    assert_eq!(a.tensors.keys().collect::<Vec<_>>(), b.tensors.keys().collect::<Vec<_>>());
+    assert_eq!(
+        a.tensors.keys().collect::<Vec<_>>(),
+        b.tensors.keys().collect::<Vec<_>>()
+    );
     a.tensors
         .iter()
         .flat_map(|(k, (_, _, x))| {
@@ -35,11 +38,17 @@ fn two_micro_batches_of_4_equal_one_batch_of_8() {
     let mut one = Trainer::new(model.clone(), &device(), options(1, 1e-3, 4)).unwrap();
     let mut two = Trainer::new(model, &device(), options(2, 1e-3, 4)).unwrap();
     for _ in 0..3 {
-        let (MicroOutcome::Stepped(a), MicroOutcome::Stepped(b)) = (one.step(&big).unwrap(), two.step(&small).unwrap())
+        let (MicroOutcome::Stepped(a), MicroOutcome::Stepped(b)) =
+            (one.step(&big).unwrap(), two.step(&small).unwrap())
         else {
             panic!("both trainers step")
         };
-        assert!((a.loss - b.loss).abs() < 1e-5, "loss {} vs {}", a.loss, b.loss);
+        assert!(
+            (a.loss - b.loss).abs() < 1e-5,
+            "loss {} vs {}",
+            a.loss,
+            b.loss
+        );
         assert!((a.grad_norm - b.grad_norm).abs() < 1e-5 * a.grad_norm.max(1.0));
     }
     let diff = max_abs_diff(&trained(&one), &trained(&two));
@@ -66,7 +75,8 @@ fn interrupted(stop_after_micro: usize, n: usize) -> kiln_train::HostParams {
     drop(t);
     let dir = latest_checkpoint(root.path()).unwrap().unwrap();
     // A different adapter init: the checkpoint must overwrite it.
-    let mut t = Trainer::resume(tiny_lora(4, 0.1, 99), &device(), options(2, 1e-2, n), &dir).unwrap();
+    let mut t =
+        Trainer::resume(tiny_lora(4, 0.1, 99), &device(), options(2, 1e-2, n), &dir).unwrap();
     while t.state.step < n {
         t.step(&data).unwrap();
     }
@@ -86,7 +96,11 @@ fn resume_is_bit_identical_including_mid_accumulation() {
     // Between steps (after 2 steps), and between the two micro-batches of step 3.
     for stop in [4, 5] {
         let resumed = interrupted(stop, n);
-        assert_eq!(max_abs_diff(&straight, &resumed), 0.0, "stop after {stop} micro-batches");
+        assert_eq!(
+            max_abs_diff(&straight, &resumed),
+            0.0,
+            "stop after {stop} micro-batches"
+        );
         assert_eq!(straight, resumed);
     }
 }
@@ -105,10 +119,17 @@ fn crash_mid_write_leaves_previous_checkpoint_latest() {
     t.write_checkpoint_files(&tmp).unwrap();
     std::fs::remove_file(tmp.join("optimizer.bpk")).unwrap();
     assert_eq!(latest_checkpoint(root.path()).unwrap(), Some(first.clone()));
-    let resumed = Trainer::resume(tiny_lora(2, 0.0, 5), &device(), options(1, 1e-3, 10), &first).unwrap();
+    let resumed = Trainer::resume(
+        tiny_lora(2, 0.0, 5),
+        &device(),
+        options(1, 1e-3, 10),
+        &first,
+    )
+    .unwrap();
     assert_eq!(resumed.state.step, 1);
     // A complete checkpoint without its optimizer file is refused with the file's name.
-    let err = Trainer::resume(tiny_lora(2, 0.0, 5), &device(), options(1, 1e-3, 10), &tmp).unwrap_err();
+    let err =
+        Trainer::resume(tiny_lora(2, 0.0, 5), &device(), options(1, 1e-3, 10), &tmp).unwrap_err();
     assert!(err.to_string().contains("optimizer.bpk"), "{err}");
     // Later saves replace the leftover and prune to keep_last.
     for _ in 0..3 {
@@ -204,7 +225,12 @@ fn non_finite_loss_stops_with_a_checkpoint_or_skips() {
         save_at_end: true,
     };
     match kiln_train::fit(&mut t, &data, None, &fit) {
-        Err(TrainError::NonFinite { what, step, checkpoint: Some(dir), .. }) => {
+        Err(TrainError::NonFinite {
+            what,
+            step,
+            checkpoint: Some(dir),
+            ..
+        }) => {
             assert_eq!((what, step), ("loss", 1));
             assert!(dir.join("state.json").is_file());
             assert_eq!(latest_checkpoint(&fit.checkpoint_dir()).unwrap(), Some(dir));
@@ -215,14 +241,20 @@ fn non_finite_loss_stops_with_a_checkpoint_or_skips() {
     opts.on_non_finite = NonFinitePolicy::Skip;
     let mut t = Trainer::new(poisoned(), &device(), opts).unwrap();
     let before = params_to_host(t.model(), true).unwrap();
-    assert!(matches!(t.step(&data).unwrap(), MicroOutcome::Skipped { step: 1, .. }));
+    assert!(matches!(
+        t.step(&data).unwrap(),
+        MicroOutcome::Skipped { step: 1, .. }
+    ));
     assert_eq!(t.state.skipped_steps, 1);
     assert_eq!(t.state.step, 0);
     assert_eq!(t.state.position, 1);
     let after = params_to_host(t.model(), true).unwrap();
     // Untouched, bit for bit (NaN included).
     let bits = |h: &kiln_train::HostParams| -> Vec<u32> {
-        h.tensors.values().flat_map(|(_, _, v)| v.iter().map(|x| x.to_bits())).collect()
+        h.tensors
+            .values()
+            .flat_map(|(_, _, v)| v.iter().map(|x| x.to_bits()))
+            .collect()
     };
     assert_eq!(bits(&before), bits(&after));
 }
@@ -236,6 +268,8 @@ fn a_step_without_label_tokens_is_an_error() {
     let err = t.step(&vec![b]).unwrap_err().to_string();
     assert!(err.contains("no label token"), "{err}");
     let frozen = burn::module::Module::set_require_grad(tiny_model(), false);
-    let err = Trainer::new(frozen, &device(), options(1, 1e-3, 3)).unwrap_err().to_string();
+    let err = Trainer::new(frozen, &device(), options(1, 1e-3, 3))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no parameter trains"), "{err}");
 }

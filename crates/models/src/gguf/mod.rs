@@ -13,6 +13,7 @@ mod dequant;
 mod file;
 pub mod names;
 mod reader;
+mod spm;
 mod tokenizer;
 mod types;
 mod value;

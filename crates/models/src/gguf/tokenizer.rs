@@ -2,10 +2,11 @@
 //! way transformers builds it (`integrations/gguf/gguf_tokenizer_mapping.py`: `byte_level_tokenizer`,
 //! `add_gguf_special_tokens`, `set_split_regex`, then `TokenizersBackend.update_post_processor`).
 use super::file::GgufFile;
+use super::spm;
 use crate::error::{ModelError, Result};
 use std::collections::HashMap;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::{BPE, Vocab};
+use tokenizers::models::bpe::{BPE, Merges, Vocab};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
@@ -22,7 +23,7 @@ const USER_DEFINED: i32 = 4;
 pub enum GgufTokenizerKind {
     /// `gpt2`: byte-level BPE with merges.
     Gpt2,
-    /// `llama`: sentencepiece BPE with scores (not built yet).
+    /// `llama`: sentencepiece-style BPE with byte fallback (merges from the file or the scores).
     Llama,
 }
 
@@ -66,7 +67,7 @@ fn byte_alphabet() -> [char; 256] {
 /// Builds the tokenizer described by `file`'s `tokenizer.ggml.*` metadata.
 ///
 /// # Errors
-/// [`ModelError::Tokenizer`] for a tokenizer kind other than `gpt2` or an inconsistent
+/// [`ModelError::Tokenizer`] for a tokenizer kind other than `gpt2`/`llama` or an inconsistent
 /// vocabulary; [`ModelError::GgufKey`] when a key is missing or has the wrong type.
 pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
     let err = |reason: String| ModelError::Tokenizer {
@@ -78,19 +79,9 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
         "llama" => GgufTokenizerKind::Llama,
         other => return Err(err(format!("unsupported GGUF tokenizer model `{other}`"))),
     };
-    if kind == GgufTokenizerKind::Llama {
-        return Err(err(
-            "GGUF sentencepiece tokenizers (`tokenizer.ggml.model = llama`) are not supported \
-             yet; only `gpt2` (byte-level BPE)"
-                .into(),
-        ));
-    }
     let tokens = file
         .get_str_array("tokenizer.ggml.tokens")?
         .ok_or_else(|| file.key_error("tokenizer.ggml.tokens", "missing"))?;
-    let merges = file
-        .get_str_array("tokenizer.ggml.merges")?
-        .ok_or_else(|| file.key_error("tokenizer.ggml.merges", "missing (needed for gpt2 BPE)"))?;
     let types: Vec<i32> = file
         .get_as("tokenizer.ggml.token_type")?
         .unwrap_or_default();
@@ -100,74 +91,59 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
             format!("{} entries for {} tokens", types.len(), tokens.len()),
         ));
     }
+    let merges = file
+        .get_str_array("tokenizer.ggml.merges")?
+        .map(|m| parse_merges(file, &m))
+        .transpose()?;
 
     let alphabet = byte_alphabet();
     let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
-    // A token spelled with other characters is respelled byte by byte, as transformers does.
-    let mut vocab: HashMap<String, u32> = HashMap::with_capacity(tokens.len());
-    for (id, &t) in tokens.iter().enumerate() {
-        let spelled = if in_alphabet(t) {
-            t.to_owned()
-        } else {
-            t.bytes().map(|b| alphabet[b as usize]).collect()
-        };
-        vocab.insert(spelled, id as u32);
-    }
-    let merges = merges
-        .iter()
-        .enumerate()
-        .map(|(i, m)| match m.split(' ').collect::<Vec<_>>()[..] {
-            [a, b] => Ok((a.to_owned(), b.to_owned())),
-            _ => Err(file.key_error(
-                "tokenizer.ggml.merges",
-                format!("merge #{i} `{m}` is not two tokens separated by one space"),
-            )),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let bpe = BPE::builder()
-        .vocab_and_merges(
-            vocab
-                .iter()
-                .map(|(k, &v)| (k.clone(), v))
-                .collect::<Vocab>(),
-            merges,
-        )
-        .continuing_subword_prefix(String::new())
-        .end_of_word_suffix(String::new())
-        .fuse_unk(false)
-        .build()
-        .map_err(|e| err(format!("building the BPE model: {e}")))?;
-
-    let mut tokenizer = Tokenizer::new(bpe);
-    let pre = file.get_str("tokenizer.ggml.pre")?.unwrap_or("default");
-    let pre_tokenizer: PreTokenizerWrapper = match split_regex(pre) {
-        Some(regex) => {
-            let split = Split::new(
-                SplitPattern::Regex(regex.into()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(|e| err(format!("split regex of `{pre}`: {e}")))?;
-            Sequence::new(vec![
-                split.into(),
-                ByteLevel::new(false, true, false).into(),
-            ])
-            .into()
+    // The class transformers instantiates adds its default special tokens; `add_bos_token`
+    // defaults to true for sentencepiece vocabularies (llama.cpp's behaviour).
+    let (mut tokenizer, vocab, defaults, add_bos_default) = match kind {
+        GgufTokenizerKind::Gpt2 => {
+            let merges = merges.ok_or_else(|| {
+                file.key_error("tokenizer.ggml.merges", "missing (needed for gpt2 BPE)")
+            })?;
+            // A token spelled with other characters is respelled byte by byte.
+            let mut vocab: HashMap<String, u32> = HashMap::with_capacity(tokens.len());
+            for (id, &t) in tokens.iter().enumerate() {
+                let spelled = if in_alphabet(t) {
+                    t.to_owned()
+                } else {
+                    t.bytes().map(|b| alphabet[b as usize]).collect()
+                };
+                vocab.insert(spelled, id as u32);
+            }
+            let tokenizer = byte_level_tokenizer(file, &vocab, merges).map_err(err)?;
+            (tokenizer, vocab, &["<|endoftext|>"][..], false)
         }
-        None => ByteLevel::new(false, true, true).into(),
+        GgufTokenizerKind::Llama => {
+            // transformers builds these with their own classes (respelled tokens, merges in
+            // vocabulary order, another prefix-space rule): not reproduced yet.
+            let arch = file.architecture()?;
+            if matches!(arch, "gemma" | "gemma2" | "gemma3" | "phi3") {
+                return Err(err(format!(
+                    "the sentencepiece tokenizer of `{arch}` GGUF files is not supported yet"
+                )));
+            }
+            let vocab = spm::plain_vocab(&tokens);
+            let tokenizer =
+                spm::sentencepiece_tokenizer(file, &tokens, &vocab, merges).map_err(err)?;
+            (tokenizer, vocab, &["<unk>", "<s>", "</s>"][..], true)
+        }
     };
-    tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
-    tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
 
-    // Special tokens: the control tokens spelled in the byte alphabet, then GPT2Tokenizer's
-    // default `<|endoftext|>` and the file's bos/eos/unk/pad tokens (kept to ones in the vocab:
-    // transformers would append a new id for a missing one, beyond the embedding).
+    // Special tokens: the control tokens (for byte-level BPE, those spelled in its alphabet),
+    // the tokenizer class's defaults and the file's bos/eos/unk/pad tokens, kept to ones in the
+    // vocabulary (transformers would append a new id for a missing one, beyond the embedding).
     let type_of = |id: usize| types.get(id).copied().unwrap_or(1);
+    let byte_level = kind == GgufTokenizerKind::Gpt2;
     let mut special: Vec<&str> = (0..tokens.len())
-        .filter(|&id| type_of(id) == CONTROL && in_alphabet(tokens[id]))
+        .filter(|&id| type_of(id) == CONTROL && (!byte_level || in_alphabet(tokens[id])))
         .map(|id| tokens[id])
         .collect();
-    special.push("<|endoftext|>");
+    special.extend(defaults);
     let mut named: HashMap<&str, (String, u32)> = HashMap::new();
     for key in [
         "tokenizer.ggml.bos_token_id",
@@ -201,7 +177,7 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
 
     let add_bos = file
         .get_bool("tokenizer.ggml.add_bos_token")?
-        .unwrap_or(false);
+        .unwrap_or(add_bos_default);
     let add_eos = file
         .get_bool("tokenizer.ggml.add_eos_token")?
         .unwrap_or(false);
@@ -212,6 +188,67 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
         .remove("tokenizer.ggml.eos_token_id")
         .filter(|_| add_eos);
     tokenizer.with_post_processor(Some(template(bos, eos).map_err(err)?));
+    Ok(tokenizer)
+}
+
+/// `"a b"` strings into pairs.
+fn parse_merges(file: &GgufFile, merges: &[&str]) -> Result<Merges> {
+    merges
+        .iter()
+        .enumerate()
+        .map(|(i, m)| match m.split(' ').collect::<Vec<_>>()[..] {
+            [a, b] => Ok((a.to_owned(), b.to_owned())),
+            _ => Err(file.key_error(
+                "tokenizer.ggml.merges",
+                format!("merge #{i} `{m}` is not two tokens separated by one space"),
+            )),
+        })
+        .collect()
+}
+
+/// `GPT2Tokenizer`'s shape: byte-level BPE, GPT-2's pre-tokenizer or the split regex of
+/// `tokenizer.ggml.pre` followed by the byte-level mapping, and the byte-level decoder.
+fn byte_level_tokenizer(
+    file: &GgufFile,
+    vocab: &HashMap<String, u32>,
+    merges: Merges,
+) -> std::result::Result<Tokenizer, String> {
+    let bpe = BPE::builder()
+        .vocab_and_merges(
+            vocab
+                .iter()
+                .map(|(k, &v)| (k.clone(), v))
+                .collect::<Vocab>(),
+            merges,
+        )
+        .continuing_subword_prefix(String::new())
+        .end_of_word_suffix(String::new())
+        .fuse_unk(false)
+        .build()
+        .map_err(|e| format!("building the BPE model: {e}"))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    let pre = file
+        .get_str("tokenizer.ggml.pre")
+        .map_err(|e| e.to_string())?
+        .unwrap_or("default");
+    let pre_tokenizer: PreTokenizerWrapper = match split_regex(pre) {
+        Some(regex) => {
+            let split = Split::new(
+                SplitPattern::Regex(regex.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| format!("split regex of `{pre}`: {e}"))?;
+            Sequence::new(vec![
+                split.into(),
+                ByteLevel::new(false, true, false).into(),
+            ])
+            .into()
+        }
+        None => ByteLevel::new(false, true, true).into(),
+    };
+    tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
+    tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
     Ok(tokenizer)
 }
 

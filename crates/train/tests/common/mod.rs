@@ -3,8 +3,12 @@
 use burn::module::Module;
 use burn::tensor::Device;
 use kiln_lora::{AdapterSpec, InitLoraWeights};
-use kiln_models::{CausalLm, DecoderConfig, DecoderInput, SafetensorsWeights, build_causal_lm, default_device};
-use kiln_train::{AdamWOptions, Batch, LrSchedule, NonFinitePolicy, ScheduleKind, ScheduleOptions, TrainerOptions};
+use kiln_models::{
+    CausalLm, DecoderConfig, DecoderInput, SafetensorsWeights, build_causal_lm, default_device,
+};
+use kiln_train::{
+    AdamWOptions, Batch, LrSchedule, NonFinitePolicy, ScheduleKind, ScheduleOptions, TrainerOptions,
+};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 

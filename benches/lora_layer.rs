@@ -1,0 +1,84 @@
+//! Forward + backward of one adapted projection (576 -> 1536, r = 16, batch 4 x 256) on the CPU:
+//! kiln's `LoraLinear` (two thin GEMMs, no delta), burn's `Module::apply_lora` on a burn `Linear`
+//! (reparameterised weight `W + s·A B`, built every forward), and full fine-tuning of the plain
+//! layer (gradient of the `[in, out]` weight).
+//!
+//! Run: `cargo bench --bench lora_layer` (add `--features openblas` for BLAS GEMMs).
+use burn::module::{Lora, Module};
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::{Device, Distribution, Tensor};
+use criterion::{Criterion, criterion_group, criterion_main};
+use kiln_lora::{AdapterSpec, InitLoraWeights, LoraLinear};
+
+const D_IN: usize = 576;
+const D_OUT: usize = 1536;
+const R: usize = 16;
+const SHAPE: [usize; 3] = [4, 256, D_IN];
+
+fn inputs(device: &Device) -> Vec<Tensor<3>> {
+    (0..4)
+        .map(|_| Tensor::random(SHAPE, Distribution::Normal(0.0, 1.0), device))
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let device = Device::default().autodiff();
+    let xs = inputs(&device);
+    let mut g = c.benchmark_group("lora_layer_576x1536_r16_4x256");
+    g.sample_size(20);
+
+    let mut kiln = LoraLinear::new(
+        Tensor::random([D_IN, D_OUT], Distribution::Normal(0.0, 0.02), &device),
+        None,
+    );
+    let spec = AdapterSpec {
+        r: R,
+        alpha: 32.0,
+        scale: 2.0,
+        dropout: 0.0,
+        init: InitLoraWeights::Random,
+        use_dora: false,
+    };
+    kiln.add_adapter("default", &spec).expect("adapter");
+    kiln.set_active(&["default".to_string()]);
+    let mut i = 0;
+    g.bench_function("kiln_lora_linear", |b| {
+        b.iter(|| {
+            i += 1;
+            let y = kiln.forward(xs[i % xs.len()].clone());
+            let grads = y.sum().backward();
+            let a = kiln.adapter("default").expect("adapter");
+            a.lora_a.grad(&grads).expect("grad").into_data()
+        })
+    });
+
+    let burn_lora: Linear = LinearConfig::new(D_IN, D_OUT)
+        .with_bias(false)
+        .init(&device)
+        .apply_lora(Lora::new(R, 32.0));
+    g.bench_function("burn_apply_lora", |b| {
+        b.iter(|| {
+            i += 1;
+            let y = burn_lora.forward(xs[i % xs.len()].clone());
+            let grads = y.sum().backward();
+            let adapter = burn_lora.weight.adapter().expect("adapter");
+            adapter.a.grad(&grads).expect("grad").into_data()
+        })
+    });
+
+    let full: Linear = LinearConfig::new(D_IN, D_OUT)
+        .with_bias(false)
+        .init(&device);
+    g.bench_function("full_finetune_linear", |b| {
+        b.iter(|| {
+            i += 1;
+            let y = full.forward(xs[i % xs.len()].clone());
+            let grads = y.sum().backward();
+            full.weight.grad(&grads).expect("grad").into_data()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,6 @@
+//! Integration tests of kiln-lora on a tiny fake model made of `LoraLinear`s.
+mod fake;
+mod files;
+mod layer;
+mod model;
+mod train;

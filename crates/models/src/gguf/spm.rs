@@ -1,0 +1,138 @@
+//! The sentencepiece-style BPE of `tokenizer.ggml.model = llama`, as transformers builds it from
+//! a GGUF file: `LlamaTokenizer(vocab, merges)` with merges from the file or, when it has none,
+//! recovered from the token scores (`generate_merges` of `tokenization_utils_base.py`).
+use super::file::GgufFile;
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use tokenizers::Tokenizer;
+use tokenizers::decoders::DecoderWrapper;
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence;
+use tokenizers::decoders::strip::Strip;
+use tokenizers::models::bpe::{BPE, Merges, Vocab};
+use tokenizers::normalizers::replace::Replace;
+use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+
+/// `LlamaTokenizer`'s shape: byte-fallback BPE, `Metaspace` (prepend on the first piece only),
+/// and a decoder that turns `▁` back into spaces and strips the leading one.
+pub(crate) fn sentencepiece_tokenizer(
+    file: &GgufFile,
+    tokens: &[&str],
+    vocab: &HashMap<String, u32>,
+    merges: Option<Merges>,
+) -> std::result::Result<Tokenizer, String> {
+    let merges = match merges {
+        Some(m) => m,
+        None => {
+            let scores: Vec<f32> = file
+                .get_as("tokenizer.ggml.scores")
+                .map_err(|e| e.to_string())?
+                .ok_or(
+                    "no `tokenizer.ggml.merges` and no `tokenizer.ggml.scores` to derive them",
+                )?;
+            if scores.len() != tokens.len() {
+                return Err(format!(
+                    "`tokenizer.ggml.scores` has {} entries for {} tokens",
+                    scores.len(),
+                    tokens.len()
+                ));
+            }
+            merges_from_scores(tokens, &scores, vocab)
+        }
+    };
+    let bpe = BPE::builder()
+        .vocab_and_merges(
+            vocab
+                .iter()
+                .map(|(k, &v)| (k.clone(), v))
+                .collect::<Vocab>(),
+            merges,
+        )
+        .fuse_unk(true)
+        .byte_fallback(true)
+        .build()
+        .map_err(|e| format!("building the BPE model: {e}"))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    tokenizer.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::First, false)));
+    let replace = Replace::new("▁", " ").map_err(|e| e.to_string())?;
+    let decoders: Vec<DecoderWrapper> = vec![
+        replace.into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+        Strip::new(' ', 1, 0).into(),
+    ];
+    tokenizer.with_decoder(Some(Sequence::new(decoders)));
+    Ok(tokenizer)
+}
+
+/// Merges implied by a vocabulary and its scores: every split of a token into two vocabulary
+/// tokens, best score first (then shorter left, shorter right), ties in vocabulary order.
+///
+/// Mirrors transformers' `generate_merges(vocab, vocab_scores)`, including Python's stable sort
+/// and its dictionaries (a repeated token keeps its first position and its last score/id).
+pub(crate) fn merges_from_scores(
+    tokens: &[&str],
+    scores: &[f32],
+    vocab: &HashMap<String, u32>,
+) -> Merges {
+    let mut order: Vec<&str> = Vec::with_capacity(tokens.len());
+    let mut score_of: HashMap<&str, f32> = HashMap::with_capacity(tokens.len());
+    for (&t, &s) in tokens.iter().zip(scores) {
+        if score_of.insert(t, s).is_none() {
+            order.push(t);
+        }
+    }
+    // (left, right, score, chars in left, chars in right)
+    let mut merges: Vec<(&str, &str, f32, usize, usize)> = Vec::new();
+    for merge in order {
+        let score = score_of[merge];
+        let start = merges.len();
+        for (n_left, (index, _)) in merge.char_indices().enumerate().skip(1) {
+            let (l, r) = merge.split_at(index);
+            if vocab.contains_key(l) && vocab.contains_key(r) {
+                let n_right = merge.chars().count() - n_left;
+                merges.push((l, r, score, n_left, n_right));
+            }
+        }
+        merges[start..].sort_by_key(|&(l, r, ..)| (vocab[l], vocab[r]));
+    }
+    merges.sort_by(|a, b| {
+        b.2.partial_cmp(&a.2)
+            .unwrap_or(Ordering::Equal)
+            .then(b.3.cmp(&a.3))
+            .then(b.4.cmp(&a.4))
+    });
+    merges
+        .into_iter()
+        .map(|(l, r, ..)| (l.to_owned(), r.to_owned()))
+        .collect()
+}
+
+/// Token vocabulary as Python's `{token: index}` builds it (a repeated token keeps its last id).
+pub(crate) fn plain_vocab(tokens: &[&str]) -> HashMap<String, u32> {
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| (t.to_owned(), i as u32))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_follow_scores_then_lengths() {
+        let tokens = ["a", "b", "c", "ab", "abc", "bc"];
+        let scores = [0.0, 0.0, 0.0, -1.0, -0.5, -2.0];
+        let vocab = plain_vocab(&tokens);
+        let merges = merges_from_scores(&tokens, &scores, &vocab);
+        let m: Vec<(&str, &str)> = merges
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        // "abc" (-0.5): "ab"+"c" (left 2 chars) before "a"+"bc"; then "ab" (-1), then "bc" (-2).
+        assert_eq!(m, vec![("ab", "c"), ("a", "bc"), ("a", "b"), ("b", "c")]);
+    }
+}

@@ -1,0 +1,96 @@
+//! Generate text with a model, streaming tokens as they come.
+//!
+//! ```text
+//! cargo run --release --example generate -- --prompt "Write a haiku about Rust." --chat
+//! cargo run --release --example generate -- --model DIR --prompt "def fib(n):" --temperature 0.8 --top-p 0.9 --seed 1
+//! ```
+use anyhow::{Result, bail};
+use clap::Parser;
+use kiln::data::{ChatTemplate, Message, Role};
+use kiln::models::fetch::resolve_model;
+use kiln::models::{GenerationConfig, Pretrained, Sampling, generate, parse_device};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(about = "Generate text with a causal language model")]
+struct Args {
+    /// Model directory or .gguf file. Default: $KILN_MODEL, else the cached SmolLM2-135M-Instruct.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long)]
+    prompt: String,
+    /// Wrap the prompt in the model's chat template as a user message.
+    #[arg(long)]
+    chat: bool,
+    /// System message (with --chat).
+    #[arg(long)]
+    system: Option<String>,
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// 0 means greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// cpu, wgpu or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let device = parse_device(&args.device)?;
+    let path = resolve_model(args.model.as_deref(), true)?;
+    let lm = Pretrained::load(&path, &device)?;
+    let ids = if args.chat {
+        let Some(src) = &lm.extras.chat_template else {
+            bail!("{} has no chat template; drop --chat", path.display())
+        };
+        let template = ChatTemplate::new(src, lm.extras.bos_token.as_deref(), lm.extras.eos_token.as_deref())?;
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(Message { role: Role::System, content: system.clone() });
+        }
+        messages.push(Message { role: Role::User, content: args.prompt.clone() });
+        lm.encode(&template.render(&messages, true)?, false)?
+    } else {
+        lm.encode(&args.prompt, true)?
+    };
+    let sampling = if args.temperature > 0.0 {
+        Sampling::Sample { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p }
+    } else {
+        Sampling::Greedy
+    };
+    let config = GenerationConfig {
+        max_new_tokens: args.max_new_tokens,
+        sampling,
+        repetition_penalty: args.repetition_penalty,
+        seed: args.seed,
+        eos_token_ids: lm.eos_token_ids(),
+        stop_strings: Vec::new(),
+    };
+    // Stream: decode the growing output and print what is new since the last token.
+    let mut produced: Vec<u32> = Vec::new();
+    let mut printed = 0;
+    let mut stdout = std::io::stdout();
+    generate(&lm.model, &[ids], &config, Some(&lm.tokenizer), &mut |_, id| {
+        produced.push(id);
+        if let Ok(text) = lm.decode(&produced, true)
+            && text.len() > printed
+            && text.is_char_boundary(printed)
+        {
+            let _ = write!(stdout, "{}", &text[printed..]);
+            let _ = stdout.flush();
+            printed = text.len();
+        }
+    })?;
+    println!();
+    Ok(())
+}
