@@ -20,6 +20,10 @@ fn smollm2_gguf_path() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("KILN_SMOLLM2_GGUF") {
         return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }
+    let cached = kiln_models::fetch::smollm2_path();
+    if cached.is_file() {
+        return Some(cached);
+    }
     ["models-cache", "../models-cache"]
         .iter()
         .flat_map(|dir| {
