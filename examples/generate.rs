@@ -53,18 +53,32 @@ fn main() -> Result<()> {
         let Some(src) = &lm.extras.chat_template else {
             bail!("{} has no chat template; drop --chat", path.display())
         };
-        let template = ChatTemplate::new(src, lm.extras.bos_token.as_deref(), lm.extras.eos_token.as_deref())?;
+        let template = ChatTemplate::new(
+            src,
+            lm.extras.bos_token.as_deref(),
+            lm.extras.eos_token.as_deref(),
+        )?;
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
-            messages.push(Message { role: Role::System, content: system.clone() });
+            messages.push(Message {
+                role: Role::System,
+                content: system.clone(),
+            });
         }
-        messages.push(Message { role: Role::User, content: args.prompt.clone() });
+        messages.push(Message {
+            role: Role::User,
+            content: args.prompt.clone(),
+        });
         lm.encode(&template.render(&messages, true)?, false)?
     } else {
         lm.encode(&args.prompt, true)?
     };
     let sampling = if args.temperature > 0.0 {
-        Sampling::Sample { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p }
+        Sampling::Sample {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+        }
     } else {
         Sampling::Greedy
     };
@@ -80,17 +94,23 @@ fn main() -> Result<()> {
     let mut produced: Vec<u32> = Vec::new();
     let mut printed = 0;
     let mut stdout = std::io::stdout();
-    generate(&lm.model, &[ids], &config, Some(&lm.tokenizer), &mut |_, id| {
-        produced.push(id);
-        if let Ok(text) = lm.decode(&produced, true)
-            && text.len() > printed
-            && text.is_char_boundary(printed)
-        {
-            let _ = write!(stdout, "{}", &text[printed..]);
-            let _ = stdout.flush();
-            printed = text.len();
-        }
-    })?;
+    generate(
+        &lm.model,
+        &[ids],
+        &config,
+        Some(&lm.tokenizer),
+        &mut |_, id| {
+            produced.push(id);
+            if let Ok(text) = lm.decode(&produced, true)
+                && text.len() > printed
+                && text.is_char_boundary(printed)
+            {
+                let _ = write!(stdout, "{}", &text[printed..]);
+                let _ = stdout.flush();
+                printed = text.len();
+            }
+        },
+    )?;
     println!();
     Ok(())
 }

@@ -43,7 +43,9 @@ fn main() -> Result<()> {
     let lm = Pretrained::load(&path, &device)?;
     let rows: Vec<Vec<u32>> = match (&args.text, &args.ids_json) {
         (Some(text), None) => vec![lm.encode(text, true)?],
-        (None, Some(json)) => serde_json::from_str(json).context("--ids-json must be a list of lists of ids")?,
+        (None, Some(json)) => {
+            serde_json::from_str(json).context("--ids-json must be a list of lists of ids")?
+        }
         _ => bail!("give --text or --ids-json"),
     };
     if rows.is_empty() || rows.iter().any(Vec::is_empty) {
@@ -57,9 +59,14 @@ fn main() -> Result<()> {
         ids.extend(r.iter().copied().chain(std::iter::repeat_n(0, t - r.len())));
         mask.extend(std::iter::repeat_n(1u8, r.len()).chain(std::iter::repeat_n(0, t - r.len())));
     }
-    let logits = lm.model.forward(&DecoderInput::new(ids, b, t).with_attention_mask(mask))?;
+    let logits = lm
+        .model
+        .forward(&DecoderInput::new(ids, b, t).with_attention_mask(mask))?;
     let v = logits.dims()[2];
-    let mut host: Vec<f32> = logits.into_data().into_vec().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut host: Vec<f32> = logits
+        .into_data()
+        .into_vec()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let mut out_rows = Vec::new();
     for (r, row) in rows.iter().enumerate() {
         let mut logprobs = Vec::new();
@@ -73,7 +80,11 @@ fn main() -> Result<()> {
         let last = &host[(r * t + row.len() - 1) * v..(r * t + row.len()) * v];
         let mut order: Vec<usize> = (0..v).collect();
         order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
-        let top: Vec<_> = order.iter().take(args.top_k).map(|&i| json!([i, last[i]])).collect();
+        let top: Vec<_> = order
+            .iter()
+            .take(args.top_k)
+            .map(|&i| json!([i, last[i]]))
+            .collect();
         out_rows.push(json!({
             "ids": row, "token_logprobs": logprobs, "mean_nll": nll, "perplexity": nll.exp(), "top_k": top,
         }));

@@ -11,7 +11,10 @@ impl AdapterTarget for CausalLm {
     fn visit_linears(&self, f: &mut dyn FnMut(&str, &LoraLinear)) {
         for (i, layer) in self.model.layers.iter().enumerate() {
             let a = &layer.self_attn;
-            for (name, lin) in ATTN.iter().zip([&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj]) {
+            for (name, lin) in ATTN
+                .iter()
+                .zip([&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj])
+            {
                 f(&format!("model.layers.{i}.self_attn.{name}"), lin);
             }
             let m = &layer.mlp;
@@ -27,11 +30,17 @@ impl AdapterTarget for CausalLm {
     fn visit_linears_mut(&mut self, f: &mut dyn FnMut(&str, &mut LoraLinear)) {
         for (i, layer) in self.model.layers.iter_mut().enumerate() {
             let a = &mut layer.self_attn;
-            for (name, lin) in ATTN.iter().zip([&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj]) {
+            for (name, lin) in
+                ATTN.iter()
+                    .zip([&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj])
+            {
                 f(&format!("model.layers.{i}.self_attn.{name}"), lin);
             }
             let m = &mut layer.mlp;
-            for (name, lin) in MLP.iter().zip([&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]) {
+            for (name, lin) in MLP
+                .iter()
+                .zip([&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj])
+            {
                 f(&format!("model.layers.{i}.mlp.{name}"), lin);
             }
         }
@@ -41,20 +50,36 @@ impl AdapterTarget for CausalLm {
     }
 
     fn visit_other_params(&self, f: &mut dyn FnMut(&str, &str, OtherParam<'_>)) {
-        f("model.embed_tokens", "weight", OtherParam::Matrix(&self.model.embed_tokens));
+        f(
+            "model.embed_tokens",
+            "weight",
+            OtherParam::Matrix(&self.model.embed_tokens),
+        );
         for (i, layer) in self.model.layers.iter().enumerate() {
-            f(&format!("model.layers.{i}.input_layernorm"), "weight", OtherParam::Vector(&layer.input_layernorm.weight));
+            f(
+                &format!("model.layers.{i}.input_layernorm"),
+                "weight",
+                OtherParam::Vector(&layer.input_layernorm.weight),
+            );
             f(
                 &format!("model.layers.{i}.post_attention_layernorm"),
                 "weight",
                 OtherParam::Vector(&layer.post_attention_layernorm.weight),
             );
         }
-        f("model.norm", "weight", OtherParam::Vector(&self.model.norm.weight));
+        f(
+            "model.norm",
+            "weight",
+            OtherParam::Vector(&self.model.norm.weight),
+        );
     }
 
     fn visit_other_params_mut(&mut self, f: &mut dyn FnMut(&str, &str, OtherParamMut<'_>)) {
-        f("model.embed_tokens", "weight", OtherParamMut::Matrix(&mut self.model.embed_tokens));
+        f(
+            "model.embed_tokens",
+            "weight",
+            OtherParamMut::Matrix(&mut self.model.embed_tokens),
+        );
         for (i, layer) in self.model.layers.iter_mut().enumerate() {
             f(
                 &format!("model.layers.{i}.input_layernorm"),
@@ -67,7 +92,11 @@ impl AdapterTarget for CausalLm {
                 OtherParamMut::Vector(&mut layer.post_attention_layernorm.weight),
             );
         }
-        f("model.norm", "weight", OtherParamMut::Vector(&mut self.model.norm.weight));
+        f(
+            "model.norm",
+            "weight",
+            OtherParamMut::Vector(&mut self.model.norm.weight),
+        );
     }
 
     fn output_layer(&self) -> Option<&str> {

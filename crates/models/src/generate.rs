@@ -15,7 +15,11 @@ pub enum Sampling {
     /// The most likely token.
     Greedy,
     /// Sampled after temperature, top-k (0 = off) and top-p (1.0 = off).
-    Sample { temperature: f32, top_k: usize, top_p: f32 },
+    Sample {
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+    },
 }
 
 /// Generation settings, like transformers' `GenerationConfig`.
@@ -62,7 +66,12 @@ pub struct Generated {
 }
 
 /// Applies repetition penalty and the sampling rule to one row of logits and picks a token.
-pub fn pick_token(logits: &mut [f32], history: &[u32], config: &GenerationConfig, rng: &mut StdRng) -> u32 {
+pub fn pick_token(
+    logits: &mut [f32],
+    history: &[u32],
+    config: &GenerationConfig,
+    rng: &mut StdRng,
+) -> u32 {
     if config.repetition_penalty != 1.0 {
         let p = config.repetition_penalty;
         let mut seen = history.to_vec();
@@ -76,14 +85,25 @@ pub fn pick_token(logits: &mut [f32], history: &[u32], config: &GenerationConfig
     }
     match config.sampling {
         Sampling::Greedy => argmax(logits),
-        Sampling::Sample { temperature, top_k, top_p } => {
+        Sampling::Sample {
+            temperature,
+            top_k,
+            top_p,
+        } => {
             let t = if temperature > 0.0 { temperature } else { 1.0 };
             let mut order: Vec<usize> = (0..logits.len()).collect();
             order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-            let keep = if top_k > 0 { top_k.min(order.len()) } else { order.len() };
+            let keep = if top_k > 0 {
+                top_k.min(order.len())
+            } else {
+                order.len()
+            };
             order.truncate(keep);
             let max = logits[order[0]] / t;
-            let mut probs: Vec<f64> = order.iter().map(|&i| ((logits[i] / t - max) as f64).exp()).collect();
+            let mut probs: Vec<f64> = order
+                .iter()
+                .map(|&i| ((logits[i] / t - max) as f64).exp())
+                .collect();
             let total: f64 = probs.iter().sum();
             probs.iter_mut().for_each(|p| *p /= total);
             if top_p < 1.0 {
@@ -136,10 +156,14 @@ pub fn generate(
     on_token: &mut dyn FnMut(usize, u32),
 ) -> Result<Vec<Generated>> {
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
-        return Err(ModelError::Input("generation needs at least one non-empty prompt".into()));
+        return Err(ModelError::Input(
+            "generation needs at least one non-empty prompt".into(),
+        ));
     }
     if !config.stop_strings.is_empty() && tokenizer.is_none() {
-        return Err(ModelError::Input("stop strings need a tokenizer to decode the output".into()));
+        return Err(ModelError::Input(
+            "stop strings need a tokenizer to decode the output".into(),
+        ));
     }
     let b = prompts.len();
     let t = prompts.iter().map(Vec::len).max().unwrap_or(0);
@@ -169,7 +193,7 @@ pub fn generate(
         let logits: Vec<f32> = model
             .logits(last)
             .into_data()
-            .to_vec()
+            .try_into_vec()
             .map_err(|e| ModelError::Input(format!("reading logits: {e:?}")))?;
         let mut next = Vec::with_capacity(b);
         for r in 0..b {
@@ -189,7 +213,11 @@ pub fn generate(
                 && !config.stop_strings.is_empty()
             {
                 let text = tok.decode(&out[r].tokens, false).unwrap_or_default();
-                if config.stop_strings.iter().any(|s| text.contains(s.as_str())) {
+                if config
+                    .stop_strings
+                    .iter()
+                    .any(|s| text.contains(s.as_str()))
+                {
                     done[r] = true;
                     out[r].finish = FinishReason::StopString;
                 }
@@ -226,7 +254,11 @@ mod tests {
     fn top_k_one_is_greedy_and_seeded_sampling_repeats() {
         let logits = vec![0.1, 3.0, 0.5, 2.9];
         let k1 = GenerationConfig {
-            sampling: Sampling::Sample { temperature: 0.7, top_k: 1, top_p: 1.0 },
+            sampling: Sampling::Sample {
+                temperature: 0.7,
+                top_k: 1,
+                top_p: 1.0,
+            },
             ..Default::default()
         };
         let mut rng = StdRng::seed_from_u64(7);
@@ -234,12 +266,18 @@ mod tests {
             assert_eq!(pick_token(&mut logits.clone(), &[], &k1, &mut rng), 1);
         }
         let free = GenerationConfig {
-            sampling: Sampling::Sample { temperature: 1.5, top_k: 0, top_p: 0.9 },
+            sampling: Sampling::Sample {
+                temperature: 1.5,
+                top_k: 0,
+                top_p: 0.9,
+            },
             ..Default::default()
         };
         let draw = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);
-            (0..50).map(|_| pick_token(&mut logits.clone(), &[], &free, &mut rng)).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| pick_token(&mut logits.clone(), &[], &free, &mut rng))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(3), draw(3));
         // top-p 0.9 over these logits excludes token 0 (the least likely).

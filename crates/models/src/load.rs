@@ -48,11 +48,20 @@ impl Loader<'_> {
 
     fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<Tensor<2>> {
         let data = self.raw(name, &[rows, cols])?;
-        Ok(Tensor::from_data(TensorData::new(data, [rows, cols]), self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(data, [rows, cols]),
+            self.device,
+        ))
     }
 
     /// A PyTorch linear `[out, in]` (+ bias) as a [`LoraLinear`] (`[in, out]`, transposed here once).
-    fn linear(&mut self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<LoraLinear> {
+    fn linear(
+        &mut self,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<LoraLinear> {
         let w = self.raw(&format!("{prefix}.weight"), &[d_out, d_in])?;
         let wt = transpose(&w, d_out, d_in);
         let weight = Tensor::from_data(TensorData::new(wt, [d_in, d_out]), self.device);
@@ -87,11 +96,16 @@ fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 /// Keys some checkpoints carry that the model legitimately does not use.
 fn ignorable(name: &str, config: &DecoderConfig) -> bool {
-    name.ends_with("rotary_emb.inv_freq") || (config.tie_word_embeddings && name == "lm_head.weight")
+    name.ends_with("rotary_emb.inv_freq")
+        || (config.tie_word_embeddings && name == "lm_head.weight")
 }
 
 /// Builds the model of `config` from `source` on `device`.
-pub fn build_causal_lm(config: &DecoderConfig, source: &dyn WeightSource, device: &Device) -> Result<CausalLm> {
+pub fn build_causal_lm(
+    config: &DecoderConfig,
+    source: &dyn WeightSource,
+    device: &Device,
+) -> Result<CausalLm> {
     let c = config;
     let mut l = Loader {
         source,
@@ -99,8 +113,13 @@ pub fn build_causal_lm(config: &DecoderConfig, source: &dyn WeightSource, device
         used: BTreeSet::new(),
         missing: Vec::new(),
     };
-    let (h, q_out, kv_out) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-    let embed_tokens = Param::from_tensor(l.matrix("model.embed_tokens.weight", c.vocab_size, h)?);
+    let (h, q_out, kv_out) = (
+        c.hidden_size,
+        c.num_heads * c.head_dim,
+        c.num_kv_heads * c.head_dim,
+    );
+    let embed_tokens =
+        Param::from_tensor(l.matrix("model.embed_tokens.weight", c.vocab_size, h)?);
     let mut layers = Vec::with_capacity(c.num_layers);
     for i in 0..c.num_layers {
         let p = format!("model.layers.{i}");
@@ -115,15 +134,34 @@ pub fn build_causal_lm(config: &DecoderConfig, source: &dyn WeightSource, device
             kind: c.layer_attention[i],
         };
         let mlp = Mlp {
-            gate_proj: l.linear(&format!("{p}.mlp.gate_proj"), h, c.intermediate_size, c.mlp_bias)?,
-            up_proj: l.linear(&format!("{p}.mlp.up_proj"), h, c.intermediate_size, c.mlp_bias)?,
-            down_proj: l.linear(&format!("{p}.mlp.down_proj"), c.intermediate_size, h, c.mlp_bias)?,
+            gate_proj: l.linear(
+                &format!("{p}.mlp.gate_proj"),
+                h,
+                c.intermediate_size,
+                c.mlp_bias,
+            )?,
+            up_proj: l.linear(
+                &format!("{p}.mlp.up_proj"),
+                h,
+                c.intermediate_size,
+                c.mlp_bias,
+            )?,
+            down_proj: l.linear(
+                &format!("{p}.mlp.down_proj"),
+                c.intermediate_size,
+                h,
+                c.mlp_bias,
+            )?,
         };
         layers.push(DecoderLayer {
             self_attn,
             mlp,
             input_layernorm: l.norm(&format!("{p}.input_layernorm.weight"), h, c.rms_norm_eps)?,
-            post_attention_layernorm: l.norm(&format!("{p}.post_attention_layernorm.weight"), h, c.rms_norm_eps)?,
+            post_attention_layernorm: l.norm(
+                &format!("{p}.post_attention_layernorm.weight"),
+                h,
+                c.rms_norm_eps,
+            )?,
         });
     }
     let norm = l.norm("model.norm.weight", h, c.rms_norm_eps)?;
@@ -134,7 +172,10 @@ pub fn build_causal_lm(config: &DecoderConfig, source: &dyn WeightSource, device
     };
     let path = source.path().to_path_buf();
     if !l.missing.is_empty() {
-        return Err(ModelError::MissingWeights { path, keys: l.missing });
+        return Err(ModelError::MissingWeights {
+            path,
+            keys: l.missing,
+        });
     }
     let unexpected: Vec<String> = source
         .names()
@@ -142,7 +183,10 @@ pub fn build_causal_lm(config: &DecoderConfig, source: &dyn WeightSource, device
         .filter(|n| !l.used.contains(n) && !ignorable(n, c))
         .collect();
     if !unexpected.is_empty() {
-        return Err(ModelError::UnexpectedWeights { path, keys: unexpected });
+        return Err(ModelError::UnexpectedWeights {
+            path,
+            keys: unexpected,
+        });
     }
     Ok(CausalLm {
         model: Model {

@@ -32,7 +32,11 @@ impl Pretrained {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "model path does not exist"),
             ));
         }
-        let loaded = if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        let loaded = if path.is_file()
+            && path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
             Self::load_gguf(path, device)?
         } else {
             Self::load_hf_dir(path, device)?
@@ -94,7 +98,13 @@ impl Pretrained {
     /// token and, for chat models, the end-of-turn token if the vocabulary has one.
     pub fn eos_token_ids(&self) -> Vec<u32> {
         let mut ids = self.model.config.eos_token_ids.clone();
-        let named = [self.extras.eos_token.as_deref(), Some("<|im_end|>"), Some("<|eot_id|>"), Some("<end_of_turn>"), Some("<|end|>")];
+        let named = [
+            self.extras.eos_token.as_deref(),
+            Some("<|im_end|>"),
+            Some("<|eot_id|>"),
+            Some("<end_of_turn>"),
+            Some("<|end|>"),
+        ];
         for t in named.into_iter().flatten() {
             if let Some(id) = self.tokenizer.token_to_id(t)
                 && !ids.contains(&id)
@@ -118,9 +128,11 @@ impl Pretrained {
 
     /// Decodes ids to text.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.tokenizer.decode(ids, skip_special_tokens).map_err(|e| ModelError::Tokenizer {
-            path: self.source.clone(),
-            reason: e.to_string(),
-        })
+        self.tokenizer
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.source.clone(),
+                reason: e.to_string(),
+            })
     }
 }

@@ -47,7 +47,11 @@ impl Rope {
                 let high_wavelen = old / high;
                 for f in inv_freq.iter_mut() {
                     let wavelen = 2.0 * std::f32::consts::PI / *f;
-                    let scaled = if wavelen > low_wavelen { *f / factor } else { *f };
+                    let scaled = if wavelen > low_wavelen {
+                        *f / factor
+                    } else {
+                        *f
+                    };
                     let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
                     *f = if medium {
                         let smooth = (old / wavelen - low) / (high - low);
@@ -66,7 +70,13 @@ impl Rope {
     /// # Shapes
     /// - positions: `[b * t]`, row-major over `[b, t]`
     /// - output: two tensors `[b, 1, t, head_dim]`
-    pub fn tables(&self, positions: &[i64], b: usize, t: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
+    pub fn tables(
+        &self,
+        positions: &[i64],
+        b: usize,
+        t: usize,
+        device: &Device,
+    ) -> (Tensor<4>, Tensor<4>) {
         let half = self.inv_freq.len();
         let dim = half * 2;
         let mut cos = vec![0f32; b * t * dim];

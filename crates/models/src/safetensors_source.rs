@@ -43,9 +43,13 @@ fn open_shard(path: &Path) -> Result<Shard> {
         reason,
     };
     if mmap.len() < 8 {
-        return Err(bad(format!("file is {} bytes, shorter than the 8-byte header length", mmap.len())));
+        return Err(bad(format!(
+            "file is {} bytes, shorter than the 8-byte header length",
+            mmap.len()
+        )));
     }
-    let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| bad(e.to_string()))?;
+    let (header_len, metadata) =
+        SafeTensors::read_metadata(&mmap).map_err(|e| bad(e.to_string()))?;
     let data_start = 8 + header_len;
     let data_len = mmap.len() - data_start;
     for (name, info) in metadata.tensors() {
@@ -74,15 +78,20 @@ impl SafetensorsWeights {
         } else {
             let index = path.join("model.safetensors.index.json");
             if index.is_file() {
-                let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
-                let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Json {
-                    path: index.clone(),
-                    reason: e.to_string(),
-                })?;
-                let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::Json {
-                    path: index.clone(),
-                    reason: "missing object `weight_map`".into(),
-                })?;
+                let text =
+                    std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
+                let json: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| ModelError::Json {
+                        path: index.clone(),
+                        reason: e.to_string(),
+                    })?;
+                let map = json
+                    .get("weight_map")
+                    .and_then(|m| m.as_object())
+                    .ok_or_else(|| ModelError::Json {
+                        path: index.clone(),
+                        reason: "missing object `weight_map`".into(),
+                    })?;
                 let mut names: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
                 names.sort_unstable();
                 names.dedup();
@@ -136,15 +145,19 @@ impl WeightSource for SafetensorsWeights {
     }
 
     fn dtype(&self, name: &str) -> Option<String> {
-        self.lookup(name).map(|(_, info)| format!("{:?}", info.dtype))
+        self.lookup(name)
+            .map(|(_, info)| format!("{:?}", info.dtype))
     }
 
     fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let (shard, info) = self.lookup(name).ok_or_else(|| ModelError::MissingWeights {
-            path: self.root.clone(),
-            keys: vec![name.into()],
-        })?;
-        let bytes = &shard.mmap[shard.data_start + info.data_offsets.0..shard.data_start + info.data_offsets.1];
+        let (shard, info) = self
+            .lookup(name)
+            .ok_or_else(|| ModelError::MissingWeights {
+                path: self.root.clone(),
+                keys: vec![name.into()],
+            })?;
+        let bytes = &shard.mmap
+            [shard.data_start + info.data_offsets.0..shard.data_start + info.data_offsets.1];
         let count: usize = info.shape.iter().product();
         let bad = |reason: String| ModelError::Safetensors {
             path: shard.path.clone(),
@@ -153,29 +166,47 @@ impl WeightSource for SafetensorsWeights {
         let width = match info.dtype {
             Dtype::F32 => 4,
             Dtype::F16 | Dtype::BF16 => 2,
-            other => return Err(bad(format!("dtype {other:?} is not supported (F32, F16, BF16)"))),
+            other => {
+                return Err(bad(format!(
+                    "dtype {other:?} is not supported (F32, F16, BF16)"
+                )));
+            }
         };
         if bytes.len() != count * width {
-            return Err(bad(format!("{} bytes for shape {:?} of {:?}", bytes.len(), info.shape, info.dtype)));
+            return Err(bad(format!(
+                "{} bytes for shape {:?} of {:?}",
+                bytes.len(),
+                info.shape,
+                info.dtype
+            )));
         }
         let mut out = vec![0f32; count];
         const CHUNK: usize = 1 << 16;
         match info.dtype {
-            Dtype::F32 => out.par_chunks_mut(CHUNK).zip(bytes.par_chunks(CHUNK * 4)).for_each(|(o, b)| {
-                for (v, c) in o.iter_mut().zip(b.chunks_exact(4)) {
-                    *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                }
-            }),
-            Dtype::F16 => out.par_chunks_mut(CHUNK).zip(bytes.par_chunks(CHUNK * 2)).for_each(|(o, b)| {
-                for (v, c) in o.iter_mut().zip(b.chunks_exact(2)) {
-                    *v = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
-                }
-            }),
-            _ => out.par_chunks_mut(CHUNK).zip(bytes.par_chunks(CHUNK * 2)).for_each(|(o, b)| {
-                for (v, c) in o.iter_mut().zip(b.chunks_exact(2)) {
-                    *v = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
-                }
-            }),
+            Dtype::F32 => out
+                .par_chunks_mut(CHUNK)
+                .zip(bytes.par_chunks(CHUNK * 4))
+                .for_each(|(o, b)| {
+                    for (v, c) in o.iter_mut().zip(b.chunks_exact(4)) {
+                        *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    }
+                }),
+            Dtype::F16 => out
+                .par_chunks_mut(CHUNK)
+                .zip(bytes.par_chunks(CHUNK * 2))
+                .for_each(|(o, b)| {
+                    for (v, c) in o.iter_mut().zip(b.chunks_exact(2)) {
+                        *v = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+                    }
+                }),
+            _ => out
+                .par_chunks_mut(CHUNK)
+                .zip(bytes.par_chunks(CHUNK * 2))
+                .for_each(|(o, b)| {
+                    for (v, c) in o.iter_mut().zip(b.chunks_exact(2)) {
+                        *v = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                    }
+                }),
         }
         Ok(out)
     }
@@ -196,15 +227,19 @@ pub fn write_f32_safetensors(path: &Path, tensors: &[(&str, Vec<usize>, &[f32])]
                 values.len()
             )));
         }
-        let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data).map_err(|e| {
-            ModelError::Safetensors {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            }
-        })?;
+        let view =
+            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data).map_err(|e| {
+                ModelError::Safetensors {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                }
+            })?;
         views.push((name.to_string(), view));
     }
-    let metadata = Some(std::collections::HashMap::from([("format".to_string(), "pt".to_string())]));
+    let metadata = Some(std::collections::HashMap::from([(
+        "format".to_string(),
+        "pt".to_string(),
+    )]));
     let out = safetensors::serialize(views, metadata).map_err(|e| ModelError::Safetensors {
         path: path.to_path_buf(),
         reason: e.to_string(),

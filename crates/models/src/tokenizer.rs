@@ -33,7 +33,10 @@ pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
 fn token_string(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::String(s) => Some(s.clone()),
-        Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        Value::Object(o) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .map(str::to_string),
         _ => None,
     }
 }
@@ -45,7 +48,8 @@ pub fn load_extras(dir: &Path) -> Result<TokenizerExtras> {
     let mut extras = TokenizerExtras::default();
     let config_path = dir.join("tokenizer_config.json");
     if config_path.is_file() {
-        let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
+        let text =
+            std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
         let json: Value = serde_json::from_str(&text).map_err(|e| ModelError::Json {
             path: config_path.clone(),
             reason: e.to_string(),
@@ -67,7 +71,8 @@ pub fn load_extras(dir: &Path) -> Result<TokenizerExtras> {
     }
     let jinja = dir.join("chat_template.jinja");
     if jinja.is_file() {
-        extras.chat_template = Some(std::fs::read_to_string(&jinja).map_err(|e| ModelError::io(&jinja, e))?);
+        extras.chat_template =
+            Some(std::fs::read_to_string(&jinja).map_err(|e| ModelError::io(&jinja, e))?);
     }
     Ok(extras)
 }

@@ -19,9 +19,15 @@ impl Reference {
         Self { bytes }
     }
 
-    fn with_view<R>(&self, name: &str, f: impl FnOnce(&safetensors::tensor::TensorView<'_>) -> R) -> R {
+    fn with_view<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&safetensors::tensor::TensorView<'_>) -> R,
+    ) -> R {
         let st = SafeTensors::deserialize(&self.bytes).expect("valid safetensors");
-        let v = st.tensor(name).unwrap_or_else(|_| panic!("no tensor `{name}` in reference"));
+        let v = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("no tensor `{name}` in reference"));
         f(&v)
     }
 
@@ -32,14 +38,20 @@ impl Reference {
     pub fn f32(&self, name: &str) -> Vec<f32> {
         self.with_view(name, |v| {
             assert_eq!(v.dtype(), safetensors::Dtype::F32, "{name}");
-            v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+            v.data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
         })
     }
 
     pub fn i64(&self, name: &str) -> Vec<i64> {
         self.with_view(name, |v| {
             assert_eq!(v.dtype(), safetensors::Dtype::I64, "{name}");
-            v.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+            v.data()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect()
         })
     }
 }
@@ -47,5 +59,8 @@ impl Reference {
 /// Largest absolute difference.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }

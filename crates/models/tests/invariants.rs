@@ -2,12 +2,20 @@
 //! segments must not change what a row computes.
 mod common;
 use common::{fixtures, max_abs_diff};
-use kiln_models::{CausalLm, DecoderConfig, DecoderInput, KvCache, SafetensorsWeights, build_causal_lm, default_device};
+use kiln_models::{
+    CausalLm, DecoderConfig, DecoderInput, KvCache, SafetensorsWeights, build_causal_lm,
+    default_device,
+};
 
 fn tiny(name: &str) -> CausalLm {
     let dir = fixtures().join("tiny").join(name);
     let config = DecoderConfig::from_file(&dir.join("config.json")).unwrap();
-    build_causal_lm(&config, &SafetensorsWeights::open(&dir).unwrap(), &default_device()).unwrap()
+    build_causal_lm(
+        &config,
+        &SafetensorsWeights::open(&dir).unwrap(),
+        &default_device(),
+    )
+    .unwrap()
 }
 
 fn host(t: burn::tensor::Tensor<3>) -> Vec<f32> {
@@ -24,9 +32,21 @@ fn cached_decoding_equals_full_forward() {
         let v = model.config.vocab_size;
         // Prefill 4 tokens, then feed one at a time.
         let mut cache = KvCache::default();
-        let mut got = host(model.logits(model.forward_hidden(&DecoderInput::single(&IDS[..4]), Some(&mut cache)).unwrap()));
+        let mut got = host(
+            model.logits(
+                model
+                    .forward_hidden(&DecoderInput::single(&IDS[..4]), Some(&mut cache))
+                    .unwrap(),
+            ),
+        );
         for &id in &IDS[4..] {
-            got.extend(host(model.logits(model.forward_hidden(&DecoderInput::single(&[id]), Some(&mut cache)).unwrap())));
+            got.extend(host(
+                model.logits(
+                    model
+                        .forward_hidden(&DecoderInput::single(&[id]), Some(&mut cache))
+                        .unwrap(),
+                ),
+            ));
         }
         assert_eq!(cache.len(), IDS.len());
         let diff = max_abs_diff(&got, &full);
@@ -48,9 +68,16 @@ fn left_padded_batch_equals_rows_alone() {
         ids.extend(std::iter::repeat_n(0, pad).chain(short.iter().copied()));
         let mut mask = vec![1u8; IDS.len()];
         mask.extend(std::iter::repeat_n(0, pad).chain(std::iter::repeat_n(1, short.len())));
-        let batch = host(model.forward(&DecoderInput::new(ids, 2, IDS.len()).with_attention_mask(mask)).unwrap());
+        let batch = host(
+            model
+                .forward(&DecoderInput::new(ids, 2, IDS.len()).with_attention_mask(mask))
+                .unwrap(),
+        );
         let t = IDS.len();
-        assert!(max_abs_diff(&batch[..t * v], &alone_long) <= 1e-5, "{name}: row 0");
+        assert!(
+            max_abs_diff(&batch[..t * v], &alone_long) <= 1e-5,
+            "{name}: row 0"
+        );
         let d = max_abs_diff(&batch[(t + pad) * v..], &alone_short);
         assert!(d <= 1e-5, "{name}: left-padded row differs by {d}");
     }
@@ -63,7 +90,9 @@ fn packed_segments_equal_separate_rows() {
     let (a, b) = (&IDS[..4], &IDS[4..]);
     let alone_a = host(model.forward(&DecoderInput::single(a)).unwrap());
     let alone_b = host(model.forward(&DecoderInput::single(b)).unwrap());
-    let segments: Vec<u32> = std::iter::repeat_n(0, a.len()).chain(std::iter::repeat_n(1, b.len())).collect();
+    let segments: Vec<u32> = std::iter::repeat_n(0, a.len())
+        .chain(std::iter::repeat_n(1, b.len()))
+        .collect();
     let input = DecoderInput::single(&IDS).with_segment_ids(segments);
     assert_eq!(input.positions(0), vec![0, 1, 2, 3, 0, 1, 2, 3, 4, 5]);
     let packed = host(model.forward(&input).unwrap());

@@ -16,7 +16,10 @@ use serde_json::Value;
 fn smollm2_matches_transformers() {
     let path = fetch::smollm2_path();
     if !path.is_file() {
-        println!("SKIPPED: {} missing (run tools/fetch_model.sh)", path.display());
+        println!(
+            "SKIPPED: {} missing (run tools/fetch_model.sh)",
+            path.display()
+        );
         return;
     }
     let lm = Pretrained::load(&path, &default_device()).unwrap();
@@ -26,7 +29,11 @@ fn smollm2_matches_transformers() {
     .unwrap();
     let last = Reference::open(fixtures().join("smollm2/last_logits.safetensors"));
     let ids_of = |v: &Value| -> Vec<u32> {
-        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
     };
     let mut eos = lm.eos_token_ids();
     eos.push(reference["generation_eos_token_id"].as_u64().unwrap() as u32);
@@ -34,7 +41,10 @@ fn smollm2_matches_transformers() {
         let kind = p["kind"].as_str().unwrap();
         let want_ids = ids_of(&p["input_ids"]);
         let ids = lm
-            .encode(p["text"].as_str().unwrap(), p["add_special_tokens"].as_bool().unwrap())
+            .encode(
+                p["text"].as_str().unwrap(),
+                p["add_special_tokens"].as_bool().unwrap(),
+            )
             .unwrap();
         assert_eq!(ids, want_ids, "{kind}: token ids");
 
@@ -44,7 +54,10 @@ fn smollm2_matches_transformers() {
         let got_last = &host[(t - 1) * v..];
         let want_last = last.f32(&format!("prompt{k}"));
         let diff = common::max_abs_diff(got_last, &want_last);
-        assert!(diff <= 2e-3, "{kind}: max |Δ logit| at the last position = {diff}");
+        assert!(
+            diff <= 2e-3,
+            "{kind}: max |Δ logit| at the last position = {diff}"
+        );
         let mut order: Vec<usize> = (0..v).collect();
         order.sort_by(|&a, &b| got_last[b].total_cmp(&got_last[a]));
         let top10: Vec<u32> = order[..10].iter().map(|&i| i as u32).collect();
@@ -53,7 +66,10 @@ fn smollm2_matches_transformers() {
         let labels: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
         let nll: f32 = causal_lm_loss(logits, &labels).unwrap().into_scalar();
         let want_nll = p["mean_nll"].as_f64().unwrap() as f32;
-        assert!((nll - want_nll).abs() <= 1e-3, "{kind}: mean NLL {nll} vs {want_nll}");
+        assert!(
+            (nll - want_nll).abs() <= 1e-3,
+            "{kind}: mean NLL {nll} vs {want_nll}"
+        );
 
         let config = GenerationConfig {
             max_new_tokens: 20,
@@ -61,7 +77,11 @@ fn smollm2_matches_transformers() {
             ..Default::default()
         };
         let out = generate(&lm.model, &[ids], &config, None, &mut |_, _| {}).unwrap();
-        assert_eq!(out[0].tokens, ids_of(&p["greedy_20"]), "{kind}: greedy continuation");
+        assert_eq!(
+            out[0].tokens,
+            ids_of(&p["greedy_20"]),
+            "{kind}: greedy continuation"
+        );
         println!("{kind}: max |Δ logit| {diff:.2e}, NLL {nll:.5} vs {want_nll:.5}");
     }
 }

@@ -2,19 +2,35 @@
 //! (`tools/fixtures/generate.py`) give the same logits and loss in kiln.
 mod common;
 use common::{Reference, fixtures, max_abs_diff};
-use kiln_models::{DecoderConfig, DecoderInput, SafetensorsWeights, build_causal_lm, causal_lm_loss, default_device};
+use kiln_models::{
+    DecoderConfig, DecoderInput, SafetensorsWeights, build_causal_lm, causal_lm_loss,
+    default_device,
+};
 
 fn check(name: &str, checkpoint: &str) {
     let dir = fixtures().join("tiny").join(checkpoint);
-    let reference = Reference::open(fixtures().join("tiny").join(name).join("expected.safetensors"));
+    let reference = Reference::open(
+        fixtures()
+            .join("tiny")
+            .join(name)
+            .join("expected.safetensors"),
+    );
     let config = DecoderConfig::from_file(&dir.join("config.json")).unwrap();
     let source = SafetensorsWeights::open(&dir).unwrap();
     let device = default_device();
     let model = build_causal_lm(&config, &source, &device).unwrap();
 
     let [b, t] = <[usize; 2]>::try_from(reference.shape("input_ids")).unwrap();
-    let ids: Vec<u32> = reference.i64("input_ids").iter().map(|&i| i as u32).collect();
-    let mask: Vec<u8> = reference.i64("attention_mask").iter().map(|&m| m as u8).collect();
+    let ids: Vec<u32> = reference
+        .i64("input_ids")
+        .iter()
+        .map(|&i| i as u32)
+        .collect();
+    let mask: Vec<u8> = reference
+        .i64("attention_mask")
+        .iter()
+        .map(|&m| m as u8)
+        .collect();
     let input = DecoderInput::new(ids, b, t)
         .with_attention_mask(mask.clone())
         .with_position_ids(reference.i64("position_ids"));
@@ -33,9 +49,14 @@ fn check(name: &str, checkpoint: &str) {
     let diff = max_abs_diff(&g, &w);
     assert!(diff <= 1e-4, "{name}: max |Δ logit| = {diff}");
 
-    let loss: f32 = causal_lm_loss(logits, &reference.i64("labels")).unwrap().into_scalar();
+    let loss: f32 = causal_lm_loss(logits, &reference.i64("labels"))
+        .unwrap()
+        .into_scalar();
     let want_loss = reference.f32("loss")[0];
-    assert!((loss - want_loss).abs() <= 1e-5, "{name}: loss {loss} vs {want_loss}");
+    assert!(
+        (loss - want_loss).abs() <= 1e-5,
+        "{name}: loss {loss} vs {want_loss}"
+    );
 }
 
 #[test]

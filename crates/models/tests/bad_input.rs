@@ -1,0 +1,139 @@
+//! Bad checkpoints give typed errors naming the file and key, never a panic.
+mod common;
+use common::fixtures;
+use kiln_models::{
+    DecoderConfig, ModelError, Pretrained, SafetensorsWeights, build_causal_lm, default_device,
+};
+use std::path::Path;
+
+fn copy_tiny(dst: &Path) {
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures().join("tiny/llama").join(f), dst.join(f)).unwrap();
+    }
+}
+
+fn load(dir: &Path) -> Result<kiln_models::CausalLm, ModelError> {
+    let config = DecoderConfig::from_file(&dir.join("config.json"))?;
+    build_causal_lm(&config, &SafetensorsWeights::open(dir)?, &default_device())
+}
+
+#[test]
+fn missing_directory_names_the_path() {
+    let err = Pretrained::load(Path::new("/no/such/model"), &default_device()).unwrap_err();
+    assert!(matches!(err, ModelError::Io { .. }), "{err}");
+    assert!(err.to_string().contains("/no/such/model"));
+}
+
+#[test]
+fn weights_that_do_not_fit_the_config_name_the_tensor_and_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tiny(dir.path());
+    let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    let config = config.replace("\"intermediate_size\": 128", "\"intermediate_size\": 96");
+    std::fs::write(dir.path().join("config.json"), config).unwrap();
+    match load(dir.path()).unwrap_err() {
+        ModelError::ShapeMismatch {
+            key,
+            expected,
+            found,
+            ..
+        } => {
+            assert_eq!(key, "model.layers.0.mlp.gate_proj.weight");
+            assert_eq!(expected, vec![96, 64]);
+            assert_eq!(found, vec![128, 64]);
+        }
+        other => panic!("unexpected error {other}"),
+    }
+}
+
+#[test]
+fn missing_and_unexpected_keys_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tiny(dir.path());
+    // Two layers of weights for a one-layer config: layer 1's tensors are unexpected.
+    let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        config.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1"),
+    )
+    .unwrap();
+    match load(dir.path()).unwrap_err() {
+        ModelError::UnexpectedWeights { keys, .. } => {
+            assert!(
+                keys.contains(&"model.layers.1.mlp.up_proj.weight".to_string()),
+                "{keys:?}"
+            );
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    // Three layers: layer 2 is missing.
+    let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        config.replace("\"num_hidden_layers\": 1", "\"num_hidden_layers\": 3"),
+    )
+    .unwrap();
+    match load(dir.path()).unwrap_err() {
+        ModelError::MissingWeights { keys, .. } => {
+            assert!(
+                keys.contains(&"model.layers.2.self_attn.q_proj.weight".to_string()),
+                "{keys:?}"
+            );
+        }
+        other => panic!("unexpected error {other}"),
+    }
+}
+
+#[test]
+fn truncated_safetensors_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tiny(dir.path());
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let err = SafetensorsWeights::open(dir.path()).unwrap_err();
+    assert!(matches!(err, ModelError::Safetensors { .. }), "{err}");
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
+}
+
+#[test]
+fn absurd_header_size_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let mut bytes = u64::MAX.to_le_bytes().to_vec();
+    bytes.extend_from_slice(b"{}");
+    std::fs::write(&path, bytes).unwrap();
+    assert!(matches!(
+        SafetensorsWeights::open(&path).unwrap_err(),
+        ModelError::Safetensors { .. }
+    ));
+    std::fs::write(&path, [1u8, 2, 3]).unwrap();
+    assert!(matches!(
+        SafetensorsWeights::open(&path).unwrap_err(),
+        ModelError::Safetensors { .. }
+    ));
+}
+
+#[test]
+fn tokenizer_larger_than_the_embedding_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tiny(dir.path());
+    // A 1,024-token tokenizer for a 512-row embedding.
+    std::fs::copy(
+        fixtures().join("chat_templates/tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    let err = Pretrained::load(dir.path(), &default_device()).unwrap_err();
+    assert!(matches!(err, ModelError::Tokenizer { .. }), "{err}");
+    assert!(err.to_string().contains("512"), "{err}");
+}
+
+#[test]
+fn out_of_vocabulary_ids_are_an_input_error() {
+    let model = load(&fixtures().join("tiny/llama")).unwrap();
+    let err = model
+        .forward(&kiln_models::DecoderInput::single(&[1, 9999]))
+        .unwrap_err();
+    assert!(matches!(err, ModelError::Input(_)), "{err}");
+}
