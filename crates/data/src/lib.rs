@@ -39,7 +39,7 @@ pub use encode::{
 pub use error::{DataError, Location, Result};
 pub use pack::{GreedyPacker, PackStrategy, PackedRow, pack};
 pub use pretty::{show_labels, show_trained_text};
-pub use qa::{QaOptions, Table, format_number};
+pub use qa::{QaItem, QaKind, QaOptions, Table, format_number, generate_items};
 pub use reader::{BadRecords, ReadReport, Reader, count_lines};
 pub use record::{FieldMap, Format, Label, Message, Record, Role, parse_record};
 pub use source::{FileKind, RawRecord, Source, expand_paths};

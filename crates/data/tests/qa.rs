@@ -51,6 +51,7 @@ fn answers_are_exact_and_generation_is_deterministic() {
         count: 600,
         system_prompt: Some("Answer from the census.".into()),
         follow_up: 0.5,
+        ..QaOptions::default()
     };
     let convs = qa::generate(&t, &opts);
     assert_eq!(convs, qa::generate(&t, &opts), "same seed, same data");
@@ -178,4 +179,77 @@ fn writes_messages_jsonl_that_the_reader_reads_back() {
         })
         .collect();
     assert_eq!(back, convs);
+}
+
+#[test]
+fn held_out_keys_kinds_context_and_short_answers() {
+    use kiln_data::{QaKind, generate_items};
+    let t = Table::from_csv(&census(), "prefecture").expect("table");
+    let held_out: Vec<String> = ["Tottori", "Kyoto", "Okinawa", "Saga"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let opts = QaOptions {
+        seed: 3,
+        count: 200,
+        kinds: vec![
+            QaKind::Lookup,
+            QaKind::Larger,
+            QaKind::GrowShrink,
+            QaKind::Total,
+        ],
+        keys: Some(held_out.clone()),
+        context: true,
+        follow_up: 0.0,
+        ..QaOptions::default()
+    };
+    let items = generate_items(&t, &opts).expect("items");
+    let pop2020 = |k: &str| t.columns[2].values[t.keys.iter().position(|x| x == k).expect("key")];
+    let mut seen = std::collections::BTreeSet::new();
+    for item in &items {
+        seen.insert(item.kind);
+        assert!(item.keys.iter().all(|k| held_out.contains(k)), "{item:?}");
+        let q = &item.messages[0].content;
+        assert!(q.starts_with("Data:\n"), "{q}");
+        // The context holds every row the question needs.
+        for k in &item.keys {
+            assert!(q.contains(&format!("\n{k}: ")), "{k} missing in {q}");
+        }
+        let a = &item.messages[1].content;
+        assert!(a.contains(&item.answer), "{a} lacks {}", item.answer);
+        match item.kind {
+            QaKind::Total if q.ends_with("population of all 4 prefectures in 2020?") => {
+                let sum: f64 = held_out.iter().map(|k| pop2020(k)).sum();
+                assert_eq!(item.answer, format_number(sum, 0));
+            }
+            QaKind::Total => assert!(q.contains("of all 4 prefectures"), "{q}"),
+            QaKind::GrowShrink => assert!(["grew", "shrank"].contains(&item.answer.as_str())),
+            QaKind::Larger => assert!(held_out.contains(&item.answer)),
+            _ => {}
+        }
+    }
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    // Tottori's row, as the prompt shows it.
+    let tottori = items
+        .iter()
+        .find(|i| i.keys == ["Tottori"] && i.kind == QaKind::Lookup)
+        .expect("a Tottori lookup");
+    assert!(
+        tottori.messages[0].content.contains(
+            "Tottori: area 3,507.14 km²; population in 2015 573,441; population in 2020 553,407."
+        ),
+        "{}",
+        tottori.messages[0].content
+    );
+    let bad = QaOptions {
+        keys: Some(vec!["Atlantis".into(), "Tokyo".into()]),
+        ..QaOptions::default()
+    };
+    let err = generate_items(&t, &bad).unwrap_err().to_string();
+    assert!(err.contains("Atlantis"), "{err}");
+    assert_eq!(
+        "percent_change".parse::<QaKind>().expect("kind"),
+        QaKind::PercentChange
+    );
+    assert!("nope".parse::<QaKind>().is_err());
 }

@@ -36,6 +36,38 @@ impl Batch {
         Ok(Self { input, labels })
     }
 
+    /// Converts a batch of the data crate (padded or packed): ids, attention mask, position ids,
+    /// segment ids and labels. Errors name the first id that is negative or above `u32`.
+    pub fn from_data(batch: &kiln_data::Batch) -> Result<Self> {
+        let bad = |what: &str, i: usize, v: i64| TrainError::Batch {
+            index: 0,
+            reason: format!("{what}[{i}] = {v} is out of range"),
+        };
+        let ids = batch
+            .input_ids
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| u32::try_from(v).map_err(|_| bad("input_ids", i, v)))
+            .collect::<Result<Vec<u32>>>()?;
+        let mask = batch
+            .attention_mask
+            .iter()
+            .map(|&m| u8::from(m != 0))
+            .collect();
+        let mut input = DecoderInput::new(ids, batch.batch_size, batch.seq_len)
+            .with_attention_mask(mask)
+            .with_position_ids(batch.position_ids.clone());
+        if let Some(seg) = &batch.segment_ids {
+            let seg = seg
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| u32::try_from(v).map_err(|_| bad("segment_ids", i, v)))
+                .collect::<Result<Vec<u32>>>()?;
+            input = input.with_segment_ids(seg);
+        }
+        Self::new(input, batch.labels.clone())
+    }
+
     /// Causal LM batch where the labels are the ids themselves (every token counts).
     pub fn language_modelling(ids: Vec<u32>, batch: usize, seq_len: usize) -> Result<Self> {
         let labels = ids.iter().map(|&i| i as i64).collect();

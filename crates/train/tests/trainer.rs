@@ -28,7 +28,6 @@ fn trained(trainer: &Trainer<kiln_models::CausalLm>) -> kiln_train::HostParams {
 }
 
 #[test]
-#[ignore = "fails: the autodiff trainer sees no trainable params after fork; under investigation (issue 5)"]
 fn two_micro_batches_of_4_equal_one_batch_of_8() {
     let _g = serial();
     let model = tiny_lora(4, 0.0, 1);
@@ -54,9 +53,12 @@ fn two_micro_batches_of_4_equal_one_batch_of_8() {
     }
     let diff = max_abs_diff(&trained(&one), &trained(&two));
     assert!(diff < 1e-5, "weights differ by {diff}");
-    // And the weights did move.
-    let start = params_to_host(&tiny_lora(4, 0.0, 1), true).unwrap();
-    assert!(max_abs_diff(&start, &trained(&one)) > 1e-4);
+    // And the weights did move. (Outside autodiff burn reports no parameter as requiring a
+    // gradient, so the start values are taken by the trained paths.)
+    let after = trained(&one);
+    let mut start = params_to_host(&tiny_lora(4, 0.0, 1), false).unwrap();
+    start.tensors.retain(|k, _| after.tensors.contains_key(k));
+    assert!(max_abs_diff(&start, &after) > 1e-4);
 }
 
 fn data() -> Shuffled<Vec<Batch>> {
@@ -84,8 +86,15 @@ fn interrupted(stop_after_micro: usize, n: usize) -> kiln_train::HostParams {
     trained(&t)
 }
 
+/// The values' bits by path (parameter ids differ between independently built models).
+fn bits(h: &kiln_train::HostParams) -> Vec<(String, Vec<u32>)> {
+    h.tensors
+        .iter()
+        .map(|(k, (_, _, v))| (k.clone(), v.iter().map(|x| x.to_bits()).collect()))
+        .collect()
+}
+
 #[test]
-#[ignore = "fails: parameter ids differ after resume; under investigation (issue 5)"]
 fn resume_is_bit_identical_including_mid_accumulation() {
     let _g = serial();
     let n = 4;
@@ -103,7 +112,10 @@ fn resume_is_bit_identical_including_mid_accumulation() {
             0.0,
             "stop after {stop} micro-batches"
         );
-        assert_eq!(straight, resumed);
+        assert!(
+            bits(&straight) == bits(&resumed),
+            "stop after {stop}: not bit-identical"
+        );
     }
 }
 
@@ -204,15 +216,19 @@ fn loss_decreases_on_a_fixed_batch() {
 
 fn poisoned() -> kiln_models::CausalLm {
     let model = tiny_lora(2, 0.0, 4);
-    let mut host = params_to_host(&model, true).unwrap();
-    let (_, (_, _, v)) = host.tensors.iter_mut().next().unwrap();
+    // All parameters: outside autodiff none reports requiring a gradient.
+    let mut host = params_to_host(&model, false).unwrap();
+    let (_, (_, _, v)) = host
+        .tensors
+        .iter_mut()
+        .find(|(k, _)| k.contains(".adapters."))
+        .unwrap();
     v[0] = f32::NAN;
     // Keep the ids the model has.
     restore_params(model, &host).unwrap()
 }
 
 #[test]
-#[ignore = "fails: no checkpoint written on NaN; under investigation (issue 5)"]
 fn non_finite_loss_stops_with_a_checkpoint_or_skips() {
     let _g = serial();
     let data: Vec<Batch> = vec![batch(0..2, 8)];
@@ -253,13 +269,7 @@ fn non_finite_loss_stops_with_a_checkpoint_or_skips() {
     assert_eq!(t.state.position, 1);
     let after = params_to_host(t.model(), true).unwrap();
     // Untouched, bit for bit (NaN included).
-    let bits = |h: &kiln_train::HostParams| -> Vec<u32> {
-        h.tensors
-            .values()
-            .flat_map(|(_, _, v)| v.iter().map(|x| x.to_bits()))
-            .collect()
-    };
-    assert_eq!(bits(&before), bits(&after));
+    assert!(bits(&before) == bits(&after));
 }
 
 #[test]

@@ -36,6 +36,15 @@ pub struct QaOptions {
     pub system_prompt: Option<String>,
     /// Probability that a lookup or density question gets a follow-up turn.
     pub follow_up: f64,
+    /// Question kinds to generate (empty: all).
+    pub kinds: Vec<QaKind>,
+    /// Keys questions may be about (`None`: every key). Aggregates (total, average, extremes,
+    /// rank, top-k) are computed over these keys only, so a held-out set of keys gives a
+    /// self-consistent test set.
+    pub keys: Option<Vec<String>>,
+    /// Open book: start the first question with the table rows it needs (`Data:` block), so
+    /// the answer can be read and computed from the prompt.
+    pub context: bool,
 }
 
 impl Default for QaOptions {
@@ -45,8 +54,106 @@ impl Default for QaOptions {
             count: 1000,
             system_prompt: None,
             follow_up: 0.3,
+            kinds: Vec::new(),
+            keys: None,
+            context: false,
         }
     }
+}
+
+/// The kinds of question the generator asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum QaKind {
+    Lookup,
+    Larger,
+    Difference,
+    Ratio,
+    PercentChange,
+    GrowShrink,
+    Density,
+    Total,
+    Average,
+    Extreme,
+    Rank,
+    TopK,
+}
+
+impl QaKind {
+    pub const ALL: [QaKind; 12] = [
+        QaKind::Lookup,
+        QaKind::Larger,
+        QaKind::Difference,
+        QaKind::Ratio,
+        QaKind::PercentChange,
+        QaKind::GrowShrink,
+        QaKind::Density,
+        QaKind::Total,
+        QaKind::Average,
+        QaKind::Extreme,
+        QaKind::Rank,
+        QaKind::TopK,
+    ];
+
+    /// Name as written in configs and reports (`percent_change`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QaKind::Lookup => "lookup",
+            QaKind::Larger => "larger",
+            QaKind::Difference => "difference",
+            QaKind::Ratio => "ratio",
+            QaKind::PercentChange => "percent_change",
+            QaKind::GrowShrink => "grow_shrink",
+            QaKind::Density => "density",
+            QaKind::Total => "total",
+            QaKind::Average => "average",
+            QaKind::Extreme => "extreme",
+            QaKind::Rank => "rank",
+            QaKind::TopK => "top_k",
+        }
+    }
+
+    /// Whether the question is about one or two keys (not the whole table).
+    pub fn is_per_key(self) -> bool {
+        !matches!(
+            self,
+            QaKind::Total | QaKind::Average | QaKind::Extreme | QaKind::Rank | QaKind::TopK
+        )
+    }
+}
+
+impl std::fmt::Display for QaKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for QaKind {
+    type Err = DataError;
+    fn from_str(s: &str) -> Result<Self> {
+        QaKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| DataError::UnknownName {
+                what: "question kind",
+                value: s.into(),
+                expected: "lookup, larger, difference, ratio, percent_change, grow_shrink, \
+                           density, total, average, extreme, rank, top_k",
+            })
+    }
+}
+
+/// One generated conversation with what it asks about.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QaItem {
+    /// Kind of the first question.
+    pub kind: QaKind,
+    /// Keys the conversation is about, in order of appearance.
+    pub keys: Vec<String>,
+    /// The short answer of the first question: the number with its formatting (`553,407`,
+    /// `+3.5%`, `2.41`), the key (`Tokyo`), `grew`/`shrank`, an ordinal (`5th`) or the top-k
+    /// keys joined by `, `. Exact match compares a model's answer with this.
+    pub answer: String,
+    pub messages: Vec<Message>,
 }
 
 /// Formats with thousands separators and `decimals` decimals (half away from zero).
@@ -75,6 +182,17 @@ struct Gen<'a> {
     t: &'a Table,
     rng: rand::rngs::StdRng,
     follow_up: f64,
+    /// Key indices questions may use.
+    allowed: Vec<usize>,
+    kinds: Vec<QaKind>,
+}
+
+/// The turns of one conversation, its first kind, keys and short answer.
+struct Conv {
+    kind: QaKind,
+    keys: Vec<usize>,
+    answer: String,
+    turns: Vec<(String, String)>,
 }
 
 impl Gen<'_> {
@@ -91,7 +209,7 @@ impl Gen<'_> {
     }
 
     fn key(&mut self) -> usize {
-        self.rng.random_range(0..self.t.keys.len())
+        self.allowed[self.rng.random_range(0..self.allowed.len())]
     }
 
     fn two_keys(&mut self) -> (usize, usize) {
@@ -105,6 +223,11 @@ impl Gen<'_> {
 
     fn pick<'s>(&mut self, options: &[&'s str]) -> &'s str {
         options.choose(&mut self.rng).copied().unwrap_or("")
+    }
+
+    /// Values of `c` restricted to the allowed keys, with their key indices.
+    fn allowed_values(&self, c: &Column) -> Vec<(usize, f64)> {
+        self.allowed.iter().map(|&k| (k, c.values[k])).collect()
     }
 
     fn plural(&self) -> String {
@@ -133,23 +256,76 @@ impl Gen<'_> {
         (q, a)
     }
 
+    fn number(c: &Column, v: f64) -> String {
+        format_number(v, if c.integer { 0 } else { 2 })
+    }
+
+    /// A kind among the requested ones.
+    fn kind(&mut self) -> QaKind {
+        if self.kinds.is_empty() {
+            QaKind::ALL[self.rng.random_range(0..QaKind::ALL.len())]
+        } else {
+            self.kinds[self.rng.random_range(0..self.kinds.len())]
+        }
+    }
+
+    /// The rows of `keys` as a `Data:` block: `Tottori: area 3,507.05 km²; population in
+    /// 2015 573,441; population in 2020 553,407.`
+    fn context(&self, keys: &[usize]) -> String {
+        let mut out = String::from("Data:\n");
+        for &k in keys {
+            let cells: Vec<String> = self
+                .t
+                .columns
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}{} {}",
+                        c.measure,
+                        Self::when(c),
+                        self.value(c, c.values[k])
+                    )
+                })
+                .collect();
+            out.push_str(&format!("{}: {}.\n", self.t.keys[k], cells.join("; ")));
+        }
+        out
+    }
+
     /// One conversation: a question, its answer, maybe a follow-up.
-    fn conversation(&mut self) -> Vec<(String, String)> {
+    fn conversation(&mut self) -> Conv {
+        loop {
+            if let Some(c) = self.try_conversation() {
+                return c;
+            }
+        }
+    }
+
+    /// A conversation, or `None` when the drawn column does not fit the drawn kind.
+    fn try_conversation(&mut self) -> Option<Conv> {
         let t = self.t;
         let c = &t.columns[self.rng.random_range(0..t.columns.len())];
-        let kind = self.rng.random_range(0..12u32);
+        let kind = self.kind();
         let (m, w) = (&c.measure, Self::when(c));
-        let mut turns = Vec::new();
+        let conv = |keys: Vec<usize>, answer: String, turns: Vec<(String, String)>| Conv {
+            kind,
+            keys,
+            answer,
+            turns,
+        };
         match kind {
-            0 => {
+            QaKind::Lookup => {
                 let (a, b) = self.two_keys();
-                turns.push(self.lookup(c, a));
+                let mut turns = vec![self.lookup(c, a)];
+                let mut keys = vec![a];
                 if self.rng.random_bool(self.follow_up) {
                     let (_, ans) = self.lookup(c, b);
                     turns.push((format!("And {}?", t.keys[b]), ans));
+                    keys.push(b);
                 }
+                Some(conv(keys, Self::number(c, c.values[a]), turns))
             }
-            1..=3 => {
+            QaKind::Larger | QaKind::Difference | QaKind::Ratio => {
                 let (a, b) = self.two_keys();
                 let (va, vb) = (c.values[a], c.values[b]);
                 let (ka, kb) = (&t.keys[a], &t.keys[b]);
@@ -158,56 +334,65 @@ impl Gen<'_> {
                 } else {
                     (kb, ka, vb, va)
                 };
-                let pair = match kind {
-                    1 => (
-                        format!("Which had the larger {m}{w}, {ka} or {kb}?"),
-                        format!(
-                            "{hi}, with {} against {} for {lo}.",
-                            self.value(c, vh),
-                            self.value(c, vl)
+                let (pair, answer) = match kind {
+                    QaKind::Larger => (
+                        (
+                            format!("Which had the larger {m}{w}, {ka} or {kb}?"),
+                            format!(
+                                "{hi}, with {} against {} for {lo}.",
+                                self.value(c, vh),
+                                self.value(c, vl)
+                            ),
                         ),
+                        hi.clone(),
                     ),
-                    2 => (
-                        format!("By how much did the {m} of {hi} exceed that of {lo}{w}?"),
-                        format!(
-                            "By {}: {} for {hi} against {} for {lo}.",
-                            self.value(c, vh - vl),
-                            self.value(c, vh),
-                            self.value(c, vl)
+                    QaKind::Difference => (
+                        (
+                            format!("By how much did the {m} of {hi} exceed that of {lo}{w}?"),
+                            format!(
+                                "By {}: {} for {hi} against {} for {lo}.",
+                                self.value(c, vh - vl),
+                                self.value(c, vh),
+                                self.value(c, vl)
+                            ),
                         ),
+                        Self::number(c, vh - vl),
                     ),
                     _ if vl != 0.0 => (
-                        format!("How many times larger was the {m} of {hi} than that of {lo}{w}?"),
-                        format!(
-                            "{} times ({} / {}).",
-                            format_number(vh / vl, 2),
-                            self.value(c, vh),
-                            self.value(c, vl)
+                        (
+                            format!(
+                                "How many times larger was the {m} of {hi} than that of {lo}{w}?"
+                            ),
+                            format!(
+                                "{} times ({} / {}).",
+                                format_number(vh / vl, 2),
+                                self.value(c, vh),
+                                self.value(c, vl)
+                            ),
                         ),
+                        format_number(vh / vl, 2),
                     ),
-                    _ => return self.conversation(),
+                    _ => return None,
                 };
-                turns.push(pair);
+                Some(conv(vec![a, b], answer, vec![pair]))
             }
-            4 | 5 => {
+            QaKind::PercentChange | QaKind::GrowShrink => {
                 // Change of a measure between two years.
                 let years: Vec<&Column> = t
                     .columns
                     .iter()
                     .filter(|x| x.measure == c.measure && x.year.is_some())
                     .collect();
-                let (Some(first), Some(last)) = (years.first(), years.last()) else {
-                    return self.conversation();
-                };
+                let (first, last) = (years.first()?, years.last()?);
                 if first.year == last.year {
-                    return self.conversation();
+                    return None;
                 }
                 let k = self.key();
                 let key = &t.keys[k];
                 let (v0, v1) = (first.values[k], last.values[k]);
                 let (y0, y1) = (first.year.unwrap_or(0), last.year.unwrap_or(0));
                 if v0 == 0.0 {
-                    return self.conversation();
+                    return None;
                 }
                 let pct = format!("{:+.1}%", (v1 - v0) / v0 * 100.0).replace("+-", "-");
                 let pct = if pct.starts_with('-') || pct.starts_with('+') {
@@ -215,8 +400,8 @@ impl Gen<'_> {
                 } else {
                     format!("+{pct}")
                 };
-                if kind == 4 {
-                    turns.push((
+                if kind == QaKind::PercentChange {
+                    let turn = (
                         format!(
                             "By what percentage did the {m} of {key} change from {y0} to {y1}?"
                         ),
@@ -225,36 +410,34 @@ impl Gen<'_> {
                             self.value(c, v0),
                             self.value(c, v1)
                         ),
-                    ));
-                } else {
-                    let verb = if v1 > v0 {
-                        "grew"
-                    } else if v1 < v0 {
-                        "shrank"
-                    } else {
-                        "stayed the same"
-                    };
-                    turns.push((
-                        format!("Did the {m} of {key} grow or shrink between {y0} and {y1}?"),
-                        format!(
-                            "It {verb}, from {} to {} ({}, {pct}).",
-                            self.value(c, v0),
-                            self.value(c, v1),
-                            format_number(v1 - v0, if c.integer { 0 } else { 2 })
-                        ),
-                    ));
+                    );
+                    return Some(conv(vec![k], pct, vec![turn]));
                 }
+                let verb = if v1 > v0 {
+                    "grew"
+                } else if v1 < v0 {
+                    "shrank"
+                } else {
+                    "stayed the same"
+                };
+                let turn = (
+                    format!("Did the {m} of {key} grow or shrink between {y0} and {y1}?"),
+                    format!(
+                        "It {verb}, from {} to {} ({}, {pct}).",
+                        self.value(c, v0),
+                        self.value(c, v1),
+                        format_number(v1 - v0, if c.integer { 0 } else { 2 })
+                    ),
+                );
+                Some(conv(vec![k], verb.to_string(), vec![turn]))
             }
-            6 => {
-                let area = t.columns.iter().find(|x| x.measure.starts_with("area"));
+            QaKind::Density => {
+                let area = t.columns.iter().find(|x| x.measure.starts_with("area"))?;
                 let pop = t
                     .columns
                     .iter()
                     .filter(|x| x.measure == "population")
-                    .max_by_key(|x| x.year);
-                let (Some(area), Some(pop)) = (area, pop) else {
-                    return self.conversation();
-                };
+                    .max_by_key(|x| x.year)?;
                 let (a, b) = self.two_keys();
                 let density = |k: usize| pop.values[k] / area.values[k];
                 let pw = Self::when(pop);
@@ -266,33 +449,47 @@ impl Gen<'_> {
                         g.value(area, area.values[k])
                     )
                 };
-                turns.push((
+                let mut turns = vec![(
                     format!("What was the population density of {}{pw}?", t.keys[a]),
                     answer(self, a),
-                ));
+                )];
+                let mut keys = vec![a];
                 if self.rng.random_bool(self.follow_up) {
                     turns.push((format!("And {}?", t.keys[b]), answer(self, b)));
+                    keys.push(b);
                 }
+                Some(conv(keys, format_number(density(a), 1), turns))
             }
-            7 | 8 => {
-                let n = c.values.len();
-                let sum: f64 = c.values.iter().sum();
+            QaKind::Total | QaKind::Average => {
+                let values = self.allowed_values(c);
+                let n = values.len();
+                let sum: f64 = values.iter().map(|(_, v)| v).sum();
                 let plural = self.plural();
-                if kind == 7 {
-                    turns.push((
-                        format!("What was the total {m} of all {n} {plural}{w}?"),
-                        format!("The total was {}.", self.value(c, sum)),
-                    ));
+                let all = self.allowed.clone();
+                Some(if kind == QaKind::Total {
+                    conv(
+                        all,
+                        Self::number(c, sum),
+                        vec![(
+                            format!("What was the total {m} of all {n} {plural}{w}?"),
+                            format!("The total was {}.", self.value(c, sum)),
+                        )],
+                    )
                 } else {
-                    turns.push((
-                        format!("What was the average {m} of the {n} {plural}{w}?"),
-                        format!("The average was {}.", self.value(c, sum / n as f64)),
-                    ));
-                }
+                    let mean = sum / n as f64;
+                    conv(
+                        all,
+                        Self::number(c, mean),
+                        vec![(
+                            format!("What was the average {m} of the {n} {plural}{w}?"),
+                            format!("The average was {}.", self.value(c, mean)),
+                        )],
+                    )
+                })
             }
-            9 => {
+            QaKind::Extreme => {
                 let largest = self.rng.random_bool(0.5);
-                let order = ranking(c);
+                let order = ranking(&self.allowed_values(c));
                 let k = if largest {
                     order[0]
                 } else {
@@ -300,28 +497,36 @@ impl Gen<'_> {
                 };
                 let word = if largest { "largest" } else { "smallest" };
                 let kc = t.key_column.replace('_', " ");
-                turns.push((
-                    format!("Which {kc} had the {word} {m}{w}?"),
-                    format!("{}, with {}.", t.keys[k], self.value(c, c.values[k])),
-                ));
+                Some(conv(
+                    self.allowed.clone(),
+                    t.keys[k].clone(),
+                    vec![(
+                        format!("Which {kc} had the {word} {m}{w}?"),
+                        format!("{}, with {}.", t.keys[k], self.value(c, c.values[k])),
+                    )],
+                ))
             }
-            10 => {
-                let order = ranking(c);
+            QaKind::Rank => {
+                let order = ranking(&self.allowed_values(c));
                 let k = self.key();
                 let rank = order.iter().position(|&i| i == k).unwrap_or(0) + 1;
-                turns.push((
-                    format!("Where did {} rank by {m}{w}, largest first?", t.keys[k]),
-                    format!(
-                        "{} ranked {} of {}, with {}.",
-                        t.keys[k],
-                        Self::ordinal(rank),
-                        order.len(),
-                        self.value(c, c.values[k])
-                    ),
-                ));
+                Some(conv(
+                    self.allowed.clone(),
+                    Self::ordinal(rank),
+                    vec![(
+                        format!("Where did {} rank by {m}{w}, largest first?", t.keys[k]),
+                        format!(
+                            "{} ranked {} of {}, with {}.",
+                            t.keys[k],
+                            Self::ordinal(rank),
+                            order.len(),
+                            self.value(c, c.values[k])
+                        ),
+                    )],
+                ))
             }
-            _ => {
-                let order = ranking(c);
+            QaKind::TopK => {
+                let order = ranking(&self.allowed_values(c));
                 let top = self.rng.random_range(3..=5usize).min(order.len());
                 let list: Vec<String> = order[..top]
                     .iter()
@@ -330,25 +535,67 @@ impl Gen<'_> {
                         format!("{}. {} ({})", i + 1, t.keys[k], self.value(c, c.values[k]))
                     })
                     .collect();
-                turns.push((
-                    format!("List the {top} {} with the largest {m}{w}.", self.plural()),
-                    format!("{}.", list.join("; ")),
-                ));
+                let names: Vec<&str> = order[..top].iter().map(|&k| t.keys[k].as_str()).collect();
+                Some(conv(
+                    self.allowed.clone(),
+                    names.join(", "),
+                    vec![(
+                        format!("List the {top} {} with the largest {m}{w}.", self.plural()),
+                        format!("{}.", list.join("; ")),
+                    )],
+                ))
             }
         }
-        turns
     }
 }
 
 /// Keys sorted by value, largest first (ties keep table order).
-fn ranking(c: &Column) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..c.values.len()).collect();
-    order.sort_by(|&a, &b| c.values[b].total_cmp(&c.values[a]));
-    order
+fn ranking(values: &[(usize, f64)]) -> Vec<usize> {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v.into_iter().map(|(k, _)| k).collect()
 }
 
 /// Generates `opts.count` conversations (messages) from a table.
 pub fn generate(table: &Table, opts: &QaOptions) -> Vec<Vec<Message>> {
+    match generate_items(table, opts) {
+        Ok(items) => items.into_iter().map(|i| i.messages).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Generates `opts.count` conversations with their kind, keys and short answer.
+///
+/// Errors when `opts.keys` names a key the table does not have, or leaves fewer than two keys
+/// (comparisons need two), or when the table has no key or no numeric column.
+pub fn generate_items(table: &Table, opts: &QaOptions) -> Result<Vec<QaItem>> {
+    let allowed: Vec<usize> = match &opts.keys {
+        None => (0..table.keys.len()).collect(),
+        Some(keys) => keys
+            .iter()
+            .map(|k| {
+                table
+                    .keys
+                    .iter()
+                    .position(|x| x == k)
+                    .ok_or_else(|| DataError::InvalidOption {
+                        option: "keys",
+                        message: format!("the table has no key {k:?}"),
+                    })
+            })
+            .collect::<Result<_>>()?,
+    };
+    if allowed.len() < 2 || table.columns.is_empty() {
+        return Err(DataError::InvalidOption {
+            option: "keys",
+            message: format!(
+                "questions need at least two keys and one numeric column; have {} keys and {} \
+                 numeric columns",
+                allowed.len(),
+                table.columns.len()
+            ),
+        });
+    }
     let mut g = Gen {
         t: table,
         rng: rand::rngs::StdRng::seed_from_u64(opts.seed),
@@ -357,20 +604,33 @@ pub fn generate(table: &Table, opts: &QaOptions) -> Vec<Vec<Message>> {
         } else {
             opts.follow_up.clamp(0.0, 1.0)
         },
+        allowed,
+        kinds: opts.kinds.clone(),
     };
-    (0..opts.count)
+    Ok((0..opts.count)
         .map(|_| {
-            let mut msgs = Vec::new();
+            let conv = g.conversation();
+            let mut messages = Vec::new();
             if let Some(s) = &opts.system_prompt {
-                msgs.push(Message::new(Role::System, s.clone()));
+                messages.push(Message::new(Role::System, s.clone()));
             }
-            for (q, a) in g.conversation() {
-                msgs.push(Message::new(Role::User, q));
-                msgs.push(Message::new(Role::Assistant, a));
+            for (i, (q, a)) in conv.turns.into_iter().enumerate() {
+                let q = if i == 0 && opts.context {
+                    format!("{}\nQuestion: {q}", g.context(&conv.keys))
+                } else {
+                    q
+                };
+                messages.push(Message::new(Role::User, q));
+                messages.push(Message::new(Role::Assistant, a));
             }
-            msgs
+            QaItem {
+                kind: conv.kind,
+                keys: conv.keys.iter().map(|&k| table.keys[k].clone()).collect(),
+                answer: conv.answer,
+                messages,
+            }
         })
-        .collect()
+        .collect())
 }
 
 /// Writes conversations as JSON Lines `{"messages": [...]}` records.
