@@ -65,7 +65,7 @@ fn main() -> Result<()> {
     let v = logits.dims()[2];
     let mut host: Vec<f32> = logits
         .into_data()
-        .into_vec()
+        .try_into_vec()
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let mut out_rows = Vec::new();
     for (r, row) in rows.iter().enumerate() {

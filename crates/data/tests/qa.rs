@@ -204,6 +204,24 @@ fn held_out_keys_kinds_context_and_short_answers() {
         ..QaOptions::default()
     };
     let items = generate_items(&t, &opts).expect("items");
+    // Distractor rows: per-key questions show their rows plus two others.
+    let with = generate_items(
+        &t,
+        &QaOptions {
+            distractors: 2,
+            kinds: vec![QaKind::Lookup],
+            ..opts.clone()
+        },
+    )
+    .expect("items");
+    for item in &with {
+        let rows = item.messages[0]
+            .content
+            .lines()
+            .filter(|l| l.contains(": area "))
+            .count();
+        assert_eq!(rows, 3, "{}", item.messages[0].content);
+    }
     let pop2020 = |k: &str| t.columns[2].values[t.keys.iter().position(|x| x == k).expect("key")];
     let mut seen = std::collections::BTreeSet::new();
     for item in &items {

@@ -273,7 +273,7 @@ impl CausalLm {
                     .flat_map(|r| {
                         let cached = cache
                             .as_deref()
-                            .map(|c| c.key_padding[r].clone())
+                            .and_then(|c| c.key_padding.get(r).cloned())
                             .unwrap_or_default();
                         cached.into_iter().chain((0..t).map(move |i| new_pad(r, i)))
                     })
@@ -341,7 +341,20 @@ impl CausalLm {
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => hidden.matmul(self.model.embed_tokens.val().transpose().unsqueeze()),
+            None => {
+                let [b, t, d] = hidden.dims();
+                let embed = self.model.embed_tokens.val(); // [vocab, d]
+                if b * t < d {
+                    // Few rows (decoding, the counted positions of a loss): `E · hᵀ` reads the
+                    // embedding as stored. `h · Eᵀ` would make burn-ndarray copy the transposed
+                    // `[d, vocab]` matrix (113 MB for SmolLM2) on every call.
+                    let v = embed.dims()[0];
+                    let ht = hidden.reshape([b * t, d]).transpose();
+                    embed.matmul(ht).transpose().reshape([b, t, v])
+                } else {
+                    hidden.matmul(embed.transpose().unsqueeze())
+                }
+            }
         }
     }
 
@@ -351,6 +364,16 @@ impl CausalLm {
     /// - output: `[b, t, vocab]`
     pub fn forward(&self, input: &DecoderInput) -> Result<Tensor<3>> {
         Ok(self.logits(self.forward_hidden(input, None)?))
+    }
+
+    /// Summed loss of `labels` (shifted, `-100` ignored), projecting only the counted positions
+    /// to the vocabulary ([`crate::loss::causal_lm_loss_sum_hidden`]).
+    ///
+    /// # Shapes
+    /// - labels: `[b * t]` row-major
+    pub fn loss_sum(&self, input: &DecoderInput, labels: &[i64]) -> Result<crate::loss::LossSum> {
+        let hidden = self.forward_hidden(input, None)?;
+        crate::loss::causal_lm_loss_sum_hidden(hidden, labels, |h| self.logits(h))
     }
 
     /// The device the weights live on.

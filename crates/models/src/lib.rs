@@ -30,7 +30,9 @@ pub use device::{DeviceKind, default_device, parse_device};
 pub use error::{ModelError, Result};
 pub use generate::{FinishReason, Generated, GenerationConfig, Sampling, generate};
 pub use load::build_causal_lm;
-pub use loss::{IGNORE_INDEX, LossSum, causal_lm_loss, causal_lm_loss_sum};
+pub use loss::{
+    IGNORE_INDEX, LossSum, causal_lm_loss, causal_lm_loss_sum, causal_lm_loss_sum_hidden,
+};
 pub use pretrained::Pretrained;
 pub use safetensors_source::{SafetensorsWeights, write_f32_safetensors};
 pub use weights::WeightSource;

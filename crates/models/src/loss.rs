@@ -70,6 +70,67 @@ pub fn causal_lm_loss_sum(logits: Tensor<3>, labels: &[i64]) -> Result<LossSum> 
     })
 }
 
+/// [`causal_lm_loss_sum`] from hidden states, projecting to the vocabulary only the positions
+/// whose next label counts. With completion-only labels most positions do not count, and the
+/// `[b, t, vocab]` logits (and their softmax) are the largest tensors of a training step: this
+/// computes the same sum with a fraction of the memory and time.
+///
+/// # Shapes
+/// - hidden: `[b, t, d]`; `project` maps `[1, n, d]` to `[1, n, vocab]`
+/// - labels: `[b * t]` row-major
+pub fn causal_lm_loss_sum_hidden(
+    hidden: Tensor<3>,
+    labels: &[i64],
+    project: impl Fn(Tensor<3>) -> Tensor<3>,
+) -> Result<LossSum> {
+    let [b, t, d] = hidden.dims();
+    if labels.len() != b * t {
+        return Err(ModelError::Input(format!(
+            "labels have {} entries, hidden states are [{b}, {t}, {d}]",
+            labels.len()
+        )));
+    }
+    let device = hidden.device();
+    let mut rows = Vec::new();
+    let mut targets = Vec::new();
+    for r in 0..b {
+        for i in 1..t {
+            let l = labels[r * t + i];
+            if l != IGNORE_INDEX {
+                if l < 0 {
+                    return Err(ModelError::Input(format!(
+                        "label {l} at row {r}, position {i} is negative"
+                    )));
+                }
+                rows.push((r * t + i - 1) as i64);
+                targets.push(l);
+            }
+        }
+    }
+    let n = rows.len();
+    if n == 0 {
+        return Ok(LossSum {
+            sum: Tensor::zeros([1], &device),
+            tokens: 0,
+        });
+    }
+    let index = Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &device);
+    let picked = hidden.reshape([b * t, d]).select(0, index);
+    let logits = project(picked.reshape([1, n, d]));
+    let v = logits.dims()[2];
+    if let Some((k, &l)) = targets.iter().enumerate().find(|(_, l)| **l as usize >= v) {
+        return Err(ModelError::Input(format!(
+            "label {l} (counted label {k}) is outside the vocabulary of {v}"
+        )));
+    }
+    let logp = log_softmax(logits.reshape([n, v]), 1);
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &device);
+    Ok(LossSum {
+        sum: logp.gather(1, targets).sum().neg(),
+        tokens: n,
+    })
+}
+
 /// Mean NLL over the counted tokens (transformers' `loss` with `labels`). NaN when no label counts.
 ///
 /// # Shapes

@@ -99,3 +99,59 @@ fn packed_segments_equal_separate_rows() {
     assert!(max_abs_diff(&packed[..a.len() * v], &alone_a) <= 1e-5);
     assert!(max_abs_diff(&packed[a.len() * v..], &alone_b) <= 1e-5);
 }
+
+#[test]
+fn batched_generation_with_left_padding_equals_each_prompt_alone() {
+    use kiln_models::{GenerationConfig, generate};
+    for name in ["llama", "mistral"] {
+        let model = tiny(name);
+        let prompts = vec![IDS[..3].to_vec(), IDS.to_vec(), IDS[2..7].to_vec()];
+        let config = GenerationConfig {
+            max_new_tokens: 6,
+            ..GenerationConfig::default()
+        };
+        let batched = generate(&model, &prompts, &config, None, &mut |_, _| {}).unwrap();
+        for (p, got) in prompts.iter().zip(&batched) {
+            let alone = generate(&model, &[p.clone()], &config, None, &mut |_, _| {}).unwrap();
+            assert_eq!(got.tokens, alone[0].tokens, "{name}: prompt {p:?}");
+            assert_eq!(got.tokens.len(), 6);
+        }
+    }
+}
+
+#[test]
+fn loss_on_counted_positions_only_equals_full_loss() {
+    use kiln_models::{IGNORE_INDEX, causal_lm_loss_sum};
+    for name in ["llama", "qwen2"] {
+        let model = tiny(name);
+        let (b, t) = (2, IDS.len());
+        let ids: Vec<u32> = IDS.iter().chain(IDS.iter().rev()).copied().collect();
+        // A prompt that does not count, then the completion; row 1 counts only two tokens.
+        let labels: Vec<i64> = (0..b * t)
+            .map(|k| {
+                let (r, i) = (k / t, k % t);
+                let counted = if r == 0 { i >= 4 } else { i == 3 || i == 8 };
+                if counted {
+                    i64::from(ids[k])
+                } else {
+                    IGNORE_INDEX
+                }
+            })
+            .collect();
+        let input = DecoderInput::new(ids, b, t);
+        let full = causal_lm_loss_sum(model.forward(&input).unwrap(), &labels).unwrap();
+        let part = model.loss_sum(&input, &labels).unwrap();
+        assert_eq!(full.tokens, part.tokens);
+        assert_eq!(part.tokens, 6 + 2);
+        let (f, p) = (full.sum.into_scalar::<f32>(), part.sum.into_scalar::<f32>());
+        assert!(
+            (f - p).abs() <= 1e-5 * f.abs().max(1.0),
+            "{name}: {f} vs {p}"
+        );
+        let bad: Vec<i64> = labels
+            .iter()
+            .map(|&l| if l == IGNORE_INDEX { l } else { 1 << 20 })
+            .collect();
+        assert!(model.loss_sum(&input, &bad).is_err());
+    }
+}

@@ -40,6 +40,9 @@ pub enum TrainError {
     /// Adapter errors.
     #[error(transparent)]
     Lora(#[from] kiln_lora::LoraError),
+    /// Dataset reading, rendering and encoding errors.
+    #[error(transparent)]
+    Data(#[from] kiln_data::DataError),
 }
 
 /// Result alias of kiln-train.

@@ -14,6 +14,7 @@ pub mod callback;
 pub mod card;
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod export;
 pub mod logging;
@@ -33,6 +34,7 @@ pub use config::{
     AdamWOptions, DataOptions, EarlyStopping, EvalOptions, NonFinitePolicy, SaveOptions,
     ScheduleKind, ScheduleOptions, SftConfig,
 };
+pub use data::{SftData, encode_records, packed_batches, padded_batches, prepare_data};
 pub use error::{Result, TrainError};
 pub use export::Export;
 pub use logging::{JsonlLogger, Progress};

@@ -4,7 +4,7 @@
 use burn::module::{Module, ModuleDisplay};
 use burn::tensor::Tensor;
 use kiln_lora::{AdapterTarget, LoraModel};
-use kiln_models::{CausalLm, DecoderInput};
+use kiln_models::{CausalLm, DecoderInput, LossSum, causal_lm_loss_sum};
 
 /// A causal language model the trainer can train.
 pub trait CausalModel: Module {
@@ -13,16 +13,30 @@ pub trait CausalModel: Module {
     /// # Shapes
     /// - output: `[b, t, vocab]`
     fn logits(&self, input: &DecoderInput) -> kiln_models::Result<Tensor<3>>;
+
+    /// Summed shifted NLL of `labels` and the number of counted tokens. The default computes
+    /// every position's logits; models may project only the counted positions.
+    fn loss_sum(&self, input: &DecoderInput, labels: &[i64]) -> kiln_models::Result<LossSum> {
+        causal_lm_loss_sum(self.logits(input)?, labels)
+    }
 }
 
 impl CausalModel for CausalLm {
     fn logits(&self, input: &DecoderInput) -> kiln_models::Result<Tensor<3>> {
         self.forward(input)
     }
+
+    fn loss_sum(&self, input: &DecoderInput, labels: &[i64]) -> kiln_models::Result<LossSum> {
+        CausalLm::loss_sum(self, input, labels)
+    }
 }
 
 impl<M: CausalModel + AdapterTarget + ModuleDisplay> CausalModel for LoraModel<M> {
     fn logits(&self, input: &DecoderInput) -> kiln_models::Result<Tensor<3>> {
         self.model.logits(input)
+    }
+
+    fn loss_sum(&self, input: &DecoderInput, labels: &[i64]) -> kiln_models::Result<LossSum> {
+        self.model.loss_sum(input, labels)
     }
 }

@@ -11,7 +11,6 @@ use crate::schedule::LrSchedule;
 use burn::module::ParamGroup;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::Device;
-use kiln_models::causal_lm_loss_sum;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -265,8 +264,7 @@ impl<M: CausalModel> Trainer<M> {
         if let Some(d) = &device {
             d.seed(mix(self.options.seed, position));
         }
-        let logits = model.logits(&batch.input)?;
-        let sum = causal_lm_loss_sum(logits, &batch.labels)?.sum;
+        let sum = model.loss_sum(&batch.input, &batch.labels)?.sum;
         let loss = sum / self.state.step_label_tokens as f64;
         let value = loss.clone().into_scalar::<f32>() as f64;
         let grads = GradientsParams::from_grads(loss.backward(), model);
@@ -371,7 +369,7 @@ impl<M: CausalModel> Trainer<M> {
         let (mut sum, mut tokens) = (0.0f64, 0usize);
         for i in 0..n {
             let batch = data.get(0, i)?;
-            let out = causal_lm_loss_sum(model.logits(&batch.input)?, &batch.labels)?;
+            let out = model.loss_sum(&batch.input, &batch.labels)?;
             sum += out.sum.into_scalar::<f32>() as f64;
             tokens += out.tokens;
         }

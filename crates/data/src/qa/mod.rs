@@ -20,7 +20,7 @@ pub use table::{Column, Table};
 
 use std::path::Path;
 
-use rand::seq::IndexedRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 
 use crate::error::{DataError, Result};
@@ -45,6 +45,9 @@ pub struct QaOptions {
     /// Open book: start the first question with the table rows it needs (`Data:` block), so
     /// the answer can be read and computed from the prompt.
     pub context: bool,
+    /// Open book: this many other rows (from the allowed keys) are mixed into the `Data:`
+    /// block, so the answer has to be picked out of several rows.
+    pub distractors: usize,
 }
 
 impl Default for QaOptions {
@@ -57,6 +60,7 @@ impl Default for QaOptions {
             kinds: Vec::new(),
             keys: None,
             context: false,
+            distractors: 0,
         }
     }
 }
@@ -267,6 +271,26 @@ impl Gen<'_> {
         } else {
             self.kinds[self.rng.random_range(0..self.kinds.len())]
         }
+    }
+
+    /// `keys` plus up to `n` other allowed keys, in a random order.
+    fn with_distractors(&mut self, keys: &[usize], n: usize) -> Vec<usize> {
+        let mut others: Vec<usize> = self
+            .allowed
+            .iter()
+            .copied()
+            .filter(|k| !keys.contains(k))
+            .collect();
+        others.shuffle(&mut self.rng);
+        let mut shown: Vec<usize> = keys
+            .iter()
+            .copied()
+            .chain(others.into_iter().take(n))
+            .collect();
+        if n > 0 {
+            shown.shuffle(&mut self.rng);
+        }
+        shown
     }
 
     /// The rows of `keys` as a `Data:` block: `Tottori: area 3,507.05 km²; population in
@@ -614,9 +638,10 @@ pub fn generate_items(table: &Table, opts: &QaOptions) -> Result<Vec<QaItem>> {
             if let Some(s) = &opts.system_prompt {
                 messages.push(Message::new(Role::System, s.clone()));
             }
+            let shown = g.with_distractors(&conv.keys, opts.distractors);
             for (i, (q, a)) in conv.turns.into_iter().enumerate() {
                 let q = if i == 0 && opts.context {
-                    format!("{}\nQuestion: {q}", g.context(&conv.keys))
+                    format!("{}\nQuestion: {q}", g.context(&shown))
                 } else {
                     q
                 };

@@ -1,0 +1,138 @@
+//! From records to the trainer's micro-batches: encode with the data crate's [`Encoder`], then
+//! pad length-grouped micro-batches or pack rows.
+use crate::batch::Batch;
+use crate::error::{Result, TrainError};
+use kiln_data::{
+    Batch as DataBatch, EncodeStats, Encoder, Example, PackStrategy, Padding, Record,
+    length_grouped_batches, pack,
+};
+
+/// Encodes every record (render, tokenize, label, truncate); dropped records are counted in
+/// the stats. Errors name the record index.
+pub fn encode_records(
+    encoder: &Encoder,
+    records: &[Record],
+) -> Result<(Vec<Example>, EncodeStats)> {
+    let mut stats = EncodeStats::default();
+    let mut examples = Vec::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        let encoded = encoder.encode(r).map_err(|e| TrainError::Batch {
+            index: i,
+            reason: format!("record {i}: {e}"),
+        })?;
+        examples.extend(stats.add(encoded));
+    }
+    Ok((examples, stats))
+}
+
+/// Right-padded micro-batches of `micro_batch_size` examples of similar length (transformers'
+/// `group_by_length`, seeded), so little compute goes to padding.
+pub fn padded_batches(
+    examples: &[Example],
+    micro_batch_size: usize,
+    pad_id: u32,
+    seed: u64,
+) -> Result<Vec<Batch>> {
+    if examples.is_empty() {
+        return Err(TrainError::option("data", "no example to batch"));
+    }
+    let lengths: Vec<usize> = examples.iter().map(Example::len).collect();
+    length_grouped_batches(&lengths, micro_batch_size, seed)
+        .iter()
+        .map(|idx| {
+            let group: Vec<Example> = idx.iter().map(|&i| examples[i].clone()).collect();
+            Batch::from_data(&DataBatch::from_examples(
+                &group,
+                pad_id,
+                Padding::Right,
+                None,
+            )?)
+        })
+        .collect()
+}
+
+/// Packed micro-batches: examples concatenated into rows of `seq_len` tokens (attention and
+/// positions restart per example), `micro_batch_size` rows per batch.
+pub fn packed_batches(
+    examples: &[Example],
+    seq_len: usize,
+    micro_batch_size: usize,
+    pad_id: u32,
+) -> Result<Vec<Batch>> {
+    let rows = pack(examples, seq_len, pad_id, PackStrategy::BestFit)?;
+    if rows.is_empty() {
+        return Err(TrainError::option("data", "no example to pack"));
+    }
+    rows.chunks(micro_batch_size.max(1))
+        .map(|chunk| Batch::from_data(&DataBatch::from_packed(chunk)?))
+        .collect()
+}
+
+/// The batches of a run, from [`DataOptions`](crate::DataOptions).
+#[derive(Debug, Clone)]
+pub struct SftData {
+    pub train: Vec<Batch>,
+    pub validation: Vec<Batch>,
+    pub train_examples: usize,
+    pub val_examples: usize,
+    /// Encoding counts of the training examples (kept, truncated, dropped, tokens).
+    pub stats: EncodeStats,
+}
+
+/// Reads the files of `options` (any format the data crate reads), holds out
+/// `validation_split` when no validation file is given, encodes with `template` (completion-only
+/// labels unless `completion_only = false`, truncation to `max_seq_len`), and pads
+/// length-grouped micro-batches or packs rows of `max_seq_len`.
+pub fn prepare_data(
+    options: &crate::DataOptions,
+    micro_batch_size: usize,
+    seed: u64,
+    tokenizer: &kiln_data::tokenizers::Tokenizer,
+    template: Option<&kiln_data::ChatTemplate>,
+    pad_id: u32,
+) -> Result<SftData> {
+    use kiln_data::{EncodeOptions, LabelMode, Reader, SplitSize, train_val_split};
+    if options.train.is_empty() {
+        return Err(TrainError::option("data.train", "no training file given"));
+    }
+    let read = |paths: &[std::path::PathBuf]| -> Result<Vec<Record>> {
+        let patterns: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        Ok(Reader::open(&patterns)?.read_all()?.0)
+    };
+    let records = read(&options.train)?;
+    let (train, val) = if !options.validation.is_empty() {
+        (records, read(&options.validation)?)
+    } else if options.validation_split > 0.0 {
+        train_val_split(records, SplitSize::Ratio(options.validation_split), seed)?
+    } else {
+        (records, Vec::new())
+    };
+    let encode = EncodeOptions {
+        labels: if options.completion_only {
+            LabelMode::Completions
+        } else {
+            LabelMode::AllTokens
+        },
+        max_len: Some(options.max_seq_len),
+        ..EncodeOptions::default()
+    };
+    let encoder = Encoder::new(tokenizer, template, encode)?;
+    let (train_ex, stats) = encode_records(&encoder, &train)?;
+    let (val_ex, _) = encode_records(&encoder, &val)?;
+    let batches = |ex: &[Example]| -> Result<Vec<Batch>> {
+        if ex.is_empty() {
+            Ok(Vec::new())
+        } else if options.packing {
+            packed_batches(ex, options.max_seq_len, micro_batch_size, pad_id)
+        } else {
+            padded_batches(ex, micro_batch_size, pad_id, seed)
+        }
+    };
+    Ok(SftData {
+        train: batches(&train_ex)?,
+        validation: batches(&val_ex)?,
+        train_examples: train_ex.len(),
+        val_examples: val_ex.len(),
+        stats,
+    })
+}

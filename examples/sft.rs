@@ -1,0 +1,238 @@
+//! Supervised fine-tuning of any supported model on any supported dataset file, from a TOML (or
+//! JSON) config with flags that override it.
+//!
+//! ```text
+//! cargo run --release --example sft -- --config examples/sft_tutor.toml
+//! cargo run --release --example sft -- --data data/tutor.jsonl --max-steps 20 --lora-r 8
+//! cargo run --release --example sft -- --config run.toml --resume    # continue the latest checkpoint
+//! ```
+//!
+//! Writes into `--output-dir`: `checkpoints/`, `metrics.jsonl`, `tensorboard/`,
+//! `loss_curve.png`, and `adapter/` (PEFT files, `README.md` model card,
+//! `training_metadata.json`) or, for full fine-tuning, `trained/`.
+use anyhow::{Context, Result};
+use clap::Parser;
+use kiln::data::ChatTemplate;
+use kiln::lora::{LoraConfig, LoraModel, TargetModules};
+use kiln::models::fetch::resolve_model;
+use kiln::models::{CausalLm, Pretrained, parse_device};
+use kiln::train::{
+    CausalModel, Export, FitOptions, JsonlLogger, Progress, SftConfig, TensorBoardWriter, Trainer,
+    TrainerOptions, TrainingMetadata, fit, latest_checkpoint, prepare_data,
+};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser, Debug)]
+#[command(about = "Supervised fine-tuning (LoRA or full) from a config file and flags")]
+struct Args {
+    /// TOML or JSON run config (`SftConfig`); flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Training data file(s) (JSONL/JSON/CSV/Parquet-free formats the data crate reads).
+    #[arg(long)]
+    data: Vec<PathBuf>,
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// LoRA rank; with no `[lora]` in the config, adds LoRA on q,k,v,o.
+    #[arg(long)]
+    lora_r: Option<usize>,
+    #[arg(long)]
+    lora_alpha: Option<f64>,
+    /// Train every parameter instead of an adapter.
+    #[arg(long)]
+    full: bool,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    #[arg(long)]
+    max_seq_len: Option<usize>,
+    /// Continue from the latest checkpoint in `<output-dir>/checkpoints`.
+    #[arg(long)]
+    resume: bool,
+    #[arg(long)]
+    device: Option<String>,
+}
+
+/// The config file (or defaults) with the flags applied, validated.
+fn config(args: &Args) -> Result<SftConfig> {
+    let mut c = match &args.config {
+        Some(p) => SftConfig::from_file(p)?,
+        None => SftConfig::new(resolve_model(args.model.as_deref(), true)?),
+    };
+    if let Some(m) = &args.model {
+        c.model = m.clone();
+    }
+    if !args.data.is_empty() {
+        c.data.train = args.data.clone();
+    }
+    if let Some(v) = &args.output_dir {
+        c.output_dir = v.clone();
+    }
+    if let Some(v) = args.max_steps {
+        c.max_steps = Some(v);
+    }
+    if args.full {
+        c.lora = None;
+    } else if args.lora_r.is_some() || args.lora_alpha.is_some() || c.lora.is_none() {
+        let mut lora = c.lora.take().unwrap_or_else(|| {
+            LoraConfig::new(
+                16,
+                32.0,
+                TargetModules::Names(
+                    ["q_proj", "k_proj", "v_proj", "o_proj"]
+                        .map(String::from)
+                        .to_vec(),
+                ),
+            )
+        });
+        if let Some(r) = args.lora_r {
+            lora.r = r;
+        }
+        if let Some(a) = args.lora_alpha {
+            lora.lora_alpha = a;
+        }
+        c.lora = Some(lora);
+    }
+    if let Some(v) = args.lr {
+        c.optimizer.lr = v;
+    }
+    if let Some(v) = args.batch_size {
+        c.micro_batch_size = v;
+    }
+    if let Some(v) = args.grad_accum {
+        c.grad_accum = v;
+    }
+    if let Some(v) = args.max_seq_len {
+        c.data.max_seq_len = v;
+    }
+    if let Some(v) = &args.device {
+        c.device = v.clone();
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+/// Builds the trainer, fresh or from the latest checkpoint, and runs it.
+fn train<M: CausalModel + Export>(
+    model: M,
+    config: &SftConfig,
+    data: &kiln::train::SftData,
+    resume: bool,
+    export_dir: &Path,
+) -> Result<(kiln::train::RunSummary, M)> {
+    let device = parse_device(&config.device)?;
+    let per_epoch = data.train.len().div_ceil(config.grad_accum);
+    let total = config.total_steps(data.train.len()).max(1);
+    let options = TrainerOptions::from_config(config, total);
+    let ckpt = FitOptions::from_config(config, total).checkpoint_dir();
+    let mut trainer = match latest_checkpoint(&ckpt)? {
+        Some(dir) if resume => {
+            println!("resuming from {}", dir.display());
+            Trainer::resume(model, &device, options, &dir)?
+        }
+        _ => Trainer::new(model, &device, options)?,
+    };
+    println!(
+        "{} micro-batches per epoch ({per_epoch} steps); training {total} steps",
+        data.train.len()
+    );
+    std::fs::create_dir_all(&config.output_dir)?;
+    trainer.add_callback(Box::new(JsonlLogger::open(
+        &config.output_dir.join("metrics.jsonl"),
+    )?));
+    trainer.add_callback(Box::new(TensorBoardWriter::create(
+        &config.output_dir.join("tensorboard"),
+    )?));
+    trainer.add_callback(Box::new(Progress::new(total, trainer.state.step)));
+    let val = (!data.validation.is_empty()).then_some(&data.validation);
+    let summary = fit(
+        &mut trainer,
+        &data.train,
+        val.map(|v| v as &dyn kiln::train::BatchSource),
+        &FitOptions::from_config(config, total),
+    )?;
+    let model = trainer.into_model();
+    model.export(export_dir)?;
+    Ok((summary, model))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let config = config(&args)?;
+    let device = parse_device(&config.device)?;
+    let path = resolve_model(Some(&config.model), true)?;
+    let lm = Pretrained::load(&path, &device)?;
+    let template = match &lm.extras.chat_template {
+        Some(src) => Some(ChatTemplate::new(
+            src,
+            lm.extras.bos_token.as_deref(),
+            lm.extras.eos_token.as_deref(),
+        )?),
+        None => None,
+    };
+    let pad = lm.eos_token_ids().first().copied().unwrap_or(0);
+    let data = prepare_data(
+        &config.data,
+        config.micro_batch_size,
+        config.seed,
+        &lm.tokenizer,
+        template.as_ref(),
+        pad,
+    )
+    .context("preparing the data")?;
+    println!(
+        "data: {} training examples ({} tokens, {} trained, {} truncated, {} dropped), {} validation",
+        data.train_examples,
+        data.stats.tokens,
+        data.stats.trained_tokens,
+        data.stats.truncated,
+        data.stats.dropped_too_long + data.stats.dropped_nothing_to_train,
+        data.val_examples
+    );
+    device.seed(config.seed);
+    let (summary, counts, out) = match &config.lora {
+        Some(lora) => {
+            let model = LoraModel::with_adapter(lm.model, "default", lora.clone())?;
+            println!("{}", model.trainable_parameters_report());
+            let out = config.output_dir.join("adapter");
+            let (s, m) = train(model, &config, &data, args.resume, &out)?;
+            let c = m.param_count();
+            (s, (c.trainable, c.all), out)
+        }
+        None => {
+            let model: CausalLm = kiln::burn::module::Module::set_require_grad(lm.model, true);
+            let n = kiln::train::params::param_infos(&model)
+                .iter()
+                .map(|p| p.numel())
+                .sum::<usize>();
+            println!("trainable params: {n} (full fine-tuning)");
+            let out = config.output_dir.join("trained");
+            let (s, _) = train(model, &config, &data, args.resume, &out)?;
+            (s, (n, n), out)
+        }
+    };
+    let mut meta = TrainingMetadata::new(&config, &summary);
+    meta.train_examples = data.train_examples;
+    meta.val_examples = data.val_examples;
+    meta.trainable_params = counts.0;
+    meta.all_params = counts.1;
+    meta.write(&out)?;
+    println!(
+        "done: {} steps, final train loss {:.4}, validation loss {}; saved {}",
+        summary.steps,
+        summary.final_train_loss.unwrap_or(f64::NAN),
+        summary
+            .final_eval
+            .as_ref()
+            .map_or("-".to_string(), |e| format!("{:.4}", e.val_loss)),
+        out.display()
+    );
+    Ok(())
+}

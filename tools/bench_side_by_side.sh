@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Runs ../shared/bench/pytorch_peft_baseline.py and kiln's `bench` example on the same model file,
+# back to back, mode by mode, and prints the kiln/PyTorch ratios.
+#
+#   tools/bench_side_by_side.sh [MODES] [THREADS]        # default: infer,lora,full 2
+#
+# Needs: python3 with torch, transformers, peft, gguf (tools/fixtures/requirements.txt), the
+# release build of the example (`cargo build --release --example bench`), the model in the kiln
+# cache (tools/fetch_model.sh). Results go to bench-results/<date>.jsonl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODES=${1:-infer,lora,full}
+THREADS=${2:-2}
+BASELINE=${BASELINE:-../shared/bench/pytorch_peft_baseline.py}
+tools/fetch_model.sh >&2
+MODEL=${KILN_CACHE:-$HOME/.cache/kiln}/SmolLM2-135M-Instruct.Q4_1.gguf
+OUT=bench-results/$(date +%Y%m%d-%H%M%S).jsonl
+mkdir -p bench-results
+cargo build --release --example bench >/dev/null
+for mode in ${MODES//,/ }; do
+  echo "== $mode: PyTorch+PEFT ($THREADS threads)" >&2
+  python3 "$BASELINE" --model "$MODEL" --threads "$THREADS" --modes "$mode" \
+    | sed 's/^/{"side":"pytorch","line":/; s/$/}/' >> "$OUT"
+  echo "== $mode: kiln" >&2
+  RAYON_NUM_THREADS=$THREADS ./target/release/examples/bench --mode "$mode" --model "$MODEL" \
+    | sed -n 's/^RESULT //p' | sed 's/^/{"side":"kiln","line":/; s/$/}/' >> "$OUT"
+done
+python3 - "$OUT" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+torch, kiln = {}, {}
+for r in rows:
+    line = r["line"]
+    if r["side"] == "pytorch":
+        for m in ("sgemm", "lora", "full", "infer"):
+            if m in line:
+                torch[m] = line[m]
+    else:
+        kiln[line["mode"]] = line
+print(f"{'metric':<44}{'kiln':>12}{'pytorch':>12}{'ratio':>8}")
+def row(name, k, t, higher_better=True):
+    ratio = k / t if higher_better else t / k
+    print(f"{name:<44}{k:>12.2f}{t:>12.2f}{ratio:>8.2f}")
+for mode in ("lora", "full"):
+    if mode in kiln and mode in torch:
+        row(f"{mode}: training tokens/s (4x256)", kiln[mode]["tokens_per_s"], torch[mode]["tokens_per_s"])
+        row(f"{mode}: peak RSS MB (ratio = pytorch/kiln)", kiln[mode]["peak_rss_mb"], torch[mode]["peak_rss_mb"], False)
+if "infer" in kiln and "infer" in torch:
+    k, t = kiln["infer"], torch["infer"]
+    row("infer: forward tokens/s (1x256)", k["forward_tokens_per_s"], t["forward_tokens_per_s"])
+    row("infer: decode tokens/s (excl. prefill)", k["decode_tokens_per_s_excl_prefill"], t["decode_tokens_per_s_excl_prefill"])
+    row("infer: decode tokens/s (incl. prefill)", k["decode_tokens_per_s_incl_prefill"], t["decode_tokens_per_s_incl_prefill"])
+if "lora" in kiln and "full" in kiln:
+    print(f"kiln LoRA step / kiln full step: {kiln['lora']['median_step_s'] / kiln['full']['median_step_s']:.2f}")
+print(f"raw results: {sys.argv[1]}")
+PY
