@@ -64,6 +64,10 @@ struct Args {
     /// cpu, wgpu or cuda[:N].
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Also write the merged model as a Hugging Face directory (`<output-dir>/merged`, f32,
+    /// about 540 MB) with kiln's logits of one prompt, for `tools/check_hf_export.py`.
+    #[arg(long)]
+    save_merged: bool,
     /// The census table.
     #[arg(long, default_value = "data/japan_census_prefectures.csv")]
     table: PathBuf,
@@ -403,6 +407,42 @@ fn main() -> Result<()> {
         test_keys.join(", ")
     )];
     meta.write(&adapter_dir)?;
+    if args.save_merged {
+        let dir = args.output_dir.join("merged");
+        let mut merged = tuned.clone();
+        merged.merge()?;
+        let merged = Pretrained {
+            model: merged.into_inner(),
+            tokenizer: lm.tokenizer.clone(),
+            extras: lm.extras.clone(),
+            source: lm.source.clone(),
+            hf_config: lm.hf_config.clone(),
+        };
+        merged.save_hf(&dir)?;
+        let prompt = template.render(&test[0].messages[..2], true)?;
+        let ids = lm.encode(&prompt, false)?;
+        let t = ids.len();
+        let logits = merged
+            .model
+            .forward(&kiln::models::DecoderInput::new(ids.clone(), 1, t))?;
+        let dims = logits.dims().to_vec();
+        let values = logits
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let id_values: Vec<f32> = ids.iter().map(|&i| i as f32).collect();
+        kiln::models::write_f32_safetensors(
+            &dir.join("kiln_logits.safetensors"),
+            &[
+                ("logits", dims, &values),
+                ("input_ids", vec![1, t], &id_values),
+            ],
+        )?;
+        println!(
+            "merged model: {} (check: python3 tools/check_hf_export.py {0})",
+            dir.display()
+        );
+    }
     let report = serde_json::json!({
         "test_questions": test.len(),
         "held_out_prefectures": test_keys,

@@ -7,6 +7,7 @@
 use anyhow::{Result, bail};
 use clap::Parser;
 use kiln::data::{ChatTemplate, Message, Role};
+use kiln::lora::LoraModel;
 use kiln::models::fetch::resolve_model;
 use kiln::models::{GenerationConfig, Pretrained, Sampling, generate, parse_device};
 use std::io::Write;
@@ -42,13 +43,33 @@ struct Args {
     /// cpu, wgpu or cuda[:N].
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// PEFT adapter directory, `DIR` or `DIR=WEIGHT`; repeat for a weighted mix.
+    #[arg(long = "adapter", value_parser = parse_adapter)]
+    adapters: Vec<(PathBuf, f64)>,
+}
+
+/// `DIR` or `DIR=WEIGHT`.
+fn parse_adapter(s: &str) -> Result<(PathBuf, f64), String> {
+    match s.rsplit_once('=') {
+        Some((dir, w)) => w
+            .parse()
+            .map(|w| (PathBuf::from(dir), w))
+            .map_err(|_| format!("{w:?} is not a weight in {s:?}")),
+        None => Ok((PathBuf::from(s), 1.0)),
+    }
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     let device = parse_device(&args.device)?;
     let path = resolve_model(args.model.as_deref(), true)?;
-    let lm = Pretrained::load(&path, &device)?;
+    let mut lm = Pretrained::load(&path, &device)?;
+    if !args.adapters.is_empty() {
+        let mut lora = LoraModel::new(lm.model);
+        let name = lora.load_mix(&args.adapters)?;
+        eprintln!("adapter `{name}` active ({} loaded)", args.adapters.len());
+        lm.model = lora.into_inner();
+    }
     let ids = if args.chat {
         let Some(src) = &lm.extras.chat_template else {
             bail!("{} has no chat template; drop --chat", path.display())

@@ -30,7 +30,7 @@ struct Args {
     config: Option<PathBuf>,
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Training data file(s) (JSONL/JSON/CSV/Parquet-free formats the data crate reads).
+    /// Training data file(s), in any format the data crate reads (JSONL, JSON, CSV).
     #[arg(long)]
     data: Vec<PathBuf>,
     #[arg(long)]
@@ -68,6 +68,12 @@ fn config(args: &Args) -> Result<SftConfig> {
     };
     if let Some(m) = &args.model {
         c.model = m.clone();
+    }
+    if c.model.as_os_str().is_empty() {
+        c.model = resolve_model(None, true)?;
+    }
+    if args.config.is_none() && args.max_steps.is_none() {
+        c.epochs = Some(1.0);
     }
     if !args.data.is_empty() {
         c.data.train = args.data.clone();

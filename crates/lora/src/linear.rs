@@ -270,6 +270,14 @@ impl LoraLinear {
         self.state.disabled
     }
 
+    /// Whether the forward runs adapters on top of the weight (active, enabled and not merged),
+    /// so that the weight alone is not the layer's function.
+    pub fn has_unmerged_active_adapters(&self) -> bool {
+        !self.state.disabled
+            && self.state.merged.is_empty()
+            && self.state.active.iter().any(|n| self.adapter(n).is_some())
+    }
+
     /// Names of the adapters folded into the weight, in merge order.
     pub fn merged_adapters(&self) -> Vec<String> {
         self.state.merged.iter().map(|(n, _)| n.clone()).collect()

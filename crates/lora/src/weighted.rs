@@ -189,3 +189,37 @@ fn union_targets(configs: &[LoraConfig]) -> Result<TargetModules> {
             .into(),
     })
 }
+
+impl<M: Module + AdapterTarget> LoraModel<M> {
+    /// Loads PEFT adapters with weights and makes their weighted sum the active adapter: one
+    /// adapter at weight 1 is loaded as `default`; otherwise each is loaded (`adapter0`,
+    /// `adapter1`, ...) and combined exactly (`Σ wᵢ ΔWᵢ`, [`Combination::Cat`]) into `mix`.
+    /// Returns the name of the active adapter.
+    pub fn load_mix(&mut self, adapters: &[(std::path::PathBuf, f64)]) -> Result<String> {
+        match adapters {
+            [] => Err(LoraError::Config {
+                field: "adapters".into(),
+                reason: "no adapter to load".into(),
+            }),
+            [(dir, w)] if *w == 1.0 => {
+                self.load_adapter(dir, "default")?;
+                self.set_active(&["default"])?;
+                Ok("default".into())
+            }
+            many => {
+                let names: Vec<String> = (0..many.len()).map(|i| format!("adapter{i}")).collect();
+                for ((dir, _), name) in many.iter().zip(&names) {
+                    self.load_adapter(dir, name)?;
+                }
+                let weighted: Vec<(&str, f64)> = names
+                    .iter()
+                    .zip(many)
+                    .map(|(n, (_, w))| (n.as_str(), *w))
+                    .collect();
+                self.add_weighted_adapter(&weighted, "mix", Combination::Cat)?;
+                self.set_active(&["mix"])?;
+                Ok("mix".into())
+            }
+        }
+    }
+}

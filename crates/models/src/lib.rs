@@ -10,6 +10,7 @@ pub mod config;
 pub mod decoder;
 pub mod device;
 pub mod error;
+pub mod export_hf;
 pub mod fetch;
 pub mod generate;
 pub mod gguf;

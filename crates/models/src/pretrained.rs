@@ -20,6 +20,8 @@ pub struct Pretrained {
     pub extras: TokenizerExtras,
     /// The directory or GGUF file it was loaded from.
     pub source: PathBuf,
+    /// The Hugging Face `config.json` (read, or derived from GGUF metadata).
+    pub hf_config: serde_json::Value,
 }
 
 impl Pretrained {
@@ -58,18 +60,23 @@ impl Pretrained {
         let config = DecoderConfig::from_file(&dir.join("config.json"))?;
         let weights = SafetensorsWeights::open(dir)?;
         let model = build_causal_lm(&config, &weights, device)?;
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+        let hf_config = serde_json::from_str(&text)
+            .map_err(|e| ModelError::Input(format!("{}: {e}", path.display())))?;
         Ok(Self {
             model,
             tokenizer: load_tokenizer(dir)?,
             extras: load_extras(dir)?,
             source: dir.to_path_buf(),
+            hf_config,
         })
     }
 
     fn load_gguf(path: &Path, device: &Device) -> Result<Self> {
         let file = GgufFile::open(path)?;
         let json = crate::gguf::hf_config_from_gguf(&file)?;
-        let hf: HfConfig = serde_json::from_value(json).map_err(|e| ModelError::Gguf {
+        let hf: HfConfig = serde_json::from_value(json.clone()).map_err(|e| ModelError::Gguf {
             path: path.to_path_buf(),
             reason: format!("derived config: {e}"),
         })?;
@@ -91,7 +98,17 @@ impl Pretrained {
             tokenizer,
             extras,
             source: path.to_path_buf(),
+            hf_config: json,
         })
+    }
+
+    /// Writes the model as a Hugging Face directory that `AutoModelForCausalLM.from_pretrained`
+    /// loads: `config.json`, `model.safetensors` (f32, HF key names and `[out, in]` layouts),
+    /// `tokenizer.json`, `tokenizer_config.json` (with the chat template) and
+    /// `generation_config.json`. Adapters must be merged first: only base weights are written.
+    /// Files are written to `dir/.tmp-export` and moved into place at the end.
+    pub fn save_hf(&self, dir: &Path) -> Result<()> {
+        crate::export_hf::save_hf(self, dir)
     }
 
     /// Token ids that end generation: the config's `eos_token_id`(s) plus the tokenizer's EOS

@@ -1,0 +1,29 @@
+#!/usr/bin/env python3
+"""Checks that a Hugging Face directory written by kiln (`Pretrained::save_hf`, e.g.
+`runs/census_qa/merged/`) loads in transformers with kiln's logits.
+
+    python3 tools/check_hf_export.py runs/census_qa/merged
+
+The directory holds `kiln_logits.safetensors` (tensor `logits` [1, t, vocab] and `input_ids`
+[1, t]) written by kiln next to the model. Prints the max |Δ| and exits 1 above 1e-4.
+Pinned versions: tools/fixtures/requirements.txt.
+"""
+import sys
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+path = sys.argv[1]
+ref = load_file(f"{path}/kiln_logits.safetensors")
+model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+tok = AutoTokenizer.from_pretrained(path)
+ids = ref["input_ids"].round().long()  # stored as f32 (exact below 2^24)
+with torch.no_grad():
+    logits = model(input_ids=ids).logits
+diff = (logits - ref["logits"]).abs().max().item()
+rendered = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+ok = diff <= 1e-4
+print(f"{'OK' if ok else 'FAIL'} {path}: max |transformers - kiln| = {diff:.3e} over {list(logits.shape)}; "
+      f"chat template renders {len(rendered)} chars")
+sys.exit(0 if ok else 1)
