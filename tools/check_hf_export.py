@@ -5,7 +5,9 @@
     python3 tools/check_hf_export.py runs/census_qa/merged
 
 The directory holds `kiln_logits.safetensors` (tensor `logits` [1, t, vocab] and `input_ids`
-[1, t]) written by kiln next to the model. Prints the max |Δ| and exits 1 above 1e-4.
+[1, t]) written by kiln next to the model. Prints the max |Δ| and exits 1 above 2e-3 (the bound
+of kiln's SmolLM2-vs-transformers test; float32 rounding over 30 layers gives ~1e-4) or when the
+argmax differs at any position.
 Pinned versions: tools/fixtures/requirements.txt.
 """
 import sys
@@ -23,7 +25,8 @@ with torch.no_grad():
     logits = model(input_ids=ids).logits
 diff = (logits - ref["logits"]).abs().max().item()
 rendered = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
-ok = diff <= 1e-4
-print(f"{'OK' if ok else 'FAIL'} {path}: max |transformers - kiln| = {diff:.3e} over {list(logits.shape)}; "
+same_argmax = bool((logits.argmax(-1) == ref["logits"].argmax(-1)).all())
+ok = diff <= 2e-3 and same_argmax
+print(f"{'OK' if ok else 'FAIL'} {path}: max |transformers - kiln| = {diff:.3e} over {list(logits.shape)}, same argmax: {same_argmax}; "
       f"chat template renders {len(rendered)} chars")
 sys.exit(0 if ok else 1)

@@ -56,7 +56,11 @@ impl TrainingMetadata {
                 l.lora_dropout,
                 l.target_modules
                     .as_ref()
-                    .map_or("default targets".to_string(), |m| format!("{m:?}"))
+                    .map_or("default targets".to_string(), |m| match m {
+                        kiln_lora::TargetModules::Names(n) => n.join(", "),
+                        kiln_lora::TargetModules::Regex(r) => format!("modules matching `{r}`"),
+                        kiln_lora::TargetModules::AllLinear => "all linear layers".to_string(),
+                    })
             ),
             None => "full fine-tuning".to_string(),
         };
@@ -107,10 +111,13 @@ impl TrainingMetadata {
             (
                 "schedule",
                 format!(
-                    "{:?}, warmup steps {:?} / ratio {:?}, min lr {}",
-                    c.schedule.kind,
-                    c.schedule.warmup_steps,
-                    c.schedule.warmup_ratio,
+                    "{}, warmup {}, min lr {}",
+                    format!("{:?}", c.schedule.kind).to_lowercase(),
+                    match (c.schedule.warmup_steps, c.schedule.warmup_ratio) {
+                        (Some(s), _) => format!("{s} steps"),
+                        (None, Some(r)) => format!("{r} of the steps"),
+                        (None, None) => "none".to_string(),
+                    },
                     c.schedule.min_lr
                 ),
             ),
@@ -118,7 +125,11 @@ impl TrainingMetadata {
                 "batch",
                 format!("{} x {} accumulation", c.micro_batch_size, c.grad_accum),
             ),
-            ("max grad norm", format!("{:?}", c.max_grad_norm)),
+            (
+                "max grad norm",
+                c.max_grad_norm
+                    .map_or("no clipping".to_string(), |v| v.to_string()),
+            ),
             ("seed", c.seed.to_string()),
             (
                 "steps",
