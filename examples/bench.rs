@@ -118,7 +118,13 @@ fn infer(lm: &Pretrained) -> Result<serde_json::Value> {
         };
         let cfg = if i == 0 { &warm } else { &config };
         let t0 = Instant::now();
-        let out = generate(&lm.model, &[prompt.clone()], cfg, None, &mut |_, _| {})?;
+        let out = generate(
+            &lm.model,
+            std::slice::from_ref(&prompt),
+            cfg,
+            None,
+            &mut |_, _| {},
+        )?;
         let dt = t0.elapsed().as_secs_f64();
         if i > 0 {
             anyhow::ensure!(out[0].tokens.len() == 64);

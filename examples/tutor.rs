@@ -37,7 +37,7 @@ struct Args {
 }
 
 /// The user turn and reference answer of each alpaca record.
-fn questions(path: &PathBuf) -> Result<Vec<(Vec<Message>, String)>> {
+fn questions(path: &std::path::Path) -> Result<Vec<(Vec<Message>, String)>> {
     let (records, _) = Reader::open(&[path.display().to_string()])?.read_all()?;
     records
         .into_iter()

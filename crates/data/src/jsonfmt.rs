@@ -134,6 +134,7 @@ fn number(n: &serde_json::Number, out: &mut String) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;

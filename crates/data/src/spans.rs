@@ -72,6 +72,7 @@ fn find(text: &str, content: &str, from: usize) -> Option<Range<usize>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,5 +1,6 @@
 //! Golden test: every template renders byte-identically to transformers
 //! (fixtures/chat_templates/expected.json, written by tools/fixtures/chat_templates.py).
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

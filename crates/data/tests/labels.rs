@@ -1,5 +1,6 @@
 //! Completion-only labels against transformers' `return_assistant_tokens_mask`
 //! (fixtures/chat_templates/labels.json), plus label options, truncation and EOS.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Packing, batching, splitting and shuffling invariants.
+#![allow(clippy::unwrap_used)]
 
 use kiln_data::{
     Batch, Example, GreedyPacker, IGNORE_INDEX, PackStrategy, Padding, ShuffleBuffer, SplitSize,

@@ -1,4 +1,5 @@
 //! Readers and record formats: every format, every bad-input case, the skip policy.
+#![allow(clippy::unwrap_used)]
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -1,4 +1,5 @@
 //! The streaming read → encode → pack path equals encoding records one by one.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -310,6 +310,7 @@ fn closest_ref_len(hyp_len: u64, ref_lens: &[u64]) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -128,6 +128,7 @@ pub fn paired_bootstrap(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

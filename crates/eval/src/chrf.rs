@@ -405,6 +405,7 @@ fn remove_punctuation(sent: &str) -> Vec<&str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

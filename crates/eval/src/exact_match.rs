@@ -228,6 +228,7 @@ impl NumericTolerance {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -73,6 +73,7 @@ impl FromStr for Extractor {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

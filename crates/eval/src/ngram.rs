@@ -197,6 +197,7 @@ pub fn for_each_match<K: Key>(hyp: &Counts<K>, refs: &Counts<K>, mut f: impl FnM
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -304,6 +304,7 @@ fn step5b(w: W) -> W {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::stem;
 

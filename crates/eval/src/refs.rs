@@ -101,6 +101,7 @@ pub fn read_corpus(hyp: &Path, refs: &[PathBuf]) -> Result<(Vec<String>, Vec<Vec
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

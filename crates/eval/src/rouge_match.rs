@@ -141,6 +141,7 @@ pub(crate) fn summary_lcs(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

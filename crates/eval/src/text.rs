@@ -70,6 +70,7 @@ pub fn read_lines(path: &Path) -> Result<Vec<String>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -241,6 +241,7 @@ fn tokenize_13a(line: &str, out: &mut String, s: &mut Scratch) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

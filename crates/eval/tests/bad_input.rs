@@ -1,5 +1,6 @@
 //! Bad input: each case gives a typed error naming the file/line/example, or the documented
 //! behaviour of the reference tools.
+#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 

@@ -1,6 +1,7 @@
 //! Golden tests: values written by sacrebleu 2.6.0, rouge-score 0.1.2 and NLTK 3.10.4
 //! (`tools/fixtures/metrics.py`) on a fixed corpus with Unicode, empty hypotheses,
 //! single-word lines, punctuation and numbers.
+#![allow(clippy::unwrap_used)]
 
 use kiln_eval::exact_match::Normalize;
 use kiln_eval::{Bleu, BleuTokenizer, Chrf, Rouge, RougeType, Smooth, porter};

@@ -285,7 +285,7 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
         let (config, plans, others) = self.read_adapter(dir, name)?;
         let mut missing = None;
         self.model.visit_linears(&mut |path, l| {
-            if l.adapter(name).is_some() && !plans.get(path).is_some_and(|p| p.adapter.is_some()) {
+            if l.adapter(name).is_some() && plans.get(path).is_none_or(|p| p.adapter.is_none()) {
                 missing = Some(format!("{PREFIX}{path}.lora_A.weight"));
             }
         });

@@ -137,6 +137,7 @@ pub fn pattern_lookup<T: Copy>(pattern: &[(String, T)], path: &str) -> Option<T>
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

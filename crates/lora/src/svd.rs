@@ -102,6 +102,7 @@ fn rotate(cols: &mut [Vec<f64>], p: usize, q: usize, c: f64, s: f64) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

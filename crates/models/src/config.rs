@@ -165,7 +165,7 @@ impl HfConfig {
         }
         let num_heads = self.num_attention_heads;
         let num_kv_heads = self.num_key_value_heads.unwrap_or(num_heads);
-        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+        if num_heads == 0 || num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
             return Err(bad(
                 "num_key_value_heads",
                 format!("{num_kv_heads} must divide num_attention_heads {num_heads}"),
@@ -173,7 +173,7 @@ impl HfConfig {
         }
         let head_dim = match self.head_dim {
             Some(d) => d,
-            None if self.hidden_size % num_heads == 0 => self.hidden_size / num_heads,
+            None if self.hidden_size.is_multiple_of(num_heads) => self.hidden_size / num_heads,
             None => {
                 return Err(bad(
                     "hidden_size",
@@ -346,6 +346,7 @@ impl DecoderConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

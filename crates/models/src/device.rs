@@ -70,6 +70,7 @@ pub fn default_device() -> Device {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -201,6 +201,7 @@ pub fn build_causal_lm(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::transpose;
 

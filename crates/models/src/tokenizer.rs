@@ -78,6 +78,7 @@ pub fn load_extras(dir: &Path) -> Result<TokenizerExtras> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

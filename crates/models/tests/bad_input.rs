@@ -1,4 +1,5 @@
 //! Bad checkpoints give typed errors naming the file and key, never a panic.
+#![allow(clippy::unwrap_used)]
 mod common;
 use common::fixtures;
 use kiln_models::{

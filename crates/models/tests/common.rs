@@ -1,4 +1,5 @@
 //! Helpers shared by the integration tests: fixture paths and reading reference tensors.
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 use safetensors::SafeTensors;
 use std::path::PathBuf;

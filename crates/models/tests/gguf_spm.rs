@@ -1,5 +1,6 @@
 //! A sentencepiece-style GGUF vocabulary (`tokenizer.ggml.model = llama`: byte tokens, scores,
 //! no merges) encodes like transformers' GGUF tokenizer (`tools/fixtures/gguf_quants.py`).
+#![allow(clippy::unwrap_used)]
 use kiln_models::gguf::{GgufFile, tokenizer_from_gguf};
 use serde_json::Value;
 

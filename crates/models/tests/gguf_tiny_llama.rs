@@ -1,6 +1,7 @@
 //! A tiny llama GGUF written by gguf-py with llama.cpp's q/k permutation
 //! (`tools/fixtures/gguf_quants.py`): Hugging Face names and layout, un-permuted weights, the
 //! config and the tokenizer transformers derives from the same file.
+#![allow(clippy::unwrap_used)]
 use kiln_models::WeightSource;
 use kiln_models::error::ModelError;
 use kiln_models::gguf::{

@@ -1,5 +1,6 @@
 //! Invariants of the decoder on a tiny fixture model: the KV cache, left padding and packed
 //! segments must not change what a row computes.
+#![allow(clippy::unwrap_used)]
 mod common;
 use common::{fixtures, max_abs_diff};
 use kiln_models::{
@@ -19,7 +20,7 @@ fn tiny(name: &str) -> CausalLm {
 }
 
 fn host(t: burn::tensor::Tensor<3>) -> Vec<f32> {
-    t.into_data().into_vec().unwrap()
+    t.into_data().try_into_vec().unwrap()
 }
 
 const IDS: [u32; 10] = [17, 250, 3, 99, 400, 12, 7, 301, 45, 88];
@@ -112,7 +113,14 @@ fn batched_generation_with_left_padding_equals_each_prompt_alone() {
         };
         let batched = generate(&model, &prompts, &config, None, &mut |_, _| {}).unwrap();
         for (p, got) in prompts.iter().zip(&batched) {
-            let alone = generate(&model, &[p.clone()], &config, None, &mut |_, _| {}).unwrap();
+            let alone = generate(
+                &model,
+                std::slice::from_ref(p),
+                &config,
+                None,
+                &mut |_, _| {},
+            )
+            .unwrap();
             assert_eq!(got.tokens, alone[0].tokens, "{name}: prompt {p:?}");
             assert_eq!(got.tokens.len(), 6);
         }

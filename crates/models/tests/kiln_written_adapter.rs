@@ -6,6 +6,7 @@
 //! tools/fixtures/generate.py --check-kiln-adapter fixtures/kiln_written/<case>` loads each with
 //! PEFT and compares the logits (1e-5). CI checks that kiln still writes exactly these files and
 //! logits; `KILN_WRITE_GOLDEN=1 cargo test --test kiln_written_adapter` rewrites them.
+#![allow(clippy::unwrap_used)]
 mod common;
 use common::{Reference, fixtures, max_abs_diff};
 use kiln_lora::{InitLoraWeights, LoraConfig, LoraModel, TargetModules, read_safetensors};

@@ -1,6 +1,7 @@
 //! PEFT parity on the tiny llama / mistral / qwen2 checkpoints: adapters written by PEFT
 //! (`tools/fixtures/generate.py`, `fixtures/tiny/<name>/peft/{lora,rslora,dora}`) give PEFT's
 //! logits and loss in kiln, merged and unmerged; one AdamW step matches PyTorch's.
+#![allow(clippy::unwrap_used)]
 mod common;
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
@@ -94,6 +95,8 @@ struct Case {
     input: DecoderInput,
     mask: Vec<u8>,
     labels: Vec<i64>,
+    /// Kept open for the case's lifetime (the reference file of the base model).
+    #[allow(dead_code)]
     base: Reference,
 }
 
@@ -126,7 +129,7 @@ fn case(name: &str, device: &Device) -> Case {
 /// Logits at real (non-padded) positions.
 fn real(logits: Tensor<3>, mask: &[u8]) -> Vec<f32> {
     let v = logits.dims()[2];
-    let all: Vec<f32> = logits.into_data().convert::<f32>().into_vec().unwrap();
+    let all: Vec<f32> = logits.into_data().convert::<f32>().try_into_vec().unwrap();
     mask.iter()
         .enumerate()
         .filter(|(_, m)| **m == 1)

@@ -178,6 +178,7 @@ pub fn mix(seed: u64, k: u64) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

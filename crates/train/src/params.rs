@@ -283,6 +283,7 @@ pub fn grads_from_host<M: Module>(module: &M, host: &HostParams) -> GradientsPar
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -102,6 +102,7 @@ pub fn write_loss_curve(path: &Path, train: &[(usize, f64)], val: &[(usize, f64)
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -203,6 +203,7 @@ impl Callback for TensorBoardWriter {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,5 +1,6 @@
 //! Golden loss curve: 5 LoRA steps on the tiny Llama with warmup, linear decay, global-norm
 //! clipping and AdamW must give PyTorch + PEFT's losses (tools/fixtures/train_curve.py).
+#![allow(clippy::unwrap_used)]
 mod common;
 
 use burn::module::Module;

@@ -1,5 +1,6 @@
 //! Packed training rows give the same loss as the same examples padded one per row: the data
 //! crate's packer (segment and position ids) and the model's segment masking agree.
+#![allow(clippy::unwrap_used)]
 mod common;
 
 use common::*;

@@ -1,5 +1,6 @@
 //! The run loop and the files people look at: metrics.jsonl, TensorBoard events, loss curve,
 //! model card, adapter export, early stopping.
+#![allow(clippy::unwrap_used)]
 mod common;
 
 use common::*;

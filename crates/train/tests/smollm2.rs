@@ -4,6 +4,7 @@
 //!
 //! Needs the model in kiln's cache (`tools/fetch_model.sh`; CI fetches it and sets
 //! `KILN_REQUIRE_MODEL=1`, which turns a missing model into a failure).
+#![allow(clippy::unwrap_used)]
 use burn::module::Module;
 use kiln_lora::{LoraConfig, LoraModel, TargetModules};
 use kiln_models::{DecoderInput, Pretrained, default_device, fetch};

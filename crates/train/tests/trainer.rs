@@ -1,5 +1,6 @@
 //! Trainer invariants on the tiny Llama fixture: accumulation equivalence, exact resume, atomic
 //! checkpoints, frozen parameters, NaN policy.
+#![allow(clippy::unwrap_used)]
 mod common;
 
 use common::*;

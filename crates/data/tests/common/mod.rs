@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 //! Shared test helpers: fixture paths and the tiny tokenizer.
 

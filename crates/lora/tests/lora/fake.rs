@@ -1,4 +1,5 @@
 //! A tiny model with HF-style module paths: two projections, an embedding and an LM head.
+#![allow(clippy::unwrap_used)]
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use kiln_lora::{AdapterTarget, LoraLinear, OtherParam, OtherParamMut};

@@ -1,4 +1,5 @@
 //! Layer maths: init == base, merge/unmerge, DoRA against a hand computation.
+#![allow(clippy::unwrap_used)]
 use burn::tensor::Device;
 use kiln_lora::adapter::dora_weight_norm;
 use kiln_lora::{AdapterSpec, InitLoraWeights, LoraAdapter, LoraLinear};

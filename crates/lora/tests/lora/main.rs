@@ -1,4 +1,5 @@
 //! Integration tests of kiln-lora on a tiny fake model made of `LoraLinear`s.
+#![allow(clippy::unwrap_used)]
 mod fake;
 mod files;
 mod layer;

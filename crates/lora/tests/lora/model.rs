@@ -1,4 +1,5 @@
 //! Adapters by name on a model: targeting, activation, weighted combination, counts.
+#![allow(clippy::unwrap_used)]
 use burn::tensor::Device;
 use kiln_lora::{Combination, LoraConfig, LoraError, LoraModel, ParamCount, TargetModules};
 

@@ -1,4 +1,5 @@
 //! Training with burn's AdamW: only adapters move, the base stays bit-identical and gets no gradient.
+#![allow(clippy::unwrap_used)]
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::Device;
 use kiln_lora::{LoraConfig, LoraModel, TargetModules};

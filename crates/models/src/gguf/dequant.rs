@@ -191,6 +191,7 @@ fn q6_k(b: &[u8; 210], o: &mut [f32; 256]) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

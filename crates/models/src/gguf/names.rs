@@ -75,6 +75,7 @@ pub(crate) fn is_query_or_key(name: &str) -> Option<bool> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

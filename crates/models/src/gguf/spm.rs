@@ -119,6 +119,7 @@ pub(crate) fn plain_vocab(tokens: &[&str]) -> HashMap<String, u32> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -154,6 +154,7 @@ impl std::fmt::Display for GgmlType {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -167,6 +167,7 @@ impl<T: FromGguf> FromGguf for Vec<T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -167,6 +167,7 @@ pub(crate) fn unpermute_rows(data: &[f32], rows: usize, cols: usize, n_head: usi
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

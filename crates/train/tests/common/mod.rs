@@ -1,4 +1,5 @@
 //! Shared helpers: the tiny Llama fixture with LoRA on q and v, fixed batches.
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 use burn::module::Module;
 use burn::tensor::Device;
