@@ -115,12 +115,15 @@ fn kiln_written_adapters_are_stable_and_checked_by_peft() {
         }
         let want = Reference::open(golden.join("kiln_logits.safetensors")).f32("logits");
         let diff = max_abs_diff(&logits, &want);
-        assert!(diff <= 1e-6, "{case}: logits moved by {diff}");
+        assert!(
+            diff <= 1e-5,
+            "{case}: logits moved (across machines only float rounding may differ) by {diff}"
+        );
         // And the adapter reloads into a fresh model with the same logits.
         let (fresh, _) = tiny(base);
         let mut reloaded = LoraModel::new(fresh);
         reloaded.load_adapter(&golden, "default").unwrap();
         let diff = max_abs_diff(&host(reloaded.model.forward(&input).unwrap()), &logits);
-        assert!(diff <= 1e-6, "{case}: reloaded logits differ by {diff}");
+        assert!(diff <= 1e-5, "{case}: reloaded logits differ by {diff}");
     }
 }
