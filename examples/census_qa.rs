@@ -29,8 +29,8 @@ use kiln::lora::{LoraConfig, LoraModel, TargetModules};
 use kiln::models::fetch::resolve_model;
 use kiln::models::{CausalLm, GenerationConfig, Pretrained, generate, parse_device};
 use kiln::train::{
-    Export, FitOptions, JsonlLogger, Progress, SftConfig, TensorBoardWriter, Trainer,
-    TrainerOptions, TrainingMetadata, encode_records, fit, padded_batches,
+    Export, FitOptions, SftConfig, Trainer, TrainerOptions, TrainingMetadata, encode_records, fit,
+    padded_batches, standard_callbacks,
 };
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -314,13 +314,9 @@ fn main() -> Result<()> {
         TrainerOptions::from_config(&config, args.max_steps),
     )?;
     std::fs::create_dir_all(&args.output_dir)?;
-    trainer.add_callback(Box::new(JsonlLogger::open(
-        &args.output_dir.join("metrics.jsonl"),
-    )?));
-    trainer.add_callback(Box::new(TensorBoardWriter::create(
-        &args.output_dir.join("tensorboard"),
-    )?));
-    trainer.add_callback(Box::new(Progress::new(args.max_steps, 0)));
+    for c in standard_callbacks(&args.output_dir, args.max_steps, 0)? {
+        trainer.add_callback(c);
+    }
     let summary = fit(
         &mut trainer,
         &train_batches,

@@ -44,19 +44,8 @@ struct Args {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// PEFT adapter directory, `DIR` or `DIR=WEIGHT`; repeat for a weighted mix.
-    #[arg(long = "adapter", value_parser = parse_adapter)]
+    #[arg(long = "adapter", value_parser = kiln::lora::parse_adapter_arg)]
     adapters: Vec<(PathBuf, f64)>,
-}
-
-/// `DIR` or `DIR=WEIGHT`.
-fn parse_adapter(s: &str) -> Result<(PathBuf, f64), String> {
-    match s.rsplit_once('=') {
-        Some((dir, w)) => w
-            .parse()
-            .map(|w| (PathBuf::from(dir), w))
-            .map_err(|_| format!("{w:?} is not a weight in {s:?}")),
-        None => Ok((PathBuf::from(s), 1.0)),
-    }
 }
 
 fn main() -> Result<()> {

@@ -17,8 +17,8 @@ use kiln::lora::{LoraConfig, LoraModel, TargetModules};
 use kiln::models::fetch::resolve_model;
 use kiln::models::{CausalLm, Pretrained, parse_device};
 use kiln::train::{
-    CausalModel, Export, FitOptions, JsonlLogger, Progress, SftConfig, TensorBoardWriter, Trainer,
-    TrainerOptions, TrainingMetadata, fit, latest_checkpoint, prepare_data,
+    CausalModel, Export, FitOptions, SftConfig, Trainer, TrainerOptions, TrainingMetadata, fit,
+    latest_checkpoint, prepare_data, standard_callbacks,
 };
 use std::path::{Path, PathBuf};
 
@@ -150,13 +150,10 @@ fn train<M: CausalModel + Export>(
         data.train.len()
     );
     std::fs::create_dir_all(&config.output_dir)?;
-    trainer.add_callback(Box::new(JsonlLogger::open(
-        &config.output_dir.join("metrics.jsonl"),
-    )?));
-    trainer.add_callback(Box::new(TensorBoardWriter::create(
-        &config.output_dir.join("tensorboard"),
-    )?));
-    trainer.add_callback(Box::new(Progress::new(total, trainer.state.step)));
+    let done = trainer.state.step;
+    for c in standard_callbacks(&config.output_dir, total, done)? {
+        trainer.add_callback(c);
+    }
     let val = (!data.validation.is_empty()).then_some(&data.validation);
     let summary = fit(
         &mut trainer,

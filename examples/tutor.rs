@@ -14,8 +14,8 @@ use kiln::lora::{LoraConfig, LoraModel, TargetModules};
 use kiln::models::fetch::resolve_model;
 use kiln::models::{CausalLm, GenerationConfig, Pretrained, generate, parse_device};
 use kiln::train::{
-    Export, FitOptions, JsonlLogger, Progress, SftConfig, TensorBoardWriter, Trainer,
-    TrainerOptions, TrainingMetadata, fit, prepare_data,
+    Export, FitOptions, SftConfig, Trainer, TrainerOptions, TrainingMetadata, fit, prepare_data,
+    standard_callbacks,
 };
 use std::path::PathBuf;
 
@@ -130,13 +130,9 @@ fn main() -> Result<()> {
         TrainerOptions::from_config(&config, args.max_steps),
     )?;
     std::fs::create_dir_all(&args.output_dir)?;
-    trainer.add_callback(Box::new(JsonlLogger::open(
-        &args.output_dir.join("metrics.jsonl"),
-    )?));
-    trainer.add_callback(Box::new(TensorBoardWriter::create(
-        &args.output_dir.join("tensorboard"),
-    )?));
-    trainer.add_callback(Box::new(Progress::new(args.max_steps, 0)));
+    for c in standard_callbacks(&args.output_dir, args.max_steps, 0)? {
+        trainer.add_callback(c);
+    }
     let summary = fit(
         &mut trainer,
         &data.train,

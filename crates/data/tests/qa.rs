@@ -54,8 +54,12 @@ fn answers_are_exact_and_generation_is_deterministic() {
         follow_up: 0.5,
         ..QaOptions::default()
     };
-    let convs = qa::generate(&t, &opts);
-    assert_eq!(convs, qa::generate(&t, &opts), "same seed, same data");
+    let convs = qa::generate(&t, &opts).expect("qa");
+    assert_eq!(
+        convs,
+        qa::generate(&t, &opts).expect("qa"),
+        "same seed, same data"
+    );
     assert_ne!(
         convs,
         qa::generate(
@@ -65,6 +69,7 @@ fn answers_are_exact_and_generation_is_deterministic() {
                 ..opts.clone()
             }
         )
+        .expect("qa")
     );
     assert_eq!(convs.len(), 600);
     let pop2020 = |k: &str| t.columns[2].values[t.keys.iter().position(|x| x == k).expect("key")];
@@ -164,7 +169,8 @@ fn writes_messages_jsonl_that_the_reader_reads_back() {
             count: 20,
             ..QaOptions::default()
         },
-    );
+    )
+    .expect("qa");
     let dir = tempfile::tempdir().expect("tmp");
     let p = dir.path().join("qa.jsonl");
     qa::write_jsonl(&p, &convs).expect("write");

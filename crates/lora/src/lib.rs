@@ -28,4 +28,4 @@ pub use io::{CONFIG_FILE, HostTensor, WEIGHTS_FILE, read_safetensors, write_safe
 pub use linear::LoraLinear;
 pub use model::{LoraModel, ParamCount};
 pub use target::{AdapterTarget, OtherParam, OtherParamMut};
-pub use weighted::Combination;
+pub use weighted::{Combination, parse_adapter_arg};

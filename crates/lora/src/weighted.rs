@@ -190,6 +190,18 @@ fn union_targets(configs: &[LoraConfig]) -> Result<TargetModules> {
     })
 }
 
+/// Parses an adapter argument, `DIR` (weight 1) or `DIR=WEIGHT`, as the examples'
+/// `--adapter` flag takes it.
+pub fn parse_adapter_arg(s: &str) -> std::result::Result<(std::path::PathBuf, f64), String> {
+    match s.rsplit_once('=') {
+        Some((dir, w)) => w
+            .parse()
+            .map(|w| (std::path::PathBuf::from(dir), w))
+            .map_err(|_| format!("{w:?} is not a weight in {s:?}")),
+        None => Ok((std::path::PathBuf::from(s), 1.0)),
+    }
+}
+
 impl<M: Module + AdapterTarget> LoraModel<M> {
     /// Loads PEFT adapters with weights and makes their weighted sum the active adapter: one
     /// adapter at weight 1 is loaded as `default`; otherwise each is loaded (`adapter0`,
@@ -221,5 +233,26 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
                 Ok("mix".into())
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::parse_adapter_arg;
+    use std::path::PathBuf;
+
+    #[test]
+    fn adapter_args_parse_with_and_without_weight() {
+        assert_eq!(
+            parse_adapter_arg("runs/a").unwrap(),
+            (PathBuf::from("runs/a"), 1.0)
+        );
+        assert_eq!(
+            parse_adapter_arg("runs/a=0.5").unwrap(),
+            (PathBuf::from("runs/a"), 0.5)
+        );
+        let err = parse_adapter_arg("runs/a=half").unwrap_err();
+        assert!(err.contains("\"half\""), "{err}");
     }
 }

@@ -37,7 +37,7 @@ pub use config::{
 pub use data::{SftData, encode_records, packed_batches, padded_batches, prepare_data};
 pub use error::{Result, TrainError};
 pub use export::Export;
-pub use logging::{JsonlLogger, Progress};
+pub use logging::{JsonlLogger, Progress, standard_callbacks};
 pub use model::CausalModel;
 pub use params::{HostParams, ParamInfo};
 pub use plot::write_loss_curve;

@@ -55,6 +55,22 @@ impl JsonlLogger {
     }
 }
 
+/// What every run writes and shows: `output_dir/metrics.jsonl`, `output_dir/tensorboard/` and a
+/// progress bar from step `done` to `total`.
+pub fn standard_callbacks(
+    output_dir: &Path,
+    total: usize,
+    done: usize,
+) -> Result<Vec<Box<dyn Callback>>> {
+    Ok(vec![
+        Box::new(JsonlLogger::open(&output_dir.join("metrics.jsonl"))?),
+        Box::new(crate::tensorboard::TensorBoardWriter::create(
+            &output_dir.join("tensorboard"),
+        )?),
+        Box::new(Progress::new(total, done)),
+    ])
+}
+
 impl Callback for JsonlLogger {
     fn on_step(&mut self, m: &StepMetrics) -> Result<()> {
         self.write("train", m)

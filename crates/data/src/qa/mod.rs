@@ -580,12 +580,13 @@ fn ranking(values: &[(usize, f64)]) -> Vec<usize> {
     v.into_iter().map(|(k, _)| k).collect()
 }
 
-/// Generates `opts.count` conversations (messages) from a table.
-pub fn generate(table: &Table, opts: &QaOptions) -> Vec<Vec<Message>> {
-    match generate_items(table, opts) {
-        Ok(items) => items.into_iter().map(|i| i.messages).collect(),
-        Err(_) => Vec::new(),
-    }
+/// Generates `opts.count` conversations (messages) from a table; errors as
+/// [`generate_items`].
+pub fn generate(table: &Table, opts: &QaOptions) -> Result<Vec<Vec<Message>>> {
+    Ok(generate_items(table, opts)?
+        .into_iter()
+        .map(|i| i.messages)
+        .collect())
 }
 
 /// Generates `opts.count` conversations with their kind, keys and short answer.
