@@ -54,6 +54,25 @@ pub enum EvalError {
     /// Two per-example score lists that must be paired have different lengths.
     #[error("paired scores differ in length: system A has {a}, system B has {b}")]
     Unpaired { a: usize, b: usize },
+    /// The tokenizer failed on a text (shown truncated).
+    #[error("tokenizer failed on {text:?}: {reason}")]
+    Tokenizer { text: String, reason: String },
+    /// Reading a tensor back from the backend failed.
+    #[error("backend: {0}")]
+    Backend(String),
+    /// The model failed (bad input ids, shapes...).
+    #[error(transparent)]
+    Model(#[from] kiln_models::ModelError),
+    /// Reading or encoding the evaluation data failed.
+    #[error(transparent)]
+    Data(#[from] kiln_data::DataError),
+    /// Two reports to compare do not cover the same examples.
+    #[error("cannot compare {a:?} and {b:?}: {reason}")]
+    Incomparable {
+        a: String,
+        b: String,
+        reason: String,
+    },
 }
 
 /// The crate's result type.

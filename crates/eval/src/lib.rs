@@ -9,8 +9,18 @@
 //! - [`bootstrap`]: paired bootstrap confidence interval and wins/ties/losses for A/B comparisons.
 //! - [`report`]: the JSON object the `metrics` example prints.
 //!
-//! All metric modules are model-free; values are golden-tested against the Python tools
-//! (`tools/fixtures/metrics.py`, fixtures in `fixtures/metrics/`).
+//!
+//! With a model from `kiln-models` (with or without adapters):
+//! - [`perplexity`]: token-weighted perplexity of a dataset (label masks honoured) and the
+//!   sliding-window perplexity of transformers' guide;
+//! - [`loglik`] and [`choice`]: log-likelihood of continuations and multiple choice scored as
+//!   lm-evaluation-harness does (`acc`, `acc_norm`);
+//! - [`harness`]: generation-based evaluation over a dataset with per-example JSON Lines;
+//! - [`compare`]: A/B reports (Markdown and JSON) with paired bootstrap intervals.
+//!
+//! Metric values are golden-tested against the Python tools (`tools/fixtures/metrics.py`,
+//! fixtures in `fixtures/metrics/`); the model-based scores against transformers and
+//! lm-evaluation-harness (`tools/fixtures/eval_model.py`, `fixtures/eval/`).
 //!
 //! ```
 //! use kiln_eval::{Bleu, Rouge};
@@ -26,12 +36,18 @@
 pub mod bleu;
 mod bleu_score;
 pub mod bootstrap;
+pub mod choice;
 pub mod chrf;
+pub mod compare;
 mod error;
 pub mod exact_match;
 pub mod extract;
+pub mod harness;
 mod hash;
+pub mod io;
+pub mod loglik;
 mod ngram;
+pub mod perplexity;
 pub mod porter;
 pub mod refs;
 pub mod report;
@@ -42,9 +58,16 @@ pub mod tokenizer;
 
 pub use bleu::{Bleu, BleuScore, BleuStats, SACREBLEU_VERSION, Smooth};
 pub use bootstrap::{PairedComparison, paired_bootstrap};
+pub use choice::{ChoiceAccuracy, ChoiceItem, ChoiceResult, choice_accuracy, score_choices};
 pub use chrf::{Chrf, ChrfScore};
+pub use compare::{CompareOptions, Comparison, compare};
 pub use error::{EvalError, Result};
 pub use exact_match::{Normalize, NumericTolerance};
 pub use extract::Extractor;
+pub use harness::{
+    EvalExample, EvalMetric, EvalReport, ExampleRecord, HarnessConfig, Prompt, evaluate,
+};
+pub use loglik::{Loglik, PairEncoder, TokenPair, score_pairs};
+pub use perplexity::{Perplexity, dataset_perplexity, sliding_window_perplexity};
 pub use rouge::{Rouge, RougeCorpus, RougeScore, RougeType};
 pub use tokenizer::BleuTokenizer;
