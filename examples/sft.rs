@@ -9,16 +9,20 @@
 //!
 //! Writes into `--output-dir`: `checkpoints/`, `metrics.jsonl`, `tensorboard/`,
 //! `loss_curve.png`, and `adapter/` (PEFT files, `README.md` model card,
-//! `training_metadata.json`) or, for full fine-tuning, `trained/`.
+//! `training_metadata.json`) or, for full fine-tuning, `trained/`. With
+//! `[eval] generation_examples = N` (or `--eval-generation N`) the trained model also answers N
+//! held-out examples at the end: `eval_generation.jsonl` / `.json` and a `generation_eval` line
+//! in `metrics.jsonl`.
 use anyhow::{Context, Result};
 use clap::Parser;
 use kiln::data::ChatTemplate;
+use kiln::eval::HarnessConfig;
 use kiln::lora::{LoraConfig, LoraModel, TargetModules};
 use kiln::models::fetch::resolve_model;
 use kiln::models::{CausalLm, Pretrained, parse_device};
 use kiln::train::{
-    CausalModel, Export, FitOptions, SftConfig, Trainer, TrainerOptions, TrainingMetadata, fit,
-    latest_checkpoint, prepare_data, standard_callbacks,
+    CausalModel, Export, FitOptions, GenerationEvalCallback, SftConfig, Trainer, TrainerOptions,
+    TrainingMetadata, fit, latest_checkpoint, prepare_data, standard_callbacks,
 };
 use std::path::{Path, PathBuf};
 
@@ -58,6 +62,9 @@ struct Args {
     resume: bool,
     #[arg(long)]
     device: Option<String>,
+    /// Generation metrics on up to N held-out examples at the end of training.
+    #[arg(long)]
+    eval_generation: Option<usize>,
 }
 
 /// The config file (or defaults) with the flags applied, validated.
@@ -121,6 +128,9 @@ fn config(args: &Args) -> Result<SftConfig> {
     if let Some(v) = &args.device {
         c.device = v.clone();
     }
+    if let Some(n) = args.eval_generation {
+        c.eval.generation_examples = Some(n);
+    }
     c.validate()?;
     Ok(c)
 }
@@ -132,6 +142,7 @@ fn train<M: CausalModel + Export>(
     data: &kiln::train::SftData,
     resume: bool,
     export_dir: &Path,
+    generation_eval: Option<GenerationEvalCallback>,
 ) -> Result<(kiln::train::RunSummary, M)> {
     let device = parse_device(&config.device)?;
     let per_epoch = data.train.len().div_ceil(config.grad_accum);
@@ -153,6 +164,9 @@ fn train<M: CausalModel + Export>(
     let done = trainer.state.step;
     for c in standard_callbacks(&config.output_dir, total, done)? {
         trainer.add_callback(c);
+    }
+    if let Some(c) = generation_eval {
+        trainer.add_callback(Box::new(c));
     }
     let val = (!data.validation.is_empty()).then_some(&data.validation);
     let summary = fit(
@@ -199,13 +213,45 @@ fn main() -> Result<()> {
         data.stats.dropped_too_long + data.stats.dropped_nothing_to_train,
         data.val_examples
     );
+    let generation_eval = match config.eval.generation_examples {
+        Some(n) if !data.validation_records.is_empty() => {
+            let mut harness = HarnessConfig {
+                metrics: config.eval.generation_metrics.clone(),
+                batch_size: config.micro_batch_size,
+                ..Default::default()
+            };
+            harness.generation.max_new_tokens = config.eval.generation_max_new_tokens;
+            harness.generation.eos_token_ids = lm.eos_token_ids();
+            let template = match &lm.extras.chat_template {
+                Some(src) => Some(ChatTemplate::new(
+                    src,
+                    lm.extras.bos_token.as_deref(),
+                    lm.extras.eos_token.as_deref(),
+                )?),
+                None => None,
+            };
+            Some(GenerationEvalCallback::new(
+                &data.validation_records,
+                Some(n),
+                lm.tokenizer.clone(),
+                template,
+                harness,
+                config.output_dir.clone(),
+            )?)
+        }
+        Some(_) => {
+            println!("no validation data: generation evaluation skipped");
+            None
+        }
+        None => None,
+    };
     device.seed(config.seed);
     let (summary, counts, out) = match &config.lora {
         Some(lora) => {
             let model = LoraModel::with_adapter(lm.model, "default", lora.clone())?;
             println!("{}", model.trainable_parameters_report());
             let out = config.output_dir.join("adapter");
-            let (s, m) = train(model, &config, &data, args.resume, &out)?;
+            let (s, m) = train(model, &config, &data, args.resume, &out, generation_eval)?;
             let c = m.param_count();
             (s, (c.trainable, c.all), out)
         }
@@ -217,7 +263,7 @@ fn main() -> Result<()> {
                 .sum::<usize>();
             println!("trainable params: {n} (full fine-tuning)");
             let out = config.output_dir.join("trained");
-            let (s, _) = train(model, &config, &data, args.resume, &out)?;
+            let (s, _) = train(model, &config, &data, args.resume, &out, generation_eval)?;
             (s, (n, n), out)
         }
     };

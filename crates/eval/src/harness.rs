@@ -22,8 +22,12 @@ use crate::error::{EvalError, Result};
 use crate::perplexity::{Perplexity, example_nll};
 use crate::{Bleu, Chrf, Extractor, Normalize, Rouge};
 
-/// A metric of the harness.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A metric of the harness (in configs: `"exact_match"`, `"bleu"`, `"chrf"`, `"rouge"`,
+/// `"perplexity"`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum EvalMetric {
     /// Extracted answer equals a reference after normalisation (0 or 1 per example).
     ExactMatch,

@@ -70,8 +70,8 @@ impl<'a> PairEncoder<'a> {
     /// `tok_encode`: special tokens are not added to text that already starts with the
     /// prefix token's text.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let special = self.add_special_tokens
-            && !(!self.prefix_text.is_empty() && text.starts_with(&self.prefix_text));
+        let has_prefix = !self.prefix_text.is_empty() && text.starts_with(&self.prefix_text);
+        let special = self.add_special_tokens && !has_prefix;
         self.encode_with(text, special)
     }
 

@@ -1,5 +1,6 @@
 //! Metrics records and the callbacks that receive them (logging, progress, evaluation hooks).
 use crate::error::Result;
+use kiln_models::CausalLm;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -52,6 +53,13 @@ pub trait Callback {
     /// After a checkpoint is written to `dir`.
     fn on_checkpoint(&mut self, dir: &Path) -> Result<()> {
         let _ = dir;
+        Ok(())
+    }
+
+    /// At the end of training, after the final evaluation and checkpoint, with the trained
+    /// model (adapters applied, no autodiff): where generation metrics are computed.
+    fn on_fit_end(&mut self, step: usize, model: &CausalLm) -> Result<()> {
+        let _ = (step, model);
         Ok(())
     }
 

@@ -156,7 +156,7 @@ pub struct ScheduleOptions {
 }
 
 /// Validation during training.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalOptions {
     /// Evaluate every N optimizer steps (and at the end); `None` only at the end.
@@ -165,6 +165,36 @@ pub struct EvalOptions {
     /// Evaluate on at most this many validation batches.
     #[serde(default)]
     pub max_batches: Option<usize>,
+    /// At the end of training, generate for up to this many held-out examples and score the
+    /// answers ([`crate::GenerationEvalCallback`]); off when `None`.
+    #[serde(default)]
+    pub generation_examples: Option<usize>,
+    /// Metrics of the generation evaluation.
+    #[serde(default = "default_generation_metrics")]
+    pub generation_metrics: Vec<kiln_eval::EvalMetric>,
+    #[serde(default = "default_generation_max_new_tokens")]
+    pub generation_max_new_tokens: usize,
+}
+
+fn default_generation_metrics() -> Vec<kiln_eval::EvalMetric> {
+    use kiln_eval::EvalMetric::*;
+    vec![ExactMatch, Bleu, Rouge, Perplexity]
+}
+
+fn default_generation_max_new_tokens() -> usize {
+    64
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self {
+            every: None,
+            max_batches: None,
+            generation_examples: None,
+            generation_metrics: default_generation_metrics(),
+            generation_max_new_tokens: default_generation_max_new_tokens(),
+        }
+    }
 }
 
 /// Checkpointing.

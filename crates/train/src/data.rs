@@ -75,6 +75,8 @@ pub struct SftData {
     pub validation: Vec<Batch>,
     pub train_examples: usize,
     pub val_examples: usize,
+    /// The held-out records (for generation metrics at the end of training).
+    pub validation_records: Vec<Record>,
     /// Encoding counts of the training examples (kept, truncated, dropped, tokens).
     pub stats: EncodeStats,
 }
@@ -133,6 +135,7 @@ pub fn prepare_data(
         validation: batches(&val_ex)?,
         train_examples: train_ex.len(),
         val_examples: val_ex.len(),
+        validation_records: val,
         stats,
     })
 }

@@ -43,6 +43,9 @@ pub enum TrainError {
     /// Dataset reading, rendering and encoding errors.
     #[error(transparent)]
     Data(#[from] kiln_data::DataError),
+    /// Evaluation errors (generation metrics at the end of training).
+    #[error(transparent)]
+    Eval(#[from] kiln_eval::EvalError),
 }
 
 /// Result alias of kiln-train.

@@ -17,6 +17,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod export;
+pub mod generation_eval;
 pub mod logging;
 pub mod model;
 pub mod params;
@@ -37,6 +38,7 @@ pub use config::{
 pub use data::{SftData, encode_records, packed_batches, padded_batches, prepare_data};
 pub use error::{Result, TrainError};
 pub use export::Export;
+pub use generation_eval::GenerationEvalCallback;
 pub use logging::{JsonlLogger, Progress, standard_callbacks};
 pub use model::CausalModel;
 pub use params::{HostParams, ParamInfo};

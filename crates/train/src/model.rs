@@ -14,6 +14,9 @@ pub trait CausalModel: Module {
     /// - output: `[b, t, vocab]`
     fn logits(&self, input: &DecoderInput) -> kiln_models::Result<Tensor<3>>;
 
+    /// The language model itself (with its adapters applied), for evaluation callbacks.
+    fn causal_lm(&self) -> &CausalLm;
+
     /// Summed shifted NLL of `labels` and the number of counted tokens. The default computes
     /// every position's logits; models may project only the counted positions.
     fn loss_sum(&self, input: &DecoderInput, labels: &[i64]) -> kiln_models::Result<LossSum> {
@@ -26,6 +29,10 @@ impl CausalModel for CausalLm {
         self.forward(input)
     }
 
+    fn causal_lm(&self) -> &CausalLm {
+        self
+    }
+
     fn loss_sum(&self, input: &DecoderInput, labels: &[i64]) -> kiln_models::Result<LossSum> {
         CausalLm::loss_sum(self, input, labels)
     }
@@ -34,6 +41,10 @@ impl CausalModel for CausalLm {
 impl<M: CausalModel + AdapterTarget + ModuleDisplay> CausalModel for LoraModel<M> {
     fn logits(&self, input: &DecoderInput) -> kiln_models::Result<Tensor<3>> {
         self.model.logits(input)
+    }
+
+    fn causal_lm(&self) -> &CausalLm {
+        self.model.causal_lm()
     }
 
     fn loss_sum(&self, input: &DecoderInput, labels: &[i64]) -> kiln_models::Result<LossSum> {

@@ -123,6 +123,11 @@ pub fn fit<M: CausalModel>(
         last_ckpt = Some(trainer.save_checkpoint(&ckpt_root, options.keep_last)?);
     }
     write_curves(trainer, &options.output_dir.join("loss_curve.png"))?;
+    let model = trainer.model().valid();
+    let step = trainer.state.step;
+    for c in trainer.callbacks() {
+        c.on_fit_end(step, model.causal_lm())?;
+    }
     for c in trainer.callbacks() {
         c.on_end()?;
     }

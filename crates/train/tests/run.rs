@@ -128,3 +128,74 @@ fn early_stopping_stops_when_validation_loss_stops_improving() {
     assert!(summary.stopped_early);
     assert_eq!(summary.steps, 2);
 }
+
+#[test]
+fn generation_metrics_at_the_end_use_the_trained_model() {
+    use kiln_data::Record;
+    use kiln_eval::{EvalExample, EvalMetric, HarnessConfig, evaluate};
+    use kiln_train::GenerationEvalCallback;
+    let _g = serial();
+    let out = tempfile::tempdir().unwrap();
+    let tok = kiln_data::tokenizers::Tokenizer::from_file(fixture("eval/tokenizer.json")).unwrap();
+    let records: Vec<Record> = ["The capital of France is", "A cat sat on the", "Rust is"]
+        .iter()
+        .map(|p| Record::PromptCompletion {
+            prompt: (*p).into(),
+            completion: " Paris".into(),
+        })
+        .collect();
+    let mut cfg = HarnessConfig {
+        metrics: EvalMetric::parse_list("exact_match,rouge,perplexity").unwrap(),
+        progress: false,
+        ..Default::default()
+    };
+    cfg.generation.max_new_tokens = 4;
+    let train: Vec<Batch> = vec![batch(0..2, 12)];
+    let mut t = Trainer::new(tiny_lora(4, 0.0, 1), &device(), options(1, 5e-2, 2)).unwrap();
+    t.add_callback(Box::new(
+        JsonlLogger::open(&out.path().join("metrics.jsonl")).unwrap(),
+    ));
+    t.add_callback(Box::new(
+        GenerationEvalCallback::new(
+            &records,
+            Some(2),
+            tok.clone(),
+            None,
+            cfg.clone(),
+            out.path().to_path_buf(),
+        )
+        .unwrap(),
+    ));
+    let mut opts = fit_options(out.path(), 2);
+    opts.eval_every = None;
+    fit(&mut t, &train, None, &opts).unwrap();
+
+    let text = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+    let line: Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|l| l["kind"] == "generation_eval")
+        .unwrap();
+    assert_eq!(line["step"], 2);
+    assert_eq!(line["n"], 2);
+    // The callback saw the trained weights: its perplexity is the trained model's, not the base's.
+    use burn::module::Module;
+    let trained = t.into_model().valid();
+    let exs: Vec<EvalExample> = records[..2]
+        .iter()
+        .enumerate()
+        .map(|(i, r)| EvalExample::from_record(i, r).unwrap())
+        .collect();
+    let direct = evaluate("x", &trained, &tok, None, &exs, &cfg).unwrap();
+    let base = evaluate("base", &tiny_lora(4, 0.0, 1), &tok, None, &exs, &cfg).unwrap();
+    let ppl = line["perplexity"].as_f64().unwrap();
+    assert!((ppl - direct.corpus["perplexity"]).abs() < 1e-9 * ppl);
+    assert!((ppl - base.corpus["perplexity"]).abs() > 1e-6 * ppl);
+    let records_file = std::fs::read_to_string(out.path().join("eval_generation.jsonl")).unwrap();
+    assert_eq!(records_file.lines().count(), 2);
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("eval_generation.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["corpus"]["exact_match"], line["exact_match"]);
+}
