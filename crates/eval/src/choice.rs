@@ -10,7 +10,7 @@
 use kiln_models::CausalLm;
 
 use crate::error::{EvalError, Result};
-use crate::loglik::{Loglik, PairEncoder, score_pairs};
+use crate::loglik::{Loglik, PairEncoder, score_pairs_with};
 
 /// One question: a context, its options and the index of the right one.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -54,7 +54,7 @@ fn argmax(v: impl Iterator<Item = f64>) -> usize {
 }
 
 /// Scores every option of every item (all requests batched together, `batch_size` rows per
-/// forward pass).
+/// forward pass). A progress bar with requests/s is drawn on a terminal.
 pub fn score_choices(
     model: &CausalLm,
     encoder: &PairEncoder<'_>,
@@ -78,7 +78,15 @@ pub fn score_choices(
             pairs.push(encoder.encode_pair(&item.context, &format!("{delimiter}{c}"))?);
         }
     }
-    let mut scores = score_pairs(model, &pairs, batch_size)?.into_iter();
+    let bar = indicatif::ProgressBar::new(pairs.len() as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "choices [{elapsed_precise}] {bar:30} {pos}/{len} requests ({per_sec}, ETA {eta})",
+    ) {
+        bar.set_style(style);
+    }
+    let scored = score_pairs_with(model, &pairs, batch_size, &mut |k| bar.inc(k as u64))?;
+    bar.finish_and_clear();
+    let mut scores = scored.into_iter();
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         let logliks: Vec<Loglik> = scores.by_ref().take(item.choices.len()).collect();

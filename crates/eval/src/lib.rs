@@ -67,7 +67,7 @@ pub use extract::Extractor;
 pub use harness::{
     EvalExample, EvalMetric, EvalReport, ExampleRecord, HarnessConfig, Prompt, evaluate,
 };
-pub use loglik::{Loglik, PairEncoder, TokenPair, score_pairs};
+pub use loglik::{Loglik, PairEncoder, TokenPair, score_pairs, score_pairs_with};
 pub use perplexity::{Perplexity, dataset_perplexity, sliding_window_perplexity};
 pub use rouge::{Rouge, RougeCorpus, RougeScore, RougeType};
 pub use tokenizer::BleuTokenizer;

@@ -127,6 +127,16 @@ pub fn score_pairs(
     pairs: &[TokenPair],
     batch_size: usize,
 ) -> Result<Vec<Loglik>> {
+    score_pairs_with(model, pairs, batch_size, &mut |_| {})
+}
+
+/// [`score_pairs`], calling `on_batch(rows)` after each forward pass (for progress bars).
+pub fn score_pairs_with(
+    model: &CausalLm,
+    pairs: &[TokenPair],
+    batch_size: usize,
+    on_batch: &mut dyn FnMut(usize),
+) -> Result<Vec<Loglik>> {
     let max_len = model.config.max_position_embeddings.max(1);
     let rows = pairs
         .iter()
@@ -139,6 +149,7 @@ pub fn score_pairs(
             is_greedy: s.greedy,
             tokens: s.tokens,
         }));
+        on_batch(chunk.len());
     }
     Ok(out)
 }

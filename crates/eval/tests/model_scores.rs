@@ -315,4 +315,25 @@ fn harness_scores_generations_and_compares_runs() {
         evaluate("D", &model, &tok, None, &[], &cfg),
         Err(EvalError::Empty { .. })
     ));
+    // Records without a reference, or of a kind the harness cannot prompt with, are errors.
+    use kiln_data::{Message, Role};
+    let no_answer = Record::Conversation(vec![Message::new(Role::User, "hi")]);
+    assert!(matches!(
+        EvalExample::from_record(7, &no_answer),
+        Err(EvalError::NoReference { index: 7 })
+    ));
+    assert!(matches!(
+        EvalExample::from_record(0, &Record::Text("x".into())),
+        Err(EvalError::InvalidOption { .. })
+    ));
+    // A chat prompt without a chat template is an error, not a silent raw prompt.
+    let chat = Record::Conversation(vec![
+        Message::new(Role::User, "hi"),
+        Message::new(Role::Assistant, "hello"),
+    ]);
+    let ex = EvalExample::from_record(0, &chat).unwrap();
+    assert!(matches!(
+        evaluate("E", &model, &tok, None, &[ex], &cfg),
+        Err(EvalError::InvalidOption { .. })
+    ));
 }
