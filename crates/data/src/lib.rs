@@ -1,6 +1,6 @@
 //! kiln-data: a user's records to training batches.
 //!
-//! read ([`Reader`]) → normalise ([`Record`]) → render with the model's chat template
+//! read ([`Reader`]: JSONL, JSON, CSV/TSV, text, Parquet) → normalise ([`Record`]) → render with the model's chat template
 //! ([`ChatTemplate`], identical to transformers' `apply_chat_template`) → tokenize and label
 //! ([`Encoder`], completion-only labels from character offsets) → pack ([`pack`],
 //! [`GreedyPacker`]) or pad ([`Batch`]) → split and shuffle ([`train_val_split`],
@@ -19,6 +19,7 @@ pub mod error;
 mod jsonfmt;
 mod offsets;
 pub mod pack;
+mod parquet_rows;
 pub mod pretty;
 pub mod qa;
 pub mod reader;

@@ -22,6 +22,9 @@ pub enum FileKind {
     Csv { delimiter: u8 },
     /// Plain text (`.txt`, `.md`): one `{"text": …}` record per file, or per non-blank line.
     Text { per_line: bool },
+    /// Apache Parquet (`.parquet`): one record per row, nested columns as JSON arrays/objects;
+    /// locations give the 1-based row number.
+    Parquet,
 }
 
 impl FileKind {
@@ -38,11 +41,12 @@ impl FileKind {
             "csv" => FileKind::Csv { delimiter: b',' },
             "tsv" => FileKind::Csv { delimiter: b'\t' },
             "txt" | "md" | "text" => FileKind::Text { per_line: false },
+            "parquet" => FileKind::Parquet,
             _ => {
                 return Err(DataError::UnknownName {
                     what: "file extension",
                     value: format!("{} ({})", ext, path.display()),
-                    expected: "jsonl, ndjson, json, csv, tsv, txt, md (or set the file kind)",
+                    expected: "jsonl, ndjson, json, csv, tsv, txt, md, parquet (or set the file kind)",
                 });
             }
         })
@@ -108,6 +112,7 @@ enum FileIter {
         headers: Vec<String>,
         row: usize,
     },
+    Parquet(Box<crate::parquet_rows::ParquetRows>),
 }
 
 impl Source {
@@ -137,6 +142,9 @@ impl Source {
 fn open_file(path: PathBuf, kind: FileKind) -> Result<FileIter> {
     let file = open(&path)?;
     Ok(match kind {
+        FileKind::Parquet => FileIter::Parquet(Box::new(crate::parquet_rows::ParquetRows::open(
+            path, file,
+        )?)),
         FileKind::JsonLines | FileKind::Text { per_line: true } => FileIter::Lines {
             reader: BufReader::with_capacity(1 << 20, file),
             path,
@@ -221,6 +229,7 @@ impl FileIter {
     fn next_record(&mut self) -> Option<Result<RawRecord>> {
         match self {
             FileIter::Buffered(it) => it.next(),
+            FileIter::Parquet(rows) => rows.next_record(),
             FileIter::Lines {
                 path,
                 reader,

@@ -253,7 +253,7 @@ fn malformed_json_array_and_csv_rows() {
     let p = write(&dir, "b.csv", "text\nok\n\"a\",\"extra\"\n");
     let err = read(&p).expect_err("ragged");
     assert!(err.to_string().contains("b.csv:3: malformed CSV"), "{err}");
-    let p = write(&dir, "c.parquet", "");
+    let p = write(&dir, "c.xlsx", "");
     assert!(matches!(
         read(&p),
         Err(DataError::UnknownName {
@@ -263,4 +263,53 @@ fn malformed_json_array_and_csv_rows() {
     ));
     let missing = dir.path().join("nope.jsonl");
     assert!(matches!(read(&missing), Err(DataError::Io { .. })));
+}
+
+fn parquet_fixture(name: &str) -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fixtures/parquet"
+    ))
+    .join(name)
+}
+
+#[test]
+fn parquet_written_by_datasets_and_pyarrow_reads_like_jsonl() {
+    let want = read(&parquet_fixture("chat.jsonl")).unwrap();
+    assert_eq!(want.len(), 8);
+    // `datasets.to_parquet` (snappy), and pyarrow with zstd / gzip / lz4 in row groups of 3.
+    for name in [
+        "chat_snappy.parquet",
+        "chat_zstd.parquet",
+        "chat_gzip.parquet",
+        "chat_lz4.parquet",
+    ] {
+        let got = read(&parquet_fixture(name)).unwrap();
+        assert_eq!(got, want, "{name}");
+    }
+    let alpaca = read(&parquet_fixture("alpaca.parquet")).unwrap();
+    assert_eq!(
+        alpaca[1],
+        conv(&[
+            (Role::User, "Add the numbers.\n\n2 and 3"),
+            (Role::Assistant, "5")
+        ])
+    );
+}
+
+#[test]
+fn broken_parquet_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(parquet_fixture("chat_zstd.parquet")).unwrap();
+    let path = dir.path().join("cut.parquet");
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    match read(&path) {
+        Err(DataError::Malformed { at, format, .. }) => {
+            assert_eq!(format, "Parquet");
+            assert_eq!(at.file, path);
+        }
+        other => panic!("expected a Parquet error, got {other:?}"),
+    }
+    let path = write(&dir, "text.parquet", "not parquet at all");
+    assert!(matches!(read(&path), Err(DataError::Malformed { .. })));
 }
