@@ -58,6 +58,10 @@ struct Args {
     resume: bool,
     #[arg(long)]
     device: Option<String>,
+    /// A Jinja chat template file to use instead of the model's own (for GGUF files that carry
+    /// none, like the Gemma 3 270M file: `fixtures/chat_templates/gemma3.jinja`).
+    #[arg(long)]
+    chat_template: Option<PathBuf>,
 }
 
 /// The config file (or defaults) with the flags applied, validated.
@@ -172,7 +176,14 @@ fn main() -> Result<()> {
     let device = parse_device(&config.device)?;
     let path = resolve_model(Some(&config.model), true)?;
     let lm = Pretrained::load(&path, &device)?;
-    let template = match &lm.extras.chat_template {
+    let source = match &args.chat_template {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading the chat template {}", p.display()))?,
+        ),
+        None => lm.extras.chat_template.clone(),
+    };
+    let template = match &source {
         Some(src) => Some(ChatTemplate::new(
             src,
             lm.extras.bos_token.as_deref(),

@@ -64,7 +64,7 @@ fn host(t: Tensor<3>) -> Vec<f32> {
     t.into_data().try_into_vec().unwrap()
 }
 
-fn base_parity(name: &str) -> f32 {
+fn base_parity(name: &str) {
     let c = case(name);
     let logits = c.model.forward(&c.input).unwrap();
     let got = real(&host(logits.clone()), &c.mask);
@@ -83,7 +83,7 @@ fn base_parity(name: &str) -> f32 {
         (mean - want_loss).abs() <= 1e-5,
         "{name}: loss_sum mean {mean} vs {want_loss}"
     );
-    diff
+    println!("{name}: max |Δ logit| {diff:.2e}, loss {loss} vs {want_loss}");
 }
 
 fn adapter_parity(name: &str) {
@@ -99,6 +99,7 @@ fn adapter_parity(name: &str) {
     let got = real(&host(logits), &c.mask);
     let d = max_abs_diff(&got, &real(&want.f32("logits"), &c.mask));
     assert!(d <= 1e-5, "{name}: adapter max |Δ logit| vs PEFT = {d}");
+    println!("{name}: LoRA max |Δ logit| vs PEFT {d:.2e}");
     let want_loss = want.f32("loss")[0];
     assert!(
         (loss - want_loss).abs() <= 1e-5,

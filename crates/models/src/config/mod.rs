@@ -596,7 +596,7 @@ mod tests {
     #[test]
     fn gemma3_scaling_applies_to_global_layers_only() {
         let c = parse(&format!(
-            r#"{{"model_type": "gemma3_text", {BASE}, "rope_scaling": {{"rope_type": "linear", "factor": 8.0}}}}"#
+            r#"{{"model_type": "gemma3_text", {BASE}, "num_key_value_heads": 1, "rope_scaling": {{"rope_type": "linear", "factor": 8.0}}}}"#
         ))
         .unwrap();
         assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 8.0 });
