@@ -327,7 +327,7 @@ impl HfConfig {
         }
         let rope = self.resolve_rope(family, path)?;
         let rotary_dim = (head_dim as f64 * rope.partial_rotary_factor) as usize;
-        if rotary_dim == 0 || rotary_dim > head_dim || rotary_dim % 2 != 0 {
+        if rotary_dim == 0 || rotary_dim > head_dim || !rotary_dim.is_multiple_of(2) {
             return Err(bad(
                 "partial_rotary_factor",
                 format!(
