@@ -65,6 +65,10 @@ struct Args {
     /// Generation metrics on up to N held-out examples at the end of training.
     #[arg(long)]
     eval_generation: Option<usize>,
+    /// A Jinja chat template file to use instead of the model's own (for GGUF files that carry
+    /// none, like the Gemma 3 270M file: `fixtures/chat_templates/gemma3.jinja`).
+    #[arg(long)]
+    chat_template: Option<PathBuf>,
 }
 
 /// The config file (or defaults) with the flags applied, validated.
@@ -186,7 +190,14 @@ fn main() -> Result<()> {
     let device = parse_device(&config.device)?;
     let path = resolve_model(Some(&config.model), true)?;
     let lm = Pretrained::load(&path, &device)?;
-    let template = match &lm.extras.chat_template {
+    let source = match &args.chat_template {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading the chat template {}", p.display()))?,
+        ),
+        None => lm.extras.chat_template.clone(),
+    };
+    let template = match &source {
         Some(src) => Some(ChatTemplate::new(
             src,
             lm.extras.bos_token.as_deref(),
@@ -222,7 +233,7 @@ fn main() -> Result<()> {
             };
             harness.generation.max_new_tokens = config.eval.generation_max_new_tokens;
             harness.generation.eos_token_ids = lm.eos_token_ids();
-            let template = match &lm.extras.chat_template {
+            let template = match &source {
                 Some(src) => Some(ChatTemplate::new(
                     src,
                     lm.extras.bos_token.as_deref(),

@@ -14,8 +14,11 @@ cd "$(dirname "$0")/.."
 MODES=${1:-infer,lora,full}
 THREADS=${2:-2}
 BASELINE=${BASELINE:-../shared/bench/pytorch_peft_baseline.py}
-tools/fetch_model.sh >&2
-MODEL=${KILN_CACHE:-$HOME/.cache/kiln}/SmolLM2-135M-Instruct.Q4_1.gguf
+# MODEL=path/to/file.gguf picks another model (e.g. tools/fetch_gemma3.sh's Gemma 3 270M).
+if [ -z "${MODEL:-}" ]; then
+  tools/fetch_model.sh >&2
+  MODEL=${KILN_CACHE:-$HOME/.cache/kiln}/SmolLM2-135M-Instruct.Q4_1.gguf
+fi
 OUT=bench-results/$(date +%Y%m%d-%H%M%S).jsonl
 mkdir -p bench-results
 cargo build --release --example bench >/dev/null

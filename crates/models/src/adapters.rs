@@ -4,21 +4,15 @@ use crate::decoder::CausalLm;
 use kiln_lora::LoraLinear;
 use kiln_lora::target::{AdapterTarget, OtherParam, OtherParamMut};
 
-const ATTN: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
-const MLP: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
-
 impl AdapterTarget for CausalLm {
     fn visit_linears(&self, f: &mut dyn FnMut(&str, &LoraLinear)) {
         for (i, layer) in self.model.layers.iter().enumerate() {
             let a = &layer.self_attn;
-            for (name, lin) in ATTN
-                .iter()
-                .zip([&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj])
-            {
+            for (name, lin) in a.input_projections() {
                 f(&format!("model.layers.{i}.self_attn.{name}"), lin);
             }
-            let m = &layer.mlp;
-            for (name, lin) in MLP.iter().zip([&m.gate_proj, &m.up_proj, &m.down_proj]) {
+            f(&format!("model.layers.{i}.self_attn.o_proj"), &a.o_proj);
+            for (name, lin) in layer.mlp.projections() {
                 f(&format!("model.layers.{i}.mlp.{name}"), lin);
             }
         }
@@ -30,17 +24,11 @@ impl AdapterTarget for CausalLm {
     fn visit_linears_mut(&mut self, f: &mut dyn FnMut(&str, &mut LoraLinear)) {
         for (i, layer) in self.model.layers.iter_mut().enumerate() {
             let a = &mut layer.self_attn;
-            for (name, lin) in
-                ATTN.iter()
-                    .zip([&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj])
-            {
+            for (name, lin) in a.input_projections_mut() {
                 f(&format!("model.layers.{i}.self_attn.{name}"), lin);
             }
-            let m = &mut layer.mlp;
-            for (name, lin) in MLP
-                .iter()
-                .zip([&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj])
-            {
+            f(&format!("model.layers.{i}.self_attn.o_proj"), &mut a.o_proj);
+            for (name, lin) in layer.mlp.projections_mut() {
                 f(&format!("model.layers.{i}.mlp.{name}"), lin);
             }
         }
@@ -56,16 +44,13 @@ impl AdapterTarget for CausalLm {
             OtherParam::Matrix(&self.model.embed_tokens),
         );
         for (i, layer) in self.model.layers.iter().enumerate() {
-            f(
-                &format!("model.layers.{i}.input_layernorm"),
-                "weight",
-                OtherParam::Vector(&layer.input_layernorm.weight),
-            );
-            f(
-                &format!("model.layers.{i}.post_attention_layernorm"),
-                "weight",
-                OtherParam::Vector(&layer.post_attention_layernorm.weight),
-            );
+            for (name, norm) in layer.norms() {
+                f(
+                    &format!("model.layers.{i}.{name}"),
+                    "weight",
+                    OtherParam::Vector(&norm.weight),
+                );
+            }
         }
         f(
             "model.norm",
@@ -81,16 +66,13 @@ impl AdapterTarget for CausalLm {
             OtherParamMut::Matrix(&mut self.model.embed_tokens),
         );
         for (i, layer) in self.model.layers.iter_mut().enumerate() {
-            f(
-                &format!("model.layers.{i}.input_layernorm"),
-                "weight",
-                OtherParamMut::Vector(&mut layer.input_layernorm.weight),
-            );
-            f(
-                &format!("model.layers.{i}.post_attention_layernorm"),
-                "weight",
-                OtherParamMut::Vector(&mut layer.post_attention_layernorm.weight),
-            );
+            for (name, norm) in layer.norms_mut() {
+                f(
+                    &format!("model.layers.{i}.{name}"),
+                    "weight",
+                    OtherParamMut::Vector(&mut norm.weight),
+                );
+            }
         }
         f(
             "model.norm",

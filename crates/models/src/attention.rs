@@ -1,5 +1,7 @@
-//! Grouped-query self-attention with rotary positions and an optional KV cache.
+//! Grouped-query self-attention with rotary positions and an optional KV cache, plus the knobs of
+//! Gemma (q/k norms, score scale, logit soft-capping) and Phi-3 (fused `qkv_proj`).
 use crate::config::AttentionKind;
+use crate::norm::RmsNorm;
 use crate::rope::apply_rotary;
 use burn::module::Module;
 use burn::tensor::Tensor;
@@ -18,11 +20,20 @@ pub struct LayerCache {
 
 /// Multi-head attention where `num_heads / num_kv_heads` query heads share one key/value head.
 #[derive(Module, Debug)]
+///
+/// The projections are the checkpoint's modules: `q_proj`, `k_proj`, `v_proj`, or Phi-3's fused
+/// `qkv_proj` (output rows `[q; k; v]`) with the other three `None`; [`crate::build_causal_lm`]
+/// builds one layout or the other.
 pub struct Attention {
-    pub q_proj: LoraLinear,
-    pub k_proj: LoraLinear,
-    pub v_proj: LoraLinear,
+    pub q_proj: Option<LoraLinear>,
+    pub k_proj: Option<LoraLinear>,
+    pub v_proj: Option<LoraLinear>,
+    pub qkv_proj: Option<LoraLinear>,
     pub o_proj: LoraLinear,
+    /// Gemma 3: RMSNorm over `head_dim` of every query head, before RoPE.
+    pub q_norm: Option<RmsNorm>,
+    /// Gemma 3: RMSNorm over `head_dim` of every key head, before RoPE.
+    pub k_norm: Option<RmsNorm>,
     #[module(skip)]
     pub num_heads: usize,
     #[module(skip)]
@@ -31,15 +42,76 @@ pub struct Attention {
     pub head_dim: usize,
     #[module(skip)]
     pub kind: AttentionKind,
+    /// Multiplier of `q · k` (`head_dim^-0.5`, or Gemma's `query_pre_attn_scalar^-0.5`).
+    #[module(skip)]
+    pub scale: f64,
+    /// `cap · tanh(scores / cap)` before the mask (Gemma 2).
+    #[module(skip)]
+    pub softcap: Option<f64>,
 }
 
 impl Attention {
+    /// The input projections present, with their module names, in checkpoint order
+    /// (`q_proj`, `k_proj`, `v_proj`, or `qkv_proj`).
+    pub fn input_projections(&self) -> Vec<(&'static str, &LoraLinear)> {
+        [
+            ("q_proj", self.q_proj.as_ref()),
+            ("k_proj", self.k_proj.as_ref()),
+            ("v_proj", self.v_proj.as_ref()),
+            ("qkv_proj", self.qkv_proj.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(n, l)| l.map(|l| (n, l)))
+        .collect()
+    }
+
+    /// Same as [`Self::input_projections`], mutably.
+    pub fn input_projections_mut(&mut self) -> Vec<(&'static str, &mut LoraLinear)> {
+        [
+            ("q_proj", self.q_proj.as_mut()),
+            ("k_proj", self.k_proj.as_mut()),
+            ("v_proj", self.v_proj.as_mut()),
+            ("qkv_proj", self.qkv_proj.as_mut()),
+        ]
+        .into_iter()
+        .filter_map(|(n, l)| l.map(|l| (n, l)))
+        .collect()
+    }
+
+    /// Queries, keys and values.
+    ///
+    /// # Shapes
+    /// - x: `[b, t, hidden]`
+    /// - output: `[b, t, heads * hd]`, `[b, t, kv_heads * hd]`, `[b, t, kv_heads * hd]`
+    fn project(&self, x: Tensor<3>) -> [Tensor<3>; 3] {
+        let (q_out, kv_out) = (
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+        );
+        match (&self.qkv_proj, &self.q_proj, &self.k_proj, &self.v_proj) {
+            (Some(fused), ..) => {
+                let [b, t, _] = x.dims();
+                let qkv = fused.forward(x); // [b, t, q_out + 2 * kv_out]
+                let (k0, v0) = (q_out, q_out + kv_out);
+                [
+                    qkv.clone().slice([0..b, 0..t, 0..k0]),
+                    qkv.clone().slice([0..b, 0..t, k0..v0]),
+                    qkv.slice([0..b, 0..t, v0..v0 + kv_out]),
+                ]
+            }
+            (None, Some(q), Some(k), Some(v)) => {
+                [q.forward(x.clone()), k.forward(x.clone()), v.forward(x)]
+            }
+            _ => panic!("Attention needs qkv_proj or all of q_proj, k_proj, v_proj"),
+        }
+    }
+
     /// Attends over the cached keys (if any) and the new tokens, and appends the new keys and
     /// values to the cache.
     ///
     /// # Shapes
     /// - x: `[b, t, hidden]`
-    /// - cos, sin: `[b, 1, t, head_dim]`
+    /// - cos, sin: `[b, 1, t, rotary_dim]`
     /// - mask: `[b, 1, t, t_past + t]` additive
     /// - output: `[b, t, hidden]`
     pub fn forward(
@@ -53,22 +125,19 @@ impl Attention {
         let [b, t, _] = x.dims();
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let groups = h / kvh;
+        let [q, k, v] = self.project(x);
         // [b, t, heads * hd] -> [b, heads, t, hd]
-        let q = self
-            .q_proj
-            .forward(x.clone())
-            .reshape([b, t, h, hd])
-            .swap_dims(1, 2);
-        let k = self
-            .k_proj
-            .forward(x.clone())
-            .reshape([b, t, kvh, hd])
-            .swap_dims(1, 2);
-        let v = self
-            .v_proj
-            .forward(x)
-            .reshape([b, t, kvh, hd])
-            .swap_dims(1, 2);
+        let q = q.reshape([b, t, h, hd]).swap_dims(1, 2);
+        let k = k.reshape([b, t, kvh, hd]).swap_dims(1, 2);
+        let v = v.reshape([b, t, kvh, hd]).swap_dims(1, 2);
+        let q = match &self.q_norm {
+            Some(n) => n.forward(q),
+            None => q,
+        };
+        let k = match &self.k_norm {
+            Some(n) => n.forward(k),
+            None => k,
+        };
         let q = apply_rotary(q, cos, sin);
         let k = apply_rotary(k, cos, sin);
         let (k, v) = match cache {
@@ -92,7 +161,10 @@ impl Attention {
         // Query heads of one group are adjacent (transformers' `repeat_kv`), so the group folds
         // into the query axis and keys are never repeated: [b, kvh, groups * t, hd].
         let q = q.reshape([b, kvh, groups * t, hd]);
-        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
+        let mut scores = q.matmul(k.swap_dims(2, 3)) * self.scale;
+        if let Some(cap) = self.softcap {
+            scores = (scores / cap).tanh() * cap;
+        }
         // [b, kvh, groups, t, tk] + [b, 1, 1, t, tk]
         let scores = scores.reshape([b, kvh, groups, t, tk]) + mask.clone().unsqueeze_dim::<5>(1);
         let probs = softmax(scores, 4).reshape([b, kvh, groups * t, tk]);

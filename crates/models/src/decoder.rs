@@ -1,8 +1,12 @@
-//! The decoder-only transformer of the Llama family (Llama, Mistral, Qwen2), with module fields
-//! named like the checkpoint keys (`model.layers.N.self_attn.q_proj`), so loading needs no
+//! The decoder-only transformer of the Llama family (Llama, Mistral, Qwen2), Gemma 2, Gemma 3 and
+//! Phi-3: one decoder whose knobs ([`DecoderConfig`]) select each family's variations, with module
+//! fields named like the checkpoint keys (`model.layers.N.self_attn.q_proj`), so loading needs no
 //! rename table and PEFT keys line up.
 //!
-//! Reference: transformers' `modeling_llama.py`; Touvron et al. 2023, <https://arxiv.org/abs/2302.13971>.
+//! References: transformers' `modeling_llama.py`, `modeling_gemma2.py`, `modeling_gemma3.py`,
+//! `modeling_phi3.py`; Touvron et al. 2023, <https://arxiv.org/abs/2302.13971>; Gemma Team 2024,
+//! <https://arxiv.org/abs/2408.00118>; Gemma Team 2025, <https://arxiv.org/abs/2503.19786>;
+//! Abdin et al. 2024, <https://arxiv.org/abs/2404.14219>.
 use crate::attention::{Attention, LayerCache};
 use crate::config::{AttentionKind, DecoderConfig};
 use crate::error::{ModelError, Result};
@@ -16,15 +20,74 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_lora::LoraLinear;
 
 /// One pre-norm transformer block.
+///
+/// Llama layout: `x + attn(input_layernorm(x))`, then `x + mlp(post_attention_layernorm(x))`.
+/// Gemma layout (with `pre_feedforward_layernorm`): `x + post_attention_layernorm(attn(
+/// input_layernorm(x)))`, then `x + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(x)))`.
+/// The names are the checkpoints'; `post_attention_layernorm` means something else in each.
 #[derive(Module, Debug)]
 pub struct DecoderLayer {
     pub self_attn: Attention,
     pub mlp: Mlp,
     pub input_layernorm: RmsNorm,
     pub post_attention_layernorm: RmsNorm,
+    /// Gemma: norm of the MLP input.
+    pub pre_feedforward_layernorm: Option<RmsNorm>,
+    /// Gemma: norm of the MLP output.
+    pub post_feedforward_layernorm: Option<RmsNorm>,
 }
 
 impl DecoderLayer {
+    /// The layer's norms with their module paths inside the layer, in checkpoint order.
+    pub fn norms(&self) -> Vec<(&'static str, &RmsNorm)> {
+        let a = &self.self_attn;
+        [
+            ("input_layernorm", Some(&self.input_layernorm)),
+            (
+                "post_attention_layernorm",
+                Some(&self.post_attention_layernorm),
+            ),
+            (
+                "pre_feedforward_layernorm",
+                self.pre_feedforward_layernorm.as_ref(),
+            ),
+            (
+                "post_feedforward_layernorm",
+                self.post_feedforward_layernorm.as_ref(),
+            ),
+            ("self_attn.q_norm", a.q_norm.as_ref()),
+            ("self_attn.k_norm", a.k_norm.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(n, norm)| norm.map(|norm| (n, norm)))
+        .collect()
+    }
+
+    /// Same as [`Self::norms`], mutably.
+    pub fn norms_mut(&mut self) -> Vec<(&'static str, &mut RmsNorm)> {
+        let a = &mut self.self_attn;
+        [
+            ("input_layernorm", Some(&mut self.input_layernorm)),
+            (
+                "post_attention_layernorm",
+                Some(&mut self.post_attention_layernorm),
+            ),
+            (
+                "pre_feedforward_layernorm",
+                self.pre_feedforward_layernorm.as_mut(),
+            ),
+            (
+                "post_feedforward_layernorm",
+                self.post_feedforward_layernorm.as_mut(),
+            ),
+            ("self_attn.q_norm", a.q_norm.as_mut()),
+            ("self_attn.k_norm", a.k_norm.as_mut()),
+        ]
+        .into_iter()
+        .filter_map(|(n, norm)| norm.map(|norm| (n, norm)))
+        .collect()
+    }
+
     /// # Shapes
     /// - x: `[b, t, hidden]`, output the same
     fn forward(
@@ -41,11 +104,23 @@ impl DecoderLayer {
             mask,
             cache,
         );
-        let x = x + attn;
-        let mlp = self
-            .mlp
-            .forward(self.post_attention_layernorm.forward(x.clone()));
-        x + mlp
+        match (
+            &self.pre_feedforward_layernorm,
+            &self.post_feedforward_layernorm,
+        ) {
+            (Some(pre), Some(post)) => {
+                let x = x + self.post_attention_layernorm.forward(attn);
+                let mlp = self.mlp.forward(pre.forward(x.clone()));
+                x + post.forward(mlp)
+            }
+            _ => {
+                let x = x + attn;
+                let mlp = self
+                    .mlp
+                    .forward(self.post_attention_layernorm.forward(x.clone()));
+                x + mlp
+            }
+        }
     }
 }
 
@@ -66,8 +141,12 @@ pub struct CausalLm {
     pub lm_head: Option<LoraLinear>,
     #[module(skip)]
     pub config: DecoderConfig,
+    /// RoPE of full-attention layers (of all layers without `rope_local`).
     #[module(skip)]
     pub rope: Rope,
+    /// RoPE of sliding-window layers when it differs (Gemma 3).
+    #[module(skip)]
+    pub rope_local: Option<Rope>,
 }
 
 /// The token inputs of one forward pass, on the host.
@@ -294,6 +373,10 @@ impl CausalLm {
             }
         }
         let tables = self.rope.tables(&positions, b, t, &device);
+        let local_tables = self
+            .rope_local
+            .as_ref()
+            .map(|r| r.tables(&positions, b, t, &device));
 
         let ids = Tensor::<2, Int>::from_data(
             TensorData::new(
@@ -303,6 +386,9 @@ impl CausalLm {
             &device,
         );
         let mut x = embedding(self.model.embed_tokens.val(), ids);
+        if let Some(scale) = c.embed_scale {
+            x = x * scale;
+        }
         if let Some(cache) = cache.as_deref_mut()
             && cache.layers.len() != self.model.layers.len()
         {
@@ -316,7 +402,11 @@ impl CausalLm {
                 .expect("mask built for every kind")
                 .1;
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, &tables, mask, slot);
+            let rope = match (kind, &local_tables) {
+                (AttentionKind::Sliding { .. }, Some(local)) => local,
+                _ => &tables,
+            };
+            x = layer.forward(x, rope, mask, slot);
         }
         if let Some(cache) = cache {
             if cache.key_padding.len() != b {
@@ -333,12 +423,23 @@ impl CausalLm {
         Ok(self.model.norm.forward(x))
     }
 
-    /// Projects hidden states to vocabulary logits.
+    /// Projects hidden states to vocabulary logits, soft-capped when the config says so
+    /// (`final_logit_softcapping`). Every path to logits (forward, loss, generation) goes
+    /// through here.
     ///
     /// # Shapes
     /// - hidden: `[b, t, hidden]`
     /// - output: `[b, t, vocab]`
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let logits = self.project(hidden);
+        match self.config.final_softcap {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
+        }
+    }
+
+    /// The output projection without soft-capping.
+    fn project(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => {

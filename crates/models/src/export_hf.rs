@@ -36,6 +36,23 @@ fn linear(out: &mut Tensors, name: &str, layer: &LoraLinear) -> Result<()> {
     Ok(())
 }
 
+/// The config of the exported text-only model: a multimodal `gemma3` config becomes its
+/// `text_config` (`gemma3_text`, `Gemma3ForCausalLM`), whose weights are the ones kiln holds.
+fn text_config(config: &serde_json::Value) -> serde_json::Value {
+    match (
+        config.get("model_type").and_then(|v| v.as_str()),
+        config.get("text_config"),
+    ) {
+        (Some("gemma3"), Some(text)) if text.is_object() => {
+            let mut text = text.clone();
+            text["model_type"] = json!("gemma3_text");
+            text["architectures"] = json!(["Gemma3ForCausalLM"]);
+            text
+        }
+        _ => config.clone(),
+    }
+}
+
 fn write_json(dir: &Path, name: &str, value: &serde_json::Value) -> Result<()> {
     let path = dir.join(name);
     let text = serde_json::to_string_pretty(value)
@@ -57,17 +74,14 @@ pub fn save_hf(lm: &Pretrained, dir: &Path) -> Result<()> {
     for (i, layer) in m.model.layers.iter().enumerate() {
         let p = format!("model.layers.{i}");
         let (a, mlp) = (&layer.self_attn, &layer.mlp);
-        linear(&mut t, &format!("{p}.self_attn.q_proj"), &a.q_proj)?;
-        linear(&mut t, &format!("{p}.self_attn.k_proj"), &a.k_proj)?;
-        linear(&mut t, &format!("{p}.self_attn.v_proj"), &a.v_proj)?;
+        for (name, lin) in a.input_projections() {
+            linear(&mut t, &format!("{p}.self_attn.{name}"), lin)?;
+        }
         linear(&mut t, &format!("{p}.self_attn.o_proj"), &a.o_proj)?;
-        linear(&mut t, &format!("{p}.mlp.gate_proj"), &mlp.gate_proj)?;
-        linear(&mut t, &format!("{p}.mlp.up_proj"), &mlp.up_proj)?;
-        linear(&mut t, &format!("{p}.mlp.down_proj"), &mlp.down_proj)?;
-        for (name, norm) in [
-            ("input_layernorm", &layer.input_layernorm),
-            ("post_attention_layernorm", &layer.post_attention_layernorm),
-        ] {
+        for (name, lin) in mlp.projections() {
+            linear(&mut t, &format!("{p}.mlp.{name}"), lin)?;
+        }
+        for (name, norm) in layer.norms() {
             let w = norm.weight.val();
             let d = w.dims().to_vec();
             t.push((format!("{p}.{name}.weight"), d, host(w, name)?));
@@ -90,7 +104,7 @@ pub fn save_hf(lm: &Pretrained, dir: &Path) -> Result<()> {
         .map(|(n, s, v)| (n.as_str(), s.clone(), v.as_slice()))
         .collect();
     crate::safetensors_source::write_f32_safetensors(&tmp.join("model.safetensors"), &views)?;
-    let mut config = lm.hf_config.clone();
+    let mut config = text_config(&lm.hf_config);
     config["torch_dtype"] = json!("float32");
     config["tie_word_embeddings"] = json!(m.lm_head.is_none());
     write_json(&tmp, "config.json", &config)?;

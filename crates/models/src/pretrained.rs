@@ -76,10 +76,7 @@ impl Pretrained {
     fn load_gguf(path: &Path, device: &Device) -> Result<Self> {
         let file = GgufFile::open(path)?;
         let json = crate::gguf::hf_config_from_gguf(&file)?;
-        let hf: HfConfig = serde_json::from_value(json.clone()).map_err(|e| ModelError::Gguf {
-            path: path.to_path_buf(),
-            reason: format!("derived config: {e}"),
-        })?;
+        let hf = HfConfig::from_value(json.clone(), path)?;
         let config = hf.to_decoder_config(path)?;
         let tokenizer = crate::gguf::tokenizer_from_gguf(&file)?;
         let token = |key: &str| -> Result<Option<String>> {

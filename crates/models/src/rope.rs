@@ -2,33 +2,71 @@
 //!
 //! Frequencies are computed in f32 the way transformers computes them, so the angles match
 //! bit for bit; `cos`/`sin` tables are built on the host for the positions of a batch.
+//! With a partial rotary factor (Phi-3) only the first `rotary_dim` channels of a head rotate.
 use crate::config::{DecoderConfig, RopeScaling};
 use burn::tensor::{Device, Tensor, TensorData};
 
 /// Inverse frequencies of one rotary embedding.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rope {
-    /// `[head_dim / 2]`
+    /// `[rotary_dim / 2]`
     inv_freq: Vec<f32>,
+    /// LongRoPE: the frequencies used when a forward reaches past the original context
+    /// (`max(position) + 1 > original`), and that length.
+    long: Option<(Vec<f32>, usize)>,
+    /// Multiplies `cos` and `sin` (LongRoPE's attention factor; 1 otherwise).
+    attention_scaling: f32,
 }
 
 impl Rope {
-    /// The rotary embedding of a decoder config (`rope_theta`, scaling, `head_dim`).
+    /// The rotary embedding of full-attention layers (of every layer unless
+    /// [`Rope::local`] gives one).
     pub fn new(config: &DecoderConfig) -> Self {
-        Self::with_params(config.head_dim, config.rope_theta, &config.rope_scaling)
+        Self::with_params(config.rotary_dim, config.rope_theta, &config.rope_scaling)
+    }
+
+    /// The rotary embedding of sliding-window layers when it differs (Gemma 3).
+    pub fn local(config: &DecoderConfig) -> Option<Self> {
+        config
+            .rope_local
+            .as_ref()
+            .map(|p| Self::with_params(config.rotary_dim, p.theta, &p.scaling))
+    }
+
+    /// Number of channels that rotate.
+    pub fn dim(&self) -> usize {
+        self.inv_freq.len() * 2
     }
 
     /// A rotary embedding over `dim` channels with base `theta`.
     pub fn with_params(dim: usize, theta: f64, scaling: &RopeScaling) -> Self {
         let base = theta as f32;
-        let mut inv_freq: Vec<f32> = (0..dim)
-            .step_by(2)
-            .map(|i| 1.0 / base.powf(i as f32 / dim as f32))
-            .collect();
-        match *scaling {
+        let exponent = |i: usize| base.powf(i as f32 / dim as f32);
+        let mut inv_freq: Vec<f32> = (0..dim).step_by(2).map(|i| 1.0 / exponent(i)).collect();
+        let mut long = None;
+        let mut attention_scaling = 1.0;
+        match scaling {
             RopeScaling::Default => {}
+            RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings,
+                attention_factor,
+            } => {
+                // `1 / (ext_factor * base^(i / dim))`, all in f32.
+                let with = |factors: &[f64]| -> Vec<f32> {
+                    (0..dim)
+                        .step_by(2)
+                        .zip(factors)
+                        .map(|(i, &f)| 1.0 / (f as f32 * exponent(i)))
+                        .collect()
+                };
+                inv_freq = with(short_factor);
+                long = Some((with(long_factor), *original_max_position_embeddings));
+                attention_scaling = *attention_factor as f32;
+            }
             RopeScaling::Linear { factor } => {
-                let factor = factor as f32;
+                let factor = *factor as f32;
                 inv_freq.iter_mut().for_each(|f| *f /= factor);
             }
             RopeScaling::Llama3 {
@@ -38,10 +76,10 @@ impl Rope {
                 original_max_position_embeddings,
             } => {
                 let (factor, low, high, old) = (
-                    factor as f32,
-                    low_freq_factor as f32,
-                    high_freq_factor as f32,
-                    original_max_position_embeddings as f32,
+                    *factor as f32,
+                    *low_freq_factor as f32,
+                    *high_freq_factor as f32,
+                    *original_max_position_embeddings as f32,
                 );
                 let low_wavelen = old / low;
                 let high_wavelen = old / high;
@@ -62,14 +100,21 @@ impl Rope {
                 }
             }
         }
-        Self { inv_freq }
+        Self {
+            inv_freq,
+            long,
+            attention_scaling,
+        }
     }
 
     /// `cos` and `sin` tables for the given positions.
     ///
+    /// LongRoPE picks its long frequencies for the whole call when `max(positions) + 1` exceeds
+    /// the original context, as transformers' `dynamic_rope_update` does.
+    ///
     /// # Shapes
     /// - positions: `[b * t]`, row-major over `[b, t]`
-    /// - output: two tensors `[b, 1, t, head_dim]`
+    /// - output: two tensors `[b, 1, t, rotary_dim]`
     pub fn tables(
         &self,
         positions: &[i64],
@@ -77,20 +122,33 @@ impl Rope {
         t: usize,
         device: &Device,
     ) -> (Tensor<4>, Tensor<4>) {
-        let half = self.inv_freq.len();
+        let inv_freq = match &self.long {
+            Some((long, original))
+                if positions
+                    .iter()
+                    .max()
+                    .is_some_and(|&m| m + 1 > *original as i64) =>
+            {
+                long
+            }
+            _ => &self.inv_freq,
+        };
+        let half = inv_freq.len();
         let dim = half * 2;
+        let scale = self.attention_scaling;
         let mut cos = vec![0f32; b * t * dim];
         let mut sin = vec![0f32; b * t * dim];
         for (row, &p) in positions.iter().enumerate() {
             let p = p as f32;
-            for (j, &f) in self.inv_freq.iter().enumerate() {
+            for (j, &f) in inv_freq.iter().enumerate() {
                 let angle = f * p;
                 let (s, c) = (angle as f64).sin_cos();
+                let (c, s) = (c as f32 * scale, s as f32 * scale);
                 let base = row * dim;
-                cos[base + j] = c as f32;
-                cos[base + half + j] = c as f32;
-                sin[base + j] = s as f32;
-                sin[base + half + j] = s as f32;
+                cos[base + j] = c;
+                cos[base + half + j] = c;
+                sin[base + j] = s;
+                sin[base + half + j] = s;
             }
         }
         let shape = [b, 1, t, dim];
@@ -101,13 +159,20 @@ impl Rope {
     }
 }
 
-/// Rotates `x` by the tables of [`Rope::tables`]: `x * cos + rotate_half(x) * sin`.
+/// Rotates `x` by the tables of [`Rope::tables`]: `x * cos + rotate_half(x) * sin` on the first
+/// `rotary_dim` channels; the others pass unchanged (partial rotary).
 ///
 /// # Shapes
 /// - x: `[b, heads, t, head_dim]`
-/// - cos, sin: `[b, 1, t, head_dim]`
+/// - cos, sin: `[b, 1, t, rotary_dim]`
 pub fn apply_rotary(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     let [b, h, t, d] = x.dims();
+    let rd = cos.dims()[3];
+    if rd < d {
+        let rot = x.clone().slice([0..b, 0..h, 0..t, 0..rd]);
+        let pass = x.slice([0..b, 0..h, 0..t, rd..d]);
+        return Tensor::cat(vec![apply_rotary(rot, cos, sin), pass], 3);
+    }
     let half = d / 2;
     let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
     let x2 = x.clone().slice([0..b, 0..h, 0..t, half..d]);

@@ -15,8 +15,8 @@ use kiln_models::{
     default_device,
 };
 
-/// The decoder seen through `AdapterTarget` (a newtype so that this test needs no impl in either
-/// crate; the same walk belongs in kiln-models as `impl AdapterTarget for CausalLm`).
+/// The decoder seen through `AdapterTarget` (a newtype exposing only the embedding and final norm
+/// as other parameters; the linear walk is kiln-models' own `impl AdapterTarget for CausalLm`).
 #[derive(Module, Debug)]
 struct Lm {
     inner: CausalLm,
@@ -30,36 +30,10 @@ impl Lm {
 
 impl AdapterTarget for Lm {
     fn visit_linears(&self, f: &mut dyn FnMut(&str, &LoraLinear)) {
-        for (i, l) in self.inner.model.layers.iter().enumerate() {
-            let (a, m) = (&l.self_attn, &l.mlp);
-            let p = format!("model.layers.{i}");
-            f(&format!("{p}.self_attn.q_proj"), &a.q_proj);
-            f(&format!("{p}.self_attn.k_proj"), &a.k_proj);
-            f(&format!("{p}.self_attn.v_proj"), &a.v_proj);
-            f(&format!("{p}.self_attn.o_proj"), &a.o_proj);
-            f(&format!("{p}.mlp.gate_proj"), &m.gate_proj);
-            f(&format!("{p}.mlp.up_proj"), &m.up_proj);
-            f(&format!("{p}.mlp.down_proj"), &m.down_proj);
-        }
-        if let Some(h) = &self.inner.lm_head {
-            f("lm_head", h);
-        }
+        self.inner.visit_linears(f);
     }
     fn visit_linears_mut(&mut self, f: &mut dyn FnMut(&str, &mut LoraLinear)) {
-        for (i, l) in self.inner.model.layers.iter_mut().enumerate() {
-            let (a, m) = (&mut l.self_attn, &mut l.mlp);
-            let p = format!("model.layers.{i}");
-            f(&format!("{p}.self_attn.q_proj"), &mut a.q_proj);
-            f(&format!("{p}.self_attn.k_proj"), &mut a.k_proj);
-            f(&format!("{p}.self_attn.v_proj"), &mut a.v_proj);
-            f(&format!("{p}.self_attn.o_proj"), &mut a.o_proj);
-            f(&format!("{p}.mlp.gate_proj"), &mut m.gate_proj);
-            f(&format!("{p}.mlp.up_proj"), &mut m.up_proj);
-            f(&format!("{p}.mlp.down_proj"), &mut m.down_proj);
-        }
-        if let Some(h) = &mut self.inner.lm_head {
-            f("lm_head", h);
-        }
+        self.inner.visit_linears_mut(f);
     }
     fn visit_other_params(&self, f: &mut dyn FnMut(&str, &str, OtherParam<'_>)) {
         f(

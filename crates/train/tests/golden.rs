@@ -32,10 +32,10 @@ fn model_with_fixture_adapter() -> kiln_models::CausalLm {
     let mut model = tiny_model().set_require_grad(false);
     let mut inserted = 0;
     for (i, layer) in model.model.layers.iter_mut().enumerate() {
-        for (name, proj) in [
-            ("q_proj", &mut layer.self_attn.q_proj),
-            ("v_proj", &mut layer.self_attn.v_proj),
-        ] {
+        for (name, proj) in layer.self_attn.input_projections_mut() {
+            if name != "q_proj" && name != "v_proj" {
+                continue;
+            }
             let key = format!("base_model.model.model.layers.{i}.self_attn.{name}");
             let a = &tensors[&format!("{key}.lora_A.weight")]; // [r, in]
             let b = &tensors[&format!("{key}.lora_B.weight")]; // [out, r]

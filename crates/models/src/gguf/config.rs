@@ -11,6 +11,12 @@ pub enum GgufArch {
     Llama,
     /// `qwen2`: q/k/v biases, no permutation.
     Qwen2,
+    /// `gemma2`: norms stored as `1 + weight`.
+    Gemma2,
+    /// `gemma3` (text only; `gemma3_text` in transformers): norms stored as `1 + weight`.
+    Gemma3,
+    /// `phi3`: fused `attn_qkv` and gate/up in `ffn_up`.
+    Phi3,
 }
 
 impl GgufArch {
@@ -23,10 +29,13 @@ impl GgufArch {
         match file.architecture()? {
             "llama" => Ok(Self::Llama),
             "qwen2" => Ok(Self::Qwen2),
+            "gemma2" => Ok(Self::Gemma2),
+            "gemma3" => Ok(Self::Gemma3),
+            "phi3" => Ok(Self::Phi3),
             other => Err(ModelError::UnsupportedModelType {
                 path: file.path().to_path_buf(),
                 model_type: format!("{other} (GGUF general.architecture)"),
-                supported: "llama, qwen2".into(),
+                supported: "llama, qwen2, gemma2, gemma3, phi3".into(),
             }),
         }
     }
@@ -36,12 +45,32 @@ impl GgufArch {
         match self {
             Self::Llama => "llama",
             Self::Qwen2 => "qwen2",
+            Self::Gemma2 => "gemma2",
+            Self::Gemma3 => "gemma3",
+            Self::Phi3 => "phi3",
         }
+    }
+
+    /// The `model_type` transformers gives the derived config (`gemma3` files hold only the text
+    /// model: `gemma3_text`).
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Self::Gemma3 => "gemma3_text",
+            other => other.key(),
+        }
+    }
+
+    /// Whether the file stores RMSNorm weights as `1 + weight` (transformers'
+    /// `Gemma2TensorProcessor` subtracts 1 from every `*norm.weight`).
+    pub fn norms_offset_by_one(self) -> bool {
+        matches!(self, Self::Gemma2 | Self::Gemma3)
     }
 }
 
-/// `(GGUF key after "<arch>.", config.json key)`, in transformers' order.
-const ARCH_KEYS: [(&str, &str); 9] = [
+/// `(GGUF key after "<arch>.", config.json key)`, in transformers' order. Gemma files add
+/// `attention.sliding_window`; transformers reads no other key of theirs (soft-caps,
+/// `query_pre_attn_scalar`, the local RoPE base and the layer pattern get its config defaults).
+const ARCH_KEYS: [(&str, &str); 10] = [
     ("context_length", "max_position_embeddings"),
     ("block_count", "num_hidden_layers"),
     ("feed_forward_length", "intermediate_size"),
@@ -51,6 +80,7 @@ const ARCH_KEYS: [(&str, &str); 9] = [
     ("attention.head_count_kv", "num_key_value_heads"),
     ("attention.layer_norm_rms_epsilon", "rms_norm_eps"),
     ("vocab_size", "vocab_size"),
+    ("attention.sliding_window", "sliding_window"),
 ];
 
 /// Keys without which no decoder can be built.
@@ -97,16 +127,23 @@ pub fn hf_config_from_gguf(file: &GgufFile) -> Result<Value> {
         Value::Bool(file.tensor("output.weight").is_none()),
     );
     let is_mistral = arch == GgufArch::Llama && file.get_str("general.name")? == Some("mistral");
-    let model_type = if is_mistral { "mistral" } else { prefix };
+    let model_type = if is_mistral {
+        "mistral"
+    } else {
+        arch.model_type()
+    };
     config.insert("model_type".into(), model_type.into());
     for (gguf_key, hf_key) in ARCH_KEYS {
+        if gguf_key == "attention.sliding_window" && !arch.norms_offset_by_one() {
+            continue; // read for Gemma only, as transformers' GGUF_CONFIG_MAPPING does
+        }
         if let Some(v) = file.get(&key(gguf_key)) {
             config.insert(hf_key.into(), scalar(file, &key(gguf_key), v.to_json())?);
         }
     }
     let head_dim = match arch {
         GgufArch::Llama => file.get(&key("rope.dimension_count")),
-        GgufArch::Qwen2 => None,
+        _ => None,
     };
     let head_dim = file.get(&key("attention.key_length")).or(head_dim);
     if let Some(v) = head_dim {

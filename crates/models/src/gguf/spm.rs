@@ -4,6 +4,7 @@
 use super::file::GgufFile;
 use std::cmp::Ordering;
 use std::collections::HashMap;
+use tokenizers::SplitDelimiterBehavior;
 use tokenizers::Tokenizer;
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::decoders::byte_fallback::ByteFallback;
@@ -13,6 +14,7 @@ use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::{BPE, Merges, Vocab};
 use tokenizers::normalizers::replace::Replace;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 
 /// `LlamaTokenizer`'s shape: byte-fallback BPE, `Metaspace` (prepend on the first piece only),
 /// and a decoder that turns `▁` back into spaces and strips the leading one.
@@ -61,6 +63,70 @@ pub(crate) fn sentencepiece_tokenizer(
         ByteFallback::new().into(),
         Fuse::new().into(),
         Strip::new(' ', 1, 0).into(),
+    ];
+    tokenizer.with_decoder(Some(Sequence::new(decoders)));
+    Ok(tokenizer)
+}
+
+/// Gemma's vocabulary as transformers' `gemma_tokenizer` respells it: a token made only of two
+/// or more spaces is stored with real spaces, while `GemmaTokenizer` looks it up as `▁▁`.
+pub(crate) fn gemma_respelled(tokens: &[&str]) -> Vec<String> {
+    tokens
+        .iter()
+        .map(|t| {
+            if t.contains(' ') && t.trim().is_empty() {
+                "▁".repeat(t.chars().count())
+            } else {
+                (*t).to_owned()
+            }
+        })
+        .collect()
+}
+
+/// `GemmaTokenizer`'s shape, as transformers builds it from a GGUF file: byte-fallback BPE over
+/// the respelled vocabulary, merges from the file or recovered with each token's position as its
+/// score (Gemma's scores do not follow its merge order), a normalizer turning spaces into `▁`,
+/// no prefix space, and a decoder that turns `▁` back into spaces.
+pub(crate) fn gemma_tokenizer(
+    respelled: &[String],
+    vocab: &HashMap<String, u32>,
+    merges: Option<Merges>,
+) -> std::result::Result<Tokenizer, String> {
+    let merges = match merges {
+        Some(m) => m,
+        None => {
+            let tokens: Vec<&str> = respelled.iter().map(String::as_str).collect();
+            let positions: Vec<f32> = (0..tokens.len()).map(|i| -(i as f32)).collect();
+            merges_from_scores(&tokens, &positions, vocab)
+        }
+    };
+    let bpe = BPE::builder()
+        .vocab_and_merges(
+            vocab
+                .iter()
+                .map(|(k, &v)| (k.clone(), v))
+                .collect::<Vocab>(),
+            merges,
+        )
+        .unk_token("<unk>".into())
+        .fuse_unk(true)
+        .byte_fallback(true)
+        .build()
+        .map_err(|e| format!("building the BPE model: {e}"))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    tokenizer.with_normalizer(Some(Replace::new(" ", "▁").map_err(|e| e.to_string())?));
+    let split = Split::new(
+        SplitPattern::String(" ".into()),
+        SplitDelimiterBehavior::MergedWithPrevious,
+        false,
+    )
+    .map_err(|e| e.to_string())?;
+    tokenizer.with_pre_tokenizer(Some(split));
+    let replace = Replace::new("▁", " ").map_err(|e| e.to_string())?;
+    let decoders: Vec<DecoderWrapper> = vec![
+        replace.into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
     ];
     tokenizer.with_decoder(Some(Sequence::new(decoders)));
     Ok(tokenizer)

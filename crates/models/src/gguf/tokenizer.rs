@@ -118,11 +118,23 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
             let tokenizer = byte_level_tokenizer(file, &vocab, merges).map_err(err)?;
             (tokenizer, vocab, &["<|endoftext|>"][..], false)
         }
+        GgufTokenizerKind::Llama
+            if matches!(file.architecture()?, "gemma" | "gemma2" | "gemma3") =>
+        {
+            let respelled = spm::gemma_respelled(&tokens);
+            let vocab: HashMap<String, u32> = respelled
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.clone(), i as u32))
+                .collect();
+            let tokenizer = spm::gemma_tokenizer(&respelled, &vocab, merges).map_err(err)?;
+            let defaults = &["<unk>", "<bos>", "<eos>", "<pad>", "<mask>"][..];
+            (tokenizer, vocab, defaults, true)
+        }
         GgufTokenizerKind::Llama => {
-            // transformers builds these with their own classes (respelled tokens, merges in
-            // vocabulary order, another prefix-space rule): not reproduced yet.
+            // transformers builds Phi-3's with another prefix-space rule: not reproduced yet.
             let arch = file.architecture()?;
-            if matches!(arch, "gemma" | "gemma2" | "gemma3" | "phi3") {
+            if arch == "phi3" {
                 return Err(err(format!(
                     "the sentencepiece tokenizer of `{arch}` GGUF files is not supported yet"
                 )));

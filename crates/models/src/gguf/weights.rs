@@ -7,8 +7,9 @@ use crate::weights::WeightSource;
 use std::collections::HashMap;
 use std::path::Path;
 
-/// The tensors of a llama-family GGUF file under their Hugging Face names, dequantised to f32
-/// in PyTorch layout, with llama.cpp's q/k row permutation undone for the llama architecture.
+/// The tensors of a GGUF file under their Hugging Face names, dequantised to f32 in PyTorch
+/// layout, with llama.cpp's q/k row permutation undone for the llama architecture and 1
+/// subtracted from Gemma's norm weights (stored as `1 + weight`).
 ///
 /// GGUF tensors outside the layout (`rope_freqs.weight`...) are left out, as transformers
 /// leaves them out; see [`GgufWeights::unmapped`]. `lm_head.weight` is listed only when the file
@@ -49,12 +50,12 @@ impl GgufWeights {
                 }
                 Some((n_head, n_kv))
             }
-            GgufArch::Qwen2 => None,
+            _ => None,
         };
         let mut names = Vec::new();
         let mut to_gguf = HashMap::new();
         for t in file.tensors() {
-            if let Some(hf) = names::hf_name(&t.name) {
+            if let Some(hf) = names::hf_name_for(arch, &t.name) {
                 names.push(hf.clone());
                 to_gguf.insert(hf, t.name.clone());
             }
@@ -84,7 +85,7 @@ impl GgufWeights {
             .tensors()
             .iter()
             .map(|t| t.name.as_str())
-            .filter(|n| names::hf_name(n).is_none())
+            .filter(|n| names::hf_name_for(self.arch, n).is_none())
             .collect()
     }
 
@@ -115,7 +116,12 @@ impl WeightSource for GgufWeights {
 
     fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
         let gguf = self.gguf_name(name)?;
-        let data = self.file.dequantize(gguf)?;
+        let mut data = self.file.dequantize(gguf)?;
+        if self.arch.norms_offset_by_one() && gguf.ends_with("norm.weight") {
+            // GGUF stores Gemma's `1 + weight`; transformers subtracts 1 when loading.
+            data.iter_mut().for_each(|w| *w -= 1.0);
+            return Ok(data);
+        }
         let (Some((n_head, n_kv)), Some(is_q)) = (self.heads, names::is_query_or_key(gguf)) else {
             return Ok(data);
         };

@@ -49,7 +49,8 @@ pub fn tiny_lora(r: usize, dropout: f64, seed: u64) -> CausalLm {
         use_dora: false,
     };
     for layer in &mut model.model.layers {
-        for proj in [&mut layer.self_attn.q_proj, &mut layer.self_attn.v_proj] {
+        let a = &mut layer.self_attn;
+        for proj in [&mut a.q_proj, &mut a.v_proj].into_iter().flatten() {
             proj.add_adapter("default", &spec).unwrap();
             proj.set_active(&["default".to_string()]);
         }
