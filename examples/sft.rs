@@ -197,7 +197,7 @@ fn main() -> Result<()> {
         ),
         None => lm.extras.chat_template.clone(),
     };
-    let template = match &source {
+    let mut template = match &source {
         Some(src) => Some(ChatTemplate::new(
             src,
             lm.extras.bos_token.as_deref(),
@@ -233,14 +233,8 @@ fn main() -> Result<()> {
             };
             harness.generation.max_new_tokens = config.eval.generation_max_new_tokens;
             harness.generation.eos_token_ids = lm.eos_token_ids();
-            let template = match &source {
-                Some(src) => Some(ChatTemplate::new(
-                    src,
-                    lm.extras.bos_token.as_deref(),
-                    lm.extras.eos_token.as_deref(),
-                )?),
-                None => None,
-            };
+            // The data is prepared: the callback takes the compiled template over.
+            let template = template.take();
             Some(GenerationEvalCallback::new(
                 &data.validation_records,
                 Some(n),
