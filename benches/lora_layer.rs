@@ -3,6 +3,10 @@
 //! (reparameterised weight `W + s·A B`, built every forward), and full fine-tuning of the plain
 //! layer (gradient of the `[in, out]` weight).
 //!
+//! A second group times the inference product by a frozen weight (no autodiff): burn's `linear`
+//! against `kiln_lora::kernels::linear` (the `gemm` crate), for one row (decoding), 256 rows
+//! (a prompt) and a tied `lm_head` read through a transposed view of the embedding.
+//!
 //! Run: `cargo bench --bench lora_layer` (add `--features openblas` for BLAS GEMMs).
 use burn::module::{Lora, Module};
 use burn::nn::{Linear, LinearConfig};
@@ -80,5 +84,40 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+fn bench_frozen(c: &mut Criterion) {
+    let device = Device::default();
+    let mut g = c.benchmark_group("frozen_linear");
+    g.sample_size(20);
+    let w = Tensor::<2>::random([D_IN, D_OUT], Distribution::Normal(0.0, 0.02), &device);
+    // SmolLM2's tied head: the [49152, 576] embedding, used transposed.
+    let embed = Tensor::<2>::random([49_152, D_IN], Distribution::Normal(0.0, 0.02), &device);
+    for (name, rows, weight) in [
+        ("576x1536_1row", 1, w.clone()),
+        ("576x1536_256rows", 256, w),
+        ("tied_head_576x49152_1row", 1, embed.clone().transpose()),
+        ("tied_head_576x49152_256rows", 256, embed.transpose()),
+    ] {
+        let xs: Vec<Tensor<3>> = (0..4)
+            .map(|_| Tensor::random([1, rows, D_IN], Distribution::Normal(0.0, 1.0), &device))
+            .collect();
+        let mut i = 0;
+        g.bench_function(format!("burn_{name}"), |b| {
+            b.iter(|| {
+                i += 1;
+                burn::tensor::module::linear(xs[i % xs.len()].clone(), weight.clone(), None)
+                    .into_data()
+            })
+        });
+        g.bench_function(format!("kiln_{name}"), |b| {
+            b.iter(|| {
+                i += 1;
+                kiln_lora::kernels::linear(xs[i % xs.len()].clone(), weight.clone(), None)
+                    .into_data()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_frozen);
 criterion_main!(benches);

@@ -182,7 +182,7 @@ impl LoraAdapter {
 
 /// `x W` without bias for any rank of `x`.
 pub(crate) fn linear_nb<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
-    burn::tensor::module::linear(x, w, None)
+    crate::kernels::linear(x, w, None)
 }
 
 /// DoRA's weight norm: the L2 norm of each output row of `W + scale · B A` (PyTorch layout), i.e.

@@ -14,6 +14,7 @@ pub mod adapter;
 pub mod config;
 pub mod error;
 pub mod io;
+pub mod kernels;
 pub mod linear;
 pub mod model;
 pub mod pattern;

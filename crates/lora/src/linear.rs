@@ -5,9 +5,9 @@
 //! weight as `W + scale · A B` and therefore materialises that full delta (and its gradient) on
 //! every forward: `in·out·r` extra FLOPs and an `[in, out]` temporary per call instead of
 //! `tokens·r·(in+out)`; `benches/lora_layer.rs` measures the difference.
+use crate::kernels::linear;
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
-use burn::tensor::module::linear;
 
 use crate::adapter::{AdapterSpec, LoraAdapter, column_norm, dora_weight_norm, linear_nb};
 use crate::error::{LoraError, Result};

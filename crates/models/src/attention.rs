@@ -124,7 +124,6 @@ impl Attention {
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let groups = h / kvh;
         let [q, k, v] = self.project(x);
         // [b, t, heads * hd] -> [b, heads, t, hd]
         let q = q.reshape([b, t, h, hd]).swap_dims(1, 2);
@@ -157,22 +156,95 @@ impl Attention {
             }
             None => (k, v),
         };
-        let tk = k.dims()[2];
-        // Query heads of one group are adjacent (transformers' `repeat_kv`), so the group folds
-        // into the query axis and keys are never repeated: [b, kvh, groups * t, hd].
-        let q = q.reshape([b, kvh, groups * t, hd]);
-        let mut scores = q.matmul(k.swap_dims(2, 3)) * self.scale;
-        if let Some(cap) = self.softcap {
-            scores = (scores / cap).tanh() * cap;
-        }
-        // [b, kvh, groups, t, tk] + [b, 1, 1, t, tk]
-        let scores = scores.reshape([b, kvh, groups, t, tk]) + mask.clone().unsqueeze_dim::<5>(1);
-        let probs = softmax(scores, 4).reshape([b, kvh, groups * t, tk]);
-        let out = probs.matmul(v); // [b, kvh, groups * t, hd]
-        let out = out
-            .reshape([b, h, t, hd])
-            .swap_dims(1, 2)
-            .reshape([b, t, h * hd]);
+        let out = match crate::kernels::try_attention(&q, &k, &v, mask, self.scale, self.softcap) {
+            Some(out) => out,
+            None => attend(q, k, v, mask, self.scale, self.softcap),
+        };
         self.o_proj.forward(out)
+    }
+}
+
+/// Attention with burn's tensor ops (every backend, and autodiff).
+///
+/// # Shapes
+/// - q: `[b, heads, t, hd]`
+/// - k, v: `[b, kv_heads, t_keys, hd]`
+/// - mask: `[b, 1, t, t_keys]` additive
+/// - output: `[b, t, heads · hd]`
+pub(crate) fn attend(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: &Tensor<4>,
+    scale: f64,
+    softcap: Option<f64>,
+) -> Tensor<3> {
+    let [b, h, t, hd] = q.dims();
+    let [_, kvh, tk, _] = k.dims();
+    let groups = h / kvh;
+    // Query heads of one group are adjacent (transformers' `repeat_kv`), so the group folds
+    // into the query axis and keys are never repeated: [b, kvh, groups * t, hd].
+    let q = q.reshape([b, kvh, groups * t, hd]);
+    let mut scores = q.matmul(k.swap_dims(2, 3)) * scale;
+    if let Some(cap) = softcap {
+        scores = (scores / cap).tanh() * cap;
+    }
+    // [b, kvh, groups, t, tk] + [b, 1, 1, t, tk]
+    let scores = scores.reshape([b, kvh, groups, t, tk]) + mask.clone().unsqueeze_dim::<5>(1);
+    let probs = softmax(scores, 4).reshape([b, kvh, groups * t, tk]);
+    let out = probs.matmul(v); // [b, kvh, groups * t, hd]
+    out.reshape([b, h, t, hd])
+        .swap_dims(1, 2)
+        .reshape([b, t, h * hd])
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::mask::MASKED;
+    use burn::tensor::{Device, Distribution, TensorData};
+
+    fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_into_vec::<f32>().unwrap()
+    }
+
+    /// The CPU kernel is taken and equals the tensor path: grouped heads, a causal mask with
+    /// past keys, a padded key, a query row that sees nothing, with and without soft-capping.
+    #[test]
+    fn attention_kernel_equals_tensor_path() {
+        let dev = Device::default();
+        let (b, h, kvh, t, past, hd) = (2, 6, 2, 5, 3, 12);
+        let tk = past + t;
+        let q = Tensor::<4>::random([b, h, t, hd], Distribution::Normal(0.0, 1.0), &dev);
+        let k = Tensor::<4>::random([b, kvh, tk, hd], Distribution::Normal(0.0, 1.0), &dev);
+        let v = Tensor::<4>::random([b, kvh, tk, hd], Distribution::Normal(0.0, 1.0), &dev);
+        let mut m = vec![0f32; b * t * tk];
+        for r in 0..b {
+            for i in 0..t {
+                for j in 0..tk {
+                    let hidden = j > past + i || (r == 1 && j == 2) || (r == 1 && i == 0);
+                    if hidden {
+                        m[(r * t + i) * tk + j] = MASKED;
+                    }
+                }
+            }
+        }
+        let mask = Tensor::<4>::from_data(TensorData::new(m, [b, 1, t, tk]), &dev);
+        for softcap in [None, Some(2.0)] {
+            let fast = crate::kernels::try_attention(&q, &k, &v, &mask, 0.3, softcap);
+            #[cfg(feature = "cpu")]
+            assert!(fast.is_some());
+            let Some(fast) = fast else { continue };
+            let want = host(attend(q.clone(), k.clone(), v.clone(), &mask, 0.3, softcap));
+            let got = host(fast);
+            assert_eq!(got.len(), want.len());
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| (g - w).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-5, "softcap {softcap:?}: max |diff| {worst}");
+        }
     }
 }

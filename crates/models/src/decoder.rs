@@ -445,6 +445,10 @@ impl CausalLm {
             None => {
                 let [b, t, d] = hidden.dims();
                 let embed = self.model.embed_tokens.val(); // [vocab, d]
+                let head = embed.clone().transpose(); // a view: nothing copied
+                if let Some(logits) = kiln_lora::kernels::try_linear(&hidden, &head, None) {
+                    return logits;
+                }
                 if b * t < d {
                     // Few rows (decoding, the counted positions of a loss): `E · hᵀ` reads the
                     // embedding as stored. `h · Eᵀ` would make burn-ndarray copy the transposed

@@ -18,6 +18,7 @@ pub mod export_hf;
 pub mod fetch;
 pub mod generate;
 pub mod gguf;
+pub mod kernels;
 pub mod load;
 pub mod loss;
 pub mod mask;

@@ -63,7 +63,11 @@ impl Mlp {
             (None, Some(gate), Some(up)) => (gate.forward(x.clone()), up.forward(x)),
             _ => panic!("Mlp needs gate_up_proj or both gate_proj and up_proj"),
         };
-        self.down_proj.forward(activate(self.activation, gate) * up)
+        let hidden = match crate::kernels::try_gated(self.activation, &gate, &up) {
+            Some(h) => h,
+            None => activate(self.activation, gate) * up,
+        };
+        self.down_proj.forward(hidden)
     }
 }
 
@@ -102,6 +106,32 @@ mod tests {
         let got: Vec<f32> = gelu_tanh(x).into_data().try_into_vec().unwrap();
         for (g, w) in got.iter().zip(want) {
             assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+        }
+    }
+
+    /// The fused CPU kernel is taken and equals `act(gate) · up` for SwiGLU and GeGLU.
+    #[test]
+    fn gated_kernel_equals_tensor_path() {
+        use burn::tensor::Distribution;
+        let dev = crate::default_device();
+        let gate = Tensor::<3>::random([2, 9, 50], Distribution::Normal(0.0, 3.0), &dev);
+        let up = Tensor::<3>::random([2, 9, 50], Distribution::Normal(0.0, 1.0), &dev);
+        for act in [Activation::Silu, Activation::GeluTanh] {
+            let fast = crate::kernels::try_gated(act, &gate, &up);
+            #[cfg(feature = "cpu")]
+            assert!(fast.is_some());
+            let Some(fast) = fast else { continue };
+            let want: Vec<f32> = (activate(act, gate.clone()) * up.clone())
+                .into_data()
+                .try_into_vec()
+                .unwrap();
+            let got: Vec<f32> = fast.into_data().try_into_vec().unwrap();
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| (g - w).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-5, "{act:?}: max |diff| {worst}");
         }
     }
 }

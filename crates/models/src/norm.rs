@@ -38,6 +38,15 @@ impl RmsNorm {
     /// - x: `[..., hidden]`
     /// - output: same as `x`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let w = self.weight.val();
+        match crate::kernels::try_rms_norm(&x, &w, self.eps, self.unit_offset) {
+            Some(y) => y,
+            None => self.forward_tensors(x),
+        }
+    }
+
+    /// [`Self::forward`] with burn's tensor ops (every backend, and autodiff).
+    fn forward_tensors<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let variance = x.clone().square().mean_dim(D - 1);
         let normed = x * (variance + self.eps).sqrt().recip();
         let scale = if self.unit_offset {
@@ -46,5 +55,39 @@ impl RmsNorm {
             self.weight.val()
         };
         normed * scale.unsqueeze()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, Distribution};
+
+    /// The CPU kernel is taken and equals the tensor path, with and without Gemma's `1 + w`.
+    #[test]
+    fn rms_norm_kernel_equals_tensor_path() {
+        let dev = Device::default();
+        let x = Tensor::<3>::random([2, 7, 40], Distribution::Normal(0.0, 2.0), &dev);
+        let w = Tensor::<1>::random([40], Distribution::Normal(0.0, 1.0), &dev);
+        for offset in [false, true] {
+            let norm = RmsNorm::with_offset(w.clone(), 1e-5, offset);
+            let fast = crate::kernels::try_rms_norm(&x, &w, 1e-5, offset);
+            #[cfg(feature = "cpu")]
+            assert!(fast.is_some());
+            let Some(fast) = fast else { continue };
+            let want: Vec<f32> = norm
+                .forward_tensors(x.clone())
+                .into_data()
+                .try_into_vec()
+                .unwrap();
+            let got: Vec<f32> = fast.into_data().try_into_vec().unwrap();
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| (g - w).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-5, "offset {offset}: max |diff| {worst}");
+        }
     }
 }

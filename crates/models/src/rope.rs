@@ -166,12 +166,20 @@ impl Rope {
 /// - x: `[b, heads, t, head_dim]`
 /// - cos, sin: `[b, 1, t, rotary_dim]`
 pub fn apply_rotary(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    match crate::kernels::try_rotary(&x, cos, sin) {
+        Some(y) => y,
+        None => apply_rotary_tensors(x, cos, sin),
+    }
+}
+
+/// [`apply_rotary`] with burn's tensor ops (every backend, and autodiff).
+fn apply_rotary_tensors(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     let [b, h, t, d] = x.dims();
     let rd = cos.dims()[3];
     if rd < d {
         let rot = x.clone().slice([0..b, 0..h, 0..t, 0..rd]);
         let pass = x.slice([0..b, 0..h, 0..t, rd..d]);
-        return Tensor::cat(vec![apply_rotary(rot, cos, sin), pass], 3);
+        return Tensor::cat(vec![apply_rotary_tensors(rot, cos, sin), pass], 3);
     }
     let half = d / 2;
     let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
@@ -184,6 +192,36 @@ pub fn apply_rotary(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4>
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// The CPU kernel is taken and equals the tensor path, full and partial rotary, on a
+    /// transposed (non-contiguous) input as the attention passes it.
+    #[test]
+    fn rotary_kernel_equals_tensor_path() {
+        use burn::tensor::{Device, Distribution};
+        let dev = Device::default();
+        let (b, h, t, d) = (2, 3, 5, 8);
+        let x =
+            Tensor::<4>::random([b, t, h, d], Distribution::Normal(0.0, 1.0), &dev).swap_dims(1, 2);
+        for rd in [8, 4] {
+            let cos = Tensor::<4>::random([b, 1, t, rd], Distribution::Normal(0.0, 1.0), &dev);
+            let sin = Tensor::<4>::random([b, 1, t, rd], Distribution::Normal(0.0, 1.0), &dev);
+            let fast = crate::kernels::try_rotary(&x, &cos, &sin);
+            #[cfg(feature = "cpu")]
+            assert!(fast.is_some());
+            let Some(fast) = fast else { continue };
+            let want: Vec<f32> = apply_rotary_tensors(x.clone(), &cos, &sin)
+                .into_data()
+                .try_into_vec()
+                .unwrap();
+            let got: Vec<f32> = fast.into_data().try_into_vec().unwrap();
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| (g - w).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-5, "rotary_dim {rd}: max |diff| {worst}");
+        }
+    }
 
     #[test]
     fn default_frequencies_match_the_formula() {

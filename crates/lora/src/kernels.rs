@@ -1,0 +1,197 @@
+//! Matrix products by a frozen weight, on burn's CPU backend through the `gemm` crate.
+//!
+//! Why not burn's `matmul`: burn-ndarray multiplies through `matrixmultiply`, which packs the
+//! whole right-hand matrix on every call. For the one-row products of decoding that packing costs
+//! more than the product, and its 8-row micro-kernel wastes 7/8 of its work; a transposed operand
+//! (a tied `lm_head` reading the `[vocab, hidden]` embedding) is first copied whole. `gemm` reads
+//! any strides, has matrix-vector paths and splits the work over rayon's threads. `cargo bench
+//! --bench lora_layer` (`frozen linear`) measures both.
+//!
+//! Only tensors outside autodiff on the ndarray backend take this path: inference, evaluation
+//! and generation. Training keeps burn's `matmul`, whose backward autodiff records; other
+//! backends (wgpu, cuda) keep theirs.
+
+use burn::tensor::Tensor;
+
+/// `x · w (+ bias)`: burn's [`linear`](burn::tensor::module::linear) with a faster CPU path.
+///
+/// # Shapes
+/// - x: `[..., d_in]`
+/// - w: `[d_in, d_out]` (any strides: a transposed view is read in place)
+/// - bias: `[d_out]`
+/// - output: `[..., d_out]`
+pub fn linear<const D: usize>(x: Tensor<D>, w: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
+    match try_linear(&x, &w, bias.as_ref()) {
+        Some(y) => y,
+        None => burn::tensor::module::linear(x, w, bias),
+    }
+}
+
+/// [`linear`]'s fast path alone: `None` when it does not apply (autodiff, another backend or
+/// dtype, mismatched shapes), and the caller uses burn's ops.
+#[allow(unused_variables)]
+pub fn try_linear<const D: usize>(
+    x: &Tensor<D>,
+    w: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+) -> Option<Tensor<D>> {
+    #[cfg(feature = "cpu")]
+    {
+        cpu::linear(x, w, bias)
+    }
+    #[cfg(not(feature = "cpu"))]
+    {
+        None
+    }
+}
+
+// burn 0.22 deprecates burn-ndarray in favour of burn-flex, but ndarray is kiln's default CPU
+// backend: flex measured slower here (README, "Backends").
+#[cfg(feature = "cpu")]
+#[allow(deprecated)]
+mod cpu {
+    use burn::backend::NdArray;
+    use burn::tensor::Tensor;
+    use burn_ndarray::NdArrayTensor;
+    use ndarray::{ArcArray, ArrayView, IxDyn};
+
+    /// The f32 storage of a tensor on the ndarray backend outside autodiff, else `None`.
+    /// The primitive of an f32 tensor on the ndarray backend outside autodiff, else `None`.
+    fn storage<const D: usize>(t: &Tensor<D>) -> Option<NdArrayTensor> {
+        let p = t.clone().try_into_primitive::<NdArray>().ok()?;
+        matches!(p, NdArrayTensor::F32(_)).then_some(p)
+    }
+
+    /// The array view of an f32 primitive.
+    fn view(p: &NdArrayTensor) -> ArrayView<'_, f32, IxDyn> {
+        match p {
+            NdArrayTensor::F32(s) => s.view(),
+            _ => unreachable!("`storage` keeps f32 tensors only"),
+        }
+    }
+
+    /// Weights up to this many elements are copied to row-major when they are not.
+    const SMALL_WEIGHT: usize = 1 << 16;
+
+    pub(super) fn linear<const D: usize>(
+        x: &Tensor<D>,
+        w: &Tensor<2>,
+        bias: Option<&Tensor<1>>,
+    ) -> Option<Tensor<D>> {
+        let (xs, ws) = (storage(x)?, storage(w)?);
+        let bias = match bias {
+            Some(b) => Some(storage(b)?),
+            None => None,
+        };
+        let (xv, wv) = (view(&xs), view(&ws));
+        let (k, n) = (wv.shape()[0], wv.shape()[1]);
+        let x_shape = xv.shape().to_vec();
+        if x_shape.last() != Some(&k) {
+            return None; // let burn report the shape error
+        }
+        let m = x_shape[..D - 1].iter().product::<usize>();
+        let xc = xv.as_standard_layout();
+        let lhs = xc.as_slice()?;
+        // gemm's summation order follows the weight's layout, so the same values stored
+        // transposed could round differently. Small weights (adapters) are made row-major, so
+        // an adapter gives bit-identical outputs however it was built or loaded; large ones
+        // (a tied head read through the embedding) are read in place.
+        let small = wv.len() <= SMALL_WEIGHT;
+        let wv = if small && !wv.is_standard_layout() {
+            wv.as_standard_layout()
+        } else {
+            ndarray::CowArray::from(wv)
+        };
+        let (w_rs, w_cs) = (wv.strides()[0], wv.strides()[1]);
+        let mut out = vec![0f32; m * n];
+        if m > 0 && n > 0 && k > 0 {
+            // SAFETY: `lhs` holds m·k contiguous rows, `wv` is a live [k, n] view whose element
+            // strides are `w_rs`, `w_cs`, and `out` holds m·n row-major outputs; gemm reads and
+            // writes within those bounds only.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    lhs.as_ptr(),
+                    1,
+                    k as isize,
+                    wv.as_ptr(),
+                    w_cs,
+                    w_rs,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(rayon::current_num_threads()),
+                );
+            }
+        }
+        if let Some(b) = bias {
+            let bv = view(&b);
+            let bc = bv.as_standard_layout();
+            let b = bc.as_slice()?;
+            if b.len() != n {
+                return None;
+            }
+            for row in out.chunks_exact_mut(n) {
+                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+        }
+        let mut shape = x_shape;
+        shape[D - 1] = n;
+        let array = ArcArray::from_shape_vec(IxDyn(&shape), out).ok()?;
+        Some(Tensor::from_primitive::<NdArray>(NdArrayTensor::from(
+            array,
+        )))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, Distribution};
+
+    fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_into_vec::<f32>().unwrap()
+    }
+
+    /// The fast path is taken and equals burn's product, for plain and transposed weights, with
+    /// and without bias, for one row (decoding) and many.
+    #[test]
+    fn linear_equals_burn_linear() {
+        let dev = Device::default();
+        for rows in [1usize, 3, 70] {
+            let x = Tensor::<3>::random([2, rows, 24], Distribution::Default, &dev);
+            let w = Tensor::<2>::random([24, 40], Distribution::Default, &dev);
+            let wt = Tensor::<2>::random([40, 24], Distribution::Default, &dev).transpose();
+            let b = Tensor::<1>::random([40], Distribution::Default, &dev);
+            for w in [w, wt] {
+                for b in [None, Some(b.clone())] {
+                    #[cfg(feature = "cpu")]
+                    assert!(cpu::linear(&x, &w, b.as_ref()).is_some());
+                    let want = host(burn::tensor::module::linear(
+                        x.clone(),
+                        w.clone(),
+                        b.clone(),
+                    ));
+                    let got = linear(x.clone(), w.clone(), b);
+                    assert_eq!(got.dims(), [2, rows, 40]);
+                    let got = host(got);
+                    let worst = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(g, w)| (g - w).abs())
+                        .fold(0f32, f32::max);
+                    assert!(worst < 1e-5, "rows {rows}: max |diff| {worst}");
+                }
+            }
+        }
+    }
+}

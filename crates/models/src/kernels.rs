@@ -1,0 +1,343 @@
+//! Fused attention for inference on burn's CPU backend.
+//!
+//! Why not burn's ops: the tensor path builds the `[b, heads, t, t_keys]` score matrix, adds the
+//! mask, takes `exp` of every entry (the masked half of a causal prompt included, each through
+//! glibc's slow underflow path), normalises, multiplies by the values and transposes the result:
+//! five passes over the scores and four allocations per layer. This kernel walks each query row
+//! once, skips masked keys (their probability is exactly 0 in the tensor path too) and writes the
+//! `[b, t, heads · head_dim]` output `o_proj` reads. Same maths, so the two agree to float
+//! rounding (`attention_kernel_equals_tensor_path` below).
+//!
+//! Only tensors outside autodiff on the ndarray backend take this path (inference, evaluation,
+//! generation); training and other backends keep the tensor ops.
+use burn::tensor::Tensor;
+
+/// Attention of `q` over `k`/`v` with an additive mask, or `None` when the fast path does not
+/// apply.
+///
+/// # Shapes
+/// - q: `[b, heads, t, hd]`
+/// - k, v: `[b, kv_heads, t_keys, hd]`
+/// - mask: `[b, 1, t, t_keys]`, additive, [`crate::mask::MASKED`] where hidden
+/// - output: `[b, t, heads · hd]`
+#[allow(unused_variables)]
+pub fn try_attention(
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    v: &Tensor<4>,
+    mask: &Tensor<4>,
+    scale: f64,
+    softcap: Option<f64>,
+) -> Option<Tensor<3>> {
+    #[cfg(feature = "cpu")]
+    {
+        cpu::attention(q, k, v, mask, scale as f32, softcap.map(|c| c as f32))
+    }
+    #[cfg(not(feature = "cpu"))]
+    {
+        None
+    }
+}
+
+/// `x / sqrt(mean(x²) + eps) · w` over the last axis (`w + 1` for Gemma's unit offset), or
+/// `None` when the fast path does not apply.
+///
+/// # Shapes
+/// - x: `[..., d]`
+/// - weight: `[d]`
+#[allow(unused_variables)]
+pub fn try_rms_norm<const D: usize>(
+    x: &Tensor<D>,
+    weight: &Tensor<1>,
+    eps: f64,
+    unit_offset: bool,
+) -> Option<Tensor<D>> {
+    #[cfg(feature = "cpu")]
+    {
+        cpu::rms_norm(x, weight, eps as f32, unit_offset)
+    }
+    #[cfg(not(feature = "cpu"))]
+    {
+        None
+    }
+}
+
+/// `act(gate) · up` for the gated MLP in one pass, or `None` when the fast path does not apply.
+///
+/// # Shapes
+/// - gate, up: `[..., intermediate]`, same shape
+#[allow(unused_variables)]
+pub fn try_gated<const D: usize>(
+    act: crate::config::Activation,
+    gate: &Tensor<D>,
+    up: &Tensor<D>,
+) -> Option<Tensor<D>> {
+    #[cfg(feature = "cpu")]
+    {
+        cpu::gated(act, gate, up)
+    }
+    #[cfg(not(feature = "cpu"))]
+    {
+        None
+    }
+}
+
+/// Rotary embedding of the first `rotary_dim` channels (the rest pass unchanged), as
+/// [`crate::rope::apply_rotary`], or `None` when the fast path does not apply.
+///
+/// # Shapes
+/// - x: `[b, heads, t, head_dim]`
+/// - cos, sin: `[b, 1, t, rotary_dim]`
+#[allow(unused_variables)]
+pub fn try_rotary(x: &Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Option<Tensor<4>> {
+    #[cfg(feature = "cpu")]
+    {
+        cpu::rotary(x, cos, sin)
+    }
+    #[cfg(not(feature = "cpu"))]
+    {
+        None
+    }
+}
+
+// burn 0.22 deprecates burn-ndarray in favour of burn-flex, but ndarray is kiln's default CPU
+// backend: flex measured slower here (README, "Backends").
+#[cfg(feature = "cpu")]
+#[allow(deprecated)]
+mod cpu {
+    use crate::mask::MASKED;
+    use burn::backend::NdArray;
+    use burn::tensor::Tensor;
+    use burn_ndarray::NdArrayTensor;
+    use ndarray::{ArcArray, ArrayView, IxDyn};
+    use rayon::prelude::*;
+
+    /// The primitive of an f32 tensor on the ndarray backend outside autodiff, else `None`.
+    fn storage<const D: usize>(t: &Tensor<D>) -> Option<NdArrayTensor> {
+        let p = t.clone().try_into_primitive::<NdArray>().ok()?;
+        matches!(p, NdArrayTensor::F32(_)).then_some(p)
+    }
+
+    /// The array view of an f32 primitive.
+    fn view(p: &NdArrayTensor) -> ArrayView<'_, f32, IxDyn> {
+        match p {
+            NdArrayTensor::F32(s) => s.view(),
+            _ => unreachable!("`storage` keeps f32 tensors only"),
+        }
+    }
+
+    /// `Σ a·b` with eight running sums, so the compiler vectorises it.
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0f32; 8];
+        let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+        let tail: f32 = ca
+            .remainder()
+            .iter()
+            .zip(cb.remainder())
+            .map(|(x, y)| x * y)
+            .sum();
+        for (x, y) in ca.zip(cb) {
+            for l in 0..8 {
+                acc[l] += x[l] * y[l];
+            }
+        }
+        acc.iter().sum::<f32>() + tail
+    }
+
+    pub(super) fn attention(
+        q: &Tensor<4>,
+        k: &Tensor<4>,
+        v: &Tensor<4>,
+        mask: &Tensor<4>,
+        scale: f32,
+        softcap: Option<f32>,
+    ) -> Option<Tensor<3>> {
+        let (qs, ks, vs, ms) = (storage(q)?, storage(k)?, storage(v)?, storage(mask)?);
+        let (qv, kv, vv, mv) = (view(&qs), view(&ks), view(&vs), view(&ms));
+        let (qd, kd) = (qv.shape(), kv.shape());
+        let (b, h, t, hd) = (qd[0], qd[1], qd[2], qd[3]);
+        let (kvh, tk) = (kd[1], kd[2]);
+        if kd[0] != b
+            || kd[3] != hd
+            || vv.shape() != kd
+            || mv.shape() != [b, 1, t, tk]
+            || kvh == 0
+            || h % kvh != 0
+            || tk == 0
+        {
+            return None;
+        }
+        let groups = h / kvh;
+        let (qc, kc, vc, mc) = (
+            qv.as_standard_layout(),
+            kv.as_standard_layout(),
+            vv.as_standard_layout(),
+            mv.as_standard_layout(),
+        );
+        let (qx, kx, vx, mx) = (
+            qc.as_slice()?,
+            kc.as_slice()?,
+            vc.as_slice()?,
+            mc.as_slice()?,
+        );
+        let mut out = vec![0f32; b * t * h * hd];
+        // One task per (batch row, query): its output row `[heads · hd]` is contiguous.
+        out.par_chunks_mut(h * hd)
+            .enumerate()
+            .for_each(|(row, out_row)| {
+                let (bi, i) = (row / t, row % t);
+                let m = &mx[(bi * t + i) * tk..(bi * t + i + 1) * tk];
+                let visible: Vec<usize> = (0..tk).filter(|&j| m[j] != MASKED).collect();
+                // A query that sees no key (a padded row): the tensor path spreads it evenly over
+                // all keys (`softmax` of equal `MASKED + s` values); keep that.
+                let keys: Vec<usize> = if visible.is_empty() {
+                    (0..tk).collect()
+                } else {
+                    visible
+                };
+                let mut p = vec![0f32; keys.len()];
+                for hi in 0..h {
+                    let g = hi / groups;
+                    let qrow = &qx[((bi * h + hi) * t + i) * hd..][..hd];
+                    let kbase = (bi * kvh + g) * tk;
+                    let mut max = f32::NEG_INFINITY;
+                    for (pj, &j) in p.iter_mut().zip(&keys) {
+                        let mut s = dot(qrow, &kx[(kbase + j) * hd..][..hd]) * scale;
+                        if let Some(cap) = softcap {
+                            s = (s / cap).tanh() * cap;
+                        }
+                        s += m[j];
+                        *pj = s;
+                        max = max.max(s);
+                    }
+                    let mut sum = 0f32;
+                    for pj in p.iter_mut() {
+                        *pj = (*pj - max).exp();
+                        sum += *pj;
+                    }
+                    let o = &mut out_row[hi * hd..(hi + 1) * hd];
+                    for (pj, &j) in p.iter().zip(&keys) {
+                        let w = pj / sum;
+                        let vrow = &vx[(kbase + j) * hd..][..hd];
+                        o.iter_mut().zip(vrow).for_each(|(o, v)| *o += w * v);
+                    }
+                }
+            });
+        tensor(&[b, t, h * hd], out)
+    }
+
+    /// A tensor of `shape` on the ndarray backend holding `data` (row-major).
+    fn tensor<const D: usize>(shape: &[usize], data: Vec<f32>) -> Option<Tensor<D>> {
+        let array = ArcArray::from_shape_vec(IxDyn(shape), data).ok()?;
+        Some(Tensor::from_primitive::<NdArray>(NdArrayTensor::from(
+            array,
+        )))
+    }
+
+    /// Rows of at least this many elements per rayon task.
+    const CHUNK: usize = 16 * 1024;
+
+    pub(super) fn rms_norm<const D: usize>(
+        x: &Tensor<D>,
+        weight: &Tensor<1>,
+        eps: f32,
+        unit_offset: bool,
+    ) -> Option<Tensor<D>> {
+        let (xs, ws) = (storage(x)?, storage(weight)?);
+        let (xv, wv) = (view(&xs), view(&ws));
+        let shape = xv.shape().to_vec();
+        let d = *shape.last()?;
+        if wv.len() != d || d == 0 {
+            return None;
+        }
+        let (xc, wc) = (xv.as_standard_layout(), wv.as_standard_layout());
+        let (xx, w) = (xc.as_slice()?, wc.as_slice()?);
+        let w: Vec<f32> = w
+            .iter()
+            .map(|&w| if unit_offset { w + 1.0 } else { w })
+            .collect();
+        let mut out = vec![0f32; xx.len()];
+        let rows_per_task = (CHUNK / d).max(1);
+        out.par_chunks_mut(rows_per_task * d)
+            .zip(xx.par_chunks(rows_per_task * d))
+            .for_each(|(o, x)| {
+                for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                    let inv = 1.0 / (dot(x, x) / d as f32 + eps).sqrt();
+                    for ((o, x), w) in o.iter_mut().zip(x).zip(&w) {
+                        *o = x * inv * w;
+                    }
+                }
+            });
+        tensor(&shape, out)
+    }
+
+    pub(super) fn gated<const D: usize>(
+        act: crate::config::Activation,
+        gate: &Tensor<D>,
+        up: &Tensor<D>,
+    ) -> Option<Tensor<D>> {
+        use crate::config::Activation;
+        let (gs, us) = (storage(gate)?, storage(up)?);
+        let (gv, uv) = (view(&gs), view(&us));
+        if gv.shape() != uv.shape() {
+            return None;
+        }
+        let shape = gv.shape().to_vec();
+        let (gc, uc) = (gv.as_standard_layout(), uv.as_standard_layout());
+        let (g, u) = (gc.as_slice()?, uc.as_slice()?);
+        let f: fn(f32) -> f32 = match act {
+            Activation::Silu => |x| x / (1.0 + (-x).exp()),
+            Activation::GeluTanh => |x| {
+                const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+                0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
+            },
+            Activation::Gelu => return None,
+        };
+        let mut out = vec![0f32; g.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+            .for_each(|(o, (g, u))| {
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    *o = f(g) * u;
+                }
+            });
+        tensor(&shape, out)
+    }
+
+    pub(super) fn rotary(x: &Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Option<Tensor<4>> {
+        let (xs, cs, ss) = (storage(x)?, storage(cos)?, storage(sin)?);
+        let (xv, cv, sv) = (view(&xs), view(&cs), view(&ss));
+        let shape = xv.shape().to_vec();
+        let (b, h, t, d) = (shape[0], shape[1], shape[2], shape[3]);
+        let rd = cv.shape()[3];
+        if cv.shape() != [b, 1, t, rd] || sv.shape() != cv.shape() || rd > d || rd % 2 != 0 {
+            return None;
+        }
+        let (xc, cc, sc) = (
+            xv.as_standard_layout(),
+            cv.as_standard_layout(),
+            sv.as_standard_layout(),
+        );
+        let (xx, co, si) = (xc.as_slice()?, cc.as_slice()?, sc.as_slice()?);
+        let half = rd / 2;
+        let mut out = vec![0f32; xx.len()];
+        let rows_per_task = (CHUNK / d).max(1);
+        out.par_chunks_mut(rows_per_task * d)
+            .enumerate()
+            .for_each(|(task, o)| {
+                for (r, o) in o.chunks_exact_mut(d).enumerate() {
+                    let row = task * rows_per_task + r; // (bi, hi, ti) flattened
+                    let (bi, ti) = (row / (h * t), row % t);
+                    let x = &xx[row * d..(row + 1) * d];
+                    let c = &co[(bi * t + ti) * rd..][..rd];
+                    let s = &si[(bi * t + ti) * rd..][..rd];
+                    for i in 0..half {
+                        o[i] = x[i] * c[i] - x[i + half] * s[i];
+                        o[i + half] = x[i + half] * c[i + half] + x[i] * s[i + half];
+                    }
+                    o[rd..].copy_from_slice(&x[rd..]);
+                }
+            });
+        tensor(&shape, out)
+    }
+}
