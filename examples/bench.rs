@@ -235,6 +235,7 @@ fn train(lm: Pretrained, mode: Mode, args: &Args) -> Result<serde_json::Value> {
 }
 
 fn main() -> Result<()> {
+    kiln::train::keep_freed_memory();
     let args = Args::parse();
     let device = parse_device(&args.device)?;
     let path = resolve_model(args.model.as_deref(), true)?;

@@ -195,6 +195,7 @@ fn pct((a, n): (usize, usize)) -> String {
 }
 
 fn main() -> Result<()> {
+    kiln::train::keep_freed_memory();
     let args = Args::parse();
     let device = parse_device(&args.device)?;
     let path = resolve_model(args.model.as_deref(), true)?;

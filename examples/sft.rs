@@ -185,6 +185,7 @@ fn train<M: CausalModel + Export>(
 }
 
 fn main() -> Result<()> {
+    kiln::train::keep_freed_memory();
     let args = Args::parse();
     let config = config(&args)?;
     let device = parse_device(&config.device)?;

@@ -210,11 +210,13 @@ mod tests {
     }
 
     /// The CPU kernel is taken and equals the tensor path: grouped heads, a causal mask with
-    /// past keys, a padded key, a query row that sees nothing, with and without soft-capping.
+    /// past keys, a padded key, query rows that see nothing (a whole block and single rows),
+    /// with and without soft-capping.
     #[test]
     fn attention_kernel_equals_tensor_path() {
         let dev = Device::default();
-        let (b, h, kvh, t, past, hd) = (2, 6, 2, 5, 3, 12);
+        // 70 queries: two blocks of the kernel.
+        let (b, h, kvh, t, past, hd) = (2, 6, 2, 70, 3, 12);
         let tk = past + t;
         let q = Tensor::<4>::random([b, h, t, hd], Distribution::Normal(0.0, 1.0), &dev);
         let k = Tensor::<4>::random([b, kvh, tk, hd], Distribution::Normal(0.0, 1.0), &dev);
@@ -223,7 +225,9 @@ mod tests {
         for r in 0..b {
             for i in 0..t {
                 for j in 0..tk {
-                    let hidden = j > past + i || (r == 1 && j == 2) || (r == 1 && i == 0);
+                    // Row 0: causal with a padded key. Row 1: queries 0..66 see nothing (a
+                    // whole block, then two rows of the next).
+                    let hidden = j > past + i || (r == 0 && j == 2) || (r == 1 && i < 66);
                     if hidden {
                         m[(r * t + i) * tk + j] = MASKED;
                     }

@@ -180,50 +180,205 @@ mod cpu {
             vc.as_slice()?,
             mc.as_slice()?,
         );
-        let mut out = vec![0f32; b * t * h * hd];
-        // One task per (batch row, query): its output row `[heads · hd]` is contiguous.
-        out.par_chunks_mut(h * hd)
-            .enumerate()
-            .for_each(|(row, out_row)| {
-                let (bi, i) = (row / t, row % t);
-                let m = &mx[(bi * t + i) * tk..(bi * t + i + 1) * tk];
-                let visible: Vec<usize> = (0..tk).filter(|&j| m[j] != MASKED).collect();
-                // A query that sees no key (a padded row): the tensor path spreads it evenly over
-                // all keys (`softmax` of equal `MASKED + s` values); keep that.
-                let keys: Vec<usize> = if visible.is_empty() {
-                    (0..tk).collect()
-                } else {
-                    visible
+        // One task per (batch row, head), each over blocks of queries; the per-head outputs are
+        // scattered into `[b, t, heads · hd]` afterwards.
+        let heads: Vec<Vec<f32>> = (0..b * h)
+            .into_par_iter()
+            .map(|task| {
+                let (bi, hi) = (task / h, task % h);
+                let g = hi / groups;
+                let head = Head {
+                    q: &qx[(bi * h + hi) * t * hd..][..t * hd],
+                    k: &kx[(bi * kvh + g) * tk * hd..][..tk * hd],
+                    v: &vx[(bi * kvh + g) * tk * hd..][..tk * hd],
+                    mask: &mx[bi * t * tk..][..t * tk],
+                    hd,
+                    scale,
+                    softcap,
                 };
-                let mut p = vec![0f32; keys.len()];
-                for hi in 0..h {
-                    let g = hi / groups;
-                    let qrow = &qx[((bi * h + hi) * t + i) * hd..][..hd];
-                    let kbase = (bi * kvh + g) * tk;
-                    let mut max = f32::NEG_INFINITY;
-                    for (pj, &j) in p.iter_mut().zip(&keys) {
-                        let mut s = dot(qrow, &kx[(kbase + j) * hd..][..hd]) * scale;
-                        if let Some(cap) = softcap {
-                            s = (s / cap).tanh() * cap;
-                        }
-                        s += m[j];
-                        *pj = s;
-                        max = max.max(s);
-                    }
-                    let mut sum = 0f32;
-                    for pj in p.iter_mut() {
-                        *pj = (*pj - max).exp();
-                        sum += *pj;
-                    }
-                    let o = &mut out_row[hi * hd..(hi + 1) * hd];
-                    for (pj, &j) in p.iter().zip(&keys) {
-                        let w = pj / sum;
-                        let vrow = &vx[(kbase + j) * hd..][..hd];
-                        o.iter_mut().zip(vrow).for_each(|(o, v)| *o += w * v);
-                    }
-                }
-            });
+                head.attend()
+            })
+            .collect();
+        let mut out = vec![0f32; b * t * h * hd];
+        for (task, o) in heads.iter().enumerate() {
+            let (bi, hi) = (task / h, task % h);
+            for (i, row) in o.chunks_exact(hd).enumerate() {
+                out[((bi * t + i) * h + hi) * hd..][..hd].copy_from_slice(row);
+            }
+        }
         tensor(&[b, t, h * hd], out)
+    }
+
+    /// One query head against its key/value head.
+    struct Head<'a> {
+        /// `[t, hd]`
+        q: &'a [f32],
+        /// `[tk, hd]`
+        k: &'a [f32],
+        /// `[tk, hd]`
+        v: &'a [f32],
+        /// `[t, tk]` additive
+        mask: &'a [f32],
+        hd: usize,
+        scale: f32,
+        softcap: Option<f32>,
+    }
+
+    /// Queries per block: one score matrix `[BLOCK, keys]` at a time.
+    const BLOCK: usize = 64;
+
+    impl Head<'_> {
+        /// `softmax(scale · q kᵀ + mask) v`, `[t, hd]`, block by block: each block multiplies
+        /// only the key range its rows can see (a causal block skips the keys after its last
+        /// query, a sliding window those before its first).
+        fn attend(&self) -> Vec<f32> {
+            let hd = self.hd;
+            let (t, tk) = (self.q.len() / hd, self.k.len() / hd);
+            let mut out = vec![0f32; t * hd];
+            let mut scores = Vec::new();
+            for i0 in (0..t).step_by(BLOCK) {
+                let i1 = (i0 + BLOCK).min(t);
+                let rows = &self.mask[i0 * tk..i1 * tk];
+                let seen = |j: &usize| rows.chunks_exact(tk).any(|m| m[*j] != MASKED);
+                let (Some(j0), Some(j1)) = ((0..tk).find(seen), (0..tk).rev().find(seen)) else {
+                    // No query of the block sees a key (padding): the tensor path's softmax
+                    // of equal `MASKED + s` values averages every value row.
+                    self.average_values(&mut out[i0 * hd..i1 * hd]);
+                    continue;
+                };
+                let (n, kw) = (i1 - i0, j1 + 1 - j0);
+                scores.clear();
+                scores.resize(n * kw, 0f32);
+                // scores[r, c] = scale · q[i0 + r] · k[j0 + c]
+                gemm(
+                    (n, kw, hd),
+                    (scores.as_mut_ptr(), kw, 1),
+                    (self.q[i0 * hd..].as_ptr(), hd, 1),
+                    (self.k[j0 * hd..].as_ptr(), 1, hd),
+                    self.scale,
+                );
+                for (r, srow) in scores.chunks_exact_mut(kw).enumerate() {
+                    let m = &rows[r * tk + j0..r * tk + j0 + kw];
+                    if m.iter().all(|&m| m == MASKED) {
+                        self.average_values(&mut out[(i0 + r) * hd..(i0 + r + 1) * hd]);
+                        srow.fill(0.0);
+                        continue;
+                    }
+                    self.softmax_row(srow, m);
+                }
+                // out[i0 + r] = Σ_c p[r, c] · v[j0 + c]; rows left to average keep their values
+                // because their probabilities are all zero and gemm accumulates.
+                gemm_acc(
+                    (n, hd, kw),
+                    (out[i0 * hd..].as_mut_ptr(), hd, 1),
+                    (scores.as_ptr(), kw, 1),
+                    (self.v[j0 * hd..].as_ptr(), hd, 1),
+                );
+            }
+            out
+        }
+
+        /// Soft-cap, mask and normalise one row of scores in place (masked keys get 0).
+        fn softmax_row(&self, s: &mut [f32], mask: &[f32]) {
+            let mut max = f32::NEG_INFINITY;
+            for (s, &m) in s.iter_mut().zip(mask) {
+                if let Some(cap) = self.softcap {
+                    *s = (*s / cap).tanh() * cap;
+                }
+                *s += m;
+                if m != MASKED {
+                    max = max.max(*s);
+                }
+            }
+            let mut sum = 0f32;
+            for (s, &m) in s.iter_mut().zip(mask) {
+                *s = if m == MASKED { 0.0 } else { (*s - max).exp() };
+                sum += *s;
+            }
+            s.iter_mut().for_each(|s| *s /= sum);
+        }
+
+        /// Rows that see no key: the mean of all value rows.
+        fn average_values(&self, out: &mut [f32]) {
+            let hd = self.hd;
+            let tk = self.v.len() / hd;
+            for o in out.chunks_exact_mut(hd) {
+                o.fill(0.0);
+                for v in self.v.chunks_exact(hd) {
+                    o.iter_mut().zip(v).for_each(|(o, v)| *o += v);
+                }
+                o.iter_mut().for_each(|o| *o /= tk as f32);
+            }
+        }
+    }
+
+    /// `dst = beta · lhs · rhs` for `(m, n, k)`; each operand is `(pointer, row stride, column
+    /// stride)`. Single-threaded: the callers run one task per head.
+    fn gemm(
+        (m, n, k): (usize, usize, usize),
+        dst: (*mut f32, usize, usize),
+        lhs: (*const f32, usize, usize),
+        rhs: (*const f32, usize, usize),
+        beta: f32,
+    ) {
+        // SAFETY: callers pass pointers into live slices that hold the (m, k), (k, n) and
+        // (m, n) matrices at the given strides.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.0,
+                dst.2 as isize,
+                dst.1 as isize,
+                false,
+                lhs.0,
+                lhs.2 as isize,
+                lhs.1 as isize,
+                rhs.0,
+                rhs.2 as isize,
+                rhs.1 as isize,
+                0.0,
+                beta,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+
+    /// `dst += lhs · rhs`, operands as in [`gemm`].
+    fn gemm_acc(
+        (m, n, k): (usize, usize, usize),
+        dst: (*mut f32, usize, usize),
+        lhs: (*const f32, usize, usize),
+        rhs: (*const f32, usize, usize),
+    ) {
+        // SAFETY: as in `gemm`.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.0,
+                dst.2 as isize,
+                dst.1 as isize,
+                true,
+                lhs.0,
+                lhs.2 as isize,
+                lhs.1 as isize,
+                rhs.0,
+                rhs.2 as isize,
+                rhs.1 as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
     }
 
     /// A tensor of `shape` on the ndarray backend holding `data` (row-major).

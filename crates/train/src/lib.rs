@@ -9,6 +9,7 @@
 //!   NaN policy, loss-curve PNG).
 //! - Metrics: [`JsonlLogger`], [`TensorBoardWriter`], [`Progress`]; [`TrainingMetadata`] writes
 //!   the model card.
+pub mod alloc;
 pub mod batch;
 pub mod callback;
 pub mod card;
@@ -27,6 +28,7 @@ pub mod schedule;
 pub mod tensorboard;
 pub mod trainer;
 
+pub use alloc::keep_freed_memory;
 pub use batch::{Batch, BatchSource, Shuffled};
 pub use callback::{Callback, EvalMetrics, StepMetrics};
 pub use card::TrainingMetadata;
