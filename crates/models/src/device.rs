@@ -63,10 +63,18 @@ pub fn parse_device(s: &str) -> Result<Device> {
     s.parse::<DeviceKind>()?.device()
 }
 
-/// The default CPU device of the compiled-in CPU backend (for tests and examples).
+/// The default CPU device of the compiled-in CPU backend (for tests and examples); burn's default
+/// device when kiln is built without the `cpu` feature (e.g. `--features wgpu` only).
 pub fn default_device() -> Device {
-    #[allow(deprecated)]
-    Device::ndarray()
+    #[cfg(feature = "cpu")]
+    {
+        #[allow(deprecated)]
+        Device::ndarray()
+    }
+    #[cfg(not(feature = "cpu"))]
+    {
+        Device::default()
+    }
 }
 
 #[cfg(test)]
