@@ -21,7 +21,7 @@ pub enum Family {
     Qwen2,
     /// `gemma2`.
     Gemma2,
-    /// `gemma3_text`, or the text part of `gemma3`.
+    /// `gemma3_text`, or the language model of a multimodal `gemma3` ([`ModuleLayout`]).
     Gemma3,
     /// `phi3`.
     Phi3,
