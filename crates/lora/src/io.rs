@@ -363,7 +363,8 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
     )> {
         let config = LoraConfig::from_file(&dir.join(CONFIG_FILE))?;
         let file: PathBuf = dir.join(WEIGHTS_FILE);
-        let mut tensors = read_safetensors(&file)?;
+        let mut tensors =
+            current_keys(read_safetensors(&file)?, self.model.legacy_path_prefixes())?;
         let matcher = TargetMatcher::new(&config)?;
         let output = self.model.output_layer().map(str::to_string);
         let device = self.device();
@@ -455,6 +456,20 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
             }
         });
         result?;
+        let skipped = self.model.skipped_path_prefixes();
+        let before = tensors.len();
+        tensors.retain(|key, _| {
+            !key.strip_prefix(PREFIX)
+                .is_some_and(|path| skipped.iter().any(|s| path.starts_with(s)))
+        });
+        if tensors.len() < before {
+            tracing::info!(
+                "{}: skipped {} tensor(s) of modules the model does not hold ({})",
+                file.display(),
+                before - tensors.len(),
+                skipped.join(", ")
+            );
+        }
         if let Some(key) = tensors.keys().next() {
             return Err(LoraError::UnexpectedKey {
                 key: key.clone(),
@@ -466,6 +481,34 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
         }
         Ok((config, plans, others))
     }
+}
+
+/// `tensors` with keys under an old module path prefix renamed to the current one (see
+/// [`AdapterTarget::legacy_path_prefixes`]).
+fn current_keys(
+    tensors: BTreeMap<String, HostTensor>,
+    legacy: &[(&str, &str)],
+) -> Result<BTreeMap<String, HostTensor>> {
+    if legacy.is_empty() {
+        return Ok(tensors);
+    }
+    let mut out = BTreeMap::new();
+    for (key, t) in tensors {
+        let renamed = key.strip_prefix(PREFIX).and_then(|path| {
+            legacy.iter().find_map(|(old, new)| {
+                path.strip_prefix(old)
+                    .map(|rest| format!("{PREFIX}{new}{rest}"))
+            })
+        });
+        let current = renamed.unwrap_or_else(|| key.clone());
+        if out.insert(current.clone(), t).is_some() {
+            return Err(LoraError::UnexpectedKey {
+                key,
+                reason: format!("names the same tensor as `{current}` (in the current layout)"),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Removes `key` from `tensors`, checking its shape.

@@ -38,6 +38,22 @@ pub trait AdapterTarget {
     fn output_layer(&self) -> Option<&str> {
         Some("lm_head")
     }
+
+    /// Module path prefixes of an older layout of the same checkpoint, as `(old, current)`:
+    /// adapter keys `base_model.model.<old>…` are read as `base_model.model.<current>…`, as PEFT
+    /// renames them when it loads an adapter saved by an older transformers. The default has
+    /// none.
+    fn legacy_path_prefixes(&self) -> &[(&'static str, &'static str)] {
+        &[]
+    }
+
+    /// Module path prefixes of the checkpoint's modules that the model does not hold (the vision
+    /// tower of a multimodal checkpoint loaded as a text model): adapter tensors under them are
+    /// skipped when loading, since they cannot change what the model computes. The default has
+    /// none.
+    fn skipped_path_prefixes(&self) -> &[&'static str] {
+        &[]
+    }
 }
 
 /// A parameter outside the linear layers, by rank.

@@ -37,7 +37,8 @@ fn linear(out: &mut Tensors, name: &str, layer: &LoraLinear) -> Result<()> {
 }
 
 /// The config of the exported text-only model: a multimodal `gemma3` config becomes its
-/// `text_config` (`gemma3_text`, `Gemma3ForCausalLM`), whose weights are the ones kiln holds.
+/// `text_config` (`gemma3_text`, `Gemma3ForCausalLM`), whose weights are the ones kiln holds,
+/// without `final_logit_softcapping`, which `Gemma3ForConditionalGeneration` never applied.
 fn text_config(config: &serde_json::Value) -> serde_json::Value {
     match (
         config.get("model_type").and_then(|v| v.as_str()),
@@ -47,6 +48,7 @@ fn text_config(config: &serde_json::Value) -> serde_json::Value {
             let mut text = text.clone();
             text["model_type"] = json!("gemma3_text");
             text["architectures"] = json!(["Gemma3ForCausalLM"]);
+            text["final_logit_softcapping"] = serde_json::Value::Null;
             text
         }
         _ => config.clone(),

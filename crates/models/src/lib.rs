@@ -2,8 +2,8 @@
 //! safetensors checkpoints and GGUF files, with a KV cache and text generation.
 //!
 //! One decoder ([`CausalLm`]) with knobs ([`DecoderConfig`]) serves the Llama family
-//! (`llama`, `mistral`, `qwen2`), Gemma 2 (`gemma2`), Gemma 3 (`gemma3_text`, and the text part of
-//! `gemma3`) and Phi-3 (`phi3`): norm style, embedding scale, activation, sandwich norms, q/k
+//! (`llama`, `mistral`, `qwen2`), Gemma 2 (`gemma2`), Gemma 3 (`gemma3_text`, and the language
+//! model of a multimodal `gemma3` checkpoint, see [`ModuleLayout`]) and Phi-3 (`phi3`): norm style, embedding scale, activation, sandwich norms, q/k
 //! norms, soft-capping, per-layer sliding windows and RoPE bases, partial rotary, LongRoPE and
 //! fused projections are settings, not copies of the model. Every projection is a
 //! [`kiln_lora::LoraLinear`] under its checkpoint name (Phi-3's `qkv_proj` and `gate_up_proj`
@@ -23,6 +23,7 @@ pub mod load;
 pub mod loss;
 pub mod mask;
 pub mod mlp;
+mod multimodal;
 pub mod norm;
 pub mod pretrained;
 pub mod rope;
@@ -31,7 +32,8 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use config::{
-    Activation, AttentionKind, DecoderConfig, Family, HfConfig, RopeParams, RopeScaling,
+    Activation, AttentionKind, DecoderConfig, Family, HfConfig, ModuleLayout, RopeParams,
+    RopeScaling,
 };
 pub use decoder::{CausalLm, DecoderInput, KvCache};
 pub use device::{DeviceKind, default_device, parse_device};

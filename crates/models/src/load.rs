@@ -1,10 +1,11 @@
 //! Builds a [`CausalLm`] from any [`WeightSource`], checking every tensor's shape against the
 //! config and reporting missing and unexpected keys together.
 use crate::attention::Attention;
-use crate::config::DecoderConfig;
+use crate::config::{DecoderConfig, ModuleLayout};
 use crate::decoder::{CausalLm, DecoderLayer, Model};
 use crate::error::{ModelError, Result};
 use crate::mlp::Mlp;
+use crate::multimodal::LanguageModelWeights;
 use crate::norm::RmsNorm;
 use crate::rope::Rope;
 use crate::weights::WeightSource;
@@ -105,11 +106,31 @@ fn ignorable(name: &str, config: &DecoderConfig) -> bool {
 }
 
 /// Builds the model of `config` from `source` on `device`.
+///
+/// `source` holds text-model names (`model.layers.0...`, `lm_head.weight`), or, for a config
+/// of [`ModuleLayout::Gemma3Multimodal`], the names of a multimodal `gemma3` checkpoint in either
+/// of its layouts (`language_model.model.*` or `model.language_model.*`), whose vision tower and
+/// projector are skipped.
+///
+/// # Errors
+/// [`ModelError::MissingWeights`] / [`ModelError::UnexpectedWeights`] listing every missing or
+/// unused tensor (under the file's names), [`ModelError::ShapeMismatch`], and the source's read
+/// errors.
 pub fn build_causal_lm(
     config: &DecoderConfig,
     source: &dyn WeightSource,
     device: &Device,
 ) -> Result<CausalLm> {
+    match config.layout {
+        ModuleLayout::CausalLm => build(config, source, device),
+        ModuleLayout::Gemma3Multimodal => {
+            let text = LanguageModelWeights::new(source)?;
+            build(config, &text, device).map_err(|e| text.file_names_in(e))
+        }
+    }
+}
+
+fn build(config: &DecoderConfig, source: &dyn WeightSource, device: &Device) -> Result<CausalLm> {
     let c = config;
     let mut l = Loader {
         source,

@@ -2,6 +2,7 @@
 //! `gemma3` config (`text_config`), and the defaults of the family's config class
 //! (`Gemma2Config`, `Gemma3TextConfig`, `Phi3Config`) for keys the file leaves out. Real Gemma 3
 //! configs omit most text keys, and GGUF metadata omits `query_pre_attn_scalar` and friends.
+use super::ModuleLayout;
 use crate::error::{ModelError, Result};
 use serde_json::{Value, json};
 use std::path::Path;
@@ -42,10 +43,18 @@ fn phi3() -> Value {
     })
 }
 
-/// The config transformers would build from `value`: a `gemma3` config is replaced by its
-/// `text_config` (model type `gemma3_text`), and missing keys get the family's defaults.
-pub(super) fn normalise(mut value: Value, path: &Path) -> Result<Value> {
+/// The config transformers would build from `value`, and where its decoder sits: a `gemma3`
+/// config is replaced by its `text_config` (model type `gemma3_text`) as
+/// `Gemma3ForConditionalGeneration` runs it (ties the output to the embedding by the top-level
+/// `tie_word_embeddings`, default true, and applies no `final_logit_softcapping`), and missing
+/// keys get the family's defaults.
+pub(super) fn normalise(mut value: Value, path: &Path) -> Result<(Value, ModuleLayout)> {
+    let mut layout = ModuleLayout::CausalLm;
     if value.get("model_type").and_then(Value::as_str) == Some("gemma3") {
+        let tie = value
+            .get("tie_word_embeddings")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
         let text = value
             .get_mut("text_config")
             .map(Value::take)
@@ -57,19 +66,22 @@ pub(super) fn normalise(mut value: Value, path: &Path) -> Result<Value> {
             })?;
         value = text;
         value["model_type"] = json!("gemma3_text");
+        value["tie_word_embeddings"] = json!(tie);
+        value["final_logit_softcapping"] = Value::Null;
+        layout = ModuleLayout::Gemma3Multimodal;
     }
     let defaults = match value.get("model_type").and_then(Value::as_str) {
         Some("gemma2") => gemma2(),
         Some("gemma3_text") => gemma3_text(),
         Some("phi3") => phi3(),
-        _ => return Ok(value),
+        _ => return Ok((value, layout)),
     };
     if let (Some(map), Value::Object(defaults)) = (value.as_object_mut(), defaults) {
         for (k, v) in defaults {
             map.entry(k).or_insert(v);
         }
     }
-    Ok(value)
+    Ok((value, layout))
 }
 
 #[cfg(test)]
@@ -80,13 +92,22 @@ mod tests {
     #[test]
     fn gemma3_text_config_is_taken_and_completed() {
         let v = json!({"model_type": "gemma3", "text_config": {"hidden_size": 640,
-            "final_logit_softcapping": 30.0}, "vision_config": {}});
-        let out = normalise(v, Path::new("config.json")).unwrap();
+            "final_logit_softcapping": 30.0, "tie_word_embeddings": false}, "vision_config": {}});
+        let (out, layout) = normalise(v, Path::new("config.json")).unwrap();
+        assert_eq!(layout, ModuleLayout::Gemma3Multimodal);
         assert_eq!(out["model_type"], "gemma3_text");
         assert_eq!(out["hidden_size"], 640);
         assert_eq!(out["vocab_size"], 262208);
-        assert_eq!(out["final_logit_softcapping"], 30.0);
+        // Gemma3ForConditionalGeneration: no final soft-cap, tied by the top-level flag.
+        assert!(out["final_logit_softcapping"].is_null());
+        assert_eq!(out["tie_word_embeddings"], true);
         assert!(out["attn_logit_softcapping"].is_null());
+        let text = json!({"model_type": "gemma3_text", "final_logit_softcapping": 30.0});
+        let (out, layout) = normalise(text, Path::new("config.json")).unwrap();
+        assert_eq!(
+            (out["final_logit_softcapping"].as_f64(), layout),
+            (Some(30.0), ModuleLayout::CausalLm)
+        );
         let err = normalise(json!({"model_type": "gemma3"}), Path::new("c.json")).unwrap_err();
         assert!(err.to_string().contains("text_config"), "{err}");
     }

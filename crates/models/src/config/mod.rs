@@ -21,7 +21,7 @@ pub enum Family {
     Qwen2,
     /// `gemma2`.
     Gemma2,
-    /// `gemma3_text`, or the text part of `gemma3`.
+    /// `gemma3_text`, or the language model of a multimodal `gemma3` ([`ModuleLayout`]).
     Gemma3,
     /// `phi3`.
     Phi3,
@@ -117,6 +117,31 @@ pub enum AttentionKind {
     Sliding { window: usize },
 }
 
+/// Where the decoder sits in the checkpoint's module tree, which is also where PEFT adapters
+/// name its modules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModuleLayout {
+    /// A text model (`*ForCausalLM`): `model.embed_tokens`, `model.layers.N.…`, `model.norm`,
+    /// `lm_head`.
+    #[default]
+    CausalLm,
+    /// The language model of a multimodal `gemma3` checkpoint (`Gemma3ForConditionalGeneration`):
+    /// `model.language_model.embed_tokens`, `model.language_model.layers.N.…`, …, `lm_head`. Its
+    /// vision tower (`model.vision_tower`) and projector (`model.multi_modal_projector`) are not
+    /// loaded; text-only inputs do not use them.
+    Gemma3Multimodal,
+}
+
+impl ModuleLayout {
+    /// The module path of the decoder body: `model` or `model.language_model`.
+    pub fn body(self) -> &'static str {
+        match self {
+            Self::CausalLm => "model",
+            Self::Gemma3Multimodal => "model.language_model",
+        }
+    }
+}
+
 /// The decoder's knobs, resolved from a Hugging Face config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecoderConfig {
@@ -174,6 +199,8 @@ pub struct DecoderConfig {
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
+    /// Module paths of the checkpoint (and of PEFT adapters trained on it).
+    pub layout: ModuleLayout,
 }
 
 /// `eos_token_id` is an int or a list of ints in the wild.
@@ -230,6 +257,9 @@ pub struct HfConfig {
     bos_token_id: Option<u32>,
     eos_token_id: Option<OneOrMany>,
     pad_token_id: Option<u32>,
+    /// Set when the config is the `text_config` of a multimodal `gemma3` config.
+    #[serde(skip)]
+    pub layout: ModuleLayout,
 }
 
 fn default_eps() -> f64 {
@@ -257,14 +287,17 @@ impl HfConfig {
     }
 
     /// Reads a parsed `config.json` (or the config derived from GGUF metadata), as transformers
-    /// would: the `text_config` of a multimodal `gemma3` config, and the family's defaults for
-    /// missing keys.
+    /// would: the `text_config` of a multimodal `gemma3` config (as its
+    /// `Gemma3ForConditionalGeneration` runs it, see [`ModuleLayout::Gemma3Multimodal`]), and the
+    /// family's defaults for missing keys.
     pub fn from_value(value: serde_json::Value, path: &Path) -> Result<Self> {
-        let value = defaults::normalise(value, path)?;
-        serde_json::from_value(value).map_err(|e| ModelError::Json {
+        let (value, layout) = defaults::normalise(value, path)?;
+        let mut config: Self = serde_json::from_value(value).map_err(|e| ModelError::Json {
             path: path.to_path_buf(),
             reason: e.to_string(),
-        })
+        })?;
+        config.layout = layout;
+        Ok(config)
     }
 
     /// Resolves the decoder knobs, checking that the values fit together.
@@ -408,6 +441,7 @@ impl HfConfig {
             bos_token_id: self.bos_token_id,
             eos_token_ids,
             pad_token_id: self.pad_token_id,
+            layout: self.layout,
         })
     }
 

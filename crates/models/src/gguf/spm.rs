@@ -1,6 +1,7 @@
 //! The sentencepiece-style BPE of `tokenizer.ggml.model = llama`, as transformers builds it from
 //! a GGUF file: `LlamaTokenizer(vocab, merges)` with merges from the file or, when it has none,
-//! recovered from the token scores (`generate_merges` of `tokenization_utils_base.py`).
+//! recovered from the token scores (`generate_merges` of `tokenization_utils_base.py`); Gemma's
+//! (`gemma_tokenizer`) and Phi-3's (`phi3_tokenizer`) variants of it.
 use super::file::GgufFile;
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -12,7 +13,10 @@ use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence;
 use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::{BPE, Merges, Vocab};
+use tokenizers::normalizers::prepend::Prepend;
 use tokenizers::normalizers::replace::Replace;
+use tokenizers::normalizers::utils::Sequence as NormalizerSequence;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 
@@ -65,6 +69,30 @@ pub(crate) fn sentencepiece_tokenizer(
         Strip::new(' ', 1, 0).into(),
     ];
     tokenizer.with_decoder(Some(Sequence::new(decoders)));
+    Ok(tokenizer)
+}
+
+/// Phi-3's shape, as transformers' `phi3_tokenizer` builds it from a GGUF file: the
+/// [`sentencepiece_tokenizer`] (same vocabulary, merges, byte fallback and decoder), but the
+/// prefix `▁` comes from a normalizer, `Prepend("▁")` then spaces to `▁`, and there is no
+/// pre-tokenizer (Phi-3's own `tokenizer.json` shape, which a GGUF does not carry).
+///
+/// The normalizer runs on every stretch of text between special tokens, so each gets its `▁`
+/// (`<|user|>\nHi` → `<|user|>`, `▁`, `<0x0A>`, ...), and a text starting with spaces keeps all
+/// of them (`"  hi"` → `▁▁▁hi`, where `Metaspace` gives `▁▁hi`).
+pub(crate) fn phi3_tokenizer(
+    file: &GgufFile,
+    tokens: &[&str],
+    vocab: &HashMap<String, u32>,
+    merges: Option<Merges>,
+) -> std::result::Result<Tokenizer, String> {
+    let mut tokenizer = sentencepiece_tokenizer(file, tokens, vocab, merges)?;
+    let spaces = Replace::new(" ", "▁").map_err(|e| e.to_string())?;
+    tokenizer.with_normalizer(Some(NormalizerSequence::new(vec![
+        Prepend::new("▁".into()).into(),
+        spaces.into(),
+    ])));
+    tokenizer.with_pre_tokenizer(None::<PreTokenizerWrapper>);
     Ok(tokenizer)
 }
 

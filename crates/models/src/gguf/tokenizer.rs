@@ -1,5 +1,6 @@
 //! The tokenizer a GGUF file describes in its metadata, as a [`tokenizers::Tokenizer`] built the
 //! way transformers builds it (`integrations/gguf/gguf_tokenizer_mapping.py`: `byte_level_tokenizer`,
+//! `sentencepiece_tokenizer` and its per-architecture variants for `gemma*` and `phi3`,
 //! `add_gguf_special_tokens`, `set_split_regex`, then `TokenizersBackend.update_post_processor`).
 use super::file::GgufFile;
 use super::spm;
@@ -132,16 +133,13 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
             (tokenizer, vocab, defaults, true)
         }
         GgufTokenizerKind::Llama => {
-            // transformers builds Phi-3's with another prefix-space rule: not reproduced yet.
-            let arch = file.architecture()?;
-            if arch == "phi3" {
-                return Err(err(format!(
-                    "the sentencepiece tokenizer of `{arch}` GGUF files is not supported yet"
-                )));
-            }
             let vocab = spm::plain_vocab(&tokens);
-            let tokenizer =
-                spm::sentencepiece_tokenizer(file, &tokens, &vocab, merges).map_err(err)?;
+            let tokenizer = if file.architecture()? == "phi3" {
+                spm::phi3_tokenizer(file, &tokens, &vocab, merges)
+            } else {
+                spm::sentencepiece_tokenizer(file, &tokens, &vocab, merges)
+            }
+            .map_err(err)?;
             (tokenizer, vocab, &["<unk>", "<s>", "</s>"][..], true)
         }
     };
