@@ -256,6 +256,7 @@ mod cpu {
                     (self.q[i0 * hd..].as_ptr(), hd, 1),
                     (self.k[j0 * hd..].as_ptr(), 1, hd),
                     self.scale,
+                    false,
                 );
                 for (r, srow) in scores.chunks_exact_mut(kw).enumerate() {
                     let m = &rows[r * tk + j0..r * tk + j0 + kw];
@@ -268,11 +269,13 @@ mod cpu {
                 }
                 // out[i0 + r] = Σ_c p[r, c] · v[j0 + c]; rows left to average keep their values
                 // because their probabilities are all zero and gemm accumulates.
-                gemm_acc(
+                gemm(
                     (n, hd, kw),
                     (out[i0 * hd..].as_mut_ptr(), hd, 1),
                     (scores.as_ptr(), kw, 1),
                     (self.v[j0 * hd..].as_ptr(), hd, 1),
+                    1.0,
+                    true,
                 );
             }
             out
@@ -312,14 +315,16 @@ mod cpu {
         }
     }
 
-    /// `dst = beta · lhs · rhs` for `(m, n, k)`; each operand is `(pointer, row stride, column
-    /// stride)`. Single-threaded: the callers run one task per head.
+    /// `dst = beta · lhs · rhs` (or `dst += beta · lhs · rhs` with `accumulate`) for `(m, n, k)`;
+    /// each operand is `(pointer, row stride, column stride)`. Single-threaded: the callers run
+    /// one task per head.
     fn gemm(
         (m, n, k): (usize, usize, usize),
         dst: (*mut f32, usize, usize),
         lhs: (*const f32, usize, usize),
         rhs: (*const f32, usize, usize),
         beta: f32,
+        accumulate: bool,
     ) {
         // SAFETY: callers pass pointers into live slices that hold the (m, k), (k, n) and
         // (m, n) matrices at the given strides.
@@ -331,48 +336,15 @@ mod cpu {
                 dst.0,
                 dst.2 as isize,
                 dst.1 as isize,
-                false,
+                accumulate,
                 lhs.0,
                 lhs.2 as isize,
                 lhs.1 as isize,
                 rhs.0,
                 rhs.2 as isize,
                 rhs.1 as isize,
-                0.0,
+                if accumulate { 1.0 } else { 0.0 },
                 beta,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-    }
-
-    /// `dst += lhs · rhs`, operands as in [`gemm`].
-    fn gemm_acc(
-        (m, n, k): (usize, usize, usize),
-        dst: (*mut f32, usize, usize),
-        lhs: (*const f32, usize, usize),
-        rhs: (*const f32, usize, usize),
-    ) {
-        // SAFETY: as in `gemm`.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.0,
-                dst.2 as isize,
-                dst.1 as isize,
-                true,
-                lhs.0,
-                lhs.2 as isize,
-                lhs.1 as isize,
-                rhs.0,
-                rhs.2 as isize,
-                rhs.1 as isize,
-                1.0,
-                1.0,
                 false,
                 false,
                 false,
