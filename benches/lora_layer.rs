@@ -1,5 +1,6 @@
 //! Forward + backward of one adapted projection (576 -> 1536, r = 16, batch 4 x 256) on the CPU:
-//! kiln's `LoraLinear` (two thin GEMMs, no delta), burn's `Module::apply_lora` on a burn `Linear`
+//! kiln's `LoraLinear` under burn's autodiff (two thin GEMMs, no delta), the same layer through
+//! kiln's fused CPU backward (`kiln_lora::backprop::HostLinear`), burn's `Module::apply_lora` on a burn `Linear`
 //! (reparameterised weight `W + s·A B`, built every forward), and full fine-tuning of the plain
 //! layer (gradient of the `[in, out]` weight).
 //!
@@ -53,6 +54,26 @@ fn bench(c: &mut Criterion) {
             let grads = y.sum().backward();
             let a = kiln.adapter("default").expect("adapter");
             a.lora_a.grad(&grads).expect("grad").into_data()
+        })
+    });
+
+    // The fused path: host forward and backward of the same layer, gradient of `sum(y)`.
+    let host_xs: Vec<Vec<f32>> = xs
+        .iter()
+        .map(|x| x.clone().into_data().try_into_vec::<f32>().expect("host"))
+        .collect();
+    let host = kiln_lora::backprop::HostLinear::new(&kiln).expect("fused path applies");
+    let m = SHAPE[0] * SHAPE[1];
+    let ones = vec![1f32; m * D_OUT];
+    g.bench_function("kiln_fused_host", |b| {
+        b.iter(|| {
+            i += 1;
+            let x = &host_xs[i % host_xs.len()];
+            let (y, saved) = host.forward(x, m);
+            let mut dx = vec![0f32; m * D_IN];
+            let mut grads = kiln_lora::grads::Grads::default();
+            host.backward(x, &saved, &ones, m, &mut dx, &mut grads);
+            (y.len(), grads.len())
         })
     });
 

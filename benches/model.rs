@@ -1,14 +1,21 @@
 //! The decoder's forward pass and decoding speed on the CPU: the tiny fixture model, and
 //! SmolLM2-135M-Instruct (from kiln's cache; those groups are skipped without it) at batch
-//! 1 x 256 and 4 x 256, plus 16 greedy tokens with the KV cache after a 16-token prompt.
-//! Every iteration uses new ids and copies the logits to the host.
+//! 1 x 256 and 4 x 256, plus 16 greedy tokens with the KV cache after a 16-token prompt, and
+//! one LoRA training step (r 16 on the seven projections, batch 4 x 256, AdamW) through kiln's
+//! fused CPU backward and through burn's autodiff. Every iteration uses new ids and copies the
+//! logits (or the loss and gradient norm) to the host.
 //!
 //! Run: `cargo bench --bench model` (add `--features openblas` for BLAS GEMMs). The side-by-side
 //! comparison with PyTorch is `tools/bench_side_by_side.sh`.
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use kiln::lora::{LoraConfig, LoraModel, TargetModules};
 use kiln::models::{
     CausalLm, DecoderConfig, DecoderInput, GenerationConfig, Pretrained, SafetensorsWeights,
     build_causal_lm, default_device, fetch, generate,
+};
+use kiln::train::{
+    AdamWOptions, BackwardPath, Batch, LrSchedule, MicroOutcome, NonFinitePolicy, ScheduleKind,
+    ScheduleOptions, Trainer, TrainerOptions,
 };
 use std::cell::Cell;
 
@@ -91,6 +98,71 @@ fn bench(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    g.finish();
+    lora_step(c, lm.model);
+}
+
+/// One optimizer step of LoRA r 16 on all seven projections, batch 4 x 256 (the side-by-side
+/// benchmark's `lora` mode), per backward path.
+fn lora_step(c: &mut Criterion, model: CausalLm) {
+    let names = [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ];
+    let targets = TargetModules::Names(names.iter().map(|s| s.to_string()).collect());
+    let config = LoraConfig::new(16, 32.0, targets);
+    let vocab = model.config.vocab_size;
+    let model = LoraModel::with_adapter(model, "default", config)
+        .expect("adapter")
+        .into_inner();
+    let salt = Cell::new(1000u64);
+    let mut g = c.benchmark_group("smollm2_lora_step_4x256");
+    g.sample_size(10).throughput(Throughput::Elements(1024));
+    for (name, backward) in [
+        ("fused", BackwardPath::Fused),
+        ("autodiff", BackwardPath::Autodiff),
+    ] {
+        let schedule = ScheduleOptions {
+            kind: ScheduleKind::Constant,
+            warmup_steps: Some(0),
+            warmup_ratio: None,
+            min_lr: 0.0,
+        };
+        let options = TrainerOptions {
+            grad_accum: 1,
+            max_grad_norm: Some(1.0),
+            schedule: LrSchedule::new(&schedule, 1e-4, 1),
+            adamw: AdamWOptions::default(),
+            seed: 0,
+            on_non_finite: NonFinitePolicy::Stop,
+            early_stopping: None,
+            gradient_checkpointing: false,
+            backward,
+        };
+        let mut trainer = Trainer::new(model.clone(), &default_device(), options).expect("trainer");
+        g.bench_function(name, |bench| {
+            bench.iter_batched(
+                || {
+                    salt.set(salt.get() + 1);
+                    let ids = ids(1024, vocab, salt.get());
+                    vec![Batch::language_modelling(ids, 4, 256).expect("batch")]
+                },
+                |data| {
+                    trainer.state.position = 0;
+                    match trainer.step(&data).expect("step") {
+                        MicroOutcome::Stepped(m) => m.loss,
+                        other => panic!("{other:?}"),
+                    }
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
     g.finish();
 }
 

@@ -22,8 +22,8 @@ use kiln::lora::{LoraConfig, LoraModel, TargetModules};
 use kiln::models::fetch::resolve_model;
 use kiln::models::{DecoderInput, GenerationConfig, Pretrained, generate, parse_device};
 use kiln::train::{
-    AdamWOptions, Batch, LrSchedule, MicroOutcome, NonFinitePolicy, ScheduleKind, ScheduleOptions,
-    Trainer, TrainerOptions,
+    AdamWOptions, BackwardPath, Batch, LrSchedule, MicroOutcome, NonFinitePolicy, ScheduleKind,
+    ScheduleOptions, Trainer, TrainerOptions,
 };
 use serde_json::json;
 use std::path::PathBuf;
@@ -49,6 +49,15 @@ struct Args {
     /// Recompute activations in the backward pass (training modes).
     #[arg(long)]
     gradient_checkpointing: bool,
+    /// Gradients through kiln's fused CPU backward (default) or burn's autodiff.
+    #[arg(long, value_enum, default_value = "fused")]
+    backward: Backward,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Backward {
+    Fused,
+    Autodiff,
 }
 
 const BATCH: usize = 4;
@@ -196,6 +205,10 @@ fn train(lm: Pretrained, mode: Mode, args: &Args) -> Result<serde_json::Value> {
         on_non_finite: NonFinitePolicy::Stop,
         early_stopping: None,
         gradient_checkpointing: args.gradient_checkpointing,
+        backward: match args.backward {
+            Backward::Fused => BackwardPath::Fused,
+            Backward::Autodiff => BackwardPath::Autodiff,
+        },
     };
     let mut trainer = Trainer::new(model, &device, options)?;
     let trainable: usize = trainer.trainable().iter().map(|p| p.numel()).sum();
@@ -231,6 +244,7 @@ fn train(lm: Pretrained, mode: Mode, args: &Args) -> Result<serde_json::Value> {
         "losses": losses,
         "peak_rss_mb": peak_rss_mb(),
         "gradient_checkpointing": args.gradient_checkpointing,
+        "backward": format!("{:?}", args.backward).to_lowercase(),
     }))
 }
 

@@ -50,25 +50,8 @@ pub fn try_linear<const D: usize>(
 #[cfg(feature = "cpu")]
 #[allow(deprecated)]
 mod cpu {
-    use burn::backend::NdArray;
+    use crate::host::{storage, tensor, view};
     use burn::tensor::Tensor;
-    use burn_ndarray::NdArrayTensor;
-    use ndarray::{ArcArray, ArrayView, IxDyn};
-
-    /// The f32 storage of a tensor on the ndarray backend outside autodiff, else `None`.
-    /// The primitive of an f32 tensor on the ndarray backend outside autodiff, else `None`.
-    fn storage<const D: usize>(t: &Tensor<D>) -> Option<NdArrayTensor> {
-        let p = t.clone().try_into_primitive::<NdArray>().ok()?;
-        matches!(p, NdArrayTensor::F32(_)).then_some(p)
-    }
-
-    /// The array view of an f32 primitive.
-    fn view(p: &NdArrayTensor) -> ArrayView<'_, f32, IxDyn> {
-        match p {
-            NdArrayTensor::F32(s) => s.view(),
-            _ => unreachable!("`storage` keeps f32 tensors only"),
-        }
-    }
 
     /// Weights up to this many elements are copied to row-major when they are not.
     const SMALL_WEIGHT: usize = 1 << 16;
@@ -145,10 +128,7 @@ mod cpu {
         }
         let mut shape = x_shape;
         shape[D - 1] = n;
-        let array = ArcArray::from_shape_vec(IxDyn(&shape), out).ok()?;
-        Some(Tensor::from_primitive::<NdArray>(NdArrayTensor::from(
-            array,
-        )))
+        tensor(&shape, out)
     }
 }
 

@@ -11,8 +11,13 @@
 //! - [`LoraModel`]: adapters by name (add, activate, disable, delete, weighted combination,
 //!   hot swap, merge/unmerge, PEFT's trainable-parameter line) and PEFT's files.
 pub mod adapter;
+#[cfg(feature = "cpu")]
+pub mod backprop;
 pub mod config;
 pub mod error;
+pub mod grads;
+#[cfg(feature = "cpu")]
+pub mod host;
 pub mod io;
 pub mod kernels;
 pub mod linear;

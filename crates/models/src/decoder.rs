@@ -199,7 +199,7 @@ impl DecoderInput {
         self
     }
 
-    fn check(&self, vocab: usize) -> Result<()> {
+    pub(crate) fn check(&self, vocab: usize) -> Result<()> {
         let n = self.batch * self.seq_len;
         if n == 0 {
             return Err(ModelError::Input("empty batch".into()));

@@ -10,6 +10,8 @@
 //! included), so PEFT adapters attach to any of them by name.
 pub mod adapters;
 pub mod attention;
+#[cfg(feature = "cpu")]
+pub mod backprop;
 pub mod config;
 pub mod decoder;
 pub mod device;

@@ -25,6 +25,12 @@ impl MaskSpec<'_> {
     /// one attention kind. Query `i` sits at key index `keys - queries + i`.
     pub fn build(&self, kind: AttentionKind, device: &Device) -> Tensor<4> {
         let (b, tq, tk) = (self.batch, self.queries, self.keys);
+        Tensor::from_data(TensorData::new(self.host(kind), [b, 1, tq, tk]), device)
+    }
+
+    /// [`Self::build`]'s mask on the host, `[b, queries, keys]` row-major.
+    pub fn host(&self, kind: AttentionKind) -> Vec<f32> {
+        let (b, tq, tk) = (self.batch, self.queries, self.keys);
         let past = tk - tq;
         let mut data = vec![0f32; b * tq * tk];
         for r in 0..b {
@@ -48,6 +54,6 @@ impl MaskSpec<'_> {
                 }
             }
         }
-        Tensor::from_data(TensorData::new(data, [b, 1, tq, tk]), device)
+        data
     }
 }

@@ -29,6 +29,11 @@ impl RmsNorm {
         }
     }
 
+    /// The epsilon added to the mean square.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
     /// Whether the scale is `1 + weight`.
     pub fn unit_offset(&self) -> bool {
         self.unit_offset

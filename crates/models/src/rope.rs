@@ -122,6 +122,17 @@ impl Rope {
         t: usize,
         device: &Device,
     ) -> (Tensor<4>, Tensor<4>) {
+        let (cos, sin) = self.host_tables(positions);
+        let dim = self.dim();
+        let shape = [b, 1, t, dim];
+        (
+            Tensor::from_data(TensorData::new(cos, shape), device),
+            Tensor::from_data(TensorData::new(sin, shape), device),
+        )
+    }
+
+    /// [`Self::tables`] on the host: `cos`, `sin` `[positions, rotary_dim]` row-major.
+    pub fn host_tables(&self, positions: &[i64]) -> (Vec<f32>, Vec<f32>) {
         let inv_freq = match &self.long {
             Some((long, original))
                 if positions
@@ -136,8 +147,8 @@ impl Rope {
         let half = inv_freq.len();
         let dim = half * 2;
         let scale = self.attention_scaling;
-        let mut cos = vec![0f32; b * t * dim];
-        let mut sin = vec![0f32; b * t * dim];
+        let mut cos = vec![0f32; positions.len() * dim];
+        let mut sin = vec![0f32; positions.len() * dim];
         for (row, &p) in positions.iter().enumerate() {
             let p = p as f32;
             for (j, &f) in inv_freq.iter().enumerate() {
@@ -151,11 +162,7 @@ impl Rope {
                 sin[base + half + j] = s;
             }
         }
-        let shape = [b, 1, t, dim];
-        (
-            Tensor::from_data(TensorData::new(cos, shape), device),
-            Tensor::from_data(TensorData::new(sin, shape), device),
-        )
+        (cos, sin)
     }
 }
 

@@ -81,6 +81,10 @@ pub struct SftConfig {
     /// Recompute activations in the backward pass instead of keeping them.
     #[serde(default)]
     pub gradient_checkpointing: bool,
+    /// How gradients are computed: `fused` (kiln's hand-written CPU backward where it covers
+    /// the model, burn's autodiff elsewhere) or `autodiff` (always burn's).
+    #[serde(default)]
+    pub backward: BackwardPath,
     /// Log a metrics line every this many optimizer steps.
     #[serde(default = "one")]
     pub log_every: usize,
@@ -238,6 +242,18 @@ pub enum NonFinitePolicy {
     Stop,
     /// Drop the step's gradients and go on with the next batch.
     Skip,
+}
+
+/// How the trainer computes gradients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BackwardPath {
+    /// kiln's fused CPU forward and backward ([`kiln_models::CausalLm::try_backprop`]) when it
+    /// covers the model and device, else burn's autodiff. Same numbers to float rounding.
+    #[default]
+    Fused,
+    /// Always burn's autodiff.
+    Autodiff,
 }
 
 impl Default for DataOptions {

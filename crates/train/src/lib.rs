@@ -34,8 +34,8 @@ pub use callback::{Callback, EvalMetrics, StepMetrics};
 pub use card::TrainingMetadata;
 pub use checkpoint::{latest_checkpoint, list_checkpoints};
 pub use config::{
-    AdamWOptions, DataOptions, EarlyStopping, EvalOptions, NonFinitePolicy, SaveOptions,
-    ScheduleKind, ScheduleOptions, SftConfig,
+    AdamWOptions, BackwardPath, DataOptions, EarlyStopping, EvalOptions, NonFinitePolicy,
+    SaveOptions, ScheduleKind, ScheduleOptions, SftConfig,
 };
 pub use data::{SftData, encode_records, packed_batches, padded_batches, prepare_data};
 pub use error::{Result, TrainError};

@@ -4,6 +4,7 @@
 use burn::module::{Module, ModuleDisplay};
 use burn::tensor::Tensor;
 use kiln_lora::{AdapterTarget, LoraModel};
+use kiln_models::backprop::Backprop;
 use kiln_models::{CausalLm, DecoderInput, LossSum, causal_lm_loss_sum};
 
 /// A causal language model the trainer can train.
@@ -22,6 +23,18 @@ pub trait CausalModel: Module {
     fn loss_sum(&self, input: &DecoderInput, labels: &[i64]) -> kiln_models::Result<LossSum> {
         causal_lm_loss_sum(self.logits(input)?, labels)
     }
+
+    /// Loss and gradients without autodiff ([`CausalLm::try_backprop`]), or `None` when the
+    /// model has no such path (the default) or it does not apply.
+    fn try_backprop(
+        &self,
+        _input: &DecoderInput,
+        _labels: &[i64],
+        _normaliser: f64,
+        _checkpoint: bool,
+    ) -> Option<kiln_models::Result<Backprop>> {
+        None
+    }
 }
 
 impl CausalModel for CausalLm {
@@ -36,6 +49,16 @@ impl CausalModel for CausalLm {
     fn loss_sum(&self, input: &DecoderInput, labels: &[i64]) -> kiln_models::Result<LossSum> {
         CausalLm::loss_sum(self, input, labels)
     }
+
+    fn try_backprop(
+        &self,
+        input: &DecoderInput,
+        labels: &[i64],
+        normaliser: f64,
+        checkpoint: bool,
+    ) -> Option<kiln_models::Result<Backprop>> {
+        CausalLm::try_backprop(self, input, labels, normaliser, checkpoint)
+    }
 }
 
 impl<M: CausalModel + AdapterTarget + ModuleDisplay> CausalModel for LoraModel<M> {
@@ -49,5 +72,16 @@ impl<M: CausalModel + AdapterTarget + ModuleDisplay> CausalModel for LoraModel<M
 
     fn loss_sum(&self, input: &DecoderInput, labels: &[i64]) -> kiln_models::Result<LossSum> {
         self.model.loss_sum(input, labels)
+    }
+
+    fn try_backprop(
+        &self,
+        input: &DecoderInput,
+        labels: &[i64],
+        normaliser: f64,
+        checkpoint: bool,
+    ) -> Option<kiln_models::Result<Backprop>> {
+        self.model
+            .try_backprop(input, labels, normaliser, checkpoint)
     }
 }

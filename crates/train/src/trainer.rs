@@ -3,14 +3,14 @@
 //! and evaluation.
 use crate::batch::{Batch, BatchSource, mix};
 use crate::callback::{Callback, EvalMetrics, StepMetrics};
-use crate::config::{AdamWOptions, EarlyStopping, NonFinitePolicy, SftConfig};
+use crate::config::{AdamWOptions, BackwardPath, EarlyStopping, NonFinitePolicy, SftConfig};
 use crate::error::{Result, TrainError};
 use crate::model::CausalModel;
 use crate::params::{ParamInfo, accumulate_grads, global_grad_norm, scale_grads, trainable_params};
 use crate::schedule::LrSchedule;
 use burn::module::ParamGroup;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -29,6 +29,8 @@ pub struct TrainerOptions {
     pub early_stopping: Option<EarlyStopping>,
     /// Recompute activations in the backward pass.
     pub gradient_checkpointing: bool,
+    /// Fused CPU backward where it applies, or always autodiff.
+    pub backward: BackwardPath,
 }
 
 impl TrainerOptions {
@@ -43,6 +45,7 @@ impl TrainerOptions {
             on_non_finite: config.on_non_finite,
             early_stopping: config.early_stopping.clone(),
             gradient_checkpointing: config.gradient_checkpointing,
+            backward: config.backward,
         }
     }
 }
@@ -99,6 +102,8 @@ pub struct Trainer<M: CausalModel> {
     pub options: TrainerOptions,
     pub state: TrainState,
     pub(crate) grads: Option<GradientsParams>,
+    /// Micro-batches whose gradients came from the fused backward in this session.
+    fused_micro_batches: u64,
     callbacks: Vec<Box<dyn Callback>>,
     session_start: Instant,
     step_start: Option<Instant>,
@@ -170,6 +175,7 @@ impl<M: CausalModel> Trainer<M> {
             options,
             state: TrainState::default(),
             grads: None,
+            fused_micro_batches: 0,
             callbacks: Vec::new(),
             session_start: Instant::now(),
             step_start: None,
@@ -208,6 +214,12 @@ impl<M: CausalModel> Trainer<M> {
     /// Seconds trained, across resumes.
     pub fn elapsed(&self) -> f64 {
         self.state.elapsed + self.session_start.elapsed().as_secs_f64()
+    }
+
+    /// Micro-batches of this session whose gradients came from the fused CPU backward
+    /// ([`BackwardPath::Fused`]) rather than burn's autodiff.
+    pub fn fused_micro_batches(&self) -> u64 {
+        self.fused_micro_batches
     }
 
     /// Runs micro-batches until the current optimizer step completes (or is skipped).
@@ -256,18 +268,27 @@ impl<M: CausalModel> Trainer<M> {
     }
 
     fn backward(&mut self, batch: &Batch, position: u64) -> Result<()> {
+        if let Some(d) = self.model().devices().into_iter().next() {
+            d.seed(mix(self.options.seed, position));
+        }
+        let normaliser = self.state.step_label_tokens as f64;
+        let fused = self.fused_backward(batch, normaliser)?;
+        if fused.is_some() {
+            self.fused_micro_batches += 1;
+        }
         let model = self
             .model
             .as_ref()
             .unwrap_or_else(|| unreachable!("model present"));
-        let device = model.devices().into_iter().next();
-        if let Some(d) = &device {
-            d.seed(mix(self.options.seed, position));
-        }
-        let sum = model.loss_sum(&batch.input, &batch.labels)?.sum;
-        let loss = sum / self.state.step_label_tokens as f64;
-        let value = loss.clone().into_scalar::<f32>() as f64;
-        let grads = GradientsParams::from_grads(loss.backward(), model);
+        let (value, grads) = match fused {
+            Some(done) => done,
+            None => {
+                let sum = model.loss_sum(&batch.input, &batch.labels)?.sum;
+                let loss = sum / normaliser;
+                let value = loss.clone().into_scalar::<f32>() as f64;
+                (value, GradientsParams::from_grads(loss.backward(), model))
+            }
+        };
         let mut acc = self.grads.take().unwrap_or_default();
         accumulate_grads(model, &mut acc, grads);
         self.grads = Some(acc);
@@ -277,6 +298,61 @@ impl<M: CausalModel> Trainer<M> {
             None => batch.input.ids.len(),
         };
         Ok(())
+    }
+
+    /// The micro-batch's loss and gradients through [`CausalModel::try_backprop`], or `None`
+    /// when the options ask for autodiff or the fused path does not cover the model. The fused
+    /// gradients are used only if they cover exactly the trainable parameters.
+    fn fused_backward(
+        &self,
+        batch: &Batch,
+        normaliser: f64,
+    ) -> Result<Option<(f64, GradientsParams)>> {
+        if self.options.backward != BackwardPath::Fused {
+            return Ok(None);
+        }
+        let model = self.model();
+        let checkpoint = self.options.gradient_checkpointing;
+        let Some(out) = model.try_backprop(&batch.input, &batch.labels, normaliser, checkpoint)
+        else {
+            return Ok(None);
+        };
+        let out = out?;
+        let trainable = trainable_params(model);
+        let mut grads = GradientsParams::new();
+        let device = match model.devices().into_iter().next() {
+            Some(d) => d.inner(),
+            None => return Ok(None),
+        };
+        let mut covered = 0;
+        for (id, shape, values) in out.grads.into_entries() {
+            let Some(p) = trainable.iter().find(|p| p.id == id) else {
+                continue;
+            };
+            if p.shape != shape {
+                return Ok(None);
+            }
+            covered += 1;
+            match shape.len() {
+                1 => grads.register(
+                    id,
+                    Tensor::<1>::from_data(TensorData::new(values, [shape[0]]), &device),
+                ),
+                2 => grads.register(
+                    id,
+                    Tensor::<2>::from_data(TensorData::new(values, [shape[0], shape[1]]), &device),
+                ),
+                _ => return Ok(None),
+            }
+        }
+        if covered != trainable.len() {
+            tracing::warn!(
+                "fused backward covered {covered} of {} trainable parameters; using autodiff",
+                trainable.len()
+            );
+            return Ok(None);
+        }
+        Ok(Some((out.loss_sum / normaliser, grads)))
     }
 
     /// Clips, checks for NaN/inf, updates the weights and advances the schedule.

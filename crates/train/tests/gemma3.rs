@@ -74,6 +74,7 @@ fn gemma3_270m_lora_loss_decreases() {
         on_non_finite: NonFinitePolicy::Stop,
         early_stopping: None,
         gradient_checkpointing: false,
+        backward: kiln_train::BackwardPath::Fused,
     };
     let mut trainer = Trainer::new(model, &device, options).unwrap();
     let mut losses = Vec::new();

@@ -105,6 +105,7 @@ fn five_lora_steps_match_pytorch_peft() {
         on_non_finite: NonFinitePolicy::Stop,
         early_stopping: None,
         gradient_checkpointing: false,
+        backward: kiln_train::BackwardPath::Fused,
     };
     let mut trainer = Trainer::new(model_with_fixture_adapter(), &device(), options).unwrap();
     for want in steps {

@@ -84,6 +84,7 @@ fn smollm2_lora_count_loss_decrease_save_reload() {
         on_non_finite: NonFinitePolicy::Stop,
         early_stopping: None,
         gradient_checkpointing: false,
+        backward: kiln_train::BackwardPath::Fused,
     };
     let mut trainer = Trainer::new(model, &device, options).unwrap();
     let mut losses = Vec::new();

@@ -62,6 +62,55 @@ fn two_micro_batches_of_4_equal_one_batch_of_8() {
     assert!(max_abs_diff(&start, &after) > 1e-4);
 }
 
+/// kiln's fused CPU backward and burn's autodiff train the same weights: LoRA (with gradient
+/// accumulation, clipping and checkpointed layers) and full fine-tuning, three steps each.
+#[test]
+fn fused_backward_trains_like_autodiff() {
+    let _g = serial();
+    let data: Vec<Batch> = vec![batch(0..4, 12), batch(4..8, 12)];
+    let full = {
+        use burn::module::Module;
+        tiny_model().set_require_grad(true)
+    };
+    for (what, model, checkpoint) in [
+        ("lora", tiny_lora(4, 0.0, 1), false),
+        ("lora, checkpointed", tiny_lora(4, 0.0, 1), true),
+        ("full", full, false),
+    ] {
+        let run = |backward| {
+            let mut o = options(2, 1e-3, 4);
+            o.backward = backward;
+            o.gradient_checkpointing = checkpoint;
+            let mut trainer = Trainer::new(model.clone(), &device(), o).unwrap();
+            let losses: Vec<(f64, f64)> = (0..3)
+                .map(|_| match trainer.step(&data).unwrap() {
+                    MicroOutcome::Stepped(m) => (m.loss, m.grad_norm),
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            (losses, trained(&trainer), trainer.fused_micro_batches())
+        };
+        let (fused, fused_params, n) = run(kiln_train::BackwardPath::Fused);
+        let (auto, auto_params, m) = run(kiln_train::BackwardPath::Autodiff);
+        assert_eq!((n, m), (6, 0), "{what}: fused micro-batches");
+        for ((lf, nf), (la, na)) in fused.iter().zip(&auto) {
+            assert!(
+                (lf - la).abs() < 1e-5 * la.max(1.0),
+                "{what}: loss {lf} vs {la}"
+            );
+            assert!(
+                (nf - na).abs() < 1e-4 * na.max(1.0),
+                "{what}: grad norm {nf} vs {na}"
+            );
+        }
+        // AdamW divides by the gradient's running RMS, so a gradient entry at rounding level
+        // can move its weight by a visible fraction of lr (1e-3) on either path; a wrong
+        // gradient moves weights by about lr per step.
+        let diff = max_abs_diff(&fused_params, &auto_params);
+        assert!(diff < 1e-4, "{what}: weights differ by {diff}");
+    }
+}
+
 fn data() -> Shuffled<Vec<Batch>> {
     Shuffled::new((0..3).map(|i| batch(i * 2..i * 2 + 2, 10)).collect(), 11)
 }

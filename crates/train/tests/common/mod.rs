@@ -98,5 +98,6 @@ pub fn options(grad_accum: usize, lr: f64, total: usize) -> TrainerOptions {
         on_non_finite: NonFinitePolicy::Stop,
         early_stopping: None,
         gradient_checkpointing: false,
+        backward: kiln_train::BackwardPath::Fused,
     }
 }

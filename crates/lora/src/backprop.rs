@@ -1,0 +1,267 @@
+//! A [`LoraLinear`]'s forward and backward pass on host memory, for kiln's fused CPU training
+//! step (`kiln-models`' `backprop`).
+//!
+//! Why not burn's autodiff: on the CPU every op of the recorded graph allocates (and the kernel
+//! zeroes) a fresh output, frozen weights are repacked on every product, and the backward of a
+//! LoRA layer computes more than it needs. Here the frozen weight is read in place by `gemm`,
+//! each adapter costs two thin products forward and four backward, and only the gradients of
+//! parameters that train are computed. Same maths as [`LoraLinear::forward`]:
+//! `y = x W + b + Σ_active (s · dropout(x) A) B`, with dropout masks drawn from burn's RNG in
+//! the order and shape burn's `Dropout` draws them, so both paths train on the same masks.
+#![allow(deprecated)] // burn-ndarray: see crate::host
+
+pub use crate::grads::Grads;
+use crate::host::{MatMut, MatRef, Threads, matmul, to_vec, values, view};
+use crate::linear::LoraLinear;
+use burn::module::ParamId;
+use burn::tensor::{Device, Distribution, Tensor};
+use burn_ndarray::NdArrayTensor;
+
+/// One running plain-LoRA adapter, copied to the host (adapters are small).
+#[derive(Debug)]
+struct HostAdapter {
+    /// `[in, r]`
+    a: Vec<f32>,
+    /// `[r, out]`
+    b: Vec<f32>,
+    r: usize,
+    scale: f32,
+    /// `(lora_a, lora_b)` ids when the adapter trains.
+    ids: Option<(ParamId, ParamId)>,
+    /// Dropout's keep probability when it runs (training, on an autodiff device, `p > 0`).
+    keep: Option<f64>,
+}
+
+/// A [`LoraLinear`] ready for host forward and backward passes.
+#[derive(Debug)]
+pub struct HostLinear {
+    /// `[in, out]`, read in place.
+    weight: NdArrayTensor,
+    bias: Option<Vec<f32>>,
+    adapters: Vec<HostAdapter>,
+    weight_id: Option<ParamId>,
+    bias_id: Option<ParamId>,
+    /// Where dropout masks are drawn (the weight's device).
+    device: Device,
+    pub d_in: usize,
+    pub d_out: usize,
+}
+
+/// What the backward pass needs from the forward, besides the input, per adapter: `s · x A`
+/// and the dropout mask scaled by `1 / keep` (`None` without dropout).
+#[derive(Debug, Default)]
+pub struct LinearSaved {
+    u: Vec<Vec<f32>>,
+    masks: Vec<Option<Vec<f32>>>,
+}
+
+impl HostLinear {
+    /// The layer as the training forward runs it, or `None` when the host path does not cover
+    /// it: not on the ndarray backend in f32, or a DoRA adapter.
+    pub fn new(layer: &LoraLinear) -> Option<Self> {
+        let weight = values(&layer.weight.val())?;
+        let [d_in, d_out] = [view(&weight).shape()[0], view(&weight).shape()[1]];
+        let bias = match &layer.bias {
+            Some(b) => Some(to_vec(&b.val())?),
+            None => None,
+        };
+        let running = layer.has_unmerged_active_adapters();
+        let mut adapters = Vec::new();
+        for name in layer.active_adapters().iter().filter(|_| running) {
+            let Some(a) = layer.adapter(name) else {
+                continue;
+            };
+            if a.is_dora() {
+                return None;
+            }
+            // burn's `Dropout::forward` runs under exactly these conditions.
+            let dropout = a.dropout.training.is_enabled()
+                && layer.weight.val().device().is_autodiff()
+                && a.dropout.prob > 0.0;
+            let trains = a.lora_a.is_require_grad() || a.lora_b.is_require_grad();
+            adapters.push(HostAdapter {
+                a: to_vec(&a.lora_a.val())?,
+                b: to_vec(&a.lora_b.val())?,
+                r: a.rank(),
+                scale: a.scale as f32,
+                ids: trains.then_some((a.lora_a.id, a.lora_b.id)),
+                keep: dropout.then_some(1.0 - a.dropout.prob),
+            });
+        }
+        Some(Self {
+            weight,
+            bias,
+            adapters,
+            weight_id: layer.weight.is_require_grad().then_some(layer.weight.id),
+            bias_id: layer
+                .bias
+                .as_ref()
+                .filter(|b| b.is_require_grad())
+                .map(|b| b.id),
+            device: layer.weight.val().device(),
+            d_in,
+            d_out,
+        })
+    }
+
+    /// Whether an adapter draws dropout masks (a forward pass then consumes burn's RNG, so it
+    /// cannot be recomputed).
+    pub fn has_dropout(&self) -> bool {
+        self.adapters.iter().any(|a| a.keep.is_some())
+    }
+
+    /// Whether any parameter of the layer trains.
+    pub fn trains(&self) -> bool {
+        self.weight_id.is_some()
+            || self.bias_id.is_some()
+            || self.adapters.iter().any(|a| a.ids.is_some())
+    }
+
+    /// `y = x W + b + Σ (s · x A) B` for `m` rows.
+    ///
+    /// # Shapes
+    /// - x: `[m, in]` row-major; output `[m, out]`
+    pub fn forward(&self, x: &[f32], m: usize) -> (Vec<f32>, LinearSaved) {
+        let (k, n) = (self.d_in, self.d_out);
+        let wv = view(&self.weight);
+        let w = MatRef::of_view(&wv).unwrap_or_else(|| unreachable!("weights are 2-d"));
+        let mut y = vec![0f32; m * n];
+        matmul(
+            MatMut::new(&mut y, m, n),
+            MatRef::new(x, m, k),
+            w,
+            1.0,
+            false,
+            Threads::All,
+        );
+        if let Some(b) = &self.bias {
+            y.chunks_exact_mut(n)
+                .for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
+        }
+        let mut saved = LinearSaved::default();
+        for ad in &self.adapters {
+            let mask = ad.keep.map(|keep| self.dropout_mask(keep, m));
+            let dropped = mask.as_ref().map(|mask| apply_mask(x, mask));
+            let mut u = vec![0f32; m * ad.r];
+            let a = MatRef::new(&ad.a, k, ad.r);
+            matmul(
+                MatMut::new(&mut u, m, ad.r),
+                MatRef::new(dropped.as_deref().unwrap_or(x), m, k),
+                a,
+                ad.scale,
+                false,
+                Threads::All,
+            );
+            let b = MatRef::new(&ad.b, ad.r, n);
+            matmul(
+                MatMut::new(&mut y, m, n),
+                MatRef::new(&u, m, ad.r),
+                b,
+                1.0,
+                true,
+                Threads::All,
+            );
+            saved.u.push(u);
+            saved.masks.push(mask);
+        }
+        (y, saved)
+    }
+
+    /// burn's `Dropout` mask for an `[m, in]` input: Bernoulli(keep) draws from the device's
+    /// RNG, times `1 / keep` (`x · mask · (1/keep)` rounds as `x · (mask · 1/keep)` since the
+    /// mask is 0 or 1).
+    fn dropout_mask(&self, keep: f64, m: usize) -> Vec<f32> {
+        let draws =
+            Tensor::<2>::random([m, self.d_in], Distribution::Bernoulli(keep), &self.device);
+        let inv = (1.0 / keep) as f32;
+        let mut mask = to_vec(&draws).unwrap_or_else(|| unreachable!("f32 on the CPU"));
+        mask.iter_mut().for_each(|v| *v *= inv);
+        mask
+    }
+
+    /// Backward of [`Self::forward`]: adds `dy Wᵀ + Σ s · (dy Bᵀ) Aᵀ` to `dx` and the gradients
+    /// of the parameters that train to `grads`.
+    ///
+    /// # Shapes
+    /// - x: `[m, in]`, dy: `[m, out]`, dx: `[m, in]`, all row-major
+    pub fn backward(
+        &self,
+        x: &[f32],
+        saved: &LinearSaved,
+        dy: &[f32],
+        m: usize,
+        dx: &mut [f32],
+        grads: &mut Grads,
+    ) {
+        let (k, n) = (self.d_in, self.d_out);
+        let wv = view(&self.weight);
+        let w = MatRef::of_view(&wv).unwrap_or_else(|| unreachable!("weights are 2-d"));
+        let (xm, dym) = (MatRef::new(x, m, k), MatRef::new(dy, m, n));
+        matmul(MatMut::new(dx, m, k), dym, w.t(), 1.0, true, Threads::All);
+        for ((ad, u), mask) in self.adapters.iter().zip(&saved.u).zip(&saved.masks) {
+            let r = ad.r;
+            // du = dy Bᵀ [m, r]; the adapter's input gradient is s · du Aᵀ (times the mask).
+            let mut du = vec![0f32; m * r];
+            let b = MatRef::new(&ad.b, r, n);
+            matmul(
+                MatMut::new(&mut du, m, r),
+                dym,
+                b.t(),
+                1.0,
+                false,
+                Threads::All,
+            );
+            let (a, dum) = (MatRef::new(&ad.a, k, r), MatRef::new(&du, m, r));
+            match mask {
+                None => matmul(
+                    MatMut::new(dx, m, k),
+                    dum,
+                    a.t(),
+                    ad.scale,
+                    true,
+                    Threads::All,
+                ),
+                Some(mask) => {
+                    let mut dxd = vec![0f32; m * k];
+                    let dst = MatMut::new(&mut dxd, m, k);
+                    matmul(dst, dum, a.t(), ad.scale, false, Threads::All);
+                    for ((dx, g), mk) in dx.iter_mut().zip(&dxd).zip(mask) {
+                        *dx += g * mk;
+                    }
+                }
+            }
+            if let Some((a_id, b_id)) = ad.ids {
+                // dA = s · dropout(x)ᵀ du [in, r]; dB = uᵀ dy [r, out] (u already carries s).
+                let dropped = mask.as_ref().map(|mask| apply_mask(x, mask));
+                let input = dropped.as_ref().map_or(xm, |d| MatRef::new(d, m, k));
+                let da = grads.slot(a_id, &[k, r]);
+                matmul(
+                    MatMut::new(da, k, r),
+                    input.t(),
+                    dum,
+                    ad.scale,
+                    true,
+                    Threads::All,
+                );
+                let db = grads.slot(b_id, &[r, n]);
+                let um = MatRef::new(u, m, r);
+                matmul(MatMut::new(db, r, n), um.t(), dym, 1.0, true, Threads::All);
+            }
+        }
+        if let Some(id) = self.weight_id {
+            let dw = grads.slot(id, &[k, n]);
+            matmul(MatMut::new(dw, k, n), xm.t(), dym, 1.0, true, Threads::All);
+        }
+        if let Some(id) = self.bias_id {
+            let db = grads.slot(id, &[n]);
+            for row in dy.chunks_exact(n) {
+                db.iter_mut().zip(row).for_each(|(g, d)| *g += d);
+            }
+        }
+    }
+}
+
+/// `x · mask` elementwise.
+fn apply_mask(x: &[f32], mask: &[f32]) -> Vec<f32> {
+    x.iter().zip(mask).map(|(x, m)| x * m).collect()
+}

@@ -1,0 +1,368 @@
+//! Grouped-query attention forward and backward on host rows, in 64-query blocks that multiply
+//! only the keys the block can see (as `kernels.rs` does for inference).
+//!
+//! The forward keeps the log-sum-exp of every query row; the backward recomputes the
+//! probabilities from it (FlashAttention's recipe, Dao et al. 2022,
+//! <https://arxiv.org/abs/2205.14135>) instead of storing the `[heads, t, t]` matrices.
+//! A query row that sees no key (padding) averages every value row, as the tensor path's
+//! softmax over equal `MASKED` scores does; its scores get no gradient there either.
+use crate::mask::MASKED;
+use kiln_lora::host::{MatMut, MatRef, Threads, matmul};
+use rayon::prelude::*;
+
+/// Queries per block.
+const BLOCK: usize = 64;
+
+/// Shapes of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Dims {
+    pub batch: usize,
+    pub t: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+}
+
+impl Dims {
+    fn q_width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    fn kv_width(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+}
+
+/// A raw pointer that parallel tasks write through, each to its own columns.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: tasks write disjoint column blocks (one kv head's group each); see the callers.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The pointer (a method, so closures capture the `Send` wrapper, not the raw field).
+    fn at(&self, offset: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the buffer (see the per-call comments).
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// The visible key range of query rows `i0..i1` of batch row `bi`: `None` if no row sees any.
+fn key_range(mask: &[f32], t: usize, bi: usize, i0: usize, i1: usize) -> Option<(usize, usize)> {
+    let rows = &mask[(bi * t + i0) * t..(bi * t + i1) * t];
+    let seen = |j: &usize| rows.chunks_exact(t).any(|m| m[*j] != MASKED);
+    Some(((0..t).find(seen)?, (0..t).rev().find(seen)?))
+}
+
+/// Attention output `[b·t, heads·hd]` and log-sum-exp `[b, heads, t]` (0 for rows that see
+/// nothing).
+///
+/// # Shapes
+/// - q: `[b·t, heads·hd]`; k, v: `[b·t, kv_heads·hd]`, token-major; mask: `[b, t, t]` additive
+pub(super) fn forward(
+    dims: Dims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let Dims {
+        batch,
+        t,
+        heads,
+        kv_heads,
+        head_dim: hd,
+        scale,
+    } = dims;
+    let (qw, kw_) = (dims.q_width(), dims.kv_width());
+    let groups = heads / kv_heads;
+    let mut out = vec![0f32; batch * t * qw];
+    let mut lse = vec![0f32; batch * heads * t];
+    let (out_p, lse_p) = (Shared(out.as_mut_ptr()), Shared(lse.as_mut_ptr()));
+    (0..batch * kv_heads).into_par_iter().for_each(|task| {
+        let (bi, g) = (task / kv_heads, task % kv_heads);
+        let kg = MatRef::columns(&k[bi * t * kw_..], t, kw_, g * hd, hd);
+        let vg = MatRef::columns(&v[bi * t * kw_..], t, kw_, g * hd, hd);
+        let mut scores = Vec::new();
+        for hi in g * groups..(g + 1) * groups {
+            let qh = MatRef::columns(&q[bi * t * qw..], t, qw, hi * hd, hd);
+            // SAFETY: this task alone writes head `hi`'s columns of batch row `bi` and its
+            // log-sum-exp rows; `out` holds b·t rows of `qw`.
+            let lse_h =
+                unsafe { std::slice::from_raw_parts_mut(lse_p.at((bi * heads + hi) * t), t) };
+            for i0 in (0..t).step_by(BLOCK) {
+                let i1 = (i0 + BLOCK).min(t);
+                let n = i1 - i0;
+                // SAFETY: as above, rows i0..i1 of batch row `bi`, columns of head `hi`.
+                let dst = |rows_from: usize, rows: usize| unsafe {
+                    MatMut::columns_raw(out_p.at((bi * t + rows_from) * qw), rows, qw, hi * hd, hd)
+                };
+                let Some((j0, j1)) = key_range(mask, t, bi, i0, i1) else {
+                    (i0..i1).for_each(|i| average_rows(vg, dst(i, 1)));
+                    lse_h[i0..i1].fill(0.0);
+                    continue;
+                };
+                let kw = j1 + 1 - j0;
+                scores.clear();
+                scores.resize(n * kw, 0f32);
+                matmul(
+                    MatMut::new(&mut scores, n, kw),
+                    qh.rows(i0, n),
+                    kg.rows(j0, kw).t(),
+                    scale,
+                    false,
+                    Threads::One,
+                );
+                let mut blind_rows = Vec::new();
+                for (r, s) in scores.chunks_exact_mut(kw).enumerate() {
+                    let m = &mask[(bi * t + i0 + r) * t + j0..][..kw];
+                    match softmax_row(s, m) {
+                        Some(l) => lse_h[i0 + r] = l,
+                        None => {
+                            lse_h[i0 + r] = 0.0;
+                            blind_rows.push(i0 + r);
+                        }
+                    }
+                }
+                matmul(
+                    dst(i0, n),
+                    MatRef::new(&scores, n, kw),
+                    vg.rows(j0, kw),
+                    1.0,
+                    false,
+                    Threads::One,
+                );
+                for i in blind_rows {
+                    average_rows(vg, dst(i, 1));
+                }
+            }
+        }
+    });
+    (out, lse)
+}
+
+/// Masks and normalises one row of scores in place (masked keys get 0) and returns its
+/// log-sum-exp, or `None` (row zeroed) when it sees no key. NaN scores stay NaN.
+fn softmax_row(s: &mut [f32], mask: &[f32]) -> Option<f32> {
+    if mask.iter().all(|&m| m == MASKED) {
+        s.fill(0.0);
+        return None;
+    }
+    let mut max = f32::NEG_INFINITY;
+    for (s, &m) in s.iter().zip(mask) {
+        if m != MASKED {
+            max = max.max(s + m);
+        }
+    }
+    let mut sum = 0f32;
+    for (s, &m) in s.iter_mut().zip(mask) {
+        *s = if m == MASKED {
+            0.0
+        } else {
+            (*s + m - max).exp()
+        };
+        sum += *s;
+    }
+    s.iter_mut().for_each(|s| *s /= sum);
+    Some(max + sum.ln())
+}
+
+/// Whether query row `i` of batch row `bi` sees no key at all.
+fn blind(mask: &[f32], t: usize, bi: usize, i: usize) -> bool {
+    mask[(bi * t + i) * t..][..t].iter().all(|&m| m == MASKED)
+}
+
+/// One output row: the mean of all value rows of `v` (`[t, hd]`).
+fn average_rows(v: MatRef<'_>, dst: MatMut<'_>) {
+    let t = v.rows;
+    let ones = vec![1.0 / t as f32; t];
+    matmul(dst, MatRef::new(&ones, 1, t), v, 1.0, false, Threads::One);
+}
+
+/// Gradients `(dq, dk, dv)` of [`forward`] from the output gradient `dout`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward(
+    dims: Dims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    dout: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let Dims {
+        batch,
+        t,
+        heads,
+        kv_heads,
+        head_dim: hd,
+        scale,
+    } = dims;
+    let (qw, kw_) = (dims.q_width(), dims.kv_width());
+    let groups = heads / kv_heads;
+    let mut dq = vec![0f32; batch * t * qw];
+    let mut dk = vec![0f32; batch * t * kw_];
+    let mut dv = vec![0f32; batch * t * kw_];
+    let (dq_p, dk_p, dv_p) = (
+        Shared(dq.as_mut_ptr()),
+        Shared(dk.as_mut_ptr()),
+        Shared(dv.as_mut_ptr()),
+    );
+    (0..batch * kv_heads).into_par_iter().for_each(|task| {
+        let (bi, g) = (task / kv_heads, task % kv_heads);
+        let kg = MatRef::columns(&k[bi * t * kw_..], t, kw_, g * hd, hd);
+        let vg = MatRef::columns(&v[bi * t * kw_..], t, kw_, g * hd, hd);
+        // SAFETY (all three): this task alone writes kv head `g`'s columns of batch row `bi`
+        // (dk, dv) and the columns of its query heads (dq); each buffer holds b·t rows.
+        let dkg = |r0: usize, rows: usize| unsafe {
+            MatMut::columns_raw(dk_p.at((bi * t + r0) * kw_), rows, kw_, g * hd, hd)
+        };
+        let dvg = |r0: usize, rows: usize| unsafe {
+            MatMut::columns_raw(dv_p.at((bi * t + r0) * kw_), rows, kw_, g * hd, hd)
+        };
+        let (mut p, mut dp) = (Vec::new(), Vec::new());
+        for hi in g * groups..(g + 1) * groups {
+            let qh = MatRef::columns(&q[bi * t * qw..], t, qw, hi * hd, hd);
+            let doh = MatRef::columns(&dout[bi * t * qw..], t, qw, hi * hd, hd);
+            let lse_h = &lse[(bi * heads + hi) * t..][..t];
+            for i0 in (0..t).step_by(BLOCK) {
+                let i1 = (i0 + BLOCK).min(t);
+                let n = i1 - i0;
+                if let Some((j0, j1)) = key_range(mask, t, bi, i0, i1) {
+                    let kw = j1 + 1 - j0;
+                    p.clear();
+                    p.resize(n * kw, 0f32);
+                    matmul(
+                        MatMut::new(&mut p, n, kw),
+                        qh.rows(i0, n),
+                        kg.rows(j0, kw).t(),
+                        scale,
+                        false,
+                        Threads::One,
+                    );
+                    for (r, pr) in p.chunks_exact_mut(kw).enumerate() {
+                        let (l, unseen) = (lse_h[i0 + r], blind(mask, t, bi, i0 + r));
+                        let m = &mask[(bi * t + i0 + r) * t + j0..][..kw];
+                        for (s, &m) in pr.iter_mut().zip(m) {
+                            *s = if m == MASKED || unseen {
+                                0.0
+                            } else {
+                                (*s + m - l).exp()
+                            };
+                        }
+                    }
+                    // dv += pᵀ dout; dp = dout vᵀ; ds = p (dp - rowsum(dout · out)).
+                    matmul(
+                        dvg(j0, kw),
+                        MatRef::new(&p, n, kw).t(),
+                        doh.rows(i0, n),
+                        1.0,
+                        true,
+                        Threads::One,
+                    );
+                    dp.clear();
+                    dp.resize(n * kw, 0f32);
+                    matmul(
+                        MatMut::new(&mut dp, n, kw),
+                        doh.rows(i0, n),
+                        vg.rows(j0, kw).t(),
+                        1.0,
+                        false,
+                        Threads::One,
+                    );
+                    for (r, (ds, pr)) in dp.chunks_exact_mut(kw).zip(p.chunks_exact(kw)).enumerate()
+                    {
+                        let i = i0 + r;
+                        let o = &out[(bi * t + i) * qw + hi * hd..][..hd];
+                        let d_o = &dout[(bi * t + i) * qw + hi * hd..][..hd];
+                        let delta = dot(o, d_o);
+                        for (ds, p) in ds.iter_mut().zip(pr) {
+                            *ds = p * (*ds - delta);
+                        }
+                    }
+                    // dq = scale · ds k; dk += scale · dsᵀ q.
+                    // SAFETY: rows i0..i1 of batch row `bi`, columns of head `hi` (this task's).
+                    let dqh = unsafe {
+                        MatMut::columns_raw(dq_p.at((bi * t + i0) * qw), n, qw, hi * hd, hd)
+                    };
+                    let ds = MatRef::new(&dp, n, kw);
+                    matmul(dqh, ds, kg.rows(j0, kw), scale, false, Threads::One);
+                    matmul(
+                        dkg(j0, kw),
+                        ds.t(),
+                        qh.rows(i0, n),
+                        scale,
+                        true,
+                        Threads::One,
+                    );
+                }
+                // Rows that see no key come last: the block's product wrote zeros to their dq.
+                for i in (i0..i1).filter(|&i| blind(mask, t, bi, i)) {
+                    // SAFETY: row i of batch row `bi`, columns of head `hi` (this task's).
+                    let dqi = unsafe {
+                        MatMut::columns_raw(dq_p.at((bi * t + i) * qw), 1, qw, hi * hd, hd)
+                    };
+                    let row = BlindRow {
+                        q: qh.rows(i, 1),
+                        out: &out[(bi * t + i) * qw + hi * hd..][..hd],
+                        dout: &dout[(bi * t + i) * qw + hi * hd..][..hd],
+                        scale,
+                    };
+                    row.backward(kg, vg, dqi, dkg(0, t), dvg(0, t));
+                }
+            }
+        }
+    });
+    (dq, dk, dv)
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(a, b)| a * b).sum()
+}
+
+/// A query row that sees no key. Its scores are all `MASKED + s`, which rounds to `MASKED`, so
+/// the forward averages the values; autodiff (burn's and PyTorch's) still differentiates
+/// `MASKED + s` as `s`, giving uniform probabilities `1/t` and `ds = (dp - dout · out) / t`.
+/// Reproduced here so both paths agree even on this row (it matters only when a padding row's
+/// prediction is counted in the loss).
+struct BlindRow<'a> {
+    /// `[1, hd]`
+    q: MatRef<'a>,
+    /// `[hd]` each.
+    out: &'a [f32],
+    dout: &'a [f32],
+    scale: f32,
+}
+
+impl BlindRow<'_> {
+    fn backward(
+        &self,
+        k: MatRef<'_>,
+        v: MatRef<'_>,
+        dq: MatMut<'_>,
+        dk: MatMut<'_>,
+        dv: MatMut<'_>,
+    ) {
+        let (t, hd) = (k.rows, k.cols);
+        let dout = MatRef::new(self.dout, 1, hd);
+        let p = vec![1.0 / t as f32; t];
+        matmul(dv, MatRef::new(&p, 1, t).t(), dout, 1.0, true, Threads::One);
+        let mut ds = vec![0f32; t];
+        matmul(
+            MatMut::new(&mut ds, 1, t),
+            dout,
+            v.t(),
+            1.0,
+            false,
+            Threads::One,
+        );
+        let delta = dot(self.out, self.dout);
+        ds.iter_mut().for_each(|x| *x = (*x - delta) / t as f32);
+        let ds = MatRef::new(&ds, 1, t);
+        matmul(dq, ds, k, self.scale, false, Threads::One);
+        matmul(dk, ds.t(), self.q, self.scale, true, Threads::One);
+    }
+}

@@ -1,0 +1,308 @@
+//! The whole decoder's host forward and backward: embedding, layers, final norm and loss.
+#![allow(deprecated)] // burn-ndarray: see kiln_lora::host
+
+use super::Backprop;
+use super::layer::{HostLayer, LayerInputs, Saved, add_norm_grad};
+use super::ops::{Norm, RopeTables};
+use crate::config::{Activation, AttentionKind};
+use crate::decoder::{CausalLm, DecoderInput};
+use crate::error::{ModelError, Result};
+use crate::loss::IGNORE_INDEX;
+use crate::mask::MaskSpec;
+use burn::module::ParamId;
+use burn_ndarray::NdArrayTensor;
+use kiln_lora::backprop::{Grads, HostLinear};
+use kiln_lora::host::{MatMut, MatRef, Threads, matmul, values, view};
+use rayon::prelude::*;
+
+/// Counted rows per chunk of logits (`[CHUNK, vocab]` at a time).
+const LOGIT_CHUNK: usize = 128;
+
+/// The model's weights on the host for one call.
+pub(super) struct HostModel {
+    layers: Vec<HostLayer>,
+    final_norm: Norm,
+    final_id: Option<ParamId>,
+    /// `[vocab, hidden]`, read in place.
+    embed: NdArrayTensor,
+    embed_id: Option<ParamId>,
+    head: Option<HostLinear>,
+    embed_scale: Option<f32>,
+}
+
+impl HostModel {
+    pub fn new(lm: &CausalLm, input: &DecoderInput) -> Option<Self> {
+        let c = &lm.config;
+        if c.final_softcap.is_some() || matches!(c.activation, Activation::Gelu) {
+            return None;
+        }
+        let (b, t) = (input.batch, input.seq_len);
+        let layers = lm
+            .model
+            .layers
+            .iter()
+            .map(|l| HostLayer::new(l, b, t, c.activation))
+            .collect::<Option<Vec<_>>>()?;
+        let (scale, eps) = (
+            kiln_lora::host::to_vec(&lm.model.norm.weight.val())?,
+            lm.model.norm.eps() as f32,
+        );
+        let offset = if lm.model.norm.unit_offset() {
+            1.0
+        } else {
+            0.0
+        };
+        let head = match &lm.lm_head {
+            // The loss projects the counted rows in chunks; burn draws one mask for all of them.
+            Some(h) => Some(HostLinear::new(h).filter(|h| !h.has_dropout())?),
+            None => None,
+        };
+        let embed = values(&lm.model.embed_tokens.val())?;
+        let e = &lm.model.embed_tokens;
+        let w = &lm.model.norm.weight;
+        Some(Self {
+            layers,
+            final_norm: Norm {
+                scale: scale.iter().map(|w| w + offset).collect(),
+                eps,
+            },
+            final_id: w.is_require_grad().then_some(w.id),
+            embed,
+            embed_id: e.is_require_grad().then_some(e.id),
+            head,
+            embed_scale: c.embed_scale,
+        })
+    }
+
+    /// Whether adapter dropout draws masks (gradient checkpointing would redraw them).
+    pub fn has_dropout(&self) -> bool {
+        self.layers.iter().any(HostLayer::has_dropout)
+    }
+
+    pub fn run(
+        &self,
+        lm: &CausalLm,
+        input: &DecoderInput,
+        labels: &[i64],
+        normaliser: f64,
+        checkpoint: bool,
+    ) -> Result<Backprop> {
+        let c = &lm.config;
+        input.check(c.vocab_size)?;
+        let (b, t, d) = (input.batch, input.seq_len, c.hidden_size);
+        if labels.len() != b * t {
+            return Err(ModelError::Input(format!(
+                "labels have {} entries, expected batch {b} x seq_len {t}",
+                labels.len()
+            )));
+        }
+        // Masks per attention kind and RoPE tables, as `forward_hidden` builds them.
+        let positions = input.positions(0);
+        let key_padding: Option<Vec<bool>> = input
+            .attention_mask
+            .as_ref()
+            .filter(|m| m.contains(&0))
+            .map(|m| m.iter().map(|&v| v != 0).collect());
+        let spec = MaskSpec {
+            batch: b,
+            queries: t,
+            keys: t,
+            key_padding: key_padding.as_deref(),
+            segments: input.segment_ids.as_deref(),
+        };
+        let mut masks: Vec<(AttentionKind, Vec<f32>)> = Vec::new();
+        for kind in &c.layer_attention {
+            if !masks.iter().any(|(k, _)| k == kind) {
+                masks.push((*kind, spec.host(*kind)));
+            }
+        }
+        let tables = |rope: &crate::rope::Rope| {
+            let (cos, sin) = rope.host_tables(&positions);
+            RopeTables {
+                cos,
+                sin,
+                dim: rope.dim(),
+            }
+        };
+        let global = tables(&lm.rope);
+        let local = lm.rope_local.as_ref().map(tables);
+        let inputs: Vec<LayerInputs<'_>> = c
+            .layer_attention
+            .iter()
+            .map(|kind| LayerInputs {
+                mask: &masks
+                    .iter()
+                    .find(|(k, _)| k == kind)
+                    .unwrap_or_else(|| unreachable!("a mask per kind"))
+                    .1,
+                rope: match (kind, &local) {
+                    (AttentionKind::Sliding { .. }, Some(l)) => l,
+                    _ => &global,
+                },
+            })
+            .collect();
+
+        let mut grads = Grads::default();
+        let mut x = self.embed_rows(&input.ids, d);
+        let mut saved: Vec<Saved> = Vec::with_capacity(self.layers.len());
+        let mut kept: Vec<Vec<f32>> = Vec::new();
+        for (layer, inp) in self.layers.iter().zip(&inputs) {
+            let (out, s) = layer.forward(x, inp);
+            if checkpoint {
+                kept.push(HostLayer::input(s));
+            } else {
+                saved.push(s);
+            }
+            x = out;
+        }
+        let (hidden, rstd) = self.final_norm.forward(&x);
+        let (loss_sum, tokens, dhidden) =
+            self.loss_backward(&hidden, labels, b, t, d, normaliser, &mut grads)?;
+        let mut dx = vec![0f32; x.len()];
+        let dw = self
+            .final_norm
+            .backward(&x, &rstd, &dhidden, &mut dx, self.final_id.is_some());
+        add_norm_grad(&mut grads, self.final_id, dw);
+        drop((x, hidden, dhidden));
+        for (i, (layer, inp)) in self.layers.iter().zip(&inputs).enumerate().rev() {
+            let s = match kept.pop() {
+                Some(x) if checkpoint => layer.forward(x, inp).1,
+                _ => saved
+                    .pop()
+                    .unwrap_or_else(|| unreachable!("layer {i} saved")),
+            };
+            dx = layer.backward(&s, dx, inp, &mut grads);
+        }
+        if let Some(id) = self.embed_id {
+            let vocab = view(&self.embed).shape()[0];
+            let de = grads.slot(id, &[vocab, d]);
+            let scale = self.embed_scale.unwrap_or(1.0);
+            for (&tok, row) in input.ids.iter().zip(dx.chunks_exact(d)) {
+                let dst = &mut de[tok as usize * d..][..d];
+                dst.iter_mut().zip(row).for_each(|(g, r)| *g += r * scale);
+            }
+        }
+        Ok(Backprop {
+            loss_sum,
+            tokens,
+            grads,
+        })
+    }
+
+    /// Embedding rows of `ids` (times the embedding scale), `[ids, d]`.
+    fn embed_rows(&self, ids: &[u32], d: usize) -> Vec<f32> {
+        let ev = view(&self.embed);
+        let scale = self.embed_scale.unwrap_or(1.0);
+        let mut x = vec![0f32; ids.len() * d];
+        for (&id, row) in ids.iter().zip(x.chunks_exact_mut(d)) {
+            let src = ev.index_axis(ndarray::Axis(0), id as usize);
+            row.iter_mut()
+                .zip(src.iter())
+                .for_each(|(x, e)| *x = e * scale);
+        }
+        x
+    }
+
+    /// The summed NLL of the counted labels and the gradient of `loss / normaliser` with
+    /// respect to the final hidden states (`[b·t, d]`, zero on rows that predict nothing).
+    #[allow(clippy::too_many_arguments)]
+    fn loss_backward(
+        &self,
+        hidden: &[f32],
+        labels: &[i64],
+        b: usize,
+        t: usize,
+        d: usize,
+        normaliser: f64,
+        grads: &mut Grads,
+    ) -> Result<(f64, usize, Vec<f32>)> {
+        let ev = view(&self.embed);
+        let vocab = match &self.head {
+            Some(h) => h.d_out,
+            None => ev.shape()[0],
+        };
+        // (row of the hidden state, target) of each counted label, as `causal_lm_loss_sum_hidden`.
+        let mut counted = Vec::new();
+        for r in 0..b {
+            for i in 1..t {
+                let l = labels[r * t + i];
+                if l == IGNORE_INDEX {
+                    continue;
+                }
+                if l < 0 || l as usize >= vocab {
+                    return Err(ModelError::Input(format!(
+                        "label {l} at row {r}, position {i} is outside the vocabulary of {vocab}"
+                    )));
+                }
+                counted.push((r * t + i - 1, l as usize));
+            }
+        }
+        let mut dhidden = vec![0f32; hidden.len()];
+        let mut loss = 0f64;
+        let embed = MatRef::of_view(&ev).unwrap_or_else(|| unreachable!("embedding is 2-d"));
+        for chunk in counted.chunks(LOGIT_CHUNK) {
+            let m = chunk.len();
+            let mut h = vec![0f32; m * d];
+            for (dst, &(row, _)) in h.chunks_exact_mut(d).zip(chunk) {
+                dst.copy_from_slice(&hidden[row * d..][..d]);
+            }
+            let (mut logits, head_saved) = match &self.head {
+                Some(head) => {
+                    let (y, s) = head.forward(&h, m);
+                    (y, Some(s))
+                }
+                None => {
+                    let mut y = vec![0f32; m * vocab];
+                    let dst = MatMut::new(&mut y, m, vocab);
+                    matmul(
+                        dst,
+                        MatRef::new(&h, m, d),
+                        embed.t(),
+                        1.0,
+                        false,
+                        Threads::All,
+                    );
+                    (y, None)
+                }
+            };
+            // log-softmax, loss, and d logits = (softmax - onehot) / normaliser in place.
+            let inv = (1.0 / normaliser) as f32;
+            loss += logits
+                .par_chunks_mut(vocab)
+                .zip(chunk.par_iter())
+                .map(|(z, &(_, target))| {
+                    let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let sum: f32 = z.iter().map(|v| (v - max).exp()).sum();
+                    let lse = max + sum.ln();
+                    let nll = (lse - z[target]) as f64;
+                    z.iter_mut().for_each(|v| *v = (*v - lse).exp() * inv);
+                    z[target] -= inv;
+                    nll
+                })
+                .sum::<f64>();
+            let dlogits = MatRef::new(&logits, m, vocab);
+            let mut dh = vec![0f32; m * d];
+            match (&self.head, head_saved) {
+                (Some(head), Some(s)) => head.backward(&h, &s, &logits, m, &mut dh, grads),
+                _ => {
+                    let dst = MatMut::new(&mut dh, m, d);
+                    matmul(dst, dlogits, embed, 1.0, false, Threads::All);
+                    if let Some(id) = self.embed_id {
+                        let de = grads.slot(id, &[vocab, d]);
+                        let dst = MatMut::new(de, vocab, d);
+                        let hm = MatRef::new(&h, m, d);
+                        matmul(dst, dlogits.t(), hm, 1.0, true, Threads::All);
+                    }
+                }
+            }
+            for (src, &(row, _)) in dh.chunks_exact(d).zip(chunk) {
+                dhidden[row * d..][..d]
+                    .iter_mut()
+                    .zip(src)
+                    .for_each(|(g, s)| *g += s);
+            }
+            logits.clear();
+        }
+        Ok((loss, counted.len(), dhidden))
+    }
+}

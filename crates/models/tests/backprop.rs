@@ -1,0 +1,317 @@
+//! The fused CPU backward (`CausalLm::try_backprop`) against burn's autodiff on the same model
+//! and batch: loss and every gradient, for LoRA and full fine-tuning, on the Llama (tied head,
+//! GQA), Qwen2 (q/k/v biases, separate head) and Mistral (sliding window) fixtures, with padding,
+//! ignored labels, packed segments and a padding row whose prediction counts.
+#![cfg(feature = "cpu")]
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+use common::fixtures;
+use kiln_lora::{AdapterSpec, InitLoraWeights, LoraLinear};
+use kiln_models::{
+    CausalLm, DecoderConfig, DecoderInput, SafetensorsWeights, build_causal_lm, default_device,
+};
+
+/// burn's CPU RNG is global: tests that seed it and draw run one at a time.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn load(name: &str) -> CausalLm {
+    let dir = fixtures().join("tiny").join(name);
+    let config = DecoderConfig::from_file(&dir.join("config.json")).unwrap();
+    let weights = SafetensorsWeights::open(&dir).unwrap();
+    build_causal_lm(&config, &weights, &default_device()).unwrap()
+}
+
+fn for_each_projection(model: &mut CausalLm, mut f: impl FnMut(&mut LoraLinear)) {
+    for layer in &mut model.model.layers {
+        let a = &mut layer.self_attn;
+        a.input_projections_mut()
+            .into_iter()
+            .for_each(|(_, l)| f(l));
+        f(&mut a.o_proj);
+        let m = &mut layer.mlp;
+        m.projections_mut().into_iter().for_each(|(_, l)| f(l));
+    }
+}
+
+/// Base frozen, random LoRA (r 4) on all seven projections of every layer.
+fn with_lora(mut model: CausalLm, dropout: f64, dora: bool) -> CausalLm {
+    default_device().seed(7);
+    model = model.set_require_grad(false);
+    let spec = AdapterSpec {
+        r: 4,
+        alpha: 8.0,
+        scale: 2.0,
+        dropout,
+        init: InitLoraWeights::Random,
+        use_dora: dora,
+    };
+    for_each_projection(&mut model, |proj| {
+        proj.add_adapter("default", &spec).unwrap();
+        proj.set_active(&["default".to_string()]);
+    });
+    model
+}
+
+/// Two rows of 13: row 0 right-padded by 3 with its first labels ignored, row 1 left-padded by
+/// 2 with every real token counted (so the padding row before it predicts a label: a query
+/// that sees no key, whose gradient the tensor path still propagates).
+fn padded_batch() -> (DecoderInput, Vec<i64>) {
+    let t = 13;
+    let mut ids = Vec::new();
+    let (mut mask, mut labels) = (Vec::new(), Vec::new());
+    for r in 0..2 {
+        for i in 0..t {
+            let real = if r == 0 { i < t - 3 } else { i >= 2 };
+            let id = ((r * 37 + i * 11 + 5) % 500 + 3) as u32;
+            ids.push(if real { id } else { 0 });
+            mask.push(real as u8);
+            labels.push(if !real || (r == 0 && i < 2) {
+                -100
+            } else {
+                id as i64
+            });
+        }
+    }
+    let input = DecoderInput::new(ids, 2, t).with_attention_mask(mask);
+    (input, labels)
+}
+
+/// One row of two packed sequences (7 + 6 tokens) with positions restarting.
+fn packed_batch() -> (DecoderInput, Vec<i64>) {
+    let ids: Vec<u32> = (0..13).map(|i| (i * 29 + 3) % 500 + 1).collect();
+    let segments: Vec<u32> = (0..13).map(|i| (i >= 7) as u32).collect();
+    let mut labels: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+    labels[7] = -100;
+    let input = DecoderInput::new(ids, 1, 13).with_segment_ids(segments);
+    (input, labels)
+}
+
+/// Autodiff's loss and gradients of `loss_sum / norm`.
+fn autodiff(
+    model: &CausalLm,
+    input: &DecoderInput,
+    labels: &[i64],
+    norm: f64,
+) -> (f64, GradientsParams) {
+    let sum = model.loss_sum(input, labels).unwrap().sum;
+    let loss = sum / norm;
+    let value = loss.clone().into_scalar::<f32>() as f64;
+    (value, GradientsParams::from_grads(loss.backward(), model))
+}
+
+fn host(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().try_into_vec::<f32>().unwrap()
+}
+
+/// Fused and autodiff agree on the loss and on every gradient (relative to the gradient's
+/// largest entry), and the fused path covers exactly the parameters autodiff differentiates.
+fn assert_same(model: CausalLm, input: &DecoderInput, labels: &[i64], what: &str) {
+    let model = model.fork(&default_device().autodiff()).train();
+    let norm = 11.0;
+    let (want_loss, mut want) = autodiff(&model, input, labels, norm);
+    let fused = model.try_backprop(input, labels, norm, false);
+    let fused = fused
+        .unwrap_or_else(|| panic!("{what}: fused path not taken"))
+        .unwrap();
+    let loss = fused.loss_sum / norm;
+    assert!(
+        (loss - want_loss).abs() < 1e-5 * want_loss.abs().max(1.0),
+        "{what}: loss {loss} vs {want_loss}"
+    );
+    let n = fused.grads.len();
+    assert_eq!(
+        n,
+        want.len(),
+        "{what}: gradients of {n} parameters, autodiff has {}",
+        want.len()
+    );
+    let mut worst = 0f32;
+    for (id, shape, got) in fused.grads.into_entries() {
+        let want: Vec<f32> = match shape.len() {
+            1 => host(want.remove::<1>(id).unwrap().unsqueeze()),
+            _ => host(
+                want.remove::<2>(id)
+                    .unwrap_or_else(|| panic!("{what}: {id} {shape:?}")),
+            ),
+        };
+        assert_eq!(got.len(), want.len(), "{what}: {shape:?}");
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0f32, f32::max)
+            / scale;
+        worst = worst.max(err);
+        if std::env::var("KILN_DEBUG").is_ok() {
+            println!("{what} {shape:?} err {err:.2e} scale {scale:.3e}");
+            continue;
+        }
+        assert!(
+            err < 1e-4,
+            "{what}: gradient {shape:?} differs by {err} of its largest entry"
+        );
+    }
+    println!("{what}: loss {loss:.6}, {n} gradients, worst relative difference {worst:.2e}");
+}
+
+#[test]
+fn fused_lora_gradients_equal_autodiff() {
+    let _g = serial();
+    let (input, labels) = padded_batch();
+    for name in ["llama", "qwen2", "mistral"] {
+        assert_same(with_lora(load(name), 0.0, false), &input, &labels, name);
+    }
+    let (input, labels) = packed_batch();
+    assert_same(
+        with_lora(load("llama"), 0.0, false),
+        &input,
+        &labels,
+        "llama packed",
+    );
+}
+
+#[test]
+fn fused_full_fine_tuning_gradients_equal_autodiff() {
+    let _g = serial();
+    let (input, labels) = padded_batch();
+    for name in ["llama", "qwen2"] {
+        let model = load(name).set_require_grad(true);
+        assert_same(model, &input, &labels, &format!("{name} full"));
+    }
+}
+
+/// Recomputing each layer in the backward pass gives bit-identical results.
+#[test]
+fn fused_checkpointing_is_bit_identical() {
+    let _g = serial();
+    let (input, labels) = padded_batch();
+    let model = with_lora(load("mistral"), 0.0, false)
+        .fork(&default_device().autodiff())
+        .train();
+    let a = model
+        .try_backprop(&input, &labels, 5.0, false)
+        .unwrap()
+        .unwrap();
+    let b = model
+        .try_backprop(&input, &labels, 5.0, true)
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.loss_sum, b.loss_sum);
+    let mut bg: Vec<_> = b.grads.into_entries().collect();
+    for (id, _, g) in a.grads.into_entries() {
+        let i = bg.iter().position(|(j, _, _)| *j == id).unwrap();
+        assert_eq!(g, bg.swap_remove(i).2);
+    }
+}
+
+/// Adapter dropout draws the masks burn's `Dropout` draws (same RNG, order and shapes), so
+/// with the same seed both paths give the same loss and gradients.
+#[test]
+fn fused_dropout_uses_the_autodiff_masks() {
+    let _g = serial();
+    let (input, labels) = padded_batch();
+    let model = with_lora(load("qwen2"), 0.3, false);
+    let dev = default_device();
+    let model = model.fork(&dev.clone().autodiff()).train();
+    dev.seed(11);
+    let (want_loss, mut want) = autodiff(&model, &input, &labels, 7.0);
+    dev.seed(11);
+    let fused = model
+        .try_backprop(&input, &labels, 7.0, false)
+        .unwrap()
+        .unwrap();
+    let loss = fused.loss_sum / 7.0;
+    assert!(
+        (loss - want_loss).abs() < 1e-5 * want_loss,
+        "{loss} vs {want_loss}"
+    );
+    for (id, shape, got) in fused.grads.into_entries() {
+        let want = host(want.remove::<2>(id).unwrap());
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0f32, f32::max);
+        assert!(err / scale < 1e-4, "{shape:?}: {}", err / scale);
+    }
+    // A different seed draws different masks: the comparison above can fail.
+    dev.seed(12);
+    let other = model
+        .try_backprop(&input, &labels, 7.0, false)
+        .unwrap()
+        .unwrap();
+    assert!((other.loss_sum / 7.0 - want_loss).abs() > 1e-4);
+}
+
+/// What the fused path does not cover falls back (`None`): DoRA, Gemma, and dropout with
+/// gradient checkpointing (recomputing a layer would draw new masks).
+#[test]
+fn fused_path_declines_what_it_does_not_cover() {
+    let _g = serial();
+    let (input, labels) = padded_batch();
+    let dev = default_device().autodiff();
+    let cases = [
+        ("dora", with_lora(load("llama"), 0.0, true), false),
+        ("gemma3", with_lora(load("gemma3"), 0.0, false), false),
+        (
+            "dropout, checkpointed",
+            with_lora(load("llama"), 0.1, false),
+            true,
+        ),
+    ];
+    for (what, model, checkpoint) in cases {
+        let model = model.fork(&dev).train();
+        let out = model.try_backprop(&input, &labels, 1.0, checkpoint);
+        assert!(out.is_none(), "{what}");
+    }
+}
+
+/// Bad labels are a typed error, not a panic.
+#[test]
+fn fused_path_rejects_labels_outside_the_vocabulary() {
+    let _g = serial();
+    let (input, mut labels) = padded_batch();
+    labels[5] = 100_000;
+    let model = with_lora(load("llama"), 0.0, false)
+        .fork(&default_device().autodiff())
+        .train();
+    let err = model
+        .try_backprop(&input, &labels, 1.0, false)
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("100000"), "{err}");
+}
+
+/// A NaN weight makes the loss NaN, as in the tensor path (NaN scores are not mistaken for
+/// rows that see no key), so the trainer's non-finite policy sees it.
+#[test]
+fn fused_loss_propagates_nan() {
+    let _g = serial();
+    let (input, labels) = padded_batch();
+    let mut model = with_lora(load("llama"), 0.0, false);
+    let q = model.model.layers[0].self_attn.q_proj.as_mut().unwrap();
+    let a = &mut q.adapters[0].lora_a;
+    let mut values: Vec<f32> = a.val().into_data().try_into_vec().unwrap();
+    values[0] = f32::NAN;
+    let shape = a.val().dims();
+    *a = burn::module::Param::from_tensor(Tensor::from_data(
+        burn::tensor::TensorData::new(values, shape),
+        &default_device(),
+    ));
+    let model = model.fork(&default_device().autodiff()).train();
+    let out = model
+        .try_backprop(&input, &labels, 1.0, false)
+        .unwrap()
+        .unwrap();
+    assert!(out.loss_sum.is_nan(), "{}", out.loss_sum);
+}
