@@ -20,9 +20,11 @@ const D_OUT: usize = 1536;
 const R: usize = 16;
 const SHAPE: [usize; 3] = [4, 256, D_IN];
 
+/// Inputs that require a gradient, as a layer's input inside a model does (the backward pass
+/// then computes `dx` too, which the fused path always does).
 fn inputs(device: &Device) -> Vec<Tensor<3>> {
     (0..4)
-        .map(|_| Tensor::random(SHAPE, Distribution::Normal(0.0, 1.0), device))
+        .map(|_| Tensor::random(SHAPE, Distribution::Normal(0.0, 1.0), device).require_grad())
         .collect()
 }
 
