@@ -14,6 +14,7 @@
 pub use tokenizers;
 
 pub mod batch;
+pub mod bpe;
 pub mod encode;
 pub mod error;
 mod jsonfmt;
