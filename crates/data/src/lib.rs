@@ -44,7 +44,7 @@ pub use pretty::{show_labels, show_trained_text};
 pub use qa::{QaItem, QaKind, QaOptions, Table, format_number, generate_items};
 pub use reader::{BadRecords, ReadReport, Reader, count_lines};
 pub use record::{FieldMap, Format, Label, Message, Record, Role, parse_record};
-pub use source::{FileKind, RawRecord, Source, expand_paths};
+pub use source::{FileKind, RawItem, RawRecord, Source, expand_paths};
 pub use split::{ShuffleBuffer, SplitSize, dedup_by_key, shuffled, train_val_split};
 pub use stream::PackedRows;
 pub use template::{ChatTemplate, TemplateSource, load_chat_template, template_from_config};

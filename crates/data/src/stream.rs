@@ -1,8 +1,9 @@
 //! The streaming path: read → render → tokenize → label → pack, with flat memory.
 //!
-//! Records are taken from the [`Reader`] in chunks, encoded in parallel (rayon) and packed in
-//! input order by a [`GreedyPacker`], so memory holds one chunk and one row at a time whatever
-//! the dataset's size, and the output does not depend on the number of threads.
+//! Records are taken from the [`Reader`] in chunks (JSON Lines lines unparsed), parsed and
+//! encoded in parallel (rayon), then counted and packed in input order by a [`GreedyPacker`],
+//! so memory holds one chunk and one row at a time whatever the dataset's size, and the output
+//! does not depend on the number of threads.
 
 use std::collections::VecDeque;
 
@@ -69,10 +70,14 @@ impl<'a> PackedRows<'a> {
         }
     }
 
+    /// Reads a chunk, parses and encodes it in parallel, then counts and packs it in order.
     fn fill(&mut self) -> Result<()> {
         let mut chunk = Vec::with_capacity(CHUNK);
-        for r in self.reader.by_ref().take(CHUNK) {
-            chunk.push(r?);
+        while chunk.len() < CHUNK {
+            match self.reader.next_item() {
+                Some(item) => chunk.push(item),
+                None => break,
+            }
         }
         let Some(packer) = self.packer.as_mut() else {
             return Ok(());
@@ -90,17 +95,21 @@ impl<'a> PackedRows<'a> {
             }
             return Ok(());
         }
-        let encoder = self.encoder;
+        let (parser, encoder) = (self.reader.parser(), self.encoder);
         let encoded: Vec<_> = chunk
-            .par_iter()
-            .map(|(at, rec)| {
-                encoder.encode(rec).map_err(|e| DataError::AtRecord {
-                    at: at.clone(),
+            .into_par_iter()
+            .map(|item| {
+                let (at, record) = item.and_then(|item| parser.parse(item))?;
+                Ok(encoder.encode(&record).map_err(|e| DataError::AtRecord {
+                    at,
                     source: Box::new(e),
-                })
+                }))
             })
             .collect();
         for e in encoded {
+            let Some(e) = self.reader.tally(e)? else {
+                continue;
+            };
             let example: Option<Example> = match e {
                 Ok(enc) => self.stats.add(enc),
                 Err(e) if self.policy == BadRecords::Skip => {
