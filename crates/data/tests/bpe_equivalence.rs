@@ -146,6 +146,16 @@ fn texts() -> Vec<String> {
         ]
         .map(String::from),
     );
+    // Pieces longer than 32 bytes (merged with the heap rather than by scanning).
+    texts.extend(
+        [
+            " Pneumonoultramicroscopicsilicovolcanoconiosis and antidisestablishmentarianism",
+            "populationpopulationpopulationpopulation 12345678901234567890123456789012345",
+            "北海道東京都大阪府京都府北海道東京都大阪府京都府 😀😀😀😀😀😀😀😀😀😀",
+            "------------------------------------------------------------ ============",
+        ]
+        .map(String::from),
+    );
     texts
 }
 

@@ -6,6 +6,12 @@
 //! entry's token is skipped; otherwise the pair is merged and the pairs it forms with its
 //! neighbours are pushed. Same order, same skips, so the same ids even where two merges produce
 //! the same token.
+//!
+//! An entry is skipped exactly when its pair has changed since it was pushed (a changed pair
+//! covers more bytes, so it spells another token), hence every merge is the one of lowest rank,
+//! leftmost on ties, among the current adjacent pairs. Short pieces are merged by scanning for
+//! that pair directly ([`merge_short`]), which gives the same sequence of merges without the
+//! heap.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -59,6 +65,54 @@ pub(crate) struct MergeScratch {
     queue: BinaryHeap<Merge>,
 }
 
+/// Pieces of at most this many bytes are merged by scanning.
+const SHORT: usize = 32;
+
+/// Appends the ids of a piece of at most [`SHORT`] bytes, merged by repeatedly taking the pair
+/// of lowest rank, leftmost on ties.
+fn merge_short(piece: &[u8], byte_ids: &[u32; 256], merges: &MergeMap, out: &mut Vec<u32>) {
+    const NONE: (u32, u32) = (u32::MAX, 0);
+    let mut ids = [0u32; SHORT];
+    let mut n = 0;
+    for &b in piece {
+        let id = byte_ids[usize::from(b)];
+        if id != NO_TOKEN {
+            ids[n] = id;
+            n += 1;
+        }
+    }
+    let rank = |a: u32, b: u32| merges.get(&pair(a, b)).copied().unwrap_or(NONE);
+    // (rank, merged id) of the pair each symbol forms with the next.
+    let mut next = [NONE; SHORT];
+    for i in 1..n {
+        next[i - 1] = rank(ids[i - 1], ids[i]);
+    }
+    while n > 1 {
+        let mut at = 0;
+        for i in 1..n - 1 {
+            if next[i].0 < next[at].0 {
+                at = i;
+            }
+        }
+        if next[at].0 == u32::MAX {
+            break;
+        }
+        ids[at] = next[at].1;
+        ids.copy_within(at + 2..n, at + 1);
+        next.copy_within(at + 2..n, at + 1);
+        n -= 1;
+        next[at] = if at + 1 < n {
+            rank(ids[at], ids[at + 1])
+        } else {
+            NONE
+        };
+        if at > 0 {
+            next[at - 1] = rank(ids[at - 1], ids[at]);
+        }
+    }
+    out.extend_from_slice(&ids[..n]);
+}
+
 /// Appends the ids of `piece` merged with `merges` to `out`. `byte_ids[b]` is the id of byte
 /// `b`'s character, or [`NO_TOKEN`] (the byte is dropped).
 pub(crate) fn merge_piece(
@@ -68,6 +122,10 @@ pub(crate) fn merge_piece(
     scratch: &mut MergeScratch,
     out: &mut Vec<u32>,
 ) {
+    if piece.len() <= SHORT {
+        merge_short(piece, byte_ids, merges, out);
+        return;
+    }
     let MergeScratch { symbols, queue } = scratch;
     symbols.clear();
     queue.clear();
@@ -170,5 +228,78 @@ mod tests {
         // 'x' has no token: dropped, and "a" + "b" merge across it.
         assert_eq!(run(b"axbx", &mut scratch), [11]);
         assert_eq!(run(b"", &mut scratch), Vec::<u32>::new());
+    }
+
+    /// Heap merging of a piece of any length (the path of pieces longer than [`SHORT`]).
+    fn merge_heap(piece: &[u8], byte_ids: &[u32; 256], merges: &MergeMap) -> Vec<u32> {
+        let mut long = piece.to_vec();
+        // Pad past SHORT with a byte that has no token: dropped, so the ids are the piece's.
+        long.resize(SHORT + 1, 0);
+        let mut out = Vec::new();
+        merge_piece(
+            &long,
+            byte_ids,
+            merges,
+            &mut MergeScratch::default(),
+            &mut out,
+        );
+        out
+    }
+
+    #[test]
+    fn scanning_and_heap_give_the_same_merges() {
+        // Bytes 1..=4 spell "a".."d" (tokens 1..=4); seeded merges of the first 16 tokens, each
+        // making the token of the concatenation, so that (ab, c) and (a, bc) both make "abc".
+        let mut byte_ids = [NO_TOKEN; 256];
+        for b in 1..=4u8 {
+            byte_ids[usize::from(b)] = u32::from(b);
+        }
+        let mut spelled: Vec<String> = ["", "a", "b", "c", "d"].map(String::from).to_vec();
+        let mut merges = MergeMap::default();
+        let mut state = 12345u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as u32
+        };
+        let mut shared = 0;
+        for rank in 0..300 {
+            let live = (spelled.len() as u32 - 1).min(16);
+            let (a, b) = (1 + next() % live, 1 + next() % live);
+            if merges.contains_key(&pair(a, b)) {
+                continue;
+            }
+            let s = format!("{}{}", spelled[a as usize], spelled[b as usize]);
+            let id = match spelled.iter().position(|t| *t == s) {
+                Some(id) => {
+                    shared += 1;
+                    id as u32
+                }
+                None => {
+                    spelled.push(s);
+                    spelled.len() as u32 - 1
+                }
+            };
+            merges.insert(pair(a, b), (rank, id));
+        }
+        assert!(shared >= 5, "{shared} merges make an existing token");
+        for len in 0..=SHORT {
+            for _ in 0..50 {
+                let piece: Vec<u8> = (0..len).map(|_| 1 + (next() % 4) as u8).collect();
+                let mut short = Vec::new();
+                merge_short(&piece, &byte_ids, &merges, &mut short);
+                assert_eq!(short, merge_heap(&piece, &byte_ids, &merges), "{piece:?}");
+                let text: String = short
+                    .iter()
+                    .map(|&t| spelled[t as usize].as_str())
+                    .collect();
+                let want: String = piece
+                    .iter()
+                    .map(|&b| spelled[usize::from(b)].as_str())
+                    .collect();
+                assert_eq!(text, want);
+            }
+        }
     }
 }

@@ -21,6 +21,7 @@
 //! variants of them, SmolLM2's and a tiny GGUF tokenizer, generated chats and adversarial
 //! Unicode.
 
+mod cache;
 mod classes;
 mod merge;
 mod split;
@@ -33,14 +34,10 @@ use serde_json::Value;
 use tokenizers::Tokenizer;
 use tokenizers::models::ModelWrapper;
 
+use cache::PieceCache;
 use classes::Classes;
 use merge::{MergeMap, MergeScratch, merge_piece, pair};
 use split::PreTokenizer;
-
-/// Pieces longer than this (bytes) are not cached.
-const MAX_CACHED_PIECE: usize = 64;
-/// Entries per thread's cache; past it, new pieces are merged but not remembered.
-const MAX_CACHE_ENTRIES: usize = 1 << 16;
 
 /// Marks a byte whose character is not in the vocabulary.
 pub(crate) const NO_TOKEN: u32 = u32::MAX;
@@ -71,9 +68,7 @@ impl AddedSplit {
 #[derive(Default)]
 struct Scratch {
     merge: MergeScratch,
-    /// Piece bytes → range of `ids`.
-    cache: HashMap<Box<[u8]>, (u32, u32), ahash::RandomState>,
-    ids: Vec<u32>,
+    cache: PieceCache,
     /// (start, end, added token id) of the current text.
     segments: Vec<(usize, usize, Option<u32>)>,
 }
@@ -326,18 +321,14 @@ impl ByteLevelBpe {
     ) {
         let bytes = &text[start..end];
         let first = ids.len();
-        if let Some(&(a, b)) = scratch.cache.get(bytes) {
-            ids.extend_from_slice(&scratch.ids[a as usize..b as usize]);
+        let (hash, hit) = scratch.cache.get(bytes);
+        if let Some(hit) = hit {
+            ids.extend_from_slice(hit);
         } else if let Some(&id) = self.whole.as_ref().and_then(|w| w.get(bytes)) {
             ids.push(id);
         } else {
             merge_piece(bytes, &self.byte_ids, &self.merges, &mut scratch.merge, ids);
-            if bytes.len() <= MAX_CACHED_PIECE && scratch.cache.len() < MAX_CACHE_ENTRIES {
-                let a = scratch.ids.len() as u32;
-                scratch.ids.extend_from_slice(&ids[first..]);
-                let b = scratch.ids.len() as u32;
-                scratch.cache.insert(bytes.into(), (a, b));
-            }
+            scratch.cache.insert(hash, bytes, &ids[first..]);
         }
         let len = |id: u32| self.token_len.get(id as usize).map_or(0, |&l| l as usize);
         let mut pos = start;
