@@ -149,10 +149,10 @@ impl Reader {
 
     /// Parses raw items into records with this reader's format and field names (shareable
     /// between threads, which the reader itself is not).
-    pub(crate) fn parser(&self) -> ItemParser<'_> {
+    pub(crate) fn parser(&self) -> ItemParser {
         ItemParser {
             format: self.format,
-            fields: &self.fields,
+            fields: self.fields.clone(),
         }
     }
 
@@ -174,16 +174,16 @@ impl Reader {
 }
 
 /// A [`Reader`]'s format and field names, to parse its raw items.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ItemParser<'a> {
+#[derive(Debug, Clone)]
+pub(crate) struct ItemParser {
     format: Format,
-    fields: &'a FieldMap,
+    fields: FieldMap,
 }
 
-impl ItemParser<'_> {
+impl ItemParser {
     pub(crate) fn parse(&self, item: RawItem) -> Result<(Location, Record)> {
         let raw = item.parse()?;
-        parse_record(&raw.value, self.format, self.fields, &raw.at).map(|r| (raw.at, r))
+        parse_record(&raw.value, self.format, &self.fields, &raw.at).map(|r| (raw.at, r))
     }
 }
 
