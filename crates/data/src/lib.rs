@@ -18,6 +18,7 @@ pub mod bpe;
 pub mod encode;
 pub mod error;
 mod jsonfmt;
+mod jsonl_messages;
 mod offsets;
 pub mod pack;
 mod parquet_rows;

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use crate::error::{DataError, Location, Result};
+use crate::jsonl_messages::messages_line;
 use crate::record::{FieldMap, Format, Record, parse_record};
 use crate::source::{FileKind, RawItem, Source, expand_paths, open};
 
@@ -182,9 +183,26 @@ pub(crate) struct ItemParser {
 
 impl ItemParser {
     pub(crate) fn parse(&self, item: RawItem) -> Result<(Location, Record)> {
-        let raw = item.parse()?;
-        parse_record(&raw.value, self.format, &self.fields, &raw.at).map(|r| (raw.at, r))
+        parse_item(item, self.format, &self.fields)
     }
+}
+
+/// Parses a raw item into a record. A JSON Lines line of the messages format with the default
+/// field names is read straight into messages when it is well formed ([`messages_line`]); any
+/// other line, and any deviation, goes through the JSON value and [`parse_record`], which
+/// gives the same record or names what is wrong.
+fn parse_item(item: RawItem, format: Format, fields: &FieldMap) -> Result<(Location, Record)> {
+    if let RawItem::JsonLine { at, line } = &item
+        && matches!(format, Format::Auto | Format::Messages)
+        && ["messages", "role", "content"]
+            .iter()
+            .all(|&k| fields.get(k) == k)
+        && let Some(messages) = messages_line(line)
+    {
+        return Ok((at.clone(), Record::Conversation(messages)));
+    }
+    let raw = item.parse()?;
+    parse_record(&raw.value, format, fields, &raw.at).map(|r| (raw.at, r))
 }
 
 impl Iterator for Reader {
