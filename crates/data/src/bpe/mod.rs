@@ -100,8 +100,9 @@ impl std::fmt::Debug for ByteLevelBpe {
     }
 }
 
-/// GPT-2's byte → character table (`bytes_to_unicode`).
-fn byte_chars() -> [char; 256] {
+/// GPT-2's byte → character table (`bytes_to_unicode`): how byte-level vocabularies spell
+/// bytes.
+pub fn byte_chars() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut extra = 0u32;
     for b in 0u32..256 {
@@ -180,8 +181,7 @@ impl ByteLevelBpe {
             .collect::<Option<_>>()?;
 
         let chars = byte_chars();
-        let char_byte: HashMap<char, u8> =
-            (0u8..=255).map(|b| (chars[usize::from(b)], b)).collect();
+        let char_byte = crate::offsets::char_to_byte();
         // A byte whose character is not a token is dropped by `tokenizers` when there is no
         // unknown token and no byte fallback (SmolLM2 lacks 21 of them); other handling of
         // unknown characters is not reproduced.
