@@ -17,19 +17,23 @@ fn chatml() -> ChatTemplate {
     .expect("chatml")
 }
 
+/// An encoder truncating to 256 tokens, and the pad id.
+fn encoder_256<'a>(tok: &'a tokenizers::Tokenizer, t: &'a ChatTemplate) -> (Encoder<'a>, u32) {
+    let opts = EncodeOptions {
+        max_len: Some(256),
+        ..EncodeOptions::default()
+    };
+    let enc = Encoder::new(tok, Some(t), opts).expect("enc");
+    (enc, tok.token_to_id("<|endoftext|>").expect("pad"))
+}
+
 #[test]
 fn packed_stream_holds_every_example_in_order() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("d.jsonl");
     kiln_data::synthetic::write_messages_jsonl(&path, 300, 5).expect("write");
-    let tok = common::tokenizer();
-    let t = chatml();
-    let opts = EncodeOptions {
-        max_len: Some(256),
-        ..EncodeOptions::default()
-    };
-    let enc = Encoder::new(&tok, Some(&t), opts).expect("enc");
-    let pad = tok.token_to_id("<|endoftext|>").expect("pad");
+    let (tok, t) = (common::tokenizer(), chatml());
+    let (enc, pad) = encoder_256(&tok, &t);
     let open = || Reader::open(&[path.display().to_string()]).expect("open");
     let mut rows = PackedRows::new(open(), &enc, 512, pad, BadRecords::Error).expect("rows");
     let rows_vec: Vec<_> = rows
@@ -125,14 +129,8 @@ fn stream_across_chunks_equals_packing_every_example() {
     let path = dir.path().join("d.jsonl");
     std::fs::write(&path, lines.join("\n")).expect("write");
 
-    let tok = common::tokenizer();
-    let t = chatml();
-    let opts = EncodeOptions {
-        max_len: Some(256),
-        ..EncodeOptions::default()
-    };
-    let enc = Encoder::new(&tok, Some(&t), opts).expect("enc");
-    let pad = tok.token_to_id("<|endoftext|>").expect("pad");
+    let (tok, t) = (common::tokenizer(), chatml());
+    let (enc, pad) = encoder_256(&tok, &t);
     let examples = |path: &std::path::Path| -> Vec<kiln_data::Example> {
         let (records, _) = Reader::open(&[path.display().to_string()])
             .expect("open")
