@@ -5,10 +5,12 @@
 //! ```text
 //! cargo bench -p kiln-data --bench data_pipeline                              # 100,000 records
 //! KILN_BENCH_RECORDS=10000 cargo bench -p kiln-data --bench data_pipeline     # quicker
+//! KILN_BENCH_TOKENIZER=~/.cache/kiln/SmolLM2-135M-Instruct.tokenizer.json cargo bench ...
 //! ```
 //! kiln-data needs neither burn nor a model, so this builds in a few minutes. The file is
-//! generated once (seed 0) in the system temp directory and reused. The same file and
-//! tokenizer feed `tools/bench_datasets.py` (Hugging Face `datasets`) for the side-by-side.
+//! generated once (seed 0) in the system temp directory and reused; the tokenizer is the
+//! fixture's unless `KILN_BENCH_TOKENIZER` names another (`tools/bench_data_side_by_side.py`
+//! writes SmolLM2's and runs the comparison with Hugging Face `datasets`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -40,8 +42,9 @@ fn bench(c: &mut Criterion) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(100_000);
     let file = data_file(records).display().to_string();
-    let tokenizer =
-        tokenizers::Tokenizer::from_file(fixtures().join("tokenizer.json")).expect("tokenizer");
+    let tokenizer_file = std::env::var_os("KILN_BENCH_TOKENIZER")
+        .map_or_else(|| fixtures().join("tokenizer.json"), PathBuf::from);
+    let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_file).expect("tokenizer");
     let source = std::fs::read_to_string(fixtures().join("chatml.jinja")).expect("template");
     let template =
         ChatTemplate::new(source, Some("<|im_start|>"), Some("<|im_end|>")).expect("template");
