@@ -1,126 +1,34 @@
 //! kiln's byte-level BPE encoder gives `tokenizers`' ids, and exact byte offsets, on the fixture
 //! tokenizers and on variants of them (Digits pre-tokenizer, Llama 3's and Qwen 2's split regexes,
 //! added tokens matched before and after normalisation, `ignore_merges`, bytes missing from the
-//! vocabulary), over generated chats, label fixtures and adversarial Unicode; tokenizers of
-//! other shapes are left to `tokenizers`.
+//! vocabulary), and on SmolLM2's when it is cached, over generated chats, label fixtures,
+//! adversarial Unicode and long inputs; tokenizers of other shapes are left to `tokenizers`.
 #![allow(clippy::unwrap_used)]
 
+mod bpe_check;
 mod common;
 
 use std::str::FromStr;
 
+use bpe_check::check;
 use kiln_data::bpe::ByteLevelBpe;
-use kiln_data::{ChatTemplate, EncodeOptions, Encoder, LabelMode, Reader, Record};
+use kiln_data::{ChatTemplate, EncodeOptions, Encoder, LabelMode, Record};
 use serde_json::{Value, json};
-use tokenizers::{Model, Tokenizer};
+use tokenizers::Tokenizer;
 
 const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-/// GPT-2's byte → character table.
-fn byte_chars() -> Vec<char> {
-    let mut extra = 0u32;
-    (0u32..256)
-        .map(|b| {
-            let printable =
-                (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
-            let c = if printable {
-                b
-            } else {
-                extra += 1;
-                255 + extra
-            };
-            char::from_u32(c).unwrap()
-        })
-        .collect()
-}
-
-/// Asserts identical ids, and offsets that give each token its own bytes: a model token spans
-/// its bytes plus any dropped inside it (bytes whose character is not a token, which
-/// `tokenizers` drops), an added token its text; only dropped bytes lie between tokens.
-fn check(tok: &Tokenizer, bpe: &ByteLevelBpe, text: &str) {
-    let want = tok.encode(text, false).unwrap();
-    let (ids, offsets) = bpe.encode(text);
-    assert_eq!(ids, want.get_ids(), "ids of {text:?}");
-    assert_eq!(offsets.len(), ids.len());
-    let chars = byte_chars();
-    let byte_of: std::collections::HashMap<char, u8> = chars
-        .iter()
-        .enumerate()
-        .map(|(b, &c)| (c, b as u8))
-        .collect();
-    let dropped: Vec<bool> = chars
-        .iter()
-        .map(|c| tok.get_model().token_to_id(&c.to_string()).is_none())
-        .collect();
-    let added = tok.get_added_tokens_decoder();
-    let bytes = text.as_bytes();
-    let mut pos = 0;
-    for (&id, &(start, end)) in ids.iter().zip(&offsets) {
-        assert!(
-            pos <= start && start < end,
-            "offsets of {text:?}: {offsets:?}"
-        );
-        assert!(bytes[pos..start].iter().all(|&b| dropped[usize::from(b)]));
-        if let Some(t) = added.get(&id) {
-            assert_eq!(&text[start..end], t.content, "token {id} of {text:?}");
-        } else {
-            let kept: Vec<u8> = bytes[start..end]
-                .iter()
-                .copied()
-                .filter(|&b| !dropped[usize::from(b)])
-                .collect();
-            let token: Vec<u8> = tok
-                .id_to_token(id)
-                .unwrap()
-                .chars()
-                .map(|c| byte_of[&c])
-                .collect();
-            assert_eq!(kept, token, "token {id} of {text:?}");
-        }
-        pos = end;
-    }
-    assert!(
-        bytes[pos..].iter().all(|&b| dropped[usize::from(b)]),
-        "offsets cover {text:?}"
-    );
-}
-
 fn fixture_json(rel: &str) -> Value {
-    let path = format!("{}/../../fixtures/{rel}", env!("CARGO_MANIFEST_DIR"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(bpe_check::fixture(rel)).unwrap()).unwrap()
 }
 
 fn from_json(v: &Value) -> Tokenizer {
     Tokenizer::from_str(&v.to_string()).unwrap()
 }
 
-/// Rendered ChatML texts of `n` generated conversations.
-fn generated_chats(n: usize, seed: u64) -> Vec<String> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("chats.jsonl");
-    kiln_data::synthetic::write_messages_jsonl(&path, n, seed).unwrap();
-    let template = ChatTemplate::new(
-        common::template("chatml"),
-        Some("<|im_start|>"),
-        Some("<|im_end|>"),
-    )
-    .unwrap();
-    let (records, _) = Reader::open(&[path.display().to_string()])
-        .unwrap()
-        .read_all()
-        .unwrap();
-    records
-        .iter()
-        .map(|r| match r {
-            Record::Conversation(m) => template.render(m, false).unwrap(),
-            other => panic!("not a conversation: {other:?}"),
-        })
-        .collect()
-}
-
 fn texts() -> Vec<String> {
-    let mut texts = generated_chats(2000, 7);
+    let mut texts = bpe_check::generated_chats("chatml", 2000, 7, false);
     texts.extend((0..3000).map(|i| kiln_data::synthetic::adversarial_text(i, 1 + i as usize % 60)));
     let labels = fixture_json("chat_templates/labels.json");
     let mut stack = vec![&labels];
@@ -156,7 +64,27 @@ fn texts() -> Vec<String> {
         ]
         .map(String::from),
     );
+    let long = bpe_check::long_texts(&texts[..300]);
+    texts.extend(long);
     texts
+}
+
+/// SmolLM2-135M-Instruct's `tokenizer.json`, from `KILN_SMOLLM2_TOKENIZER` or kiln's cache
+/// (`tools/bench_data_side_by_side.py` writes it from the GGUF); skipped when absent. kiln-train's
+/// `tests/bpe_gguf.rs` runs the same suite on the tokenizer kiln-models builds from the GGUF.
+#[test]
+fn smollm2_tokenizer_json_matches_tokenizers() {
+    let path = std::env::var_os("KILN_SMOLLM2_TOKENIZER")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            let home = std::env::var_os("HOME")?;
+            let cache = std::path::Path::new(&home).join(".cache/kiln");
+            Some(cache.join("SmolLM2-135M-Instruct.tokenizer.json"))
+        });
+    match path.filter(|p| p.is_file()) {
+        Some(path) => bpe_check::smollm2_suite(&Tokenizer::from_file(path).unwrap()),
+        None => println!("SKIPPED: no SmolLM2 tokenizer.json (set KILN_SMOLLM2_TOKENIZER)"),
+    }
 }
 
 #[test]
