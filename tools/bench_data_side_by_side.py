@@ -9,8 +9,9 @@ For each size the messages file is written once (kiln's generator, seed 0) in /t
 then each repeat runs kiln's `pipeline_throughput` and `tools/bench_datasets.py` on the same file
 and the same tokenizer: SmolLM2-135M-Instruct's, as transformers builds it from the GGUF in
 kiln's cache (written once next to it; kiln-models builds the same one). Each run is timed from
-outside and its whole process tree's RSS is sampled every 50 ms (datasets' `num_proc` workers
-included); `uptime`'s load is recorded before and after, since the machine may be shared.
+outside and its whole process tree's memory is sampled every 50 ms (datasets' `num_proc`
+workers included; RSS summed over processes counts the pages they share once per process, PSS
+does not); `uptime`'s load is recorded before and after, since the machine may be shared.
 records/s is the records over the program's own time (kiln: open → last row; datasets:
 load_dataset → packed, imports excluded). Raw lines go to bench-results/data-<date>.jsonl.
 """
@@ -48,22 +49,29 @@ def load():
     return os.getloadavg()
 
 
-def run(cmd, env=None):
-    """Runs `cmd`; returns its stdout, wall seconds and the peak RSS (MB) of its process tree."""
+def tree_memory(root):
+    """(RSS, PSS) summed over `root` and its descendants: RSS counts pages shared by forked
+    workers once per process, PSS splits them between the processes sharing them."""
+    rss = pss = 0
+    for p in [root] + root.children(recursive=True):
+        try:
+            m = p.memory_full_info()
+            rss, pss = rss + m.rss, pss + m.pss
+        except psutil.Error:
+            pass
+    return rss, pss
+
+
+def run(cmd):
+    """Runs `cmd`; returns its stdout, wall seconds and its process tree's peak RSS and PSS (MB)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     root = psutil.Process(proc.pid)
-    peak = 0
+    peak_rss = peak_pss = 0
     while proc.poll() is None:
         try:
-            procs = [root] + root.children(recursive=True)
-            rss = 0
-            for p in procs:
-                try:
-                    rss += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            peak = max(peak, rss)
+            rss, pss = tree_memory(root)
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
         except psutil.Error:
             pass
         time.sleep(0.05)
@@ -71,7 +79,7 @@ def run(cmd, env=None):
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"{cmd[0]} failed ({proc.returncode}):\n{out}")
-    return out, wall, peak / 1e6
+    return out, wall, peak_rss / 1e6, peak_pss / 1e6
 
 
 def parse(out):
@@ -108,11 +116,11 @@ def main():
             got = {}
             for side, cmd in sides.items():
                 before = load()
-                out, wall, peak = run(cmd)
+                out, wall, rss, pss = run(cmd)
                 after = load()
-                got[side] = dict(parse(out), wall=wall, peak_rss_mb=peak, load_before=before,
-                                 load_after=after)
-                line = {"records": n, "repeat": rep, "side": side, **got[side]}
+                got[side] = dict(parse(out), wall=wall, peak_rss_mb=rss, peak_pss_mb=pss,
+                                 load_before=before, load_after=after)
+                line = {**got[side], "records": n, "repeat": rep, "side": side}
                 with log.open("a") as f:
                     f.write(json.dumps(line) + "\n")
                 print(json.dumps(line), flush=True)
@@ -121,11 +129,11 @@ def main():
                 sys.exit(f"token counts differ: kiln {k['tokens']} datasets {d['tokens']}")
             rows.append((n, rep, k, d))
     print(f"\n{'records':>9} {'run':>3} {'side':<9}{'records/s':>11}{'secs':>8}{'wall':>8}"
-          f"{'peak RSS MB':>13}  load 1-min before → after")
+          f"{'peak RSS MB':>13}{'peak PSS MB':>13}  load 1-min before → after")
     for n, rep, k, d in rows:
         for side, r in (("kiln", k), ("datasets", d)):
             print(f"{n:>9} {rep:>3} {side:<9}{r['records/s']:>11.0f}{r['secs']:>8.1f}"
-                  f"{r['wall']:>8.1f}{r['peak_rss_mb']:>13.0f}  "
+                  f"{r['wall']:>8.1f}{r['peak_rss_mb']:>13.0f}{r['peak_pss_mb']:>13.0f}  "
                   f"{r['load_before'][0]:.2f} → {r['load_after'][0]:.2f}")
         print(f"{'':>14}ratio kiln/datasets: {k['records/s'] / d['records/s']:.2f}x records/s, "
               f"{d['wall'] / k['wall']:.2f}x wall")
