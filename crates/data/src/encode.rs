@@ -177,6 +177,7 @@ pub struct Encoder<'a> {
     end_markers: Vec<String>,
     template_vars: serde_json::Map<String, serde_json::Value>,
     fast_offsets: Option<crate::offsets::TokenBytes>,
+    fast_bpe: Option<crate::bpe::ByteLevelBpe>,
 }
 
 /// Byte range of each token in the text.
@@ -221,6 +222,7 @@ impl<'a> Encoder<'a> {
             end_markers,
             template_vars: serde_json::Map::new(),
             fast_offsets: crate::offsets::TokenBytes::new(tokenizer),
+            fast_bpe: crate::bpe::ByteLevelBpe::new(tokenizer),
         })
     }
 
@@ -242,6 +244,12 @@ impl<'a> Encoder<'a> {
 
     pub fn options(&self) -> &EncodeOptions {
         &self.opts
+    }
+
+    /// kiln's byte-level BPE encoder, when the tokenizer has a shape it reproduces (then it
+    /// tokenizes instead of `tokenizers`, unless `add_special_tokens` is set).
+    pub fn byte_level_bpe(&self) -> Option<&crate::bpe::ByteLevelBpe> {
+        self.fast_bpe.as_ref()
     }
 
     fn template(&self) -> Result<&ChatTemplate> {
@@ -327,9 +335,14 @@ impl<'a> Encoder<'a> {
         Ok((one(chosen)?, one(rejected)?))
     }
 
-    /// Token ids and byte offsets of `text` (the fast exact path when it applies).
+    /// Token ids and byte offsets of `text`: kiln's byte-level BPE encoder when the tokenizer
+    /// has a shape it reproduces (`crate::bpe`), else `tokenizers` (with offsets rebuilt from
+    /// the tokens' bytes when they spell the text).
     fn tokenize(&self, text: &str) -> Result<(Vec<u32>, Offsets)> {
         let add = self.opts.add_special_tokens;
+        if let Some(bpe) = self.fast_bpe.as_ref().filter(|_| !add) {
+            return Ok(bpe.encode(text));
+        }
         let err = |e: tokenizers::Error| DataError::Tokenizer(e.to_string());
         if let Some(fast) = &self.fast_offsets {
             let enc = self.tokenizer.encode_fast(text, add).map_err(err)?;

@@ -14,9 +14,11 @@
 pub use tokenizers;
 
 pub mod batch;
+pub mod bpe;
 pub mod encode;
 pub mod error;
 mod jsonfmt;
+mod jsonl_messages;
 mod offsets;
 pub mod pack;
 mod parquet_rows;
@@ -43,7 +45,7 @@ pub use pretty::{show_labels, show_trained_text};
 pub use qa::{QaItem, QaKind, QaOptions, Table, format_number, generate_items};
 pub use reader::{BadRecords, ReadReport, Reader, count_lines};
 pub use record::{FieldMap, Format, Label, Message, Record, Role, parse_record};
-pub use source::{FileKind, RawRecord, Source, expand_paths};
+pub use source::{FileKind, RawItem, RawRecord, Source, expand_paths};
 pub use split::{ShuffleBuffer, SplitSize, dedup_by_key, shuffled, train_val_split};
 pub use stream::PackedRows;
 pub use template::{ChatTemplate, TemplateSource, load_chat_template, template_from_config};

@@ -23,23 +23,9 @@ pub struct TokenBytes {
 }
 
 /// GPT-2's byte ↔ printable character table (`bytes_to_unicode`), inverted.
-fn char_to_byte() -> HashMap<char, u8> {
-    let mut map = HashMap::with_capacity(256);
-    let mut extra = 0u32;
-    for b in 0u32..256 {
-        let printable =
-            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
-        let c = if printable {
-            b
-        } else {
-            extra += 1;
-            255 + extra
-        };
-        if let (Some(c), Ok(byte)) = (char::from_u32(c), u8::try_from(b)) {
-            map.insert(c, byte);
-        }
-    }
-    map
+pub(crate) fn char_to_byte() -> HashMap<char, u8> {
+    let chars = crate::bpe::byte_chars();
+    (0..=255u8).map(|b| (chars[usize::from(b)], b)).collect()
 }
 
 impl TokenBytes {

@@ -8,8 +8,9 @@ use std::path::Path;
 use std::str::FromStr;
 
 use crate::error::{DataError, Location, Result};
+use crate::jsonl_messages::messages_line;
 use crate::record::{FieldMap, Format, Record, parse_record};
-use crate::source::{FileKind, Source, expand_paths, open};
+use crate::source::{FileKind, RawItem, Source, expand_paths, open};
 
 /// What to do with a record that cannot be read or parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -140,19 +141,78 @@ pub fn empty_reason(report: &ReadReport) -> String {
     }
 }
 
+impl Reader {
+    /// The next record as read, not parsed yet: [`ItemParser::parse`] turns it into a record (on any
+    /// thread) and [`Reader::tally`] accounts for the outcome, in input order.
+    pub(crate) fn next_item(&mut self) -> Option<Result<RawItem>> {
+        self.source.next_item()
+    }
+
+    /// Parses raw items into records with this reader's format and field names (shareable
+    /// between threads, which the reader itself is not).
+    pub(crate) fn parser(&self) -> ItemParser {
+        ItemParser {
+            format: self.format,
+            fields: self.fields.clone(),
+        }
+    }
+
+    /// Counts a parsed record (`Ok(Some)`), or applies the policy to a failure: `Ok(None)` when
+    /// skipped, the error under [`BadRecords::Error`].
+    pub(crate) fn tally<T>(&mut self, parsed: Result<T>) -> Result<Option<T>> {
+        match parsed {
+            Ok(r) => {
+                self.report.read += 1;
+                Ok(Some(r))
+            }
+            Err(e) if self.policy == BadRecords::Skip => {
+                self.report.skip(&e);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A [`Reader`]'s format and field names, to parse its raw items.
+#[derive(Debug, Clone)]
+pub(crate) struct ItemParser {
+    format: Format,
+    fields: FieldMap,
+}
+
+impl ItemParser {
+    pub(crate) fn parse(&self, item: RawItem) -> Result<(Location, Record)> {
+        parse_item(item, self.format, &self.fields)
+    }
+}
+
+/// Parses a raw item into a record. A JSON Lines line of the messages format with the default
+/// field names is read straight into messages when it is well formed ([`messages_line`]); any
+/// other line, and any deviation, goes through the JSON value and [`parse_record`], which
+/// gives the same record or names what is wrong.
+fn parse_item(item: RawItem, format: Format, fields: &FieldMap) -> Result<(Location, Record)> {
+    if let RawItem::JsonLine { at, line } = &item
+        && matches!(format, Format::Auto | Format::Messages)
+        && ["messages", "role", "content"]
+            .iter()
+            .all(|&k| fields.get(k) == k)
+        && let Some(messages) = messages_line(line)
+    {
+        return Ok((at.clone(), Record::Conversation(messages)));
+    }
+    let raw = item.parse()?;
+    parse_record(&raw.value, format, fields, &raw.at).map(|r| (raw.at, r))
+}
+
 impl Iterator for Reader {
     type Item = Result<(Location, Record)>;
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            let parsed = self.source.next()?.and_then(|raw| {
-                parse_record(&raw.value, self.format, &self.fields, &raw.at).map(|r| (raw.at, r))
-            });
-            match parsed {
-                Ok(r) => {
-                    self.report.read += 1;
-                    return Some(Ok(r));
-                }
-                Err(e) if self.policy == BadRecords::Skip => self.report.skip(&e),
+            let parsed = self.next_item()?.and_then(|item| self.parser().parse(item));
+            match self.tally(parsed) {
+                Ok(Some(r)) => return Some(Ok(r)),
+                Ok(None) => {}
                 Err(e) => return Some(Err(e)),
             }
         }

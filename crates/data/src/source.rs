@@ -226,10 +226,10 @@ fn open_file(path: PathBuf, kind: FileKind) -> Result<FileIter> {
 }
 
 impl FileIter {
-    fn next_record(&mut self) -> Option<Result<RawRecord>> {
+    fn next_item(&mut self) -> Option<Result<RawItem>> {
         match self {
-            FileIter::Buffered(it) => it.next(),
-            FileIter::Parquet(rows) => rows.next_record(),
+            FileIter::Buffered(it) => it.next().map(|r| r.map(RawItem::Record)),
+            FileIter::Parquet(rows) => rows.next_record().map(|r| r.map(RawItem::Record)),
             FileIter::Lines {
                 path,
                 reader,
@@ -260,16 +260,12 @@ impl FileIter {
                 }
                 if !*json {
                     let value = serde_json::json!({ "text": trimmed });
-                    return Some(Ok(RawRecord { at: at(), value }));
+                    return Some(Ok(RawItem::Record(RawRecord { at: at(), value })));
                 }
-                return Some(match serde_json::from_str(trimmed) {
-                    Ok(value) => Ok(RawRecord { at: at(), value }),
-                    Err(e) => Err(DataError::Malformed {
-                        at: at(),
-                        format: "JSON",
-                        message: e.to_string(),
-                    }),
-                });
+                return Some(Ok(RawItem::JsonLine {
+                    at: at(),
+                    line: trimmed.to_string(),
+                }));
             },
             FileIter::Csv {
                 path,
@@ -291,10 +287,10 @@ impl FileIter {
                             .zip(rec.iter())
                             .map(|(h, v)| (h.clone(), Value::String(v.to_string())))
                             .collect();
-                        Some(Ok(RawRecord {
+                        Some(Ok(RawItem::Record(RawRecord {
                             at,
                             value: Value::Object(map),
-                        }))
+                        })))
                     }
                     Err(e) => Some(Err(DataError::Malformed {
                         at,
@@ -307,12 +303,13 @@ impl FileIter {
     }
 }
 
-impl Iterator for Source {
-    type Item = Result<RawRecord>;
-    fn next(&mut self) -> Option<Self::Item> {
+impl Source {
+    /// The next record as read, JSON Lines lines not parsed yet ([`RawItem::parse`] does it, on
+    /// any thread: the streaming path parses in parallel).
+    pub fn next_item(&mut self) -> Option<Result<RawItem>> {
         loop {
             if let Some(cur) = &mut self.current {
-                if let Some(r) = cur.next_record() {
+                if let Some(r) = cur.next_item() {
                     return Some(r);
                 }
                 self.current = None;
@@ -321,6 +318,37 @@ impl Iterator for Source {
                 Ok(f) => self.current = Some(f),
                 Err(e) => return Some(Err(e)),
             }
+        }
+    }
+}
+
+impl Iterator for Source {
+    type Item = Result<RawRecord>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_item().map(|r| r.and_then(RawItem::parse))
+    }
+}
+
+/// A record as a [`Source`] reads it: a JSON value, or a JSON Lines line still to parse.
+#[derive(Debug, Clone)]
+pub enum RawItem {
+    Record(RawRecord),
+    JsonLine { at: Location, line: String },
+}
+
+impl RawItem {
+    /// Parses a JSON Lines line; a malformed one is [`DataError::Malformed`] at its line.
+    pub fn parse(self) -> Result<RawRecord> {
+        match self {
+            RawItem::Record(r) => Ok(r),
+            RawItem::JsonLine { at, line } => match serde_json::from_str(&line) {
+                Ok(value) => Ok(RawRecord { at, value }),
+                Err(e) => Err(DataError::Malformed {
+                    at,
+                    format: "JSON",
+                    message: e.to_string(),
+                }),
+            },
         }
     }
 }

@@ -64,11 +64,30 @@ fn find(text: &str, content: &str, from: usize) -> Option<Range<usize>> {
         // An empty answer trains only its end marker, right where the search stands.
         return Some(from..from);
     }
-    if let Some(i) = hay.find(content) {
+    if let Some(i) = find_bytes(hay.as_bytes(), content.as_bytes()) {
         return Some(from + i..from + i + content.len());
     }
-    hay.find(trimmed)
-        .map(|i| from + i..from + i + trimmed.len())
+    find_bytes(hay.as_bytes(), trimmed.as_bytes()).map(|i| from + i..from + i + trimmed.len())
+}
+
+/// First occurrence of `needle` in `hay`. A message's content usually sits right after the
+/// cursor: the first places its first 32 bytes occur are checked in full before the (costlier
+/// to set up) search for the whole needle.
+fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    const HEAD: usize = 32;
+    if needle.len() <= HEAD {
+        return memchr::memmem::find(hay, needle);
+    }
+    let head = memchr::memmem::Finder::new(&needle[..HEAD]);
+    let mut at = 0;
+    for _ in 0..8 {
+        let i = at + head.find(hay.get(at..)?)?;
+        if hay[i..].starts_with(needle) {
+            return Some(i);
+        }
+        at = i + 1;
+    }
+    memchr::memmem::find(&hay[at..], needle).map(|i| at + i)
 }
 
 #[cfg(test)]
@@ -87,6 +106,21 @@ mod tests {
         let spans = assistant_spans(text, &m, &["<e>".into()]).expect("spans");
         assert_eq!(spans, vec![15..23]);
         assert_eq!(&text[spans[0].clone()], "hello<e>");
+    }
+
+    #[test]
+    fn long_needles_are_found_after_false_starts() {
+        let needle = format!("{}tail", "x".repeat(40));
+        let mut hay = String::new();
+        for _ in 0..12 {
+            hay.push_str(&"x".repeat(40));
+            hay.push('-');
+        }
+        hay.push_str(&needle);
+        assert_eq!(find_bytes(hay.as_bytes(), needle.as_bytes()), Some(12 * 41));
+        assert_eq!(find_bytes(b"short", b"or"), Some(2));
+        assert_eq!(find_bytes(hay.as_bytes(), b"x-y"), None);
+        assert_eq!(find_bytes(&hay.as_bytes()[..100], needle.as_bytes()), None);
     }
 
     #[test]

@@ -95,3 +95,149 @@ pub fn write_messages_jsonl(path: &Path, n: usize, seed: u64) -> Result<()> {
     }
     out.flush().map_err(io)
 }
+
+/// Pieces [`adversarial_text`] strings are made of: contractions and apostrophes, white space of
+/// every kind, numbers in several scripts, words in many scripts, combining marks, punctuation,
+/// emoji (modifiers, ZWJ sequences, flags), special tokens with near misses, control characters
+/// and letters that fold to ASCII ones (long s, Kelvin sign).
+const ADVERSARIAL: &[&str] = &[
+    "'s",
+    "'t",
+    "'re",
+    "'ve",
+    "'m",
+    "'ll",
+    "'d",
+    "'S",
+    "'T",
+    "'RE",
+    "''",
+    "'",
+    "\u{2019}s",
+    "n't",
+    " ",
+    "  ",
+    "   ",
+    "\t",
+    "\n",
+    "\r\n",
+    "\n\n",
+    " \n",
+    "\u{a0}",
+    "\u{3000}",
+    "\u{2028}",
+    "\u{85}",
+    "\u{b}",
+    "\u{c}",
+    "\u{200b}",
+    "\u{feff}",
+    "\u{1680}",
+    "0",
+    "7",
+    "42",
+    "2020",
+    "3.14",
+    "1,000",
+    "\u{663}",
+    "\u{ff11}\u{ff12}",
+    "\u{b2}",
+    "\u{216b}",
+    "\u{bd}",
+    "\u{e53}",
+    "hello",
+    "World",
+    "the",
+    "Tokyo",
+    "caf\u{e9}",
+    "na\u{ef}ve",
+    "Stra\u{df}e",
+    "\u{c6}\u{d8}\u{c5}",
+    "\u{3b1}\u{3b2}\u{3b3}",
+    "\u{395}\u{3bb}\u{3bb}\u{3ac}\u{3b4}\u{3b1}",
+    "\u{43c}\u{43e}\u{441}\u{43a}\u{432}\u{430}",
+    "\u{5317}\u{6d77}\u{9053}",
+    "\u{6771}\u{4eac}",
+    "\u{d55c}\u{ad6d}\u{c5b4}",
+    "\u{627}\u{644}\u{639}\u{631}\u{628}\u{64a}\u{629}",
+    "\u{939}\u{93f}\u{928}\u{94d}\u{926}\u{940}",
+    "\u{e44}\u{e17}\u{e22}",
+    "\u{5e2}\u{5d1}",
+    "\u{fb01}",
+    "e\u{301}",
+    "\u{301}",
+    ".",
+    ",",
+    "!?",
+    "...",
+    "\u{2014}",
+    "\u{2013}",
+    "\u{ab}\u{bb}",
+    "\u{201c}",
+    "\u{201d}",
+    "(",
+    ")",
+    "{",
+    "}",
+    "<",
+    ">",
+    "|",
+    "$",
+    "%",
+    "&",
+    "@",
+    "#",
+    "\\",
+    "/",
+    "*",
+    "km\u{b2}",
+    "\u{1f600}",
+    "\u{1f44d}\u{1f3fd}",
+    "\u{1f468}\u{200d}\u{1f469}\u{200d}\u{1f467}",
+    "\u{1f1ef}\u{1f1f5}",
+    "\u{2764}\u{fe0f}",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|im_",
+    "|>",
+    "<s>",
+    "</s>",
+    "<|eot_id|>",
+    "[INST]",
+    "<start_of_turn>",
+    "\u{4}",
+    "\u{13}",
+    "\r",
+    "\r\n\r\n",
+    "'Ll",
+    "'\u{17f}",
+    "\u{212a}",
+    "\u{0}",
+];
+
+/// A string of `units` random pieces for tokenizer equivalence tests (deterministic in `seed`):
+/// mostly [`ADVERSARIAL`] pieces glued together, one in eight a random scalar value (half of
+/// them from the BMP, half from the whole range; controls, private use and unassigned ones
+/// included).
+pub fn adversarial_text(seed: u64, units: usize) -> String {
+    let mut rng = SplitMix(seed ^ 0x005E_ED0F_7E57);
+    let mut s = String::new();
+    for _ in 0..units {
+        if rng.below(8) == 0 {
+            let range = if rng.below(2) == 0 {
+                0x1_0000
+            } else {
+                0x11_0000
+            };
+            let c = loop {
+                if let Some(c) = char::from_u32(rng.below(range) as u32) {
+                    break c;
+                }
+            };
+            s.push(c);
+        } else {
+            s.push_str(ADVERSARIAL[rng.below(ADVERSARIAL.len() as u64) as usize]);
+        }
+    }
+    s
+}

@@ -5,6 +5,8 @@
 //! Needs the model in kiln's cache (`tools/fetch_gemma3.sh`; CI fetches it and sets
 //! `KILN_REQUIRE_MODEL=1`, which turns a missing model into a failure).
 #![allow(clippy::unwrap_used)]
+mod common;
+
 use kiln_lora::{LoraConfig, LoraModel, TargetModules};
 use kiln_models::{Pretrained, default_device, fetch};
 use kiln_train::{
@@ -15,16 +17,7 @@ use kiln_train::{
 #[test]
 fn gemma3_270m_lora_loss_decreases() {
     let path = fetch::gemma3_270m_path();
-    if !path.is_file() {
-        assert!(
-            std::env::var("KILN_REQUIRE_MODEL").is_err(),
-            "{} missing",
-            path.display()
-        );
-        println!(
-            "SKIPPED: {} missing (run tools/fetch_gemma3.sh)",
-            path.display()
-        );
+    if !common::model_cached(&path, "tools/fetch_gemma3.sh") {
         return;
     }
     let device = default_device();

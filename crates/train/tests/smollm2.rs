@@ -5,6 +5,8 @@
 //! Needs the model in kiln's cache (`tools/fetch_model.sh`; CI fetches it and sets
 //! `KILN_REQUIRE_MODEL=1`, which turns a missing model into a failure).
 #![allow(clippy::unwrap_used)]
+mod common;
+
 use burn::module::Module;
 use kiln_lora::{LoraConfig, LoraModel, TargetModules};
 use kiln_models::{DecoderInput, Pretrained, default_device, fetch};
@@ -20,16 +22,7 @@ fn host(t: burn::tensor::Tensor<3>) -> Vec<f32> {
 #[test]
 fn smollm2_lora_count_loss_decrease_save_reload() {
     let path = fetch::smollm2_path();
-    if !path.is_file() {
-        assert!(
-            std::env::var("KILN_REQUIRE_MODEL").is_err(),
-            "{} missing",
-            path.display()
-        );
-        println!(
-            "SKIPPED: {} missing (run tools/fetch_model.sh)",
-            path.display()
-        );
+    if !common::model_cached(&path, "tools/fetch_model.sh") {
         return;
     }
     let device = default_device();

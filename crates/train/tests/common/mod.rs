@@ -101,3 +101,18 @@ pub fn options(grad_accum: usize, lr: f64, total: usize) -> TrainerOptions {
         backward: kiln_train::BackwardPath::Fused,
     }
 }
+
+/// Whether the model at `path` is in kiln's cache. When it is not the test is skipped (`fetch`
+/// names the script that fetches it), unless `KILN_REQUIRE_MODEL` is set (as in CI): then it fails.
+pub fn model_cached(path: &std::path::Path, fetch: &str) -> bool {
+    if path.is_file() {
+        return true;
+    }
+    assert!(
+        std::env::var("KILN_REQUIRE_MODEL").is_err(),
+        "{} missing",
+        path.display()
+    );
+    println!("SKIPPED: {} missing (run {fetch})", path.display());
+    false
+}
