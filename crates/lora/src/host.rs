@@ -40,6 +40,25 @@ pub fn to_vec<const D: usize>(t: &Tensor<D>) -> Option<Vec<f32>> {
     Some(view(&p).iter().copied().collect())
 }
 
+/// Takes a tensor on the ndarray backend outside autodiff and returns its values row-major,
+/// without a copy when the tensor owns its buffer alone in row-major order (else copied once).
+/// `None` for any other backend or dtype.
+pub fn into_vec<const D: usize>(t: Tensor<D>) -> Option<Vec<f32>> {
+    let NdArrayTensor::F32(s) = t.try_into_primitive::<NdArray>().ok()? else {
+        return None;
+    };
+    let array = s.into_owned().into_owned();
+    if array.is_standard_layout() {
+        // Row-major: the values are `n` consecutive elements of the buffer from the offset.
+        let n = array.len();
+        let (mut data, offset) = array.into_raw_vec_and_offset();
+        data.drain(..offset.unwrap_or(0).min(data.len()));
+        data.truncate(n);
+        return Some(data);
+    }
+    Some(array.iter().copied().collect())
+}
+
 /// A tensor of `shape` on the ndarray backend holding `data` (row-major).
 pub fn tensor<const D: usize>(shape: &[usize], data: Vec<f32>) -> Option<Tensor<D>> {
     let array = ArcArray::from_shape_vec(IxDyn(shape), data).ok()?;

@@ -2,13 +2,14 @@
 //!
 //! - [`SftConfig`]: the run, from TOML or JSON.
 //! - [`Trainer`]: micro-batch forward/backward with accumulation normalised by the step's label
-//!   tokens, global-norm clipping, burn's AdamW with no decay on norms and biases, LR schedule,
+//!   tokens, global-norm clipping, AdamW (burn's, fused on the CPU) with no decay on norms and biases, LR schedule,
 //!   evaluation, callbacks; [`Trainer::save_checkpoint`] / [`Trainer::resume`] continue
 //!   bit-identically.
 //! - [`fit`]: the loop around it (eval every N, save every N, keep last K, early stopping,
 //!   NaN policy, loss-curve PNG).
 //! - Metrics: [`JsonlLogger`], [`TensorBoardWriter`], [`Progress`]; [`TrainingMetadata`] writes
 //!   the model card.
+pub mod adamw;
 pub mod alloc;
 pub mod batch;
 pub mod callback;
@@ -28,6 +29,7 @@ pub mod schedule;
 pub mod tensorboard;
 pub mod trainer;
 
+pub use adamw::FusedAdamW;
 pub use alloc::keep_freed_memory;
 pub use batch::{Batch, BatchSource, Shuffled};
 pub use callback::{Callback, EvalMetrics, StepMetrics};

@@ -1,6 +1,7 @@
 //! The trainer: micro-batch forward/backward, gradient accumulation normalised by the label
 //! tokens of the whole optimizer step, global-norm clipping, AdamW, the learning-rate schedule
 //! and evaluation.
+use crate::adamw::FusedAdamW;
 use crate::batch::{Batch, BatchSource, mix};
 use crate::callback::{Callback, EvalMetrics, StepMetrics};
 use crate::config::{AdamWOptions, BackwardPath, EarlyStopping, NonFinitePolicy, SftConfig};
@@ -9,7 +10,7 @@ use crate::model::CausalModel;
 use crate::params::{ParamInfo, accumulate_grads, global_grad_norm, scale_grads, trainable_params};
 use crate::schedule::LrSchedule;
 use burn::module::ParamGroup;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -128,28 +129,28 @@ pub fn training_device(device: &Device, gradient_checkpointing: bool) -> Device 
     }
 }
 
-/// burn's AdamW with torch's update (bias-corrected moments, decoupled decay `θ ← θ(1 - lr·wd)`),
-/// and weight decay 0 for norm weights and biases.
+/// AdamW with torch's update (bias-corrected moments, decoupled decay `θ ← θ(1 - lr·wd)`),
+/// and weight decay 0 for norm weights and biases: burn's, fused into one pass on the CPU
+/// ([`FusedAdamW`]).
 pub(crate) fn build_optimizer(options: &AdamWOptions, trainable: &[ParamInfo]) -> ModuleOptimizer {
-    let config = AdamWConfig::new()
-        .with_beta_1(options.betas.0 as f32)
-        .with_beta_2(options.betas.1 as f32)
-        .with_epsilon(options.eps as f32)
-        .with_weight_decay(options.weight_decay as f32);
+    let adamw = |weight_decay: f64| {
+        FusedAdamW::new(
+            options.betas.0 as f32,
+            options.betas.1 as f32,
+            options.eps as f32,
+            weight_decay as f32,
+        )
+    };
     let no_decay: Vec<_> = trainable
         .iter()
         .filter(|p| p.no_decay())
         .map(|p| p.id)
         .collect();
-    let optim = config.init();
+    let optim = ModuleOptimizer::from(adamw(options.weight_decay));
     if no_decay.is_empty() || options.weight_decay == 0.0 {
         optim
     } else {
-        optim.with_group(
-            ParamGroup::from_ids(no_decay),
-            config.with_weight_decay(0.0).build(),
-            None,
-        )
+        optim.with_group(ParamGroup::from_ids(no_decay), adamw(0.0), None)
     }
 }
 
