@@ -105,6 +105,7 @@ pub fn try_rotary(x: &Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Option<Ten
 #[cfg(feature = "cpu")]
 #[allow(deprecated)]
 mod cpu {
+    use crate::fastexp::{exp, sum};
     use crate::mask::MASKED;
     use burn::backend::NdArray;
     use burn::tensor::Tensor;
@@ -293,11 +294,10 @@ mod cpu {
                     max = max.max(*s);
                 }
             }
-            let mut sum = 0f32;
             for (s, &m) in s.iter_mut().zip(mask) {
-                *s = if m == MASKED { 0.0 } else { (*s - max).exp() };
-                sum += *s;
+                *s = if m == MASKED { 0.0 } else { exp(*s - max) };
             }
+            let sum = sum(s);
             s.iter_mut().for_each(|s| *s /= sum);
         }
 
@@ -413,7 +413,7 @@ mod cpu {
         let (gc, uc) = (gv.as_standard_layout(), uv.as_standard_layout());
         let (g, u) = (gc.as_slice()?, uc.as_slice()?);
         let f: fn(f32) -> f32 = match act {
-            Activation::Silu => |x| x / (1.0 + (-x).exp()),
+            Activation::Silu => |x| x / (1.0 + exp(-x)),
             Activation::GeluTanh => |x| {
                 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
                 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())

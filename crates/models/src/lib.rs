@@ -17,6 +17,8 @@ pub mod decoder;
 pub mod device;
 pub mod error;
 pub mod export_hf;
+#[cfg(feature = "cpu")]
+mod fastexp;
 pub mod fetch;
 pub mod generate;
 pub mod gguf;

@@ -6,6 +6,7 @@
 //! <https://arxiv.org/abs/2205.14135>) instead of storing the `[heads, t, t]` matrices.
 //! A query row that sees no key (padding) averages every value row, as the tensor path's
 //! softmax over equal `MASKED` scores does; its scores get no gradient there either.
+use crate::fastexp::{exp, sum};
 use crate::mask::MASKED;
 use kiln_lora::host::{MatMut, MatRef, Threads, matmul};
 use rayon::prelude::*;
@@ -156,15 +157,10 @@ fn softmax_row(s: &mut [f32], mask: &[f32]) -> Option<f32> {
             max = max.max(s + m);
         }
     }
-    let mut sum = 0f32;
     for (s, &m) in s.iter_mut().zip(mask) {
-        *s = if m == MASKED {
-            0.0
-        } else {
-            (*s + m - max).exp()
-        };
-        sum += *s;
+        *s = if m == MASKED { 0.0 } else { exp(*s + m - max) };
     }
+    let sum = sum(s);
     s.iter_mut().for_each(|s| *s /= sum);
     Some(max + sum.ln())
 }
@@ -250,7 +246,7 @@ pub(super) fn backward(
                             *s = if m == MASKED || unseen {
                                 0.0
                             } else {
-                                (*s + m - l).exp()
+                                exp(*s + m - l)
                             };
                         }
                     }

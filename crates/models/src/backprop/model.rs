@@ -7,6 +7,7 @@ use super::ops::{Norm, RopeTables};
 use crate::config::{Activation, AttentionKind};
 use crate::decoder::{CausalLm, DecoderInput};
 use crate::error::{ModelError, Result};
+use crate::fastexp::{exp, sum};
 use crate::loss::IGNORE_INDEX;
 use crate::mask::MaskSpec;
 use burn::module::ParamId;
@@ -272,10 +273,13 @@ impl HostModel {
                 .zip(chunk.par_iter())
                 .map(|(z, &(_, target))| {
                     let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let sum: f32 = z.iter().map(|v| (v - max).exp()).sum();
-                    let lse = max + sum.ln();
-                    let nll = (lse - z[target]) as f64;
-                    z.iter_mut().for_each(|v| *v = (*v - lse).exp() * inv);
+                    let picked = z[target];
+                    // z ← e^(z - max), then softmax · inv = z · (inv / Σ): one exp per logit.
+                    z.iter_mut().for_each(|v| *v = exp(*v - max));
+                    let sum = sum(z);
+                    let nll = (max + sum.ln() - picked) as f64;
+                    let k = inv / sum;
+                    z.iter_mut().for_each(|v| *v *= k);
                     z[target] -= inv;
                     nll
                 })

@@ -2,6 +2,7 @@
 //! activation and RoPE. Each forward equals its tensor version in `norm.rs`, `mlp.rs` and
 //! `rope.rs`.
 use crate::config::Activation;
+use crate::fastexp::exp;
 use rayon::prelude::*;
 
 /// Rows per rayon task: at least this many elements.
@@ -106,7 +107,7 @@ const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 fn act_and_grad(act: Activation, g: f32) -> (f32, f32) {
     match act {
         Activation::Silu => {
-            let s = 1.0 / (1.0 + (-g).exp());
+            let s = 1.0 / (1.0 + exp(-g));
             (g * s, s * (1.0 + g * (1.0 - s)))
         }
         // 0.5 x (1 + tanh(z)), z = c (x + 0.044715 x³)
