@@ -7,6 +7,8 @@
 //! cargo run --release --example eval -- --data data/tutor_unseen.jsonl --compare-adapter runs/tutor/adapter
 //! # multiple choice by log-likelihood (JSONL of {"context", "choices", "gold"}), as lm-eval scores it
 //! cargo run --release --example eval -- --choice --data mc.jsonl --compare-adapter runs/tutor/adapter
+//! # arithmetic answers: last number of the output, equal to the reference within 0.01
+//! cargo run --release --example eval -- --data gsm.jsonl --extract final_number --numeric-tolerance 0.01
 //! ```
 //!
 //! Writes into `--output-dir` (default `eval-out`): `a.jsonl`/`b.jsonl` (one record per example:
@@ -15,14 +17,15 @@
 //! (per-metric table, wins/ties/losses, paired bootstrap interval, changed examples).
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Parser;
 use kiln::data::{ChatTemplate, Reader};
 use kiln::eval::harness::write_records;
 use kiln::eval::io::write_json;
 use kiln::eval::{
     ChoiceItem, CompareOptions, EvalExample, EvalMetric, EvalReport, Extractor, HarnessConfig,
-    Normalize, PairEncoder, choice_accuracy, compare, evaluate, paired_bootstrap, score_choices,
+    Normalize, NumberFormat, NumericTolerance, PairEncoder, choice_accuracy, compare, evaluate,
+    paired_bootstrap, score_choices,
 };
 use kiln::lora::LoraModel;
 use kiln::models::fetch::resolve_model;
@@ -47,7 +50,7 @@ struct Args {
     /// Score multiple-choice items by log-likelihood instead of generating.
     #[arg(long)]
     choice: bool,
-    /// exact_match, bleu, chrf, rouge, perplexity (comma-separated).
+    /// exact_match, numeric_match, bleu, chrf, rouge, perplexity (comma-separated).
     #[arg(long, default_value = "exact_match,bleu,rouge,perplexity")]
     metric: String,
     /// Answer extraction: full, first_line, final_number, regex:<pattern>.
@@ -56,6 +59,16 @@ struct Args {
     /// Exact-match normalisation: exact, squad, loose.
     #[arg(long, default_value = "squad")]
     normalize: String,
+    /// Number handling before exact match: keep, strip_thousands (1,234 -> 1234), canonical
+    /// (also 1234.50 -> 1234.5).
+    #[arg(long, default_value = "keep")]
+    numbers: String,
+    /// Absolute tolerance of numeric_match (added to --metric when set).
+    #[arg(long)]
+    numeric_tolerance: Option<f64>,
+    /// Relative tolerance of numeric_match (added to --metric when set; default 1e-9).
+    #[arg(long)]
+    numeric_rel_tolerance: Option<f64>,
     /// Evaluate the first N examples only.
     #[arg(long)]
     limit: Option<usize>,
@@ -111,16 +124,25 @@ fn label(adapters: &[(PathBuf, f64)]) -> String {
 }
 
 fn harness_config(args: &Args, lm: &Pretrained) -> Result<HarnessConfig> {
+    let mut metrics = EvalMetric::parse_list(&args.metric)?;
+    let default_tol = NumericTolerance::default();
+    let numeric_tolerance = NumericTolerance::new(
+        args.numeric_tolerance.unwrap_or(default_tol.abs),
+        args.numeric_rel_tolerance.unwrap_or(default_tol.rel),
+    )?;
+    let tolerance_set = args.numeric_tolerance.is_some() || args.numeric_rel_tolerance.is_some();
+    if tolerance_set && !metrics.contains(&EvalMetric::NumericMatch) {
+        metrics.push(EvalMetric::NumericMatch);
+    }
     let mut cfg = HarnessConfig {
-        metrics: EvalMetric::parse_list(&args.metric)?,
+        metrics,
         batch_size: args.batch_size,
         extractor: args.extract.parse::<Extractor>()?,
-        normalize: match args.normalize.as_str() {
-            "exact" => Normalize::default(),
-            "squad" => Normalize::squad(),
-            "loose" => Normalize::loose(),
-            other => bail!("unknown --normalize {other:?}; expected exact, squad, loose"),
-        },
+        normalize: args
+            .normalize
+            .parse::<Normalize>()?
+            .with_numbers(args.numbers.parse::<NumberFormat>()?),
+        numeric_tolerance,
         ..Default::default()
     };
     cfg.generation.max_new_tokens = args.max_new_tokens;
@@ -143,7 +165,7 @@ fn print_report(r: &EvalReport) {
         r.label, r.n, r.generated_tokens, r.seconds, r.tokens_per_s
     );
     for (k, v) in &r.corpus {
-        println!("  {k:<12} {v:.4}");
+        println!("  {k:<14} {v:.4}");
     }
 }
 

@@ -4,6 +4,7 @@
 //! drop ASCII punctuation, drop the articles a/an/the, collapse whitespace). Number handling
 //! runs first, so `"1,234"` and `"1234"` agree once thousands separators are removed.
 
+use std::str::FromStr;
 use std::sync::OnceLock;
 
 use regex::Regex;
@@ -24,6 +25,23 @@ pub enum NumberFormat {
     StripThousands,
     /// Also parse each number and print it canonically: `1,234.50` and `01234.5` become `1234.5`.
     Canonical,
+}
+
+impl FromStr for NumberFormat {
+    type Err = EvalError;
+    /// `keep`, `strip_thousands` or `canonical`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "keep" => Ok(Self::Keep),
+            "strip_thousands" => Ok(Self::StripThousands),
+            "canonical" => Ok(Self::Canonical),
+            other => Err(EvalError::UnknownOption {
+                what: "number format",
+                value: other.into(),
+                expected: "keep, strip_thousands, canonical",
+            }),
+        }
+    }
 }
 
 /// Normalisation applied to both sides before an exact comparison. Steps run in this order:
@@ -120,6 +138,25 @@ impl Normalize {
             })
             .collect();
         Ok((per.iter().sum::<f64>() / per.len() as f64, per))
+    }
+}
+
+impl FromStr for Normalize {
+    type Err = EvalError;
+    /// A preset: `exact` ([`Normalize::default`], nothing changed), `squad`
+    /// ([`Normalize::squad`]) or `loose` ([`Normalize::loose`]); numbers are kept as written
+    /// (see [`Normalize::with_numbers`]).
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "exact" => Ok(Self::default()),
+            "squad" => Ok(Self::squad()),
+            "loose" => Ok(Self::loose()),
+            other => Err(EvalError::UnknownOption {
+                what: "normalisation",
+                value: other.into(),
+                expected: "exact, squad, loose",
+            }),
+        }
     }
 }
 
@@ -225,6 +262,30 @@ impl NumericTolerance {
             _ => false,
         }
     }
+
+    /// Whether `prediction` matches any reference ([`NumericTolerance::matches`]).
+    pub fn matches_any<S: AsRef<str>>(&self, prediction: &str, references: &[S]) -> bool {
+        references
+            .iter()
+            .any(|r| self.matches(prediction, r.as_ref()))
+    }
+
+    /// Per-example numeric match (1.0 or 0.0) and its mean; `refs[i]` lists accepted answers.
+    /// The corpus is checked as for the other metrics (not empty, one reference list per
+    /// hypothesis, none empty).
+    pub fn corpus<H: AsRef<str>, R: AsRef<[S]>, S: AsRef<str>>(
+        &self,
+        hyps: &[H],
+        refs: &[R],
+    ) -> Result<(f64, Vec<f64>)> {
+        crate::refs::check_corpus(hyps.len(), refs)?;
+        let per: Vec<f64> = hyps
+            .iter()
+            .zip(refs)
+            .map(|(h, r)| f64::from(u8::from(self.matches_any(h.as_ref(), r.as_ref()))))
+            .collect();
+        Ok((per.iter().sum::<f64>() / per.len() as f64, per))
+    }
 }
 
 #[cfg(test)]
@@ -263,6 +324,57 @@ mod tests {
         assert!(NumericTolerance::new(0.0, 0.05)?.matches("104", "100"));
         assert!(!NumericTolerance::default().matches("x", "x"));
         assert!(NumericTolerance::new(-1.0, 0.0).is_err());
+        assert!(NumericTolerance::new(f64::NAN, 0.0).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn numeric_corpus() -> Result<()> {
+        let t = NumericTolerance::new(0.05, 0.0)?;
+        let hyps = ["1,234.5", "3.14", "x", "7"];
+        let refs = [vec!["1234.5"], vec!["9", "3.1"], vec!["3"], vec!["7.06"]];
+        let (mean, per) = t.corpus(&hyps, &refs)?;
+        assert_eq!(per, vec![1.0, 1.0, 0.0, 0.0]);
+        assert_eq!(mean, 0.5);
+        assert!(matches!(
+            t.corpus(&hyps, &refs[..3]),
+            Err(EvalError::LengthMismatch {
+                expected: 4,
+                found: 3,
+                ..
+            })
+        ));
+        let none: [&str; 0] = [];
+        let no_refs: [[&str; 1]; 0] = [];
+        assert!(matches!(
+            t.corpus(&none, &no_refs),
+            Err(EvalError::Empty { .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn presets_and_number_formats_parse() -> Result<()> {
+        assert_eq!("exact".parse::<Normalize>()?, Normalize::default());
+        assert_eq!("squad".parse::<Normalize>()?, Normalize::squad());
+        assert_eq!(" loose ".parse::<Normalize>()?, Normalize::loose());
+        assert!(matches!(
+            "SQuAD".parse::<Normalize>(),
+            Err(EvalError::UnknownOption { .. })
+        ));
+        assert_eq!("keep".parse::<NumberFormat>()?, NumberFormat::Keep);
+        assert_eq!(
+            "strip_thousands".parse::<NumberFormat>()?,
+            NumberFormat::StripThousands
+        );
+        assert_eq!(
+            "canonical".parse::<NumberFormat>()?,
+            NumberFormat::Canonical
+        );
+        assert!(matches!(
+            "thousands".parse::<NumberFormat>(),
+            Err(EvalError::UnknownOption { .. })
+        ));
         Ok(())
     }
 }

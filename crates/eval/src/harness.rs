@@ -2,6 +2,11 @@
 //! batched generation (greedy, or sampled with a seed), stop conditions, answer extraction,
 //! per-example metric values and corpus scores, per-example records in JSON Lines.
 //!
+//! Generated text is decoded with special tokens skipped and cut at the first occurrence of
+//! any stop string (the stop string itself is not kept); the answer is then extracted with the
+//! configured [`Extractor`]. Exact match compares the answer after [`Normalize`]; numeric match
+//! parses answer and references as numbers and compares them within [`NumericTolerance`].
+//!
 //! Examples come from `kiln-data` records: a conversation's last assistant message is the
 //! reference and the messages before it are the prompt; a prompt/completion record's
 //! completion is the reference and its prompt is used as is (no template).
@@ -20,10 +25,10 @@ use tokenizers::Tokenizer;
 
 use crate::error::{EvalError, Result};
 use crate::perplexity::{Perplexity, example_nll};
-use crate::{Bleu, Chrf, Extractor, Normalize, Rouge};
+use crate::{Bleu, Chrf, Extractor, Normalize, NumericTolerance, Rouge};
 
-/// A metric of the harness (in configs: `"exact_match"`, `"bleu"`, `"chrf"`, `"rouge"`,
-/// `"perplexity"`).
+/// A metric of the harness (in configs: `"exact_match"`, `"numeric_match"`, `"bleu"`, `"chrf"`,
+/// `"rouge"`, `"perplexity"`).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
 )]
@@ -31,6 +36,11 @@ use crate::{Bleu, Chrf, Extractor, Normalize, Rouge};
 pub enum EvalMetric {
     /// Extracted answer equals a reference after normalisation (0 or 1 per example).
     ExactMatch,
+    /// Extracted answer and a reference both parse as numbers
+    /// ([`crate::exact_match::parse_number`]) and agree within
+    /// [`HarnessConfig::numeric_tolerance`] (0 or 1 per example; text that is not a number
+    /// never matches).
+    NumericMatch,
     /// sacrebleu corpus BLEU; per example, sentence BLEU with effective order.
     Bleu,
     /// sacrebleu chrF (corpus and per sentence).
@@ -46,6 +56,7 @@ impl FromStr for EvalMetric {
     fn from_str(s: &str) -> Result<Self> {
         match s.trim() {
             "exact_match" | "em" => Ok(Self::ExactMatch),
+            "numeric_match" | "numeric" => Ok(Self::NumericMatch),
             "bleu" => Ok(Self::Bleu),
             "chrf" => Ok(Self::Chrf),
             "rouge" => Ok(Self::Rouge),
@@ -53,7 +64,7 @@ impl FromStr for EvalMetric {
             other => Err(EvalError::UnknownOption {
                 what: "metric",
                 value: other.into(),
-                expected: "exact_match, bleu, chrf, rouge, perplexity",
+                expected: "exact_match, numeric_match, bleu, chrf, rouge, perplexity",
             }),
         }
     }
@@ -141,7 +152,10 @@ pub struct HarnessConfig {
     /// Prompts per generation batch (left-padded).
     pub batch_size: usize,
     pub extractor: Extractor,
+    /// Normalisation of [`EvalMetric::ExactMatch`].
     pub normalize: Normalize,
+    /// Tolerance of [`EvalMetric::NumericMatch`].
+    pub numeric_tolerance: NumericTolerance,
     pub bleu: Bleu,
     pub chrf: Chrf,
     pub rouge: Rouge,
@@ -157,6 +171,7 @@ impl Default for HarnessConfig {
             batch_size: 8,
             extractor: Extractor::Full,
             normalize: Normalize::default(),
+            numeric_tolerance: NumericTolerance::default(),
             bleu: Bleu::default(),
             chrf: Chrf::default(),
             rouge: Rouge::default(),
@@ -178,7 +193,8 @@ pub struct ExampleRecord {
     pub answer: Option<String>,
     pub finish: Option<String>,
     pub generated_tokens: usize,
-    /// Metric values of this example (`exact_match`, `bleu`, `chrf`, `rouge1`..., `nll`).
+    /// Metric values of this example (`exact_match`, `numeric_match`, `bleu`, `chrf`,
+    /// `rouge1`..., `nll`).
     pub scores: BTreeMap<String, f64>,
 }
 
@@ -188,7 +204,7 @@ pub struct EvalReport {
     /// Name of the evaluated configuration (`base`, an adapter path...).
     pub label: String,
     pub n: usize,
-    /// Corpus-level scores: `exact_match` (0..1), `bleu` and `chrf` (0..100, sacrebleu's
+    /// Corpus-level scores: `exact_match` and `numeric_match` (0..1), `bleu` and `chrf` (0..100, sacrebleu's
     /// scale), `rouge1`... (mean F, 0..1), `perplexity` and `mean_nll` (token-weighted).
     pub corpus: BTreeMap<String, f64>,
     pub generated_tokens: usize,
@@ -239,7 +255,7 @@ fn progress_bar(show: bool, len: usize, what: &str) -> ProgressBar {
     bar
 }
 
-/// Cuts `text` at the first stop string.
+/// Cuts `text` at the earliest occurrence of any stop string (the stop string is dropped).
 fn cut_at_stop(text: &str, stops: &[String]) -> String {
     let end = stops
         .iter()
@@ -261,6 +277,13 @@ pub fn evaluate(
     if examples.is_empty() {
         return Err(EvalError::Empty {
             what: "the evaluation data".into(),
+        });
+    }
+    if cfg.generation.stop_strings.iter().any(String::is_empty) {
+        // An empty stop string occurs everywhere: every output would be cut to nothing.
+        return Err(EvalError::InvalidOption {
+            what: "stop strings",
+            reason: "a stop string is empty".into(),
         });
     }
     let start = Instant::now();
@@ -381,6 +404,13 @@ fn score_generations(
                     r.scores.insert("exact_match".into(), s);
                 }
             }
+            EvalMetric::NumericMatch => {
+                let (mean, scores) = cfg.numeric_tolerance.corpus(&hyps, &refs)?;
+                corpus.insert("numeric_match".into(), mean);
+                for (r, s) in records.iter_mut().zip(scores) {
+                    r.scores.insert("numeric_match".into(), s);
+                }
+            }
             EvalMetric::Bleu => {
                 corpus.insert("bleu".into(), cfg.bleu.corpus_score(&hyps, &refs)?.score);
                 let sentence = cfg.bleu.clone().with_effective_order(true);
@@ -468,4 +498,82 @@ pub fn write_records(path: &Path, records: &[ExampleRecord]) -> Result<()> {
         text.push('\n');
     }
     crate::io::write_atomic(path, text.as_bytes())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn stops(s: &[&str]) -> Vec<String> {
+        s.iter().map(|&x| x.to_owned()).collect()
+    }
+
+    #[test]
+    fn cut_at_stop_keeps_the_text_before_the_earliest_stop() {
+        // At the start: nothing is left.
+        assert_eq!(cut_at_stop("\nanswer", &stops(&["\n"])), "");
+        // Absent, or no stop strings at all: unchanged.
+        assert_eq!(cut_at_stop("42 apples", &stops(&["###"])), "42 apples");
+        assert_eq!(cut_at_stop("42 apples", &[]), "42 apples");
+        // Several stops: the earliest occurrence wins, whatever the order of the list.
+        assert_eq!(cut_at_stop("a. b\nc###", &stops(&["###", "\n", "."])), "a");
+        assert_eq!(cut_at_stop("ab\ncd.ef", &stops(&[".", "\n"])), "ab");
+        // Overlapping stops: the one starting first wins; only the first occurrence counts.
+        assert_eq!(cut_at_stop("xaby by", &stops(&["by", "aby"])), "x");
+        // Multi-byte text: the cut is on a character boundary.
+        assert_eq!(cut_at_stop("café→thé→", &stops(&["→"])), "café");
+        // At the very end: everything before it.
+        assert_eq!(cut_at_stop("done</s>", &stops(&["</s>"])), "done");
+    }
+
+    fn record(answer: Option<&str>, references: &[&str]) -> ExampleRecord {
+        ExampleRecord {
+            index: 0,
+            prompt: String::new(),
+            references: references.iter().map(|&r| r.to_owned()).collect(),
+            output: answer.unwrap_or_default().to_owned(),
+            answer: answer.map(str::to_owned),
+            finish: None,
+            generated_tokens: 0,
+            scores: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn numeric_match_and_number_normalisation_in_the_harness() -> Result<()> {
+        let mut records = vec![
+            record(Some("1,234.5"), &["1234.5"]),
+            record(Some("3.14"), &["2", "3.1"]),
+            record(Some("x"), &["3"]),
+            record(None, &["0"]),
+            record(Some("$7"), &["7.2"]),
+        ];
+        let cfg = HarnessConfig {
+            metrics: EvalMetric::parse_list("numeric_match,exact_match")?,
+            numeric_tolerance: NumericTolerance::new(0.05, 0.0)?,
+            normalize: Normalize::loose()
+                .with_numbers(crate::exact_match::NumberFormat::StripThousands),
+            ..Default::default()
+        };
+        let mut corpus = BTreeMap::new();
+        score_generations(&mut records, &mut corpus, &cfg)?;
+        let numeric: Vec<f64> = records.iter().map(|r| r.scores["numeric_match"]).collect();
+        assert_eq!(numeric, vec![1.0, 1.0, 0.0, 0.0, 0.0]);
+        assert_eq!(corpus["numeric_match"], 0.4);
+        // Exact match with thousands separators stripped: only "1,234.5" = "1234.5".
+        let exact: Vec<f64> = records.iter().map(|r| r.scores["exact_match"]).collect();
+        assert_eq!(exact, vec![1.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(corpus["exact_match"], 0.2);
+        // A relative tolerance of 5% accepts $7 for 7.2 (|7 - 7.2| <= 0.05 * 7.2).
+        let rel = HarnessConfig {
+            numeric_tolerance: NumericTolerance::new(0.0, 0.05)?,
+            ..cfg
+        };
+        let mut corpus = BTreeMap::new();
+        score_generations(&mut records, &mut corpus, &rel)?;
+        assert_eq!(records[4].scores["numeric_match"], 1.0);
+        assert_eq!("numeric".parse::<EvalMetric>()?, EvalMetric::NumericMatch);
+        Ok(())
+    }
 }

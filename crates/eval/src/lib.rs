@@ -62,7 +62,7 @@ pub use choice::{ChoiceAccuracy, ChoiceItem, ChoiceResult, choice_accuracy, scor
 pub use chrf::{Chrf, ChrfScore};
 pub use compare::{CompareOptions, Comparison, compare};
 pub use error::{EvalError, Result};
-pub use exact_match::{Normalize, NumericTolerance};
+pub use exact_match::{Normalize, NumberFormat, NumericTolerance};
 pub use extract::Extractor;
 pub use harness::{
     EvalExample, EvalMetric, EvalReport, ExampleRecord, HarnessConfig, Prompt, evaluate,
