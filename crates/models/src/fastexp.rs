@@ -26,9 +26,9 @@ pub(crate) fn exp(x: f32) -> f32 {
     let n = shifted - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
+        + 0.166_666_66)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let er = p * r * r + r + 1.0;
     // 2^n: n + 127 in the exponent field (n is in [-126, 127] for inputs in range).
     // Wrapping: for inputs below `LOWEST` the bits are garbage, and the result is discarded.
