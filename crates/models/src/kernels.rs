@@ -412,23 +412,31 @@ mod cpu {
         let shape = gv.shape().to_vec();
         let (gc, uc) = (gv.as_standard_layout(), uv.as_standard_layout());
         let (g, u) = (gc.as_slice()?, uc.as_slice()?);
-        let f: fn(f32) -> f32 = match act {
-            Activation::Silu => |x| x / (1.0 + exp(-x)),
-            Activation::GeluTanh => |x| {
+        // One loop per activation, each with the activation inlined (not a function pointer),
+        // so the loop vectorises: through a `fn` pointer SiLU was a scalar call per element,
+        // 6.5% of a SmolLM2 forward in `perf`.
+        let out = match act {
+            Activation::Silu => map2(g, u, |g, u| g / (1.0 + exp(-g)) * u),
+            Activation::GeluTanh => map2(g, u, |g, u| {
                 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-                0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
-            },
+                0.5 * g * (1.0 + (SQRT_2_OVER_PI * (g + 0.044_715 * g * g * g)).tanh()) * u
+            }),
             Activation::Gelu => return None,
         };
-        let mut out = vec![0f32; g.len()];
+        tensor(&shape, out)
+    }
+
+    /// `f(a[i], b[i])` for every `i`, in parallel chunks.
+    fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+        let mut out = vec![0f32; a.len()];
         out.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-            .for_each(|(o, (g, u))| {
-                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                    *o = f(g) * u;
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(|(o, (a, b))| {
+                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                    *o = f(a, b);
                 }
             });
-        tensor(&shape, out)
+        out
     }
 
     pub(super) fn rotary(x: &Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Option<Tensor<4>> {

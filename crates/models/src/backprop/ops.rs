@@ -103,34 +103,44 @@ impl Norm {
 
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 
-/// `(act(g), act'(g))`.
-fn act_and_grad(act: Activation, g: f32) -> (f32, f32) {
-    match act {
-        Activation::Silu => {
-            let s = 1.0 / (1.0 + exp(-g));
-            (g * s, s * (1.0 + g * (1.0 - s)))
-        }
-        // 0.5 x (1 + tanh(z)), z = c (x + 0.044715 x³)
-        Activation::GeluTanh | Activation::Gelu => {
-            let z = SQRT_2_OVER_PI * (g + 0.044_715 * g * g * g);
-            let th = z.tanh();
-            let dz = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044_715 * g * g);
-            (
-                0.5 * g * (1.0 + th),
-                0.5 * (1.0 + th) + 0.5 * g * (1.0 - th * th) * dz,
-            )
-        }
-    }
+/// SiLU and its derivative: `(g σ(g), σ(g) (1 + g (1 − σ(g))))`.
+#[inline(always)]
+fn silu_and_grad(g: f32) -> (f32, f32) {
+    let s = 1.0 / (1.0 + exp(-g));
+    (g * s, s * (1.0 + g * (1.0 - s)))
 }
+
+/// tanh-approximated GELU and its derivative: `0.5 g (1 + tanh(z))`, `z = c (g + 0.044715 g³)`.
+#[inline(always)]
+fn gelu_tanh_and_grad(g: f32) -> (f32, f32) {
+    let z = SQRT_2_OVER_PI * (g + 0.044_715 * g * g * g);
+    let th = z.tanh();
+    let dz = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044_715 * g * g);
+    (
+        0.5 * g * (1.0 + th),
+        0.5 * (1.0 + th) + 0.5 * g * (1.0 - th * th) * dz,
+    )
+}
+
+// `gated` and `gated_backward` run one loop per activation with the activation inlined: a
+// `match` inside the loop kept it a scalar call per element (`act_and_grad` was 11% of a
+// SmolLM2 LoRA step in `perf`); with SiLU inlined the loop vectorises.
 
 /// `act(gate) · up`.
 pub(super) fn gated(act: Activation, gate: &[f32], up: &[f32]) -> Vec<f32> {
+    match act {
+        Activation::Silu => gated_with(silu_and_grad, gate, up),
+        Activation::GeluTanh | Activation::Gelu => gated_with(gelu_tanh_and_grad, gate, up),
+    }
+}
+
+fn gated_with(f: impl Fn(f32) -> (f32, f32) + Sync, gate: &[f32], up: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; gate.len()];
     out.par_chunks_mut(CHUNK)
         .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
         .for_each(|(o, (g, u))| {
             for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                *o = act_and_grad(act, g).0 * u;
+                *o = f(g).0 * u;
             }
         });
     out
@@ -143,6 +153,20 @@ pub(super) fn gated_backward(
     up: &[f32],
     dout: &[f32],
 ) -> (Vec<f32>, Vec<f32>) {
+    match act {
+        Activation::Silu => gated_backward_with(silu_and_grad, gate, up, dout),
+        Activation::GeluTanh | Activation::Gelu => {
+            gated_backward_with(gelu_tanh_and_grad, gate, up, dout)
+        }
+    }
+}
+
+fn gated_backward_with(
+    f: impl Fn(f32) -> (f32, f32) + Sync,
+    gate: &[f32],
+    up: &[f32],
+    dout: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
     let mut dg = vec![0f32; gate.len()];
     let mut du = vec![0f32; gate.len()];
     dg.par_chunks_mut(CHUNK)
@@ -151,7 +175,7 @@ pub(super) fn gated_backward(
         .zip(dout.par_chunks(CHUNK))
         .for_each(|(((dg, du), (g, u)), d)| {
             for ((((dg, du), &g), &u), &d) in dg.iter_mut().zip(du).zip(g).zip(u).zip(d) {
-                let (a, da) = act_and_grad(act, g);
+                let (a, da) = f(g);
                 *dg = d * u * da;
                 *du = d * a;
             }
