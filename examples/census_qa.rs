@@ -45,14 +45,17 @@ struct Args {
     model: Option<PathBuf>,
     #[arg(long, default_value = "runs/census_qa")]
     output_dir: PathBuf,
-    /// Optimizer steps.
-    #[arg(long, default_value_t = 24)]
+    /// Optimizer steps (each on `batch_size` new conversations: one epoch).
+    #[arg(long, default_value_t = 60)]
     max_steps: usize,
     /// Examples per optimizer step.
     #[arg(long, default_value_t = 4)]
     batch_size: usize,
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
+    /// Dropout on the adapters' input (PEFT's default is 0).
+    #[arg(long, default_value_t = 0.0)]
+    lora_dropout: f64,
     /// Held-out test questions.
     #[arg(long, default_value_t = 40)]
     test_questions: usize,
@@ -294,7 +297,7 @@ fn main() -> Result<()> {
             .to_vec(),
         ),
     );
-    lora.lora_dropout = 0.05;
+    lora.lora_dropout = args.lora_dropout;
     let mut config = SftConfig::new(&path);
     config.output_dir = args.output_dir.clone();
     config.lora = Some(lora.clone());
