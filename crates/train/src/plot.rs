@@ -1,11 +1,16 @@
 //! A loss-curve PNG (training loss in blue, validation loss in orange), drawn with no plotting
-//! library: axes, a light grid of 5 divisions and the two polylines.
+//! library: axes, a light grid of 5 divisions labelled with steps and loss values (a 3 × 5 pixel
+//! digit font, drawn at twice its size), and the two polylines.
 use crate::error::{Result, TrainError};
 use std::path::Path;
 
 const W: usize = 640;
 const H: usize = 400;
 const MARGIN: usize = 40;
+/// Left margin: room for the loss labels.
+const LEFT: usize = 72;
+/// Glyph pixels are drawn as `SCALE × SCALE` squares.
+const SCALE: i64 = 2;
 const TRAIN: [u8; 3] = [31, 119, 180];
 const VAL: [u8; 3] = [255, 127, 14];
 
@@ -43,6 +48,60 @@ impl Canvas {
     }
 }
 
+/// The digits 0–9 as 3 × 5 glyphs: each character is one row of 3 bits (most significant bit
+/// on the left), top row first.
+const DIGITS: [&str; 10] = [
+    "75557", "26227", "71747", "71717", "55711", "74717", "74757", "71111", "75757", "75717",
+];
+
+/// The glyph of `ch` (digits, `.` and `-`) as 5 rows of 3 bits.
+fn glyph(ch: char) -> Option<[u8; 5]> {
+    let rows = match ch {
+        '.' => "00002",
+        '-' => "00700",
+        _ => DIGITS[ch.to_digit(10)? as usize],
+    };
+    let mut out = [0u8; 5];
+    for (o, r) in out.iter_mut().zip(rows.bytes()) {
+        *o = r - b'0';
+    }
+    Some(out)
+}
+
+/// Width in pixels of `text` drawn by [`Canvas::text`].
+fn text_width(text: &str) -> i64 {
+    text.chars().count() as i64 * 4 * SCALE - SCALE
+}
+
+impl Canvas {
+    /// Draws `text` (digits, `.`, `-`) with its top-left corner at `(x, y)`.
+    fn text(&mut self, x: i64, y: i64, text: &str, c: [u8; 3]) {
+        for (i, ch) in text.chars().enumerate() {
+            let Some(rows) = glyph(ch) else { continue };
+            let x0 = x + i as i64 * 4 * SCALE;
+            for (r, bits) in rows.iter().enumerate() {
+                for col in 0..3 {
+                    if bits & (4 >> col) != 0 {
+                        for (dx, dy) in (0..SCALE).flat_map(|a| (0..SCALE).map(move |b| (a, b))) {
+                            self.put(x0 + col * SCALE + dx, y + r as i64 * SCALE + dy, c);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `v` with enough decimals to tell grid lines `step` apart.
+fn label(v: f64, step: f64) -> String {
+    let decimals = if step > 0.0 && step.is_finite() {
+        (1.0 - step.log10().floor()).clamp(0.0, 6.0) as usize
+    } else {
+        2
+    };
+    format!("{v:.decimals$}")
+}
+
 /// Draws `train` and `val` (`(step, loss)` points) into a PNG at `path`. Non-finite values are
 /// left out.
 pub fn write_loss_curve(path: &Path, train: &[(usize, f64)], val: &[(usize, f64)]) -> Result<()> {
@@ -62,20 +121,30 @@ pub fn write_loss_curve(path: &Path, train: &[(usize, f64)], val: &[(usize, f64)
     } else {
         (lo.min(0.0), lo.max(0.0) + 1.0)
     };
-    let (pw, ph) = ((W - 2 * MARGIN) as f64, (H - 2 * MARGIN) as f64);
+    let (pw, ph) = ((W - LEFT - MARGIN) as f64, (H - 2 * MARGIN) as f64);
     let to_px = |(s, l): (usize, f64)| {
-        let x = MARGIN as f64 + s as f64 / max_x * pw;
+        let x = LEFT as f64 + s as f64 / max_x * pw;
         let y = (H - MARGIN) as f64 - (l - lo) / (hi - lo) * ph;
         (x.round() as i64, y.round() as i64)
     };
     let mut c = Canvas(vec![255; W * H * 3]);
     for k in 0..=5 {
-        let gx = (MARGIN as f64 + pw * k as f64 / 5.0) as i64;
+        let gx = (LEFT as f64 + pw * k as f64 / 5.0) as i64;
         let gy = (MARGIN as f64 + ph * k as f64 / 5.0) as i64;
         c.line((gx, MARGIN as i64), (gx, (H - MARGIN) as i64), [225; 3]);
-        c.line((MARGIN as i64, gy), ((W - MARGIN) as i64, gy), [225; 3]);
+        c.line((LEFT as i64, gy), ((W - MARGIN) as i64, gy), [225; 3]);
+        // Steps under the x axis, losses left of the y axis (top line = highest loss).
+        let step = format!("{}", (max_x * k as f64 / 5.0).round());
+        c.text(
+            gx - text_width(&step) / 2,
+            (H - MARGIN) as i64 + 8,
+            &step,
+            [0; 3],
+        );
+        let loss = label(hi - (hi - lo) * k as f64 / 5.0, (hi - lo) / 5.0);
+        c.text(LEFT as i64 - 8 - text_width(&loss), gy - 5, &loss, [0; 3]);
     }
-    let (left, bottom) = (MARGIN as i64, (H - MARGIN) as i64);
+    let (left, bottom) = (LEFT as i64, (H - MARGIN) as i64);
     c.line((left, MARGIN as i64), (left, bottom), [0; 3]);
     c.line((left, bottom), ((W - MARGIN) as i64, bottom), [0; 3]);
     for (series, color) in [(&train, TRAIN), (&val, VAL)] {
@@ -90,15 +159,20 @@ pub fn write_loss_curve(path: &Path, train: &[(usize, f64)], val: &[(usize, f64)
             }
         }
     }
-    let file = std::fs::File::create(path).map_err(|e| TrainError::io(path, e))?;
+    // Written next to `path`, then renamed: a failed write never destroys an earlier plot.
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let file = std::fs::File::create(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), W as u32, H as u32);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
     let png_err =
-        |e: png::EncodingError| TrainError::io(path, std::io::Error::other(e.to_string()));
+        |e: png::EncodingError| TrainError::io(&tmp, std::io::Error::other(e.to_string()));
     let mut w = enc.write_header().map_err(png_err)?;
     w.write_image_data(&c.0).map_err(png_err)?;
-    w.finish().map_err(png_err)
+    w.finish().map_err(png_err)?;
+    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
 }
 
 #[cfg(test)]
@@ -123,5 +197,30 @@ mod tests {
         assert_eq!((info.width, info.height), (W as u32, H as u32));
         let has = |c: [u8; 3]| buf.chunks(3).any(|p| p == c);
         assert!(has(TRAIN) && has(VAL));
+        // Labels: black pixels left of the y axis and under the x axis, nowhere else outside.
+        let black = |x: usize, y: usize| buf[(y * W + x) * 3..][..3] == [0, 0, 0];
+        let left = (0..LEFT - 4).any(|x| (MARGIN..H - MARGIN).any(|y| black(x, y)));
+        let under = (LEFT..W).any(|x| (H - MARGIN + 4..H).any(|y| black(x, y)));
+        assert!(left && under, "axis labels drawn");
+        assert!((0..W).all(|x| (0..MARGIN - 8).all(|y| !black(x, y))));
+        // Written through a temporary file that is gone afterwards.
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn labels_have_the_decimals_the_grid_needs() {
+        assert_eq!(label(2.8, 0.16), "2.80");
+        assert_eq!(label(0.049, 0.018), "0.049");
+        assert_eq!(label(1000.0, 200.0), "1000");
+        assert_eq!(label(1.5, f64::NAN), "1.50");
+        // Every character a label or a step number can hold has a glyph.
+        for t in [label(-0.125, 0.01), format!("{}", 1234567890.0f64.round())] {
+            assert!(t.chars().all(|c| glyph(c).is_some()), "{t}");
+        }
+        assert_eq!(text_width("10"), 14);
+        assert_eq!(glyph('4'), Some([5, 5, 7, 1, 1]));
+        assert_eq!(glyph('.'), Some([0, 0, 0, 0, 2]));
+        assert_eq!(glyph('x'), None);
     }
 }
