@@ -201,6 +201,27 @@ fn main() -> Result<()> {
     kiln::train::keep_freed_memory();
     let args = Args::parse();
     let device = parse_device(&args.device)?;
+    // LoRA r=16 on the seven projections; checked before the model loads, so a bad flag fails
+    // at once rather than after the baseline evaluation.
+    let mut lora = LoraConfig::new(
+        16,
+        32.0,
+        TargetModules::Names(
+            [
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+    );
+    lora.lora_dropout = args.lora_dropout;
+    lora.validate()?;
     let path = resolve_model(args.model.as_deref(), true)?;
     println!("model: {}", path.display());
     let lm = Pretrained::load(&path, &device)?;
@@ -279,25 +300,7 @@ fn main() -> Result<()> {
         stats.tokens as f64 / stats.kept.max(1) as f64
     );
 
-    // LoRA r=16 on the seven projections, AdamW, linear decay after 10% warmup.
-    let mut lora = LoraConfig::new(
-        16,
-        32.0,
-        TargetModules::Names(
-            [
-                "q_proj",
-                "k_proj",
-                "v_proj",
-                "o_proj",
-                "gate_proj",
-                "up_proj",
-                "down_proj",
-            ]
-            .map(String::from)
-            .to_vec(),
-        ),
-    );
-    lora.lora_dropout = args.lora_dropout;
+    // AdamW, linear decay after 10% warmup.
     let mut config = SftConfig::new(&path);
     config.output_dir = args.output_dir.clone();
     config.lora = Some(lora.clone());

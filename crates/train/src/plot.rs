@@ -159,20 +159,18 @@ pub fn write_loss_curve(path: &Path, train: &[(usize, f64)], val: &[(usize, f64)
             }
         }
     }
-    // Written next to `path`, then renamed: a failed write never destroys an earlier plot.
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let file = std::fs::File::create(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), W as u32, H as u32);
+    let mut bytes = Vec::new();
+    let mut enc = png::Encoder::new(&mut bytes, W as u32, H as u32);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
     let png_err =
-        |e: png::EncodingError| TrainError::io(&tmp, std::io::Error::other(e.to_string()));
+        |e: png::EncodingError| TrainError::io(path, std::io::Error::other(e.to_string()));
     let mut w = enc.write_header().map_err(png_err)?;
     w.write_image_data(&c.0).map_err(png_err)?;
     w.finish().map_err(png_err)?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+    // A temporary file renamed over `path`: a failed write never destroys an earlier plot.
+    kiln_eval::io::write_atomic(path, &bytes)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -206,6 +204,16 @@ mod tests {
         // Written through a temporary file that is gone afterwards.
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn unwritable_path_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let err = write_loss_curve(&file.join("loss.png"), &[(1, 1.0)], &[]).unwrap_err();
+        assert!(err.to_string().contains("not-a-dir"), "{err}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"x");
     }
 
     #[test]
