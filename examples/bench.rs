@@ -52,6 +52,9 @@ struct Args {
     /// Gradients through kiln's fused CPU backward (default) or burn's autodiff.
     #[arg(long, value_enum, default_value = "fused")]
     backward: Backward,
+    /// `f32`, or `bf16` products and saved activations (fused backward only).
+    #[arg(long, default_value = "f32")]
+    precision: kiln::train::Precision,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -209,6 +212,7 @@ fn train(lm: Pretrained, mode: Mode, args: &Args) -> Result<serde_json::Value> {
             Backward::Fused => BackwardPath::Fused,
             Backward::Autodiff => BackwardPath::Autodiff,
         },
+        precision: args.precision,
     };
     let mut trainer = Trainer::new(model, &device, options)?;
     let trainable: usize = trainer.trainable().iter().map(|p| p.numel()).sum();
@@ -245,6 +249,7 @@ fn train(lm: Pretrained, mode: Mode, args: &Args) -> Result<serde_json::Value> {
         "peak_rss_mb": peak_rss_mb(),
         "gradient_checkpointing": args.gradient_checkpointing,
         "backward": format!("{:?}", args.backward).to_lowercase(),
+        "precision": args.precision.to_string(),
     }))
 }
 

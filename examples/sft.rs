@@ -62,6 +62,10 @@ struct Args {
     resume: bool,
     #[arg(long)]
     device: Option<String>,
+    /// `f32` or `bf16` (bf16 products and saved activations on kiln's fused CPU backward, as
+    /// `torch.autocast`; less memory, not faster on the CPU).
+    #[arg(long)]
+    precision: Option<kiln::train::Precision>,
     /// Generation metrics on up to N held-out examples at the end of training.
     #[arg(long)]
     eval_generation: Option<usize>,
@@ -131,6 +135,9 @@ fn config(args: &Args) -> Result<SftConfig> {
     }
     if let Some(v) = &args.device {
         c.device = v.clone();
+    }
+    if let Some(v) = args.precision {
+        c.precision = v;
     }
     if let Some(n) = args.eval_generation {
         c.eval.generation_examples = Some(n);

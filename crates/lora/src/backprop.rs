@@ -13,6 +13,7 @@
 pub use crate::grads::Grads;
 use crate::host::{MatMut, MatRef, Threads, matmul, to_vec, values, view};
 use crate::linear::LoraLinear;
+use crate::precision::Precision;
 use burn::module::ParamId;
 use burn::tensor::{Device, Distribution, Tensor};
 use burn_ndarray::NdArrayTensor;
@@ -43,6 +44,8 @@ pub struct HostLinear {
     bias_id: Option<ParamId>,
     /// Where dropout masks are drawn (the weight's device).
     device: Device,
+    /// bf16 rounds the products' inputs and outputs (see [`crate::precision`]).
+    precision: Precision,
     pub d_in: usize,
     pub d_out: usize,
 }
@@ -99,9 +102,39 @@ impl HostLinear {
                 .filter(|b| b.is_require_grad())
                 .map(|b| b.id),
             device: layer.weight.val().device(),
+            precision: Precision::F32,
             d_in,
             d_out,
         })
+    }
+
+    /// The same layer computing in `precision`: in bf16 the adapters' matrices are rounded
+    /// here and the frozen or trained weight at every product (a transient copy), as autocast
+    /// casts it.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        for a in &mut self.adapters {
+            precision.round(&mut a.a);
+            precision.round(&mut a.b);
+        }
+        self
+    }
+
+    /// Calls `f` with the weight `[in, out]` as the products use it: read in place in f32, a
+    /// rounded row-major copy in bf16.
+    fn with_weight<R>(&self, f: impl FnOnce(MatRef<'_>) -> R) -> R {
+        let wv = view(&self.weight);
+        match self.precision {
+            Precision::F32 => {
+                f(MatRef::of_view(&wv).unwrap_or_else(|| unreachable!("weights are 2-d")))
+            }
+            Precision::Bf16 => {
+                // `mapv` keeps the layout and maps contiguous memory in one vectorised pass.
+                let w = wv.mapv(crate::precision::round_bf16);
+                let wv = w.view();
+                f(MatRef::of_view(&wv).unwrap_or_else(|| unreachable!("weights are 2-d")))
+            }
+        }
     }
 
     /// Whether an adapter draws dropout masks (a forward pass then consumes burn's RNG, so it
@@ -123,17 +156,18 @@ impl HostLinear {
     /// - x: `[m, in]` row-major; output `[m, out]`
     pub fn forward(&self, x: &[f32], m: usize) -> (Vec<f32>, LinearSaved) {
         let (k, n) = (self.d_in, self.d_out);
-        let wv = view(&self.weight);
-        let w = MatRef::of_view(&wv).unwrap_or_else(|| unreachable!("weights are 2-d"));
+        let x = &*self.precision.input(x);
         let mut y = vec![0f32; m * n];
-        matmul(
-            MatMut::new(&mut y, m, n),
-            MatRef::new(x, m, k),
-            w,
-            1.0,
-            false,
-            Threads::All,
-        );
+        self.with_weight(|w| {
+            matmul(
+                MatMut::new(&mut y, m, n),
+                MatRef::new(x, m, k),
+                w,
+                1.0,
+                false,
+                Threads::All,
+            )
+        });
         if let Some(b) = &self.bias {
             y.chunks_exact_mut(n)
                 .for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
@@ -152,18 +186,15 @@ impl HostLinear {
                 false,
                 Threads::All,
             );
+            self.precision.round(&mut u);
+            // bf16: PEFT's `result + lora_B(u) * scaling` adds two bf16 tensors.
+            self.precision.round(&mut y);
             let b = MatRef::new(&ad.b, ad.r, n);
-            matmul(
-                MatMut::new(&mut y, m, n),
-                MatRef::new(&u, m, ad.r),
-                b,
-                1.0,
-                true,
-                Threads::All,
-            );
+            self.add_product(&mut y, m, n, MatRef::new(&u, m, ad.r), b, 1.0);
             saved.u.push(u);
             saved.masks.push(mask);
         }
+        self.precision.round(&mut y);
         (y, saved)
     }
 
@@ -179,8 +210,48 @@ impl HostLinear {
         mask
     }
 
+    /// `dst += alpha · a b` for a contiguous `[rows, cols]` `dst`; in bf16 the product is
+    /// rounded before it is added, as autocast's bf16 products give their gradients.
+    #[allow(clippy::too_many_arguments)]
+    fn add_product(
+        &self,
+        dst: &mut [f32],
+        rows: usize,
+        cols: usize,
+        a: MatRef<'_>,
+        b: MatRef<'_>,
+        alpha: f32,
+    ) {
+        match self.precision {
+            Precision::F32 => matmul(
+                MatMut::new(dst, rows, cols),
+                a,
+                b,
+                alpha,
+                true,
+                Threads::All,
+            ),
+            Precision::Bf16 => {
+                let mut t = vec![0f32; rows * cols];
+                matmul(
+                    MatMut::new(&mut t, rows, cols),
+                    a,
+                    b,
+                    alpha,
+                    false,
+                    Threads::All,
+                );
+                dst.iter_mut()
+                    .zip(&t)
+                    .for_each(|(d, t)| *d += crate::precision::round_bf16(*t));
+            }
+        }
+    }
+
     /// Backward of [`Self::forward`]: adds `dy Wᵀ + Σ s · (dy Bᵀ) Aᵀ` to `dx` and the gradients
-    /// of the parameters that train to `grads`.
+    /// of the parameters that train to `grads`. In bf16 the products read the same rounded
+    /// inputs and weights as the forward, `dy` is rounded, and so is every product's result
+    /// (autocast runs a bf16 product's backward in bf16); the sums stay f32.
     ///
     /// # Shapes
     /// - x: `[m, in]`, dy: `[m, out]`, dx: `[m, in]`, all row-major
@@ -194,10 +265,10 @@ impl HostLinear {
         grads: &mut Grads,
     ) {
         let (k, n) = (self.d_in, self.d_out);
-        let wv = view(&self.weight);
-        let w = MatRef::of_view(&wv).unwrap_or_else(|| unreachable!("weights are 2-d"));
+        let x = &*self.precision.input(x);
+        let dy = &*self.precision.input(dy);
         let (xm, dym) = (MatRef::new(x, m, k), MatRef::new(dy, m, n));
-        matmul(MatMut::new(dx, m, k), dym, w.t(), 1.0, true, Threads::All);
+        self.with_weight(|w| self.add_product(dx, m, k, dym, w.t(), 1.0));
         for ((ad, u), mask) in self.adapters.iter().zip(&saved.u).zip(&saved.masks) {
             let r = ad.r;
             // du = dy Bᵀ [m, r]; the adapter's input gradient is s · du Aᵀ (times the mask).
@@ -211,20 +282,15 @@ impl HostLinear {
                 false,
                 Threads::All,
             );
+            self.precision.round(&mut du);
             let (a, dum) = (MatRef::new(&ad.a, k, r), MatRef::new(&du, m, r));
             match mask {
-                None => matmul(
-                    MatMut::new(dx, m, k),
-                    dum,
-                    a.t(),
-                    ad.scale,
-                    true,
-                    Threads::All,
-                ),
+                None => self.add_product(dx, m, k, dum, a.t(), ad.scale),
                 Some(mask) => {
                     let mut dxd = vec![0f32; m * k];
                     let dst = MatMut::new(&mut dxd, m, k);
                     matmul(dst, dum, a.t(), ad.scale, false, Threads::All);
+                    self.precision.round(&mut dxd);
                     for ((dx, g), mk) in dx.iter_mut().zip(&dxd).zip(mask) {
                         *dx += g * mk;
                     }
@@ -234,23 +300,13 @@ impl HostLinear {
                 // dA = s · dropout(x)ᵀ du [in, r]; dB = uᵀ dy [r, out] (u already carries s).
                 let dropped = mask.as_ref().map(|mask| apply_mask(x, mask));
                 let input = dropped.as_ref().map_or(xm, |d| MatRef::new(d, m, k));
-                let da = grads.slot(a_id, &[k, r]);
-                matmul(
-                    MatMut::new(da, k, r),
-                    input.t(),
-                    dum,
-                    ad.scale,
-                    true,
-                    Threads::All,
-                );
-                let db = grads.slot(b_id, &[r, n]);
+                self.add_product(grads.slot(a_id, &[k, r]), k, r, input.t(), dum, ad.scale);
                 let um = MatRef::new(u, m, r);
-                matmul(MatMut::new(db, r, n), um.t(), dym, 1.0, true, Threads::All);
+                self.add_product(grads.slot(b_id, &[r, n]), r, n, um.t(), dym, 1.0);
             }
         }
         if let Some(id) = self.weight_id {
-            let dw = grads.slot(id, &[k, n]);
-            matmul(MatMut::new(dw, k, n), xm.t(), dym, 1.0, true, Threads::All);
+            self.add_product(grads.slot(id, &[k, n]), k, n, xm.t(), dym, 1.0);
         }
         if let Some(id) = self.bias_id {
             let db = grads.slot(id, &[n]);

@@ -16,7 +16,7 @@ use crate::norm::RmsNorm;
 use crate::rope::Rope;
 use burn::module::{Module, Param};
 use burn::tensor::module::embedding;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use kiln_lora::LoraLinear;
 
 /// One pre-norm transformer block.
@@ -386,6 +386,18 @@ impl CausalLm {
             &device,
         );
         let mut x = embedding(self.model.embed_tokens.val(), ids);
+        if let Some(pad) = c.pad_token_id
+            && self.model.embed_tokens.is_require_grad()
+            && input.ids.contains(&pad)
+        {
+            // transformers builds `nn.Embedding(padding_idx = pad_token_id)`: the lookup of the
+            // pad token passes no gradient to its row. Same values, detached there.
+            let d = x.dims()[2];
+            let is_pad = input.ids.iter().map(|&i| i == pad).collect::<Vec<_>>();
+            let mask = Tensor::<3, Bool>::from_data(TensorData::new(is_pad, [b, t, 1]), &device)
+                .expand([b, t, d]);
+            x = x.clone().mask_where(mask, x.detach());
+        }
         if let Some(scale) = c.embed_scale {
             x = x * scale;
         }

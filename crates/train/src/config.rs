@@ -24,7 +24,7 @@
 //! warmup_ratio = 0.1
 //! ```
 use crate::error::{Result, TrainError};
-use kiln_lora::LoraConfig;
+use kiln_lora::{LoraConfig, Precision};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -85,6 +85,11 @@ pub struct SftConfig {
     /// the model, burn's autodiff elsewhere) or `autodiff` (always burn's).
     #[serde(default)]
     pub backward: BackwardPath,
+    /// `f32`, or `bf16`: matrix products with bf16 inputs and outputs (f32 accumulation) and
+    /// bf16 activations kept for the backward pass, as `torch.autocast` with bfloat16; norms,
+    /// softmax, loss and the optimizer stay f32. Runs on kiln's fused CPU backward only.
+    #[serde(default)]
+    pub precision: Precision,
     /// Log a metrics line every this many optimizer steps.
     #[serde(default = "one")]
     pub log_every: usize,
@@ -471,12 +476,16 @@ mod tests {
         )
         .unwrap();
         let a = SftConfig::from_file(&toml_path).unwrap();
+        assert_eq!(a.precision, Precision::F32);
         assert_eq!(a.schedule.kind, ScheduleKind::Cosine);
         assert_eq!(a.optimizer.lr, 1e-3);
         assert_eq!(a.optimizer.eps, 1e-8);
         assert_eq!(a.lora.as_ref().unwrap().r, 4);
+        let mut a = a;
+        a.precision = Precision::Bf16;
         let json_path = dir.path().join("c.json");
         std::fs::write(&json_path, serde_json::to_string(&a).unwrap()).unwrap();
+        assert!(a.to_toml_string().unwrap().contains("precision = \"bf16\""));
         assert_eq!(SftConfig::from_file(&json_path).unwrap(), a);
         let again: SftConfig = toml::from_str(&a.to_toml_string().unwrap()).unwrap();
         assert_eq!(again, a);
@@ -505,6 +514,10 @@ mod tests {
                 "unknown variant",
             ),
             ("model = \"m\"\nmax_steps = 1\nbatch = 3\n", "unknown field"),
+            (
+                "model = \"m\"\nmax_steps = 1\nprecision = \"fp8\"\n",
+                "unknown variant `fp8`",
+            ),
             (
                 "model = \"m\"\nmax_steps = 1\n[schedule]\nmin_lr = 1.0\n",
                 "min_lr",

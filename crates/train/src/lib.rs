@@ -43,6 +43,7 @@ pub use data::{SftData, encode_records, packed_batches, padded_batches, prepare_
 pub use error::{Result, TrainError};
 pub use export::Export;
 pub use generation_eval::GenerationEvalCallback;
+pub use kiln_lora::Precision;
 pub use logging::{JsonlLogger, Progress, standard_callbacks};
 pub use model::CausalModel;
 pub use params::{HostParams, ParamInfo};

@@ -4,7 +4,7 @@
 use burn::module::{Module, ModuleDisplay};
 use burn::tensor::Tensor;
 use kiln_lora::{AdapterTarget, LoraModel};
-use kiln_models::backprop::Backprop;
+use kiln_models::backprop::{Backprop, BackpropOptions};
 use kiln_models::{CausalLm, DecoderInput, LossSum, causal_lm_loss_sum};
 
 /// A causal language model the trainer can train.
@@ -31,7 +31,7 @@ pub trait CausalModel: Module {
         _input: &DecoderInput,
         _labels: &[i64],
         _normaliser: f64,
-        _checkpoint: bool,
+        _options: BackpropOptions,
     ) -> Option<kiln_models::Result<Backprop>> {
         None
     }
@@ -55,9 +55,9 @@ impl CausalModel for CausalLm {
         input: &DecoderInput,
         labels: &[i64],
         normaliser: f64,
-        checkpoint: bool,
+        options: BackpropOptions,
     ) -> Option<kiln_models::Result<Backprop>> {
-        CausalLm::try_backprop(self, input, labels, normaliser, checkpoint)
+        CausalLm::try_backprop(self, input, labels, normaliser, options)
     }
 }
 
@@ -79,9 +79,8 @@ impl<M: CausalModel + AdapterTarget + ModuleDisplay> CausalModel for LoraModel<M
         input: &DecoderInput,
         labels: &[i64],
         normaliser: f64,
-        checkpoint: bool,
+        options: BackpropOptions,
     ) -> Option<kiln_models::Result<Backprop>> {
-        self.model
-            .try_backprop(input, labels, normaliser, checkpoint)
+        self.model.try_backprop(input, labels, normaliser, options)
     }
 }

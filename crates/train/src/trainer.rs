@@ -12,6 +12,7 @@ use crate::schedule::LrSchedule;
 use burn::module::ParamGroup;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
+use kiln_models::backprop::{BackpropOptions, Precision};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -32,6 +33,8 @@ pub struct TrainerOptions {
     pub gradient_checkpointing: bool,
     /// Fused CPU backward where it applies, or always autodiff.
     pub backward: BackwardPath,
+    /// f32, or bf16 mixed precision (kiln's fused CPU backward only).
+    pub precision: Precision,
 }
 
 impl TrainerOptions {
@@ -47,6 +50,7 @@ impl TrainerOptions {
             early_stopping: config.early_stopping.clone(),
             gradient_checkpointing: config.gradient_checkpointing,
             backward: config.backward,
+            precision: config.precision,
         }
     }
 }
@@ -119,6 +123,16 @@ impl<M: CausalModel> std::fmt::Debug for Trainer<M> {
     }
 }
 
+/// bf16 asked for where kiln's fused CPU backward does not run (the autodiff path has no bf16).
+fn bf16_unsupported() -> TrainError {
+    TrainError::option(
+        "precision",
+        "bf16 needs kiln's fused CPU backward (cpu device, f32 weights, Llama-layout decoder, \
+         plain LoRA without DoRA, or full fine-tuning); this model or device trains through \
+         burn's autodiff, which computes in f32 here: use precision f32",
+    )
+}
+
 /// The autodiff device the trainer runs on (with gradient checkpointing when asked).
 pub fn training_device(device: &Device, gradient_checkpointing: bool) -> Device {
     let d = device.clone().autodiff();
@@ -159,6 +173,12 @@ impl<M: CausalModel> Trainer<M> {
     pub fn new(model: M, device: &Device, options: TrainerOptions) -> Result<Self> {
         if options.grad_accum == 0 {
             return Err(TrainError::option("grad_accum", "must be at least 1"));
+        }
+        if options.precision == Precision::Bf16 && options.backward == BackwardPath::Autodiff {
+            return Err(TrainError::option(
+                "precision",
+                "bf16 runs on kiln's fused CPU backward only; `backward = \"autodiff\"` computes in f32",
+            ));
         }
         let model = model
             .fork(&training_device(device, options.gradient_checkpointing))
@@ -313,10 +333,17 @@ impl<M: CausalModel> Trainer<M> {
             return Ok(None);
         }
         let model = self.model();
-        let checkpoint = self.options.gradient_checkpointing;
-        let Some(out) = model.try_backprop(&batch.input, &batch.labels, normaliser, checkpoint)
-        else {
-            return Ok(None);
+        let options = BackpropOptions {
+            checkpoint: self.options.gradient_checkpointing,
+            precision: self.options.precision,
+        };
+        let bf16 = options.precision == Precision::Bf16;
+        let Some(out) = model.try_backprop(&batch.input, &batch.labels, normaliser, options) else {
+            return if bf16 {
+                Err(bf16_unsupported())
+            } else {
+                Ok(None)
+            };
         };
         let out = out?;
         let trainable = trainable_params(model);
@@ -331,7 +358,11 @@ impl<M: CausalModel> Trainer<M> {
                 continue;
             };
             if p.shape != shape {
-                return Ok(None);
+                return if bf16 {
+                    Err(bf16_unsupported())
+                } else {
+                    Ok(None)
+                };
             }
             covered += 1;
             match shape.len() {
@@ -343,8 +374,17 @@ impl<M: CausalModel> Trainer<M> {
                     id,
                     Tensor::<2>::from_data(TensorData::new(values, [shape[0], shape[1]]), &device),
                 ),
-                _ => return Ok(None),
+                _ => {
+                    return if bf16 {
+                        Err(bf16_unsupported())
+                    } else {
+                        Ok(None)
+                    };
+                }
             }
+        }
+        if covered != trainable.len() && bf16 {
+            return Err(bf16_unsupported());
         }
         if covered != trainable.len() {
             tracing::warn!(

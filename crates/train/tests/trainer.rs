@@ -336,3 +336,73 @@ fn a_step_without_label_tokens_is_an_error() {
         .to_string();
     assert!(err.contains("no parameter trains"), "{err}");
 }
+
+/// `precision = bf16` trains on the fused path (LoRA and full fine-tuning): the losses stay
+/// within bf16 rounding of f32's and differ from them (the option is not ignored), and the
+/// loss still falls.
+#[test]
+fn bf16_trains_close_to_f32() {
+    let _g = serial();
+    let data: Vec<Batch> = vec![batch(0..4, 12), batch(4..8, 12)];
+    let full = {
+        use burn::module::Module;
+        tiny_model().set_require_grad(true)
+    };
+    for (what, model) in [("lora", tiny_lora(4, 0.0, 1)), ("full", full)] {
+        let run = |precision| {
+            let mut o = options(2, 1e-3, 4);
+            o.precision = precision;
+            let mut trainer = Trainer::new(model.clone(), &device(), o).unwrap();
+            let losses: Vec<f64> = (0..4)
+                .map(|_| match trainer.step(&data).unwrap() {
+                    MicroOutcome::Stepped(m) => m.loss,
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            (losses, trainer.fused_micro_batches())
+        };
+        let (f32s, _) = run(kiln_train::Precision::F32);
+        let (bf16s, n) = run(kiln_train::Precision::Bf16);
+        assert_eq!(n, 8, "{what}: fused micro-batches");
+        for (a, b) in f32s.iter().zip(&bf16s) {
+            assert!((a - b).abs() < 1e-2 * a, "{what}: bf16 loss {b} vs f32 {a}");
+            assert!(a != b, "{what}: bf16 gave f32's loss {a}");
+        }
+        assert!(bf16s[3] < bf16s[0], "{what}: {bf16s:?}");
+    }
+}
+
+/// bf16 where the fused path does not run is a typed error naming the option, at
+/// construction with `backward = autodiff` and at the first step for a model the fused path
+/// does not cover (Gemma 3's norms).
+#[test]
+fn bf16_without_the_fused_path_is_an_error() {
+    let _g = serial();
+    let mut o = options(1, 1e-3, 2);
+    o.precision = kiln_train::Precision::Bf16;
+    o.backward = kiln_train::BackwardPath::Autodiff;
+    let err = Trainer::new(tiny_lora(2, 0.0, 4), &device(), o.clone()).unwrap_err();
+    assert!(
+        matches!(&err, TrainError::Option { key, .. } if key == "precision"),
+        "{err}"
+    );
+    o.backward = kiln_train::BackwardPath::Fused;
+    let gemma = {
+        use burn::module::Module;
+        let dir = fixture("tiny/gemma3");
+        let config = kiln_models::DecoderConfig::from_file(&dir.join("config.json")).unwrap();
+        let weights = kiln_models::SafetensorsWeights::open(&dir).unwrap();
+        kiln_models::build_causal_lm(&config, &weights, &device())
+            .unwrap()
+            .set_require_grad(true)
+    };
+    let mut t = Trainer::new(gemma, &device(), o).unwrap();
+    let ids: Vec<u32> = (0..16).map(|i| (i * 7) % 250 + 1).collect();
+    let labels = ids.iter().map(|&i| i as i64).collect();
+    let b = Batch::new(kiln_models::DecoderInput::new(ids, 2, 8), labels).unwrap();
+    let err = t.step(&vec![b]).unwrap_err();
+    assert!(
+        matches!(&err, TrainError::Option { key, .. } if key == "precision"),
+        "{err}"
+    );
+}

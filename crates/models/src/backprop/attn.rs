@@ -6,9 +6,14 @@
 //! <https://arxiv.org/abs/2205.14135>) instead of storing the `[heads, t, t]` matrices.
 //! A query row that sees no key (padding) averages every value row, as the tensor path's
 //! softmax over equal `MASKED` scores does; its scores get no gradient there either.
+//!
+//! In bf16 ([`Precision::Bf16`]) the scores `q kᵀ` and the probabilities that multiply `v`
+//! are rounded to bf16, as autocast's bf16 `matmul`s give and take them; the softmax itself,
+//! the log-sum-exp and the gradients stay f32.
 use crate::fastexp::{exp, sum};
 use crate::mask::MASKED;
 use kiln_lora::host::{MatMut, MatRef, Threads, matmul};
+use kiln_lora::precision::Precision;
 use rayon::prelude::*;
 
 /// Queries per block.
@@ -23,6 +28,7 @@ pub(super) struct Dims {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub scale: f32,
+    pub precision: Precision,
 }
 
 impl Dims {
@@ -76,6 +82,7 @@ pub(super) fn forward(
         kv_heads,
         head_dim: hd,
         scale,
+        precision,
     } = dims;
     let (qw, kw_) = (dims.q_width(), dims.kv_width());
     let groups = heads / kv_heads;
@@ -101,7 +108,7 @@ pub(super) fn forward(
                     MatMut::columns_raw(out_p.at((bi * t + rows_from) * qw), rows, qw, hi * hd, hd)
                 };
                 let Some((j0, j1)) = key_range(mask, t, bi, i0, i1) else {
-                    (i0..i1).for_each(|i| average_rows(vg, dst(i, 1)));
+                    (i0..i1).for_each(|i| average_rows(vg, dst(i, 1), precision));
                     lse_h[i0..i1].fill(0.0);
                     continue;
                 };
@@ -116,6 +123,7 @@ pub(super) fn forward(
                     false,
                     Threads::One,
                 );
+                precision.round(&mut scores);
                 let mut blind_rows = Vec::new();
                 for (r, s) in scores.chunks_exact_mut(kw).enumerate() {
                     let m = &mask[(bi * t + i0 + r) * t + j0..][..kw];
@@ -127,6 +135,7 @@ pub(super) fn forward(
                         }
                     }
                 }
+                precision.round(&mut scores);
                 matmul(
                     dst(i0, n),
                     MatRef::new(&scores, n, kw),
@@ -136,7 +145,7 @@ pub(super) fn forward(
                     Threads::One,
                 );
                 for i in blind_rows {
-                    average_rows(vg, dst(i, 1));
+                    average_rows(vg, dst(i, 1), precision);
                 }
             }
         }
@@ -170,10 +179,12 @@ fn blind(mask: &[f32], t: usize, bi: usize, i: usize) -> bool {
     mask[(bi * t + i) * t..][..t].iter().all(|&m| m == MASKED)
 }
 
-/// One output row: the mean of all value rows of `v` (`[t, hd]`).
-fn average_rows(v: MatRef<'_>, dst: MatMut<'_>) {
+/// One output row: the mean of all value rows of `v` (`[t, hd]`), weights `1/t` in the
+/// step's precision.
+fn average_rows(v: MatRef<'_>, dst: MatMut<'_>, precision: Precision) {
     let t = v.rows;
-    let ones = vec![1.0 / t as f32; t];
+    let mut ones = vec![1.0 / t as f32; t];
+    precision.round(&mut ones);
     matmul(dst, MatRef::new(&ones, 1, t), v, 1.0, false, Threads::One);
 }
 
@@ -196,6 +207,7 @@ pub(super) fn backward(
         kv_heads,
         head_dim: hd,
         scale,
+        precision,
     } = dims;
     let (qw, kw_) = (dims.q_width(), dims.kv_width());
     let groups = heads / kv_heads;
@@ -239,6 +251,7 @@ pub(super) fn backward(
                         false,
                         Threads::One,
                     );
+                    precision.round(&mut p);
                     for (r, pr) in p.chunks_exact_mut(kw).enumerate() {
                         let (l, unseen) = (lse_h[i0 + r], blind(mask, t, bi, i0 + r));
                         let m = &mask[(bi * t + i0 + r) * t + j0..][..kw];
@@ -250,10 +263,12 @@ pub(super) fn backward(
                             };
                         }
                     }
-                    // dv += pᵀ dout; dp = dout vᵀ; ds = p (dp - rowsum(dout · out)).
+                    // dv += pᵀ dout (p as it multiplied v); dp = dout vᵀ;
+                    // ds = p (dp - rowsum(dout · out)).
+                    let pv = precision.input(&p);
                     matmul(
                         dvg(j0, kw),
-                        MatRef::new(&p, n, kw).t(),
+                        MatRef::new(&pv, n, kw).t(),
                         doh.rows(i0, n),
                         1.0,
                         true,
@@ -269,15 +284,24 @@ pub(super) fn backward(
                         false,
                         Threads::One,
                     );
+                    let bf16 = precision == Precision::Bf16;
                     for (r, (ds, pr)) in dp.chunks_exact_mut(kw).zip(p.chunks_exact(kw)).enumerate()
                     {
                         let i = i0 + r;
-                        let o = &out[(bi * t + i) * qw + hi * hd..][..hd];
-                        let d_o = &dout[(bi * t + i) * qw + hi * hd..][..hd];
-                        let delta = dot(o, d_o);
+                        let delta = if bf16 {
+                            // autocast: dp is a bf16 product; the f32 softmax's backward
+                            // reads its own f32 output, not the rounded `out`.
+                            precision.round(ds);
+                            dot(ds, pr)
+                        } else {
+                            let o = &out[(bi * t + i) * qw + hi * hd..][..hd];
+                            dot(o, &dout[(bi * t + i) * qw + hi * hd..][..hd])
+                        };
                         for (ds, p) in ds.iter_mut().zip(pr) {
                             *ds = p * (*ds - delta);
                         }
+                        // The scores' gradient enters their bf16 product as bf16.
+                        precision.round(ds);
                     }
                     // dq = scale · ds k; dk += scale · dsᵀ q.
                     // SAFETY: rows i0..i1 of batch row `bi`, columns of head `hi` (this task's).
@@ -286,6 +310,18 @@ pub(super) fn backward(
                     };
                     let ds = MatRef::new(&dp, n, kw);
                     matmul(dqh, ds, kg.rows(j0, kw), scale, false, Threads::One);
+                    if bf16 {
+                        for i in i0..i1 {
+                            // SAFETY: as above (row i, head `hi`'s columns).
+                            let row = unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    dq_p.at((bi * t + i) * qw + hi * hd),
+                                    hd,
+                                )
+                            };
+                            precision.round(row);
+                        }
+                    }
                     matmul(
                         dkg(j0, kw),
                         ds.t(),
@@ -306,6 +342,7 @@ pub(super) fn backward(
                         out: &out[(bi * t + i) * qw + hi * hd..][..hd],
                         dout: &dout[(bi * t + i) * qw + hi * hd..][..hd],
                         scale,
+                        precision,
                     };
                     row.backward(kg, vg, dqi, dkg(0, t), dvg(0, t));
                 }
@@ -331,6 +368,7 @@ struct BlindRow<'a> {
     out: &'a [f32],
     dout: &'a [f32],
     scale: f32,
+    precision: Precision,
 }
 
 impl BlindRow<'_> {
@@ -344,7 +382,8 @@ impl BlindRow<'_> {
     ) {
         let (t, hd) = (k.rows, k.cols);
         let dout = MatRef::new(self.dout, 1, hd);
-        let p = vec![1.0 / t as f32; t];
+        let mut p = vec![1.0 / t as f32; t];
+        self.precision.round(&mut p);
         matmul(dv, MatRef::new(&p, 1, t).t(), dout, 1.0, true, Threads::One);
         let mut ds = vec![0f32; t];
         matmul(

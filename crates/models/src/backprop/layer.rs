@@ -6,6 +6,7 @@ use crate::decoder::DecoderLayer;
 use burn::module::ParamId;
 use kiln_lora::backprop::{Grads, HostLinear, LinearSaved};
 use kiln_lora::host::to_vec;
+use kiln_lora::precision::{Precision, Stash};
 
 /// A decoder layer's weights, ready for host passes.
 #[derive(Debug)]
@@ -23,6 +24,7 @@ pub(super) struct HostLayer {
     norm_ids: [Option<ParamId>; 2],
     dims: Dims,
     activation: Activation,
+    precision: Precision,
 }
 
 /// Per-call inputs shared by the layers: the mask and RoPE tables of the layer's kind.
@@ -32,23 +34,25 @@ pub(super) struct LayerInputs<'a> {
     pub rope: &'a RopeTables,
 }
 
-/// What the backward pass needs from the forward.
+/// What the backward pass needs from the forward. The residual stream (`x`, `h`) and the
+/// per-row statistics stay f32; the products' inputs and outputs are kept in the step's
+/// precision (bf16 halves them).
 pub(super) struct Saved {
     x: Vec<f32>,
-    n1: Vec<f32>,
+    n1: Stash,
     rstd1: Vec<f32>,
     lin: [LinearSaved; 7],
     /// After RoPE.
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    attn: Vec<f32>,
+    q: Stash,
+    k: Stash,
+    v: Stash,
+    attn: Stash,
     lse: Vec<f32>,
     h: Vec<f32>,
-    n2: Vec<f32>,
+    n2: Stash,
     rstd2: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
+    gate: Stash,
+    up: Stash,
 }
 
 fn norm(n: &crate::norm::RmsNorm) -> Option<(Norm, Option<ParamId>)> {
@@ -74,6 +78,7 @@ impl HostLayer {
         batch: usize,
         t: usize,
         activation: Activation,
+        precision: Precision,
     ) -> Option<Self> {
         let a = &layer.self_attn;
         let m = &layer.mlp;
@@ -89,14 +94,16 @@ impl HostLayer {
         }
         let (n1, id1) = norm(&layer.input_layernorm)?;
         let (n2, id2) = norm(&layer.post_attention_layernorm)?;
+        let linear =
+            |l: &kiln_lora::LoraLinear| HostLinear::new(l).map(|h| h.with_precision(precision));
         Some(Self {
-            q: HostLinear::new(a.q_proj.as_ref()?)?,
-            k: HostLinear::new(a.k_proj.as_ref()?)?,
-            v: HostLinear::new(a.v_proj.as_ref()?)?,
-            o: HostLinear::new(&a.o_proj)?,
-            gate: HostLinear::new(m.gate_proj.as_ref()?)?,
-            up: HostLinear::new(m.up_proj.as_ref()?)?,
-            down: HostLinear::new(&m.down_proj)?,
+            q: linear(a.q_proj.as_ref()?)?,
+            k: linear(a.k_proj.as_ref()?)?,
+            v: linear(a.v_proj.as_ref()?)?,
+            o: linear(&a.o_proj)?,
+            gate: linear(m.gate_proj.as_ref()?)?,
+            up: linear(m.up_proj.as_ref()?)?,
+            down: linear(&m.down_proj)?,
             norm1: n1,
             norm2: n2,
             norm_ids: [id1, id2],
@@ -107,8 +114,10 @@ impl HostLayer {
                 kv_heads: a.num_kv_heads,
                 head_dim: a.head_dim,
                 scale: a.scale as f32,
+                precision,
             },
             activation,
+            precision,
         })
     }
 
@@ -129,34 +138,38 @@ impl HostLayer {
         let (mut q, sq) = self.q.forward(&n1, n);
         let (mut k, sk) = self.k.forward(&n1, n);
         let (v, sv) = self.v.forward(&n1, n);
+        let p = self.precision;
         inputs.rope.rotate(&mut q, hd, false);
         inputs.rope.rotate(&mut k, hd, false);
-        let (attn, lse) = attn::forward(self.dims, &q, &k, &v, inputs.mask);
+        p.round(&mut q);
+        p.round(&mut k);
+        let (mut attn, lse) = attn::forward(self.dims, &q, &k, &v, inputs.mask);
+        p.round(&mut attn);
         let (o, so) = self.o.forward(&attn, n);
         let mut h = x.clone();
         h.iter_mut().zip(&o).for_each(|(h, o)| *h += o);
         let (n2, rstd2) = self.norm2.forward(&h);
         let (gate, sg) = self.gate.forward(&n2, n);
         let (up, su) = self.up.forward(&n2, n);
-        let act = gated(self.activation, &gate, &up);
+        let act = gated(self.activation, self.precision, &gate, &up);
         let (y, sd) = self.down.forward(&act, n);
         let mut out = h.clone();
         out.iter_mut().zip(&y).for_each(|(o, y)| *o += y);
         let saved = Saved {
             x,
-            n1,
+            n1: p.stash(n1),
             rstd1,
             lin: [sq, sk, sv, so, sg, su, sd],
-            q,
-            k,
-            v,
-            attn,
+            q: p.stash(q),
+            k: p.stash(k),
+            v: p.stash(v),
+            attn: p.stash(attn),
             lse,
             h,
-            n2,
+            n2: p.stash(n2),
             rstd2,
-            gate,
-            up,
+            gate: p.stash(gate),
+            up: p.stash(up),
         };
         (out, saved)
     }
@@ -174,40 +187,46 @@ impl HostLayer {
         let hd = self.dims.head_dim;
         let [sq, sk, sv, so, sg, su, sd] = &s.lin;
         // out = h + down(act(gate) · up)
-        let act = gated(self.activation, &s.gate, &s.up);
+        let (gate, up) = (s.gate.get(), s.up.get());
+        let act = gated(self.activation, self.precision, &gate, &up);
         let mut dact = vec![0f32; act.len()];
         self.down.backward(&act, sd, &dout, n, &mut dact, grads);
         drop(act);
-        let (dgate, dup) = gated_backward(self.activation, &s.gate, &s.up, &dact);
-        drop(dact);
-        let mut dn2 = vec![0f32; s.n2.len()];
-        self.gate.backward(&s.n2, sg, &dgate, n, &mut dn2, grads);
-        self.up.backward(&s.n2, su, &dup, n, &mut dn2, grads);
+        let (dgate, dup) = gated_backward(self.activation, self.precision, &gate, &up, &dact);
+        drop((dact, gate, up));
+        let n2 = s.n2.get();
+        let mut dn2 = vec![0f32; n2.len()];
+        self.gate.backward(&n2, sg, &dgate, n, &mut dn2, grads);
+        self.up.backward(&n2, su, &dup, n, &mut dn2, grads);
+        drop(n2);
         let mut dh = dout;
         let dw = self
             .norm2
             .backward(&s.h, &s.rstd2, &dn2, &mut dh, self.norm_ids[1].is_some());
         add_norm_grad(grads, self.norm_ids[1], dw);
         // h = x + o_proj(attention(rope(q), rope(k), v))
-        let mut dattn = vec![0f32; s.attn.len()];
-        self.o.backward(&s.attn, so, &dh, n, &mut dattn, grads);
+        let attn = s.attn.get();
+        let mut dattn = vec![0f32; attn.len()];
+        self.o.backward(&attn, so, &dh, n, &mut dattn, grads);
         let (mut dq, mut dk, dv) = attn::backward(
             self.dims,
-            &s.q,
-            &s.k,
-            &s.v,
+            &s.q.get(),
+            &s.k.get(),
+            &s.v.get(),
             inputs.mask,
-            &s.attn,
+            &attn,
             &s.lse,
             &dattn,
         );
-        drop(dattn);
+        drop((dattn, attn));
         inputs.rope.rotate(&mut dq, hd, true);
         inputs.rope.rotate(&mut dk, hd, true);
-        let mut dn1 = vec![0f32; s.n1.len()];
-        self.q.backward(&s.n1, sq, &dq, n, &mut dn1, grads);
-        self.k.backward(&s.n1, sk, &dk, n, &mut dn1, grads);
-        self.v.backward(&s.n1, sv, &dv, n, &mut dn1, grads);
+        let n1 = s.n1.get();
+        let mut dn1 = vec![0f32; n1.len()];
+        self.q.backward(&n1, sq, &dq, n, &mut dn1, grads);
+        self.k.backward(&n1, sk, &dk, n, &mut dn1, grads);
+        self.v.backward(&n1, sv, &dv, n, &mut dn1, grads);
+        drop(n1);
         let mut dx = dh;
         let dw = self
             .norm1

@@ -12,7 +12,7 @@
 //! Scope: the Llama layout (Llama, Mistral, Qwen2, SmolLM2: separate q/k/v and gate/up
 //! projections, q/k/v biases, sliding windows, tied or separate output head), plain LoRA
 //! adapters (with dropout, whose masks come from burn's RNG as in the autodiff path), full
-//! fine-tuning, f32 on the ndarray backend. Anything else (Gemma's norms and soft-caps,
+//! fine-tuning, f32 or bf16 mixed precision ([`BackpropOptions::precision`]) on the ndarray backend. Anything else (Gemma's norms and soft-caps,
 //! Phi-3's fused projections, DoRA, dropout together with gradient checkpointing, other
 //! backends) returns `None` and the trainer keeps burn's autodiff.
 #[cfg(feature = "cpu")]
@@ -27,6 +27,17 @@ mod ops;
 use crate::decoder::{CausalLm, DecoderInput};
 use crate::error::Result;
 pub use kiln_lora::grads::Grads;
+pub use kiln_lora::precision::Precision;
+
+/// How [`CausalLm::try_backprop`] runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackpropOptions {
+    /// Keep only each layer's input and recompute the layer in the backward pass (gradient
+    /// checkpointing).
+    pub checkpoint: bool,
+    /// f32, or bf16 products and saved activations (`kiln_lora::precision`).
+    pub precision: Precision,
+}
 
 /// Loss and gradients of one micro-batch from [`CausalLm::try_backprop`].
 #[derive(Debug)]
@@ -42,8 +53,8 @@ pub struct Backprop {
 impl CausalLm {
     /// Loss and gradients of `loss_sum / normaliser` for one micro-batch, computed without
     /// autodiff (see the module docs), or `None` when this path does not cover the model; the
-    /// caller then uses burn's autodiff. `checkpoint` keeps only each layer's input and
-    /// recomputes the layer in the backward pass (gradient checkpointing).
+    /// caller then uses burn's autodiff. See [`BackpropOptions`] for gradient checkpointing and
+    /// bf16.
     ///
     /// # Shapes
     /// - labels: `[b * t]` row-major, [`crate::loss::IGNORE_INDEX`] where not counted
@@ -53,15 +64,15 @@ impl CausalLm {
         input: &DecoderInput,
         labels: &[i64],
         normaliser: f64,
-        checkpoint: bool,
+        options: BackpropOptions,
     ) -> Option<Result<Backprop>> {
         #[cfg(feature = "cpu")]
         {
-            let host = model::HostModel::new(self, input)?;
-            if checkpoint && host.has_dropout() {
+            let host = model::HostModel::new(self, input, options.precision)?;
+            if options.checkpoint && host.has_dropout() {
                 return None; // recomputing a layer would draw new dropout masks
             }
-            Some(host.run(self, input, labels, normaliser, checkpoint))
+            Some(host.run(self, input, labels, normaliser, options.checkpoint))
         }
         #[cfg(not(feature = "cpu"))]
         {

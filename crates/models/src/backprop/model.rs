@@ -14,10 +14,13 @@ use burn::module::ParamId;
 use burn_ndarray::NdArrayTensor;
 use kiln_lora::backprop::{Grads, HostLinear};
 use kiln_lora::host::{MatMut, MatRef, Threads, matmul, values, view};
+use kiln_lora::precision::{Precision, round_bf16};
 use rayon::prelude::*;
 
 /// Counted rows per chunk of logits (`[CHUNK, vocab]` at a time).
 const LOGIT_CHUNK: usize = 128;
+/// Embedding rows rounded at a time by the bf16 tied head (4096 × 576 f32 = 9.4 MB for SmolLM2).
+const VOCAB_BLOCK: usize = 4096;
 
 /// The model's weights on the host for one call.
 pub(super) struct HostModel {
@@ -29,10 +32,14 @@ pub(super) struct HostModel {
     embed_id: Option<ParamId>,
     head: Option<HostLinear>,
     embed_scale: Option<f32>,
+    /// transformers' `nn.Embedding(padding_idx = pad_token_id)`: this row gets no gradient
+    /// from the lookup (a tied head's product still gives it one).
+    pad_token: Option<u32>,
+    precision: Precision,
 }
 
 impl HostModel {
-    pub fn new(lm: &CausalLm, input: &DecoderInput) -> Option<Self> {
+    pub fn new(lm: &CausalLm, input: &DecoderInput, precision: Precision) -> Option<Self> {
         let c = &lm.config;
         if c.final_softcap.is_some() || matches!(c.activation, Activation::Gelu) {
             return None;
@@ -42,7 +49,7 @@ impl HostModel {
             .model
             .layers
             .iter()
-            .map(|l| HostLayer::new(l, b, t, c.activation))
+            .map(|l| HostLayer::new(l, b, t, c.activation, precision))
             .collect::<Option<Vec<_>>>()?;
         let (scale, eps) = (
             kiln_lora::host::to_vec(&lm.model.norm.weight.val())?,
@@ -55,7 +62,11 @@ impl HostModel {
         };
         let head = match &lm.lm_head {
             // The loss projects the counted rows in chunks; burn draws one mask for all of them.
-            Some(h) => Some(HostLinear::new(h).filter(|h| !h.has_dropout())?),
+            Some(h) => Some(
+                HostLinear::new(h)
+                    .filter(|h| !h.has_dropout())?
+                    .with_precision(precision),
+            ),
             None => None,
         };
         let embed = values(&lm.model.embed_tokens.val())?;
@@ -70,8 +81,10 @@ impl HostModel {
             final_id: w.is_require_grad().then_some(w.id),
             embed,
             embed_id: e.is_require_grad().then_some(e.id),
+            pad_token: c.pad_token_id,
             head,
             embed_scale: c.embed_scale,
+            precision,
         })
     }
 
@@ -179,6 +192,9 @@ impl HostModel {
             let de = grads.slot(id, &[vocab, d]);
             let scale = self.embed_scale.unwrap_or(1.0);
             for (&tok, row) in input.ids.iter().zip(dx.chunks_exact(d)) {
+                if Some(tok) == self.pad_token {
+                    continue;
+                }
                 let dst = &mut de[tok as usize * d..][..d];
                 dst.iter_mut().zip(row).for_each(|(g, r)| *g += r * scale);
             }
@@ -241,12 +257,21 @@ impl HostModel {
         let mut dhidden = vec![0f32; hidden.len()];
         let mut loss = 0f64;
         let embed = MatRef::of_view(&ev).unwrap_or_else(|| unreachable!("embedding is 2-d"));
+        // In bf16 a tied head multiplies by the embedding rounded to bf16, a block of rows at a
+        // time (no rounded copy of the whole matrix).
+        let bf16_tied = self.precision == Precision::Bf16 && self.head.is_none();
+        let rows: Option<std::borrow::Cow<'_, [f32]>> = bf16_tied.then(|| match ev.as_slice() {
+            Some(e) => e.into(),
+            None => ev.iter().copied().collect::<Vec<f32>>().into(),
+        });
+        let mut blocks = rows.as_deref().map(|e| RoundedRows::new(e, d, VOCAB_BLOCK));
         for chunk in counted.chunks(LOGIT_CHUNK) {
             let m = chunk.len();
             let mut h = vec![0f32; m * d];
             for (dst, &(row, _)) in h.chunks_exact_mut(d).zip(chunk) {
                 dst.copy_from_slice(&hidden[row * d..][..d]);
             }
+            self.precision.round(&mut h);
             let (mut logits, head_saved) = match &self.head {
                 Some(head) => {
                     let (y, s) = head.forward(&h, m);
@@ -254,18 +279,25 @@ impl HostModel {
                 }
                 None => {
                     let mut y = vec![0f32; m * vocab];
-                    let dst = MatMut::new(&mut y, m, vocab);
-                    matmul(
-                        dst,
-                        MatRef::new(&h, m, d),
-                        embed.t(),
-                        1.0,
-                        false,
-                        Threads::All,
-                    );
+                    let hm = MatRef::new(&h, m, d);
+                    match &mut blocks {
+                        None => {
+                            let dst = MatMut::new(&mut y, m, vocab);
+                            matmul(dst, hm, embed.t(), 1.0, false, Threads::All);
+                        }
+                        Some(blocks) => blocks.for_each(|v0, e| {
+                            // SAFETY: y holds m rows of `vocab`; columns v0..v0 + e.rows.
+                            let dst = unsafe {
+                                MatMut::columns_raw(y.as_mut_ptr(), m, vocab, v0, e.rows)
+                            };
+                            matmul(dst, hm, e.t(), 1.0, false, Threads::All);
+                        }),
+                    }
                     (y, None)
                 }
             };
+            // bf16 logits, upcast for the loss as transformers does.
+            self.precision.round(&mut logits);
             // log-softmax, loss, and d logits = (softmax - onehot) / normaliser in place.
             let inv = (1.0 / normaliser) as f32;
             loss += logits
@@ -284,18 +316,44 @@ impl HostModel {
                     nll
                 })
                 .sum::<f64>();
-            let dlogits = MatRef::new(&logits, m, vocab);
             let mut dh = vec![0f32; m * d];
             match (&self.head, head_saved) {
                 (Some(head), Some(s)) => head.backward(&h, &s, &logits, m, &mut dh, grads),
                 _ => {
-                    let dst = MatMut::new(&mut dh, m, d);
-                    matmul(dst, dlogits, embed, 1.0, false, Threads::All);
-                    if let Some(id) = self.embed_id {
-                        let de = grads.slot(id, &[vocab, d]);
-                        let dst = MatMut::new(de, vocab, d);
-                        let hm = MatRef::new(&h, m, d);
-                        matmul(dst, dlogits.t(), hm, 1.0, true, Threads::All);
+                    let hm = MatRef::new(&h, m, d);
+                    let mut de = self.embed_id.map(|id| grads.slot(id, &[vocab, d]));
+                    match &mut blocks {
+                        None => {
+                            let dlogits = MatRef::new(&logits, m, vocab);
+                            matmul(
+                                MatMut::new(&mut dh, m, d),
+                                dlogits,
+                                embed,
+                                1.0,
+                                false,
+                                Threads::All,
+                            );
+                            if let Some(de) = de {
+                                let dst = MatMut::new(de, vocab, d);
+                                matmul(dst, dlogits.t(), hm, 1.0, true, Threads::All);
+                            }
+                        }
+                        Some(blocks) => {
+                            // bf16: the logits' gradient enters the head's product as bf16;
+                            // the products' results are rounded once they are complete.
+                            self.precision.round(&mut logits);
+                            blocks.for_each(|v0, e| {
+                                let dl = MatRef::columns(&logits, m, vocab, v0, e.rows);
+                                let dst = MatMut::new(&mut dh, m, d);
+                                matmul(dst, dl, e, 1.0, true, Threads::All);
+                                if let Some(de) = de.as_deref_mut() {
+                                    let rows = &mut de[v0 * d..(v0 + e.rows) * d];
+                                    let dst = MatMut::new(rows, e.rows, d);
+                                    matmul(dst, dl.t(), hm, 1.0, true, Threads::All);
+                                }
+                            });
+                            self.precision.round(&mut dh);
+                        }
                     }
                 }
             }
@@ -307,6 +365,41 @@ impl HostModel {
             }
             logits.clear();
         }
+        if let (Some(_), Some(id)) = (&blocks, self.embed_id) {
+            // The tied head's embedding gradient is one bf16 product over every chunk (this
+            // call's grads hold nothing else for it yet).
+            self.precision.round(grads.slot(id, &[vocab, d]));
+        }
         Ok((loss, counted.len(), dhidden))
+    }
+}
+
+/// A row-major matrix's rows rounded to bf16 one block at a time into a reused buffer.
+struct RoundedRows<'a> {
+    data: &'a [f32],
+    cols: usize,
+    block: usize,
+    buf: Vec<f32>,
+}
+
+impl<'a> RoundedRows<'a> {
+    fn new(data: &'a [f32], cols: usize, block: usize) -> Self {
+        Self {
+            data,
+            cols,
+            block,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Calls `f(first_row, rows)` for each block, `rows` rounded and row-major.
+    fn for_each(&mut self, mut f: impl FnMut(usize, MatRef<'_>)) {
+        let d = self.cols;
+        for (i, src) in self.data.chunks(self.block * d).enumerate() {
+            self.buf.clear();
+            self.buf.extend_from_slice(src);
+            kiln_lora::precision::round_slice(&mut self.buf);
+            f(i * self.block, MatRef::new(&self.buf, src.len() / d, d));
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! `rope.rs`.
 use crate::config::Activation;
 use crate::fastexp::exp;
+use kiln_lora::precision::{Precision, round_bf16};
 use rayon::prelude::*;
 
 /// Rows per rayon task: at least this many elements.
@@ -126,11 +127,27 @@ fn gelu_tanh_and_grad(g: f32) -> (f32, f32) {
 // `match` inside the loop kept it a scalar call per element (`act_and_grad` was 11% of a
 // SmolLM2 LoRA step in `perf`); with SiLU inlined the loop vectorises.
 
-/// `act(gate) · up`.
-pub(super) fn gated(act: Activation, gate: &[f32], up: &[f32]) -> Vec<f32> {
-    match act {
-        Activation::Silu => gated_with(silu_and_grad, gate, up),
-        Activation::GeluTanh | Activation::Gelu => gated_with(gelu_tanh_and_grad, gate, up),
+/// `act(gate) · up`; in bf16 the activation's output is rounded first, as autocast's bf16
+/// `act_fn(gate_proj(x))` is (the product is rounded by the next projection's input).
+pub(super) fn gated(act: Activation, p: Precision, gate: &[f32], up: &[f32]) -> Vec<f32> {
+    match (act, p) {
+        (Activation::Silu, Precision::F32) => gated_with(silu_and_grad, gate, up),
+        (Activation::Silu, Precision::Bf16) => gated_with(bf16(silu_and_grad), gate, up),
+        (Activation::GeluTanh | Activation::Gelu, Precision::F32) => {
+            gated_with(gelu_tanh_and_grad, gate, up)
+        }
+        (Activation::GeluTanh | Activation::Gelu, Precision::Bf16) => {
+            gated_with(bf16(gelu_tanh_and_grad), gate, up)
+        }
+    }
+}
+
+/// `f` with its value rounded to bf16 (its derivative kept).
+#[inline(always)]
+fn bf16(f: impl Fn(f32) -> (f32, f32) + Sync) -> impl Fn(f32) -> (f32, f32) + Sync {
+    move |g| {
+        let (a, da) = f(g);
+        (round_bf16(a), da)
     }
 }
 
@@ -149,14 +166,21 @@ fn gated_with(f: impl Fn(f32) -> (f32, f32) + Sync, gate: &[f32], up: &[f32]) ->
 /// Backward of [`gated`]: `(d gate, d up)` from `d out`.
 pub(super) fn gated_backward(
     act: Activation,
+    p: Precision,
     gate: &[f32],
     up: &[f32],
     dout: &[f32],
 ) -> (Vec<f32>, Vec<f32>) {
-    match act {
-        Activation::Silu => gated_backward_with(silu_and_grad, gate, up, dout),
-        Activation::GeluTanh | Activation::Gelu => {
+    match (act, p) {
+        (Activation::Silu, Precision::F32) => gated_backward_with(silu_and_grad, gate, up, dout),
+        (Activation::Silu, Precision::Bf16) => {
+            gated_backward_with(bf16(silu_and_grad), gate, up, dout)
+        }
+        (Activation::GeluTanh | Activation::Gelu, Precision::F32) => {
             gated_backward_with(gelu_tanh_and_grad, gate, up, dout)
+        }
+        (Activation::GeluTanh | Activation::Gelu, Precision::Bf16) => {
+            gated_backward_with(bf16(gelu_tanh_and_grad), gate, up, dout)
         }
     }
 }

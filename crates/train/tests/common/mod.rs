@@ -99,6 +99,7 @@ pub fn options(grad_accum: usize, lr: f64, total: usize) -> TrainerOptions {
         early_stopping: None,
         gradient_checkpointing: false,
         backward: kiln_train::BackwardPath::Fused,
+        precision: kiln_train::Precision::F32,
     }
 }
 
