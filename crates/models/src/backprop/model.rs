@@ -14,7 +14,7 @@ use burn::module::ParamId;
 use burn_ndarray::NdArrayTensor;
 use kiln_lora::backprop::{Grads, HostLinear};
 use kiln_lora::host::{MatMut, MatRef, Threads, matmul, values, view};
-use kiln_lora::precision::{Precision, round_bf16};
+use kiln_lora::precision::Precision;
 use rayon::prelude::*;
 
 /// Counted rows per chunk of logits (`[CHUNK, vocab]` at a time).
