@@ -110,7 +110,9 @@ impl HostLinear {
 
     /// The same layer computing in `precision`: in bf16 the adapters' matrices are rounded
     /// here and the frozen or trained weight at every product (a transient copy), as autocast
-    /// casts it.
+    /// casts it. The input `x` of [`Self::forward`] and [`Self::backward`] must then already
+    /// be bf16 values: the caller rounds it once, since several projections often share one
+    /// input (q, k, v) and inputs saved as bf16 for the backward pass need no second rounding.
     pub fn with_precision(mut self, precision: Precision) -> Self {
         self.precision = precision;
         for a in &mut self.adapters {
@@ -150,13 +152,14 @@ impl HostLinear {
             || self.adapters.iter().any(|a| a.ids.is_some())
     }
 
-    /// `y = x W + b + Σ (s · x A) B` for `m` rows.
+    /// `y = x W + b + Σ (s · x A) B` for `m` rows (`x` in this layer's precision, see
+    /// [`Self::with_precision`]).
     ///
     /// # Shapes
     /// - x: `[m, in]` row-major; output `[m, out]`
     pub fn forward(&self, x: &[f32], m: usize) -> (Vec<f32>, LinearSaved) {
         let (k, n) = (self.d_in, self.d_out);
-        let x = &*self.precision.input(x);
+        debug_assert!(self.precision.holds(x), "bf16 input not rounded");
         let mut y = vec![0f32; m * n];
         self.with_weight(|w| {
             matmul(
@@ -175,7 +178,7 @@ impl HostLinear {
         let mut saved = LinearSaved::default();
         for ad in &self.adapters {
             let mask = ad.keep.map(|keep| self.dropout_mask(keep, m));
-            let dropped = mask.as_ref().map(|mask| apply_mask(x, mask));
+            let dropped = mask.as_ref().map(|mask| self.dropped(x, mask));
             let mut u = vec![0f32; m * ad.r];
             let a = MatRef::new(&ad.a, k, ad.r);
             matmul(
@@ -208,6 +211,13 @@ impl HostLinear {
         let mut mask = to_vec(&draws).unwrap_or_else(|| unreachable!("f32 on the CPU"));
         mask.iter_mut().for_each(|v| *v *= inv);
         mask
+    }
+
+    /// `x · mask` elementwise, rounded in bf16 (the adapter's product takes it as bf16).
+    fn dropped(&self, x: &[f32], mask: &[f32]) -> Vec<f32> {
+        let mut d = apply_mask(x, mask);
+        self.precision.round(&mut d);
+        d
     }
 
     /// `dst += alpha · a b` for a contiguous `[rows, cols]` `dst`; in bf16 the product is
@@ -265,7 +275,7 @@ impl HostLinear {
         grads: &mut Grads,
     ) {
         let (k, n) = (self.d_in, self.d_out);
-        let x = &*self.precision.input(x);
+        debug_assert!(self.precision.holds(x), "bf16 input not rounded");
         let dy = &*self.precision.input(dy);
         let (xm, dym) = (MatRef::new(x, m, k), MatRef::new(dy, m, n));
         self.with_weight(|w| self.add_product(dx, m, k, dym, w.t(), 1.0));
@@ -298,7 +308,7 @@ impl HostLinear {
             }
             if let Some((a_id, b_id)) = ad.ids {
                 // dA = s · dropout(x)ᵀ du [in, r]; dB = uᵀ dy [r, out] (u already carries s).
-                let dropped = mask.as_ref().map(|mask| apply_mask(x, mask));
+                let dropped = mask.as_ref().map(|mask| self.dropped(x, mask));
                 let input = dropped.as_ref().map_or(xm, |d| MatRef::new(d, m, k));
                 self.add_product(grads.slot(a_id, &[k, r]), k, r, input.t(), dum, ad.scale);
                 let um = MatRef::new(u, m, r);

@@ -322,8 +322,8 @@ impl<M: CausalModel> Trainer<M> {
     }
 
     /// The micro-batch's loss and gradients through [`CausalModel::try_backprop`], or `None`
-    /// when the options ask for autodiff or the fused path does not cover the model. The fused
-    /// gradients are used only if they cover exactly the trainable parameters.
+    /// when the options ask for autodiff or the fused path does not cover the model (an error
+    /// if bf16 was asked for: only the fused path computes in bf16).
     fn fused_backward(
         &self,
         batch: &Batch,
@@ -332,18 +332,22 @@ impl<M: CausalModel> Trainer<M> {
         if self.options.backward != BackwardPath::Fused {
             return Ok(None);
         }
+        match self.try_fused(batch, normaliser)? {
+            None if self.options.precision == Precision::Bf16 => Err(bf16_unsupported()),
+            out => Ok(out),
+        }
+    }
+
+    /// [`Self::fused_backward`]'s work: the fused gradients, used only if they cover exactly
+    /// the trainable parameters.
+    fn try_fused(&self, batch: &Batch, normaliser: f64) -> Result<Option<(f64, GradientsParams)>> {
         let model = self.model();
         let options = BackpropOptions {
             checkpoint: self.options.gradient_checkpointing,
             precision: self.options.precision,
         };
-        let bf16 = options.precision == Precision::Bf16;
         let Some(out) = model.try_backprop(&batch.input, &batch.labels, normaliser, options) else {
-            return if bf16 {
-                Err(bf16_unsupported())
-            } else {
-                Ok(None)
-            };
+            return Ok(None);
         };
         let out = out?;
         let trainable = trainable_params(model);
@@ -358,11 +362,7 @@ impl<M: CausalModel> Trainer<M> {
                 continue;
             };
             if p.shape != shape {
-                return if bf16 {
-                    Err(bf16_unsupported())
-                } else {
-                    Ok(None)
-                };
+                return Ok(None);
             }
             covered += 1;
             match shape.len() {
@@ -374,17 +374,8 @@ impl<M: CausalModel> Trainer<M> {
                     id,
                     Tensor::<2>::from_data(TensorData::new(values, [shape[0], shape[1]]), &device),
                 ),
-                _ => {
-                    return if bf16 {
-                        Err(bf16_unsupported())
-                    } else {
-                        Ok(None)
-                    };
-                }
+                _ => return Ok(None),
             }
-        }
-        if covered != trainable.len() && bf16 {
-            return Err(bf16_unsupported());
         }
         if covered != trainable.len() {
             tracing::warn!(

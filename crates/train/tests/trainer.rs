@@ -62,6 +62,23 @@ fn two_micro_batches_of_4_equal_one_batch_of_8() {
     assert!(max_abs_diff(&start, &after) > 1e-4);
 }
 
+/// `steps` optimizer steps on `data`: each step's (loss, grad norm), and the trainer.
+fn train(
+    model: kiln_models::CausalLm,
+    options: kiln_train::TrainerOptions,
+    data: &Vec<Batch>,
+    steps: usize,
+) -> (Vec<(f64, f64)>, Trainer<kiln_models::CausalLm>) {
+    let mut trainer = Trainer::new(model, &device(), options).unwrap();
+    let losses = (0..steps)
+        .map(|_| match trainer.step(data).unwrap() {
+            MicroOutcome::Stepped(m) => (m.loss, m.grad_norm),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    (losses, trainer)
+}
+
 /// kiln's fused CPU backward and burn's autodiff train the same weights: LoRA (with gradient
 /// accumulation, clipping and checkpointed layers) and full fine-tuning, three steps each.
 #[test]
@@ -81,13 +98,7 @@ fn fused_backward_trains_like_autodiff() {
             let mut o = options(2, 1e-3, 4);
             o.backward = backward;
             o.gradient_checkpointing = checkpoint;
-            let mut trainer = Trainer::new(model.clone(), &device(), o).unwrap();
-            let losses: Vec<(f64, f64)> = (0..3)
-                .map(|_| match trainer.step(&data).unwrap() {
-                    MicroOutcome::Stepped(m) => (m.loss, m.grad_norm),
-                    other => panic!("{other:?}"),
-                })
-                .collect();
+            let (losses, trainer) = train(model.clone(), o, &data, 3);
             (losses, trained(&trainer), trainer.fused_micro_batches())
         };
         let (fused, fused_params, n) = run(kiln_train::BackwardPath::Fused);
@@ -352,13 +363,8 @@ fn bf16_trains_close_to_f32() {
         let run = |precision| {
             let mut o = options(2, 1e-3, 4);
             o.precision = precision;
-            let mut trainer = Trainer::new(model.clone(), &device(), o).unwrap();
-            let losses: Vec<f64> = (0..4)
-                .map(|_| match trainer.step(&data).unwrap() {
-                    MicroOutcome::Stepped(m) => m.loss,
-                    other => panic!("{other:?}"),
-                })
-                .collect();
+            let (steps, trainer) = train(model.clone(), o, &data, 4);
+            let losses: Vec<f64> = steps.iter().map(|&(loss, _)| loss).collect();
             (losses, trainer.fused_micro_batches())
         };
         let (f32s, _) = run(kiln_train::Precision::F32);

@@ -123,7 +123,7 @@ pub(super) fn forward(
                     false,
                     Threads::One,
                 );
-                precision.round(&mut scores);
+                precision.round(&mut scores); // bf16: q kᵀ is a bf16 product
                 let mut blind_rows = Vec::new();
                 for (r, s) in scores.chunks_exact_mut(kw).enumerate() {
                     let m = &mask[(bi * t + i0 + r) * t + j0..][..kw];
@@ -135,7 +135,7 @@ pub(super) fn forward(
                         }
                     }
                 }
-                precision.round(&mut scores);
+                precision.round(&mut scores); // bf16: the probabilities enter p · v as bf16
                 matmul(
                     dst(i0, n),
                     MatRef::new(&scores, n, kw),

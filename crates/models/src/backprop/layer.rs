@@ -134,11 +134,13 @@ impl HostLayer {
     pub fn forward(&self, x: Vec<f32>, inputs: &LayerInputs<'_>) -> (Vec<f32>, Saved) {
         let n = self.dims.batch * self.dims.t;
         let hd = self.dims.head_dim;
-        let (n1, rstd1) = self.norm1.forward(&x);
+        let p = self.precision;
+        // Products' inputs are rounded once here (HostLinear expects them so).
+        let (mut n1, rstd1) = self.norm1.forward(&x);
+        p.round(&mut n1);
         let (mut q, sq) = self.q.forward(&n1, n);
         let (mut k, sk) = self.k.forward(&n1, n);
         let (v, sv) = self.v.forward(&n1, n);
-        let p = self.precision;
         inputs.rope.rotate(&mut q, hd, false);
         inputs.rope.rotate(&mut k, hd, false);
         p.round(&mut q);
@@ -148,7 +150,8 @@ impl HostLayer {
         let (o, so) = self.o.forward(&attn, n);
         let mut h = x.clone();
         h.iter_mut().zip(&o).for_each(|(h, o)| *h += o);
-        let (n2, rstd2) = self.norm2.forward(&h);
+        let (mut n2, rstd2) = self.norm2.forward(&h);
+        p.round(&mut n2);
         let (gate, sg) = self.gate.forward(&n2, n);
         let (up, su) = self.up.forward(&n2, n);
         let act = gated(self.activation, self.precision, &gate, &up);

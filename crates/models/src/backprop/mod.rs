@@ -12,9 +12,10 @@
 //! Scope: the Llama layout (Llama, Mistral, Qwen2, SmolLM2: separate q/k/v and gate/up
 //! projections, q/k/v biases, sliding windows, tied or separate output head), plain LoRA
 //! adapters (with dropout, whose masks come from burn's RNG as in the autodiff path), full
-//! fine-tuning, f32 or bf16 mixed precision ([`BackpropOptions::precision`]) on the ndarray backend. Anything else (Gemma's norms and soft-caps,
-//! Phi-3's fused projections, DoRA, dropout together with gradient checkpointing, other
-//! backends) returns `None` and the trainer keeps burn's autodiff.
+//! fine-tuning, f32 or bf16 mixed precision ([`BackpropOptions::precision`]) on the ndarray
+//! backend. Anything else (Gemma's norms and soft-caps, Phi-3's fused projections, DoRA,
+//! dropout together with gradient checkpointing, other backends) returns `None` and the
+//! trainer keeps burn's autodiff.
 #[cfg(feature = "cpu")]
 mod attn;
 #[cfg(feature = "cpu")]

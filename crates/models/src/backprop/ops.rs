@@ -127,10 +127,10 @@ fn gelu_tanh_and_grad(g: f32) -> (f32, f32) {
 // `match` inside the loop kept it a scalar call per element (`act_and_grad` was 11% of a
 // SmolLM2 LoRA step in `perf`); with SiLU inlined the loop vectorises.
 
-/// `act(gate) · up`; in bf16 the activation's output is rounded first, as autocast's bf16
-/// `act_fn(gate_proj(x))` is (the product is rounded by the next projection's input).
+/// `act(gate) · up`; in bf16 the activation's output and the product are rounded, as
+/// autocast's bf16 `act_fn(gate_proj(x)) * up_proj(x)` is.
 pub(super) fn gated(act: Activation, p: Precision, gate: &[f32], up: &[f32]) -> Vec<f32> {
-    match (act, p) {
+    let mut out = match (act, p) {
         (Activation::Silu, Precision::F32) => gated_with(silu_and_grad, gate, up),
         (Activation::Silu, Precision::Bf16) => gated_with(bf16(silu_and_grad), gate, up),
         (Activation::GeluTanh | Activation::Gelu, Precision::F32) => {
@@ -139,7 +139,9 @@ pub(super) fn gated(act: Activation, p: Precision, gate: &[f32], up: &[f32]) -> 
         (Activation::GeluTanh | Activation::Gelu, Precision::Bf16) => {
             gated_with(bf16(gelu_tanh_and_grad), gate, up)
         }
-    }
+    };
+    p.round(&mut out);
+    out
 }
 
 /// `f` with its value rounded to bf16 (its derivative kept).
