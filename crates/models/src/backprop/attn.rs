@@ -63,17 +63,64 @@ fn key_range(mask: &[f32], t: usize, bi: usize, i0: usize, i1: usize) -> Option<
     Some(((0..t).find(seen)?, (0..t).rev().find(seen)?))
 }
 
+/// An additive `[b, t, t]` mask and what the query blocks read from it, found once per call
+/// (every layer of an attention kind shares it, forward and backward).
+pub(super) struct Mask {
+    values: Vec<f32>,
+    t: usize,
+    /// Per batch row and query block: the first and last key any of its rows sees.
+    ranges: Vec<Option<(usize, usize)>>,
+    /// Per batch row and query: whether the row sees no key.
+    blind: Vec<bool>,
+}
+
+impl Mask {
+    /// # Shapes
+    /// - values: `[batch, t, t]` additive (0 or [`MASKED`])
+    pub fn new(values: Vec<f32>, batch: usize, t: usize) -> Self {
+        let ranges = (0..batch)
+            .flat_map(|bi| (0..t).step_by(BLOCK).map(move |i0| (bi, i0)))
+            .map(|(bi, i0)| key_range(&values, t, bi, i0, (i0 + BLOCK).min(t)))
+            .collect();
+        let blind = values
+            .chunks_exact(t.max(1))
+            .map(|row| row.iter().all(|&m| m == MASKED))
+            .collect();
+        Self {
+            values,
+            t,
+            ranges,
+            blind,
+        }
+    }
+
+    /// The key range of the query block starting at `i0` (a multiple of `BLOCK`).
+    fn range(&self, bi: usize, i0: usize) -> Option<(usize, usize)> {
+        self.ranges[bi * self.t.div_ceil(BLOCK) + i0 / BLOCK]
+    }
+
+    /// Whether query `i` of batch row `bi` sees no key.
+    fn blind(&self, bi: usize, i: usize) -> bool {
+        self.blind[bi * self.t + i]
+    }
+
+    /// Keys `j0..j0 + len` of query `i`'s row.
+    fn row(&self, bi: usize, i: usize, j0: usize, len: usize) -> &[f32] {
+        &self.values[(bi * self.t + i) * self.t + j0..][..len]
+    }
+}
+
 /// Attention output `[b·t, heads·hd]` and log-sum-exp `[b, heads, t]` (0 for rows that see
 /// nothing).
 ///
 /// # Shapes
-/// - q: `[b·t, heads·hd]`; k, v: `[b·t, kv_heads·hd]`, token-major; mask: `[b, t, t]` additive
+/// - q: `[b·t, heads·hd]`; k, v: `[b·t, kv_heads·hd]`, token-major; mask: `[b, t, t]`
 pub(super) fn forward(
     dims: Dims,
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    mask: &[f32],
+    mask: &Mask,
 ) -> (Vec<f32>, Vec<f32>) {
     let Dims {
         batch,
@@ -107,7 +154,7 @@ pub(super) fn forward(
                 let dst = |rows_from: usize, rows: usize| unsafe {
                     MatMut::columns_raw(out_p.at((bi * t + rows_from) * qw), rows, qw, hi * hd, hd)
                 };
-                let Some((j0, j1)) = key_range(mask, t, bi, i0, i1) else {
+                let Some((j0, j1)) = mask.range(bi, i0) else {
                     (i0..i1).for_each(|i| average_rows(vg, dst(i, 1), precision));
                     lse_h[i0..i1].fill(0.0);
                     continue;
@@ -126,8 +173,8 @@ pub(super) fn forward(
                 precision.round(&mut scores); // bf16: q kᵀ is a bf16 product
                 let mut blind_rows = Vec::new();
                 for (r, s) in scores.chunks_exact_mut(kw).enumerate() {
-                    let m = &mask[(bi * t + i0 + r) * t + j0..][..kw];
-                    match softmax_row(s, m) {
+                    let m = mask.row(bi, i0 + r, j0, kw);
+                    match softmax_row(s, m, mask.blind(bi, i0 + r)) {
                         Some(l) => lse_h[i0 + r] = l,
                         None => {
                             lse_h[i0 + r] = 0.0;
@@ -154,9 +201,9 @@ pub(super) fn forward(
 }
 
 /// Masks and normalises one row of scores in place (masked keys get 0) and returns its
-/// log-sum-exp, or `None` (row zeroed) when it sees no key. NaN scores stay NaN.
-fn softmax_row(s: &mut [f32], mask: &[f32]) -> Option<f32> {
-    if mask.iter().all(|&m| m == MASKED) {
+/// log-sum-exp, or `None` (row zeroed) when it sees no key (`blind`). NaN scores stay NaN.
+fn softmax_row(s: &mut [f32], mask: &[f32], blind: bool) -> Option<f32> {
+    if blind {
         s.fill(0.0);
         return None;
     }
@@ -172,11 +219,6 @@ fn softmax_row(s: &mut [f32], mask: &[f32]) -> Option<f32> {
     let sum = sum(s);
     s.iter_mut().for_each(|s| *s /= sum);
     Some(max + sum.ln())
-}
-
-/// Whether query row `i` of batch row `bi` sees no key at all.
-fn blind(mask: &[f32], t: usize, bi: usize, i: usize) -> bool {
-    mask[(bi * t + i) * t..][..t].iter().all(|&m| m == MASKED)
 }
 
 /// One output row: the mean of all value rows of `v` (`[t, hd]`), weights `1/t` in the
@@ -195,7 +237,7 @@ pub(super) fn backward(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    mask: &[f32],
+    mask: &Mask,
     out: &[f32],
     lse: &[f32],
     dout: &[f32],
@@ -239,7 +281,7 @@ pub(super) fn backward(
             for i0 in (0..t).step_by(BLOCK) {
                 let i1 = (i0 + BLOCK).min(t);
                 let n = i1 - i0;
-                if let Some((j0, j1)) = key_range(mask, t, bi, i0, i1) {
+                if let Some((j0, j1)) = mask.range(bi, i0) {
                     let kw = j1 + 1 - j0;
                     p.clear();
                     p.resize(n * kw, 0f32);
@@ -253,8 +295,8 @@ pub(super) fn backward(
                     );
                     precision.round(&mut p);
                     for (r, pr) in p.chunks_exact_mut(kw).enumerate() {
-                        let (l, unseen) = (lse_h[i0 + r], blind(mask, t, bi, i0 + r));
-                        let m = &mask[(bi * t + i0 + r) * t + j0..][..kw];
+                        let (l, unseen) = (lse_h[i0 + r], mask.blind(bi, i0 + r));
+                        let m = mask.row(bi, i0 + r, j0, kw);
                         for (s, &m) in pr.iter_mut().zip(m) {
                             *s = if m == MASKED || unseen {
                                 0.0
@@ -332,7 +374,7 @@ pub(super) fn backward(
                     );
                 }
                 // Rows that see no key come last: the block's product wrote zeros to their dq.
-                for i in (i0..i1).filter(|&i| blind(mask, t, bi, i)) {
+                for i in (i0..i1).filter(|&i| mask.blind(bi, i)) {
                     // SAFETY: row i of batch row `bi`, columns of head `hi` (this task's).
                     let dqi = unsafe {
                         MatMut::columns_raw(dq_p.at((bi * t + i) * qw), 1, qw, hi * hd, hd)

@@ -29,8 +29,7 @@ pub(super) struct HostLayer {
 
 /// Per-call inputs shared by the layers: the mask and RoPE tables of the layer's kind.
 pub(super) struct LayerInputs<'a> {
-    /// `[b, t, t]` additive.
-    pub mask: &'a [f32],
+    pub mask: &'a attn::Mask,
     pub rope: &'a RopeTables,
 }
 

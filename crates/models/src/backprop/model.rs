@@ -2,6 +2,7 @@
 #![allow(deprecated)] // burn-ndarray: see kiln_lora::host
 
 use super::Backprop;
+use super::attn::Mask;
 use super::layer::{HostLayer, LayerInputs, Saved, add_norm_grad};
 use super::ops::{Norm, RopeTables};
 use crate::config::{Activation, AttentionKind};
@@ -124,10 +125,10 @@ impl HostModel {
             key_padding: key_padding.as_deref(),
             segments: input.segment_ids.as_deref(),
         };
-        let mut masks: Vec<(AttentionKind, Vec<f32>)> = Vec::new();
+        let mut masks: Vec<(AttentionKind, Mask)> = Vec::new();
         for kind in &c.layer_attention {
             if !masks.iter().any(|(k, _)| k == kind) {
-                masks.push((*kind, spec.host(*kind)));
+                masks.push((*kind, Mask::new(spec.host(*kind), b, t)));
             }
         }
         let tables = |rope: &crate::rope::Rope| {
@@ -265,6 +266,8 @@ impl HostModel {
             None => ev.iter().copied().collect::<Vec<f32>>().into(),
         });
         let mut blocks = rows.as_deref().map(|e| RoundedRows::new(e, d, VOCAB_BLOCK));
+        // The tied head's logits buffer, reused by every chunk (its product overwrites it).
+        let mut tied_logits = Vec::new();
         for chunk in counted.chunks(LOGIT_CHUNK) {
             let m = chunk.len();
             let mut h = vec![0f32; m * d];
@@ -278,7 +281,8 @@ impl HostModel {
                     (y, Some(s))
                 }
                 None => {
-                    let mut y = vec![0f32; m * vocab];
+                    let mut y = std::mem::take(&mut tied_logits);
+                    y.resize(m * vocab, 0.0);
                     let hm = MatRef::new(&h, m, d);
                     match &mut blocks {
                         None => {
@@ -363,7 +367,9 @@ impl HostModel {
                     .zip(src)
                     .for_each(|(g, s)| *g += s);
             }
-            logits.clear();
+            if self.head.is_none() {
+                tied_logits = logits;
+            }
         }
         if let (Some(_), Some(id)) = (&blocks, self.embed_id) {
             // The tied head's embedding gradient is one bf16 product over every chunk (this
