@@ -412,14 +412,15 @@ fn check_autocast(model: &CausalLm, prefix: &str) {
     let (want_loss32, want_norm32) = (want("loss_f32"), want("grad_norm_f32"));
     let (want_loss16, want_norm16) = (want("loss_bf16_autocast"), want("grad_norm_bf16_autocast"));
     println!("{prefix}: f32 {loss32} {norm32}; bf16 {loss16} {norm16}");
-    assert!(
-        (loss32 - want_loss32).abs() < 1e-5,
-        "{loss32} vs {want_loss32}"
-    );
-    assert!(
-        (norm32 - want_norm32).abs() < 1e-4 * want_norm32,
-        "{norm32}"
-    );
+    // |got - want| < tol, named in the failure.
+    let close = |what: &str, got: f64, want: f64, tol: f64| {
+        assert!(
+            (got - want).abs() < tol,
+            "{prefix}{what}: {got} vs PyTorch's {want} (tolerance {tol})"
+        )
+    };
+    close("f32 loss", loss32, want_loss32, 1e-5);
+    close("f32 grad norm", norm32, want_norm32, 1e-4 * want_norm32);
     // bf16 rounding moves PyTorch's loss by ~5e-4..1e-3 from f32's here. kiln rounds the
     // forward where autocast does and lands on PyTorch's bf16 loss; the backward rounds the
     // products' gradients too, but the rounding points of PyTorch's backward kernels differ
@@ -429,14 +430,8 @@ fn check_autocast(model: &CausalLm, prefix: &str) {
         gap > 1e-4,
         "{prefix}: the fixture's bf16 and f32 losses are {gap} apart"
     );
-    assert!(
-        (loss16 - want_loss16).abs() < 2e-6,
-        "{prefix}: bf16 loss {loss16} vs PyTorch's {want_loss16} (f32 {want_loss32})"
-    );
-    assert!(
-        (norm16 - want_norm16).abs() < 3e-4 * want_norm16,
-        "{prefix}: bf16 grad norm {norm16} vs PyTorch's {want_norm16} (f32 {want_norm32})"
-    );
+    close("bf16 loss", loss16, want_loss16, 2e-6);
+    close("bf16 grad norm", norm16, want_norm16, 3e-4 * want_norm16);
     assert!(
         (norm16 - norm32).abs() > 1e-4 * norm32,
         "{prefix}: bf16 gradients are f32's"

@@ -85,14 +85,10 @@ fn train(
 fn fused_backward_trains_like_autodiff() {
     let _g = serial();
     let data: Vec<Batch> = vec![batch(0..4, 12), batch(4..8, 12)];
-    let full = {
-        use burn::module::Module;
-        tiny_model().set_require_grad(true)
-    };
     for (what, model, checkpoint) in [
         ("lora", tiny_lora(4, 0.0, 1), false),
         ("lora, checkpointed", tiny_lora(4, 0.0, 1), true),
-        ("full", full, false),
+        ("full", tiny_full(), false),
     ] {
         let run = |backward| {
             let mut o = options(2, 1e-3, 4);
@@ -355,11 +351,7 @@ fn a_step_without_label_tokens_is_an_error() {
 fn bf16_trains_close_to_f32() {
     let _g = serial();
     let data: Vec<Batch> = vec![batch(0..4, 12), batch(4..8, 12)];
-    let full = {
-        use burn::module::Module;
-        tiny_model().set_require_grad(true)
-    };
-    for (what, model) in [("lora", tiny_lora(4, 0.0, 1)), ("full", full)] {
+    for (what, model) in [("lora", tiny_lora(4, 0.0, 1)), ("full", tiny_full())] {
         let run = |precision| {
             let mut o = options(2, 1e-3, 4);
             o.precision = precision;

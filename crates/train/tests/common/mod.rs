@@ -35,6 +35,11 @@ pub fn tiny_model() -> CausalLm {
     build_causal_lm(&config, &weights, &device()).unwrap()
 }
 
+/// Tiny model with every weight training (full fine-tuning).
+pub fn tiny_full() -> CausalLm {
+    tiny_model().set_require_grad(true)
+}
+
 /// Tiny model, base frozen, LoRA `r` on q_proj and v_proj of every layer with A and B random.
 pub fn tiny_lora(r: usize, dropout: f64, seed: u64) -> CausalLm {
     let device = device();
