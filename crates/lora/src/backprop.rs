@@ -11,12 +11,13 @@
 #![allow(deprecated)] // burn-ndarray: see crate::host
 
 pub use crate::grads::Grads;
-use crate::host::{MatMut, MatRef, Threads, matmul, to_vec, values, view};
+use crate::host::{to_vec, values, view};
 use crate::linear::LoraLinear;
-use crate::precision::Precision;
 use burn::module::ParamId;
 use burn::tensor::{Device, Distribution, Tensor};
 use burn_ndarray::NdArrayTensor;
+use kiln_cpu::Precision;
+use kiln_cpu::{MatMut, MatRef, Threads, matmul};
 
 /// One running plain-LoRA adapter, copied to the host (adapters are small).
 #[derive(Debug)]
@@ -44,7 +45,7 @@ pub struct HostLinear {
     bias_id: Option<ParamId>,
     /// Where dropout masks are drawn (the weight's device).
     device: Device,
-    /// bf16 rounds the products' inputs and outputs (see [`crate::precision`]).
+    /// bf16 rounds the products' inputs and outputs (see [`kiln_cpu::precision`]).
     precision: Precision,
     pub d_in: usize,
     pub d_out: usize,
@@ -132,7 +133,7 @@ impl HostLinear {
             }
             Precision::Bf16 => {
                 // `mapv` keeps the layout and maps contiguous memory in one vectorised pass.
-                let w = wv.mapv(crate::precision::round_bf16);
+                let w = wv.mapv(kiln_cpu::precision::round_bf16);
                 let wv = w.view();
                 f(MatRef::of_view(&wv).unwrap_or_else(|| unreachable!("weights are 2-d")))
             }
@@ -253,7 +254,7 @@ impl HostLinear {
                 );
                 dst.iter_mut()
                     .zip(&t)
-                    .for_each(|(d, t)| *d += crate::precision::round_bf16(*t));
+                    .for_each(|(d, t)| *d += kiln_cpu::precision::round_bf16(*t));
             }
         }
     }

@@ -105,11 +105,11 @@ pub fn try_rotary(x: &Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Option<Ten
 #[cfg(feature = "cpu")]
 #[allow(deprecated)]
 mod cpu {
-    use crate::fastexp::{exp, sum};
     use crate::mask::MASKED;
     use burn::backend::NdArray;
     use burn::tensor::Tensor;
     use burn_ndarray::NdArrayTensor;
+    use kiln_cpu::fastexp::{exp, sum};
     use ndarray::{ArcArray, ArrayView, IxDyn};
     use rayon::prelude::*;
 

@@ -18,7 +18,6 @@ pub mod device;
 pub mod error;
 pub mod export_hf;
 #[cfg(feature = "cpu")]
-mod fastexp;
 pub mod fetch;
 pub mod generate;
 pub mod gguf;

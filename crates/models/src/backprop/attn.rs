@@ -10,10 +10,10 @@
 //! In bf16 ([`Precision::Bf16`]) the scores `q kᵀ` and the probabilities that multiply `v`
 //! are rounded to bf16, as autocast's bf16 `matmul`s give and take them; the softmax itself,
 //! the log-sum-exp and the gradients stay f32.
-use crate::fastexp::{exp, sum};
 use crate::mask::MASKED;
-use kiln_lora::host::{MatMut, MatRef, Threads, matmul};
-use kiln_lora::precision::Precision;
+use kiln_cpu::fastexp::{exp, sum};
+use kiln_cpu::precision::Precision;
+use kiln_cpu::{MatMut, MatRef, Threads, matmul};
 use rayon::prelude::*;
 
 /// Queries per block.

@@ -4,9 +4,9 @@ use super::ops::{Norm, RopeTables, gated, gated_backward};
 use crate::config::Activation;
 use crate::decoder::DecoderLayer;
 use burn::module::ParamId;
+use kiln_cpu::precision::{Precision, Stash};
 use kiln_lora::backprop::{Grads, HostLinear, LinearSaved};
 use kiln_lora::host::to_vec;
-use kiln_lora::precision::{Precision, Stash};
 
 /// A decoder layer's weights, ready for host passes.
 #[derive(Debug)]

@@ -27,8 +27,8 @@ mod ops;
 
 use crate::decoder::{CausalLm, DecoderInput};
 use crate::error::Result;
+pub use kiln_cpu::precision::Precision;
 pub use kiln_lora::grads::Grads;
-pub use kiln_lora::precision::Precision;
 
 /// How [`CausalLm::try_backprop`] runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

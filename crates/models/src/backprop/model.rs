@@ -8,14 +8,15 @@ use super::ops::{Norm, RopeTables};
 use crate::config::{Activation, AttentionKind};
 use crate::decoder::{CausalLm, DecoderInput};
 use crate::error::{ModelError, Result};
-use crate::fastexp::{exp, sum};
 use crate::loss::IGNORE_INDEX;
 use crate::mask::MaskSpec;
 use burn::module::ParamId;
 use burn_ndarray::NdArrayTensor;
+use kiln_cpu::fastexp::{exp, sum};
+use kiln_cpu::precision::Precision;
+use kiln_cpu::{MatMut, MatRef, Threads, matmul};
 use kiln_lora::backprop::{Grads, HostLinear};
-use kiln_lora::host::{MatMut, MatRef, Threads, matmul, values, view};
-use kiln_lora::precision::Precision;
+use kiln_lora::host::{values, view};
 use rayon::prelude::*;
 
 /// Counted rows per chunk of logits (`[CHUNK, vocab]` at a time).
@@ -404,7 +405,7 @@ impl<'a> RoundedRows<'a> {
         for (i, src) in self.data.chunks(self.block * d).enumerate() {
             self.buf.clear();
             self.buf.extend_from_slice(src);
-            kiln_lora::precision::round_slice(&mut self.buf);
+            kiln_cpu::precision::round_slice(&mut self.buf);
             f(i * self.block, MatRef::new(&self.buf, src.len() / d, d));
         }
     }

@@ -2,8 +2,8 @@
 //! activation and RoPE. Each forward equals its tensor version in `norm.rs`, `mlp.rs` and
 //! `rope.rs`.
 use crate::config::Activation;
-use crate::fastexp::exp;
-use kiln_lora::precision::{Precision, round_bf16};
+use kiln_cpu::fastexp::exp;
+use kiln_cpu::precision::{Precision, round_bf16};
 use rayon::prelude::*;
 
 /// Rows per rayon task: at least this many elements.

@@ -1,5 +1,4 @@
 //! [`GgufFile`]: a memory-mapped GGUF file with its metadata and tensor table.
-use super::dequant;
 use super::reader::{TensorInfo, parse_header};
 use super::value::{FromGguf, GgufValue};
 use crate::error::{ModelError, Result};
@@ -200,21 +199,18 @@ impl GgufFile {
     pub fn dequantize(&self, name: &str) -> Result<Vec<f32>> {
         let info = self.tensor(name).ok_or_else(|| self.missing_tensor(name))?;
         let data = self.tensor_data(name)?;
+        let Some(ty) = info.ggml_type.quant_type() else {
+            return Err(ModelError::UnsupportedGgufType {
+                path: self.path.clone(),
+                tensor: name.to_owned(),
+                ggml_type: info.ggml_type.name(),
+            });
+        };
         let mut out = vec![0f32; info.n_elements()];
-        dequant::dequantize_into(info.ggml_type, data, &mut out).map_err(|reason| {
-            if info.ggml_type.is_dequantizable() {
-                ModelError::GgufTensor {
-                    path: self.path.clone(),
-                    tensor: name.to_owned(),
-                    reason,
-                }
-            } else {
-                ModelError::UnsupportedGgufType {
-                    path: self.path.clone(),
-                    tensor: name.to_owned(),
-                    ggml_type: info.ggml_type.name(),
-                }
-            }
+        kiln_cpu::quant::dequantize(ty, data, &mut out).map_err(|e| ModelError::GgufTensor {
+            path: self.path.clone(),
+            tensor: name.to_owned(),
+            reason: e.to_string(),
         })?;
         Ok(out)
     }

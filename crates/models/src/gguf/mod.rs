@@ -9,7 +9,6 @@
 //! transformers see the same weights, config and token ids.
 //! Format reference: <https://github.com/ggml-org/ggml/blob/master/docs/gguf.md>.
 mod config;
-mod dequant;
 mod file;
 pub mod names;
 mod reader;

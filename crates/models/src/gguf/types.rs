@@ -1,6 +1,7 @@
 //! ggml tensor types: their ids in a GGUF file, block sizes and byte sizes.
 //!
 //! The table follows `GGML_QUANT_SIZES` of gguf-py and `ggml_type` of ggml.h.
+use kiln_cpu::QuantType;
 
 /// A ggml tensor type, as stored in a GGUF tensor info.
 ///
@@ -132,13 +133,28 @@ impl GgmlType {
         }
     }
 
+    /// The format kiln computes with for this type, if kiln can read it.
+    pub fn quant_type(self) -> Option<QuantType> {
+        use GgmlType::*;
+        Some(match self {
+            F32 => QuantType::F32,
+            F16 => QuantType::F16,
+            BF16 => QuantType::Bf16,
+            Q4_0 => QuantType::Q4_0,
+            Q4_1 => QuantType::Q4_1,
+            Q5_0 => QuantType::Q5_0,
+            Q5_1 => QuantType::Q5_1,
+            Q8_0 => QuantType::Q8_0,
+            Q4_K => QuantType::Q4_K,
+            Q5_K => QuantType::Q5_K,
+            Q6_K => QuantType::Q6_K,
+            _ => return None,
+        })
+    }
+
     /// Whether kiln can dequantise this type to f32.
     pub fn is_dequantizable(self) -> bool {
-        use GgmlType::*;
-        matches!(
-            self,
-            F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q4_K | Q5_K | Q6_K
-        )
+        self.quant_type().is_some()
     }
 
     /// The name ggml gives the type (`Q4_K`, `BF16`...).

@@ -1,61 +1,59 @@
-//! Dequantisation of ggml blocks to f32, in parallel over blocks.
+//! ggml's block formats (llama.cpp's quantized types) dequantised to f32.
 //!
 //! Block layouts are ggml's (`ggml-common.h`); the arithmetic follows gguf-py's
 //! `gguf.quants.dequantize` operation for operation (f32 products, no fused multiply-add), so the
 //! results are bit-identical to what transformers loads from the same file.
-use super::types::GgmlType;
+use super::QuantType;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
 /// Blocks' worth of elements handed to one rayon task.
 const ELEMENTS_PER_TASK: usize = 1 << 15;
 
-/// Dequantises `data` (whole blocks of `ty`) into `out`.
+/// Dequantises whole blocks of `ty` (a ggml type or a 16-bit float) from `data` into `out`,
+/// in parallel over blocks when `parallel`.
 ///
 /// # Shapes
 /// `out.len()` elements, a multiple of `ty`'s block size; `data.len()` is the matching number of
-/// blocks times the block's byte size.
-///
-/// # Errors
-/// A reason string if `ty` is not dequantisable or the sizes do not match.
-pub(crate) fn dequantize_into(
-    ty: GgmlType,
-    data: &[u8],
-    out: &mut [f32],
-) -> std::result::Result<(), String> {
-    let (block, type_size) = ty.block_layout();
-    if !out.len().is_multiple_of(block) || data.len() != out.len() / block * type_size {
-        return Err(format!(
-            "{} bytes of {ty} do not hold {} elements",
-            data.len(),
-            out.len()
-        ));
-    }
+/// blocks times the block's byte size (checked by the caller).
+pub(crate) fn dequantize_blocks(ty: QuantType, data: &[u8], out: &mut [f32], parallel: bool) {
     match ty {
-        GgmlType::F32 => run::<1, 4>(data, out, |b, o| o[0] = f32::from_le_bytes(*b)),
-        GgmlType::F16 => run::<1, 2>(data, out, |b, o| o[0] = f16::from_le_bytes(*b).to_f32()),
-        GgmlType::BF16 => run::<1, 2>(data, out, |b, o| o[0] = bf16::from_le_bytes(*b).to_f32()),
-        GgmlType::Q4_0 => run(data, out, q4_0),
-        GgmlType::Q4_1 => run(data, out, q4_1),
-        GgmlType::Q5_0 => run(data, out, q5_0),
-        GgmlType::Q5_1 => run(data, out, q5_1),
-        GgmlType::Q8_0 => run(data, out, q8_0),
-        GgmlType::Q4_K => run(data, out, q4_k),
-        GgmlType::Q5_K => run(data, out, q5_k),
-        GgmlType::Q6_K => run(data, out, q6_k),
-        other => return Err(format!("{other} cannot be dequantised")),
+        QuantType::F32 => run::<1, 4>(data, out, parallel, |b, o| o[0] = f32::from_le_bytes(*b)),
+        QuantType::F16 => run::<1, 2>(data, out, parallel, |b, o| {
+            o[0] = f16::from_le_bytes(*b).to_f32()
+        }),
+        QuantType::Bf16 => run::<1, 2>(data, out, parallel, |b, o| {
+            o[0] = bf16::from_le_bytes(*b).to_f32()
+        }),
+        QuantType::Q4_0 => run(data, out, parallel, q4_0),
+        QuantType::Q4_1 => run(data, out, parallel, q4_1),
+        QuantType::Q5_0 => run(data, out, parallel, q5_0),
+        QuantType::Q5_1 => run(data, out, parallel, q5_1),
+        QuantType::Q8_0 => run(data, out, parallel, q8_0),
+        QuantType::Q4_K => run(data, out, parallel, q4_k),
+        QuantType::Q5_K => run(data, out, parallel, q5_k),
+        QuantType::Q6_K => run(data, out, parallel, q6_k),
+        QuantType::Nf4 | QuantType::Fp4 | QuantType::Int8 => {
+            unreachable!("bitsandbytes formats carry tensor-wide statistics: see quant::bnb")
+        }
     }
-    Ok(())
 }
 
-/// Applies `kernel` to every `(input block, output block)` pair, in parallel.
+/// Applies `kernel` to every `(input block, output block)` pair, in parallel when asked.
 fn run<const BS: usize, const TS: usize>(
     data: &[u8],
     out: &mut [f32],
+    parallel: bool,
     kernel: impl Fn(&[u8; TS], &mut [f32; BS]) + Sync,
 ) {
     let (blocks, _) = data.as_chunks::<TS>();
     let (outs, _) = out.as_chunks_mut::<BS>();
+    if !parallel {
+        for (o, b) in outs.iter_mut().zip(blocks) {
+            kernel(b, o);
+        }
+        return;
+    }
     let per_task = (ELEMENTS_PER_TASK / BS).max(1);
     outs.par_chunks_mut(per_task)
         .zip(blocks.par_chunks(per_task))
@@ -195,14 +193,21 @@ fn q6_k(b: &[u8; 210], o: &mut [f32; 256]) {
 mod tests {
     use super::*;
 
+    fn dequant(ty: QuantType, b: &[u8], n: usize) -> Vec<f32> {
+        let mut out = vec![0f32; n];
+        dequantize_blocks(ty, b, &mut out, false);
+        out
+    }
+
     #[test]
     fn q8_0_block_by_hand() {
         // d = 0.5 (f16 0x3800), q = 0, 1, -1, 2, ...
         let mut b = vec![0x00, 0x38];
         b.extend((0..32).map(|i: i32| (if i % 2 == 0 { i / 2 } else { -(i / 2 + 1) }) as i8 as u8));
-        let mut out = vec![0f32; 32];
-        dequantize_into(GgmlType::Q8_0, &b, &mut out).expect("valid block");
-        assert_eq!(&out[..4], &[0.0, -0.5, 0.5, -1.0]);
+        assert_eq!(
+            &dequant(QuantType::Q8_0, &b, 32)[..4],
+            &[0.0, -0.5, 0.5, -1.0]
+        );
     }
 
     #[test]
@@ -210,8 +215,7 @@ mod tests {
         // d = 1.0 (0x3c00), m = -2.0 (0xc000), qs[j] = j | (15 - j) << 4
         let mut b = vec![0x00, 0x3c, 0x00, 0xc0];
         b.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
-        let mut out = vec![0f32; 32];
-        dequantize_into(GgmlType::Q4_1, &b, &mut out).expect("valid block");
+        let out = dequant(QuantType::Q4_1, &b, 32);
         assert_eq!(out[0], -2.0);
         assert_eq!(out[15], 13.0);
         assert_eq!(out[16], 13.0);
@@ -219,11 +223,15 @@ mod tests {
     }
 
     #[test]
-    fn size_mismatch_and_unsupported_types_are_errors() {
-        let mut out = vec![0f32; 32];
-        assert!(dequantize_into(GgmlType::Q8_0, &[0u8; 33], &mut out).is_err());
-        let mut out = vec![0f32; 256];
-        let err = dequantize_into(GgmlType::Q2_K, &[0u8; 84], &mut out).expect_err("Q2_K");
-        assert!(err.contains("Q2_K"), "{err}");
+    fn parallel_equals_serial() {
+        let blocks = 3000;
+        let data: Vec<u8> = (0..blocks * 18)
+            .map(|i| (i * 37 % 251) as u8 & 0x3b)
+            .collect();
+        let mut a = vec![0f32; blocks * 32];
+        let mut b = vec![0f32; blocks * 32];
+        dequantize_blocks(QuantType::Q4_0, &data, &mut a, false);
+        dequantize_blocks(QuantType::Q4_0, &data, &mut b, true);
+        assert_eq!(a, b);
     }
 }

@@ -15,7 +15,7 @@ const HIGHEST: f32 = 88.3;
 
 /// `e^x` (see the module docs). NaN gives NaN.
 #[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
+pub fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Adding 1.5·2^23 rounds to the nearest integer and leaves it in the low mantissa bits.
@@ -43,7 +43,7 @@ pub(crate) fn exp(x: f32) -> f32 {
 /// `Σ v` over eight running sums (which the compiler keeps in vector registers; one running sum
 /// is a chain of dependent additions that cannot be vectorised).
 #[inline]
-pub(crate) fn sum(v: &[f32]) -> f32 {
+pub fn sum(v: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let chunks = v.chunks_exact(8);
     let tail: f32 = chunks.remainder().iter().sum();

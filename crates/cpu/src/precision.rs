@@ -80,12 +80,10 @@ pub fn round_bf16(x: f32) -> f32 {
 }
 
 /// Elements per parallel task of the conversions below (large buffers use every core).
-#[cfg(feature = "cpu")]
 const PAR_CHUNK: usize = 1 << 15;
 
 /// `dst[i] = f(src[i])`, in parallel for large buffers.
 fn map_into<S: Copy + Sync, D: Send>(src: &[S], dst: &mut [D], f: impl Fn(S) -> D + Sync) {
-    #[cfg(feature = "cpu")]
     if src.len() > PAR_CHUNK {
         use rayon::prelude::*;
         dst.par_chunks_mut(PAR_CHUNK)
@@ -108,7 +106,6 @@ fn map_vec<S: Copy + Sync, D: Copy + Default + Send>(
 
 /// Rounds every value to bf16 in place.
 pub fn round_slice(v: &mut [f32]) {
-    #[cfg(feature = "cpu")]
     if v.len() > PAR_CHUNK {
         use rayon::prelude::*;
         v.par_chunks_mut(PAR_CHUNK)

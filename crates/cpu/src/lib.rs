@@ -1,0 +1,19 @@
+//! kiln-cpu: the CPU runtime under kiln's crates, with no model and no burn in it.
+//!
+//! - [`gemm`]: strided host matrices ([`MatRef`], [`MatMut`]) and the one f32 matrix product
+//!   ([`matmul`]) kiln's kernels call.
+//! - [`quant`]: frozen weights kept in their storage format ([`QMatrix`]: ggml blocks from a
+//!   GGUF file, f16/bf16, bitsandbytes' NF4/FP4/int8) and their products, dequantized a tile at
+//!   a time.
+//! - [`precision`]: f32 or bf16 compute ([`Precision`]), bf16 rounding and storage.
+//! - [`fastexp`]: a libm-free vectorisable `e^x`.
+pub mod error;
+pub mod fastexp;
+pub mod gemm;
+pub mod precision;
+pub mod quant;
+
+pub use error::{CpuError, Result};
+pub use gemm::{MatMut, MatRef, Threads, matmul};
+pub use precision::Precision;
+pub use quant::{Bytes, QMatrix, QuantType};

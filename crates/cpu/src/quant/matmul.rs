@@ -1,0 +1,278 @@
+//! Products by a [`QMatrix`] that dequantize one tile of rows at a time.
+//!
+//! Each rayon task dequantizes `TILE` rows of the weight into a buffer of its own (a few hundred
+//! KB, so it stays in cache while `gemm` reads it) and multiplies by it; the whole weight is
+//! never widened. The forward `y = x · Wᵀ` gives each task its own block of output columns; the
+//! backward `dx = dy · W` gives each task its own block of input columns (whole quantization
+//! blocks), so every weight is dequantized exactly once per product and no two tasks write the
+//! same output.
+use super::QMatrix;
+use crate::gemm::{MatMut, MatRef, Threads, matmul};
+use crate::precision::Precision;
+use rayon::prelude::*;
+
+/// Weight rows dequantized per task of the forward product.
+const TILE: usize = 64;
+/// Input columns per task of the backward product (a multiple of every block size, 256).
+const COL_TILE: usize = 512;
+
+/// A raw output pointer handed to tasks that write disjoint blocks of it.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: the tasks that receive an `Out` write disjoint column blocks (see the callers).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl QMatrix {
+    /// `y = x · Wᵀ` (or `y += x · Wᵀ` with `accumulate`), W being this `[n, k]` matrix. In
+    /// bf16 each dequantized tile is rounded to bf16 as autocast casts a weight (the input
+    /// must already hold bf16 values).
+    ///
+    /// # Shapes
+    /// - x: `[m, k]` row-major
+    /// - y: `[m, n]` row-major
+    ///
+    /// # Panics
+    /// On mismatched lengths (a kiln bug, never user data).
+    pub fn matmul_t(&self, x: &[f32], m: usize, y: &mut [f32], accumulate: bool, p: Precision) {
+        let (n, k) = (self.rows, self.cols);
+        assert!(x.len() >= m * k && y.len() >= m * n, "qmatmul_t shapes");
+        if m == 0 || n == 0 {
+            return;
+        }
+        let out = Out(y.as_mut_ptr());
+        let tiles = n.div_ceil(TILE);
+        (0..tiles).into_par_iter().for_each_init(
+            || vec![0f32; TILE * k],
+            |tile, t| {
+                let (r0, rows) = (t * TILE, TILE.min(n - t * TILE));
+                let w = &mut tile[..rows * k];
+                self.dequantize_rows(r0, rows, w);
+                p.round(w);
+                let out = out;
+                // SAFETY: `y` holds m·n elements; this task alone writes columns r0..r0+rows.
+                let dst = unsafe { MatMut::columns_raw(out.0, m, n, r0, rows) };
+                matmul(
+                    dst,
+                    MatRef::new(x, m, k),
+                    MatRef::new(w, rows, k).t(),
+                    1.0,
+                    accumulate,
+                    Threads::One,
+                );
+            },
+        );
+    }
+
+    /// `dx = dy · W` (or `dx += dy · W` with `accumulate`), W being this `[n, k]` matrix: the
+    /// input gradient of `y = x · Wᵀ`. bf16 as in [`Self::matmul_t`].
+    ///
+    /// # Shapes
+    /// - dy: `[m, n]` row-major
+    /// - dx: `[m, k]` row-major
+    pub fn matmul(&self, dy: &[f32], m: usize, dx: &mut [f32], accumulate: bool, p: Precision) {
+        let (n, k) = (self.rows, self.cols);
+        assert!(dy.len() >= m * n && dx.len() >= m * k, "qmatmul shapes");
+        if m == 0 || k == 0 {
+            return;
+        }
+        if n == 0 {
+            if !accumulate {
+                dx[..m * k].fill(0.0);
+            }
+            return;
+        }
+        // Column blocks of whole quantization blocks (row tiles hold entire rows otherwise).
+        let col_tile = if self.stats.is_some() || self.row_map.is_some() || k <= COL_TILE {
+            k
+        } else {
+            COL_TILE
+        };
+        let out = Out(dx.as_mut_ptr());
+        let col_blocks = k.div_ceil(col_tile);
+        if col_blocks == 1 {
+            self.matmul_rows(dy, m, out, 0, k, accumulate, p, Threads::All);
+            return;
+        }
+        (0..col_blocks).into_par_iter().for_each(|cb| {
+            let c0 = cb * col_tile;
+            let cols = col_tile.min(k - c0);
+            self.matmul_rows(dy, m, out, c0, cols, accumulate, p, Threads::One);
+        });
+    }
+
+    /// `dx[:, c0..c0+cols] (+)= dy · W[:, c0..c0+cols]`, over all rows of W in tiles.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_rows(
+        &self,
+        dy: &[f32],
+        m: usize,
+        out: Out,
+        c0: usize,
+        cols: usize,
+        accumulate: bool,
+        p: Precision,
+        threads: Threads,
+    ) {
+        let (n, k) = (self.rows, self.cols);
+        let mut tile = vec![0f32; TILE * cols];
+        let mut full = if cols == k {
+            Vec::new()
+        } else {
+            vec![0f32; TILE * k]
+        };
+        for t in 0..n.div_ceil(TILE) {
+            let (r0, rows) = (t * TILE, TILE.min(n - t * TILE));
+            let w = if cols == k {
+                let w = &mut tile[..rows * k];
+                self.dequantize_rows(r0, rows, w);
+                w
+            } else {
+                self.dequantize_cols(r0, rows, c0, cols, &mut full, &mut tile);
+                &mut tile[..rows * cols]
+            };
+            p.round(w);
+            // SAFETY: `dx` holds m·k elements; this call alone writes columns c0..c0+cols.
+            let dst = unsafe { MatMut::columns_raw(out.0, m, k, c0, cols) };
+            matmul(
+                dst,
+                MatRef::columns(dy, m, n, r0, rows),
+                MatRef::new(w, rows, cols),
+                1.0,
+                accumulate || t > 0,
+                threads,
+            );
+        }
+    }
+
+    /// Rows `r0..r0+rows`, columns `c0..c0+cols` into `out` (`[rows, cols]`). Block formats with
+    /// no row map decode only the blocks of those columns; others go through a full row.
+    fn dequantize_cols(
+        &self,
+        r0: usize,
+        rows: usize,
+        c0: usize,
+        cols: usize,
+        full: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let (block, bytes) = self.ty.block_layout();
+        if self.stats.is_none() && self.row_map.is_none() && c0 % block == 0 && cols % block == 0 {
+            let rb = self.row_bytes();
+            let data = self.data.as_slice();
+            for (i, o) in out[..rows * cols].chunks_exact_mut(cols).enumerate() {
+                let start = (r0 + i) * rb + c0 / block * bytes;
+                let src = &data[start..start + cols / block * bytes];
+                super::ggml::dequantize_blocks(self.ty, src, o, false);
+            }
+            return;
+        }
+        let k = self.cols;
+        self.dequantize_rows(r0, rows, &mut full[..rows * k]);
+        for (o, row) in out[..rows * cols]
+            .chunks_exact_mut(cols)
+            .zip(full.chunks_exact(k))
+        {
+            o.copy_from_slice(&row[c0..c0 + cols]);
+        }
+    }
+
+    /// `out[i] = W[ids[i]]`: the embedding lookup.
+    ///
+    /// # Shapes
+    /// - out: `[ids.len(), k]` row-major
+    ///
+    /// # Panics
+    /// On an id out of range (callers check ids against the vocabulary first).
+    pub fn gather_rows(&self, ids: &[u32], out: &mut [f32]) {
+        let k = self.cols;
+        assert!(out.len() >= ids.len() * k, "gather shapes");
+        out[..ids.len() * k]
+            .par_chunks_mut(k.max(1))
+            .zip(ids.par_iter())
+            .for_each(|(row, &id)| self.dequantize_rows(id as usize, 1, row));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::{Bytes, QuantType};
+    use super::*;
+
+    /// A Q4_0 `[n, k]` matrix with varied scales and codes.
+    fn q4(n: usize, k: usize) -> QMatrix {
+        let mut data = Vec::new();
+        for r in 0..n {
+            for b in 0..k / 32 {
+                let d = half::f16::from_f32(0.01 + 0.003 * ((r * 7 + b) % 11) as f32);
+                data.extend_from_slice(&d.to_le_bytes());
+                data.extend((0..16).map(|j| ((r * 5 + b * 3 + j * 7) % 256) as u8));
+            }
+        }
+        QMatrix::new(QuantType::Q4_0, n, k, Bytes::Owned(data.into())).unwrap()
+    }
+
+    fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, bt: bool) -> Vec<f32> {
+        // a [m, k]; b [n, k] when bt else [k, n]
+        let mut y = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                y[i * n + j] = (0..k)
+                    .map(|l| a[i * k + l] * if bt { b[j * k + l] } else { b[l * n + j] })
+                    .sum();
+            }
+        }
+        y
+    }
+
+    fn close(a: &[f32], b: &[f32]) {
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{i}: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn products_equal_the_dense_products() {
+        // n spans two tiles and a remainder; k spans two column blocks and a remainder.
+        let (m, n, k) = (3, 150, 1088);
+        let w = q4(n, k);
+        let dense = w.to_f32();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 13 % 17) as f32 - 8.0) / 8.0)
+            .collect();
+        let mut y = vec![1f32; m * n];
+        w.matmul_t(&x, m, &mut y, false, Precision::F32);
+        close(&y, &naive(&x, &dense, m, k, n, true));
+        let dy: Vec<f32> = (0..m * n)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0)
+            .collect();
+        let mut dx = vec![1f32; m * k];
+        w.matmul(&dy, m, &mut dx, true, Precision::F32);
+        let want: Vec<f32> = naive(&dy, &dense, m, n, k, false)
+            .iter()
+            .map(|v| v + 1.0)
+            .collect();
+        close(&dx, &want);
+    }
+
+    #[test]
+    fn gather_and_row_maps_read_the_mapped_rows() {
+        let w = q4(4, 64);
+        let dense = w.to_f32();
+        let mapped = w.clone().with_row_map(vec![2, 0, 3, 1]).unwrap();
+        let mut out = vec![0f32; 2 * 64];
+        mapped.gather_rows(&[0, 3], &mut out);
+        assert_eq!(&out[..64], &dense[128..192]);
+        assert_eq!(&out[64..], &dense[64..128]);
+        // Products through the map equal products by the reordered dense matrix.
+        let x: Vec<f32> = (0..64).map(|i| i as f32 / 64.0).collect();
+        let mut y = vec![0f32; 4];
+        mapped.matmul_t(&x, 1, &mut y, false, Precision::F32);
+        let reordered: Vec<f32> = [2, 0, 3, 1]
+            .iter()
+            .flat_map(|&r| dense[r * 64..(r + 1) * 64].to_vec())
+            .collect();
+        close(&y, &naive(&x, &reordered, 1, 64, 4, true));
+    }
+}
