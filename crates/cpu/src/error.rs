@@ -9,6 +9,9 @@ pub enum CpuError {
     /// A value a quantizer cannot represent (NaN, infinity).
     #[error("cannot quantize {what}: {reason}")]
     Quantize { what: String, reason: String },
+    /// A quantization name that is not one kiln quantizes to at load.
+    #[error("unknown quantization {given:?}: expected one of {accepted}")]
+    UnknownQuantization { given: String, accepted: String },
 }
 
 /// kiln-cpu's result type.
