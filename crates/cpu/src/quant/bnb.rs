@@ -62,9 +62,9 @@ pub const FP4_LEVELS: [f32; 16] = [
     -3.0 / 12.0,
 ];
 
-/// `1/127` as bitsandbytes' `int8_vectorwise_dequant` writes it (`7.874015718698502e-3`),
-/// which torch multiplies by in f32.
-const INV_127: f32 = 7.874_015_718_698_502e-3;
+/// The factor of bitsandbytes' `int8_vectorwise_dequant`: its literal `7.874015718698502e-3`
+/// is the f32 nearest 1/127 printed as a double, and torch multiplies by it in f32.
+const INV_127: f32 = 1.0 / 127.0;
 
 /// Per-block statistics of a bitsandbytes matrix.
 #[derive(Clone, Debug)]

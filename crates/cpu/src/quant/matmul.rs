@@ -23,6 +23,13 @@ struct Out(*mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
+impl Out {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper, not its field).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
 impl QMatrix {
     /// `y = x · Wᵀ` (or `y += x · Wᵀ` with `accumulate`), W being this `[n, k]` matrix. In
     /// bf16 each dequantized tile is rounded to bf16 as autocast casts a weight (the input
@@ -49,9 +56,8 @@ impl QMatrix {
                 let w = &mut tile[..rows * k];
                 self.dequantize_rows(r0, rows, w);
                 p.round(w);
-                let out = out;
                 // SAFETY: `y` holds m·n elements; this task alone writes columns r0..r0+rows.
-                let dst = unsafe { MatMut::columns_raw(out.0, m, n, r0, rows) };
+                let dst = unsafe { MatMut::columns_raw(out.ptr(), m, n, r0, rows) };
                 matmul(
                     dst,
                     MatRef::new(x, m, k),
@@ -133,7 +139,7 @@ impl QMatrix {
             };
             p.round(w);
             // SAFETY: `dx` holds m·k elements; this call alone writes columns c0..c0+cols.
-            let dst = unsafe { MatMut::columns_raw(out.0, m, k, c0, cols) };
+            let dst = unsafe { MatMut::columns_raw(out.ptr(), m, k, c0, cols) };
             matmul(
                 dst,
                 MatRef::columns(dy, m, n, r0, rows),
@@ -157,7 +163,11 @@ impl QMatrix {
         out: &mut [f32],
     ) {
         let (block, bytes) = self.ty.block_layout();
-        if self.stats.is_none() && self.row_map.is_none() && c0 % block == 0 && cols % block == 0 {
+        if self.stats.is_none()
+            && self.row_map.is_none()
+            && c0.is_multiple_of(block)
+            && cols.is_multiple_of(block)
+        {
             let rb = self.row_bytes();
             let data = self.data.as_slice();
             for (i, o) in out[..rows * cols].chunks_exact_mut(cols).enumerate() {

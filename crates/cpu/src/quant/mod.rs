@@ -390,7 +390,8 @@ mod tests {
     fn rows_dequantize_to_their_codes_and_the_map_reorders_them() {
         let m = q8_matrix(4, 64);
         let all = m.to_f32();
-        assert_eq!(all[64 + 1], ((1 + 1) % 15 - 7) as f32 / 64.0);
+        // row 1, block 0, j = 1: (1 + 0 + 1) mod 15 - 7
+        assert_eq!(all[64 + 1], (2 - 7) as f32 / 64.0);
         let mut two = vec![0f32; 128];
         m.dequantize_rows(2, 2, &mut two);
         assert_eq!(&two[..], &all[128..]);

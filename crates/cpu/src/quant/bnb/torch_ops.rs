@@ -38,15 +38,15 @@ fn multi_row_sum<const W: usize>(load: &impl Fn(usize) -> [f32; W], size: usize)
     let mut i = 0;
     while i + step <= size {
         for _ in 0..step {
-            for k in 0..4 {
-                add(&mut acc[0][k], &load(4 * i + k));
+            for (k, a) in acc[0].iter_mut().enumerate() {
+                add(a, &load(4 * i + k));
             }
             i += 1;
         }
         for j in 1..LEVELS {
-            for k in 0..4 {
-                let lower = std::mem::replace(&mut acc[j - 1][k], [0.0; W]);
-                add(&mut acc[j][k], &lower);
+            let (lower, upper) = acc.split_at_mut(j);
+            for (u, l) in upper[0].iter_mut().zip(lower[j - 1].iter_mut()) {
+                add(u, &std::mem::replace(l, [0.0; W]));
             }
             if i & (mask << (j * power)) != 0 {
                 break;
@@ -54,14 +54,14 @@ fn multi_row_sum<const W: usize>(load: &impl Fn(usize) -> [f32; W], size: usize)
         }
     }
     for i in i..size {
-        for k in 0..4 {
-            add(&mut acc[0][k], &load(4 * i + k));
+        for (k, a) in acc[0].iter_mut().enumerate() {
+            add(a, &load(4 * i + k));
         }
     }
-    for j in 1..LEVELS {
-        for k in 0..4 {
-            let upper = acc[j][k];
-            add(&mut acc[0][k], &upper);
+    let (first, rest) = acc.split_at_mut(1);
+    for level in rest.iter() {
+        for (a, u) in first[0].iter_mut().zip(level) {
+            add(a, u);
         }
     }
     acc[0]
