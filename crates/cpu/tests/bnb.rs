@@ -230,3 +230,46 @@ fn non_finite_weights_are_typed_errors_naming_the_position() {
         Err(CpuError::Layout(_))
     ));
 }
+
+/// `tools/fixtures/bnb_quant.py`'s `synthetic()`: exact in f32 on both sides.
+fn synthetic(rows: usize, cols: usize) -> Vec<f32> {
+    (0..(rows * cols) as u64)
+        .map(|i| {
+            let h = i.wrapping_mul(2_654_435_761) % (1 << 32);
+            ((h >> 8) as f32 * 2f32.powi(-24) - 0.5) * 0.0625
+        })
+        .collect()
+}
+
+#[test]
+fn the_offset_of_a_large_matrix_is_torch_means_cascade() {
+    let buf = fixture();
+    let st = SafeTensors::deserialize(&buf).unwrap();
+    let (rows, cols) = (1024, 2560);
+    let x = synthetic(rows, cols);
+    for (kind, tag) in [(FourBit::Nf4, "nf4"), (FourBit::Fp4, "fp4")] {
+        let m = bnb::quantize_4bit(&x, rows, cols, kind).unwrap();
+        let Some(Stats::Blockwise4 {
+            qabsmax,
+            absmax2,
+            offset,
+            ..
+        }) = m.stats()
+        else {
+            panic!("no blockwise statistics");
+        };
+        let p = format!("synthetic.{tag}");
+        assert_bits(
+            &[*offset],
+            &f32s(&st, &format!("{p}.offset")),
+            &format!("{p}.offset"),
+        );
+        assert_bits(
+            absmax2,
+            &f32s(&st, &format!("{p}.absmax2")),
+            &format!("{p}.absmax2"),
+        );
+        let (head, _) = raw(&st, &format!("{p}.qabsmax_head"), Dtype::U8);
+        assert_bytes(&qabsmax[..head.len()], head, &format!("{p}.qabsmax"));
+    }
+}

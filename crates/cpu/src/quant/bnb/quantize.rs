@@ -49,32 +49,34 @@ impl FourBit {
     }
 }
 
-/// Picks a 4-bit code for a scaled value: `torch.bucketize` against the 15 midpoints (padded
-/// with +inf), then the sorted position's code.
+/// Picks 4-bit codes for scaled values: `torch.bucketize` against the 15 midpoints (the number
+/// of midpoints below the value), then the sorted position's code.
 struct Coder {
-    bounds: [f32; 16],
+    bounds: [f32; 15],
     codes: [u8; 16],
 }
 
 impl Coder {
     fn new(kind: FourBit) -> Self {
         let (levels, codes) = (kind.levels(), kind.sorted_codes());
-        let mut bounds = [f32::INFINITY; 16];
-        for (i, b) in bounds[..15].iter_mut().enumerate() {
-            *b = (levels[codes[i] as usize] + levels[codes[i + 1] as usize]) / 2.0;
-        }
+        let bounds = std::array::from_fn(|i| {
+            (levels[codes[i] as usize] + levels[codes[i + 1] as usize]) / 2.0
+        });
         Self { bounds, codes }
     }
 
-    /// The number of midpoints below `v` (bucketize, `right=False`), by a 4-step search.
-    fn code(&self, v: f32) -> u8 {
-        let mut i = 0;
-        for step in [8, 4, 2, 1] {
-            if self.bounds[i + step - 1] < v {
-                i += step;
+    /// Codes of up to 64 scaled values: one pass per midpoint over the whole block, which the
+    /// compiler vectorises (a per-value search would branch on every weight).
+    fn code_block(&self, s: &[f32; BLOCK], q: &mut [u8; BLOCK]) {
+        *q = [0; BLOCK];
+        for &b in &self.bounds {
+            for (q, &v) in q.iter_mut().zip(s) {
+                *q += u8::from(b < v);
             }
         }
-        self.codes[i]
+        for q in q.iter_mut() {
+            *q = self.codes[*q as usize];
+        }
     }
 }
 
@@ -95,18 +97,28 @@ fn check_finite(block: &[f32], first: usize, cols: usize) -> Result<()> {
 /// Codes one block (`x.len()` ≤ 64 weights into `out`, `ceil(len / 2)` bytes) and returns its
 /// stored absmax.
 fn code_block(coder: &Coder, x: &[f32], out: &mut [u8]) -> f32 {
-    let absmax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let absmax = x
+        .iter()
+        .fold(0f32, |m, &v| if v.abs() > m { v.abs() } else { m });
     let clamped = absmax.max(1e-38);
-    let full = x.len() == BLOCK;
-    let inv = 1.0 / clamped;
-    let scale = |v: f32| if full { v * inv } else { v / clamped }.clamp(-1.0, 1.0);
-    let pad = coder.code(0.0);
-    for (o, pair) in out.iter_mut().zip(x.chunks(2)) {
-        let hi = coder.code(scale(pair[0]));
-        let lo = pair.get(1).map_or(pad, |&v| coder.code(scale(v)));
-        *o = (hi << 4) | lo;
+    // The padding of an odd count is a scaled 0.
+    let mut s = [0f32; BLOCK];
+    if x.len() == BLOCK {
+        let inv = 1.0 / clamped;
+        for (s, &v) in s.iter_mut().zip(x) {
+            *s = (v * inv).clamp(-1.0, 1.0);
+        }
+    } else {
+        for (s, &v) in s.iter_mut().zip(x) {
+            *s = (v / clamped).clamp(-1.0, 1.0);
+        }
     }
-    if full { absmax } else { clamped }
+    let mut q = [0u8; BLOCK];
+    coder.code_block(&s, &mut q);
+    for (o, pair) in out.iter_mut().zip(q.chunks_exact(2)) {
+        *o = (pair[0] << 4) | pair[1];
+    }
+    if x.len() == BLOCK { absmax } else { clamped }
 }
 
 /// The signed dynamic map and the native quantizer's table for it, built once.
@@ -146,8 +158,10 @@ fn quantize_absmax(centered: &[f32]) -> (Vec<u8>, Vec<f32>) {
 /// the same packed codes, absmax codes, second-level scales, offset and dynamic map, byte for
 /// byte (the offset as a single-threaded torch computes it; see the module docs).
 ///
-/// Speed: a 3072×8192 matrix (25M weights) in about 20 ms on this repository's 2-core machine
-/// (`cargo bench -p kiln-cpu --bench quantize`), so a 3.8B-parameter model in about 3 s.
+/// Speed: a 3072×8192 matrix (25M weights) takes 201 ms (criterion median, `cargo bench -p
+/// kiln-cpu --bench quantize`, 2026-12-07) on this repository's 2-core AVX-512 machine while
+/// it was shared (load average 8), so a 3.8B-parameter model (about 150 such matrices) takes
+/// about 30 s at worst (an idle machine was not available to measure).
 ///
 /// # Errors
 /// [`CpuError::Layout`] when `data` does not hold `rows · cols` values;
