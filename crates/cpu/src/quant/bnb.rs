@@ -10,6 +10,12 @@
 //! blocks of 256, each scaled by its own absmax (`absmax2`) and coded with the signed dynamic
 //! map (`code2`). Checked against bitsandbytes by `crates/cpu/tests/bnb.rs`
 //! (`tools/fixtures/bnb_quant.py`).
+//!
+//! Dequantization follows the flat blocks, as CUDA, the torch fallback and bitsandbytes' scalar
+//! C++ loop do. bitsandbytes 0.50's AVX-512 loop (taken when `cols` is a multiple of 16) indexes
+//! the absmax as `row · (cols / 64) + col / 64`, which is only the flat block when `cols` is a
+//! multiple of 64: for a `[4, 80]` NF4 weight it is off by up to 0.66 on an AVX-512 machine.
+//! kiln does not reproduce that; every real weight has `cols` a multiple of 64.
 mod quantize;
 mod torch_ops;
 
@@ -153,6 +159,17 @@ impl Stats {
 
 /// What `--quantize` asks for: the frozen base weights quantized at load, as bitsandbytes'
 /// `Linear4bit` (NF4, FP4) or `Linear8bitLt` (int8) hold them.
+///
+/// ```
+/// use kiln_cpu::quant::bnb::QuantizeOnLoad;
+///
+/// let q: QuantizeOnLoad = "NF4".parse()?;
+/// let w = vec![0.5f32; 2 * 64];
+/// let m = q.quantize(&w, 2, 64)?;
+/// assert_eq!((m.shape(), m.to_f32()[0]), ([2, 64], 0.5));
+/// assert!("q4".parse::<QuantizeOnLoad>().is_err());
+/// # Ok::<(), kiln_cpu::CpuError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum QuantizeOnLoad {
     /// NF4, blocks of 64, double-quantized absmax (QLoRA's default).
