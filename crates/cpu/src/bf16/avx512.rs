@@ -12,6 +12,9 @@
 //! (DAZ/FTZ); products of two bf16 values are exact in f32, so apart from subnormals the only
 //! roundings are the f32 additions (in a different order than an f32 `gemm`), `alpha` and the
 //! accumulation onto `dst`.
+//!
+//! Measured against the f32 `gemm`, oneDNN and torch: the table at the top of `mod.rs`
+//! (with packed weights 90–140 GFLOP/s on 2 Zen 4 cores, about 2× the f32 `gemm`).
 use super::{MR, NR};
 use core::arch::x86_64::*;
 

@@ -24,8 +24,34 @@
 //! println!("bf16 products run on {}", bf16_backend());
 //! ```
 //!
-//! Measurements behind the choices (GFLOP/s, kiln's shapes, 2 threads): see
-//! `crates/cpu/benches/bf16_gemm.rs`.
+//! # Measurements behind the choice
+//!
+//! `crates/cpu/benches/bf16_gemm.rs` (kiln), `crates/cpu/benches/onednn_bf16.cpp` (oneDNN), and
+//! torch's `x @ w.T` on the same shapes.
+//!
+//! GFLOP/s with 2 threads, AMD EPYC (Zen 4, avx512_bf16, no AMX, 2 cores), 2026-12-07, while
+//! other engineers' builds kept the load average at 5–9, so all numbers are lower bounds and the
+//! ranges are two runs. torch's own 2048³ `--mode sgemm`: f32 29, bf16 84 (median 77). Not
+//! measurable: OpenBLAS `cblas_sbgemm` (Debian's 0.3.21 and PyPI's scipy-openblas32 0.3.34 are
+//! built without BUILD_BFLOAT16: no `sbgemm` symbol), oneDNN's `dnnl_sgemm` (f32 only). oneDNN's
+//! bf16 matmul primitive (`brg:avx512_core_bf16`, C++ API, weights as W `[n, k]`) is slower than
+//! the own kernel on every shape and would add a C++ library to the default build; hence the own
+//! kernel.
+//!
+//! | m × k × n | f32 `matmul` | **kiln bf16, packed B** | kiln bf16 (packs B per call) | oneDNN 2.6 bf16 (packed W) | torch 2.15 bf16 | torch f32 |
+//! |---|---|---|---|---|---|---|
+//! | 1024 × 576 × 576 | 49–51 | **90–123** | 76–82 | 26–47 (39–46) | 45 | 19 |
+//! | 1024 × 576 × 1536 | 48–71 | **99–134** | 90–112 | 42–60 (52–60) | 58 | 25 |
+//! | 1024 × 1536 × 576 | 49–64 | **107–121** | 86–111 | 40–77 (34–73) | 79 | 40 |
+//! | 256 × 576 × 1536 | 46–65 | **105–140** | 64–89 | 18–41 (21–49) | 50 | 14 |
+//! | 1 × 576 × 1536 (decode) | 23–28 | **24–34** | 23 (runs f32; 1.1 packing B) | 2 (3–10) | 0.1 | 11 |
+//! | 1024 × 576 × 49152 (head) | 50–61 | **105–109** | 87–110 | 53–96 (70–97) | 103 | 36 |
+//!
+//! # Not done yet
+//! - An AMX-BF16 kernel (Sapphire Rapids and later; needs `arch_prctl(ARCH_REQ_XCOMP_PERM)` for
+//!   the tile data): those CPUs also report avx512bf16, so they run the kernel here meanwhile.
+//! - A GEMV kernel for decoding (m = 1 is load-bound in an 8 × 48 tile: 24–34 GFLOP/s).
+//! - Single-thread numbers, and tuning of `MR`, `NR` and the task blocks on an idle machine.
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod pack;
