@@ -77,6 +77,13 @@ impl<'a> MatRef<'a> {
         }
     }
 
+    /// Address of element (i, j), for kernels that read the view themselves. The caller keeps
+    /// `i < rows` and `j < cols` before dereferencing it.
+    pub(crate) fn at(&self, i: usize, j: usize) -> *const f32 {
+        self.ptr
+            .wrapping_offset(i as isize * self.row_stride + j as isize * self.col_stride)
+    }
+
     /// Rows `r0..r0 + rows` (a view).
     pub fn rows(self, r0: usize, rows: usize) -> Self {
         assert!(r0 + rows <= self.rows);
@@ -137,6 +144,14 @@ impl<'a> MatMut<'a> {
             row_stride: stride,
             _data: std::marker::PhantomData,
         }
+    }
+}
+
+impl MatMut<'_> {
+    /// The first element and the row stride (columns are at unit stride), for kernels that
+    /// write the view themselves within its `rows × cols`.
+    pub(crate) fn raw(&mut self) -> (*mut f32, usize) {
+        (self.ptr, self.row_stride)
     }
 }
 

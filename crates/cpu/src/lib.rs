@@ -2,11 +2,14 @@
 //!
 //! - [`gemm`]: strided host matrices ([`MatRef`], [`MatMut`]) and the one f32 matrix product
 //!   ([`matmul`]) kiln's kernels call.
+//! - [`bf16`]: products of bf16-valued operands with f32 accumulation on the CPU's bf16 unit
+//!   ([`bf16::matmul_bf16`], AVX512-BF16), or the f32 product where there is none.
 //! - [`quant`]: frozen weights kept in their storage format ([`QMatrix`]: ggml blocks from a
 //!   GGUF file, f16/bf16, bitsandbytes' NF4/FP4/int8) and their products, dequantized a tile at
 //!   a time.
 //! - [`precision`]: f32 or bf16 compute ([`Precision`]), bf16 rounding and storage.
 //! - [`fastexp`]: a libm-free vectorisable `e^x`.
+pub mod bf16;
 pub mod error;
 pub mod fastexp;
 pub mod gemm;
