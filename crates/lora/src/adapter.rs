@@ -1,7 +1,7 @@
 //! One low-rank adapter: the factors A and B, DoRA's magnitude, dropout and the scale.
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::{Distribution, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
 use crate::config::InitLoraWeights;
 use crate::error::{LoraError, Result};
@@ -77,39 +77,37 @@ impl LoraAdapter {
         }
     }
 
-    /// Creates a fresh adapter for a base weight `[in, out]` as PEFT initialises it.
+    /// Creates a fresh adapter for a base weight `[in, out]` as PEFT initialises it. `dense`
+    /// gives the base weight's values (dequantized for a frozen matrix); only PiSSA and DoRA
+    /// call it.
     ///
     /// Returns the adapter and, for PiSSA, the residual base weight that must replace the layer's
     /// weight (`W - scale · A B`).
     pub fn init(
         name: &str,
         spec: &AdapterSpec,
-        weight: &Tensor<2>,
+        [d_in, d_out]: [usize; 2],
+        device: &Device,
+        dense: &dyn Fn() -> Tensor<2>,
     ) -> Result<(Self, Option<Tensor<2>>)> {
-        let [d_in, d_out] = weight.dims();
         let r = spec.r;
-        let device = weight.device();
         let kaiming = |fan_in: usize, shape: [usize; 2]| {
             // torch `kaiming_uniform_(a=√5)`: gain √(2/(1+5)), bound = gain·√(3/fan_in) = 1/√fan_in.
             let bound = 1.0 / (fan_in as f64).sqrt();
-            Tensor::<2>::random(shape, Distribution::Uniform(-bound, bound), &device)
+            Tensor::<2>::random(shape, Distribution::Uniform(-bound, bound), device)
         };
         let mut residual = None;
         let (a, b) = match &spec.init {
             InitLoraWeights::Kaiming => {
-                (kaiming(d_in, [d_in, r]), Tensor::zeros([r, d_out], &device))
+                (kaiming(d_in, [d_in, r]), Tensor::zeros([r, d_out], device))
             }
             InitLoraWeights::Random => (kaiming(d_in, [d_in, r]), kaiming(r, [r, d_out])),
             InitLoraWeights::Gaussian => (
-                Tensor::random(
-                    [d_in, r],
-                    Distribution::Normal(0.0, 1.0 / r as f64),
-                    &device,
-                ),
-                Tensor::zeros([r, d_out], &device),
+                Tensor::random([d_in, r], Distribution::Normal(0.0, 1.0 / r as f64), device),
+                Tensor::zeros([r, d_out], device),
             ),
             InitLoraWeights::Pissa => {
-                let (a, b, res) = pissa(weight, r, spec.scale)?;
+                let (a, b, res) = pissa(&dense(), r, spec.scale)?;
                 residual = Some(res);
                 (a, b)
             }
@@ -120,10 +118,10 @@ impl LoraAdapter {
                 });
             }
         };
-        let base = residual.clone().unwrap_or_else(|| weight.clone());
-        let magnitude = spec
-            .use_dora
-            .then(|| dora_weight_norm(&base, &a, &b, spec.scale));
+        let magnitude = spec.use_dora.then(|| {
+            let base = residual.clone().unwrap_or_else(dense);
+            dora_weight_norm(&base, &a, &b, spec.scale)
+        });
         let adapter = Self::from_factors(
             name,
             a.detach(),

@@ -10,6 +10,7 @@
 //! the order and shape burn's `Dropout` draws them, so both paths train on the same masks.
 #![allow(deprecated)] // burn-ndarray: see crate::host
 
+use crate::base::BaseWeight;
 pub use crate::grads::Grads;
 use crate::host::{to_vec, values, view};
 use crate::linear::LoraLinear;
@@ -17,7 +18,9 @@ use burn::module::ParamId;
 use burn::tensor::{Device, Distribution, Tensor};
 use burn_ndarray::NdArrayTensor;
 use kiln_cpu::Precision;
+use kiln_cpu::QMatrix;
 use kiln_cpu::{MatMut, MatRef, Threads, matmul};
+use std::sync::Arc;
 
 /// One running plain-LoRA adapter, copied to the host (adapters are small).
 #[derive(Debug)]
@@ -34,11 +37,19 @@ struct HostAdapter {
     keep: Option<f64>,
 }
 
+/// A base weight as the host passes read it.
+#[derive(Debug)]
+enum HostWeight {
+    /// `[in, out]` f32, read in place.
+    Dense(NdArrayTensor),
+    /// `[out, in]` in its storage format, dequantized a tile at a time.
+    Frozen(Arc<QMatrix>),
+}
+
 /// A [`LoraLinear`] ready for host forward and backward passes.
 #[derive(Debug)]
 pub struct HostLinear {
-    /// `[in, out]`, read in place.
-    weight: NdArrayTensor,
+    weight: HostWeight,
     bias: Option<Vec<f32>>,
     adapters: Vec<HostAdapter>,
     weight_id: Option<ParamId>,
@@ -63,8 +74,11 @@ impl HostLinear {
     /// The layer as the training forward runs it, or `None` when the host path does not cover
     /// it: not on the ndarray backend in f32, or a DoRA adapter.
     pub fn new(layer: &LoraLinear) -> Option<Self> {
-        let weight = values(&layer.weight.val())?;
-        let [d_in, d_out] = [view(&weight).shape()[0], view(&weight).shape()[1]];
+        let weight = match &layer.weight {
+            BaseWeight::Dense(w) => HostWeight::Dense(values(&w.val())?),
+            BaseWeight::Frozen(f) => HostWeight::Frozen(f.shared()),
+        };
+        let (d_in, d_out) = (layer.d_in(), layer.d_out());
         let bias = match &layer.bias {
             Some(b) => Some(to_vec(&b.val())?),
             None => None,
@@ -78,9 +92,10 @@ impl HostLinear {
             if a.is_dora() {
                 return None;
             }
-            // burn's `Dropout::forward` runs under exactly these conditions.
+            // burn's `Dropout::forward` runs under exactly these conditions (the input is on
+            // the adapters' device).
             let dropout = a.dropout.training.is_enabled()
-                && layer.weight.val().device().is_autodiff()
+                && a.lora_a.val().device().is_autodiff()
                 && a.dropout.prob > 0.0;
             let trains = a.lora_a.is_require_grad() || a.lora_b.is_require_grad();
             adapters.push(HostAdapter {
@@ -96,13 +111,16 @@ impl HostLinear {
             weight,
             bias,
             adapters,
-            weight_id: layer.weight.is_require_grad().then_some(layer.weight.id),
+            weight_id: layer.weight.trained_id(),
             bias_id: layer
                 .bias
                 .as_ref()
                 .filter(|b| b.is_require_grad())
                 .map(|b| b.id),
-            device: layer.weight.val().device(),
+            device: layer
+                .adapters
+                .first()
+                .map_or_else(|| layer.weight.device(), |a| a.lora_a.val().device()),
             precision: Precision::F32,
             d_in,
             d_out,
@@ -125,8 +143,14 @@ impl HostLinear {
 
     /// Calls `f` with the weight `[in, out]` as the products use it: read in place in f32, a
     /// rounded row-major copy in bf16.
+    ///
+    /// # Panics
+    /// For a frozen weight (a kiln bug: its products go through [`QMatrix`]).
     fn with_weight<R>(&self, f: impl FnOnce(MatRef<'_>) -> R) -> R {
-        let wv = view(&self.weight);
+        let HostWeight::Dense(weight) = &self.weight else {
+            unreachable!("frozen weights multiply through their own kernels")
+        };
+        let wv = view(weight);
         match self.precision {
             Precision::F32 => {
                 f(MatRef::of_view(&wv).unwrap_or_else(|| unreachable!("weights are 2-d")))
@@ -162,16 +186,19 @@ impl HostLinear {
         let (k, n) = (self.d_in, self.d_out);
         debug_assert!(self.precision.holds(x), "bf16 input not rounded");
         let mut y = vec![0f32; m * n];
-        self.with_weight(|w| {
-            matmul(
-                MatMut::new(&mut y, m, n),
-                MatRef::new(x, m, k),
-                w,
-                1.0,
-                false,
-                Threads::All,
-            )
-        });
+        match &self.weight {
+            HostWeight::Dense(_) => self.with_weight(|w| {
+                matmul(
+                    MatMut::new(&mut y, m, n),
+                    MatRef::new(x, m, k),
+                    w,
+                    1.0,
+                    false,
+                    Threads::All,
+                )
+            }),
+            HostWeight::Frozen(q) => q.matmul_t(x, m, &mut y, false, self.precision),
+        }
         if let Some(b) = &self.bias {
             y.chunks_exact_mut(n)
                 .for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
@@ -279,7 +306,21 @@ impl HostLinear {
         debug_assert!(self.precision.holds(x), "bf16 input not rounded");
         let dy = &*self.precision.input(dy);
         let (xm, dym) = (MatRef::new(x, m, k), MatRef::new(dy, m, n));
-        self.with_weight(|w| self.add_product(dx, m, k, dym, w.t(), 1.0));
+        match &self.weight {
+            HostWeight::Dense(_) => {
+                self.with_weight(|w| self.add_product(dx, m, k, dym, w.t(), 1.0))
+            }
+            HostWeight::Frozen(q) => match self.precision {
+                Precision::F32 => q.matmul(dy, m, dx, true, Precision::F32),
+                Precision::Bf16 => {
+                    let mut t = vec![0f32; m * k];
+                    q.matmul(dy, m, &mut t, false, Precision::Bf16);
+                    dx.iter_mut()
+                        .zip(&t)
+                        .for_each(|(d, t)| *d += kiln_cpu::precision::round_bf16(*t));
+                }
+            },
+        }
         for ((ad, u), mask) in self.adapters.iter().zip(&saved.u).zip(&saved.masks) {
             let r = ad.r;
             // du = dy Bᵀ [m, r]; the adapter's input gradient is s · du Aᵀ (times the mask).

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use crate::base::Layout;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
@@ -205,7 +206,7 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
                 let kw = format!("{key}.weight");
                 put(
                     kw.clone(),
-                    HostTensor::from_tensor(l.weight.val().transpose(), &kw),
+                    HostTensor::from_tensor(l.dense_weight().transpose(), &kw),
                 );
                 if let Some(b) = &l.bias {
                     put(
@@ -236,7 +237,7 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
                 let key = format!("{PREFIX}{path}.{param}");
                 let t = match p {
                     OtherParam::Vector(p) => HostTensor::from_tensor(p.val(), &key),
-                    OtherParam::Matrix(p) => HostTensor::from_tensor(p.val(), &key),
+                    OtherParam::Table(p) => HostTensor::from_tensor(p.values(Layout::Table), &key),
                 };
                 put(key, t);
             }
@@ -316,7 +317,7 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
                 return;
             };
             if let Some(w) = plan.weight {
-                replace_value(&mut layer.weight, w);
+                layer.set_weight(w);
             }
             if let (Some(b), Some(slot)) = (plan.bias, layer.bias.as_mut()) {
                 replace_value(slot, b);
@@ -334,7 +335,7 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
             };
             match p {
                 OtherParamMut::Vector(p) => replace_value(p, t.to_tensor(&device)),
-                OtherParamMut::Matrix(p) => replace_value(p, t.to_tensor(&device)),
+                OtherParamMut::Table(p) => p.replace(t.to_tensor(&device), Layout::Table),
             }
         });
         Ok(())

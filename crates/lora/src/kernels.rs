@@ -11,6 +11,7 @@
 //! and generation. Training keeps burn's `matmul`, whose backward autodiff records; other
 //! backends (wgpu, cuda) keep theirs.
 
+use crate::base::Frozen;
 use burn::tensor::Tensor;
 
 /// `x · w (+ bias)`: burn's [`linear`](burn::tensor::module::linear) with a faster CPU path.
@@ -25,6 +26,28 @@ pub fn linear<const D: usize>(x: Tensor<D>, w: Tensor<2>, bias: Option<Tensor<1>
         Some(y) => y,
         None => burn::tensor::module::linear(x, w, bias),
     }
+}
+
+/// `x · Wᵀ (+ bias)` by a frozen matrix `W` (`[out, in]`) kept in its storage format. On burn's
+/// CPU backend outside autodiff the product dequantizes tiles on the fly
+/// ([`kiln_cpu::QMatrix::matmul_t`]); elsewhere the weight is dequantized for this call into a
+/// tensor on the input's device and dropped afterwards (under autodiff the graph keeps it until
+/// the backward pass: kiln's fused CPU step is the path that never holds it).
+///
+/// # Shapes
+/// - x: `[..., in]`
+/// - output: `[..., out]`
+pub fn frozen_linear<const D: usize>(
+    x: Tensor<D>,
+    w: &Frozen,
+    bias: Option<Tensor<1>>,
+) -> Tensor<D> {
+    #[cfg(feature = "cpu")]
+    if let Some(y) = cpu::frozen_linear(&x, w.matrix(), bias.as_ref()) {
+        return y;
+    }
+    let wt = w.dequantized(&x.device()).transpose();
+    burn::tensor::module::linear(x, wt, bias)
 }
 
 /// [`linear`]'s fast path alone: `None` when it does not apply (autodiff, another backend or
@@ -124,6 +147,36 @@ mod cpu {
             }
             for row in out.chunks_exact_mut(n) {
                 row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+        }
+        let mut shape = x_shape;
+        shape[D - 1] = n;
+        tensor(&shape, out)
+    }
+
+    pub(super) fn frozen_linear<const D: usize>(
+        x: &Tensor<D>,
+        w: &kiln_cpu::QMatrix,
+        bias: Option<&Tensor<1>>,
+    ) -> Option<Tensor<D>> {
+        let xs = storage(x)?;
+        let bias = match bias {
+            Some(b) => Some(crate::host::to_vec(b)?),
+            None => None,
+        };
+        let xv = view(&xs);
+        let (k, n) = (w.cols(), w.rows());
+        let x_shape = xv.shape().to_vec();
+        if x_shape.last() != Some(&k) || bias.as_ref().is_some_and(|b| b.len() != n) {
+            return None; // burn's path reports the shape error
+        }
+        let m = x_shape[..D - 1].iter().product::<usize>();
+        let xc = xv.as_standard_layout();
+        let mut out = vec![0f32; m * n];
+        w.matmul_t(xc.as_slice()?, m, &mut out, false, kiln_cpu::Precision::F32);
+        if let Some(b) = bias {
+            for row in out.chunks_exact_mut(n) {
+                row.iter_mut().zip(&b).for_each(|(y, b)| *y += b);
             }
         }
         let mut shape = x_shape;

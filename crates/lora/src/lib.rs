@@ -13,6 +13,7 @@
 pub mod adapter;
 #[cfg(feature = "cpu")]
 pub mod backprop;
+pub mod base;
 pub mod config;
 pub mod error;
 pub mod grads;
@@ -28,6 +29,7 @@ pub mod target;
 pub mod weighted;
 
 pub use adapter::{AdapterSpec, LoraAdapter};
+pub use base::{BaseWeight, Frozen, Layout};
 pub use config::{Bias, InitLoraWeights, LoraConfig, ModuleRank, TargetModules};
 pub use error::{LoraError, Result};
 pub use io::{CONFIG_FILE, HostTensor, WEIGHTS_FILE, read_safetensors, write_safetensors};

@@ -5,21 +5,24 @@
 //! weight as `W + scale · A B` and therefore materialises that full delta (and its gradient) on
 //! every forward: `in·out·r` extra FLOPs and an `[in, out]` temporary per call instead of
 //! `tokens·r·(in+out)`; `benches/lora_layer.rs` measures the difference.
-use crate::kernels::linear;
+use crate::base::{BaseWeight, Layout};
+use crate::kernels::{frozen_linear, linear};
 use burn::module::{Module, Param};
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
+use kiln_cpu::QMatrix;
 
 use crate::adapter::{AdapterSpec, LoraAdapter, column_norm, dora_weight_norm, linear_nb};
 use crate::error::{LoraError, Result};
 
 /// A linear projection `y = x W + b` whose base weight is frozen, plus named adapters.
 ///
-/// The weight is stored `[in, out]` (burn's layout, so the forward is one GEMM with no
-/// transpose); checkpoints in PyTorch layout `[out, in]` are transposed once when loading.
+/// A dense weight is stored `[in, out]` (burn's layout, so the forward is one GEMM with no
+/// transpose; checkpoints in PyTorch layout `[out, in]` are transposed once when loading); a
+/// frozen one stays `[out, in]` in its storage format (see [`BaseWeight`]).
 #[derive(Module, Debug)]
 pub struct LoraLinear {
-    /// Base weight `[in, out]`, frozen.
-    pub weight: Param<Tensor<2>>,
+    /// Base weight, frozen unless made trainable.
+    pub weight: BaseWeight,
     /// Base bias `[out]`, frozen.
     pub bias: Option<Param<Tensor<1>>>,
     /// Adapters in the order they were added.
@@ -40,8 +43,18 @@ struct LayerState {
 impl LoraLinear {
     /// Wraps a base weight `[in, out]` and optional bias `[out]`; both are frozen.
     pub fn new(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
+        Self::with_base(BaseWeight::dense(weight), bias)
+    }
+
+    /// Wraps a frozen matrix `[out, in]` kept in its storage format, and an optional bias
+    /// `[out]`, for a layer on `device`.
+    pub fn frozen(weight: QMatrix, bias: Option<Tensor<1>>, device: &Device) -> Self {
+        Self::with_base(BaseWeight::frozen(weight, device), bias)
+    }
+
+    fn with_base(weight: BaseWeight, bias: Option<Tensor<1>>) -> Self {
         Self {
-            weight: Param::from_tensor(weight).set_require_grad(false),
+            weight,
             bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
             adapters: Vec::new(),
             state: LayerState::default(),
@@ -50,12 +63,26 @@ impl LoraLinear {
 
     /// Input features.
     pub fn d_in(&self) -> usize {
-        self.weight.shape().dims::<2>()[0]
+        self.weight.dims(Layout::Linear)[0]
     }
 
     /// Output features.
     pub fn d_out(&self) -> usize {
-        self.weight.shape().dims::<2>()[1]
+        self.weight.dims(Layout::Linear)[1]
+    }
+
+    /// The base weight as a dense `[in, out]` tensor: the parameter itself, or a frozen matrix
+    /// dequantized for this call (merges, DoRA's norm, exports; never the products).
+    pub fn dense_weight(&self) -> Tensor<2> {
+        self.weight.values(Layout::Linear)
+    }
+
+    /// `x W + b`, the base layer alone.
+    fn base_forward<const D: usize>(&self, x: Tensor<D>, bias: Option<Tensor<1>>) -> Tensor<D> {
+        match &self.weight {
+            BaseWeight::Dense(w) => linear(x, w.val(), bias),
+            BaseWeight::Frozen(f) => frozen_linear(x, f, bias),
+        }
     }
 
     /// Applies the layer with its active adapters.
@@ -75,9 +102,9 @@ impl LoraLinear {
                 .collect()
         };
         if running.is_empty() {
-            return linear(x, self.weight.val(), bias);
+            return self.base_forward(x, bias);
         }
-        let mut result = linear(x.clone(), self.weight.val(), bias.clone());
+        let mut result = self.base_forward(x.clone(), bias.clone());
         for adapter in running {
             let dx = adapter.dropout.forward(x.clone());
             result = match &adapter.magnitude {
@@ -100,7 +127,7 @@ impl LoraLinear {
         result: Tensor<D>,
         bias: Option<Tensor<1>>,
     ) -> Tensor<D> {
-        let weight = self.weight.val();
+        let weight = self.dense_weight();
         let norm = dora_weight_norm(
             &weight,
             &adapter.lora_a.val(),
@@ -141,9 +168,15 @@ impl LoraLinear {
             return Err(LoraError::DuplicateAdapter(name.into()));
         }
         self.require_unmerged("add an adapter")?;
-        let (adapter, residual) = LoraAdapter::init(name, spec, &self.weight.val())?;
+        let (adapter, residual) = LoraAdapter::init(
+            name,
+            spec,
+            [self.d_in(), self.d_out()],
+            &self.weight.device(),
+            &|| self.dense_weight(),
+        )?;
         if let Some(res) = residual {
-            replace_value(&mut self.weight, res);
+            self.set_weight(res);
         }
         self.adapters.push(adapter);
         Ok(())
@@ -308,7 +341,7 @@ impl LoraLinear {
                 .adapter(&name)
                 .ok_or_else(|| LoraError::UnknownAdapter(name.clone()))?;
             let delta = adapter.delta_weight().detach();
-            let w = self.weight.val().detach();
+            let w = self.dense_weight().detach();
             let (new, norm) = match &adapter.magnitude {
                 None => (w + delta, None),
                 Some(m) => {
@@ -318,7 +351,7 @@ impl LoraLinear {
                     ((w + delta) * factor, Some(norm))
                 }
             };
-            replace_value(&mut self.weight, new);
+            self.set_weight(new);
             self.state.merged.push((name, norm));
         }
         Ok(())
@@ -327,7 +360,7 @@ impl LoraLinear {
     /// Restores the base weight by undoing merged adapters in reverse order.
     pub fn unmerge(&mut self) {
         while let Some((name, norm)) = self.state.merged.pop() {
-            let w = self.weight.val().detach();
+            let w = self.dense_weight().detach();
             let Some(adapter) = self.adapter(&name) else {
                 continue;
             };
@@ -339,13 +372,19 @@ impl LoraLinear {
                 }
                 _ => w - delta,
             };
-            replace_value(&mut self.weight, new);
+            self.set_weight(new);
         }
+    }
+
+    /// Replaces the base weight's values by a dense `[in, out]` tensor (a frozen matrix becomes
+    /// dense: merges and PiSSA's residual are f32), keeping the parameter's id.
+    pub(crate) fn set_weight(&mut self, value: Tensor<2>) {
+        self.weight.replace(value, Layout::Linear);
     }
 
     /// The weight with every merged adapter undone (without changing the layer).
     fn unmerged_weight(&self) -> Tensor<2> {
-        let mut w = self.weight.val().detach();
+        let mut w = self.dense_weight().detach();
         for (name, norm) in self.state.merged.iter().rev() {
             if let Some(adapter) = self.adapter(name) {
                 let delta = adapter.delta_weight().detach();
@@ -362,7 +401,7 @@ impl LoraLinear {
 
     /// Lets the base weight (and bias) train in full, for `modules_to_save`.
     pub fn set_base_trainable(&mut self, trainable: bool) {
-        self.weight = self.weight.clone().set_require_grad(trainable);
+        self.weight.set_trainable(trainable, Layout::Linear);
         self.set_bias_trainable(trainable);
     }
 

@@ -2,6 +2,7 @@
 use burn::module::Module;
 
 use crate::adapter::AdapterSpec;
+use crate::base::Layout;
 use crate::config::{Bias, LoraConfig};
 use crate::error::{LoraError, Result};
 use crate::pattern::TargetMatcher;
@@ -305,7 +306,7 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
             let on = plan.module_to_save(path) || (param == "bias" && plan.bias_trains(false));
             match p {
                 OtherParamMut::Vector(p) => *p = p.clone().set_require_grad(on),
-                OtherParamMut::Matrix(p) => *p = p.clone().set_require_grad(on),
+                OtherParamMut::Table(p) => p.set_trainable(on, Layout::Table),
             }
         });
     }

@@ -2,6 +2,7 @@
 use burn::module::Param;
 use burn::tensor::Tensor;
 
+use crate::base::{BaseWeight, Layout};
 use crate::linear::LoraLinear;
 
 /// A model that adapters can attach to. `kiln-models`' decoder implements it; kiln-lora knows
@@ -61,8 +62,8 @@ pub trait AdapterTarget {
 pub enum OtherParam<'a> {
     /// A vector (a norm's scale, a bias).
     Vector(&'a Param<Tensor<1>>),
-    /// A matrix (an embedding table).
-    Matrix(&'a Param<Tensor<2>>),
+    /// A matrix (an embedding table, dense or kept in its storage format).
+    Table(&'a BaseWeight),
 }
 
 /// A mutable parameter outside the linear layers, by rank.
@@ -70,8 +71,8 @@ pub enum OtherParam<'a> {
 pub enum OtherParamMut<'a> {
     /// A vector (a norm's scale, a bias).
     Vector(&'a mut Param<Tensor<1>>),
-    /// A matrix (an embedding table).
-    Matrix(&'a mut Param<Tensor<2>>),
+    /// A matrix (an embedding table, dense or kept in its storage format).
+    Table(&'a mut BaseWeight),
 }
 
 impl OtherParam<'_> {
@@ -79,7 +80,7 @@ impl OtherParam<'_> {
     pub fn dims(&self) -> Vec<usize> {
         match self {
             OtherParam::Vector(p) => p.dims().to_vec(),
-            OtherParam::Matrix(p) => p.dims().to_vec(),
+            OtherParam::Table(p) => p.dims(Layout::Table).to_vec(),
         }
     }
 }

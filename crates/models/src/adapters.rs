@@ -51,7 +51,7 @@ impl AdapterTarget for CausalLm {
         f(
             &format!("{body}.embed_tokens"),
             "weight",
-            OtherParam::Matrix(&self.model.embed_tokens),
+            OtherParam::Table(&self.model.embed_tokens),
         );
         for (i, layer) in self.model.layers.iter().enumerate() {
             for (name, norm) in layer.norms() {
@@ -74,7 +74,7 @@ impl AdapterTarget for CausalLm {
         f(
             &format!("{body}.embed_tokens"),
             "weight",
-            OtherParamMut::Matrix(&mut self.model.embed_tokens),
+            OtherParamMut::Table(&mut self.model.embed_tokens),
         );
         for (i, layer) in self.model.layers.iter_mut().enumerate() {
             for (name, norm) in layer.norms_mut() {

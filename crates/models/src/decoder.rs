@@ -14,10 +14,11 @@ use crate::mask::MaskSpec;
 use crate::mlp::Mlp;
 use crate::norm::RmsNorm;
 use crate::rope::Rope;
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::tensor::module::embedding;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use kiln_lora::LoraLinear;
+use kiln_lora::kernels::frozen_linear;
+use kiln_lora::{BaseWeight, LoraLinear};
 
 /// One pre-norm transformer block.
 ///
@@ -127,8 +128,8 @@ impl DecoderLayer {
 /// The transformer body: embeddings, layers, final norm (`model.*` keys).
 #[derive(Module, Debug)]
 pub struct Model {
-    /// `[vocab, hidden]`
-    pub embed_tokens: Param<Tensor<2>>,
+    /// `[vocab, hidden]`, dense or kept in the file's format.
+    pub embed_tokens: BaseWeight,
     pub layers: Vec<DecoderLayer>,
     pub norm: RmsNorm,
 }
@@ -385,7 +386,16 @@ impl CausalLm {
             ),
             &device,
         );
-        let mut x = embedding(self.model.embed_tokens.val(), ids);
+        let mut x = match &self.model.embed_tokens {
+            BaseWeight::Dense(e) => embedding(e.val(), ids),
+            BaseWeight::Frozen(f) => {
+                // Rows dequantized on the host: the table itself is never widened.
+                let d = f.matrix().cols();
+                let mut rows = vec![0f32; b * t * d];
+                f.matrix().gather_rows(&input.ids, &mut rows);
+                Tensor::from_data(TensorData::new(rows, [b, t, d]), &device)
+            }
+        };
         if let Some(pad) = c.pad_token_id
             && self.model.embed_tokens.is_require_grad()
             && input.ids.contains(&pad)
@@ -455,8 +465,12 @@ impl CausalLm {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => {
+                let embed = match &self.model.embed_tokens {
+                    BaseWeight::Dense(e) => e.val(), // [vocab, d]
+                    // A tied table is `[out = vocab, in = d]`: the frozen linear product.
+                    BaseWeight::Frozen(f) => return frozen_linear(hidden, f, None),
+                };
                 let [b, t, d] = hidden.dims();
-                let embed = self.model.embed_tokens.val(); // [vocab, d]
                 let head = embed.clone().transpose(); // a view: nothing copied
                 if let Some(logits) = kiln_lora::kernels::try_linear(&hidden, &head, None) {
                     return logits;
@@ -495,6 +509,10 @@ impl CausalLm {
 
     /// The device the weights live on.
     pub fn device(&self) -> Device {
-        self.model.embed_tokens.val().device()
+        match &self.model.embed_tokens {
+            BaseWeight::Dense(e) => e.val().device(),
+            // A frozen table keeps no device: the first layer's tensors tell.
+            BaseWeight::Frozen(_) => self.model.norm.weight.val().device(),
+        }
     }
 }

@@ -23,7 +23,7 @@ fn linear(out: &mut Tensors, name: &str, layer: &LoraLinear) -> Result<()> {
             "{name} has active adapters that are not merged: merge them before exporting"
         )));
     }
-    let w = layer.weight.val();
+    let w = layer.dense_weight();
     let [i, o] = w.dims();
     out.push((
         format!("{name}.weight"),
@@ -66,7 +66,7 @@ fn write_json(dir: &Path, name: &str, value: &serde_json::Value) -> Result<()> {
 pub fn save_hf(lm: &Pretrained, dir: &Path) -> Result<()> {
     let m = &lm.model;
     let mut t: Tensors = Vec::new();
-    let embed = m.model.embed_tokens.val();
+    let embed = m.model.embed_tokens.values(kiln_lora::Layout::Table);
     let dims = embed.dims().to_vec();
     t.push((
         "model.embed_tokens.weight".into(),

@@ -11,13 +11,62 @@ use crate::rope::Rope;
 use crate::weights::WeightSource;
 use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
-use kiln_lora::LoraLinear;
+use kiln_cpu::QMatrix;
+use kiln_cpu::QuantType;
+use kiln_cpu::quant::bnb::QuantizeOnLoad;
+use kiln_lora::{BaseWeight, LoraLinear};
 use std::collections::BTreeSet;
+
+/// How the loader holds a model's matrices (linear weights and the embedding table); vectors
+/// (norms, biases) are always f32.
+///
+/// `"f32"` widens everything to burn tensors (the reference, every backend and path);
+/// `"stored"` keeps each matrix as the file stores it (GGUF blocks, safetensors f16/bf16; f32
+/// tensors stay dense), memory-mapped; `"nf4"`, `"fp4"` and `"int8"` quantize f32/f16/bf16
+/// checkpoints at load as bitsandbytes does. Frozen matrices become dense f32 only when they
+/// train (full fine-tuning, `modules_to_save`) or absorb a merged adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Quantization {
+    /// Every matrix widened to f32.
+    #[default]
+    F32,
+    /// Every matrix kept in the file's format.
+    Stored,
+    /// Quantized at load by bitsandbytes' rules.
+    Bnb(QuantizeOnLoad),
+}
+
+impl std::str::FromStr for Quantization {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "none" => Ok(Quantization::F32),
+            "stored" | "keep" => Ok(Quantization::Stored),
+            other => other.parse().map(Quantization::Bnb).map_err(|_| {
+                ModelError::Input(format!(
+                    "quantization `{s}`: expected f32, stored, nf4, fp4 or int8"
+                ))
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for Quantization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Quantization::F32 => f.write_str("f32"),
+            Quantization::Stored => f.write_str("stored"),
+            Quantization::Bnb(q) => write!(f, "{q}"),
+        }
+    }
+}
 
 /// Pulls tensors by name, remembering which were used.
 struct Loader<'a> {
     source: &'a dyn WeightSource,
     device: &'a Device,
+    quantization: Quantization,
     used: BTreeSet<String>,
     missing: Vec<String>,
 }
@@ -42,6 +91,38 @@ impl Loader<'_> {
         self.source.load_f32(name)
     }
 
+    /// `name` (`[rows, cols]`) kept frozen in a compact format, or `None` when the loader
+    /// widens it (f32 mode, a tensor the file holds in f32, or a missing one).
+    fn frozen(&mut self, name: &str, rows: usize, cols: usize) -> Result<Option<QMatrix>> {
+        if self.quantization == Quantization::F32 {
+            return Ok(None);
+        }
+        match self.source.shape(name) {
+            Some(shape) if shape == [rows, cols] => {}
+            // Missing or misshapen: `raw` records or reports it.
+            _ => return Ok(None),
+        }
+        let stored = self.source.load_stored(name)?;
+        let Quantization::Bnb(q) = self.quantization else {
+            return Ok(stored);
+        };
+        if let Some(m) = &stored
+            && !matches!(m.quant_type(), QuantType::F16 | QuantType::Bf16)
+        {
+            return Err(ModelError::Input(format!(
+                "{}: tensor `{name}` is already quantized as {}; --quantize {q} takes f32, f16 or \
+                 bf16 weights (use --quantize stored to keep the file's format)",
+                self.source.path().display(),
+                m.quant_type()
+            )));
+        }
+        self.used.insert(name.to_string());
+        let data = self.source.load_f32(name)?;
+        q.quantize(&data, rows, cols)
+            .map(Some)
+            .map_err(|e| ModelError::Input(format!("tensor `{name}`: {e}")))
+    }
+
     fn vector(&mut self, name: &str, len: usize) -> Result<Tensor<1>> {
         let data = self.raw(name, &[len])?;
         Ok(Tensor::from_data(TensorData::new(data, [len]), self.device))
@@ -63,15 +144,31 @@ impl Loader<'_> {
         d_out: usize,
         bias: bool,
     ) -> Result<LoraLinear> {
-        let w = self.raw(&format!("{prefix}.weight"), &[d_out, d_in])?;
-        let wt = transpose(&w, d_out, d_in);
-        let weight = Tensor::from_data(TensorData::new(wt, [d_in, d_out]), self.device);
+        let name = format!("{prefix}.weight");
         let bias = if bias {
             Some(self.vector(&format!("{prefix}.bias"), d_out)?)
         } else {
             None
         };
+        if let Some(q) = self.frozen(&name, d_out, d_in)? {
+            self.used.insert(name);
+            return Ok(LoraLinear::frozen(q, bias, self.device));
+        }
+        let w = self.raw(&name, &[d_out, d_in])?;
+        let wt = transpose(&w, d_out, d_in);
+        let weight = Tensor::from_data(TensorData::new(wt, [d_in, d_out]), self.device);
         Ok(LoraLinear::new(weight, bias))
+    }
+
+    /// The embedding table `[vocab, hidden]`, frozen or dense.
+    fn table(&mut self, name: &str, rows: usize, cols: usize) -> Result<BaseWeight> {
+        if let Some(q) = self.frozen(name, rows, cols)? {
+            self.used.insert(name.to_string());
+            return Ok(BaseWeight::frozen(q, self.device));
+        }
+        Ok(BaseWeight::Dense(Param::from_tensor(
+            self.matrix(name, rows, cols)?,
+        )))
     }
 
     fn norm(&mut self, name: &str, len: usize, c: &DecoderConfig) -> Result<RmsNorm> {
@@ -121,20 +218,40 @@ pub fn build_causal_lm(
     source: &dyn WeightSource,
     device: &Device,
 ) -> Result<CausalLm> {
+    build_causal_lm_as(config, source, device, Quantization::F32)
+}
+
+/// [`build_causal_lm`] holding the matrices as `quantization` says (see [`Quantization`]).
+///
+/// # Errors
+/// As [`build_causal_lm`], and [`ModelError::Input`] for a bitsandbytes quantization of a
+/// tensor the file already holds quantized.
+pub fn build_causal_lm_as(
+    config: &DecoderConfig,
+    source: &dyn WeightSource,
+    device: &Device,
+    quantization: Quantization,
+) -> Result<CausalLm> {
     match config.layout {
-        ModuleLayout::CausalLm => build(config, source, device),
+        ModuleLayout::CausalLm => build(config, source, device, quantization),
         ModuleLayout::Gemma3Multimodal => {
             let text = LanguageModelWeights::new(source)?;
-            build(config, &text, device).map_err(|e| text.file_names_in(e))
+            build(config, &text, device, quantization).map_err(|e| text.file_names_in(e))
         }
     }
 }
 
-fn build(config: &DecoderConfig, source: &dyn WeightSource, device: &Device) -> Result<CausalLm> {
+fn build(
+    config: &DecoderConfig,
+    source: &dyn WeightSource,
+    device: &Device,
+    quantization: Quantization,
+) -> Result<CausalLm> {
     let c = config;
     let mut l = Loader {
         source,
         device,
+        quantization,
         used: BTreeSet::new(),
         missing: Vec::new(),
     };
@@ -143,8 +260,7 @@ fn build(config: &DecoderConfig, source: &dyn WeightSource, device: &Device) -> 
         c.num_heads * c.head_dim,
         c.num_kv_heads * c.head_dim,
     );
-    let embed_tokens =
-        Param::from_tensor(l.matrix("model.embed_tokens.weight", c.vocab_size, h)?);
+    let embed_tokens = l.table("model.embed_tokens.weight", c.vocab_size, h)?;
     let mut layers = Vec::with_capacity(c.num_layers);
     for i in 0..c.num_layers {
         let p = format!("model.layers.{i}");

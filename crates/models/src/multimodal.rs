@@ -159,6 +159,10 @@ impl WeightSource for LanguageModelWeights<'_> {
     fn dtype(&self, name: &str) -> Option<String> {
         self.inner.dtype(&self.file_name(name))
     }
+
+    fn load_stored(&self, name: &str) -> Result<Option<kiln_cpu::QMatrix>> {
+        self.inner.load_stored(&self.file_name(name))
+    }
 }
 
 #[cfg(test)]

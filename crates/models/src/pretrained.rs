@@ -4,7 +4,7 @@ use crate::config::{DecoderConfig, HfConfig};
 use crate::decoder::CausalLm;
 use crate::error::{ModelError, Result};
 use crate::gguf::{GgufFile, GgufWeights};
-use crate::load::build_causal_lm;
+use crate::load::{Quantization, build_causal_lm_as};
 use crate::safetensors_source::SafetensorsWeights;
 use crate::tokenizer::{TokenizerExtras, load_extras, load_tokenizer};
 use burn::tensor::Device;
@@ -28,6 +28,13 @@ impl Pretrained {
     /// Loads `path`: a directory with `config.json`, safetensors and `tokenizer.json`, or a
     /// `.gguf` file.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Self::load_as(path, device, Quantization::F32)
+    }
+
+    /// [`Self::load`] holding the matrices as `quantization` says: `Stored` keeps a GGUF's
+    /// blocks and safetensors' f16/bf16 memory-mapped, `nf4`/`fp4`/`int8` quantize at load
+    /// (see [`Quantization`]).
+    pub fn load_as(path: &Path, device: &Device, quantization: Quantization) -> Result<Self> {
         if !path.exists() {
             return Err(ModelError::io(
                 path,
@@ -39,9 +46,9 @@ impl Pretrained {
                 .extension()
                 .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
         {
-            Self::load_gguf(path, device)?
+            Self::load_gguf(path, device, quantization)?
         } else {
-            Self::load_hf_dir(path, device)?
+            Self::load_hf_dir(path, device, quantization)?
         };
         let vocab = loaded.tokenizer.get_vocab_size(true);
         if vocab > loaded.model.config.vocab_size {
@@ -56,10 +63,10 @@ impl Pretrained {
         Ok(loaded)
     }
 
-    fn load_hf_dir(dir: &Path, device: &Device) -> Result<Self> {
+    fn load_hf_dir(dir: &Path, device: &Device, quantization: Quantization) -> Result<Self> {
         let config = DecoderConfig::from_file(&dir.join("config.json"))?;
         let weights = SafetensorsWeights::open(dir)?;
-        let model = build_causal_lm(&config, &weights, device)?;
+        let model = build_causal_lm_as(&config, &weights, device, quantization)?;
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
         let hf_config = serde_json::from_str(&text)
@@ -73,7 +80,7 @@ impl Pretrained {
         })
     }
 
-    fn load_gguf(path: &Path, device: &Device) -> Result<Self> {
+    fn load_gguf(path: &Path, device: &Device, quantization: Quantization) -> Result<Self> {
         let file = GgufFile::open(path)?;
         let json = crate::gguf::hf_config_from_gguf(&file)?;
         let hf = HfConfig::from_value(json.clone(), path)?;
@@ -89,7 +96,7 @@ impl Pretrained {
             pad_token: token("tokenizer.ggml.padding_token_id")?,
         };
         let weights = GgufWeights::new(file)?;
-        let model = build_causal_lm(&config, &weights, device)?;
+        let model = build_causal_lm_as(&config, &weights, device, quantization)?;
         Ok(Self {
             model,
             tokenizer,

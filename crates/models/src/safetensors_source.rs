@@ -2,16 +2,18 @@
 //! `model.safetensors.index.json`, memory-mapped; f16 and bf16 are widened to f32.
 use crate::error::{ModelError, Result};
 use crate::weights::WeightSource;
+use kiln_cpu::{Bytes, QMatrix, QuantType};
 use memmap2::Mmap;
 use rayon::prelude::*;
 use safetensors::tensor::{Dtype, Metadata, SafeTensors};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 struct Shard {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Arc<Mmap>,
     /// Offset of the data section.
     data_start: usize,
     metadata: Metadata,
@@ -62,7 +64,7 @@ fn open_shard(path: &Path) -> Result<Shard> {
     }
     Ok(Shard {
         path: path.to_path_buf(),
-        mmap,
+        mmap: Arc::new(mmap),
         data_start,
         metadata,
     })
@@ -147,6 +149,30 @@ impl WeightSource for SafetensorsWeights {
     fn dtype(&self, name: &str) -> Option<String> {
         self.lookup(name)
             .map(|(_, info)| format!("{:?}", info.dtype))
+    }
+
+    fn load_stored(&self, name: &str) -> Result<Option<QMatrix>> {
+        let Some((shard, info)) = self.lookup(name) else {
+            return Ok(None);
+        };
+        let ty = match info.dtype {
+            Dtype::F16 => QuantType::F16,
+            Dtype::BF16 => QuantType::Bf16,
+            _ => return Ok(None),
+        };
+        let [rows, cols] = info.shape[..] else {
+            return Ok(None);
+        };
+        let (start, end) = info.data_offsets;
+        let bad = |reason: String| ModelError::Safetensors {
+            path: shard.path.clone(),
+            reason: format!("tensor `{name}`: {reason}"),
+        };
+        let bytes = Bytes::mapped(shard.mmap.clone(), shard.data_start + start, end - start)
+            .map_err(|e| bad(e.to_string()))?;
+        QMatrix::new(ty, rows, cols, bytes)
+            .map(Some)
+            .map_err(|e| bad(e.to_string()))
     }
 
     fn load_f32(&self, name: &str) -> Result<Vec<f32>> {

@@ -5,6 +5,7 @@
 //! layout (a linear weight is `[out, in]`), whatever the file stores: f16/bf16 are widened,
 //! GGUF blocks are dequantised and llama.cpp's q/k row permutation is undone.
 use crate::error::Result;
+use kiln_cpu::QMatrix;
 use std::path::Path;
 
 /// A read-only store of named tensors, in Hugging Face naming and PyTorch layout.
@@ -19,4 +20,11 @@ pub trait WeightSource {
     fn load_f32(&self, name: &str) -> Result<Vec<f32>>;
     /// The storage dtype of a tensor as the file names it (`F32`, `BF16`, `Q4_K`...).
     fn dtype(&self, name: &str) -> Option<String>;
+    /// A 2-d tensor kept in its storage format (memory-mapped, nothing widened), in PyTorch
+    /// layout; `None` when the source holds it in f32 or cannot keep it (then
+    /// [`Self::load_f32`] is the way).
+    fn load_stored(&self, name: &str) -> Result<Option<QMatrix>> {
+        let _ = name;
+        Ok(None)
+    }
 }

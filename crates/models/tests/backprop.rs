@@ -13,7 +13,8 @@ use common::fixtures;
 use kiln_lora::{AdapterSpec, InitLoraWeights, LoraLinear};
 use kiln_models::backprop::{BackpropOptions, Precision};
 use kiln_models::{
-    CausalLm, DecoderConfig, DecoderInput, SafetensorsWeights, build_causal_lm, default_device,
+    CausalLm, DecoderConfig, DecoderInput, Quantization, SafetensorsWeights, build_causal_lm_as,
+    default_device,
 };
 
 /// burn's CPU RNG is global: tests that seed it and draw run one at a time.
@@ -24,10 +25,14 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn load(name: &str) -> CausalLm {
+    load_as(name, Quantization::F32)
+}
+
+fn load_as(name: &str, quantization: Quantization) -> CausalLm {
     let dir = fixtures().join("tiny").join(name);
     let config = DecoderConfig::from_file(&dir.join("config.json")).unwrap();
     let weights = SafetensorsWeights::open(&dir).unwrap();
-    build_causal_lm(&config, &weights, &default_device()).unwrap()
+    build_causal_lm_as(&config, &weights, &default_device(), quantization).unwrap()
 }
 
 fn for_each_projection(model: &mut CausalLm, mut f: impl FnMut(&mut LoraLinear)) {
@@ -178,6 +183,24 @@ fn fused_lora_gradients_equal_autodiff() {
         &labels,
         "llama packed",
     );
+}
+
+/// A frozen base kept in its storage format (bf16 as the file holds it; NF4 quantized at load,
+/// tied embedding included): the fused path's tile-dequantizing products give the loss and
+/// adapter gradients burn's autodiff gives on the dequantized weights, and no gradient of a
+/// frozen matrix exists.
+#[test]
+fn fused_lora_on_a_frozen_base_equals_autodiff() {
+    let _g = serial();
+    let (input, labels) = padded_batch();
+    let nf4 = Quantization::Bnb("nf4".parse().unwrap());
+    for (name, q) in [("llama_bf16", Quantization::Stored), ("llama", nf4), ("qwen2", nf4)] {
+        let model = load_as(name, q);
+        let frozen = model.model.layers[0].self_attn.o_proj.weight.as_frozen();
+        assert!(frozen.is_some(), "{name}: {q} keeps o_proj frozen");
+        assert!(model.model.embed_tokens.as_frozen().is_some(), "{name}: table");
+        assert_same(with_lora(model, 0.0, false), &input, &labels, &format!("{name} {q}"));
+    }
 }
 
 #[test]

@@ -2,17 +2,17 @@
 #![allow(clippy::unwrap_used)]
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use kiln_lora::{AdapterTarget, LoraLinear, OtherParam, OtherParamMut};
+use kiln_lora::{AdapterTarget, BaseWeight, LoraLinear, OtherParam, OtherParamMut};
 
 pub const Q: &str = "model.layers.0.self_attn.q_proj";
 pub const V: &str = "model.layers.0.self_attn.v_proj";
 
 #[derive(Module, Debug)]
 pub struct Tiny {
-    pub embed: Param<Tensor<2>>, // [vocab 10, hidden 6]
-    pub q_proj: LoraLinear,      // 6 -> 6, with bias
-    pub v_proj: LoraLinear,      // 6 -> 4
-    pub lm_head: LoraLinear,     // 4 -> 10
+    pub embed: BaseWeight,   // [vocab 10, hidden 6]
+    pub q_proj: LoraLinear,  // 6 -> 6, with bias
+    pub v_proj: LoraLinear,  // 6 -> 4
+    pub lm_head: LoraLinear, // 4 -> 10
 }
 
 /// Deterministic, non-trivial values.
@@ -30,7 +30,7 @@ pub fn tensor<const D: usize>(shape: [usize; D], seed: usize, device: &Device) -
 impl Tiny {
     pub fn new(device: &Device) -> Self {
         Self {
-            embed: Param::from_tensor(tensor([10, 6], 1, device)),
+            embed: BaseWeight::Dense(Param::from_tensor(tensor([10, 6], 1, device))),
             q_proj: LoraLinear::new(tensor([6, 6], 2, device), Some(tensor([6], 3, device))),
             v_proj: LoraLinear::new(tensor([6, 4], 4, device), None),
             lm_head: LoraLinear::new(tensor([4, 10], 5, device), None),
@@ -61,14 +61,14 @@ impl AdapterTarget for Tiny {
         f(
             "model.embed_tokens",
             "weight",
-            OtherParam::Matrix(&self.embed),
+            OtherParam::Table(&self.embed),
         );
     }
     fn visit_other_params_mut(&mut self, f: &mut dyn FnMut(&str, &str, OtherParamMut<'_>)) {
         f(
             "model.embed_tokens",
             "weight",
-            OtherParamMut::Matrix(&mut self.embed),
+            OtherParamMut::Table(&mut self.embed),
         );
     }
 }

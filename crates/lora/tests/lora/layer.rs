@@ -25,7 +25,7 @@ fn layer(device: &Device) -> LoraLinear {
 fn trained(name: &str, dora: bool, device: &Device) -> LoraAdapter {
     let (a, b) = (random([6, 3], device), random([3, 6], device));
     let mag = dora.then(|| {
-        let norm = dora_weight_norm(&layer(device).weight.val(), &a, &b, 2.0);
+        let norm = dora_weight_norm(&layer(device).dense_weight(), &a, &b, 2.0);
         norm * (tensor([6], 7, device).mul_scalar(0.2) + 1.0)
     });
     LoraAdapter::from_factors(name, a, b, mag, 6.0, 2.0, 0.0)
@@ -78,7 +78,7 @@ fn pissa_keeps_the_output_and_moves_the_top_singular_part() {
     l.set_active(&["p".into()]);
     let x = input(&device);
     assert!(max_abs_diff(base.forward(x.clone()), l.forward(x)) < 1e-5);
-    assert!(max_abs_diff(base.weight.val(), l.weight.val()) > 1e-2);
+    assert!(max_abs_diff(base.dense_weight(), l.dense_weight()) > 1e-2);
 }
 
 #[test]
@@ -86,7 +86,7 @@ fn merged_equals_unmerged_and_unmerge_restores() {
     let device = Device::default();
     for dora in [false, true] {
         let mut l = layer(&device);
-        let w0 = l.weight.val();
+        let w0 = l.dense_weight();
         l.insert_adapter(trained("a", dora, &device), "k").unwrap();
         l.insert_adapter(trained("b", dora, &device), "k").unwrap();
         l.set_active(&["a".into(), "b".into()]);
@@ -102,7 +102,7 @@ fn merged_equals_unmerged_and_unmerge_restores() {
         }
         l.unmerge();
         assert!(
-            max_abs_diff(w0.clone(), l.weight.val()) < 1e-6,
+            max_abs_diff(w0.clone(), l.dense_weight()) < 1e-6,
             "dora={dora}"
         );
         assert!(max_abs_diff(unmerged, l.forward(x)) < 1e-5, "dora={dora}");
@@ -134,7 +134,7 @@ fn dora_matches_a_hand_computed_reference() {
     );
     l.insert_adapter(adapter, "k").unwrap();
     l.set_active(&["a".into()]);
-    let w = host(l.weight.val());
+    let w = host(l.dense_weight());
     let bias = host(l.bias.as_ref().unwrap().val());
     let x = input(&device);
     let xs = host(x.clone());

@@ -17,19 +17,31 @@ fn adamw_step_moves_only_adapters_and_keeps_no_base_gradient() {
     );
     let mut m = LoraModel::with_adapter(Tiny::new(&device), "default", c).unwrap();
     train_b(&mut m, "default", &device);
-    let before_w = host(m.model.q_proj.weight.val());
+    let before_w = host(m.model.q_proj.dense_weight());
     let before_bias = host(m.model.q_proj.bias.as_ref().unwrap().val());
-    let before_head = host(m.model.lm_head.weight.val());
-    let before_embed = host(m.model.embed.val());
+    let before_head = host(m.model.lm_head.dense_weight());
+    let before_embed = host(m.model.embed.values(kiln_lora::Layout::Table));
     let before_a = host(m.model.q_proj.adapter("default").unwrap().lora_a.val());
 
     let loss = m.model.forward(input(&device)).square().mean();
     let grads = loss.backward();
     assert!(
-        m.model.q_proj.weight.grad(&grads).is_none(),
+        m.model
+            .q_proj
+            .weight
+            .as_dense()
+            .and_then(|w| w.grad(&grads))
+            .is_none(),
         "no gradient for the frozen base"
     );
-    assert!(m.model.lm_head.weight.grad(&grads).is_none());
+    assert!(
+        m.model
+            .lm_head
+            .weight
+            .as_dense()
+            .and_then(|w| w.grad(&grads))
+            .is_none()
+    );
     assert!(
         m.model
             .q_proj
@@ -44,13 +56,16 @@ fn adamw_step_moves_only_adapters_and_keeps_no_base_gradient() {
 
     let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
     let m = optim.step(1e-3, m, grads);
-    assert_eq!(before_w, host(m.model.q_proj.weight.val()));
+    assert_eq!(before_w, host(m.model.q_proj.dense_weight()));
     assert_eq!(
         before_bias,
         host(m.model.q_proj.bias.as_ref().unwrap().val())
     );
-    assert_eq!(before_head, host(m.model.lm_head.weight.val()));
-    assert_eq!(before_embed, host(m.model.embed.val()));
+    assert_eq!(before_head, host(m.model.lm_head.dense_weight()));
+    assert_eq!(
+        before_embed,
+        host(m.model.embed.values(kiln_lora::Layout::Table))
+    );
     assert_ne!(
         before_a,
         host(m.model.q_proj.adapter("default").unwrap().lora_a.val())

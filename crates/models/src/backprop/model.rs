@@ -12,17 +12,28 @@ use crate::loss::IGNORE_INDEX;
 use crate::mask::MaskSpec;
 use burn::module::ParamId;
 use burn_ndarray::NdArrayTensor;
+use kiln_cpu::QMatrix;
 use kiln_cpu::fastexp::{exp, sum};
 use kiln_cpu::precision::Precision;
 use kiln_cpu::{MatMut, MatRef, Threads, matmul};
+use kiln_lora::BaseWeight;
 use kiln_lora::backprop::{Grads, HostLinear};
 use kiln_lora::host::{values, view};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Counted rows per chunk of logits (`[CHUNK, vocab]` at a time).
 const LOGIT_CHUNK: usize = 128;
 /// Embedding rows rounded at a time by the bf16 tied head (4096 × 576 f32 = 9.4 MB for SmolLM2).
 const VOCAB_BLOCK: usize = 4096;
+
+/// The embedding table as the host passes read it.
+enum HostTable {
+    /// f32, read in place.
+    Dense(NdArrayTensor),
+    /// In its storage format (frozen), dequantized a tile at a time.
+    Frozen(Arc<QMatrix>),
+}
 
 /// The model's weights on the host for one call.
 pub(super) struct HostModel {
@@ -30,7 +41,7 @@ pub(super) struct HostModel {
     final_norm: Norm,
     final_id: Option<ParamId>,
     /// `[vocab, hidden]`, read in place.
-    embed: NdArrayTensor,
+    embed: HostTable,
     embed_id: Option<ParamId>,
     head: Option<HostLinear>,
     embed_scale: Option<f32>,
@@ -71,8 +82,11 @@ impl HostModel {
             ),
             None => None,
         };
-        let embed = values(&lm.model.embed_tokens.val())?;
         let e = &lm.model.embed_tokens;
+        let embed = match e {
+            BaseWeight::Dense(p) => HostTable::Dense(values(&p.val())?),
+            BaseWeight::Frozen(f) => HostTable::Frozen(f.shared()),
+        };
         let w = &lm.model.norm.weight;
         Some(Self {
             layers,
@@ -82,7 +96,7 @@ impl HostModel {
             },
             final_id: w.is_require_grad().then_some(w.id),
             embed,
-            embed_id: e.is_require_grad().then_some(e.id),
+            embed_id: e.trained_id(),
             pad_token: c.pad_token_id,
             head,
             embed_scale: c.embed_scale,
@@ -189,8 +203,8 @@ impl HostModel {
             };
             dx = layer.backward(&s, dx, inp, &mut grads);
         }
-        if let Some(id) = self.embed_id {
-            let vocab = view(&self.embed).shape()[0];
+        if let (Some(id), HostTable::Dense(embed)) = (self.embed_id, &self.embed) {
+            let vocab = view(embed).shape()[0];
             let de = grads.slot(id, &[vocab, d]);
             let scale = self.embed_scale.unwrap_or(1.0);
             for (&tok, row) in input.ids.iter().zip(dx.chunks_exact(d)) {
@@ -210,9 +224,18 @@ impl HostModel {
 
     /// Embedding rows of `ids` (times the embedding scale), `[ids, d]`.
     fn embed_rows(&self, ids: &[u32], d: usize) -> Vec<f32> {
-        let ev = view(&self.embed);
         let scale = self.embed_scale.unwrap_or(1.0);
         let mut x = vec![0f32; ids.len() * d];
+        let ev = match &self.embed {
+            HostTable::Dense(e) => view(e),
+            HostTable::Frozen(q) => {
+                q.gather_rows(ids, &mut x);
+                if scale != 1.0 {
+                    x.iter_mut().for_each(|v| *v *= scale);
+                }
+                return x;
+            }
+        };
         for (&id, row) in ids.iter().zip(x.chunks_exact_mut(d)) {
             let src = ev.index_axis(ndarray::Axis(0), id as usize);
             row.iter_mut()
@@ -235,10 +258,15 @@ impl HostModel {
         normaliser: f64,
         grads: &mut Grads,
     ) -> Result<(f64, usize, Vec<f32>)> {
-        let ev = view(&self.embed);
-        let vocab = match &self.head {
-            Some(h) => h.d_out,
-            None => ev.shape()[0],
+        let (ev, frozen) = match &self.embed {
+            HostTable::Dense(e) => (Some(view(e)), None),
+            HostTable::Frozen(q) => (None, Some(q)),
+        };
+        let vocab = match (&self.head, &ev, frozen) {
+            (Some(h), _, _) => h.d_out,
+            (None, Some(ev), _) => ev.shape()[0],
+            (None, None, Some(q)) => q.rows(),
+            (None, None, None) => unreachable!("a table is dense or frozen"),
         };
         // (row of the hidden state, target) of each counted label, as `causal_lm_loss_sum_hidden`.
         let mut counted = Vec::new();
@@ -258,14 +286,17 @@ impl HostModel {
         }
         let mut dhidden = vec![0f32; hidden.len()];
         let mut loss = 0f64;
-        let embed = MatRef::of_view(&ev).unwrap_or_else(|| unreachable!("embedding is 2-d"));
+        let embed = ev.as_ref().and_then(MatRef::of_view);
         // In bf16 a tied head multiplies by the embedding rounded to bf16, a block of rows at a
-        // time (no rounded copy of the whole matrix).
+        // time (no rounded copy of the whole matrix); a frozen table rounds its own tiles.
         let bf16_tied = self.precision == Precision::Bf16 && self.head.is_none();
-        let rows: Option<std::borrow::Cow<'_, [f32]>> = bf16_tied.then(|| match ev.as_slice() {
-            Some(e) => e.into(),
-            None => ev.iter().copied().collect::<Vec<f32>>().into(),
-        });
+        let rows: Option<std::borrow::Cow<'_, [f32]>> = match &ev {
+            Some(ev) if bf16_tied => Some(match ev.as_slice() {
+                Some(e) => e.into(),
+                None => ev.iter().copied().collect::<Vec<f32>>().into(),
+            }),
+            _ => None,
+        };
         let mut blocks = rows.as_deref().map(|e| RoundedRows::new(e, d, VOCAB_BLOCK));
         // The tied head's logits buffer, reused by every chunk (its product overwrites it).
         let mut tied_logits = Vec::new();
@@ -285,12 +316,16 @@ impl HostModel {
                     let mut y = std::mem::take(&mut tied_logits);
                     y.resize(m * vocab, 0.0);
                     let hm = MatRef::new(&h, m, d);
-                    match &mut blocks {
-                        None => {
+                    match (&mut blocks, embed) {
+                        (_, None) => {
+                            let q = frozen.unwrap_or_else(|| unreachable!("tied table"));
+                            q.matmul_t(&h, m, &mut y, false, self.precision);
+                        }
+                        (None, Some(embed)) => {
                             let dst = MatMut::new(&mut y, m, vocab);
                             matmul(dst, hm, embed.t(), 1.0, false, Threads::All);
                         }
-                        Some(blocks) => blocks.for_each(|v0, e| {
+                        (Some(blocks), Some(_)) => blocks.for_each(|v0, e| {
                             // SAFETY: y holds m rows of `vocab`; columns v0..v0 + e.rows.
                             let dst = unsafe {
                                 MatMut::columns_raw(y.as_mut_ptr(), m, vocab, v0, e.rows)
@@ -327,8 +362,15 @@ impl HostModel {
                 _ => {
                     let hm = MatRef::new(&h, m, d);
                     let mut de = self.embed_id.map(|id| grads.slot(id, &[vocab, d]));
-                    match &mut blocks {
-                        None => {
+                    match (&mut blocks, embed) {
+                        (_, None) => {
+                            // A frozen table: no gradient of its own, bf16 as the dense path.
+                            let q = frozen.unwrap_or_else(|| unreachable!("tied table"));
+                            self.precision.round(&mut logits);
+                            q.matmul(&logits, m, &mut dh, false, self.precision);
+                            self.precision.round(&mut dh);
+                        }
+                        (None, Some(embed)) => {
                             let dlogits = MatRef::new(&logits, m, vocab);
                             matmul(
                                 MatMut::new(&mut dh, m, d),
@@ -343,7 +385,7 @@ impl HostModel {
                                 matmul(dst, dlogits.t(), hm, 1.0, true, Threads::All);
                             }
                         }
-                        Some(blocks) => {
+                        (Some(blocks), Some(_)) => {
                             // bf16: the logits' gradient enters the head's product as bf16;
                             // the products' results are rounded once they are complete.
                             self.precision.round(&mut logits);

@@ -2,9 +2,11 @@
 use super::reader::{TensorInfo, parse_header};
 use super::value::{FromGguf, GgufValue};
 use crate::error::{ModelError, Result};
+use kiln_cpu::{Bytes, QMatrix};
 use memmap2::Mmap;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A GGUF v2/v3 file, memory-mapped: the header is parsed on open, tensor data is read lazily.
 ///
@@ -18,7 +20,7 @@ use std::path::{Path, PathBuf};
 /// ```
 pub struct GgufFile {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Arc<Mmap>,
     version: u32,
     metadata: Vec<(String, GgufValue)>,
     key_index: HashMap<String, usize>,
@@ -67,7 +69,7 @@ impl GgufFile {
             .collect();
         Ok(Self {
             path,
-            mmap,
+            mmap: Arc::new(mmap),
             version: header.version,
             metadata: header.metadata,
             key_index,
@@ -189,6 +191,40 @@ impl GgufFile {
         let info = self.tensor(name).ok_or_else(|| self.missing_tensor(name))?;
         let start = info.file_offset as usize;
         Ok(&self.mmap[start..start + info.n_bytes as usize])
+    }
+
+    /// Tensor `name` as a `[rows, cols]` matrix kept in its storage format over the shared map
+    /// (nothing copied), or `None` for a tensor that is not 2-d.
+    ///
+    /// # Errors
+    /// [`ModelError::UnsupportedGgufType`] for a type kiln cannot compute with;
+    /// [`ModelError::MissingWeights`] if there is no such tensor.
+    pub fn stored_matrix(&self, name: &str) -> Result<Option<QMatrix>> {
+        let info = self.tensor(name).ok_or_else(|| self.missing_tensor(name))?;
+        let [rows, cols] = info.shape()[..] else {
+            return Ok(None);
+        };
+        let Some(ty) = info.ggml_type.quant_type() else {
+            return Err(ModelError::UnsupportedGgufType {
+                path: self.path.clone(),
+                tensor: name.to_owned(),
+                ggml_type: info.ggml_type.name(),
+            });
+        };
+        let tensor_err = |e: kiln_cpu::CpuError| ModelError::GgufTensor {
+            path: self.path.clone(),
+            tensor: name.to_owned(),
+            reason: e.to_string(),
+        };
+        let bytes = Bytes::mapped(
+            self.mmap.clone(),
+            info.file_offset as usize,
+            info.n_bytes as usize,
+        )
+        .map_err(tensor_err)?;
+        QMatrix::new(ty, rows, cols, bytes)
+            .map(Some)
+            .map_err(tensor_err)
     }
 
     /// Tensor `name` dequantised to f32, row-major in PyTorch order (see [`TensorInfo::shape`]).

@@ -4,6 +4,7 @@ use super::file::GgufFile;
 use super::names;
 use crate::error::{ModelError, Result};
 use crate::weights::WeightSource;
+use kiln_cpu::QMatrix;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -122,8 +123,53 @@ impl WeightSource for GgufWeights {
             data.iter_mut().for_each(|w| *w -= 1.0);
             return Ok(data);
         }
+        match self.permuted_heads(gguf)? {
+            Some((rows, groups)) => Ok(unpermute_rows(&data, rows, data.len() / rows, groups)),
+            None => Ok(data),
+        }
+    }
+
+    fn load_stored(&self, name: &str) -> Result<Option<QMatrix>> {
+        let gguf = self.gguf_name(name)?;
+        if self.arch.norms_offset_by_one() && gguf.ends_with("norm.weight") {
+            return Ok(None);
+        }
+        let Some(m) = self.file.stored_matrix(gguf)? else {
+            return Ok(None);
+        };
+        let Some((rows, groups)) = self.permuted_heads(gguf)? else {
+            return Ok(Some(m));
+        };
+        // Undo llama.cpp's permutation by reading rows through a map: nothing is copied.
+        let dim = rows / groups / 2;
+        let mut map = vec![0u32; rows];
+        for h in 0..groups {
+            for p in 0..2 {
+                for i in 0..dim {
+                    map[h * 2 * dim + p * dim + i] = (h * 2 * dim + i * 2 + p) as u32;
+                }
+            }
+        }
+        m.with_row_map(map)
+            .map(Some)
+            .map_err(|e| ModelError::GgufTensor {
+                path: self.file.path().to_path_buf(),
+                tensor: gguf.to_owned(),
+                reason: e.to_string(),
+            })
+    }
+
+    fn dtype(&self, name: &str) -> Option<String> {
+        let gguf = self.to_gguf.get(name)?;
+        self.file.tensor(gguf).map(|t| t.ggml_type.name())
+    }
+}
+
+impl GgufWeights {
+    /// For a llama q/k tensor, `(rows, heads)` of llama.cpp's row permutation to undo.
+    fn permuted_heads(&self, gguf: &str) -> Result<Option<(usize, usize)>> {
         let (Some((n_head, n_kv)), Some(is_q)) = (self.heads, names::is_query_or_key(gguf)) else {
-            return Ok(data);
+            return Ok(None);
         };
         let shape = self
             .file
@@ -142,12 +188,7 @@ impl WeightSource for GgufWeights {
                 ),
             });
         }
-        Ok(unpermute_rows(&data, rows, data.len() / rows, groups))
-    }
-
-    fn dtype(&self, name: &str) -> Option<String> {
-        let gguf = self.to_gguf.get(name)?;
-        self.file.tensor(gguf).map(|t| t.ggml_type.name())
+        Ok(Some((rows, groups)))
     }
 }
 
