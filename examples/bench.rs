@@ -46,6 +46,10 @@ struct Args {
     model: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// How to hold the model's matrices: f32, stored (the file's own format, e.g. a GGUF's
+    /// blocks), nf4, fp4 or int8 (quantized at load as bitsandbytes does).
+    #[arg(long, default_value = "f32")]
+    quantize: kiln::models::Quantization,
     /// Recompute activations in the backward pass (training modes).
     #[arg(long)]
     gradient_checkpointing: bool,
@@ -261,7 +265,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let device = parse_device(&args.device)?;
     let path = resolve_model(args.model.as_deref(), true)?;
-    let lm = Pretrained::load(&path, &device)?;
+    let lm = Pretrained::load_as(&path, &device, args.quantize)?;
     let result = match args.mode {
         Mode::Infer => infer(&lm)?,
         mode => train(lm, mode, &args)?,

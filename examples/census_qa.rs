@@ -67,6 +67,10 @@ struct Args {
     /// cpu, wgpu or cuda[:N].
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// How to hold the model's matrices: f32, stored (the file's own format, e.g. a GGUF's
+    /// blocks), nf4, fp4 or int8 (quantized at load as bitsandbytes does).
+    #[arg(long, default_value = "f32")]
+    quantize: kiln::models::Quantization,
     /// Also write the merged model as a Hugging Face directory (`<output-dir>/merged`, f32,
     /// about 540 MB) with kiln's logits of one prompt, for `tools/check_hf_export.py`.
     #[arg(long)]
@@ -224,7 +228,7 @@ fn main() -> Result<()> {
     lora.validate()?;
     let path = resolve_model(args.model.as_deref(), true)?;
     println!("model: {}", path.display());
-    let lm = Pretrained::load(&path, &device)?;
+    let lm = Pretrained::load_as(&path, &device, args.quantize)?;
     let template = ChatTemplate::new(
         lm.extras
             .chat_template

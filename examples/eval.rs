@@ -95,6 +95,10 @@ struct Args {
     resamples: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// How to hold the model's matrices: f32, stored (the file's own format, e.g. a GGUF's
+    /// blocks), nf4, fp4 or int8 (quantized at load as bitsandbytes does).
+    #[arg(long, default_value = "f32")]
+    quantize: kiln::models::Quantization,
 }
 
 fn with_adapters(base: &CausalLm, adapters: &[(PathBuf, f64)]) -> Result<CausalLm> {
@@ -284,7 +288,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let device = parse_device(&args.device)?;
     let path = resolve_model(args.model.as_deref(), true)?;
-    let lm = Pretrained::load(&path, &device)?;
+    let lm = Pretrained::load_as(&path, &device, args.quantize)?;
     let a = with_adapters(&lm.model, &args.adapters)?;
     let b = if args.compare_adapters.is_empty() {
         None

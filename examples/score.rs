@@ -35,6 +35,10 @@ struct Args {
     /// cpu, wgpu or cuda[:N].
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// How to hold the model's matrices: f32, stored (the file's own format, e.g. a GGUF's
+    /// blocks), nf4, fp4 or int8 (quantized at load as bitsandbytes does).
+    #[arg(long, default_value = "f32")]
+    quantize: kiln::models::Quantization,
     /// PEFT adapter directory, `DIR` or `DIR=WEIGHT`; repeat for a weighted mix.
     #[arg(long = "adapter", value_parser = kiln::lora::parse_adapter_arg)]
     adapters: Vec<(PathBuf, f64)>,
@@ -44,7 +48,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let device = parse_device(&args.device)?;
     let path = resolve_model(args.model.as_deref(), true)?;
-    let mut lm = Pretrained::load(&path, &device)?;
+    let mut lm = Pretrained::load_as(&path, &device, args.quantize)?;
     if !args.adapters.is_empty() {
         let mut lora = LoraModel::new(lm.model);
         lora.load_mix(&args.adapters)?;

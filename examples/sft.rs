@@ -62,6 +62,10 @@ struct Args {
     resume: bool,
     #[arg(long)]
     device: Option<String>,
+    /// How to hold the model's matrices: f32, stored, nf4, fp4 or int8 (config key
+    /// `quantization`).
+    #[arg(long)]
+    quantize: Option<kiln::models::Quantization>,
     /// `f32` or `bf16` (bf16 products and saved activations on kiln's fused CPU backward, as
     /// `torch.autocast`; less memory, not faster on the CPU).
     #[arg(long)]
@@ -136,6 +140,9 @@ fn config(args: &Args) -> Result<SftConfig> {
     if let Some(v) = &args.device {
         c.device = v.clone();
     }
+    if let Some(v) = args.quantize {
+        c.quantization = v;
+    }
     if let Some(v) = args.precision {
         c.precision = v;
     }
@@ -197,7 +204,7 @@ fn main() -> Result<()> {
     let config = config(&args)?;
     let device = parse_device(&config.device)?;
     let path = resolve_model(Some(&config.model), true)?;
-    let lm = Pretrained::load(&path, &device)?;
+    let lm = Pretrained::load_as(&path, &device, config.quantization)?;
     let source = match &args.chat_template {
         Some(p) => Some(
             std::fs::read_to_string(p)

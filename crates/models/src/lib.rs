@@ -42,7 +42,7 @@ pub use decoder::{CausalLm, DecoderInput, KvCache};
 pub use device::{DeviceKind, default_device, parse_device};
 pub use error::{ModelError, Result};
 pub use generate::{FinishReason, Generated, GenerationConfig, Sampling, generate};
-pub use load::{Quantization, build_causal_lm, build_causal_lm_as};
+pub use load::{Quantization, build_causal_lm, build_causal_lm_as, estimate_weight_bytes};
 pub use loss::{
     IGNORE_INDEX, LossSum, causal_lm_loss, causal_lm_loss_sum, causal_lm_loss_sum_hidden,
 };

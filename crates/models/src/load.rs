@@ -25,7 +25,8 @@ use std::collections::BTreeSet;
 /// tensors stay dense), memory-mapped; `"nf4"`, `"fp4"` and `"int8"` quantize f32/f16/bf16
 /// checkpoints at load as bitsandbytes does. Frozen matrices become dense f32 only when they
 /// train (full fine-tuning, `modules_to_save`) or absorb a merged adapter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Quantization {
     /// Every matrix widened to f32.
     #[default]
@@ -49,6 +50,20 @@ impl std::str::FromStr for Quantization {
                 ))
             }),
         }
+    }
+}
+
+impl TryFrom<String> for Quantization {
+    type Error = ModelError;
+
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<Quantization> for String {
+    fn from(q: Quantization) -> String {
+        q.to_string()
     }
 }
 
@@ -241,12 +256,79 @@ pub fn build_causal_lm_as(
     }
 }
 
+/// Bytes the loaded weights will take: f32 for what is widened, the stored bytes of what is
+/// kept, bitsandbytes' bits per weight for what is quantized at load.
+pub fn estimate_weight_bytes(source: &dyn WeightSource, quantization: Quantization) -> u64 {
+    source
+        .names()
+        .iter()
+        .map(|name| {
+            let shape = source.shape(name).unwrap_or_default();
+            let n = shape.iter().product::<usize>() as f64;
+            let bits = match (quantization, shape.len()) {
+                (Quantization::F32, _) | (_, 0 | 1) => 32.0,
+                (Quantization::Stored, _) => stored_bits(source.dtype(name).as_deref()),
+                (Quantization::Bnb(q), _) => q.quant_type().bits_per_weight(),
+            };
+            (n * bits / 8.0) as u64
+        })
+        .sum()
+}
+
+/// Bits per weight of a stored dtype name (`Q4_K`, `BF16`...), 32 when unknown.
+fn stored_bits(dtype: Option<&str>) -> f64 {
+    let ty = match dtype.map(str::to_ascii_uppercase).as_deref() {
+        Some("F16") => QuantType::F16,
+        Some("BF16") => QuantType::Bf16,
+        Some("Q4_0") => QuantType::Q4_0,
+        Some("Q4_1") => QuantType::Q4_1,
+        Some("Q5_0") => QuantType::Q5_0,
+        Some("Q5_1") => QuantType::Q5_1,
+        Some("Q8_0") => QuantType::Q8_0,
+        Some("Q4_K") => QuantType::Q4_K,
+        Some("Q5_K") => QuantType::Q5_K,
+        Some("Q6_K") => QuantType::Q6_K,
+        _ => QuantType::F32,
+    };
+    ty.bits_per_weight()
+}
+
+/// `MemAvailable` of `/proc/meminfo` in bytes, where the system says.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Says so on stderr, before anything is allocated, when the weights will not fit in memory.
+fn warn_if_too_large(source: &dyn WeightSource, quantization: Quantization) {
+    let need = estimate_weight_bytes(source, quantization);
+    let Some(free) = available_memory() else {
+        return;
+    };
+    if need > free {
+        let gb = |b: u64| b as f64 / 1e9;
+        let stored = estimate_weight_bytes(source, Quantization::Stored);
+        eprintln!(
+            "warning: {} needs about {:.1} GB for its weights as {quantization}, {:.1} GB are \
+             available; --quantize stored would hold it in about {:.1} GB (nf4: quantize an \
+             f32/f16/bf16 checkpoint at load)",
+            source.path().display(),
+            gb(need),
+            gb(free),
+            gb(stored)
+        );
+    }
+}
+
 fn build(
     config: &DecoderConfig,
     source: &dyn WeightSource,
     device: &Device,
     quantization: Quantization,
 ) -> Result<CausalLm> {
+    warn_if_too_large(source, quantization);
     let c = config;
     let mut l = Loader {
         source,

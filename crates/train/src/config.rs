@@ -25,6 +25,7 @@
 //! ```
 use crate::error::{Result, TrainError};
 use kiln_lora::{LoraConfig, Precision};
+use kiln_models::Quantization;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -34,6 +35,11 @@ use std::path::{Path, PathBuf};
 pub struct SftConfig {
     /// Hugging Face model directory (or GGUF file).
     pub model: PathBuf,
+    /// How the model's matrices are held: `f32` (default), `stored` (a GGUF's blocks and
+    /// safetensors' f16/bf16 kept as the file holds them), `nf4`, `fp4` or `int8` (quantized at
+    /// load as bitsandbytes does; QLoRA). Frozen matrices are multiplied a tile at a time.
+    #[serde(default)]
+    pub quantization: Quantization,
     /// Where checkpoints, metrics, the adapter and the model card go.
     #[serde(default = "default_output_dir")]
     pub output_dir: PathBuf,
