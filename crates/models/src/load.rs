@@ -84,6 +84,8 @@ struct Loader<'a> {
     quantization: Quantization,
     used: BTreeSet<String>,
     missing: Vec<String>,
+    /// Storage types of block-quantized tensors that a bitsandbytes quantization re-quantized.
+    requantized: Vec<QuantType>,
 }
 
 impl Loader<'_> {
@@ -124,12 +126,8 @@ impl Loader<'_> {
         if let Some(m) = &stored
             && !matches!(m.quant_type(), QuantType::F16 | QuantType::Bf16)
         {
-            return Err(ModelError::Input(format!(
-                "{}: tensor `{name}` is already quantized as {}; --quantize {q} takes f32, f16 or \
-                 bf16 weights (use --quantize stored to keep the file's format)",
-                self.source.path().display(),
-                m.quant_type()
-            )));
+            // A documented conversion: dequantized, then quantized again (two roundings).
+            self.requantized.push(m.quant_type());
         }
         self.used.insert(name.to_string());
         let data = self.source.load_f32(name)?;
@@ -239,8 +237,10 @@ pub fn build_causal_lm(
 /// [`build_causal_lm`] holding the matrices as `quantization` says (see [`Quantization`]).
 ///
 /// # Errors
-/// As [`build_causal_lm`], and [`ModelError::Input`] for a bitsandbytes quantization of a
-/// tensor the file already holds quantized.
+/// As [`build_causal_lm`], and [`ModelError::Input`] for a weight a bitsandbytes format cannot
+/// hold (NaN, infinity). A bitsandbytes quantization of a tensor the file already holds in a
+/// block format (a GGUF's Q4_1, say) dequantizes it and quantizes it again, and says so on
+/// stderr.
 pub fn build_causal_lm_as(
     config: &DecoderConfig,
     source: &dyn WeightSource,
@@ -336,6 +336,7 @@ fn build(
         quantization,
         used: BTreeSet::new(),
         missing: Vec::new(),
+        requantized: Vec::new(),
     };
     let (h, q_out, kv_out) = (
         c.hidden_size,
@@ -429,6 +430,15 @@ fn build(
         Some(l.linear("lm_head", h, c.vocab_size, false)?)
     };
     let path = source.path().to_path_buf();
+    if let Some(first) = l.requantized.first() {
+        eprintln!(
+            "note: {} matrices of {} stored as {first} (or another block format) were dequantized \
+             and quantized again as {quantization}: two roundings (--quantize stored keeps them \
+             as stored)",
+            l.requantized.len(),
+            path.display()
+        );
+    }
     if !l.missing.is_empty() {
         return Err(ModelError::MissingWeights {
             path,
