@@ -4,12 +4,14 @@
 //!   ([`matmul`]) kiln's kernels call.
 //! - [`quant`]: frozen weights kept in their storage format ([`QMatrix`]: ggml blocks from a
 //!   GGUF file, f16/bf16, bitsandbytes' NF4/FP4/int8) and their products, dequantized a tile at
-//!   a time.
+//!   a time; [`quant::quantize`] writes f32 into ggml's blocks (GGUF export).
 //! - [`precision`]: f32 or bf16 compute ([`Precision`]), bf16 rounding and storage.
 //! - [`fastexp`]: a libm-free vectorisable `e^x`.
+//! - [`io`]: the atomic file writer (temporary file, fsync, rename) every saved file goes through.
 pub mod error;
 pub mod fastexp;
 pub mod gemm;
+pub mod io;
 pub mod precision;
 pub mod quant;
 

@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use safetensors::tensor::{Dtype, Metadata, SafeTensors};
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 struct Shard {
@@ -244,7 +245,5 @@ pub fn write_f32_safetensors(path: &Path, tensors: &[(&str, Vec<usize>, &[f32])]
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let tmp = path.with_extension("safetensors.tmp");
-    std::fs::write(&tmp, out).map_err(|e| ModelError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+    kiln_cpu::io::write_atomic(path, |w| w.write_all(&out).map_err(|e| ModelError::io(path, e)))
 }
