@@ -7,7 +7,6 @@
 //! - trained biases: `base_model.model.<path>.base_layer.bias` on adapted layers, `<path>.bias`
 //!   elsewhere; metadata `{"format": "pt"}`.
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
