@@ -16,7 +16,11 @@ use std::path::{Path, PathBuf};
 
 /// Token ids every case scores: 8 positions, longer than gemma2's window of 4.
 const IDS: [u32; 8] = [1, 5, 17, 42, 9, 3, 77, 12];
-const TEXTS: [&str; 3] = ["Hello world", "the thin inner theme", "a = b + 3; x * (y - 2)"];
+const TEXTS: [&str; 3] = [
+    "Hello world",
+    "the thin inner theme",
+    "a = b + 3; x * (y - 2)",
+];
 
 /// A byte-level BPE `tokenizer.json` for the tiny safetensors models (which ship none): three
 /// special tokens, printable ASCII (space as `Ġ`) and a few merges; 107 tokens.
@@ -30,15 +34,19 @@ fn tokenizer_json() -> Value {
         let c = if b == b' ' { 'Ġ' } else { b as char };
         vocab.insert(c.to_string(), json!(vocab.len()));
     }
-    let merges = ["Ġ t", "h e", "Ġt he", "i n", "e r", "Ġ w", "o r", "Ġt h", "Ġth in"];
+    let merges = [
+        "Ġ t", "h e", "Ġt he", "i n", "e r", "Ġ w", "o r", "Ġt h", "Ġth in",
+    ];
     for m in merges {
         vocab.insert(m.replace(' ', ""), json!(vocab.len()));
     }
     let added: Vec<Value> = specials
         .iter()
         .enumerate()
-        .map(|(i, t)| json!({"id": i, "content": t, "single_word": false, "lstrip": false,
-            "rstrip": false, "normalized": false, "special": true}))
+        .map(|(i, t)| {
+            json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+        })
         .collect();
     let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
         "use_regex": true});
@@ -94,11 +102,7 @@ fn cases(dir: &Path) -> Vec<(&'static str, PathBuf)> {
     ]
 }
 
-const FORMATS: [GgufFileType; 3] = [
-    GgufFileType::F16,
-    GgufFileType::Q8_0,
-    GgufFileType::Q4_K_M,
-];
+const FORMATS: [GgufFileType; 3] = [GgufFileType::F16, GgufFileType::Q8_0, GgufFileType::Q4_K_M];
 
 fn load(path: &Path) -> Pretrained {
     Pretrained::load(path, &default_device()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -161,7 +165,10 @@ fn check_weights(case: &str, source: &Path, exported: &Path) {
             let (size, _) = block_bound(&ty, ra);
             for (xa, xb) in ra.chunks(size).zip(rb.chunks(size)) {
                 let (_, bound) = block_bound(&ty, xa);
-                let err = xa.iter().zip(xb).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                let err = xa
+                    .iter()
+                    .zip(xb)
+                    .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
                 assert!(
                     err <= bound,
                     "{case} {name} ({ty}) row {r}: error {err} > bound {bound}"
@@ -176,7 +183,10 @@ fn check_metadata(case: &str, lm: &Pretrained, path: &Path, ft: GgufFileType) {
     let arch = f.architecture().unwrap().to_owned();
     assert_eq!(f.version(), 3);
     assert_eq!(f.get_u32("general.alignment").unwrap(), Some(32));
-    assert_eq!(f.get_u32("general.file_type").unwrap(), Some(ft.llama_ftype()));
+    assert_eq!(
+        f.get_u32("general.file_type").unwrap(),
+        Some(ft.llama_ftype())
+    );
     assert_eq!(f.get_u32("general.quantization_version").unwrap(), Some(2));
     for key in [
         "context_length",
@@ -188,10 +198,17 @@ fn check_metadata(case: &str, lm: &Pretrained, path: &Path, ft: GgufFileType) {
         "attention.layer_norm_rms_epsilon",
         "rope.freq_base",
     ] {
-        assert!(f.get(&format!("{arch}.{key}")).is_some(), "{case}: {arch}.{key}");
+        assert!(
+            f.get(&format!("{arch}.{key}")).is_some(),
+            "{case}: {arch}.{key}"
+        );
     }
     let tokens = f.get_str_array("tokenizer.ggml.tokens").unwrap().unwrap();
-    assert_eq!(tokens.len(), lm.model.config.vocab_size, "{case}: one token per row");
+    assert_eq!(
+        tokens.len(),
+        lm.model.config.vocab_size,
+        "{case}: one token per row"
+    );
     assert!(f.get_str("tokenizer.ggml.model").unwrap().is_some());
     for (t, info) in f.tensors().iter().enumerate() {
         assert_eq!(info.file_offset % 32, 0, "{case}: tensor {t} aligned");
@@ -221,7 +238,10 @@ fn round_trips_in_kiln_within_each_formats_error() {
             check_weights(case, &path, &out);
             let back = load(&out);
             for text in TEXTS {
-                assert_eq!(lm.encode(text, true).unwrap(), back.encode(text, true).unwrap());
+                assert_eq!(
+                    lm.encode(text, true).unwrap(),
+                    back.encode(text, true).unwrap()
+                );
             }
             let got = logits(&back);
             // Bounds relative to the largest logit. f16 keeps 11 bits (relative error ≤ 2^-11
@@ -235,8 +255,15 @@ fn round_trips_in_kiln_within_each_formats_error() {
                 _ => 0.2,
             };
             let rel = relative(&original, &got);
-            assert!(rel <= bound, "{case} {}: relative logit error {rel} > {bound}", ft.name());
-            eprintln!("{case} {}: max |Δlogit| / max |logit| = {rel:.2e}", ft.name());
+            assert!(
+                rel <= bound,
+                "{case} {}: relative logit error {rel} > {bound}",
+                ft.name()
+            );
+            eprintln!(
+                "{case} {}: max |Δlogit| / max |logit| = {rel:.2e}",
+                ft.name()
+            );
             let v = got.len() / IDS.len();
             kiln_logits.insert(
                 format!("{case}-{}", ft.name()),
@@ -254,7 +281,9 @@ fn round_trips_in_kiln_within_each_formats_error() {
 /// `tools/check_gguf_export.py`): kiln's reading of the same files gives the same logits.
 #[test]
 fn transformers_loads_what_kiln_writes() {
-    let path = fixtures().join("gguf_export").join("transformers_logits.json");
+    let path = fixtures()
+        .join("gguf_export")
+        .join("transformers_logits.json");
     let reference: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut checked = 0;
@@ -286,7 +315,9 @@ fn bad_input_is_a_typed_error() {
         file_type: GgufFileType::Q8_0,
     };
     // Phi-3's partial rotary factor has no GGUF key that readers use.
-    let lm = load(&tiny_dir("phi3", dir.path(), |c| c["sliding_window"] = Value::Null));
+    let lm = load(&tiny_dir("phi3", dir.path(), |c| {
+        c["sliding_window"] = Value::Null
+    }));
     match lm.save_gguf(&out, q8) {
         Err(ModelError::Config { key, .. }) => assert!(key.contains("rotary"), "{key}"),
         other => panic!("expected a config error, got {other:?}"),

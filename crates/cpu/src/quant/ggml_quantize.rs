@@ -247,7 +247,11 @@ fn k_scales_and_mins(x: &[f32], l: &mut [u8; 256], search: &Search) -> (f32, f32
     }
     let max_scale = scales.iter().copied().fold(0f32, f32::max);
     let max_min = mins.iter().copied().fold(0f32, f32::max);
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut packed = [0u8; 12];
     for j in 0..8 {
@@ -454,7 +458,9 @@ mod tests {
 
     /// A deterministic, heavy-tailed pseudo-random matrix like a weight's.
     fn weights(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (0..n)
             .map(|i| {
                 s = s
@@ -526,8 +532,46 @@ mod tests {
         let q = quantize(QuantType::Q8_0, &x, 64, "t").unwrap();
         assert_eq!(&q[2..5], &[127u8, 1, (-2i8) as u8]);
         assert!(q[34..].iter().all(|&b| b == 0));
-        assert_eq!(round_trip(QuantType::Q6_K, &vec![0.0; 256], 256), vec![0.0; 256]);
-        assert_eq!(round_trip(QuantType::Q4_K, &vec![0.0; 256], 256), vec![0.0; 256]);
+        assert_eq!(
+            round_trip(QuantType::Q6_K, &vec![0.0; 256], 256),
+            vec![0.0; 256]
+        );
+        assert_eq!(
+            round_trip(QuantType::Q4_K, &vec![0.0; 256], 256),
+            vec![0.0; 256]
+        );
+    }
+
+    /// `fixtures/gguf_export/gguf_py_quants.json` (tools/fixtures/gguf_py_quants.py): gguf-py's
+    /// quantizers on a fixed matrix with a zero block, an outlier, a magnitude tie and .5 ties.
+    #[test]
+    fn matches_gguf_py_bit_for_bit() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/gguf_export/gguf_py_quants.json"
+        );
+        let f: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let x: Vec<f32> = f["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let cols = f["cols"].as_u64().unwrap() as usize;
+        for ty in [
+            QuantType::Q8_0,
+            QuantType::Q4_0,
+            QuantType::Q5_0,
+            QuantType::Q5_1,
+        ] {
+            let hex = f[ty.name()].as_str().unwrap();
+            let want: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect();
+            assert_eq!(quantize(ty, &x, cols, "t").unwrap(), want, "{ty}");
+        }
     }
 
     #[test]

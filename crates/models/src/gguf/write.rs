@@ -360,7 +360,10 @@ mod tests {
         let x: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
         let p = permute_rows(&x, rows, cols, heads);
         assert_ne!(p, x);
-        assert_eq!(super::super::weights::unpermute_rows(&p, rows, cols, heads), x);
+        assert_eq!(
+            super::super::weights::unpermute_rows(&p, rows, cols, heads),
+            x
+        );
     }
 
     #[test]

@@ -146,8 +146,12 @@ fn tokenizer_from_json(lm: &Pretrained) -> Result<Meta> {
         path: lm.source.clone(),
         reason: format!("GGUF export: {reason}"),
     };
-    let json: Value = serde_json::from_str(&lm.tokenizer.to_string(false).map_err(|e| err(e.to_string()))?)
-        .map_err(|e| err(e.to_string()))?;
+    let json: Value = serde_json::from_str(
+        &lm.tokenizer
+            .to_string(false)
+            .map_err(|e| err(e.to_string()))?,
+    )
+    .map_err(|e| err(e.to_string()))?;
     let model = &json["model"];
     let byte_level = json.to_string().contains("\"ByteLevel\"");
     if model["type"] != "BPE" || !byte_level {
@@ -192,7 +196,10 @@ fn tokenizer_from_json(lm: &Pretrained) -> Result<Meta> {
     let c = &lm.model.config;
     let mut m: Meta = vec![
         ("tokenizer.ggml.model".into(), s("gpt2")),
-        ("tokenizer.ggml.pre".into(), s(pre_name(&json["pre_tokenizer"]))),
+        (
+            "tokenizer.ggml.pre".into(),
+            s(pre_name(&json["pre_tokenizer"])),
+        ),
         ("tokenizer.ggml.tokens".into(), GgufValue::Array(tokens)),
         (
             "tokenizer.ggml.token_type".into(),
@@ -202,14 +209,24 @@ fn tokenizer_from_json(lm: &Pretrained) -> Result<Meta> {
     ];
     let ids = [
         ("tokenizer.ggml.bos_token_id", c.bos_token_id),
-        ("tokenizer.ggml.eos_token_id", c.eos_token_ids.first().copied()),
+        (
+            "tokenizer.ggml.eos_token_id",
+            c.eos_token_ids.first().copied(),
+        ),
         ("tokenizer.ggml.padding_token_id", c.pad_token_id),
     ];
-    m.extend(ids.into_iter().filter_map(|(k, id)| Some((k.into(), GgufValue::U32(id?)))));
+    m.extend(
+        ids.into_iter()
+            .filter_map(|(k, id)| Some((k.into(), GgufValue::U32(id?)))),
+    );
     let adds_bos = c.bos_token_id.is_some_and(|bos| {
-        lm.encode("a", true).is_ok_and(|ids| ids.first() == Some(&bos))
+        lm.encode("a", true)
+            .is_ok_and(|ids| ids.first() == Some(&bos))
     });
-    m.push(("tokenizer.ggml.add_bos_token".into(), GgufValue::Bool(adds_bos)));
+    m.push((
+        "tokenizer.ggml.add_bos_token".into(),
+        GgufValue::Bool(adds_bos),
+    ));
     Ok(m)
 }
 
@@ -254,18 +271,46 @@ pub(crate) fn check_round_trip(
     let checks: [(&str, bool); 14] = [
         ("vocab_size", read.vocab_size == c.vocab_size),
         ("hidden_size", read.hidden_size == c.hidden_size),
-        ("intermediate_size", read.intermediate_size == c.intermediate_size),
-        ("num_layers / heads", (read.num_layers, read.num_heads, read.num_kv_heads) == (c.num_layers, c.num_heads, c.num_kv_heads)),
+        (
+            "intermediate_size",
+            read.intermediate_size == c.intermediate_size,
+        ),
+        (
+            "num_layers / heads",
+            (read.num_layers, read.num_heads, read.num_kv_heads)
+                == (c.num_layers, c.num_heads, c.num_kv_heads),
+        ),
         ("head_dim", read.head_dim == c.head_dim),
         ("rms_norm_eps", close(read.rms_norm_eps, c.rms_norm_eps)),
         ("rope_theta", close(read.rope_theta, c.rope_theta)),
-        ("rope_scaling / rope_local", read.rope_scaling == c.rope_scaling && read.rope_local == c.rope_local),
-        ("rotary_dim (partial_rotary_factor)", read.rotary_dim == c.rotary_dim),
-        ("attention scale (query_pre_attn_scalar)", close(read.attn_scale, c.attn_scale)),
-        ("attn_logit_softcapping", caps(read.attn_softcap, c.attn_softcap)),
-        ("final_logit_softcapping", caps(read.final_softcap, c.final_softcap)),
-        ("layer attention (sliding windows)", read.layer_attention == c.layer_attention),
-        ("tie_word_embeddings", read.tie_word_embeddings == c.tie_word_embeddings),
+        (
+            "rope_scaling / rope_local",
+            read.rope_scaling == c.rope_scaling && read.rope_local == c.rope_local,
+        ),
+        (
+            "rotary_dim (partial_rotary_factor)",
+            read.rotary_dim == c.rotary_dim,
+        ),
+        (
+            "attention scale (query_pre_attn_scalar)",
+            close(read.attn_scale, c.attn_scale),
+        ),
+        (
+            "attn_logit_softcapping",
+            caps(read.attn_softcap, c.attn_softcap),
+        ),
+        (
+            "final_logit_softcapping",
+            caps(read.final_softcap, c.final_softcap),
+        ),
+        (
+            "layer attention (sliding windows)",
+            read.layer_attention == c.layer_attention,
+        ),
+        (
+            "tie_word_embeddings",
+            read.tie_word_embeddings == c.tie_word_embeddings,
+        ),
     ];
     match checks.iter().find(|(_, ok)| !ok) {
         None => Ok(()),
