@@ -99,7 +99,7 @@ mod tests {
             w.write_all(b"new").map_err(|e| E(e.to_string()))?;
             Err(E("stop".into()))
         });
-        assert!(failed.is_err());
+        assert_eq!(failed.unwrap_err().0, "stop");
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -218,13 +218,14 @@ pub(crate) fn tensor_type(
             }
         }
     };
+    let whole_super_blocks = cols.is_multiple_of(256);
     let fallback = match ty {
-        QuantType::Q4_K if cols % 256 != 0 => QuantType::Q5_0,
-        QuantType::Q5_K if cols % 256 != 0 => QuantType::Q5_1,
-        QuantType::Q6_K if cols % 256 != 0 => QuantType::Q8_0,
+        QuantType::Q4_K if !whole_super_blocks => QuantType::Q5_0,
+        QuantType::Q5_K if !whole_super_blocks => QuantType::Q5_1,
+        QuantType::Q6_K if !whole_super_blocks => QuantType::Q8_0,
         other => other,
     };
-    if cols % fallback.block_layout().0 != 0 {
+    if !cols.is_multiple_of(fallback.block_layout().0) {
         QuantType::F16
     } else {
         fallback
