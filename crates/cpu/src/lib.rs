@@ -6,13 +6,15 @@
 //!   ([`bf16::matmul_bf16`], AVX512-BF16), or the f32 product where there is none.
 //! - [`quant`]: frozen weights kept in their storage format ([`QMatrix`]: ggml blocks from a
 //!   GGUF file, f16/bf16, bitsandbytes' NF4/FP4/int8) and their products, dequantized a tile at
-//!   a time.
+//!   a time; [`quant::quantize`] writes f32 into ggml's blocks (GGUF export).
 //! - [`precision`]: f32 or bf16 compute ([`Precision`]), bf16 rounding and storage.
 //! - [`fastexp`]: a libm-free vectorisable `e^x`.
+//! - [`io`]: the atomic file writer (temporary file, fsync, rename) every saved file goes through.
 pub mod bf16;
 pub mod error;
 pub mod fastexp;
 pub mod gemm;
+pub mod io;
 pub mod precision;
 pub mod quant;
 

@@ -65,3 +65,12 @@ pub enum LoraError {
 
 /// Result alias of `kiln-lora`.
 pub type Result<T> = std::result::Result<T, LoraError>;
+
+impl From<kiln_cpu::io::IoError> for LoraError {
+    fn from(e: kiln_cpu::io::IoError) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}

@@ -143,14 +143,11 @@ pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, HostTensor>) ->
     write_atomic(path, &buf)
 }
 
+/// `bytes` to `path` through kiln's one atomic writer ([`kiln_cpu::io::write_atomic`]).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    std::fs::write(&tmp, bytes).map_err(|source| io_err(&tmp, source))?;
-    std::fs::rename(&tmp, path).map_err(|source| io_err(path, source))
+    kiln_cpu::io::write_atomic(path, |w| {
+        w.write_all(bytes).map_err(|source| io_err(path, source))
+    })
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> LoraError {

@@ -96,3 +96,12 @@ impl ModelError {
         }
     }
 }
+
+impl From<kiln_cpu::io::IoError> for ModelError {
+    fn from(e: kiln_cpu::io::IoError) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}

@@ -8,7 +8,7 @@ use serde_json::json;
 use std::path::Path;
 
 /// `(name, shape, values)` of every tensor, HF names and layouts.
-type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+pub(crate) type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
 
 fn host<const D: usize>(t: Tensor<D>, name: &str) -> Result<Vec<f32>> {
     t.into_data()
@@ -62,8 +62,13 @@ fn write_json(dir: &Path, name: &str, value: &serde_json::Value) -> Result<()> {
     std::fs::write(&path, text).map_err(|e| ModelError::io(&path, e))
 }
 
-/// See [`Pretrained::save_hf`].
-pub fn save_hf(lm: &Pretrained, dir: &Path) -> Result<()> {
+/// `(name, shape, f32 values)` of every tensor of `lm` under Hugging Face names and PyTorch
+/// layouts, in checkpoint order: what [`save_hf`] and the GGUF export write. All reading of the
+/// layers' weights is here, so a change of how kiln stores them changes one function.
+///
+/// # Errors
+/// [`ModelError::Input`] when a layer has active adapters that are not merged.
+pub(crate) fn collect_tensors(lm: &Pretrained) -> Result<Tensors> {
     let m = &lm.model;
     let mut t: Tensors = Vec::new();
     let embed = m.model.embed_tokens.values(kiln_lora::Layout::Table);
@@ -95,7 +100,13 @@ pub fn save_hf(lm: &Pretrained, dir: &Path) -> Result<()> {
     if let Some(head) = &m.lm_head {
         linear(&mut t, "lm_head", head)?;
     }
+    Ok(t)
+}
 
+/// See [`Pretrained::save_hf`].
+pub fn save_hf(lm: &Pretrained, dir: &Path) -> Result<()> {
+    let m = &lm.model;
+    let t = collect_tensors(lm)?;
     let tmp = dir.join(".tmp-export");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;

@@ -115,6 +115,22 @@ impl Pretrained {
         crate::export_hf::save_hf(self, dir)
     }
 
+    /// Writes the model as one GGUF v3 file that llama.cpp, gguf-py and transformers
+    /// (`from_pretrained(dir, gguf_file=...)`) load: llama.cpp's tensor names and metadata,
+    /// 2-d tensors stored as `export.file_type` says (1-d tensors f32), the tokenizer copied from
+    /// the source GGUF or built from a byte-level BPE `tokenizer.json`, the chat template.
+    /// Written through a temporary file, fsynced and renamed.
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] when adapters are not merged; [`ModelError::Config`] naming the
+    /// knob when GGUF cannot carry the model's config (readers would load another model);
+    /// [`ModelError::Tokenizer`] for a tokenizer that is not byte-level BPE (from
+    /// `tokenizer.json`); [`ModelError::GgufTensor`] naming a tensor that cannot be quantized
+    /// (NaN, infinity); [`ModelError::Io`] when the file cannot be written.
+    pub fn save_gguf(&self, path: &Path, export: crate::gguf::GgufExport) -> Result<()> {
+        crate::gguf::save_gguf(self, path, export)
+    }
+
     /// Token ids that end generation: the config's `eos_token_id`(s) plus the tokenizer's EOS
     /// token and, for chat models, the end-of-turn token if the vocabulary has one.
     pub fn eos_token_ids(&self) -> Vec<u32> {

@@ -270,7 +270,7 @@ pub fn write_f32_safetensors(path: &Path, tensors: &[(&str, Vec<usize>, &[f32])]
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let tmp = path.with_extension("safetensors.tmp");
-    std::fs::write(&tmp, out).map_err(|e| ModelError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+    kiln_cpu::io::write_atomic(path, |w| {
+        w.write_all(&out).map_err(|e| ModelError::io(path, e))
+    })
 }

@@ -10,7 +10,10 @@
 //! qmatmul`).
 pub mod bnb;
 mod ggml;
+mod ggml_quantize;
 pub mod matmul;
+
+pub use ggml_quantize::quantize;
 
 use crate::error::{CpuError, Result};
 use memmap2::Mmap;

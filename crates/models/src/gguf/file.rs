@@ -54,6 +54,12 @@ impl GgufFile {
         // SAFETY: the map is read-only; like every mmap-based loader we assume the file is not
         // truncated or modified by another process while it is mapped.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(&path, e))?;
+        Self::from_mmap(path, mmap)
+    }
+
+    /// A file already mapped (or an anonymous map holding a file's bytes, as the GGUF writer
+    /// builds to read its own header back); `path` names it in errors.
+    pub(crate) fn from_mmap(path: PathBuf, mmap: Mmap) -> Result<Self> {
         let header = parse_header(&mmap, &path)?;
         let key_index = header
             .metadata

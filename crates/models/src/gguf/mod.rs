@@ -1,7 +1,8 @@
 //! GGUF checkpoints (llama.cpp's format): a memory-mapped reader, dequantisation to f32, and the
 //! translation of a file into what the rest of kiln expects: Hugging Face tensor names and
 //! PyTorch shapes ([`GgufWeights`]), a `config.json` equivalent ([`hf_config_from_gguf`]), the
-//! tokenizer ([`tokenizer_from_gguf`]) and the chat template ([`chat_template`]).
+//! tokenizer ([`tokenizer_from_gguf`]) and the chat template ([`chat_template`]); and the way
+//! back: [`save_gguf`] writes a loaded model as a GGUF file llama.cpp and transformers load.
 //!
 //! Every derivation follows what transformers does when it loads the same file with
 //! `from_pretrained(dir, gguf_file=...)` (`modeling_gguf_pytorch_utils.py`,
@@ -17,6 +18,8 @@ mod tokenizer;
 mod types;
 mod value;
 mod weights;
+mod write;
+mod write_meta;
 
 pub use config::{GgufArch, chat_template, hf_config_from_gguf};
 pub use file::GgufFile;
@@ -25,3 +28,4 @@ pub use tokenizer::{GgufTokenizerKind, tokenizer_from_gguf};
 pub use types::GgmlType;
 pub use value::{FromGguf, GgufValue};
 pub use weights::GgufWeights;
+pub use write::{GgufExport, GgufFileType, save_gguf};
