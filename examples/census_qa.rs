@@ -75,6 +75,10 @@ struct Args {
     /// about 540 MB) with kiln's logits of one prompt, for `tools/check_hf_export.py`.
     #[arg(long)]
     save_merged: bool,
+    /// Also write the merged model as one GGUF file (`<output-dir>/model-<TYPE>.gguf`) that
+    /// llama.cpp loads: Q8_0, Q4_K_M, Q4_0, F16, BF16 or F32.
+    #[arg(long)]
+    export_gguf: Option<kiln::models::gguf::GgufFileType>,
     /// The census table.
     #[arg(long, default_value = "data/japan_census_prefectures.csv")]
     table: PathBuf,
@@ -414,8 +418,7 @@ fn main() -> Result<()> {
         test_keys.join(", ")
     )];
     meta.write(&adapter_dir)?;
-    if args.save_merged {
-        let dir = args.output_dir.join("merged");
+    if args.save_merged || args.export_gguf.is_some() {
         let mut merged = tuned.clone();
         merged.merge()?;
         let merged = Pretrained {
@@ -425,30 +428,38 @@ fn main() -> Result<()> {
             source: lm.source.clone(),
             hf_config: lm.hf_config.clone(),
         };
-        merged.save_hf(&dir)?;
-        let prompt = template.render(&test[0].messages[..2], true)?;
-        let ids = lm.encode(&prompt, false)?;
-        let t = ids.len();
-        let logits = merged
-            .model
-            .forward(&kiln::models::DecoderInput::new(ids.clone(), 1, t))?;
-        let dims = logits.dims().to_vec();
-        let values = logits
-            .into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let id_values: Vec<f32> = ids.iter().map(|&i| i as f32).collect();
-        kiln::models::write_f32_safetensors(
-            &dir.join("kiln_logits.safetensors"),
-            &[
-                ("logits", dims, &values),
-                ("input_ids", vec![1, t], &id_values),
-            ],
-        )?;
-        println!(
-            "merged model: {} (check: python3 tools/check_hf_export.py {0})",
-            dir.display()
-        );
+        if let Some(file_type) = args.export_gguf {
+            let path = args.output_dir.join(format!("model-{file_type}.gguf"));
+            merged.save_gguf(&path, kiln::models::gguf::GgufExport { file_type })?;
+            println!("GGUF: {}", path.display());
+        }
+        if args.save_merged {
+            let dir = args.output_dir.join("merged");
+            merged.save_hf(&dir)?;
+            let prompt = template.render(&test[0].messages[..2], true)?;
+            let ids = lm.encode(&prompt, false)?;
+            let t = ids.len();
+            let logits = merged
+                .model
+                .forward(&kiln::models::DecoderInput::new(ids.clone(), 1, t))?;
+            let dims = logits.dims().to_vec();
+            let values = logits
+                .into_data()
+                .try_into_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let id_values: Vec<f32> = ids.iter().map(|&i| i as f32).collect();
+            kiln::models::write_f32_safetensors(
+                &dir.join("kiln_logits.safetensors"),
+                &[
+                    ("logits", dims, &values),
+                    ("input_ids", vec![1, t], &id_values),
+                ],
+            )?;
+            println!(
+                "merged model: {} (check: python3 tools/check_hf_export.py {0})",
+                dir.display()
+            );
+        }
     }
     let report = serde_json::json!({
         "test_questions": test.len(),

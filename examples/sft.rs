@@ -66,6 +66,10 @@ struct Args {
     /// `quantization`).
     #[arg(long)]
     quantize: Option<kiln::models::Quantization>,
+    /// Also write the trained model (adapter merged) as one GGUF file llama.cpp loads,
+    /// `<output-dir>/model-<TYPE>.gguf`: Q8_0, Q4_K_M, Q4_0, F16, BF16 or F32.
+    #[arg(long)]
+    export_gguf: Option<kiln::models::gguf::GgufFileType>,
     /// `f32` or `bf16` (bf16 products and saved activations on kiln's fused CPU backward, as
     /// `torch.autocast`; less memory, not faster on the CPU).
     #[arg(long)]
@@ -266,13 +270,34 @@ fn main() -> Result<()> {
         None => None,
     };
     device.seed(config.seed);
+    // The trained model with the loaded tokenizer, written as GGUF when asked.
+    let export_gguf = |model: CausalLm| -> Result<()> {
+        let Some(file_type) = args.export_gguf else {
+            return Ok(());
+        };
+        let trained = Pretrained {
+            model,
+            tokenizer: lm.tokenizer.clone(),
+            extras: lm.extras.clone(),
+            source: lm.source.clone(),
+            hf_config: lm.hf_config.clone(),
+        };
+        let path = config.output_dir.join(format!("model-{file_type}.gguf"));
+        trained.save_gguf(&path, kiln::models::gguf::GgufExport { file_type })?;
+        println!("GGUF: {}", path.display());
+        Ok(())
+    };
     let (summary, counts, out) = match &config.lora {
         Some(lora) => {
             let model = LoraModel::with_adapter(lm.model, "default", lora.clone())?;
             println!("{}", model.trainable_parameters_report());
             let out = config.output_dir.join("adapter");
-            let (s, m) = train(model, &config, &data, args.resume, &out, generation_eval)?;
+            let (s, mut m) = train(model, &config, &data, args.resume, &out, generation_eval)?;
             let c = m.param_count();
+            if args.export_gguf.is_some() {
+                m.merge()?;
+                export_gguf(m.into_inner())?;
+            }
             (s, (c.trainable, c.all), out)
         }
         None => {
@@ -283,7 +308,8 @@ fn main() -> Result<()> {
                 .sum::<usize>();
             println!("trainable params: {n} (full fine-tuning)");
             let out = config.output_dir.join("trained");
-            let (s, _) = train(model, &config, &data, args.resume, &out, generation_eval)?;
+            let (s, m) = train(model, &config, &data, args.resume, &out, generation_eval)?;
+            export_gguf(m)?;
             (s, (n, n), out)
         }
     };

@@ -65,6 +65,12 @@ impl GgufFileType {
     }
 }
 
+impl std::fmt::Display for GgufFileType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl std::str::FromStr for GgufFileType {
     type Err = ModelError;
 
