@@ -439,9 +439,10 @@ fn main() -> Result<()> {
             let prompt = template.render(&test[0].messages[..2], true)?;
             let ids = lm.encode(&prompt, false)?;
             let t = ids.len();
-            let logits = merged
-                .model
-                .forward(&kiln::models::DecoderInput::new(ids.clone(), 1, t))?;
+            let logits =
+                merged
+                    .model
+                    .forward(&kiln::models::DecoderInput::new(ids.clone(), 1, t))?;
             let dims = logits.dims().to_vec();
             let values = logits
                 .into_data()

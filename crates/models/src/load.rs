@@ -21,9 +21,12 @@ use std::collections::BTreeSet;
 /// (norms, biases) are always f32.
 ///
 /// `"f32"` widens everything to burn tensors (the reference, every backend and path);
-/// `"stored"` keeps each matrix as the file stores it (GGUF blocks, safetensors f16/bf16; f32
-/// tensors stay dense), memory-mapped; `"nf4"`, `"fp4"` and `"int8"` quantize f32/f16/bf16
-/// checkpoints at load as bitsandbytes does. Frozen matrices become dense f32 only when they
+/// `"stored"` keeps each matrix as the file stores it (GGUF blocks, the embedding included, as
+/// llama.cpp does; safetensors f16/bf16; f32 tensors stay dense), memory-mapped; `"nf4"`,
+/// `"fp4"` and `"int8"` quantize f32/f16/bf16 checkpoints at load as transformers +
+/// bitsandbytes do: the linear projections of the decoder layers only, while the embedding table
+/// (bitsandbytes never replaces an `nn.Embedding`) and `lm_head` (transformers' default
+/// `llm_int8_skip_modules`) stay dense f32. Frozen matrices become dense f32 only when they
 /// train (full fine-tuning, `modules_to_save`) or absorb a merged adapter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -33,7 +36,8 @@ pub enum Quantization {
     F32,
     /// Every matrix kept in the file's format.
     Stored,
-    /// Quantized at load by bitsandbytes' rules.
+    /// The decoder layers' linear weights quantized at load by bitsandbytes' rules; the
+    /// embedding table and `lm_head` widened to f32.
     Bnb(QuantizeOnLoad),
 }
 
@@ -109,10 +113,15 @@ impl Loader<'_> {
     }
 
     /// `name` (`[rows, cols]`) kept frozen in a compact format, or `None` when the loader
-    /// widens it (f32 mode, a tensor the file holds in f32, or a missing one).
+    /// widens it (f32 mode, a tensor the file holds in f32, a missing one, or under
+    /// bitsandbytes a matrix outside the decoder layers).
     fn frozen(&mut self, name: &str, rows: usize, cols: usize) -> Result<Option<QMatrix>> {
-        if self.quantization == Quantization::F32 {
-            return Ok(None);
+        match self.quantization {
+            Quantization::F32 => return Ok(None),
+            // transformers swaps only the layers' `nn.Linear`s for bitsandbytes ones: the
+            // embedding and `lm_head` keep the compute dtype.
+            Quantization::Bnb(_) if !name.starts_with("model.layers.") => return Ok(None),
+            Quantization::Stored | Quantization::Bnb(_) => {}
         }
         match self.source.shape(name) {
             Some(shape) if shape == [rows, cols] => {}

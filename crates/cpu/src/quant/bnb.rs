@@ -193,7 +193,10 @@ impl QuantizeOnLoad {
         }
     }
 
-    /// Quantizes a row-major `[rows, cols]` f32 matrix.
+    /// Quantizes a row-major `[rows, cols]` f32 matrix as transformers + bitsandbytes quantize a
+    /// checkpoint: NF4/FP4 from the f32 values; int8 from the values rounded to f16, as
+    /// `Int8Params._quantize` casts the weight to `float16` before `int8_vectorwise_quant`
+    /// (`crates/models/tests/quantized_reference.rs`).
     ///
     /// # Errors
     /// [`CpuError::Layout`] when `data` does not hold `rows · cols` values;
@@ -202,7 +205,13 @@ impl QuantizeOnLoad {
         match self {
             QuantizeOnLoad::Nf4 => quantize_4bit(data, rows, cols, FourBit::Nf4),
             QuantizeOnLoad::Fp4 => quantize_4bit(data, rows, cols, FourBit::Fp4),
-            QuantizeOnLoad::Int8 => quantize_int8(data, rows, cols),
+            QuantizeOnLoad::Int8 => {
+                let f16: Vec<f32> = data
+                    .iter()
+                    .map(|&x| half::f16::from_f32(x).to_f32())
+                    .collect();
+                quantize_int8(&f16, rows, cols)
+            }
         }
     }
 }
