@@ -15,7 +15,8 @@
 #                          (torch 2.15.0, transformers 5.23.0, peft 0.21.2, bitsandbytes 0.50.2, ...)
 #   PRECISIONS="f32 bf16"  PyTorch precisions to run (default: all four)
 #   KILN_PRECISIONS="f32 bf16"
-#   BASELINE=path          the baseline script (default ../shared/bench/pytorch_peft_baseline.py)
+#   BASELINE=path          the baseline script (default ../shared/bench/pytorch_peft_baseline.py,
+#                          beside the main checkout when run from a git worktree)
 #
 # kiln's inference runs in f32 whatever --precision says, so `infer` runs kiln once (f32) and the
 # kiln bf16 column shows "-" for forward and decode. kiln is run with the default CPU backend
@@ -28,7 +29,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MODES=${1:-infer,lora,full}
 THREADS=${2:-2}
-BASELINE=${BASELINE:-../shared/bench/pytorch_peft_baseline.py}
+# ../shared beside the checkout, or beside the main checkout when this is a git worktree.
+if [ -z "${BASELINE:-}" ]; then
+  BASELINE=../shared/bench/pytorch_peft_baseline.py
+  common=$(git rev-parse --git-common-dir 2>/dev/null || true)
+  [ -f "$BASELINE" ] || [ -z "$common" ] || BASELINE=$common/../../shared/bench/pytorch_peft_baseline.py
+fi
+[ -f "$BASELINE" ] || { echo "no baseline at $BASELINE: set BASELINE" >&2; exit 1; }
 PYTHON=${PYTHON:-python3}
 PRECISIONS=${PRECISIONS:-f32 autocast-bf16 bf16 qlora-nf4}
 KILN_PRECISIONS=${KILN_PRECISIONS:-f32 bf16}
