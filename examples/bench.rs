@@ -5,26 +5,38 @@
 //! ```text
 //! cargo run --release --example bench -- --mode infer
 //! cargo run --release --example bench -- --mode lora
-//! cargo run --release --example bench -- --mode full
+//! cargo run --release --example bench -- --mode full --batch-size 8 --seq-len 512 --steps 3
 //! ```
 //!
-//! - `infer`: forward of batch 1 x 256 random ids (no autodiff), 2 warm-up + 5 timed; greedy
-//!   decoding of 64 new tokens after a 16-token prompt with the KV cache, 1 warm-up + 3 timed.
+//! - `infer`: forward of batch `--batch-size` (default 1) x `--seq-len` (256) random ids (no
+//!   autodiff), `--warmup` (2) + `--steps` (5) timed; greedy decoding of 64 new tokens after a
+//!   16-token prompt with the KV cache, 1 warm-up + 3 timed (the flags do not change decoding).
+//!   The field names keep the baseline's `forward_b1x256_*` whatever the shape; `batch` and
+//!   `seq` say what ran. Inference runs in f32 whatever `--precision` says.
 //! - `lora`: LoRA r=16, alpha=32, dropout 0 on q,k,v,o,gate,up,down; AdamW lr 1e-4 (weight
-//!   decay 0.01 as torch's default); batch 4 x 256 random ids, labels = ids; 2 warm-up + 5
-//!   timed optimizer steps through [`kiln::train::Trainer`] (forward, backward, step).
+//!   decay 0.01 as torch's default); batch `--batch-size` (default 4) x `--seq-len` (256) random
+//!   ids, labels = ids; `--warmup` (2) + `--steps` (5) timed optimizer steps through
+//!   [`kiln::train::Trainer`] (forward, backward, step).
 //! - `full`: the same with every parameter trainable.
 //!
 //! Every timed call copies its result to the host, so the time includes the whole computation.
+//!
+//! Achieved speed: `step_gflop` is the timed call's matrix-product work counted as
+//! `tools/step_flops.py` counts it (projections, head, attention in 64-query blocks, LoRA's thin
+//! products; see [`step_flop`]), `gflops_per_s` that over the median time, and
+//! `fraction_of_peak` that over `peak_gflops`, the best of ten f32 products 1024³ through
+//! `kiln_cpu::matmul` on all threads, measured at start.
 use anyhow::Result;
 use clap::{Parser, ValueEnum};
 use kiln::lora::{LoraConfig, LoraModel, TargetModules};
+use kiln::models::DecoderConfig;
 use kiln::models::fetch::resolve_model;
 use kiln::models::{DecoderInput, GenerationConfig, Pretrained, generate, parse_device};
 use kiln::train::{
     AdamWOptions, BackwardPath, Batch, LrSchedule, MicroOutcome, NonFinitePolicy, ScheduleKind,
     ScheduleOptions, Trainer, TrainerOptions,
 };
+use kiln_cpu::{MatMut, MatRef, Threads};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -59,6 +71,27 @@ struct Args {
     /// `f32`, or `bf16` products and saved activations (fused backward only).
     #[arg(long, default_value = "f32")]
     precision: kiln::train::Precision,
+    /// Sequences per step (default: 1 for `infer`, 4 for training).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// Timed steps (forwards for `infer`).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Untimed steps before them.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+}
+
+impl Args {
+    fn batch(&self) -> usize {
+        self.batch_size.unwrap_or(match self.mode {
+            Mode::Infer => 1,
+            _ => 4,
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -67,8 +100,92 @@ enum Backward {
     Autodiff,
 }
 
-const BATCH: usize = 4;
-const SEQ: usize = 256;
+/// LoRA rank of the `lora` mode.
+const RANK: usize = 16;
+/// Queries per block of kiln's attention (the blocks see only the keys they may attend to).
+const ATTN_BLOCK: usize = 64;
+
+/// Matrix-product FLOPs of one timed call, as `tools/step_flops.py` counts them: every
+/// projection once forward, again for the input gradient and again for the weight gradient in
+/// full fine-tuning; the head on the `batch * (seq - 1)` counted rows (logits, input gradient,
+/// weight gradient in full fine-tuning) or on every row for `infer` (which returns all logits);
+/// attention in blocks of 64 queries over the keys each block sees (2 products forward, 5 more
+/// backward as the probabilities are recomputed); 6 thin products per LoRA adapter on the seven
+/// projections. Sliding windows are not subtracted (they cut nothing up to the window).
+fn step_flop(c: &DecoderConfig, mode: Mode, batch: usize, seq: usize) -> f64 {
+    let (d, f, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
+    let (q, kv) = (c.num_heads * hd, c.num_kv_heads * hd);
+    // (in, out) of q, k, v, o, gate, up, down (fused qkv / gate_up multiply the same)
+    let proj = [(d, q), (d, kv), (d, kv), (q, d), (d, f), (d, f), (f, d)];
+    let (tokens, counted) = ((batch * seq) as f64, (batch * seq.saturating_sub(1)) as f64);
+    let layers = c.num_layers as f64;
+    let layer_params: usize = proj.iter().map(|(i, o)| i * o).sum();
+    let product = 2.0 * layer_params as f64 * tokens * layers;
+    let head_row = 2.0 * (c.vocab_size * d) as f64;
+    let keys: usize = (0..seq.div_ceil(ATTN_BLOCK))
+        .map(|i| seq.min(ATTN_BLOCK * (i + 1)))
+        .sum();
+    let attn_product = 2.0 * (ATTN_BLOCK * hd * keys * batch * c.num_heads) as f64;
+    let adapter_dims: usize = proj.iter().map(|(i, o)| i + o).sum();
+    let adapters = 3.0 * 2.0 * tokens * (RANK * adapter_dims) as f64 * layers;
+    match mode {
+        Mode::Infer => product + head_row * tokens + 2.0 * attn_product * layers,
+        Mode::Lora => {
+            2.0 * product + 2.0 * head_row * counted + 7.0 * attn_product * layers + adapters
+        }
+        Mode::Full => 3.0 * product + 3.0 * head_row * counted + 7.0 * attn_product * layers,
+    }
+}
+
+/// The machine's practical f32 product speed: best of ten `kiln_cpu::matmul` 1024³ on all
+/// threads, in GFLOP/s.
+fn peak_gflops() -> f64 {
+    const N: usize = 1024;
+    let a: Vec<f32> = (0..N * N)
+        .map(|i| ((i * 7919) % 1000) as f32 * 1e-3)
+        .collect();
+    let b: Vec<f32> = (0..N * N)
+        .map(|i| ((i * 104_729) % 1000) as f32 * 1e-3)
+        .collect();
+    let mut c = vec![0.0f32; N * N];
+    let mut best = f64::INFINITY;
+    for i in 0..12 {
+        let t0 = Instant::now();
+        kiln_cpu::matmul(
+            MatMut::new(&mut c, N, N),
+            MatRef::new(&a, N, N),
+            MatRef::new(&b, N, N),
+            1.0,
+            false,
+            Threads::All,
+        );
+        let dt = t0.elapsed().as_secs_f64();
+        if i >= 2 {
+            best = best.min(dt);
+        }
+    }
+    std::hint::black_box(&c);
+    2.0 * (N * N * N) as f64 / best / 1e9
+}
+
+/// The achieved-speed fields of a result: work, GFLOP/s at the median time, fraction of peak.
+fn speed(flop: f64, median_s: f64, peak: f64) -> serde_json::Value {
+    let gflops = flop / median_s / 1e9;
+    json!({
+        "step_gflop": (flop / 1e9 * 10.0).round() / 10.0,
+        "gflops_per_s": (gflops * 10.0).round() / 10.0,
+        "peak_gflops": (peak * 10.0).round() / 10.0,
+        "fraction_of_peak": (gflops / peak * 1e3).round() / 1e3,
+    })
+}
+
+/// Adds the fields of `extra` (an object) to `v` (an object).
+fn merge(mut v: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+    if let (Some(v), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
+        v.extend(extra);
+    }
+    v
+}
 
 /// Deterministic pseudo-random ids in `0..vocab`, different for every `salt`.
 fn random_ids(n: usize, vocab: usize, salt: u64) -> Vec<u32> {
@@ -105,18 +222,19 @@ fn round4(v: &[f64]) -> Vec<f64> {
     v.iter().map(|x| (x * 1e4).round() / 1e4).collect()
 }
 
-fn infer(lm: &Pretrained) -> Result<serde_json::Value> {
+fn infer(lm: &Pretrained, args: &Args, peak: f64) -> Result<serde_json::Value> {
     let vocab = lm.model.config.vocab_size;
+    let (batch, seq) = (args.batch(), args.seq_len);
     let mut forward = Vec::new();
-    for i in 0..7 {
+    for i in 0..args.warmup + args.steps {
         // New ids every run so nothing can be cached between runs.
-        let ids = random_ids(256, vocab, i);
+        let ids = random_ids(batch * seq, vocab, i as u64);
         let t0 = Instant::now();
-        let logits = lm.model.forward(&DecoderInput::new(ids, 1, 256))?;
+        let logits = lm.model.forward(&DecoderInput::new(ids, batch, seq))?;
         let host = logits.into_data().try_into_vec::<f32>();
         let dt = t0.elapsed().as_secs_f64();
-        anyhow::ensure!(host.map(|v| v.len()).unwrap_or(0) == 256 * vocab);
-        if i >= 2 {
+        anyhow::ensure!(host.map(|v| v.len()).unwrap_or(0) == batch * seq * vocab);
+        if i >= args.warmup {
             forward.push(dt);
         }
     }
@@ -156,23 +274,30 @@ fn infer(lm: &Pretrained) -> Result<serde_json::Value> {
         }
     }
     let (f, g, p) = (median(&forward), median(&gen_times), median(&prefill));
-    Ok(json!({
+    let flop = step_flop(&lm.model.config, Mode::Infer, batch, seq);
+    let result = json!({
         "mode": "infer",
+        "precision": "f32",
+        "batch": batch,
+        "seq": seq,
         "forward_b1x256_times_s": round4(&forward),
         "forward_b1x256_median_s": f,
-        "forward_tokens_per_s": 256.0 / f,
+        "forward_tokens_per_s": (batch * seq) as f64 / f,
         "generate_64_times_s": round4(&gen_times),
         "generate_64_median_s": g,
         "decode_tokens_per_s_incl_prefill": 64.0 / g,
         "prefill16_median_s": p,
         "decode_tokens_per_s_excl_prefill": 64.0 / (g - p).max(1e-9),
         "peak_rss_mb": peak_rss_mb(),
-    }))
+    });
+    Ok(merge(result, speed(flop, f, peak)))
 }
 
-fn train(lm: Pretrained, mode: Mode, args: &Args) -> Result<serde_json::Value> {
+fn train(lm: Pretrained, mode: Mode, args: &Args, peak: f64) -> Result<serde_json::Value> {
     let device = parse_device(&args.device)?;
     let vocab = lm.model.config.vocab_size;
+    let (batch, seq) = (args.batch(), args.seq_len);
+    let flop = step_flop(&lm.model.config, mode, batch, seq);
     // The adapters' initial A is drawn from the device's RNG: seeded, so every run of this
     // benchmark trains the same adapter and reports the same losses.
     device.seed(0);
@@ -190,7 +315,7 @@ fn train(lm: Pretrained, mode: Mode, args: &Args) -> Result<serde_json::Value> {
             .chain(&["down_proj"])
             .map(|s| s.to_string())
             .collect();
-            let mut config = LoraConfig::new(16, 32.0, TargetModules::Names(targets));
+            let mut config = LoraConfig::new(RANK, 32.0, TargetModules::Names(targets));
             config.lora_dropout = 0.0;
             LoraModel::with_adapter(lm.model, "default", config)?.into_inner()
         }
@@ -205,7 +330,7 @@ fn train(lm: Pretrained, mode: Mode, args: &Args) -> Result<serde_json::Value> {
     let options = TrainerOptions {
         grad_accum: 1,
         max_grad_norm: None,
-        schedule: LrSchedule::new(&schedule, 1e-4, 7),
+        schedule: LrSchedule::new(&schedule, 1e-4, args.warmup + args.steps),
         adamw: AdamWOptions {
             lr: 1e-4,
             weight_decay: 0.01,
@@ -228,9 +353,9 @@ fn train(lm: Pretrained, mode: Mode, args: &Args) -> Result<serde_json::Value> {
         .map(|p| p.numel())
         .sum();
     let (mut times, mut losses) = (Vec::new(), Vec::new());
-    for i in 0..7u64 {
-        let ids = random_ids(BATCH * SEQ, vocab, 1000 + i);
-        let data = vec![Batch::language_modelling(ids, BATCH, SEQ)?];
+    for i in 0..(args.warmup + args.steps) as u64 {
+        let ids = random_ids(batch * seq, vocab, 1000 + i);
+        let data = vec![Batch::language_modelling(ids, batch, seq)?];
         let t0 = Instant::now();
         // The step reads the loss and the gradient norm on the host: it is synchronous.
         let MicroOutcome::Stepped(m) = trainer.step(&data)? else {
@@ -238,37 +363,45 @@ fn train(lm: Pretrained, mode: Mode, args: &Args) -> Result<serde_json::Value> {
         };
         let dt = t0.elapsed().as_secs_f64();
         losses.push((m.loss * 1e4).round() / 1e4);
-        if i >= 2 {
+        if i >= args.warmup as u64 {
             times.push(dt);
         }
         // Each step's data is its own one-batch source: rewind the position.
         trainer.state.position = 0;
     }
     let med = median(&times);
-    Ok(json!({
+    let result = json!({
         "mode": match mode { Mode::Lora => "lora", _ => "full" },
+        "batch": batch,
+        "seq": seq,
         "trainable_params": trainable,
         "total_params": total,
         "step_times_s": round4(&times),
         "median_step_s": med,
-        "tokens_per_s": (BATCH * SEQ) as f64 / med,
+        "tokens_per_s": (batch * seq) as f64 / med,
         "losses": losses,
         "peak_rss_mb": peak_rss_mb(),
         "gradient_checkpointing": args.gradient_checkpointing,
         "backward": format!("{:?}", args.backward).to_lowercase(),
         "precision": args.precision.to_string(),
-    }))
+    });
+    Ok(merge(result, speed(flop, med, peak)))
 }
 
 fn main() -> Result<()> {
     kiln::train::keep_freed_memory();
     let args = Args::parse();
+    anyhow::ensure!(
+        args.steps > 0 && args.batch() > 0 && args.seq_len > 1,
+        "--steps, --batch-size must be positive and --seq-len at least 2"
+    );
+    let peak = peak_gflops();
     let device = parse_device(&args.device)?;
     let path = resolve_model(args.model.as_deref(), true)?;
     let lm = Pretrained::load_as(&path, &device, args.quantize)?;
     let result = match args.mode {
-        Mode::Infer => infer(&lm)?,
-        mode => train(lm, mode, &args)?,
+        Mode::Infer => infer(&lm, &args, peak)?,
+        mode => train(lm, mode, &args, peak)?,
     };
     println!("RESULT {result}");
     Ok(())
