@@ -138,11 +138,9 @@ fn int8_codes_scales_and_dequantization_are_bitsandbytes_bytes() {
     let st = SafeTensors::deserialize(&buf).unwrap();
     for name in MATRICES {
         let (x, rows, cols) = input(&st, name);
-        let m = "int8"
-            .parse::<QuantizeOnLoad>()
-            .unwrap()
-            .quantize(&x, rows, cols)
-            .unwrap();
+        // The fixture is `int8_vectorwise_quant` of the f32 values; `QuantizeOnLoad::Int8`
+        // rounds to f16 first, as `Int8Params` does (checked by the model-level fixture).
+        let m = bnb::quantize_int8(&x, rows, cols).unwrap();
         let (cb, _) = raw(&st, &format!("{name}.int8.cb"), Dtype::I8);
         assert_bytes(m.data(), cb, &format!("{name}: CB"));
         let Some(Stats::Rows { scales }) = m.stats() else {
@@ -171,11 +169,14 @@ fn products_equal_the_dense_product_of_the_bitsandbytes_dequantized_matrix() {
         ("large", "nf4"),
     ] {
         let (x, rows, cols) = input(&st, name);
-        let m = q
-            .parse::<QuantizeOnLoad>()
-            .unwrap()
-            .quantize(&x, rows, cols)
-            .unwrap();
+        let m = match q {
+            "int8" => bnb::quantize_int8(&x, rows, cols).unwrap(),
+            q => q
+                .parse::<QuantizeOnLoad>()
+                .unwrap()
+                .quantize(&x, rows, cols)
+                .unwrap(),
+        };
         let w = f32s(&st, &format!("{name}.{q}.dequant"));
         let batch = 3;
         let a: Vec<f32> = (0..batch * cols)

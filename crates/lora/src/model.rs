@@ -6,7 +6,7 @@ use crate::base::Layout;
 use crate::config::{Bias, LoraConfig};
 use crate::error::{LoraError, Result};
 use crate::pattern::TargetMatcher;
-use crate::target::{AdapterTarget, OtherParamMut};
+use crate::target::{AdapterTarget, OtherParam, OtherParamMut};
 
 /// A model with named LoRA adapters.
 ///
@@ -254,7 +254,13 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
     pub fn param_count(&self) -> ParamCount {
         let plan = self.plan();
         let mut trainable = 0usize;
+        // Matrices kept in their storage format are not burn parameters; PEFT counts a
+        // quantized weight's elements (it doubles a packed 4-bit tensor's numel), so does kiln.
+        let mut frozen = 0usize;
         self.model.visit_linears(&mut |path, l| {
+            if l.weight.as_frozen().is_some() {
+                frozen += l.weight.num_elements();
+            }
             let mut adapted = false;
             for a in &l.adapters {
                 if l.active_adapters().contains(&a.name) {
@@ -270,13 +276,18 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
             }
         });
         self.model.visit_other_params(&mut |path, param, p| {
+            if let OtherParam::Table(t) = p
+                && t.as_frozen().is_some()
+            {
+                frozen += t.num_elements();
+            }
             if plan.module_to_save(path) || (param == "bias" && plan.bias_trains(false)) {
                 trainable += p.dims().iter().product::<usize>();
             }
         });
         ParamCount {
             trainable,
-            all: self.model.num_params(),
+            all: self.model.num_params() + frozen,
         }
     }
 

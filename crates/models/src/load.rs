@@ -109,7 +109,9 @@ impl Loader<'_> {
                 found: shape,
             });
         }
-        self.source.load_f32(name)
+        let data = self.source.load_f32(name)?;
+        self.source.release(name);
+        Ok(data)
     }
 
     /// `name` (`[rows, cols]`) kept frozen in a compact format, or `None` when the loader
@@ -140,6 +142,7 @@ impl Loader<'_> {
         }
         self.used.insert(name.to_string());
         let data = self.source.load_f32(name)?;
+        self.source.release(name);
         q.quantize(&data, rows, cols)
             .map(Some)
             .map_err(|e| ModelError::Input(format!("tensor `{name}`: {e}")))

@@ -163,6 +163,10 @@ impl WeightSource for LanguageModelWeights<'_> {
     fn load_stored(&self, name: &str) -> Result<Option<kiln_cpu::QMatrix>> {
         self.inner.load_stored(&self.file_name(name))
     }
+
+    fn release(&self, name: &str) {
+        self.inner.release(&self.file_name(name))
+    }
 }
 
 #[cfg(test)]

@@ -36,6 +36,20 @@ impl std::fmt::Debug for SafetensorsWeights {
     }
 }
 
+/// Drops the resident pages of `len` bytes at `offset` of a read-only file map (they are read
+/// from the file again if touched). A hint: failures are ignored.
+pub(crate) fn release_pages(map: &Mmap, offset: usize, len: usize) {
+    #[cfg(unix)]
+    // SAFETY: the map is a read-only mapping of a file nobody writes while it is mapped (see
+    // `open_shard`); MADV_DONTNEED on such a mapping only drops cached pages, and any later
+    // read of the range, through a live slice or not, faults the same bytes back in from the file.
+    unsafe {
+        let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len);
+    }
+    #[cfg(not(unix))]
+    let _ = (map, offset, len);
+}
+
 fn open_shard(path: &Path) -> Result<Shard> {
     let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
     // SAFETY: the file is opened read-only; kiln never writes to a checkpoint it reads.
@@ -149,6 +163,13 @@ impl WeightSource for SafetensorsWeights {
     fn dtype(&self, name: &str) -> Option<String> {
         self.lookup(name)
             .map(|(_, info)| format!("{:?}", info.dtype))
+    }
+
+    fn release(&self, name: &str) {
+        if let Some((shard, info)) = self.lookup(name) {
+            let (start, end) = info.data_offsets;
+            release_pages(&shard.mmap, shard.data_start + start, end - start);
+        }
     }
 
     fn load_stored(&self, name: &str) -> Result<Option<QMatrix>> {

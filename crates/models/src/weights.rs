@@ -27,4 +27,11 @@ pub trait WeightSource {
         let _ = name;
         Ok(None)
     }
+    /// A hint that `name`'s file pages are no longer needed (its values were copied out): a
+    /// memory-mapped source drops them from memory, so a large checkpoint widened or quantized
+    /// at load never has all of its file resident at once. Nothing that is still mapped by a
+    /// frozen matrix is released ([`Self::load_stored`] keeps those).
+    fn release(&self, name: &str) {
+        let _ = name;
+    }
 }

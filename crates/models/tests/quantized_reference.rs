@@ -270,3 +270,25 @@ fn unknown_quantization_lists_the_accepted_values() {
         assert_eq!(s.parse::<Quantization>().unwrap(), q);
     }
 }
+
+/// PEFT counts a quantized weight's elements in "all params" (it doubles a packed 4-bit
+/// tensor's numel): a base kept in blocks counts as many parameters as the f32 one.
+#[test]
+fn parameter_counts_include_frozen_matrices() {
+    let device = default_device();
+    let count = |q: Quantization| {
+        let p = Pretrained::load_as(&gguf("q4_0"), &device, q).unwrap();
+        let config = kiln_lora::LoraConfig::new(
+            4,
+            8.0,
+            kiln_lora::TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]),
+        );
+        LoraModel::with_adapter(p.model, "default", config)
+            .unwrap()
+            .param_count()
+    };
+    let (stored, dense) = (count(Quantization::Stored), count(Quantization::F32));
+    assert_eq!(stored.all, dense.all);
+    assert_eq!(stored.trainable, dense.trainable);
+    assert!(stored.trainable > 0 && stored.all > stored.trainable);
+}

@@ -233,6 +233,17 @@ impl GgufFile {
             .map_err(tensor_err)
     }
 
+    /// Drops the resident file pages of tensor `name` (see [`crate::WeightSource::release`]).
+    pub(crate) fn release(&self, name: &str) {
+        if let Some(info) = self.tensor(name) {
+            crate::safetensors_source::release_pages(
+                &self.mmap,
+                info.file_offset as usize,
+                info.n_bytes as usize,
+            );
+        }
+    }
+
     /// Tensor `name` dequantised to f32, row-major in PyTorch order (see [`TensorInfo::shape`]).
     ///
     /// # Errors

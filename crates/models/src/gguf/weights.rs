@@ -129,6 +129,12 @@ impl WeightSource for GgufWeights {
         }
     }
 
+    fn release(&self, name: &str) {
+        if let Some(gguf) = self.to_gguf.get(name) {
+            self.file.release(gguf);
+        }
+    }
+
     fn load_stored(&self, name: &str) -> Result<Option<QMatrix>> {
         let gguf = self.gguf_name(name)?;
         if self.arch.norms_offset_by_one() && gguf.ends_with("norm.weight") {
