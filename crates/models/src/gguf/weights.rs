@@ -147,16 +147,7 @@ impl WeightSource for GgufWeights {
             return Ok(Some(m));
         };
         // Undo llama.cpp's permutation by reading rows through a map: nothing is copied.
-        let dim = rows / groups / 2;
-        let mut map = vec![0u32; rows];
-        for h in 0..groups {
-            for p in 0..2 {
-                for i in 0..dim {
-                    map[h * 2 * dim + p * dim + i] = (h * 2 * dim + i * 2 + p) as u32;
-                }
-            }
-        }
-        m.with_row_map(map)
+        m.with_row_map(qk_row_map(rows, groups))
             .map(Some)
             .map_err(|e| ModelError::GgufTensor {
                 path: self.file.path().to_path_buf(),
@@ -198,23 +189,31 @@ impl GgufWeights {
     }
 }
 
-/// Undoes llama.cpp's `permute` of q/k rows: within each of `n_head` heads of `2 * dim` rows,
-/// row `2 * i + p` goes back to row `p * dim + i` (transformers' `_reverse_permute_weights`).
+/// llama.cpp's `permute` of q/k rows as a map: within each of `n_head` heads of `2 · dim` rows,
+/// Hugging Face row `p · dim + i` is stored at GGUF row `2 · i + p`; entry `r` of the map is the
+/// GGUF row of Hugging Face row `r`.
+pub(crate) fn qk_row_map(rows: usize, n_head: usize) -> Vec<u32> {
+    let dim = rows / n_head / 2;
+    let mut map = vec![0u32; rows];
+    for h in 0..n_head {
+        for p in 0..2 {
+            for i in 0..dim {
+                map[h * 2 * dim + p * dim + i] = (h * 2 * dim + 2 * i + p) as u32;
+            }
+        }
+    }
+    map
+}
+
+/// Undoes llama.cpp's `permute` of q/k rows (transformers' `_reverse_permute_weights`).
 ///
 /// # Shapes
 /// `data`: `[rows, cols]` row-major (a bias is `cols = 1`); returns the same shape.
 pub(crate) fn unpermute_rows(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
-    let dim = rows / n_head / 2;
     let mut out = vec![0f32; data.len()];
-    for h in 0..n_head {
-        for p in 0..2 {
-            for i in 0..dim {
-                let dst = h * 2 * dim + p * dim + i;
-                let src = h * 2 * dim + i * 2 + p;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
-            }
-        }
+    for (hf, &gguf) in qk_row_map(rows, n_head).iter().enumerate() {
+        let g = gguf as usize;
+        out[hf * cols..(hf + 1) * cols].copy_from_slice(&data[g * cols..(g + 1) * cols]);
     }
     out
 }

@@ -245,17 +245,10 @@ pub(crate) fn tensor_type(
 /// # Shapes
 /// `data`: `[rows, cols]` row-major (a bias is `cols = 1`); returns the same shape.
 pub(crate) fn permute_rows(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
-    let dim = rows / n_head / 2;
     let mut out = vec![0f32; data.len()];
-    for h in 0..n_head {
-        for p in 0..2 {
-            for i in 0..dim {
-                let src = h * 2 * dim + p * dim + i;
-                let dst = h * 2 * dim + 2 * i + p;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
-            }
-        }
+    for (hf, &gguf) in super::weights::qk_row_map(rows, n_head).iter().enumerate() {
+        let g = gguf as usize;
+        out[g * cols..(g + 1) * cols].copy_from_slice(&data[hf * cols..(hf + 1) * cols]);
     }
     out
 }
