@@ -1,7 +1,8 @@
 //! kiln-cpu: the CPU runtime under kiln's crates, with no model and no burn in it.
 //!
 //! - [`gemm`]: strided host matrices ([`MatRef`], [`MatMut`]) and the one f32 matrix product
-//!   ([`matmul`]) kiln's kernels call.
+//!   ([`matmul`]) kiln's kernels call; [`matmul_in`] picks it or the bf16 product by
+//!   [`Precision`].
 //! - [`bf16`]: products of bf16-valued operands with f32 accumulation on the CPU's bf16 unit
 //!   ([`bf16::matmul_bf16`], AVX512-BF16), or the f32 product where there is none.
 //! - [`quant`]: frozen weights kept in their storage format ([`QMatrix`]: ggml blocks from a
@@ -19,6 +20,6 @@ pub mod precision;
 pub mod quant;
 
 pub use error::{CpuError, Result};
-pub use gemm::{MatMut, MatRef, Threads, matmul};
+pub use gemm::{MatMut, MatRef, Threads, matmul, matmul_in};
 pub use precision::Precision;
 pub use quant::{Bytes, QMatrix, QuantType};

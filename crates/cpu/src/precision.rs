@@ -7,9 +7,9 @@
 //! backward pass each product's incoming gradient and its results are rounded the same way.
 //! Norms, softmax, the residual stream, the loss, the gradients' sums and the weights the
 //! optimizer updates stay f32. Activations kept for the backward pass are stored as bf16
-//! (2 bytes instead of 4), which is the memory it saves. The products themselves run on f32
-//! kernels (the `gemm` crate has no bf16 kernel, and burn's flex backend converts bf16 to f32
-//! for its products the same way), so on the CPU this is not faster than f32.
+//! (2 bytes instead of 4), which is the memory it saves. The products whose operands are both
+//! bf16 values run through [`crate::gemm::matmul_in`] on [`crate::bf16::matmul_bf16`]: the
+//! CPU's bf16 unit where it has one (AVX512-BF16), the f32 product on the same values elsewhere.
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::fmt;

@@ -18,9 +18,10 @@
 
 use kiln_cpu::bf16::{
     Backend, PackedB, bf16_backend, matmul_bf16, matmul_bf16_on, matmul_bf16_packed,
+    matmul_bf16_packed_a, pack_a,
 };
 use kiln_cpu::precision::round_bf16;
-use kiln_cpu::{MatMut, MatRef, Threads, matmul};
+use kiln_cpu::{MatMut, MatRef, Precision, Threads, matmul, matmul_in};
 
 /// bf16-valued pseudo-random numbers in [-2, 2).
 fn values(n: usize, seed: u32) -> Vec<f32> {
@@ -145,13 +146,47 @@ fn check_shape(m: usize, k: usize, n: usize) {
                 let dst = dst_view(&mut got, m, n);
                 matmul_bf16_on(backend, dst, a.view(), b.view(), alpha, accumulate, threads);
                 check(&got, &before, &a, &b, alpha, accumulate);
+                let unpacked = got;
                 let packed = PackedB::on(backend, b.view());
                 let mut got = before.clone();
                 let dst = dst_view(&mut got, m, n);
                 matmul_bf16_packed(dst, a.view(), &packed, alpha, accumulate, threads);
                 check(&got, &before, &a, &b, alpha, accumulate);
+                if backend == Backend::detected() {
+                    // A packed once (what a frozen weight's tiles reuse) gives the bits of
+                    // `matmul_bf16` (which packs it per call).
+                    let mut got = before.clone();
+                    let dst = dst_view(&mut got, m, n);
+                    let pa = pack_a(a.view());
+                    matmul_bf16_packed_a(dst, &pa, b.view(), alpha, accumulate, threads);
+                    assert_eq!(bits(&got), bits(&unpacked), "[{m}x{k}x{n}] packed A");
+                }
             }
         }
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// `matmul_in` is the f32 `matmul` in f32 and `matmul_bf16` in bf16 (for a result of at least
+/// 128 × 128), bit for bit.
+#[test]
+fn matmul_in_picks_the_precisions_product() {
+    let (m, k, n) = (140, 70, 190);
+    let (a, b) = (Operand::new(m, k, false, 1), Operand::new(k, n, true, 2));
+    let before = dst_buffer(m, n, 3);
+    let (av, bv) = (a.view(), b.view());
+    for p in [Precision::F32, Precision::Bf16] {
+        let (mut got, mut want) = (before.clone(), before.clone());
+        matmul_in(p, dst_view(&mut got, m, n), av, bv, 0.5, true, Threads::All);
+        let dst = dst_view(&mut want, m, n);
+        match p {
+            Precision::F32 => matmul(dst, av, bv, 0.5, true, Threads::All),
+            Precision::Bf16 => matmul_bf16(dst, av, bv, 0.5, true, Threads::All),
+        }
+        assert_eq!(bits(&got), bits(&want), "{p}");
     }
 }
 

@@ -19,7 +19,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use burn_ndarray::NdArrayTensor;
 use kiln_cpu::Precision;
 use kiln_cpu::QMatrix;
-use kiln_cpu::{MatMut, MatRef, Threads, matmul};
+use kiln_cpu::{MatMut, MatRef, Threads, matmul, matmul_in};
 use std::sync::Arc;
 
 /// One running plain-LoRA adapter, copied to the host (adapters are small).
@@ -188,7 +188,8 @@ impl HostLinear {
         let mut y = vec![0f32; m * n];
         match &self.weight {
             HostWeight::Dense(_) => self.with_weight(|w| {
-                matmul(
+                matmul_in(
+                    self.precision,
                     MatMut::new(&mut y, m, n),
                     MatRef::new(x, m, k),
                     w,
@@ -209,7 +210,8 @@ impl HostLinear {
             let dropped = mask.as_ref().map(|mask| self.dropped(x, mask));
             let mut u = vec![0f32; m * ad.r];
             let a = MatRef::new(&ad.a, k, ad.r);
-            matmul(
+            matmul_in(
+                self.precision,
                 MatMut::new(&mut u, m, ad.r),
                 MatRef::new(dropped.as_deref().unwrap_or(x), m, k),
                 a,
@@ -248,8 +250,9 @@ impl HostLinear {
         d
     }
 
-    /// `dst += alpha · a b` for a contiguous `[rows, cols]` `dst`; in bf16 the product is
-    /// rounded before it is added, as autocast's bf16 products give their gradients.
+    /// `dst += alpha · a b` for a contiguous `[rows, cols]` `dst`; in bf16 the product (of
+    /// bf16 operands, through [`matmul_in`]) is rounded before it is added, as autocast's bf16
+    /// products give their gradients.
     #[allow(clippy::too_many_arguments)]
     fn add_product(
         &self,
@@ -271,7 +274,8 @@ impl HostLinear {
             ),
             Precision::Bf16 => {
                 let mut t = vec![0f32; rows * cols];
-                matmul(
+                matmul_in(
+                    Precision::Bf16,
                     MatMut::new(&mut t, rows, cols),
                     a,
                     b,
@@ -326,7 +330,8 @@ impl HostLinear {
             // du = dy Bᵀ [m, r]; the adapter's input gradient is s · du Aᵀ (times the mask).
             let mut du = vec![0f32; m * r];
             let b = MatRef::new(&ad.b, r, n);
-            matmul(
+            matmul_in(
+                self.precision,
                 MatMut::new(&mut du, m, r),
                 dym,
                 b.t(),
@@ -341,7 +346,15 @@ impl HostLinear {
                 Some(mask) => {
                     let mut dxd = vec![0f32; m * k];
                     let dst = MatMut::new(&mut dxd, m, k);
-                    matmul(dst, dum, a.t(), ad.scale, false, Threads::All);
+                    matmul_in(
+                        self.precision,
+                        dst,
+                        dum,
+                        a.t(),
+                        ad.scale,
+                        false,
+                        Threads::All,
+                    );
                     self.precision.round(&mut dxd);
                     for ((dx, g), mk) in dx.iter_mut().zip(&dxd).zip(mask) {
                         *dx += g * mk;

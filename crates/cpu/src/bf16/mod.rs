@@ -1,8 +1,8 @@
 //! Matrix products with bf16 inputs and f32 accumulation, on the CPU's bf16 dot-product unit
 //! when it has one.
 //!
-//! Why: [`Precision::Bf16`](crate::Precision) rounds a product's inputs to bf16 and then
-//! multiplies them with the f32 [`matmul`], so bf16 training is no faster than f32. CPUs with
+//! Why: [`Precision::Bf16`](crate::Precision) rounds a product's inputs to bf16; multiplying
+//! them with the f32 [`matmul`] made bf16 training no faster than f32. CPUs with
 //! AVX512-BF16 (Zen 4, Cooper Lake, Sapphire Rapids) multiply bf16 pairs at twice the f32 rate
 //! per instruction and read half the bytes. This module packs the (already bf16-valued) f32
 //! operands into bf16 pairs and runs its own `vdpbf16ps` micro-kernel ([`avx512`]), chosen once
@@ -166,7 +166,7 @@ pub fn matmul_bf16_on(
     threads: Threads,
 ) {
     assert!(backend.available(), "{} not available", backend.name());
-    check_shapes(&dst, &a, b.rows, b.cols);
+    check_shapes(&dst, (a.rows, a.cols), b.rows, b.cols);
     match backend {
         Backend::F32Fallback => matmul(dst, a, b, alpha, accumulate, threads),
         // Packing B would cost more than the product saves: a few rows (decoding).
@@ -242,7 +242,7 @@ pub fn matmul_bf16_packed(
     accumulate: bool,
     threads: Threads,
 ) {
-    check_shapes(&dst, &a, b.rows, b.cols);
+    check_shapes(&dst, (a.rows, a.cols), b.rows, b.cols);
     match &b.data {
         Packed::F32(v) => {
             let bm = MatRef::new(v, b.rows, b.cols);
@@ -252,12 +252,10 @@ pub fn matmul_bf16_packed(
     }
 }
 
-fn check_shapes(dst: &MatMut<'_>, a: &MatRef<'_>, k: usize, n: usize) {
+fn check_shapes(dst: &MatMut<'_>, (m, ak): (usize, usize), k: usize, n: usize) {
     assert!(
-        a.cols == k && dst.rows == a.rows && dst.cols == n,
-        "matmul_bf16 [{}, {}] x [{k}, {n}] -> [{}, {}]",
-        a.rows,
-        a.cols,
+        ak == k && dst.rows == m && dst.cols == n,
+        "matmul_bf16 [{m}, {ak}] x [{k}, {n}] -> [{}, {}]",
         dst.rows,
         dst.cols
     );
@@ -277,7 +275,7 @@ unsafe impl Sync for DstPtr {}
 
 /// The product on the bf16 kernel, B already packed (`n` columns, `a.cols` rows).
 fn run_pairs(
-    mut dst: MatMut<'_>,
+    dst: MatMut<'_>,
     a: MatRef<'_>,
     b_words: &[u32],
     n: usize,
@@ -285,19 +283,113 @@ fn run_pairs(
     accumulate: bool,
     threads: Threads,
 ) {
-    let (m, kp) = (a.rows, pack::pairs(a.cols));
+    // Taken out of the cell (not borrowed) so a nested product on this thread gets its own.
+    let mut a_words = A_SCRATCH.take();
+    pack::pack_a(&a, &mut a_words, threads == Threads::All);
+    let k = a.cols;
+    run_packed(
+        dst,
+        &a_words,
+        (a.rows, k),
+        b_words,
+        n,
+        alpha,
+        accumulate,
+        threads,
+    );
+    A_SCRATCH.set(a_words);
+}
+
+/// A left-hand operand packed once for products by several right-hand operands (the tiles of
+/// a weight that is dequantized a tile at a time), in the layout of [`Backend::detected`].
+#[derive(Debug)]
+pub struct PackedA<'a> {
+    data: PackedLhs<'a>,
+}
+
+#[derive(Debug)]
+enum PackedLhs<'a> {
+    /// bf16 pairs in panels of `MR` rows (see `pack.rs`), `[rows, cols]` before packing.
+    Pairs {
+        words: Vec<u32>,
+        rows: usize,
+        cols: usize,
+    },
+    /// The operand itself, for the f32 product (the fallback, or too few rows to pack).
+    Borrowed(MatRef<'a>),
+}
+
+/// `a` packed for [`matmul_bf16_packed_a`] (on all of rayon's threads when large). Same
+/// values contract as [`matmul_bf16`].
+pub fn pack_a(a: MatRef<'_>) -> PackedA<'_> {
+    let data = match Backend::detected() {
+        Backend::Avx512Bf16 if a.rows >= SMALL_M => {
+            let mut words = Vec::new();
+            pack::pack_a(&a, &mut words, true);
+            PackedLhs::Pairs {
+                words,
+                rows: a.rows,
+                cols: a.cols,
+            }
+        }
+        _ => PackedLhs::Borrowed(a),
+    };
+    PackedA { data }
+}
+
+/// [`matmul_bf16`] with a left-hand operand packed by [`pack_a`]; `b` is packed per call.
+pub fn matmul_bf16_packed_a(
+    dst: MatMut<'_>,
+    a: &PackedA<'_>,
+    b: MatRef<'_>,
+    alpha: f32,
+    accumulate: bool,
+    threads: Threads,
+) {
+    match &a.data {
+        PackedLhs::Borrowed(a) => matmul_bf16(dst, *a, b, alpha, accumulate, threads),
+        PackedLhs::Pairs { words, rows, cols } => {
+            check_shapes(&dst, (*rows, *cols), b.rows, b.cols);
+            let b_words = pack::pack_b(&b, threads == Threads::All);
+            let (m, k) = (*rows, *cols);
+            run_packed(
+                dst,
+                words,
+                (m, k),
+                &b_words,
+                b.cols,
+                alpha,
+                accumulate,
+                threads,
+            );
+        }
+    }
+}
+
+/// The product on the bf16 kernel, both operands packed: A (`m × k`) by `pack::pack_a`, B
+/// (`k × n`) by `pack::pack_b`.
+#[allow(clippy::too_many_arguments)]
+fn run_packed(
+    mut dst: MatMut<'_>,
+    a_words: &[u32],
+    (m, k): (usize, usize),
+    b_words: &[u32],
+    n: usize,
+    alpha: f32,
+    accumulate: bool,
+    threads: Threads,
+) {
+    let kp = pack::pairs(k);
     if m == 0 || n == 0 || kp == 0 {
         if kp == 0 && !accumulate {
             // An empty sum: dst = 0, through the f32 product which handles it.
+            let a = MatRef::new(&[], m, 0);
             matmul(dst, a, MatRef::new(&[], 0, n), alpha, false, threads);
         }
         return;
     }
-    assert!(b_words.len() >= n.div_ceil(NR) * NR * kp);
+    assert!(b_words.len() >= n.div_ceil(NR) * NR * kp && a_words.len() >= m * kp);
     let par = threads == Threads::All;
-    // Taken out of the cell (not borrowed) so a nested product on this thread gets its own.
-    let mut a_words = A_SCRATCH.take();
-    pack::pack_a(&a, &mut a_words, par);
     let (c, ldc) = dst.raw();
     let c = DstPtr(c);
     // Tasks: blocks of `mc` rows × `nc` columns.
@@ -317,7 +409,7 @@ fn run_pairs(
         let (i0, j0) = ((t % m_blocks) * mc, (t / m_blocks) * nc);
         run_block(
             kp,
-            &a_words,
+            a_words,
             (m, i0, i0 + mc),
             b_words,
             (n, j0, j0 + nc),
@@ -332,7 +424,6 @@ fn run_pairs(
     } else {
         (0..m_blocks * n_blocks).for_each(task);
     }
-    A_SCRATCH.set(a_words);
 }
 
 /// One task's block on the kernel of this CPU (only reached when `Avx512Bf16` is available).

@@ -7,12 +7,16 @@
 //! blocks), so every weight is dequantized exactly once per product and no two tasks write the
 //! same output.
 use super::QMatrix;
-use crate::gemm::{MatMut, MatRef, Threads, matmul};
+use crate::bf16;
+use crate::gemm::{MatMut, MatRef, Threads, matmul, matmul_in};
 use crate::precision::Precision;
 use rayon::prelude::*;
 
-/// Weight rows dequantized per task of the forward product.
+/// Weight rows dequantized per task of the forward product, and per step of the backward's.
 const TILE: usize = 64;
+/// [`TILE`] in bf16: two of the bf16 kernel's 48-column panels (64 would leave a third of the
+/// second panel empty).
+const BF16_TILE: usize = 96;
 /// Input columns per task of the backward product (a multiple of every block size, 256).
 const COL_TILE: usize = 512;
 
@@ -33,7 +37,8 @@ impl Out {
 impl QMatrix {
     /// `y = x · Wᵀ` (or `y += x · Wᵀ` with `accumulate`), W being this `[n, k]` matrix. In
     /// bf16 each dequantized tile is rounded to bf16 as autocast casts a weight (the input
-    /// must already hold bf16 values).
+    /// must already hold bf16 values) and multiplied on the bf16 kernel
+    /// ([`crate::bf16`]), `x` packed once for all tiles.
     ///
     /// # Shapes
     /// - x: `[m, k]` row-major
@@ -48,30 +53,35 @@ impl QMatrix {
             return;
         }
         let out = Out(y.as_mut_ptr());
-        let tiles = n.div_ceil(TILE);
+        let xm = MatRef::new(x, m, k);
+        let (tile_rows, packed) = match p {
+            Precision::F32 => (TILE, None),
+            Precision::Bf16 => (BF16_TILE, Some(bf16::pack_a(xm))),
+        };
+        let tiles = n.div_ceil(tile_rows);
         (0..tiles).into_par_iter().for_each_init(
-            || vec![0f32; TILE * k],
+            || vec![0f32; tile_rows * k],
             |tile, t| {
-                let (r0, rows) = (t * TILE, TILE.min(n - t * TILE));
+                let (r0, rows) = (t * tile_rows, tile_rows.min(n - t * tile_rows));
                 let w = &mut tile[..rows * k];
                 self.dequantize_rows(r0, rows, w);
                 p.round(w);
                 // SAFETY: `y` holds m·n elements; this task alone writes columns r0..r0+rows.
                 let dst = unsafe { MatMut::columns_raw(out.ptr(), m, n, r0, rows) };
-                matmul(
-                    dst,
-                    MatRef::new(x, m, k),
-                    MatRef::new(w, rows, k).t(),
-                    1.0,
-                    accumulate,
-                    Threads::One,
-                );
+                let wt = MatRef::new(w, rows, k).t();
+                match &packed {
+                    None => matmul(dst, xm, wt, 1.0, accumulate, Threads::One),
+                    Some(xp) => {
+                        bf16::matmul_bf16_packed_a(dst, xp, wt, 1.0, accumulate, Threads::One)
+                    }
+                }
             },
         );
     }
 
     /// `dx = dy · W` (or `dx += dy · W` with `accumulate`), W being this `[n, k]` matrix: the
-    /// input gradient of `y = x · Wᵀ`. bf16 as in [`Self::matmul_t`].
+    /// input gradient of `y = x · Wᵀ`. bf16 as in [`Self::matmul_t`] (`dy` must hold bf16
+    /// values).
     ///
     /// # Shapes
     /// - dy: `[m, n]` row-major
@@ -121,14 +131,18 @@ impl QMatrix {
         threads: Threads,
     ) {
         let (n, k) = (self.rows, self.cols);
-        let mut tile = vec![0f32; TILE * cols];
+        let tile_rows = match p {
+            Precision::F32 => TILE,
+            Precision::Bf16 => BF16_TILE,
+        };
+        let mut tile = vec![0f32; tile_rows * cols];
         let mut full = if cols == k {
             Vec::new()
         } else {
-            vec![0f32; TILE * k]
+            vec![0f32; tile_rows * k]
         };
-        for t in 0..n.div_ceil(TILE) {
-            let (r0, rows) = (t * TILE, TILE.min(n - t * TILE));
+        for t in 0..n.div_ceil(tile_rows) {
+            let (r0, rows) = (t * tile_rows, tile_rows.min(n - t * tile_rows));
             let w = if cols == k {
                 let w = &mut tile[..rows * k];
                 self.dequantize_rows(r0, rows, w);
@@ -140,7 +154,9 @@ impl QMatrix {
             p.round(w);
             // SAFETY: `dx` holds m·k elements; this call alone writes columns c0..c0+cols.
             let dst = unsafe { MatMut::columns_raw(out.ptr(), m, k, c0, cols) };
-            matmul(
+            // bf16: `dy` holds bf16 values (the callers round it) and `w` was rounded above.
+            matmul_in(
+                p,
                 dst,
                 MatRef::columns(dy, m, n, r0, rows),
                 MatRef::new(w, rows, cols),
@@ -259,6 +275,33 @@ mod tests {
             .collect();
         let mut dx = vec![1f32; m * k];
         w.matmul(&dy, m, &mut dx, true, Precision::F32);
+        let want: Vec<f32> = naive(&dy, &dense, m, n, k, false)
+            .iter()
+            .map(|v| v + 1.0)
+            .collect();
+        close(&dx, &want);
+    }
+
+    /// In bf16 (on the bf16 kernel where the CPU has one) the products equal the dense
+    /// products of the bf16-rounded weight, through several tiles, columns blocks and the
+    /// packed-once input (m ≥ 16).
+    #[test]
+    fn bf16_products_equal_the_rounded_dense_products() {
+        use crate::precision::round_bf16;
+        let (m, n, k) = (20, 250, 1088);
+        let w = q4(n, k);
+        let dense: Vec<f32> = w.to_f32().iter().map(|&v| round_bf16(v)).collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| round_bf16(((i * 13 % 17) as f32 - 8.0) / 7.0))
+            .collect();
+        let mut y = vec![1f32; m * n];
+        w.matmul_t(&x, m, &mut y, false, Precision::Bf16);
+        close(&y, &naive(&x, &dense, m, k, n, true));
+        let dy: Vec<f32> = (0..m * n)
+            .map(|i| round_bf16(((i * 7 % 11) as f32 - 5.0) / 3.0))
+            .collect();
+        let mut dx = vec![1f32; m * k];
+        w.matmul(&dy, m, &mut dx, true, Precision::Bf16);
         let want: Vec<f32> = naive(&dy, &dense, m, n, k, false)
             .iter()
             .map(|v| v + 1.0)

@@ -8,12 +8,14 @@
 //! softmax over equal `MASKED` scores does; its scores get no gradient there either.
 //!
 //! In bf16 ([`Precision::Bf16`]) the scores `q kᵀ` and the probabilities that multiply `v`
-//! are rounded to bf16, as autocast's bf16 `matmul`s give and take them; the softmax itself,
-//! the log-sum-exp and the gradients stay f32.
+//! are rounded to bf16, as autocast's bf16 `matmul`s give and take them, and the products of
+//! bf16 operands go through [`kiln_cpu::matmul_in`] (which keeps blocks smaller than 128 × 128,
+//! so the 64-query blocks, on the f32 product); the softmax itself, the log-sum-exp and the
+//! gradients stay f32.
 use crate::mask::MASKED;
 use kiln_cpu::fastexp::{exp, sum};
 use kiln_cpu::precision::Precision;
-use kiln_cpu::{MatMut, MatRef, Threads, matmul};
+use kiln_cpu::{MatMut, MatRef, Threads, matmul, matmul_in};
 use rayon::prelude::*;
 
 /// Queries per block.
@@ -162,7 +164,8 @@ pub(super) fn forward(
                 let kw = j1 + 1 - j0;
                 scores.clear();
                 scores.resize(n * kw, 0f32);
-                matmul(
+                matmul_in(
+                    precision,
                     MatMut::new(&mut scores, n, kw),
                     qh.rows(i0, n),
                     kg.rows(j0, kw).t(),
@@ -183,7 +186,8 @@ pub(super) fn forward(
                     }
                 }
                 precision.round(&mut scores); // bf16: the probabilities enter p · v as bf16
-                matmul(
+                matmul_in(
+                    precision,
                     dst(i0, n),
                     MatRef::new(&scores, n, kw),
                     vg.rows(j0, kw),
@@ -227,7 +231,15 @@ fn average_rows(v: MatRef<'_>, dst: MatMut<'_>, precision: Precision) {
     let t = v.rows;
     let mut ones = vec![1.0 / t as f32; t];
     precision.round(&mut ones);
-    matmul(dst, MatRef::new(&ones, 1, t), v, 1.0, false, Threads::One);
+    matmul_in(
+        precision,
+        dst,
+        MatRef::new(&ones, 1, t),
+        v,
+        1.0,
+        false,
+        Threads::One,
+    );
 }
 
 /// Gradients `(dq, dk, dv)` of [`forward`] from the output gradient `dout`.
@@ -253,6 +265,16 @@ pub(super) fn backward(
     } = dims;
     let (qw, kw_) = (dims.q_width(), dims.kv_width());
     let groups = heads / kv_heads;
+    // The products by `dout` (dv, dp) run in bf16 only when it holds bf16 values: in full
+    // fine-tuning it is one rounded product's gradient, but with an adapter on the output
+    // projection it is a sum of two, which kiln keeps in f32 (rounding it would move kiln's
+    // gradients away from autocast's in `fused_bf16_matches_torch_autocast`), so those two
+    // products stay f32 there.
+    let dout_precision = if precision.holds(dout) {
+        precision
+    } else {
+        Precision::F32
+    };
     let mut dq = vec![0f32; batch * t * qw];
     let mut dk = vec![0f32; batch * t * kw_];
     let mut dv = vec![0f32; batch * t * kw_];
@@ -285,7 +307,8 @@ pub(super) fn backward(
                     let kw = j1 + 1 - j0;
                     p.clear();
                     p.resize(n * kw, 0f32);
-                    matmul(
+                    matmul_in(
+                        precision,
                         MatMut::new(&mut p, n, kw),
                         qh.rows(i0, n),
                         kg.rows(j0, kw).t(),
@@ -308,7 +331,8 @@ pub(super) fn backward(
                     // dv += pᵀ dout (p as it multiplied v); dp = dout vᵀ;
                     // ds = p (dp - rowsum(dout · out)).
                     let pv = precision.input(&p);
-                    matmul(
+                    matmul_in(
+                        dout_precision,
                         dvg(j0, kw),
                         MatRef::new(&pv, n, kw).t(),
                         doh.rows(i0, n),
@@ -318,7 +342,8 @@ pub(super) fn backward(
                     );
                     dp.clear();
                     dp.resize(n * kw, 0f32);
-                    matmul(
+                    matmul_in(
+                        dout_precision,
                         MatMut::new(&mut dp, n, kw),
                         doh.rows(i0, n),
                         vg.rows(j0, kw).t(),
@@ -351,7 +376,8 @@ pub(super) fn backward(
                         MatMut::columns_raw(dq_p.at((bi * t + i0) * qw), n, qw, hi * hd, hd)
                     };
                     let ds = MatRef::new(&dp, n, kw);
-                    matmul(dqh, ds, kg.rows(j0, kw), scale, false, Threads::One);
+                    let kj = kg.rows(j0, kw);
+                    matmul_in(precision, dqh, ds, kj, scale, false, Threads::One);
                     if bf16 {
                         for i in i0..i1 {
                             // SAFETY: as above (row i, head `hi`'s columns).
@@ -364,7 +390,8 @@ pub(super) fn backward(
                             precision.round(row);
                         }
                     }
-                    matmul(
+                    matmul_in(
+                        precision,
                         dkg(j0, kw),
                         ds.t(),
                         qh.rows(i0, n),
@@ -422,6 +449,10 @@ impl BlindRow<'_> {
         dk: MatMut<'_>,
         dv: MatMut<'_>,
     ) {
+        // f32 products even in bf16: `ds` below is not rounded (kiln reproduces autodiff's
+        // uniform-probability gradient here, not a bf16 product), and these rare padding rows'
+        // products have one row or an inner dimension of 1, where packing operands for the
+        // bf16 kernel costs more than it saves.
         let (t, hd) = (k.rows, k.cols);
         let dout = MatRef::new(self.dout, 1, hd);
         let mut p = vec![1.0 / t as f32; t];

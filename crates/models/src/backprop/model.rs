@@ -15,7 +15,7 @@ use burn_ndarray::NdArrayTensor;
 use kiln_cpu::QMatrix;
 use kiln_cpu::fastexp::{exp, sum};
 use kiln_cpu::precision::Precision;
-use kiln_cpu::{MatMut, MatRef, Threads, matmul};
+use kiln_cpu::{MatMut, MatRef, Threads, matmul, matmul_in};
 use kiln_lora::BaseWeight;
 use kiln_lora::backprop::{Grads, HostLinear};
 use kiln_lora::host::{values, view};
@@ -330,7 +330,8 @@ impl HostModel {
                             let dst = unsafe {
                                 MatMut::columns_raw(y.as_mut_ptr(), m, vocab, v0, e.rows)
                             };
-                            matmul(dst, hm, e.t(), 1.0, false, Threads::All);
+                            // `h` and `e` are rounded (blocks exist only in bf16).
+                            matmul_in(self.precision, dst, hm, e.t(), 1.0, false, Threads::All);
                         }),
                     }
                     (y, None)
@@ -392,11 +393,12 @@ impl HostModel {
                             blocks.for_each(|v0, e| {
                                 let dl = MatRef::columns(&logits, m, vocab, v0, e.rows);
                                 let dst = MatMut::new(&mut dh, m, d);
-                                matmul(dst, dl, e, 1.0, true, Threads::All);
+                                let p = self.precision;
+                                matmul_in(p, dst, dl, e, 1.0, true, Threads::All);
                                 if let Some(de) = de.as_deref_mut() {
                                     let rows = &mut de[v0 * d..(v0 + e.rows) * d];
                                     let dst = MatMut::new(rows, e.rows, d);
-                                    matmul(dst, dl.t(), hm, 1.0, true, Threads::All);
+                                    matmul_in(p, dst, dl.t(), hm, 1.0, true, Threads::All);
                                 }
                             });
                             self.precision.round(&mut dh);
