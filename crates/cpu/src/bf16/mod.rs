@@ -5,7 +5,7 @@
 //! them with the f32 [`matmul`] made bf16 training no faster than f32. CPUs with
 //! AVX512-BF16 (Zen 4, Cooper Lake, Sapphire Rapids) multiply bf16 pairs at twice the f32 rate
 //! per instruction and read half the bytes. This module packs the (already bf16-valued) f32
-//! operands into bf16 pairs and runs its own `vdpbf16ps` micro-kernel ([`avx512`]), chosen once
+//! operands into bf16 pairs and runs its own `vdpbf16ps` micro-kernel (`avx512.rs`), chosen once
 //! at run time; other CPUs get the f32 product, exactly what `Precision::Bf16` computed before.
 //!
 //! ```
