@@ -258,23 +258,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn products_equal_the_dense_products() {
-        // n spans two tiles and a remainder; k spans two column blocks and a remainder.
-        let (m, n, k) = (3, 150, 1088);
+    /// `matmul_t` and `matmul` (accumulating onto ones) of an `[n, k]` Q4_0 matrix against the
+    /// naive products of its dequantized values, rounded to bf16 in bf16 (as are the inputs).
+    fn check_products(m: usize, n: usize, k: usize, p: Precision) {
         let w = q4(n, k);
-        let dense = w.to_f32();
+        let round = |v: f32| match p {
+            Precision::F32 => v,
+            Precision::Bf16 => crate::precision::round_bf16(v),
+        };
+        let dense: Vec<f32> = w.to_f32().into_iter().map(round).collect();
         let x: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 13 % 17) as f32 - 8.0) / 8.0)
+            .map(|i| round(((i * 13 % 17) as f32 - 8.0) / 7.0))
             .collect();
         let mut y = vec![1f32; m * n];
-        w.matmul_t(&x, m, &mut y, false, Precision::F32);
+        w.matmul_t(&x, m, &mut y, false, p);
         close(&y, &naive(&x, &dense, m, k, n, true));
         let dy: Vec<f32> = (0..m * n)
-            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0)
+            .map(|i| round(((i * 7 % 11) as f32 - 5.0) / 3.0))
             .collect();
         let mut dx = vec![1f32; m * k];
-        w.matmul(&dy, m, &mut dx, true, Precision::F32);
+        w.matmul(&dy, m, &mut dx, true, p);
         let want: Vec<f32> = naive(&dy, &dense, m, n, k, false)
             .iter()
             .map(|v| v + 1.0)
@@ -282,31 +285,18 @@ mod tests {
         close(&dx, &want);
     }
 
+    /// n spans two tiles and a remainder; k spans two column blocks and a remainder.
+    #[test]
+    fn products_equal_the_dense_products() {
+        check_products(3, 150, 1088, Precision::F32);
+    }
+
     /// In bf16 (on the bf16 kernel where the CPU has one) the products equal the dense
     /// products of the bf16-rounded weight, through several tiles, columns blocks and the
     /// packed-once input (m ≥ 16).
     #[test]
     fn bf16_products_equal_the_rounded_dense_products() {
-        use crate::precision::round_bf16;
-        let (m, n, k) = (20, 250, 1088);
-        let w = q4(n, k);
-        let dense: Vec<f32> = w.to_f32().iter().map(|&v| round_bf16(v)).collect();
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| round_bf16(((i * 13 % 17) as f32 - 8.0) / 7.0))
-            .collect();
-        let mut y = vec![1f32; m * n];
-        w.matmul_t(&x, m, &mut y, false, Precision::Bf16);
-        close(&y, &naive(&x, &dense, m, k, n, true));
-        let dy: Vec<f32> = (0..m * n)
-            .map(|i| round_bf16(((i * 7 % 11) as f32 - 5.0) / 3.0))
-            .collect();
-        let mut dx = vec![1f32; m * k];
-        w.matmul(&dy, m, &mut dx, true, Precision::Bf16);
-        let want: Vec<f32> = naive(&dy, &dense, m, n, k, false)
-            .iter()
-            .map(|v| v + 1.0)
-            .collect();
-        close(&dx, &want);
+        check_products(20, 250, 1088, Precision::Bf16);
     }
 
     #[test]
