@@ -19,6 +19,12 @@ const TILE: usize = 64;
 const BF16_TILE: usize = 96;
 /// Input columns per task of the backward product (a multiple of every block size, 256).
 const COL_TILE: usize = 512;
+/// Rows of `x` up to which the forward takes dot products with one dequantized weight row at a
+/// time (decoding): the row stays in L1 and no tile is written and read back, where a 64-row
+/// tile and a matrix-vector product cost more than the dequantization itself.
+const DOT_ROWS: usize = 4;
+/// Weight rows per task of the dot-product forward.
+const DOT_CHUNK: usize = 32;
 
 /// A raw output pointer handed to tasks that write disjoint blocks of it.
 #[derive(Clone, Copy)]
@@ -53,6 +59,10 @@ impl QMatrix {
             return;
         }
         let out = Out(y.as_mut_ptr());
+        if m <= DOT_ROWS && p == Precision::F32 {
+            self.matmul_t_dots(x, m, out, accumulate);
+            return;
+        }
         let xm = MatRef::new(x, m, k);
         let (tile_rows, packed) = match p {
             Precision::F32 => (TILE, None),
@@ -73,6 +83,29 @@ impl QMatrix {
                     None => matmul(dst, xm, wt, 1.0, accumulate, Threads::One),
                     Some(xp) => {
                         bf16::matmul_bf16_packed_a(dst, xp, wt, 1.0, accumulate, Threads::One)
+                    }
+                }
+            },
+        );
+    }
+
+    /// [`Self::matmul_t`] for a few rows of `x` in f32: each weight row is dequantized into a
+    /// buffer of `k` floats and dotted with every row of `x`.
+    fn matmul_t_dots(&self, x: &[f32], m: usize, out: Out, accumulate: bool) {
+        let (n, k) = (self.rows, self.cols);
+        (0..n.div_ceil(DOT_CHUNK)).into_par_iter().for_each_init(
+            || vec![0f32; k],
+            |row, c| {
+                for r in c * DOT_CHUNK..((c + 1) * DOT_CHUNK).min(n) {
+                    self.dequantize_rows(r, 1, row);
+                    for i in 0..m {
+                        let v = dot(&x[i * k..(i + 1) * k], row);
+                        // SAFETY: `y` holds m·n elements; this task alone writes column r
+                        // (its chunk of weight rows) of every row i.
+                        unsafe {
+                            let y = out.ptr().add(i * n + r);
+                            *y = if accumulate { *y + v } else { v };
+                        }
                     }
                 }
             },
@@ -220,6 +253,24 @@ impl QMatrix {
     }
 }
 
+/// `Σ a·b` with eight running sums, so the compiler vectorises it.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -289,6 +340,10 @@ mod tests {
     #[test]
     fn products_equal_the_dense_products() {
         check_products(3, 150, 1088, Precision::F32);
+        // Decoding's dot-product path (m ≤ 4) and the tile path just above it.
+        for m in [1, 4, 5] {
+            check_products(m, 70, 288, Precision::F32);
+        }
     }
 
     /// In bf16 (on the bf16 kernel where the CPU has one) the products equal the dense
