@@ -20,6 +20,6 @@ pub mod precision;
 pub mod quant;
 
 pub use error::{CpuError, Result};
-pub use gemm::{MatMut, MatRef, Threads, matmul, matmul_in};
+pub use gemm::{MatMut, MatRef, Threads, dot, matmul, matmul_in};
 pub use precision::Precision;
 pub use quant::{Bytes, QMatrix, QuantType};

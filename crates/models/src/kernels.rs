@@ -109,6 +109,7 @@ mod cpu {
     use burn::backend::NdArray;
     use burn::tensor::Tensor;
     use burn_ndarray::NdArrayTensor;
+    use kiln_cpu::dot;
     use kiln_cpu::fastexp::{exp, sum};
     use ndarray::{ArcArray, ArrayView, IxDyn};
     use rayon::prelude::*;
@@ -125,24 +126,6 @@ mod cpu {
             NdArrayTensor::F32(s) => s.view(),
             _ => unreachable!("`storage` keeps f32 tensors only"),
         }
-    }
-
-    /// `Σ a·b` with eight running sums, so the compiler vectorises it.
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
-        let mut acc = [0f32; 8];
-        let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-        let tail: f32 = ca
-            .remainder()
-            .iter()
-            .zip(cb.remainder())
-            .map(|(x, y)| x * y)
-            .sum();
-        for (x, y) in ca.zip(cb) {
-            for l in 0..8 {
-                acc[l] += x[l] * y[l];
-            }
-        }
-        acc.iter().sum::<f32>() + tail
     }
 
     pub(super) fn attention(

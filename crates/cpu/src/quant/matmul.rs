@@ -8,7 +8,7 @@
 //! same output.
 use super::QMatrix;
 use crate::bf16;
-use crate::gemm::{MatMut, MatRef, Threads, matmul, matmul_in};
+use crate::gemm::{MatMut, MatRef, Threads, dot, matmul, matmul_in};
 use crate::precision::Precision;
 use rayon::prelude::*;
 
@@ -251,24 +251,6 @@ impl QMatrix {
             .zip(ids.par_iter())
             .for_each(|(row, &id)| self.dequantize_rows(id as usize, 1, row));
     }
-}
-
-/// `Σ a·b` with eight running sums, so the compiler vectorises it.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
