@@ -29,8 +29,8 @@ use kiln::lora::{LoraConfig, LoraModel, TargetModules};
 use kiln::models::fetch::resolve_model;
 use kiln::models::{CausalLm, GenerationConfig, Pretrained, generate, parse_device};
 use kiln::train::{
-    Export, FitOptions, SftConfig, Trainer, TrainerOptions, TrainingMetadata, encode_records, fit,
-    padded_batches, standard_callbacks,
+    Export, FitOptions, RunDir, RunMode, SftConfig, Trainer, TrainerOptions, TrainingMetadata,
+    encode_records, fit, padded_batches, standard_callbacks,
 };
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -45,6 +45,10 @@ struct Args {
     model: Option<PathBuf>,
     #[arg(long, default_value = "runs/census_qa")]
     output_dir: PathBuf,
+    /// Replace a previous run in `--output-dir` (a non-empty output directory is refused
+    /// otherwise).
+    #[arg(long)]
+    overwrite: bool,
     /// Optimizer steps (each on `batch_size` new conversations: one epoch).
     #[arg(long, default_value_t = 60)]
     max_steps: usize,
@@ -208,6 +212,13 @@ fn pct((a, n): (usize, usize)) -> String {
 fn main() -> Result<()> {
     kiln::train::keep_freed_memory();
     let args = Args::parse();
+    // Before any work: refuse to mix this run with another one in the same directory.
+    let mode = if args.overwrite {
+        RunMode::Overwrite
+    } else {
+        RunMode::Fresh
+    };
+    let run = RunDir::open(&args.output_dir, mode)?;
     let device = parse_device(&args.device)?;
     // LoRA r=16 on the seven projections; checked before the model loads, so a bad flag fails
     // at once rather than after the baseline evaluation.
@@ -328,7 +339,7 @@ fn main() -> Result<()> {
         &device,
         TrainerOptions::from_config(&config, args.max_steps),
     )?;
-    std::fs::create_dir_all(&args.output_dir)?;
+    trainer.set_run_id(run.id());
     for c in standard_callbacks(&args.output_dir, args.max_steps, 0)? {
         trainer.add_callback(c);
     }

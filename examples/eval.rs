@@ -153,13 +153,8 @@ fn harness_config(args: &Args, lm: &Pretrained) -> Result<HarnessConfig> {
     cfg.generation.eos_token_ids = lm.eos_token_ids();
     cfg.generation.stop_strings = args.stop.clone();
     cfg.generation.seed = args.seed;
-    if let Some(temperature) = args.temperature {
-        cfg.generation.sampling = Sampling::Sample {
-            temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-        };
-    }
+    cfg.generation.sampling =
+        Sampling::from_settings(args.temperature.unwrap_or(0.0), args.top_k, args.top_p)?;
     Ok(cfg)
 }
 

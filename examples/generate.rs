@@ -87,15 +87,7 @@ fn main() -> Result<()> {
     } else {
         lm.encode(&args.prompt, true)?
     };
-    let sampling = if args.temperature > 0.0 {
-        Sampling::Sample {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-        }
-    } else {
-        Sampling::Greedy
-    };
+    let sampling = Sampling::from_settings(args.temperature, args.top_k, args.top_p)?;
     let config = GenerationConfig {
         max_new_tokens: args.max_new_tokens,
         sampling,

@@ -21,8 +21,8 @@ use kiln::lora::{LoraConfig, LoraModel, TargetModules};
 use kiln::models::fetch::resolve_model;
 use kiln::models::{CausalLm, Pretrained, parse_device};
 use kiln::train::{
-    CausalModel, Export, FitOptions, GenerationEvalCallback, SftConfig, Trainer, TrainerOptions,
-    TrainingMetadata, fit, latest_checkpoint, prepare_data, standard_callbacks,
+    CausalModel, Export, FitOptions, GenerationEvalCallback, RunDir, RunMode, SftConfig, Trainer,
+    TrainerOptions, TrainingMetadata, fit, prepare_data, standard_callbacks,
 };
 use std::path::{Path, PathBuf};
 
@@ -57,9 +57,14 @@ struct Args {
     grad_accum: Option<usize>,
     #[arg(long)]
     max_seq_len: Option<usize>,
-    /// Continue from the latest checkpoint in `<output-dir>/checkpoints`.
+    /// Continue the run in `<output-dir>` from its latest checkpoint (a new run when there is
+    /// none yet).
     #[arg(long)]
     resume: bool,
+    /// Replace a previous run in `<output-dir>`. Without `--resume` or `--overwrite`, a
+    /// non-empty output directory is refused.
+    #[arg(long)]
+    overwrite: bool,
     #[arg(long)]
     device: Option<String>,
     /// How to hold the model's matrices: f32, stored, nf4, fp4 or int8 (config key
@@ -162,7 +167,7 @@ fn train<M: CausalModel + Export>(
     model: M,
     config: &SftConfig,
     data: &kiln::train::SftData,
-    resume: bool,
+    run: &RunDir,
     export_dir: &Path,
     generation_eval: Option<GenerationEvalCallback>,
 ) -> Result<(kiln::train::RunSummary, M)> {
@@ -170,19 +175,18 @@ fn train<M: CausalModel + Export>(
     let per_epoch = data.train.len().div_ceil(config.grad_accum);
     let total = config.total_steps(data.train.len()).max(1);
     let options = TrainerOptions::from_config(config, total);
-    let ckpt = FitOptions::from_config(config, total).checkpoint_dir();
-    let mut trainer = match latest_checkpoint(&ckpt)? {
-        Some(dir) if resume => {
+    let mut trainer = match run.latest_checkpoint()? {
+        Some(dir) => {
             println!("resuming from {}", dir.display());
             Trainer::resume(model, &device, options, &dir)?
         }
-        _ => Trainer::new(model, &device, options)?,
+        None => Trainer::new(model, &device, options)?,
     };
+    trainer.set_run_id(run.id());
     println!(
         "{} micro-batches per epoch ({per_epoch} steps); training {total} steps",
         data.train.len()
     );
-    std::fs::create_dir_all(&config.output_dir)?;
     let done = trainer.state.step;
     for c in standard_callbacks(&config.output_dir, total, done)? {
         trainer.add_callback(c);
@@ -206,6 +210,11 @@ fn main() -> Result<()> {
     kiln::train::keep_freed_memory();
     let args = Args::parse();
     let config = config(&args)?;
+    // Before loading anything: refuse to mix this run with another one in the same directory.
+    let run = RunDir::open(
+        &config.output_dir,
+        RunMode::from_flags(args.resume, args.overwrite)?,
+    )?;
     let device = parse_device(&config.device)?;
     let path = resolve_model(Some(&config.model), true)?;
     let lm = Pretrained::load_as(&path, &device, config.quantization)?;
@@ -292,7 +301,7 @@ fn main() -> Result<()> {
             let model = LoraModel::with_adapter(lm.model, "default", lora.clone())?;
             println!("{}", model.trainable_parameters_report());
             let out = config.output_dir.join("adapter");
-            let (s, mut m) = train(model, &config, &data, args.resume, &out, generation_eval)?;
+            let (s, mut m) = train(model, &config, &data, &run, &out, generation_eval)?;
             let c = m.param_count();
             if args.export_gguf.is_some() {
                 m.merge()?;
@@ -308,7 +317,7 @@ fn main() -> Result<()> {
                 .sum::<usize>();
             println!("trainable params: {n} (full fine-tuning)");
             let out = config.output_dir.join("trained");
-            let (s, m) = train(model, &config, &data, args.resume, &out, generation_eval)?;
+            let (s, m) = train(model, &config, &data, &run, &out, generation_eval)?;
             export_gguf(m)?;
             (s, (n, n), out)
         }

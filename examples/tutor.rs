@@ -14,8 +14,8 @@ use kiln::lora::{LoraConfig, LoraModel, TargetModules};
 use kiln::models::fetch::resolve_model;
 use kiln::models::{CausalLm, GenerationConfig, Pretrained, generate, parse_device};
 use kiln::train::{
-    Export, FitOptions, SftConfig, Trainer, TrainerOptions, TrainingMetadata, fit, prepare_data,
-    standard_callbacks,
+    Export, FitOptions, RunDir, RunMode, SftConfig, Trainer, TrainerOptions, TrainingMetadata, fit,
+    prepare_data, standard_callbacks,
 };
 use std::path::PathBuf;
 
@@ -26,6 +26,10 @@ struct Args {
     model: Option<PathBuf>,
     #[arg(long, default_value = "runs/tutor")]
     output_dir: PathBuf,
+    /// Replace a previous run in `--output-dir` (a non-empty output directory is refused
+    /// otherwise).
+    #[arg(long)]
+    overwrite: bool,
     #[arg(long, default_value_t = 24)]
     max_steps: usize,
     #[arg(long, default_value = "cpu")]
@@ -78,6 +82,13 @@ fn answer(
 fn main() -> Result<()> {
     kiln::train::keep_freed_memory();
     let args = Args::parse();
+    // Before any work: refuse to mix this run with another one in the same directory.
+    let mode = if args.overwrite {
+        RunMode::Overwrite
+    } else {
+        RunMode::Fresh
+    };
+    let run = RunDir::open(&args.output_dir, mode)?;
     let device = parse_device(&args.device)?;
     let path = resolve_model(args.model.as_deref(), true)?;
     let lm = Pretrained::load(&path, &device)?;
@@ -130,7 +141,7 @@ fn main() -> Result<()> {
         &device,
         TrainerOptions::from_config(&config, args.max_steps),
     )?;
-    std::fs::create_dir_all(&args.output_dir)?;
+    trainer.set_run_id(run.id());
     for c in standard_callbacks(&args.output_dir, args.max_steps, 0)? {
         trainer.add_callback(c);
     }

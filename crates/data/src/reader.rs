@@ -103,6 +103,12 @@ impl Reader {
         self
     }
 
+    /// Refuse lines longer than `bytes` (default [`crate::source::DEFAULT_MAX_RECORD_BYTES`]).
+    pub fn max_record_bytes(mut self, bytes: usize) -> Self {
+        self.source = self.source.max_record_bytes(bytes);
+        self
+    }
+
     pub fn policy(mut self, policy: BadRecords) -> Self {
         self.policy = policy;
         self
@@ -121,7 +127,7 @@ impl Reader {
         }
         if out.is_empty() {
             return Err(DataError::EmptyDataset {
-                reason: empty_reason(&self.report),
+                reason: empty_reason(&self.report, self.source.paths()),
             });
         }
         Ok((out, self.report))
@@ -129,15 +135,28 @@ impl Reader {
 }
 
 /// Explains an empty dataset from its report.
-pub fn empty_reason(report: &ReadReport) -> String {
+pub fn empty_reason(report: &ReadReport, files: &[std::path::PathBuf]) -> String {
+    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    let files = match names.len() {
+        0 => "no input file".to_string(),
+        1..=3 => names.join(", "),
+        n => format!("{}, ... ({n} files)", names[..3].join(", ")),
+    };
     if report.skipped == 0 {
-        "no records in the input".into()
+        format!("no records in {files}")
     } else {
         format!(
-            "all {} records skipped; first reasons: {}",
+            "all {} records of {files} skipped; first reasons: {}",
             report.skipped,
             report.reasons.join("; ")
         )
+    }
+}
+
+impl Reader {
+    /// The files being read.
+    pub fn paths(&self) -> &[std::path::PathBuf] {
+        self.source.paths()
     }
 }
 

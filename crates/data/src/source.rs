@@ -95,15 +95,27 @@ pub struct RawRecord {
 pub struct Source {
     files: std::vec::IntoIter<(PathBuf, FileKind)>,
     current: Option<FileIter>,
+    max_record_bytes: usize,
+    /// Every file of the source, for messages about the whole input.
+    all: Vec<PathBuf>,
 }
+
+/// The longest line (or whole text file read as one record) a [`Source`] accepts by default:
+/// 64 MiB. Why a cap: a "line" with no end (`/dev/zero`, a binary file named `.jsonl`) was read
+/// into memory until the process aborted.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 << 20;
 
 enum FileIter {
     Lines {
         path: PathBuf,
         reader: BufReader<File>,
         line: usize,
-        buf: String,
+        buf: Vec<u8>,
         json: bool,
+        /// The longest line accepted.
+        max: usize,
+        /// Set after a line over `max`: the rest of the file is not read.
+        abandoned: bool,
     },
     Buffered(std::vec::IntoIter<Result<RawRecord>>),
     Csv {
@@ -128,18 +140,42 @@ impl Source {
     /// Files with explicit layouts.
     pub fn with_kinds(files: Vec<(PathBuf, FileKind)>) -> Self {
         Self {
+            all: files.iter().map(|(p, _)| p.clone()).collect(),
             files: files.into_iter(),
             current: None,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
         }
+    }
+
+    /// The files this source reads, in order.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.all
+    }
+
+    /// Refuse lines (and whole-file text records) longer than `bytes`, naming file and line.
+    pub fn max_record_bytes(mut self, bytes: usize) -> Self {
+        self.max_record_bytes = bytes.max(1);
+        self
     }
 
     fn open_next(&mut self) -> Option<Result<FileIter>> {
         let (path, kind) = self.files.next()?;
-        Some(open_file(path, kind))
+        Some(open_file(path, kind, self.max_record_bytes))
     }
 }
 
-fn open_file(path: PathBuf, kind: FileKind) -> Result<FileIter> {
+fn too_long(at: Location, max: usize) -> DataError {
+    DataError::Malformed {
+        at,
+        format: "text",
+        message: format!(
+            "record longer than {max} bytes (no line end within the limit; raise it with \
+             max_record_bytes if this is intended)"
+        ),
+    }
+}
+
+fn open_file(path: PathBuf, kind: FileKind, max: usize) -> Result<FileIter> {
     let file = open(&path)?;
     Ok(match kind {
         FileKind::Parquet => FileIter::Parquet(Box::new(crate::parquet_rows::ParquetRows::open(
@@ -149,8 +185,10 @@ fn open_file(path: PathBuf, kind: FileKind) -> Result<FileIter> {
             reader: BufReader::with_capacity(1 << 20, file),
             path,
             line: 0,
-            buf: String::new(),
+            buf: Vec::new(),
             json: kind == FileKind::JsonLines,
+            max,
+            abandoned: false,
         },
         FileKind::JsonArray => {
             let at = |line| Location {
@@ -186,11 +224,21 @@ fn open_file(path: PathBuf, kind: FileKind) -> Result<FileIter> {
         FileKind::Text { per_line: false } => {
             let mut text = String::new();
             BufReader::new(file)
+                .take(max as u64 + 1)
                 .read_to_string(&mut text)
                 .map_err(|source| DataError::Io {
                     path: path.clone(),
                     source,
                 })?;
+            if text.len() > max {
+                return Err(too_long(
+                    Location {
+                        file: path,
+                        line: 1,
+                    },
+                    max,
+                ));
+            }
             let value = serde_json::json!({ "text": text });
             let at = Location {
                 file: path,
@@ -236,14 +284,19 @@ impl FileIter {
                 line,
                 buf,
                 json,
+                max,
+                abandoned,
             } => loop {
+                if *abandoned {
+                    return None;
+                }
                 buf.clear();
                 *line += 1;
                 let at = || Location {
                     file: path.clone(),
                     line: *line,
                 };
-                match reader.read_line(buf) {
+                match reader.by_ref().take(*max as u64 + 1).read_until(b'\n', buf) {
                     Err(e) => {
                         return Some(Err(DataError::Malformed {
                             at: at(),
@@ -254,7 +307,23 @@ impl FileIter {
                     Ok(0) => return None,
                     Ok(_) => {}
                 }
-                let trimmed = buf.trim_end_matches(['\n', '\r']);
+                if buf.len() > *max && buf.last() != Some(&b'\n') {
+                    // Stop reading this file: the rest of the line is unbounded.
+                    *abandoned = true;
+                    buf.clear();
+                    return Some(Err(too_long(at(), *max)));
+                }
+                let text = match std::str::from_utf8(buf) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        return Some(Err(DataError::Malformed {
+                            at: at(),
+                            format: "text",
+                            message: format!("not UTF-8: {e}"),
+                        }));
+                    }
+                };
+                let trimmed = text.trim_end_matches(['\n', '\r']);
                 if trimmed.trim().is_empty() {
                     continue;
                 }

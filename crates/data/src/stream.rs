@@ -188,7 +188,7 @@ impl Tail {
             self.ready.push_back(last);
         }
         if self.stats.kept == 0 {
-            let mut reason = empty_reason(&self.report());
+            let mut reason = empty_reason(&self.report(), self.reader.paths());
             if self.stats.dropped_too_long + self.stats.dropped_nothing_to_train > 0 {
                 reason = format!("{reason}; encoding dropped {:?}", self.stats);
             }

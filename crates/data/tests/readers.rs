@@ -236,7 +236,11 @@ fn skip_policy_counts_and_reports_reasons() {
         .policy(BadRecords::Skip)
         .read_all()
         .expect_err("empty");
-    assert!(err.to_string().contains("all 2 records skipped"), "{err}");
+    assert!(
+        err.to_string().contains("all 2 records of ")
+            && err.to_string().contains("t.jsonl skipped"),
+        "{err}"
+    );
     assert!("drop".parse::<BadRecords>().is_err());
 }
 
@@ -312,4 +316,45 @@ fn broken_parquet_is_an_error_naming_the_file() {
     }
     let path = write(&dir, "text.parquet", "not parquet at all");
     assert!(matches!(read(&path), Err(DataError::Malformed { .. })));
+}
+
+#[test]
+fn endless_lines_are_refused_by_file_and_line_without_reading_them() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // Line 2 has no end within the limit (as /dev/zero renamed .jsonl would).
+    let long = "x".repeat(5000);
+    let p = write(
+        &dir,
+        "long.jsonl",
+        &format!("{{\"text\": \"a\"}}\n{{\"text\": \"{long}\"}}"),
+    );
+    let err = Reader::new(Source::from_paths(std::slice::from_ref(&p)).expect("src"))
+        .max_record_bytes(1000)
+        .read_all()
+        .expect_err("too long");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("long.jsonl:2") && msg.contains("longer than 1000 bytes"),
+        "{msg}"
+    );
+    // Skipping stops reading that file (the rest of the line is unbounded), then goes on.
+    let q = write(&dir, "next.jsonl", "{\"text\": \"b\"}\n");
+    let (recs, report) = Reader::new(Source::from_paths(&[p.clone(), q]).expect("src"))
+        .max_record_bytes(1000)
+        .policy(BadRecords::Skip)
+        .read_all()
+        .expect("read");
+    assert_eq!(
+        recs,
+        vec![Record::Text("a".into()), Record::Text("b".into())]
+    );
+    assert_eq!(report.skipped, 1);
+    // The default limit accepts it; whole-file text records are capped the same way.
+    assert_eq!(read(&p).expect("default").len(), 2);
+    let t = write(&dir, "doc.md", &long);
+    let err = Reader::new(Source::from_paths(&[t]).expect("src"))
+        .max_record_bytes(100)
+        .read_all()
+        .expect_err("too long");
+    assert!(err.to_string().contains("doc.md:1"), "{err}");
 }

@@ -25,6 +25,9 @@ pub struct LoraModel<M: Module> {
 #[derive(Debug, Clone, Default)]
 struct Registry {
     configs: Vec<(String, LoraConfig)>,
+    /// Per adapter, `target_modules` names that matched no layer (PEFT only errors when none
+    /// matches; kiln reports them in [`LoraModel::trainable_parameters_report`]).
+    unmatched: Vec<(String, Vec<String>)>,
     active: Vec<String>,
     disabled: bool,
 }
@@ -99,9 +102,12 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
         self.check_modules_to_save(name, &config)?;
         let output = self.model.output_layer().map(str::to_string);
         let mut targeted = 0usize;
+        let mut paths = Vec::new();
         self.model.visit_linears(&mut |path, _| {
             targeted += usize::from(matcher.is_target(path, output.as_deref() == Some(path)));
+            paths.push(path.to_string());
         });
+        let unmatched = matcher.unmatched_names(paths.iter().map(String::as_str));
         if targeted == 0 {
             return Err(LoraError::NoTarget {
                 adapter: name.into(),
@@ -125,6 +131,12 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
             result = layer.add_adapter(name, &spec);
         });
         result?;
+        if !unmatched.is_empty() {
+            tracing::warn!(
+                "adapter `{name}`: target_modules {unmatched:?} match no layer of the model"
+            );
+            self.registry.unmatched.push((name.to_string(), unmatched));
+        }
         self.registry.configs.push((name.to_string(), config));
         if self.registry.active.is_empty() {
             self.registry.active.push(name.to_string());
@@ -219,6 +231,7 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
         });
         result?;
         self.registry.configs.retain(|(n, _)| n != name);
+        self.registry.unmatched.retain(|(n, _)| n != name);
         self.registry.active.retain(|n| n != name);
         self.apply_active();
         Ok(())
@@ -293,8 +306,25 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
 
     /// PEFT's `print_trainable_parameters` line, e.g.
     /// `trainable params: 4,884,480 || all params: 139,399,488 || trainable%: 3.5040`.
+    /// With a warning line per adapter whose `target_modules` names match no layer.
     pub fn trainable_parameters_report(&self) -> String {
-        self.param_count().to_string()
+        let mut report = self.param_count().to_string();
+        for (name, names) in &self.registry.unmatched {
+            report.push_str(&format!(
+                "\nWARNING: adapter `{name}`: target_modules {names:?} match no layer of the model \
+                 (typo? the other entries were applied)"
+            ));
+        }
+        report
+    }
+
+    /// `target_modules` names of adapter `name` that matched no layer of the model.
+    pub fn unmatched_target_modules(&self, name: &str) -> &[String] {
+        self.registry
+            .unmatched
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(&[], |(_, v)| v.as_slice())
     }
 
     /// Applies the active set and what trains to every layer.

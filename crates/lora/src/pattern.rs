@@ -50,6 +50,25 @@ impl Compiled {
 }
 
 impl TargetMatcher {
+    /// The `target_modules` names (when given as names) that match none of `paths`.
+    pub(crate) fn unmatched_names<'a>(
+        &self,
+        paths: impl Iterator<Item = &'a str> + Clone,
+    ) -> Vec<String> {
+        let Some(Compiled::Names(names)) = &self.targets else {
+            return Vec::new();
+        };
+        names
+            .iter()
+            .filter(|n| {
+                !paths
+                    .clone()
+                    .any(|p| p == n.as_str() || p.ends_with(&format!(".{n}")))
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Compiles the matching fields of `config`; invalid regular expressions are config errors.
     pub fn new(config: &LoraConfig) -> Result<Self> {
         let targets = config

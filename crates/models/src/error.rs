@@ -57,6 +57,13 @@ pub enum ModelError {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
+    /// A weight holds NaN or infinity (a corrupt or badly converted checkpoint).
+    #[error("{path}: weight `{tensor}` holds a non-finite value ({detail})")]
+    NonFiniteWeight {
+        path: PathBuf,
+        tensor: String,
+        detail: String,
+    },
     /// The tokenizer cannot be built or used.
     #[error("{path}: tokenizer: {reason}")]
     Tokenizer { path: PathBuf, reason: String },

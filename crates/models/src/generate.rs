@@ -22,6 +22,33 @@ pub enum Sampling {
     },
 }
 
+impl Sampling {
+    /// The rule of command-line style settings: temperature 0 is greedy decoding, a positive
+    /// temperature samples. A negative or non-finite temperature, or a top-p outside (0, 1], is
+    /// an error whichever rule it selects (nothing is ignored silently).
+    pub fn from_settings(temperature: f32, top_k: usize, top_p: f32) -> Result<Self> {
+        let sampling = Self::Sample {
+            temperature,
+            top_k,
+            top_p,
+        };
+        if temperature == 0.0 {
+            if !(top_p > 0.0 && top_p <= 1.0) {
+                return Err(ModelError::Input(format!(
+                    "top_p = {top_p} is not in (0, 1]"
+                )));
+            }
+            return Ok(Self::Greedy);
+        }
+        GenerationConfig {
+            sampling: sampling.clone(),
+            ..Default::default()
+        }
+        .validate()?;
+        Ok(sampling)
+    }
+}
+
 /// Generation settings, like transformers' `GenerationConfig`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationConfig {
@@ -46,6 +73,39 @@ impl Default for GenerationConfig {
             eos_token_ids: Vec::new(),
             stop_strings: Vec::new(),
         }
+    }
+}
+
+impl GenerationConfig {
+    /// Refuses settings transformers refuses: a temperature that is not a positive number, a
+    /// top-p outside (0, 1], a repetition penalty that is not a positive number.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str, v: f32, want: &str| {
+            Err(ModelError::Input(format!(
+                "{what} = {v} is not {want}{}",
+                if what == "temperature" {
+                    " (for greedy decoding use Sampling::Greedy / temperature 0 on the command line)"
+                } else {
+                    ""
+                }
+            )))
+        };
+        if let Sampling::Sample {
+            temperature, top_p, ..
+        } = self.sampling
+        {
+            if !(temperature.is_finite() && temperature > 0.0) {
+                return bad("temperature", temperature, "a positive number");
+            }
+            if !(top_p > 0.0 && top_p <= 1.0) {
+                return bad("top_p", top_p, "in (0, 1]");
+            }
+        }
+        let p = self.repetition_penalty;
+        if !(p.is_finite() && p > 0.0) {
+            return bad("repetition_penalty", p, "a positive number");
+        }
+        Ok(())
     }
 }
 
@@ -155,6 +215,7 @@ pub fn generate(
     tokenizer: Option<&Tokenizer>,
     on_token: &mut dyn FnMut(usize, u32),
 ) -> Result<Vec<Generated>> {
+    config.validate()?;
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
         return Err(ModelError::Input(
             "generation needs at least one non-empty prompt".into(),
@@ -283,5 +344,40 @@ mod tests {
         assert_eq!(draw(3), draw(3));
         // top-p 0.9 over these logits excludes token 0 (the least likely).
         assert!(!draw(4).contains(&0));
+    }
+
+    #[test]
+    fn nonsense_settings_are_refused_by_name() {
+        assert_eq!(
+            Sampling::from_settings(0.0, 0, 1.0).unwrap(),
+            Sampling::Greedy
+        );
+        assert!(matches!(
+            Sampling::from_settings(0.8, 5, 0.9).unwrap(),
+            Sampling::Sample { top_k: 5, .. }
+        ));
+        for (t, p, key) in [
+            (-1.0, 1.0, "temperature"),
+            (f32::NAN, 1.0, "temperature"),
+            (f32::INFINITY, 1.0, "temperature"),
+            (0.7, 1.5, "top_p"),
+            (0.7, 0.0, "top_p"),
+            (0.0, 1.5, "top_p"),
+            (0.7, f32::NAN, "top_p"),
+        ] {
+            let err = Sampling::from_settings(t, 0, p).unwrap_err().to_string();
+            assert!(err.contains(key), "({t}, {p}): {err}");
+        }
+        let config = GenerationConfig {
+            repetition_penalty: -1.0,
+            ..Default::default()
+        };
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("repetition_penalty")
+        );
     }
 }

@@ -67,7 +67,7 @@ fn missing_and_unexpected_keys_are_listed() {
         }
         other => panic!("unexpected error {other}"),
     }
-    // Three layers: layer 2 is missing.
+    // Three layers: no tensor of layer 2 at all is blamed on the layer count, before building.
     let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
     std::fs::write(
         dir.path().join("config.json"),
@@ -75,12 +75,35 @@ fn missing_and_unexpected_keys_are_listed() {
     )
     .unwrap();
     match load(dir.path()).unwrap_err() {
-        ModelError::MissingWeights { keys, .. } => {
+        ModelError::Config { key, reason, .. } => {
+            assert_eq!(key, "num_hidden_layers");
             assert!(
-                keys.contains(&"model.layers.2.self_attn.q_proj.weight".to_string()),
-                "{keys:?}"
+                reason.contains("declares 3 layers") && reason.contains("for 2"),
+                "{reason}"
             );
         }
+        other => panic!("unexpected error {other}"),
+    }
+    // Two layers, one tensor of layer 1 left out of the file: listed as missing.
+    let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        config.replace("\"num_hidden_layers\": 3", "\"num_hidden_layers\": 2"),
+    )
+    .unwrap();
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let gone = "model.layers.1.self_attn.q_proj.weight";
+    let kept: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != gone)
+        .collect();
+    let out = safetensors::serialize(kept, None).unwrap();
+    std::fs::write(&path, out).unwrap();
+    match load(dir.path()).unwrap_err() {
+        ModelError::MissingWeights { keys, .. } => assert_eq!(keys, vec![gone.to_string()]),
         other => panic!("unexpected error {other}"),
     }
 }
@@ -137,4 +160,52 @@ fn out_of_vocabulary_ids_are_an_input_error() {
         .forward(&kiln_models::DecoderInput::single(&[1, 9999]))
         .unwrap_err();
     assert!(matches!(err, ModelError::Input(_)), "{err}");
+}
+
+/// Sets element 3 of tensor `name` in `dir/model.safetensors` to a NaN of the file's dtype.
+fn poke_nan(dir: &Path, name: &str) {
+    let path = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let view = st.tensor(name).unwrap();
+    let width = view.dtype().bitsize() / 8;
+    let at = view.data().as_ptr() as usize - bytes.as_ptr() as usize + 3 * width;
+    let nan: &[u8] = match width {
+        4 => &[0x00, 0x00, 0xc0, 0x7f],
+        _ => &[0xc0, 0x7f], // bf16 NaN
+    };
+    bytes[at..at + width].copy_from_slice(nan);
+    std::fs::write(&path, bytes).unwrap();
+}
+
+#[test]
+fn nan_weights_are_refused_naming_the_tensor() {
+    // f32 weights widened at load, and bf16 weights kept as stored.
+    for (fixture, quantization) in [
+        ("llama", kiln_models::Quantization::F32),
+        ("llama_bf16", kiln_models::Quantization::Stored),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(fixtures().join("tiny").join(fixture)).unwrap() {
+            let f = f.unwrap();
+            if f.path().is_file() {
+                std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+            }
+        }
+        let name = "model.layers.1.mlp.down_proj.weight";
+        poke_nan(dir.path(), name);
+        let config = DecoderConfig::from_file(&dir.path().join("config.json")).unwrap();
+        let weights = SafetensorsWeights::open(dir.path()).unwrap();
+        let err =
+            kiln_models::build_causal_lm_as(&config, &weights, &default_device(), quantization)
+                .unwrap_err();
+        assert!(
+            matches!(&err, ModelError::NonFiniteWeight { tensor, .. } if tensor == name),
+            "{fixture}: {err}"
+        );
+        assert!(
+            err.to_string().contains(&dir.path().display().to_string()),
+            "{err}"
+        );
+    }
 }

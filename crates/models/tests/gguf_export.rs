@@ -75,7 +75,7 @@ fn tiny_dir(name: &str, dir: &Path, edit: impl FnOnce(&mut Value)) -> PathBuf {
 /// The cases: (name, model path). Safetensors fixtures get the config values GGUF can carry
 /// (GGUF has no key for Gemma 2's `query_pre_attn_scalar` and soft-caps as transformers reads
 /// them, nor for Phi-3's partial rotary factor and sliding window: the readers use defaults).
-/// `fixtures/gguf/tiny_llama.gguf` is not a case: it holds a q bias without `attention_bias`, a
+/// `fixtures/gguf/tiny_llama_reader_only.gguf` is not a case: it holds a q bias without `attention_bias`, a
 /// tensor test of the reader that no model loads.
 fn cases(dir: &Path) -> Vec<(&'static str, PathBuf)> {
     let gguf = fixtures().join("gguf");

@@ -13,7 +13,7 @@ use serde_json::Value;
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/gguf");
 
 fn open() -> GgufFile {
-    GgufFile::open(format!("{DIR}/tiny_llama.gguf")).expect("fixture opens")
+    GgufFile::open(format!("{DIR}/tiny_llama_reader_only.gguf")).expect("fixture opens")
 }
 
 fn expected() -> Value {
@@ -90,7 +90,7 @@ fn tokenizer_encodes_like_transformers() {
 /// The fixture's bytes with metadata string `from` replaced by `to` (same length).
 fn patched(from: &str, to: &str) -> tempfile::NamedTempFile {
     assert_eq!(from.len(), to.len());
-    let mut bytes = std::fs::read(format!("{DIR}/tiny_llama.gguf")).expect("fixture");
+    let mut bytes = std::fs::read(format!("{DIR}/tiny_llama_reader_only.gguf")).expect("fixture");
     let at = bytes
         .windows(from.len())
         .position(|w| w == from.as_bytes())

@@ -38,7 +38,19 @@ struct StateFile {
     seed: u64,
     /// Parameter path -> burn parameter id.
     param_ids: BTreeMap<String, u64>,
+    /// The run that wrote it ([`crate::RunDir::id`]); absent in checkpoints of kiln before run ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run_id: Option<String>,
     state: TrainState,
+}
+
+/// The run id recorded in checkpoint `dir` (`None` for checkpoints written without one).
+pub(crate) fn checkpoint_run_id(dir: &Path) -> Result<Option<String>> {
+    let path = dir.join(STATE);
+    let text = fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    let file: StateFile =
+        serde_json::from_str(&text).map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
+    Ok(file.run_id)
 }
 
 /// Writes `host` to a safetensors file (f32), ids in the metadata.
@@ -150,8 +162,11 @@ impl<M: CausalModel> Trainer<M> {
         if let Ok(d) = fs::File::open(root) {
             let _ = d.sync_all();
         }
-        let all = list_checkpoints(root)?;
-        for old in &all[..all.len().saturating_sub(keep_last.max(1))] {
+        // Never prune the checkpoint just written (the one a NaN stop names), whatever the
+        // step numbers of older ones.
+        let mut all = list_checkpoints(root)?;
+        all.retain(|p| p != &dir);
+        for old in &all[..all.len().saturating_sub(keep_last.max(1) - 1)] {
             fs::remove_dir_all(old).map_err(|e| TrainError::io(old, e))?;
         }
         for c in self.callbacks() {
@@ -189,6 +204,7 @@ impl<M: CausalModel> Trainer<M> {
                 .iter()
                 .map(|(k, (id, _, _))| (k.clone(), *id))
                 .collect(),
+            run_id: self.run_id.clone(),
             state: TrainState {
                 elapsed: self.elapsed(),
                 ..self.state.clone()
@@ -248,6 +264,7 @@ impl<M: CausalModel> Trainer<M> {
         let mut trainer = Trainer::new(model, device, options)?;
         trainer.optim = build_optimizer(&trainer.options.adamw, &trainable).load_record(record);
         trainer.state = file.state;
+        trainer.run_id = file.run_id;
         if trainer.state.micro_in_step > 0 {
             let grads = read_host_safetensors(&dir.join(GRADS))?;
             trainer.grads = Some(grads_from_host(trainer.model(), &grads));

@@ -377,6 +377,12 @@ impl SftConfig {
         if self.max_steps.is_none() && self.epochs.is_none() {
             return Err(TrainError::option("max_steps", "set max_steps or epochs"));
         }
+        if self.max_steps == Some(0) {
+            return Err(TrainError::option(
+                "max_steps",
+                "0 would train nothing: set at least 1 (or leave it out and set epochs)",
+            ));
+        }
         if let Some(e) = self.epochs
             && !(e.is_finite() && e > 0.0)
         {
@@ -502,6 +508,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
             ("model = \"m\"\n", "max_steps"),
+            ("model = \"m\"\nmax_steps = 0\n", "max_steps"),
             (
                 "model = \"m\"\nmax_steps = 1\ngrad_accum = 0\n",
                 "grad_accum",

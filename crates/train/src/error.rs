@@ -31,6 +31,9 @@ pub enum TrainError {
         step: usize,
         checkpoint: Option<PathBuf>,
     },
+    /// An output directory that a run may not use as asked (see [`crate::RunDir`]).
+    #[error("output directory {path} {reason}")]
+    RunDir { path: PathBuf, reason: String },
     /// A checkpoint that is missing a file or does not match the model.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },

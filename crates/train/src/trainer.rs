@@ -110,6 +110,8 @@ pub struct Trainer<M: CausalModel> {
     /// Micro-batches whose gradients came from the fused backward in this session.
     fused_micro_batches: u64,
     callbacks: Vec<Box<dyn Callback>>,
+    /// Written into every checkpoint ([`crate::RunDir`]).
+    pub(crate) run_id: Option<String>,
     session_start: Instant,
     step_start: Option<Instant>,
 }
@@ -198,6 +200,7 @@ impl<M: CausalModel> Trainer<M> {
             grads: None,
             fused_micro_batches: 0,
             callbacks: Vec::new(),
+            run_id: None,
             session_start: Instant::now(),
             step_start: None,
         })
@@ -206,6 +209,16 @@ impl<M: CausalModel> Trainer<M> {
     /// Adds a callback (logger, progress bar...).
     pub fn add_callback(&mut self, callback: Box<dyn Callback>) {
         self.callbacks.push(callback);
+    }
+
+    /// Records the run this trainer belongs to ([`crate::RunDir::id`]) in its checkpoints.
+    pub fn set_run_id(&mut self, id: impl Into<String>) {
+        self.run_id = Some(id.into());
+    }
+
+    /// The run id written into checkpoints, if any.
+    pub fn run_id(&self) -> Option<&str> {
+        self.run_id.as_deref()
     }
 
     pub(crate) fn callbacks(&mut self) -> &mut [Box<dyn Callback>] {

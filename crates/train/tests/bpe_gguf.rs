@@ -33,7 +33,7 @@ fn smollm2_gguf_tokenizer_matches_tokenizers() {
 
 #[test]
 fn tiny_gguf_tokenizers_use_the_encoder_where_it_applies() {
-    let tok = gguf_tokenizer(&fixture("gguf/tiny_llama.gguf"));
+    let tok = gguf_tokenizer(&fixture("gguf/tiny_llama_reader_only.gguf"));
     let bpe = ByteLevelBpe::new(&tok).expect("the tiny GGUF is byte-level BPE");
     for i in 0..3000 {
         check(

@@ -148,6 +148,18 @@ fn bad_targets_and_names_are_errors() {
     )
     .unwrap_err();
     assert!(matches!(err, LoraError::NoTarget { .. }), "{err}");
+    // A typo next to valid names: applied (as PEFT), but reported by name.
+    let m = LoraModel::with_adapter(
+        Tiny::new(&device),
+        "a",
+        LoraConfig::new(2, 4.0, names(&["q_proj", "v_prj"])),
+    )
+    .unwrap();
+    assert_eq!(m.unmatched_target_modules("a"), ["v_prj".to_string()]);
+    assert!(
+        m.trainable_parameters_report()
+            .contains("WARNING: adapter `a`: target_modules [\"v_prj\"]")
+    );
     let mut c = LoraConfig::new(2, 4.0, names(&["q_proj"]));
     c.modules_to_save = Some(vec!["score".into()]);
     let err = LoraModel::with_adapter(Tiny::new(&device), "a", c).unwrap_err();

@@ -329,7 +329,13 @@ impl HfConfig {
         };
         let num_heads = self.num_attention_heads;
         let num_kv_heads = self.num_key_value_heads.unwrap_or(num_heads);
-        if num_heads == 0 || num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
+        if num_heads == 0 {
+            return Err(bad(
+                "num_attention_heads",
+                "must be positive (GGUF: `<arch>.attention.head_count`)".into(),
+            ));
+        }
+        if num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
             return Err(bad(
                 "num_key_value_heads",
                 format!("{num_kv_heads} must divide num_attention_heads {num_heads}"),
@@ -357,6 +363,15 @@ impl HfConfig {
             if v == 0 {
                 return Err(bad(key, "must be positive".into()));
             }
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
+            return Err(bad(
+                "rms_norm_eps",
+                format!(
+                    "{} is not a non-negative number (the norm would divide by NaN)",
+                    self.rms_norm_eps
+                ),
+            ));
         }
         let rope = self.resolve_rope(family, path)?;
         let rotary_dim = (head_dim as f64 * rope.partial_rotary_factor) as usize;
@@ -578,6 +593,17 @@ mod tests {
         ))
         .unwrap_err();
         assert!(err.to_string().contains("num_key_value_heads"), "{err}");
+        let zero = BASE.replace(r#""num_attention_heads": 2"#, r#""num_attention_heads": 0"#);
+        let err = parse(&format!(r#"{{"model_type": "llama", {zero}}}"#));
+        let msg = err.map(|_| ()).unwrap_err().to_string();
+        assert!(msg.contains("`num_attention_heads`"), "{msg}");
+        for eps in ["-1e-6", "-1"] {
+            let err = parse(&format!(
+                r#"{{"model_type": "llama", {BASE}, "rms_norm_eps": {eps}}}"#
+            ));
+            let msg = err.map(|_| ()).unwrap_err().to_string();
+            assert!(msg.contains("rms_norm_eps"), "{eps}: {msg}");
+        }
     }
 
     #[test]
