@@ -42,8 +42,7 @@ pub(crate) trait FrozenProduct: Backend {
     /// # Shapes
     /// - x: `[m, k]` -> `[m, n]`
     fn frozen_matmul_t(x: FloatTensor<Self>, w: &QMatrix) -> FloatTensor<Self> {
-        let wt = Self::float_transpose(dequantized::<Self>(w, &x));
-        Self::float_matmul(x, wt)
+        dense_matmul_t::<Self>(x, w)
     }
 
     /// `dx = dy · W`, the input gradient of [`Self::frozen_matmul_t`].
@@ -51,9 +50,20 @@ pub(crate) trait FrozenProduct: Backend {
     /// # Shapes
     /// - dy: `[m, n]` -> `[m, k]`
     fn frozen_matmul(dy: FloatTensor<Self>, w: &QMatrix) -> FloatTensor<Self> {
-        let wd = dequantized::<Self>(w, &dy);
-        Self::float_matmul(dy, wd)
+        dense_matmul::<Self>(dy, w)
     }
+}
+
+/// `x · Wᵀ` by burn's product, `W` dequantized whole for the call.
+fn dense_matmul_t<B: Backend>(x: FloatTensor<B>, w: &QMatrix) -> FloatTensor<B> {
+    let wt = B::float_transpose(dequantized::<B>(w, &x));
+    B::float_matmul(x, wt)
+}
+
+/// `dy · W` by burn's product, `W` dequantized whole for the call.
+fn dense_matmul<B: Backend>(dy: FloatTensor<B>, w: &QMatrix) -> FloatTensor<B> {
+    let wd = dequantized::<B>(w, &dy);
+    B::float_matmul(dy, wd)
 }
 
 /// `W` (`[n, k]`) dequantized on the device and in the float type of `like`.
@@ -76,10 +86,7 @@ impl FrozenProduct for burn::backend::NdArray {
             w.matmul_t(x, m, y, false, kiln_cpu::Precision::F32)
         }) {
             Some(y) => y,
-            None => {
-                let wt = Self::float_transpose(dequantized::<Self>(w, &x));
-                Self::float_matmul(x, wt)
-            }
+            None => dense_matmul_t::<Self>(x, w),
         }
     }
 
@@ -89,10 +96,7 @@ impl FrozenProduct for burn::backend::NdArray {
             w.matmul(dy, m, dx, false, kiln_cpu::Precision::F32)
         }) {
             Some(dx) => dx,
-            None => {
-                let wd = dequantized::<Self>(w, &dy);
-                Self::float_matmul(dy, wd)
-            }
+            None => dense_matmul::<Self>(dy, w),
         }
     }
 }
@@ -175,7 +179,10 @@ pub(crate) fn product<const D: usize>(x: Tensor<D>, w: &Arc<QMatrix>) -> Tensor<
 fn product_2d(x: Tensor<2>, w: &Arc<QMatrix>) -> Tensor<2> {
     macro_rules! on {
         ($b:ty) => {
-            if let Ok(p) = x.clone().try_into_primitive::<Autodiff<$b, NoCheckpointing>>() {
+            if let Ok(p) = x
+                .clone()
+                .try_into_primitive::<Autodiff<$b, NoCheckpointing>>()
+            {
                 return Tensor::from_primitive::<Autodiff<$b, NoCheckpointing>>(
                     autodiff_product::<$b, NoCheckpointing>(p, w),
                 );

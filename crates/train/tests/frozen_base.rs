@@ -11,7 +11,7 @@ use kiln_models::{
     CausalLm, DecoderConfig, DecoderInput, Quantization, SafetensorsWeights, build_causal_lm_as,
 };
 use kiln_train::params::params_to_host;
-use kiln_train::{Batch, BackwardPath, MicroOutcome, Trainer};
+use kiln_train::{BackwardPath, Batch, MicroOutcome, Trainer};
 
 fn load(name: &str, quantization: Quantization) -> CausalLm {
     let dir = fixture(&format!("tiny/{name}"));
@@ -107,12 +107,25 @@ fn frozen_base_trains_like_its_dequantized_copy() {
         let o_proj = &frozen.model.layers[0].self_attn.o_proj;
         assert!(o_proj.weight.as_frozen().is_some(), "{what}: o_proj frozen");
         let dense = densified(frozen.clone());
-        assert!(dense.model.layers[0].self_attn.o_proj.weight.as_frozen().is_none());
+        assert!(
+            dense.model.layers[0]
+                .self_attn
+                .o_proj
+                .weight
+                .as_frozen()
+                .is_none()
+        );
         let (want, want_params) = run(dense, checkpointing);
         let (got, got_params) = run(frozen, checkpointing);
         for ((lg, ng), (lw, nw)) in got.iter().zip(&want) {
-            assert!((lg - lw).abs() < 1e-5 * lw.max(1.0), "{what}: loss {lg} vs {lw}");
-            assert!((ng - nw).abs() < 1e-4 * nw.max(1.0), "{what}: norm {ng} vs {nw}");
+            assert!(
+                (lg - lw).abs() < 1e-5 * lw.max(1.0),
+                "{what}: loss {lg} vs {lw}"
+            );
+            assert!(
+                (ng - nw).abs() < 1e-4 * nw.max(1.0),
+                "{what}: norm {ng} vs {nw}"
+            );
         }
         assert_eq!(
             got_params.tensors.keys().collect::<Vec<_>>(),

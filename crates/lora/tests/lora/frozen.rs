@@ -11,7 +11,10 @@ use kiln_lora::{LoraAdapter, LoraLinear};
 use crate::fake::{host, tensor};
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
 }
 
 const IN: usize = 256;
