@@ -51,6 +51,11 @@ impl Frozen {
         Arc::clone(&self.matrix)
     }
 
+    /// The shared handle itself (an autodiff operation clones it into its backward state).
+    pub(crate) fn handle(&self) -> &Arc<QMatrix> {
+        &self.matrix
+    }
+
     /// The whole matrix dequantized as a burn tensor on `device`, in the stored layout
     /// (`[rows, cols]`).
     pub fn dequantized(&self, device: &Device) -> Tensor<2> {

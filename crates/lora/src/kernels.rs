@@ -8,8 +8,9 @@
 //! --bench lora_layer` (`frozen linear`) measures both.
 //!
 //! Only tensors outside autodiff on the ndarray backend take this path: inference, evaluation
-//! and generation. Training keeps burn's `matmul`, whose backward autodiff records; other
-//! backends (wgpu, cuda) keep theirs.
+//! and generation. Training keeps burn's `matmul`, whose backward autodiff records (products by
+//! a frozen matrix are an autodiff operation of their own, `frozen_op.rs`); other backends
+//! (wgpu, cuda) keep theirs.
 
 use crate::base::Frozen;
 use burn::tensor::Tensor;
@@ -29,10 +30,11 @@ pub fn linear<const D: usize>(x: Tensor<D>, w: Tensor<2>, bias: Option<Tensor<1>
 }
 
 /// `x · Wᵀ (+ bias)` by a frozen matrix `W` (`[out, in]`) kept in its storage format. On burn's
-/// CPU backend outside autodiff the product dequantizes tiles on the fly
-/// ([`kiln_cpu::QMatrix::matmul_t`]); elsewhere the weight is dequantized for this call into a
-/// tensor on the input's device and dropped afterwards (under autodiff the graph keeps it until
-/// the backward pass: kiln's fused CPU step is the path that never holds it).
+/// CPU backend the products dequantize tiles on the fly ([`kiln_cpu::QMatrix::matmul_t`]);
+/// elsewhere the weight is dequantized for this call into a tensor on the input's device and
+/// dropped afterwards. Under autodiff the product is one operation whose backward pass
+/// re-dequantizes `W` for `dy · W`: the graph keeps neither `W` in f32 nor `x`, and computes no
+/// gradient for `W` (see `frozen_op.rs`).
 ///
 /// # Shapes
 /// - x: `[..., in]`
@@ -46,8 +48,11 @@ pub fn frozen_linear<const D: usize>(
     if let Some(y) = cpu::frozen_linear(&x, w.matrix(), bias.as_ref()) {
         return y;
     }
-    let wt = w.dequantized(&x.device()).transpose();
-    burn::tensor::module::linear(x, wt, bias)
+    let y = crate::frozen_op::product(x, w.handle());
+    match bias {
+        Some(b) => y + b.unsqueeze::<D>(),
+        None => y,
+    }
 }
 
 /// [`linear`]'s fast path alone: `None` when it does not apply (autodiff, another backend or

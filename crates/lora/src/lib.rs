@@ -16,6 +16,7 @@ pub mod backprop;
 pub mod base;
 pub mod config;
 pub mod error;
+mod frozen_op;
 pub mod grads;
 #[cfg(feature = "cpu")]
 pub mod host;

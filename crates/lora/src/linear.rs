@@ -11,7 +11,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 use kiln_cpu::QMatrix;
 
-use crate::adapter::{AdapterSpec, LoraAdapter, column_norm, dora_weight_norm, linear_nb};
+use crate::adapter::{AdapterSpec, LoraAdapter, column_norm, dora_weight_norm};
 use crate::error::{LoraError, Result};
 
 /// A linear projection `y = x W + b` whose base weight is frozen, plus named adapters.
@@ -127,9 +127,9 @@ impl LoraLinear {
         result: Tensor<D>,
         bias: Option<Tensor<1>>,
     ) -> Tensor<D> {
-        let weight = self.dense_weight();
+        // A frozen weight is dequantized for the (detached) norm alone and dropped here.
         let norm = dora_weight_norm(
-            &weight,
+            &self.dense_weight(),
             &adapter.lora_a.val(),
             &adapter.lora_b.val(),
             adapter.scale,
@@ -140,7 +140,8 @@ impl LoraLinear {
         let factor = (magnitude / norm).reshape(dims); // [1, .., out]
         let dropout_ran = adapter.dropout.prob > 0.0 && x.device().is_autodiff();
         let base = if dropout_ran {
-            linear_nb(dx.clone(), weight)
+            // `dropout(x) W`, by the frozen operation when the weight is kept as stored.
+            self.base_forward(dx.clone(), None)
         } else {
             match bias {
                 Some(b) => result.clone() - b.reshape(dims),

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 mod fake;
 mod files;
+mod frozen;
 mod layer;
 mod model;
 mod train;
