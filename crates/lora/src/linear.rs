@@ -38,6 +38,8 @@ struct LayerState {
     disabled: bool,
     /// Merged adapters in merge order, with DoRA's weight norm at merge time.
     merged: Vec<(String, Option<Tensor<1>>)>,
+    /// Per-row adapters (batched serving): overrides `active` when set.
+    rows: Option<Vec<Option<String>>>,
 }
 
 impl LoraLinear {
@@ -92,6 +94,13 @@ impl LoraLinear {
     /// - output: `[..., out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let bias = self.bias.as_ref().map(|b| b.val());
+        if let Some(rows) = &self.state.rows
+            && !self.state.disabled
+            && self.state.merged.is_empty()
+            && rows.len() == x.dims()[0]
+        {
+            return self.routed_forward(x, bias, rows);
+        }
         let running: Vec<&LoraAdapter> = if self.state.disabled || !self.state.merged.is_empty() {
             Vec::new()
         } else {
@@ -113,6 +122,72 @@ impl LoraLinear {
             };
         }
         result
+    }
+
+    /// The forward with one adapter per row of `x` (S-LoRA/Punica's batched adapters): the
+    /// base product runs once for the whole batch, then each adapter's `scale · (x A) B` is added
+    /// to the rows that asked for it (a 0/1 row mask, so rows of other adapters get exactly
+    /// `+ 0`). Nothing is merged into the shared weight. The low-rank products run over the
+    /// whole batch once per distinct adapter: `tokens · r · (in + out)` FLOPs each, small
+    /// next to the base `tokens · in · out` at the ranks adapters use.
+    ///
+    /// # Shapes
+    /// - x: `[b, ..., in]`, `rows`: `b` entries; output `[b, ..., out]`
+    fn routed_forward<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        bias: Option<Tensor<1>>,
+        rows: &[Option<String>],
+    ) -> Tensor<D> {
+        let mut result = self.base_forward(x.clone(), bias.clone());
+        let mut seen: Vec<&str> = Vec::new();
+        for name in rows.iter().flatten() {
+            if seen.contains(&name.as_str()) {
+                continue;
+            }
+            seen.push(name);
+            let Some(adapter) = self.adapter(name) else {
+                continue;
+            };
+            let delta = match &adapter.magnitude {
+                None => adapter.lora_path(x.clone()),
+                Some(mag) => {
+                    self.dora_forward(
+                        adapter,
+                        mag.val(),
+                        &x,
+                        x.clone(),
+                        result.clone(),
+                        bias.clone(),
+                    ) - result.clone()
+                }
+            };
+            let mask: Vec<f32> = rows
+                .iter()
+                .map(|r| f32::from(u8::from(r.as_deref() == Some(name.as_str()))))
+                .collect();
+            result = if mask.iter().all(|&m| m == 1.0) {
+                result + delta
+            } else {
+                let mut shape = [1usize; D];
+                shape[0] = rows.len();
+                let mask = Tensor::<1>::from_data(
+                    burn::tensor::TensorData::new(mask, [rows.len()]),
+                    &x.device(),
+                )
+                .reshape(shape);
+                result + delta * mask
+            };
+        }
+        result
+    }
+
+    /// Routes the rows of the following forwards to adapters: row `i` of the input (its first
+    /// dimension) runs the base plus adapter `rows[i]` (`None`: the base alone), whatever the
+    /// active set says; names this layer does not hold add nothing. An input whose batch differs
+    /// from `rows.len()` runs the active set as before. `None` turns routing off.
+    pub fn set_row_adapters(&mut self, rows: Option<Vec<Option<String>>>) {
+        self.state.rows = rows;
     }
 
     /// PEFT's `DoraLinearVariant.forward` + `DoraLinearLayer.forward`:

@@ -218,6 +218,25 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
             .visit_linears_mut(&mut |_, l| l.set_disabled(false));
     }
 
+    /// Gives every row of the following forwards its own adapter, as S-LoRA/Punica batch
+    /// requests for different adapters: row `i` (the first input dimension) runs the base plus
+    /// `rows[i]`, or the base alone for `None`, with no adapter merged into the shared weights.
+    /// `None` returns to the active set. See [`crate::LoraLinear::set_row_adapters`].
+    ///
+    /// # Errors
+    /// [`LoraError::UnknownAdapter`] for a name that is not loaded (nothing changes then).
+    pub fn set_row_adapters(&mut self, rows: Option<&[Option<String>]>) -> Result<()> {
+        if let Some(rows) = rows
+            && let Some(bad) = rows.iter().flatten().find(|n| self.config(n).is_none())
+        {
+            return Err(LoraError::UnknownAdapter(bad.clone()));
+        }
+        let rows = rows.map(<[Option<String>]>::to_vec);
+        self.model
+            .visit_linears_mut(&mut |_, l| l.set_row_adapters(rows.clone()));
+        Ok(())
+    }
+
     /// Removes adapter `name` from every layer.
     pub fn delete_adapter(&mut self, name: &str) -> Result<()> {
         if self.config(name).is_none() {

@@ -278,6 +278,118 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Number of sequences (rows) the cache holds.
+    pub fn rows(&self) -> usize {
+        self.key_padding.len()
+    }
+
+    /// Keeps the rows `keep`, in that order, and drops the others (a finished sequence leaves a
+    /// running batch). Key columns that are then padding in every row are dropped too.
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] for a row index outside the cache.
+    pub fn retain_rows(&mut self, keep: &[usize]) -> Result<()> {
+        if let Some(bad) = keep.iter().find(|&&r| r >= self.rows()) {
+            return Err(ModelError::Input(format!(
+                "cache row {bad} does not exist ({} rows)",
+                self.rows()
+            )));
+        }
+        if keep.is_empty() {
+            *self = Self::default();
+            return Ok(());
+        }
+        if keep.len() == self.rows() && keep.iter().enumerate().all(|(i, &r)| i == r) {
+            return Ok(());
+        }
+        for layer in self.layers.iter_mut().flatten() {
+            let idx = Tensor::<1, Int>::from_data(
+                TensorData::new(keep.iter().map(|&r| r as i64).collect(), [keep.len()]),
+                &layer.k.device(),
+            );
+            layer.k = layer.k.clone().select(0, idx.clone());
+            layer.v = layer.v.clone().select(0, idx);
+        }
+        self.key_padding = keep.iter().map(|&r| self.key_padding[r].clone()).collect();
+        self.next_position = keep.iter().map(|&r| self.next_position[r]).collect();
+        self.trim_padding();
+        Ok(())
+    }
+
+    /// Appends the rows of `other` after this cache's rows (a prefilled sequence joins a running
+    /// batch). The side with fewer cached tokens is left-padded with masked keys, so every row
+    /// keeps its own positions and attends only to its own tokens.
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] when the caches come from models with different layer counts.
+    pub fn append_rows(&mut self, other: KvCache) -> Result<()> {
+        if other.rows() == 0 {
+            return Ok(());
+        }
+        if self.rows() == 0 {
+            *self = other;
+            return Ok(());
+        }
+        if self.layers.len() != other.layers.len()
+            || self
+                .layers
+                .iter()
+                .zip(&other.layers)
+                .any(|(a, b)| a.is_some() != b.is_some())
+        {
+            return Err(ModelError::Input(format!(
+                "cannot join caches of {} and {} layers",
+                self.layers.len(),
+                other.layers.len()
+            )));
+        }
+        let (ta, tb) = (self.len(), other.len());
+        let t = ta.max(tb);
+        // [b, kv_heads, t, head_dim]: left-pad the time axis with zeros (masked keys).
+        let pad = |x: Tensor<4>, n: usize| {
+            if n == 0 {
+                return x;
+            }
+            let [b, h, _, d] = x.dims();
+            let zeros = Tensor::zeros([b, h, n, d], &x.device());
+            Tensor::cat(vec![zeros, x], 2)
+        };
+        for (a, b) in self.layers.iter_mut().zip(other.layers) {
+            if let (Some(a), Some(b)) = (a.as_mut(), b) {
+                a.k = Tensor::cat(vec![pad(a.k.clone(), t - ta), pad(b.k, t - tb)], 0);
+                a.v = Tensor::cat(vec![pad(a.v.clone(), t - ta), pad(b.v, t - tb)], 0);
+            }
+        }
+        let widen =
+            |row: Vec<bool>, n: usize| std::iter::repeat_n(false, n).chain(row).collect::<Vec<_>>();
+        self.key_padding = std::mem::take(&mut self.key_padding)
+            .into_iter()
+            .map(|r| widen(r, t - ta))
+            .chain(other.key_padding.into_iter().map(|r| widen(r, t - tb)))
+            .collect();
+        self.next_position.extend(other.next_position);
+        Ok(())
+    }
+
+    /// Drops the leading key columns that are padding in every row.
+    fn trim_padding(&mut self) {
+        let len = self.len();
+        let n = (0..len)
+            .take_while(|&c| self.key_padding.iter().all(|row| !row[c]))
+            .count();
+        if n == 0 || n == len {
+            return;
+        }
+        for layer in self.layers.iter_mut().flatten() {
+            let [b, h, _, d] = layer.k.dims();
+            layer.k = layer.k.clone().slice([0..b, 0..h, n..len, 0..d]);
+            layer.v = layer.v.clone().slice([0..b, 0..h, n..len, 0..d]);
+        }
+        for row in &mut self.key_padding {
+            row.drain(..n);
+        }
+    }
 }
 
 impl CausalLm {

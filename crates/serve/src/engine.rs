@@ -1,0 +1,473 @@
+//! The scheduler: one thread owns the model and runs continuous batching.
+//!
+//! Requests wait in a bounded queue (full: the caller answers 429). Whenever the running batch
+//! has room, the scheduler takes queued requests, prefills each alone into its own [`KvCache`]
+//! and joins it to the batch cache ([`KvCache::append_rows`], left-padded with masked keys so each
+//! row keeps its own positions); then it runs one decode step for every running row at once.
+//! Prefills of newcomers are thus interleaved with the decoding of the others. A row leaves the
+//! batch ([`KvCache::retain_rows`]) when it finishes or its client goes away (its event channel is
+//! closed), so a disconnect frees the slot at the next step.
+//!
+//! Each row names its own adapter: the model routes row `i` through adapter `i`'s A and B
+//! ([`LoraModel::set_row_adapters`]), S-LoRA/Punica style; no adapter is merged into the shared
+//! weights. Adapters are loaded and removed between steps.
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use burn::tensor::Tensor;
+use kiln_lora::{Bias, LoraConfig, LoraModel};
+use kiln_models::generate::pick_token;
+use kiln_models::{CausalLm, DecoderInput, FinishReason, GenerationConfig, KvCache};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// One sequence to generate.
+#[derive(Debug)]
+pub struct Job {
+    /// Prompt token ids (non-empty).
+    pub prompt: Vec<u32>,
+    /// `max_new_tokens`, sampling, seed and EOS ids; stop strings are the caller's business.
+    pub config: GenerationConfig,
+    /// Adapter name, `None` for the base model.
+    pub adapter: Option<String>,
+    /// Where the tokens go; dropping the receiver cancels the job.
+    pub events: mpsc::UnboundedSender<Event>,
+}
+
+/// What the scheduler tells the caller about a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Token(u32),
+    Done(FinishReason),
+    Failed(ApiError),
+}
+
+enum Msg {
+    Job(Job),
+    /// A control message is waiting.
+    Wake,
+}
+
+enum Control {
+    Load {
+        name: String,
+        path: PathBuf,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    Unload {
+        name: String,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+}
+
+/// Limits of the scheduler.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// Rows decoded together at most.
+    pub max_batch: usize,
+    /// Requests waiting beyond the running batch at most (more: 429).
+    pub max_queue: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            max_batch: 8,
+            max_queue: 64,
+        }
+    }
+}
+
+/// The handle the HTTP side holds; cloning it is cheap. The scheduler thread ends when every
+/// handle is dropped and the running rows are done.
+#[derive(Clone)]
+pub struct Engine {
+    jobs: mpsc::Sender<Msg>,
+    controls: std::sync::mpsc::Sender<Control>,
+    adapters: Arc<RwLock<Vec<String>>>,
+    /// Tokens a prompt plus its completion may hold (`max_position_embeddings`).
+    pub context_len: usize,
+    pub vocab_size: usize,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("context_len", &self.context_len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Starts the scheduler thread on `model`.
+    pub fn start(
+        model: CausalLm,
+        options: EngineOptions,
+        metrics: Arc<Metrics>,
+    ) -> (Self, std::thread::JoinHandle<()>) {
+        let (jobs, queue) = mpsc::channel(options.max_queue.max(1));
+        let (controls, control_rx) = std::sync::mpsc::channel();
+        let adapters = Arc::new(RwLock::new(Vec::new()));
+        let engine = Self {
+            jobs,
+            controls,
+            adapters: adapters.clone(),
+            context_len: model.config.max_position_embeddings,
+            vocab_size: model.config.vocab_size,
+        };
+        let scheduler = Scheduler {
+            lora: LoraModel::new(model),
+            cache: KvCache::default(),
+            rows: Vec::new(),
+            queue,
+            controls: control_rx,
+            adapters,
+            metrics,
+            max_batch: options.max_batch.max(1),
+        };
+        let handle = std::thread::Builder::new()
+            .name("kiln-scheduler".into())
+            .spawn(move || scheduler.run())
+            .expect("spawning the scheduler thread");
+        (engine, handle)
+    }
+
+    /// Queues `job`.
+    ///
+    /// # Errors
+    /// 429 when the queue is full, 503 when the scheduler has stopped.
+    pub fn submit(&self, job: Job) -> Result<(), ApiError> {
+        self.jobs.try_send(Msg::Job(job)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                ApiError::too_many("the request queue is full; retry later")
+            }
+            mpsc::error::TrySendError::Closed(_) => ApiError::unavailable(),
+        })
+    }
+
+    /// Requests waiting for a slot in the running batch.
+    pub fn queue_depth(&self) -> usize {
+        self.jobs.max_capacity() - self.jobs.capacity()
+    }
+
+    /// Names of the loaded adapters, in load order.
+    pub fn adapters(&self) -> Vec<String> {
+        self.adapters.read().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    pub fn has_adapter(&self, name: &str) -> bool {
+        self.adapters
+            .read()
+            .is_ok_and(|a| a.iter().any(|n| n == name))
+    }
+
+    /// Loads the PEFT adapter in `path` as `name`, between two decode steps.
+    pub async fn load_adapter(&self, name: &str, path: PathBuf) -> Result<(), ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.control(Control::Load {
+            name: name.to_string(),
+            path,
+            reply,
+        })?;
+        rx.await.map_err(|_| ApiError::unavailable())?
+    }
+
+    /// Removes adapter `name`; refused while a running request uses it.
+    pub async fn unload_adapter(&self, name: &str) -> Result<(), ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.control(Control::Unload {
+            name: name.to_string(),
+            reply,
+        })?;
+        rx.await.map_err(|_| ApiError::unavailable())?
+    }
+
+    fn control(&self, c: Control) -> Result<(), ApiError> {
+        self.controls.send(c).map_err(|_| ApiError::unavailable())?;
+        // Wakes an idle scheduler; a full queue means it is busy and polls controls anyway.
+        let _ = self.jobs.try_send(Msg::Wake);
+        Ok(())
+    }
+}
+
+/// One running sequence.
+struct Row {
+    job: Job,
+    rng: StdRng,
+    /// Prompt and generated ids (repetition penalty reads them).
+    history: Vec<u32>,
+    generated: usize,
+    last: u32,
+    finished: bool,
+}
+
+struct Scheduler {
+    lora: LoraModel<CausalLm>,
+    /// The batch cache: row `i` is `rows[i]`.
+    cache: KvCache,
+    rows: Vec<Row>,
+    queue: mpsc::Receiver<Msg>,
+    controls: std::sync::mpsc::Receiver<Control>,
+    adapters: Arc<RwLock<Vec<String>>>,
+    metrics: Arc<Metrics>,
+    max_batch: usize,
+}
+
+impl Scheduler {
+    fn run(mut self) {
+        loop {
+            self.apply_controls();
+            while self.rows.len() < self.max_batch {
+                let msg = if self.rows.is_empty() {
+                    match self.queue.blocking_recv() {
+                        Some(m) => m,
+                        None => return,
+                    }
+                } else {
+                    match self.queue.try_recv() {
+                        Ok(m) => m,
+                        Err(_) => break,
+                    }
+                };
+                match msg {
+                    Msg::Wake => self.apply_controls(),
+                    Msg::Job(job) => self.admit(job),
+                }
+                self.sweep();
+            }
+            self.metrics.set_batch_size(self.rows.len());
+            if !self.rows.is_empty() {
+                self.step();
+                self.sweep();
+            }
+            self.metrics.set_batch_size(self.rows.len());
+        }
+    }
+
+    fn apply_controls(&mut self) {
+        while let Ok(c) = self.controls.try_recv() {
+            match c {
+                Control::Load { name, path, reply } => {
+                    let _ = reply.send(self.load(&name, path));
+                }
+                Control::Unload { name, reply } => {
+                    let _ = reply.send(self.unload(&name));
+                }
+            }
+        }
+    }
+
+    fn load(&mut self, name: &str, path: PathBuf) -> Result<(), ApiError> {
+        if self.lora.config(name).is_some() {
+            return Err(ApiError::conflict(format!(
+                "adapter `{name}` is already loaded"
+            )));
+        }
+        let config = LoraConfig::from_file(&path.join("adapter_config.json"))
+            .map_err(|e| ApiError::invalid_param("path", e.to_string()))?;
+        // Both would overwrite tensors of the shared base model in place.
+        if config
+            .modules_to_save
+            .as_ref()
+            .is_some_and(|m| !m.is_empty())
+            || config.bias != Bias::None
+        {
+            return Err(ApiError::invalid_param(
+                "path",
+                format!(
+                    "{}: adapters with modules_to_save or trained biases change the shared \
+                     base weights and cannot be served per request",
+                    path.display()
+                ),
+            ));
+        }
+        self.lora
+            .load_adapter(&path, name)
+            .map_err(|e| ApiError::invalid_param("path", e.to_string()))?;
+        // Rows choose their adapters; none is active for the whole model.
+        let _ = self.lora.set_active(&[]);
+        if let Ok(mut a) = self.adapters.write() {
+            a.push(name.to_string());
+        }
+        Ok(())
+    }
+
+    fn unload(&mut self, name: &str) -> Result<(), ApiError> {
+        let users = self
+            .rows
+            .iter()
+            .filter(|r| r.job.adapter.as_deref() == Some(name))
+            .count();
+        if users > 0 {
+            return Err(ApiError::conflict(format!(
+                "adapter `{name}` is in use by {users} running request(s)"
+            )));
+        }
+        self.lora
+            .delete_adapter(name)
+            .map_err(|_| ApiError::not_found(format!("no adapter `{name}`"), "model_not_found"))?;
+        if let Ok(mut a) = self.adapters.write() {
+            a.retain(|n| n != name);
+        }
+        Ok(())
+    }
+
+    /// Prefills `job` alone and joins it to the running batch.
+    fn admit(&mut self, job: Job) {
+        if job.events.is_closed() {
+            return;
+        }
+        if let Some(a) = &job.adapter
+            && self.lora.config(a).is_none()
+        {
+            let _ = job.events.send(Event::Failed(ApiError::not_found(
+                format!("adapter `{a}` is not loaded"),
+                "model_not_found",
+            )));
+            return;
+        }
+        let mut cache = KvCache::default();
+        let input = DecoderInput::single(&job.prompt);
+        let logits = self
+            .lora
+            .set_row_adapters(Some(std::slice::from_ref(&job.adapter)))
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                let hidden = self
+                    .lora
+                    .model
+                    .forward_hidden(&input, Some(&mut cache))
+                    .map_err(|e| e.to_string())?;
+                self.last_logits(hidden)
+            });
+        let mut logits = match logits {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = job.events.send(Event::Failed(ApiError::internal(e)));
+                return;
+            }
+        };
+        if let Err(e) = self.cache.append_rows(cache) {
+            let _ = job
+                .events
+                .send(Event::Failed(ApiError::internal(e.to_string())));
+            return;
+        }
+        let mut row = Row {
+            rng: StdRng::seed_from_u64(job.config.seed),
+            history: job.prompt.clone(),
+            generated: 0,
+            last: 0,
+            finished: false,
+            job,
+        };
+        let id = pick_token(&mut logits, &row.history, &row.job.config, &mut row.rng);
+        self.rows.push(row);
+        let i = self.rows.len() - 1;
+        self.emit(i, id);
+    }
+
+    /// Logits of the last position of every row.
+    ///
+    /// # Shapes
+    /// - hidden: `[b, t, d]`; output `b * vocab` values
+    fn last_logits(&self, hidden: Tensor<3>) -> Result<Vec<f32>, String> {
+        let [b, t, d] = hidden.dims();
+        let last = hidden.slice([0..b, t - 1..t, 0..d]);
+        self.lora
+            .model
+            .logits(last)
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| format!("reading logits: {e:?}"))
+    }
+
+    /// One decode step for every running row.
+    fn step(&mut self) {
+        let started = Instant::now();
+        let b = self.rows.len();
+        let ids: Vec<u32> = self.rows.iter().map(|r| r.last).collect();
+        let adapters: Vec<Option<String>> =
+            self.rows.iter().map(|r| r.job.adapter.clone()).collect();
+        let input = DecoderInput::new(ids, b, 1).with_attention_mask(vec![1; b]);
+        let result = self
+            .lora
+            .set_row_adapters(Some(&adapters))
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                let hidden = self
+                    .lora
+                    .model
+                    .forward_hidden(&input, Some(&mut self.cache))
+                    .map_err(|e| e.to_string())?;
+                self.last_logits(hidden)
+            });
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                for row in &mut self.rows {
+                    let _ = row.job.events.send(Event::Failed(ApiError::internal(&e)));
+                    row.finished = true;
+                }
+                return;
+            }
+        };
+        let vocab = logits.len() / b;
+        for i in 0..b {
+            let mut row_logits = logits[i * vocab..(i + 1) * vocab].to_vec();
+            let row = &mut self.rows[i];
+            let id = pick_token(&mut row_logits, &row.history, &row.job.config, &mut row.rng);
+            self.emit(i, id);
+        }
+        self.metrics.observe_step(started.elapsed(), b);
+    }
+
+    /// Sends token `id` of row `i` and decides whether the row is done.
+    fn emit(&mut self, i: usize, id: u32) {
+        let context = self.lora.model.config.max_position_embeddings;
+        let row = &mut self.rows[i];
+        row.history.push(id);
+        row.generated += 1;
+        row.last = id;
+        if row.job.events.send(Event::Token(id)).is_err() {
+            row.finished = true;
+            return;
+        }
+        let finish = if row.job.config.eos_token_ids.contains(&id) {
+            Some(FinishReason::Eos)
+        } else if row.generated >= row.job.config.max_new_tokens || row.history.len() >= context {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        if let Some(f) = finish {
+            let _ = row.job.events.send(Event::Done(f));
+            row.finished = true;
+        }
+    }
+
+    /// Drops finished rows and rows whose client went away, with their cache rows.
+    fn sweep(&mut self) {
+        let keep: Vec<usize> = (0..self.rows.len())
+            .filter(|&i| !self.rows[i].finished && !self.rows[i].job.events.is_closed())
+            .collect();
+        if keep.len() == self.rows.len() {
+            return;
+        }
+        if let Err(e) = self.cache.retain_rows(&keep) {
+            tracing::error!("dropping cache rows: {e}");
+            self.cache = KvCache::default();
+            self.rows.clear();
+            return;
+        }
+        let mut i = 0;
+        self.rows.retain(|_| {
+            let k = keep.contains(&i);
+            i += 1;
+            k
+        });
+    }
+}
