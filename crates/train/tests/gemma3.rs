@@ -68,7 +68,7 @@ fn gemma3_270m_lora_loss_decreases() {
         early_stopping: None,
         gradient_checkpointing: false,
         backward: kiln_train::BackwardPath::Fused,
-        precision: kiln_train::Precision::F32,
+        precision: Some(kiln_train::Precision::F32),
     };
     let mut trainer = Trainer::new(model, &device, options).unwrap();
     let mut losses = Vec::new();

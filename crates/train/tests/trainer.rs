@@ -354,7 +354,7 @@ fn bf16_trains_close_to_f32() {
     for (what, model) in [("lora", tiny_lora(4, 0.0, 1)), ("full", tiny_full())] {
         let run = |precision| {
             let mut o = options(2, 1e-3, 4);
-            o.precision = precision;
+            o.precision = Some(precision);
             let (steps, trainer) = train(model.clone(), o, &data, 4);
             let losses: Vec<f64> = steps.iter().map(|&(loss, _)| loss).collect();
             (losses, trainer.fused_micro_batches())
@@ -377,7 +377,7 @@ fn bf16_trains_close_to_f32() {
 fn bf16_without_the_fused_path_is_an_error() {
     let _g = serial();
     let mut o = options(1, 1e-3, 2);
-    o.precision = kiln_train::Precision::Bf16;
+    o.precision = Some(kiln_train::Precision::Bf16);
     o.backward = kiln_train::BackwardPath::Autodiff;
     let err = Trainer::new(tiny_lora(2, 0.0, 4), &device(), o.clone()).unwrap_err();
     assert!(
