@@ -278,8 +278,14 @@ fn packed_weights_multiply_as_their_bf16_rounding() {
     let (m, k, n) = (37, 50, 70);
     // W [k, n] stored transposed ([n, k], as a checkpoint's [out, in]), not bf16-exact.
     let mut w = Operand::new(k, n, true, 11);
-    w.data.iter_mut().enumerate().for_each(|(i, v)| *v += 1e-3 * (i % 7) as f32);
-    assert!(!Precision::Bf16.holds(&w.data), "the test weight is bf16-exact");
+    w.data
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v += 1e-3 * (i % 7) as f32);
+    assert!(
+        !Precision::Bf16.holds(&w.data),
+        "the test weight is bf16-exact"
+    );
     let mut rounded = Operand::new(k, n, true, 11);
     rounded.data = w.data.iter().map(|&v| round_bf16(v)).collect();
     let x = Operand::new(m, k, false, 12);
@@ -287,14 +293,28 @@ fn packed_weights_multiply_as_their_bf16_rounding() {
         let before = dst_buffer(m, n, 13);
         let mut got = before.clone();
         let packed = PackedB::on(backend, w.view());
-        matmul_bf16_packed(dst_view(&mut got, m, n), x.view(), &packed, 1.0, true, Threads::All);
+        matmul_bf16_packed(
+            dst_view(&mut got, m, n),
+            x.view(),
+            &packed,
+            1.0,
+            true,
+            Threads::All,
+        );
         check(&got, &before, &x, &rounded, 1.0, true);
     }
     let pw = PackedWeight::default();
     let before = dst_buffer(m, n, 14);
     let mut got = before.clone();
     let fwd = pw.forward(w.view());
-    matmul_bf16_packed(dst_view(&mut got, m, n), x.view(), fwd, 2.0, false, Threads::All);
+    matmul_bf16_packed(
+        dst_view(&mut got, m, n),
+        x.view(),
+        fwd,
+        2.0,
+        false,
+        Threads::All,
+    );
     check(&got, &before, &x, &rounded, 2.0, false);
     // dy [m, n] · Wᵀ [n, k]
     let dy = Operand::new(m, n, false, 15);
@@ -307,7 +327,14 @@ fn packed_weights_multiply_as_their_bf16_rounding() {
     let before = dst_buffer(m, k, 16);
     let mut got = before.clone();
     let bwd = pw.backward(w.view());
-    matmul_bf16_packed(dst_view(&mut got, m, k), dy.view(), bwd, 1.0, false, Threads::One);
+    matmul_bf16_packed(
+        dst_view(&mut got, m, k),
+        dy.view(),
+        bwd,
+        1.0,
+        false,
+        Threads::One,
+    );
     check(&got, &before, &dy, &rt, 1.0, false);
     let one = pw.bytes();
     assert!(one >= 2 * k * n * 2, "{one} bytes for two layouts");
