@@ -143,7 +143,7 @@ fn lora_step(c: &mut Criterion, model: CausalLm) {
             early_stopping: None,
             gradient_checkpointing: false,
             backward,
-            precision: kiln::train::Precision::F32,
+            precision: Some(kiln::train::Precision::F32),
         };
         let mut trainer = Trainer::new(model.clone(), &default_device(), options).expect("trainer");
         g.bench_function(name, |bench| {

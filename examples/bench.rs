@@ -24,8 +24,9 @@
 //! Achieved speed: `step_gflop` is the timed call's matrix-product work counted as
 //! `tools/step_flops.py` counts it (projections, head, attention in 64-query blocks, LoRA's thin
 //! products; see [`step_flop`]), `gflops_per_s` that over the median time, and
-//! `fraction_of_peak` that over `peak_gflops`, the best of ten f32 products 1024³ through
-//! `kiln_cpu::matmul` on all threads, measured at start.
+//! `fraction_of_peak` that over `peak_gflops`, the best of ten products 1024³ on all threads in
+//! the step's precision, measured at start: `kiln_cpu::matmul` for f32, `kiln_cpu::bf16`'s
+//! product with the right-hand side packed once for bf16 (`peak_precision` says which).
 use anyhow::Result;
 use clap::{Parser, ValueEnum};
 use kiln::lora::{LoraConfig, LoraModel, TargetModules};
@@ -68,9 +69,10 @@ struct Args {
     /// Gradients through kiln's fused CPU backward (default) or burn's autodiff.
     #[arg(long, value_enum, default_value = "fused")]
     backward: Backward,
-    /// `f32`, or `bf16` products and saved activations (fused backward only).
-    #[arg(long, default_value = "f32")]
-    precision: kiln::train::Precision,
+    /// `f32`, or `bf16` products and saved activations (fused backward only). Default: bf16
+    /// on CPUs with bf16 units, f32 elsewhere (as the trainer's default).
+    #[arg(long)]
+    precision: Option<kiln::train::Precision>,
     /// Sequences per step (default: 1 for `infer`, 4 for training).
     #[arg(long)]
     batch_size: Option<usize>,
@@ -137,9 +139,10 @@ fn step_flop(c: &DecoderConfig, mode: Mode, batch: usize, seq: usize) -> f64 {
     }
 }
 
-/// The machine's practical f32 product speed: best of ten `kiln_cpu::matmul` 1024³ on all
-/// threads, in GFLOP/s.
-fn peak_gflops() -> f64 {
+/// The machine's practical product speed in `precision`: best of ten products 1024³ on all
+/// threads (`kiln_cpu::matmul` in f32, the bf16 kernel with a packed right-hand side in bf16),
+/// in GFLOP/s.
+fn peak_gflops(precision: kiln::train::Precision) -> f64 {
     const N: usize = 1024;
     let a: Vec<f32> = (0..N * N)
         .map(|i| ((i * 7919) % 1000) as f32 * 1e-3)
@@ -149,16 +152,15 @@ fn peak_gflops() -> f64 {
         .collect();
     let mut c = vec![0.0f32; N * N];
     let mut best = f64::INFINITY;
+    let bf16 = precision == kiln::train::Precision::Bf16;
+    let packed = bf16.then(|| kiln_cpu::bf16::pack_b(MatRef::new(&b, N, N)));
     for i in 0..12 {
         let t0 = Instant::now();
-        kiln_cpu::matmul(
-            MatMut::new(&mut c, N, N),
-            MatRef::new(&a, N, N),
-            MatRef::new(&b, N, N),
-            1.0,
-            false,
-            Threads::All,
-        );
+        let (dst, am) = (MatMut::new(&mut c, N, N), MatRef::new(&a, N, N));
+        match &packed {
+            Some(p) => kiln_cpu::bf16::matmul_bf16_packed(dst, am, p, 1.0, false, Threads::All),
+            None => kiln_cpu::matmul(dst, am, MatRef::new(&b, N, N), 1.0, false, Threads::All),
+        }
         let dt = t0.elapsed().as_secs_f64();
         if i >= 2 {
             best = best.min(dt);
@@ -298,6 +300,9 @@ fn train(lm: Pretrained, mode: Mode, args: &Args, peak: f64) -> Result<serde_jso
     let vocab = lm.model.config.vocab_size;
     let (batch, seq) = (args.batch(), args.seq_len);
     let flop = step_flop(&lm.model.config, mode, batch, seq);
+    let precision = args
+        .precision
+        .unwrap_or_else(kiln::train::Precision::native);
     // The adapters' initial A is drawn from the device's RNG: seeded, so every run of this
     // benchmark trains the same adapter and reports the same losses.
     device.seed(0);
@@ -344,7 +349,7 @@ fn train(lm: Pretrained, mode: Mode, args: &Args, peak: f64) -> Result<serde_jso
             Backward::Fused => BackwardPath::Fused,
             Backward::Autodiff => BackwardPath::Autodiff,
         },
-        precision: args.precision,
+        precision: Some(precision),
     };
     let mut trainer = Trainer::new(model, &device, options)?;
     let trainable: usize = trainer.trainable().iter().map(|p| p.numel()).sum();
@@ -383,7 +388,7 @@ fn train(lm: Pretrained, mode: Mode, args: &Args, peak: f64) -> Result<serde_jso
         "peak_rss_mb": peak_rss_mb(),
         "gradient_checkpointing": args.gradient_checkpointing,
         "backward": format!("{:?}", args.backward).to_lowercase(),
-        "precision": args.precision.to_string(),
+        "precision": precision.to_string(),
     });
     Ok(merge(result, speed(flop, med, peak)))
 }
@@ -395,7 +400,13 @@ fn main() -> Result<()> {
         args.steps > 0 && args.batch() > 0 && args.seq_len > 1,
         "--steps, --batch-size must be positive and --seq-len at least 2"
     );
-    let peak = peak_gflops();
+    let precision = match args.mode {
+        Mode::Infer => kiln::train::Precision::F32,
+        _ => args
+            .precision
+            .unwrap_or_else(kiln::train::Precision::native),
+    };
+    let peak = peak_gflops(precision);
     let device = parse_device(&args.device)?;
     let path = resolve_model(args.model.as_deref(), true)?;
     let lm = Pretrained::load_as(&path, &device, args.quantize)?;
@@ -403,6 +414,7 @@ fn main() -> Result<()> {
         Mode::Infer => infer(&lm, &args, peak)?,
         mode => train(lm, mode, &args, peak)?,
     };
+    let result = merge(result, json!({ "peak_precision": precision.to_string() }));
     println!("RESULT {result}");
     Ok(())
 }

@@ -76,7 +76,8 @@ struct Args {
     #[arg(long)]
     export_gguf: Option<kiln::models::gguf::GgufFileType>,
     /// `f32` or `bf16` (bf16 products and saved activations on kiln's fused CPU backward, as
-    /// `torch.autocast`; less memory, not faster on the CPU).
+    /// `torch.autocast`). Default: bf16 on CPUs with bf16 units (AVX512-BF16) where the fused
+    /// backward covers the model, f32 elsewhere.
     #[arg(long)]
     precision: Option<kiln::train::Precision>,
     /// Generation metrics on up to N held-out examples at the end of training.
@@ -153,7 +154,7 @@ fn config(args: &Args) -> Result<SftConfig> {
         c.quantization = v;
     }
     if let Some(v) = args.precision {
-        c.precision = v;
+        c.precision = Some(v);
     }
     if let Some(n) = args.eval_generation {
         c.eval.generation_examples = Some(n);

@@ -116,6 +116,16 @@ pub fn round_slice(v: &mut [f32]) {
 }
 
 impl Precision {
+    /// The precision kiln trains in when none is asked for: bf16 on CPUs with bf16 units
+    /// (where [`crate::bf16`] runs its `vdpbf16ps` kernel and a bf16 step is the faster one),
+    /// f32 elsewhere (a bf16 step there multiplies in f32 and only saves memory).
+    pub fn native() -> Self {
+        match crate::bf16::Backend::detected() {
+            crate::bf16::Backend::Avx512Bf16 => Self::Bf16,
+            crate::bf16::Backend::F32Fallback => Self::F32,
+        }
+    }
+
     /// Rounds `v` in place if this precision is bf16.
     pub fn round(self, v: &mut [f32]) {
         if self == Self::Bf16 {

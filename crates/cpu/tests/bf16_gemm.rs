@@ -17,7 +17,7 @@
 #![allow(clippy::unwrap_used)]
 
 use kiln_cpu::bf16::{
-    Backend, PackedB, bf16_backend, matmul_bf16, matmul_bf16_on, matmul_bf16_packed,
+    Backend, PackedB, PackedWeight, bf16_backend, matmul_bf16, matmul_bf16_on, matmul_bf16_packed,
     matmul_bf16_packed_a, pack_a,
 };
 use kiln_cpu::precision::round_bf16;
@@ -268,6 +268,78 @@ fn empty_shapes() {
             Threads::One,
         );
     }
+}
+
+/// A weight packed from f32 values that are not bf16 (a model's f32 weight) multiplies as
+/// its bf16 rounding on every backend, for both layouts of [`PackedWeight`] (`x · W` and
+/// `dy · Wᵀ`), and a layout is made once.
+#[test]
+fn packed_weights_multiply_as_their_bf16_rounding() {
+    let (m, k, n) = (37, 50, 70);
+    // W [k, n] stored transposed ([n, k], as a checkpoint's [out, in]), not bf16-exact.
+    let mut w = Operand::new(k, n, true, 11);
+    w.data
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v += 1e-3 * (i % 7) as f32);
+    assert!(
+        !Precision::Bf16.holds(&w.data),
+        "the test weight is bf16-exact"
+    );
+    let mut rounded = Operand::new(k, n, true, 11);
+    rounded.data = w.data.iter().map(|&v| round_bf16(v)).collect();
+    let x = Operand::new(m, k, false, 12);
+    for backend in backends() {
+        let before = dst_buffer(m, n, 13);
+        let mut got = before.clone();
+        let packed = PackedB::on(backend, w.view());
+        matmul_bf16_packed(
+            dst_view(&mut got, m, n),
+            x.view(),
+            &packed,
+            1.0,
+            true,
+            Threads::All,
+        );
+        check(&got, &before, &x, &rounded, 1.0, true);
+    }
+    let pw = PackedWeight::default();
+    let before = dst_buffer(m, n, 14);
+    let mut got = before.clone();
+    let fwd = pw.forward(w.view());
+    matmul_bf16_packed(
+        dst_view(&mut got, m, n),
+        x.view(),
+        fwd,
+        2.0,
+        false,
+        Threads::All,
+    );
+    check(&got, &before, &x, &rounded, 2.0, false);
+    // dy [m, n] · Wᵀ [n, k]
+    let dy = Operand::new(m, n, false, 15);
+    let rt = Operand {
+        data: rounded.data.clone(),
+        rows: n,
+        cols: k,
+        transposed: false,
+    };
+    let before = dst_buffer(m, k, 16);
+    let mut got = before.clone();
+    let bwd = pw.backward(w.view());
+    matmul_bf16_packed(
+        dst_view(&mut got, m, k),
+        dy.view(),
+        bwd,
+        1.0,
+        false,
+        Threads::One,
+    );
+    check(&got, &before, &dy, &rt, 1.0, false);
+    let one = pw.bytes();
+    assert!(one >= 2 * k * n * 2, "{one} bytes for two layouts");
+    pw.forward(w.view());
+    assert_eq!(pw.bytes(), one, "a layout is packed once");
 }
 
 /// The fallback is today's `Precision::Bf16` product: the f32 `matmul`, bit for bit.

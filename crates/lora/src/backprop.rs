@@ -19,6 +19,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use burn_ndarray::NdArrayTensor;
 use kiln_cpu::Precision;
 use kiln_cpu::QMatrix;
+use kiln_cpu::bf16::{PackedB, PackedWeight, matmul_bf16_packed};
 use kiln_cpu::{MatMut, MatRef, Threads, matmul, matmul_in};
 use std::sync::Arc;
 
@@ -53,6 +54,11 @@ pub struct HostLinear {
     bias: Option<Vec<f32>>,
     adapters: Vec<HostAdapter>,
     weight_id: Option<ParamId>,
+    /// The dense weight's parameter (trained or not): the key of its packed bf16 layouts.
+    dense_id: Option<ParamId>,
+    /// bf16 only, dense weights: the weight packed for the bf16 kernel (shared for the run
+    /// when frozen, see [`crate::packed`]; this call's own when it trains).
+    packed: Option<Arc<PackedWeight>>,
     bias_id: Option<ParamId>,
     /// Where dropout masks are drawn (the weight's device).
     device: Device,
@@ -112,6 +118,11 @@ impl HostLinear {
             bias,
             adapters,
             weight_id: layer.weight.trained_id(),
+            dense_id: match &layer.weight {
+                BaseWeight::Dense(w) => Some(w.id),
+                BaseWeight::Frozen(_) => None,
+            },
+            packed: None,
             bias_id: layer
                 .bias
                 .as_ref()
@@ -128,12 +139,18 @@ impl HostLinear {
     }
 
     /// The same layer computing in `precision`: in bf16 the adapters' matrices are rounded
-    /// here and the frozen or trained weight at every product (a transient copy), as autocast
-    /// casts it. The input `x` of [`Self::forward`] and [`Self::backward`] must then already
+    /// here and a dense weight is packed into bf16 (rounded as autocast casts it) at its first
+    /// product, once per run when it is frozen and once per call when it trains. The input `x` of [`Self::forward`] and [`Self::backward`] must then already
     /// be bf16 values: the caller rounds it once, since several projections often share one
     /// input (q, k, v) and inputs saved as bf16 for the backward pass need no second rounding.
     pub fn with_precision(mut self, precision: Precision) -> Self {
         self.precision = precision;
+        if let (Precision::Bf16, HostWeight::Dense(w)) = (precision, &self.weight) {
+            self.packed = Some(match (self.weight_id, self.dense_id) {
+                (None, Some(id)) => crate::packed::frozen(id, w),
+                _ => Arc::new(PackedWeight::default()),
+            });
+        }
         for a in &mut self.adapters {
             precision.round(&mut a.a);
             precision.round(&mut a.b);
@@ -141,8 +158,8 @@ impl HostLinear {
         self
     }
 
-    /// Calls `f` with the weight `[in, out]` as the products use it: read in place in f32, a
-    /// rounded row-major copy in bf16.
+    /// Calls `f` with the dense weight `[in, out]` read in place (f32; bf16 products read
+    /// [`Self::packed_weight`]).
     ///
     /// # Panics
     /// For a frozen weight (a kiln bug: its products go through [`QMatrix`]).
@@ -151,16 +168,20 @@ impl HostLinear {
             unreachable!("frozen weights multiply through their own kernels")
         };
         let wv = view(weight);
-        match self.precision {
-            Precision::F32 => {
-                f(MatRef::of_view(&wv).unwrap_or_else(|| unreachable!("weights are 2-d")))
-            }
-            Precision::Bf16 => {
-                // `mapv` keeps the layout and maps contiguous memory in one vectorised pass.
-                let w = wv.mapv(kiln_cpu::precision::round_bf16);
-                let wv = w.view();
-                f(MatRef::of_view(&wv).unwrap_or_else(|| unreachable!("weights are 2-d")))
-            }
+        f(MatRef::of_view(&wv).unwrap_or_else(|| unreachable!("weights are 2-d")))
+    }
+
+    /// The dense weight packed for `x · W`, or for `dy · Wᵀ` with `transposed` (bf16 only).
+    fn packed_weight(&self, transposed: bool) -> &PackedB {
+        let (HostWeight::Dense(weight), Some(p)) = (&self.weight, &self.packed) else {
+            unreachable!("packed only for dense weights in bf16")
+        };
+        let wv = view(weight);
+        let w = MatRef::of_view(&wv).unwrap_or_else(|| unreachable!("weights are 2-d"));
+        if transposed {
+            p.backward(w)
+        } else {
+            p.forward(w)
         }
     }
 
@@ -187,6 +208,14 @@ impl HostLinear {
         debug_assert!(self.precision.holds(x), "bf16 input not rounded");
         let mut y = vec![0f32; m * n];
         match &self.weight {
+            HostWeight::Dense(_) if self.packed.is_some() => matmul_bf16_packed(
+                MatMut::new(&mut y, m, n),
+                MatRef::new(x, m, k),
+                self.packed_weight(false),
+                1.0,
+                false,
+                Threads::All,
+            ),
             HostWeight::Dense(_) => self.with_weight(|w| {
                 matmul_in(
                     self.precision,
@@ -283,9 +312,7 @@ impl HostLinear {
                     false,
                     Threads::All,
                 );
-                dst.iter_mut()
-                    .zip(&t)
-                    .for_each(|(d, t)| *d += kiln_cpu::precision::round_bf16(*t));
+                add_rounded(dst, &t);
             }
         }
     }
@@ -311,6 +338,13 @@ impl HostLinear {
         let dy = &*self.precision.input(dy);
         let (xm, dym) = (MatRef::new(x, m, k), MatRef::new(dy, m, n));
         match &self.weight {
+            HostWeight::Dense(_) if self.packed.is_some() => {
+                let mut t = vec![0f32; m * k];
+                let dst = MatMut::new(&mut t, m, k);
+                let w = self.packed_weight(true);
+                matmul_bf16_packed(dst, dym, w, 1.0, false, Threads::All);
+                add_rounded(dx, &t);
+            }
             HostWeight::Dense(_) => {
                 self.with_weight(|w| self.add_product(dx, m, k, dym, w.t(), 1.0))
             }
@@ -319,9 +353,7 @@ impl HostLinear {
                 Precision::Bf16 => {
                     let mut t = vec![0f32; m * k];
                     q.matmul(dy, m, &mut t, false, Precision::Bf16);
-                    dx.iter_mut()
-                        .zip(&t)
-                        .for_each(|(d, t)| *d += kiln_cpu::precision::round_bf16(*t));
+                    add_rounded(dx, &t);
                 }
             },
         }
@@ -380,6 +412,13 @@ impl HostLinear {
             }
         }
     }
+}
+
+/// `dst += round_bf16(t)` elementwise: a bf16 product's result added to an f32 sum.
+fn add_rounded(dst: &mut [f32], t: &[f32]) {
+    dst.iter_mut()
+        .zip(t)
+        .for_each(|(d, t)| *d += kiln_cpu::precision::round_bf16(*t));
 }
 
 /// `x · mask` elementwise.

@@ -94,8 +94,10 @@ pub struct SftConfig {
     /// `f32`, or `bf16`: matrix products with bf16 inputs and outputs (f32 accumulation) and
     /// bf16 activations kept for the backward pass, as `torch.autocast` with bfloat16; norms,
     /// softmax, loss and the optimizer stay f32. Runs on kiln's fused CPU backward only.
-    #[serde(default)]
-    pub precision: Precision,
+    /// Unset: bf16 on CPUs with bf16 units where the fused backward covers the model, f32
+    /// elsewhere ([`Precision::native`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
     /// Log a metrics line every this many optimizer steps.
     #[serde(default = "one")]
     pub log_every: usize,
@@ -488,13 +490,13 @@ mod tests {
         )
         .unwrap();
         let a = SftConfig::from_file(&toml_path).unwrap();
-        assert_eq!(a.precision, Precision::F32);
+        assert_eq!(a.precision, None);
         assert_eq!(a.schedule.kind, ScheduleKind::Cosine);
         assert_eq!(a.optimizer.lr, 1e-3);
         assert_eq!(a.optimizer.eps, 1e-8);
         assert_eq!(a.lora.as_ref().unwrap().r, 4);
         let mut a = a;
-        a.precision = Precision::Bf16;
+        a.precision = Some(Precision::Bf16);
         let json_path = dir.path().join("c.json");
         std::fs::write(&json_path, serde_json::to_string(&a).unwrap()).unwrap();
         assert!(a.to_toml_string().unwrap().contains("precision = \"bf16\""));

@@ -33,8 +33,10 @@ pub struct TrainerOptions {
     pub gradient_checkpointing: bool,
     /// Fused CPU backward where it applies, or always autodiff.
     pub backward: BackwardPath,
-    /// f32, or bf16 mixed precision (kiln's fused CPU backward only).
-    pub precision: Precision,
+    /// f32, or bf16 mixed precision (kiln's fused CPU backward only). `None`: bf16 on CPUs with
+    /// bf16 units when the fused backward covers the model ([`Precision::native`]), f32
+    /// otherwise (burn's autodiff, or a CPU without bf16 units).
+    pub precision: Option<Precision>,
 }
 
 impl TrainerOptions {
@@ -176,7 +178,8 @@ impl<M: CausalModel> Trainer<M> {
         if options.grad_accum == 0 {
             return Err(TrainError::option("grad_accum", "must be at least 1"));
         }
-        if options.precision == Precision::Bf16 && options.backward == BackwardPath::Autodiff {
+        if options.precision == Some(Precision::Bf16) && options.backward == BackwardPath::Autodiff
+        {
             return Err(TrainError::option(
                 "precision",
                 "bf16 runs on kiln's fused CPU backward only; `backward = \"autodiff\"` computes in f32",
@@ -346,7 +349,7 @@ impl<M: CausalModel> Trainer<M> {
             return Ok(None);
         }
         match self.try_fused(batch, normaliser)? {
-            None if self.options.precision == Precision::Bf16 => Err(bf16_unsupported()),
+            None if self.options.precision == Some(Precision::Bf16) => Err(bf16_unsupported()),
             out => Ok(out),
         }
     }
@@ -357,7 +360,7 @@ impl<M: CausalModel> Trainer<M> {
         let model = self.model();
         let options = BackpropOptions {
             checkpoint: self.options.gradient_checkpointing,
-            precision: self.options.precision,
+            precision: self.options.precision.unwrap_or_else(Precision::native),
         };
         let Some(out) = model.try_backprop(&batch.input, &batch.labels, normaliser, options) else {
             return Ok(None);

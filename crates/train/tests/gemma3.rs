@@ -82,7 +82,7 @@ fn losses(path: &std::path::Path, quantization: Quantization) -> Vec<f64> {
         early_stopping: None,
         gradient_checkpointing: false,
         backward: kiln_train::BackwardPath::Fused,
-        precision: kiln_train::Precision::F32,
+        precision: Some(kiln_train::Precision::F32),
     };
     let mut trainer = Trainer::new(model, &device, options).unwrap();
     let mut losses = Vec::new();

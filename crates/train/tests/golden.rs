@@ -106,7 +106,7 @@ fn five_lora_steps_match_pytorch_peft() {
         early_stopping: None,
         gradient_checkpointing: false,
         backward: kiln_train::BackwardPath::Fused,
-        precision: kiln_train::Precision::F32,
+        precision: Some(kiln_train::Precision::F32),
     };
     let mut trainer = Trainer::new(model_with_fixture_adapter(), &device(), options).unwrap();
     for want in steps {

@@ -78,7 +78,7 @@ fn smollm2_lora_count_loss_decrease_save_reload() {
         early_stopping: None,
         gradient_checkpointing: false,
         backward: kiln_train::BackwardPath::Fused,
-        precision: kiln_train::Precision::F32,
+        precision: Some(kiln_train::Precision::F32),
     };
     let mut trainer = Trainer::new(model, &device, options).unwrap();
     let mut losses = Vec::new();

@@ -354,7 +354,7 @@ fn bf16_trains_close_to_f32() {
     for (what, model) in [("lora", tiny_lora(4, 0.0, 1)), ("full", tiny_full())] {
         let run = |precision| {
             let mut o = options(2, 1e-3, 4);
-            o.precision = precision;
+            o.precision = Some(precision);
             let (steps, trainer) = train(model.clone(), o, &data, 4);
             let losses: Vec<f64> = steps.iter().map(|&(loss, _)| loss).collect();
             (losses, trainer.fused_micro_batches())
@@ -377,7 +377,7 @@ fn bf16_trains_close_to_f32() {
 fn bf16_without_the_fused_path_is_an_error() {
     let _g = serial();
     let mut o = options(1, 1e-3, 2);
-    o.precision = kiln_train::Precision::Bf16;
+    o.precision = Some(kiln_train::Precision::Bf16);
     o.backward = kiln_train::BackwardPath::Autodiff;
     let err = Trainer::new(tiny_lora(2, 0.0, 4), &device(), o.clone()).unwrap_err();
     assert!(
@@ -394,13 +394,19 @@ fn bf16_without_the_fused_path_is_an_error() {
             .unwrap()
             .set_require_grad(true)
     };
-    let mut t = Trainer::new(gemma, &device(), o).unwrap();
+    let mut t = Trainer::new(gemma.clone(), &device(), o.clone()).unwrap();
     let ids: Vec<u32> = (0..16).map(|i| (i * 7) % 250 + 1).collect();
     let labels = ids.iter().map(|&i| i as i64).collect();
     let b = Batch::new(kiln_models::DecoderInput::new(ids, 2, 8), labels).unwrap();
-    let err = t.step(&vec![b]).unwrap_err();
+    let err = t.step(&vec![b.clone()]).unwrap_err();
     assert!(
         matches!(&err, TrainError::Option { key, .. } if key == "precision"),
         "{err}"
     );
+    // With the precision unset (the default: bf16 where the CPU has bf16 units and the fused
+    // path runs) the same model trains, in f32 through burn's autodiff.
+    o.precision = None;
+    let mut t = Trainer::new(gemma, &device(), o).unwrap();
+    assert!(t.step(&vec![b]).is_ok());
+    assert_eq!(t.fused_micro_batches(), 0);
 }

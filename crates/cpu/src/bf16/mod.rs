@@ -219,12 +219,55 @@ impl PackedB {
         self.cols
     }
 
+    /// Bytes of storage.
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            Packed::Pairs(w) => w.len() * 4,
+            Packed::F32(v) => v.len() * 4,
+        }
+    }
+
     /// The backend it was packed for.
     pub fn backend(&self) -> Backend {
         match self.data {
             Packed::Pairs(_) => Backend::Avx512Bf16,
             Packed::F32(_) => Backend::F32Fallback,
         }
+    }
+}
+
+/// A weight `W` (`[in, out]`) packed for both products of a linear layer, each layout made
+/// on first use and kept: `x · W` (forward) and `dy · Wᵀ` (the input gradient).
+///
+/// Why: packing costs as much as a product of about 50 rows (it reads the weight at a stride
+/// and rounds every value); a training step used to pack every weight twice per micro-batch
+/// and the tied head once per 128 counted rows, which made bf16 slower than f32. Frozen
+/// weights are packed once per run (the caller keeps this), trained ones once per step.
+#[derive(Debug, Default)]
+pub struct PackedWeight {
+    fwd: OnceLock<PackedB>,
+    bwd: OnceLock<PackedB>,
+}
+
+impl PackedWeight {
+    /// `w` (`[in, out]`) packed as the right-hand side of `x · W`. `w` must be the matrix this
+    /// was first called with (the caller's cache key says so).
+    pub fn forward(&self, w: MatRef<'_>) -> &PackedB {
+        self.fwd.get_or_init(|| pack_b(w))
+    }
+
+    /// `w` (`[in, out]`) packed as the right-hand side of `dy · Wᵀ`.
+    pub fn backward(&self, w: MatRef<'_>) -> &PackedB {
+        self.bwd.get_or_init(|| pack_b(w.t()))
+    }
+
+    /// Bytes held by the layouts made so far.
+    pub fn bytes(&self) -> usize {
+        [&self.fwd, &self.bwd]
+            .iter()
+            .filter_map(|l| l.get())
+            .map(PackedB::bytes)
+            .sum()
     }
 }
 

@@ -117,9 +117,10 @@ pub(crate) fn pack_b(b: &MatRef<'_>, par: bool) -> Vec<u32> {
     out
 }
 
-/// `b` as a row-major f32 copy (the fallback's packed form).
+/// `b` as a row-major f32 copy rounded to bf16 (the fallback's packed form: the same values
+/// the kernel's packing keeps, so both backends multiply the same operand).
 pub(crate) fn to_f32(b: &MatRef<'_>) -> Vec<f32> {
     (0..b.rows)
-        .flat_map(|i| (0..b.cols).map(move |j| get(b, i, j)))
+        .flat_map(|i| (0..b.cols).map(move |j| crate::precision::round_bf16(get(b, i, j))))
         .collect()
 }

@@ -13,6 +13,7 @@ use crate::mask::MaskSpec;
 use burn::module::ParamId;
 use burn_ndarray::NdArrayTensor;
 use kiln_cpu::QMatrix;
+use kiln_cpu::bf16::{PackedWeight, matmul_bf16_packed};
 use kiln_cpu::fastexp::{exp, sum};
 use kiln_cpu::precision::Precision;
 use kiln_cpu::{MatMut, MatRef, Threads, matmul, matmul_in};
@@ -24,8 +25,6 @@ use std::sync::Arc;
 
 /// Counted rows per chunk of logits (`[CHUNK, vocab]` at a time).
 const LOGIT_CHUNK: usize = 128;
-/// Embedding rows rounded at a time by the bf16 tied head (4096 × 576 f32 = 9.4 MB for SmolLM2).
-const VOCAB_BLOCK: usize = 4096;
 
 /// The embedding table as the host passes read it.
 enum HostTable {
@@ -43,6 +42,9 @@ pub(super) struct HostModel {
     /// `[vocab, hidden]`, read in place.
     embed: HostTable,
     embed_id: Option<ParamId>,
+    /// bf16 with a dense tied head: the embedding packed for the bf16 kernel (for the run when
+    /// it is frozen, see `kiln_lora::packed`; per call when it trains).
+    embed_packed: Option<Arc<PackedWeight>>,
     head: Option<HostLinear>,
     embed_scale: Option<f32>,
     /// transformers' `nn.Embedding(padding_idx = pad_token_id)`: this row gets no gradient
@@ -87,6 +89,17 @@ impl HostModel {
             BaseWeight::Dense(p) => HostTable::Dense(values(&p.val())?),
             BaseWeight::Frozen(f) => HostTable::Frozen(f.shared()),
         };
+        let embed_packed = match (&embed, e) {
+            (HostTable::Dense(t), BaseWeight::Dense(p))
+                if precision == Precision::Bf16 && head.is_none() =>
+            {
+                Some(match e.trained_id() {
+                    None => kiln_lora::packed::frozen(p.id, t),
+                    Some(_) => Arc::new(PackedWeight::default()),
+                })
+            }
+            _ => None,
+        };
         let w = &lm.model.norm.weight;
         Some(Self {
             layers,
@@ -97,6 +110,7 @@ impl HostModel {
             final_id: w.is_require_grad().then_some(w.id),
             embed,
             embed_id: e.trained_id(),
+            embed_packed,
             pad_token: c.pad_token_id,
             head,
             embed_scale: c.embed_scale,
@@ -287,17 +301,9 @@ impl HostModel {
         let mut dhidden = vec![0f32; hidden.len()];
         let mut loss = 0f64;
         let embed = ev.as_ref().and_then(MatRef::of_view);
-        // In bf16 a tied head multiplies by the embedding rounded to bf16, a block of rows at a
-        // time (no rounded copy of the whole matrix); a frozen table rounds its own tiles.
-        let bf16_tied = self.precision == Precision::Bf16 && self.head.is_none();
-        let rows: Option<std::borrow::Cow<'_, [f32]>> = match &ev {
-            Some(ev) if bf16_tied => Some(match ev.as_slice() {
-                Some(e) => e.into(),
-                None => ev.iter().copied().collect::<Vec<f32>>().into(),
-            }),
-            _ => None,
-        };
-        let mut blocks = rows.as_deref().map(|e| RoundedRows::new(e, d, VOCAB_BLOCK));
+        // In bf16 a dense tied head multiplies by the embedding packed into bf16 (once per run
+        // when frozen); a frozen table rounds its own tiles.
+        let packed = self.embed_packed.as_deref().zip(embed);
         // The tied head's logits buffer, reused by every chunk (its product overwrites it).
         let mut tied_logits = Vec::new();
         for chunk in counted.chunks(LOGIT_CHUNK) {
@@ -316,23 +322,20 @@ impl HostModel {
                     let mut y = std::mem::take(&mut tied_logits);
                     y.resize(m * vocab, 0.0);
                     let hm = MatRef::new(&h, m, d);
-                    match (&mut blocks, embed) {
+                    let dst = MatMut::new(&mut y, m, vocab);
+                    match (packed, embed) {
                         (_, None) => {
                             let q = frozen.unwrap_or_else(|| unreachable!("tied table"));
                             q.matmul_t(&h, m, &mut y, false, self.precision);
                         }
                         (None, Some(embed)) => {
-                            let dst = MatMut::new(&mut y, m, vocab);
                             matmul(dst, hm, embed.t(), 1.0, false, Threads::All);
                         }
-                        (Some(blocks), Some(_)) => blocks.for_each(|v0, e| {
-                            // SAFETY: y holds m rows of `vocab`; columns v0..v0 + e.rows.
-                            let dst = unsafe {
-                                MatMut::columns_raw(y.as_mut_ptr(), m, vocab, v0, e.rows)
-                            };
-                            // `h` and `e` are rounded (blocks exist only in bf16).
-                            matmul_in(self.precision, dst, hm, e.t(), 1.0, false, Threads::All);
-                        }),
+                        (Some((p, embed)), _) => {
+                            // `h` is rounded; the packed embedding is (bf16 only).
+                            let w = p.forward(embed.t());
+                            matmul_bf16_packed(dst, hm, w, 1.0, false, Threads::All);
+                        }
                     }
                     (y, None)
                 }
@@ -363,7 +366,7 @@ impl HostModel {
                 _ => {
                     let hm = MatRef::new(&h, m, d);
                     let mut de = self.embed_id.map(|id| grads.slot(id, &[vocab, d]));
-                    match (&mut blocks, embed) {
+                    match (packed, embed) {
                         (_, None) => {
                             // A frozen table: no gradient of its own, bf16 as the dense path.
                             let q = frozen.unwrap_or_else(|| unreachable!("tied table"));
@@ -386,21 +389,19 @@ impl HostModel {
                                 matmul(dst, dlogits.t(), hm, 1.0, true, Threads::All);
                             }
                         }
-                        (Some(blocks), Some(_)) => {
+                        (Some((p, embed)), _) => {
                             // bf16: the logits' gradient enters the head's product as bf16;
                             // the products' results are rounded once they are complete.
                             self.precision.round(&mut logits);
-                            blocks.for_each(|v0, e| {
-                                let dl = MatRef::columns(&logits, m, vocab, v0, e.rows);
-                                let dst = MatMut::new(&mut dh, m, d);
+                            let dl = MatRef::new(&logits, m, vocab);
+                            let dst = MatMut::new(&mut dh, m, d);
+                            let w = p.backward(embed.t());
+                            matmul_bf16_packed(dst, dl, w, 1.0, false, Threads::All);
+                            if let Some(de) = de.as_deref_mut() {
+                                let dst = MatMut::new(de, vocab, d);
                                 let p = self.precision;
-                                matmul_in(p, dst, dl, e, 1.0, true, Threads::All);
-                                if let Some(de) = de.as_deref_mut() {
-                                    let rows = &mut de[v0 * d..(v0 + e.rows) * d];
-                                    let dst = MatMut::new(rows, e.rows, d);
-                                    matmul_in(p, dst, dl.t(), hm, 1.0, true, Threads::All);
-                                }
-                            });
+                                matmul_in(p, dst, dl.t(), hm, 1.0, true, Threads::All);
+                            }
                             self.precision.round(&mut dh);
                         }
                     }
@@ -416,41 +417,11 @@ impl HostModel {
                 tied_logits = logits;
             }
         }
-        if let (Some(_), Some(id)) = (&blocks, self.embed_id) {
+        if let (Some(_), Some(id)) = (packed, self.embed_id) {
             // The tied head's embedding gradient is one bf16 product over every chunk (this
             // call's grads hold nothing else for it yet).
             self.precision.round(grads.slot(id, &[vocab, d]));
         }
         Ok((loss, counted.len(), dhidden))
-    }
-}
-
-/// A row-major matrix's rows rounded to bf16 one block at a time into a reused buffer.
-struct RoundedRows<'a> {
-    data: &'a [f32],
-    cols: usize,
-    block: usize,
-    buf: Vec<f32>,
-}
-
-impl<'a> RoundedRows<'a> {
-    fn new(data: &'a [f32], cols: usize, block: usize) -> Self {
-        Self {
-            data,
-            cols,
-            block,
-            buf: Vec::new(),
-        }
-    }
-
-    /// Calls `f(first_row, rows)` for each block, `rows` rounded and row-major.
-    fn for_each(&mut self, mut f: impl FnMut(usize, MatRef<'_>)) {
-        let d = self.cols;
-        for (i, src) in self.data.chunks(self.block * d).enumerate() {
-            self.buf.clear();
-            self.buf.extend_from_slice(src);
-            kiln_cpu::precision::round_slice(&mut self.buf);
-            f(i * self.block, MatRef::new(&self.buf, src.len() / d, d));
-        }
     }
 }

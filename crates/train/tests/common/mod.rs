@@ -104,7 +104,7 @@ pub fn options(grad_accum: usize, lr: f64, total: usize) -> TrainerOptions {
         early_stopping: None,
         gradient_checkpointing: false,
         backward: kiln_train::BackwardPath::Fused,
-        precision: kiln_train::Precision::F32,
+        precision: Some(kiln_train::Precision::F32),
     }
 }
 
