@@ -292,12 +292,10 @@ fn main() -> Result<()> {
             let model = LoraModel::with_adapter(lm.model, "default", lora.clone())?;
             println!("{}", model.trainable_parameters_report());
             let out = config.output_dir.join("adapter");
-            let (s, mut m) = train(model, &config, &data, args.resume, &out, generation_eval)?;
+            let (s, m) = train(model, &config, &data, args.resume, &out, generation_eval)?;
             let c = m.param_count();
-            if args.export_gguf.is_some() {
-                m.merge()?;
-                export_gguf(m.into_inner())?;
-            }
+            // `save_gguf` merges the adapter one layer at a time as it writes.
+            export_gguf(m.into_inner())?;
             (s, (c.trainable, c.all), out)
         }
         None => {
