@@ -62,8 +62,8 @@ struct Args {
     resume: bool,
     #[arg(long)]
     device: Option<String>,
-    /// How to hold the model's matrices: f32, stored, nf4, fp4 or int8 (config key
-    /// `quantization`).
+    /// How to hold the model's matrices: stored (the default), f32, nf4, fp4 or int8 (config
+    /// key `quantization`).
     #[arg(long)]
     quantize: Option<kiln::models::Quantization>,
     /// Also write the trained model (adapter merged) as one GGUF file llama.cpp loads,

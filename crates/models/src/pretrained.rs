@@ -28,7 +28,7 @@ impl Pretrained {
     /// Loads `path`: a directory with `config.json`, safetensors and `tokenizer.json`, or a
     /// `.gguf` file.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        Self::load_as(path, device, Quantization::F32)
+        Self::load_as(path, device, Quantization::default())
     }
 
     /// [`Self::load`] holding the matrices as `quantization` says: `Stored` keeps a GGUF's
