@@ -71,9 +71,9 @@ struct Args {
     /// cpu, wgpu or cuda[:N].
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// How to hold the model's matrices: f32, stored (the file's own format, e.g. a GGUF's
-    /// blocks), nf4, fp4 or int8 (quantized at load as bitsandbytes does).
-    #[arg(long, default_value = "f32")]
+    /// How to hold the model's matrices: stored (the default: the file's own format, e.g. a
+    /// GGUF's blocks), f32, nf4, fp4 or int8 (quantized at load as bitsandbytes does).
+    #[arg(long, default_value = "stored")]
     quantize: kiln::models::Quantization,
     /// Also write the merged model as a Hugging Face directory (`<output-dir>/merged`, f32,
     /// about 540 MB) with kiln's logits of one prompt, for `tools/check_hf_export.py`.
@@ -429,49 +429,50 @@ fn main() -> Result<()> {
         test_keys.join(", ")
     )];
     meta.write(&adapter_dir)?;
-    if args.save_merged || args.export_gguf.is_some() {
+    let with_model = |model| Pretrained {
+        model,
+        tokenizer: lm.tokenizer.clone(),
+        extras: lm.extras.clone(),
+        source: lm.source.clone(),
+        hf_config: lm.hf_config.clone(),
+    };
+    if let Some(file_type) = args.export_gguf {
+        // `save_gguf` merges the adapter one layer at a time as it writes: the base stays as
+        // stored and no merged copy of the whole model exists.
+        let path = args.output_dir.join(format!("model-{file_type}.gguf"));
+        let trained = with_model(tuned.clone().into_inner());
+        trained.save_gguf(&path, kiln::models::gguf::GgufExport { file_type })?;
+        println!("GGUF: {}", path.display());
+    }
+    if args.save_merged {
         let mut merged = tuned.clone();
         merged.merge()?;
-        let merged = Pretrained {
-            model: merged.into_inner(),
-            tokenizer: lm.tokenizer.clone(),
-            extras: lm.extras.clone(),
-            source: lm.source.clone(),
-            hf_config: lm.hf_config.clone(),
-        };
-        if let Some(file_type) = args.export_gguf {
-            let path = args.output_dir.join(format!("model-{file_type}.gguf"));
-            merged.save_gguf(&path, kiln::models::gguf::GgufExport { file_type })?;
-            println!("GGUF: {}", path.display());
-        }
-        if args.save_merged {
-            let dir = args.output_dir.join("merged");
-            merged.save_hf(&dir)?;
-            let prompt = template.render(&test[0].messages[..2], true)?;
-            let ids = lm.encode(&prompt, false)?;
-            let t = ids.len();
-            let logits =
-                merged
-                    .model
-                    .forward(&kiln::models::DecoderInput::new(ids.clone(), 1, t))?;
-            let dims = logits.dims().to_vec();
-            let values = logits
-                .into_data()
-                .try_into_vec::<f32>()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            let id_values: Vec<f32> = ids.iter().map(|&i| i as f32).collect();
-            kiln::models::write_f32_safetensors(
-                &dir.join("kiln_logits.safetensors"),
-                &[
-                    ("logits", dims, &values),
-                    ("input_ids", vec![1, t], &id_values),
-                ],
-            )?;
-            println!(
-                "merged model: {} (check: python3 tools/check_hf_export.py {0})",
-                dir.display()
-            );
-        }
+        let merged = with_model(merged.into_inner());
+        let dir = args.output_dir.join("merged");
+        merged.save_hf(&dir)?;
+        let prompt = template.render(&test[0].messages[..2], true)?;
+        let ids = lm.encode(&prompt, false)?;
+        let t = ids.len();
+        let logits = merged
+            .model
+            .forward(&kiln::models::DecoderInput::new(ids.clone(), 1, t))?;
+        let dims = logits.dims().to_vec();
+        let values = logits
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let id_values: Vec<f32> = ids.iter().map(|&i| i as f32).collect();
+        kiln::models::write_f32_safetensors(
+            &dir.join("kiln_logits.safetensors"),
+            &[
+                ("logits", dims, &values),
+                ("input_ids", vec![1, t], &id_values),
+            ],
+        )?;
+        println!(
+            "merged model: {} (check: python3 tools/check_hf_export.py {0})",
+            dir.display()
+        );
     }
     let report = serde_json::json!({
         "test_questions": test.len(),

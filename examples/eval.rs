@@ -95,9 +95,9 @@ struct Args {
     resamples: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// How to hold the model's matrices: f32, stored (the file's own format, e.g. a GGUF's
-    /// blocks), nf4, fp4 or int8 (quantized at load as bitsandbytes does).
-    #[arg(long, default_value = "f32")]
+    /// How to hold the model's matrices: stored (the default: the file's own format, e.g. a
+    /// GGUF's blocks), f32, nf4, fp4 or int8 (quantized at load as bitsandbytes does).
+    #[arg(long, default_value = "stored")]
     quantize: kiln::models::Quantization,
 }
 

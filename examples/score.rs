@@ -35,9 +35,9 @@ struct Args {
     /// cpu, wgpu or cuda[:N].
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// How to hold the model's matrices: f32, stored (the file's own format, e.g. a GGUF's
-    /// blocks), nf4, fp4 or int8 (quantized at load as bitsandbytes does).
-    #[arg(long, default_value = "f32")]
+    /// How to hold the model's matrices: stored (the default: the file's own format, e.g. a
+    /// GGUF's blocks), f32, nf4, fp4 or int8 (quantized at load as bitsandbytes does).
+    #[arg(long, default_value = "stored")]
     quantize: kiln::models::Quantization,
     /// PEFT adapter directory, `DIR` or `DIR=WEIGHT`; repeat for a weighted mix.
     #[arg(long = "adapter", value_parser = kiln::lora::parse_adapter_arg)]

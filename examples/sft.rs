@@ -67,8 +67,8 @@ struct Args {
     overwrite: bool,
     #[arg(long)]
     device: Option<String>,
-    /// How to hold the model's matrices: f32, stored, nf4, fp4 or int8 (config key
-    /// `quantization`).
+    /// How to hold the model's matrices: stored (the default), f32, nf4, fp4 or int8 (config
+    /// key `quantization`).
     #[arg(long)]
     quantize: Option<kiln::models::Quantization>,
     /// Also write the trained model (adapter merged) as one GGUF file llama.cpp loads,
@@ -302,12 +302,10 @@ fn main() -> Result<()> {
             let model = LoraModel::with_adapter(lm.model, "default", lora.clone())?;
             println!("{}", model.trainable_parameters_report());
             let out = config.output_dir.join("adapter");
-            let (s, mut m) = train(model, &config, &data, &run, &out, generation_eval)?;
+            let (s, m) = train(model, &config, &data, &run, &out, generation_eval)?;
             let c = m.param_count();
-            if args.export_gguf.is_some() {
-                m.merge()?;
-                export_gguf(m.into_inner())?;
-            }
+            // `save_gguf` merges the adapter one layer at a time as it writes.
+            export_gguf(m.into_inner())?;
             (s, (c.trainable, c.all), out)
         }
         None => {

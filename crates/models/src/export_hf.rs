@@ -16,24 +16,82 @@ fn host<const D: usize>(t: Tensor<D>, name: &str) -> Result<Vec<f32>> {
         .map_err(|e| ModelError::Input(format!("{name}: {e:?}")))
 }
 
-/// A linear layer: kiln stores `[in, out]`, PyTorch `[out, in]`.
-fn linear(out: &mut Tensors, name: &str, layer: &LoraLinear) -> Result<()> {
-    if layer.has_unmerged_active_adapters() {
-        return Err(ModelError::Input(format!(
-            "{name} has active adapters that are not merged: merge them before exporting"
-        )));
+/// Where a tensor's values come from: read only when a writer gets to that tensor, so an
+/// export holds one tensor in f32 at a time (a frozen matrix not even that: a block of rows).
+pub(crate) enum Values<'a> {
+    /// A frozen matrix in PyTorch's layout (`[out, in]`, or the embedding table), read a block
+    /// of rows at a time.
+    Frozen(&'a kiln_cpu::QMatrix),
+    /// A linear layer's weight, `[out, in]`, with its active adapters merged into a copy of the
+    /// layer when `merge` (the model itself is not changed).
+    Linear { layer: &'a LoraLinear, merge: bool },
+    /// A dense matrix or a vector (norms, biases, a dense embedding table), row-major.
+    Dense(Tensor<2>),
+    /// A vector.
+    Vector(Tensor<1>),
+}
+
+/// One tensor of the model under its Hugging Face name and PyTorch shape.
+pub(crate) struct ModelTensor<'a> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Values<'a>,
+}
+
+impl ModelTensor<'_> {
+    /// All values, row-major.
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] when a layer has active adapters that are not merged (and the
+    /// tensor was not asked to merge them) or a merge fails.
+    pub(crate) fn to_vec(&self) -> Result<Vec<f32>> {
+        let name = &self.name;
+        match &self.values {
+            Values::Frozen(q) => Ok(q.to_f32()),
+            Values::Dense(t) => host(t.clone(), name),
+            Values::Vector(t) => host(t.clone(), name),
+            Values::Linear { layer, merge } => {
+                let w = if layer.has_unmerged_active_adapters() {
+                    if !merge {
+                        return Err(ModelError::Input(format!(
+                            "{name} has active adapters that are not merged: merge them before \
+                             exporting"
+                        )));
+                    }
+                    let mut merged = (*layer).clone();
+                    merged
+                        .merge(None)
+                        .map_err(|e| ModelError::Input(format!("{name}: {e}")))?;
+                    merged.dense_weight()
+                } else {
+                    layer.dense_weight()
+                };
+                host(w.transpose(), name)
+            }
+        }
     }
-    let w = layer.dense_weight();
-    let [i, o] = w.dims();
-    out.push((
-        format!("{name}.weight"),
-        vec![o, i],
-        host(w.transpose(), name)?,
-    ));
+}
+
+/// A linear layer's weight (and bias): kiln stores a dense weight `[in, out]`, a frozen one and
+/// PyTorch `[out, in]`.
+fn linear<'a>(out: &mut Vec<ModelTensor<'a>>, name: &str, layer: &'a LoraLinear, merge: bool) {
+    let [i, o] = layer.weight.dims(kiln_lora::Layout::Linear);
+    let values = match (&layer.weight, layer.has_unmerged_active_adapters()) {
+        (kiln_lora::BaseWeight::Frozen(f), false) => Values::Frozen(f.matrix()),
+        _ => Values::Linear { layer, merge },
+    };
+    out.push(ModelTensor {
+        name: format!("{name}.weight"),
+        shape: vec![o, i],
+        values,
+    });
     if let Some(b) = &layer.bias {
-        out.push((format!("{name}.bias"), vec![o], host(b.val(), name)?));
+        out.push(ModelTensor {
+            name: format!("{name}.bias"),
+            shape: vec![o],
+            values: Values::Vector(b.val()),
+        });
     }
-    Ok(())
 }
 
 /// The config of the exported text-only model: a multimodal `gemma3` config becomes its
@@ -62,45 +120,63 @@ fn write_json(dir: &Path, name: &str, value: &serde_json::Value) -> Result<()> {
     std::fs::write(&path, text).map_err(|e| ModelError::io(&path, e))
 }
 
-/// `(name, shape, f32 values)` of every tensor of `lm` under Hugging Face names and PyTorch
-/// layouts, in checkpoint order: what [`save_hf`] and the GGUF export write. All reading of the
-/// layers' weights is here, so a change of how kiln stores them changes one function.
-///
-/// # Errors
-/// [`ModelError::Input`] when a layer has active adapters that are not merged.
-pub(crate) fn collect_tensors(lm: &Pretrained) -> Result<Tensors> {
+/// Every tensor of `lm` under Hugging Face names and PyTorch layouts, in checkpoint order, its
+/// values not yet read: what [`save_hf`] and the GGUF export write. All reading of the layers'
+/// weights is here, so a change of how kiln stores them changes one function. With `merge`,
+/// layers with active adapters that are not merged give their merged weight (see [`Values`]).
+pub(crate) fn model_tensors(lm: &Pretrained, merge: bool) -> Vec<ModelTensor<'_>> {
     let m = &lm.model;
-    let mut t: Tensors = Vec::new();
-    let embed = m.model.embed_tokens.values(kiln_lora::Layout::Table);
-    let dims = embed.dims().to_vec();
-    t.push((
-        "model.embed_tokens.weight".into(),
-        dims,
-        host(embed, "embed_tokens")?,
-    ));
+    let mut t = Vec::new();
+    let embed = &m.model.embed_tokens;
+    t.push(ModelTensor {
+        name: "model.embed_tokens.weight".into(),
+        shape: embed.dims(kiln_lora::Layout::Table).to_vec(),
+        values: match embed {
+            kiln_lora::BaseWeight::Frozen(f) => Values::Frozen(f.matrix()),
+            kiln_lora::BaseWeight::Dense(w) => Values::Dense(w.val()),
+        },
+    });
+    let vector = |name: String, w: Tensor<1>| ModelTensor {
+        shape: w.dims().to_vec(),
+        name,
+        values: Values::Vector(w),
+    };
     for (i, layer) in m.model.layers.iter().enumerate() {
         let p = format!("model.layers.{i}");
         let (a, mlp) = (&layer.self_attn, &layer.mlp);
         for (name, lin) in a.input_projections() {
-            linear(&mut t, &format!("{p}.self_attn.{name}"), lin)?;
+            linear(&mut t, &format!("{p}.self_attn.{name}"), lin, merge);
         }
-        linear(&mut t, &format!("{p}.self_attn.o_proj"), &a.o_proj)?;
+        linear(&mut t, &format!("{p}.self_attn.o_proj"), &a.o_proj, merge);
         for (name, lin) in mlp.projections() {
-            linear(&mut t, &format!("{p}.mlp.{name}"), lin)?;
+            linear(&mut t, &format!("{p}.mlp.{name}"), lin, merge);
         }
         for (name, norm) in layer.norms() {
-            let w = norm.weight.val();
-            let d = w.dims().to_vec();
-            t.push((format!("{p}.{name}.weight"), d, host(w, name)?));
+            t.push(vector(format!("{p}.{name}.weight"), norm.weight.val()));
         }
     }
-    let w = m.model.norm.weight.val();
-    let d = w.dims().to_vec();
-    t.push(("model.norm.weight".into(), d, host(w, "norm")?));
+    t.push(vector(
+        "model.norm.weight".into(),
+        m.model.norm.weight.val(),
+    ));
     if let Some(head) = &m.lm_head {
-        linear(&mut t, "lm_head", head)?;
+        linear(&mut t, "lm_head", head, merge);
     }
-    Ok(t)
+    t
+}
+
+/// `(name, shape, f32 values)` of every tensor of `lm` (see [`model_tensors`]).
+///
+/// # Errors
+/// [`ModelError::Input`] when a layer has active adapters that are not merged.
+pub(crate) fn collect_tensors(lm: &Pretrained) -> Result<Tensors> {
+    model_tensors(lm, false)
+        .into_iter()
+        .map(|t| {
+            let v = t.to_vec()?;
+            Ok((t.name, t.shape, v))
+        })
+        .collect()
 }
 
 /// See [`Pretrained::save_hf`].

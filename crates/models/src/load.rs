@@ -20,9 +20,9 @@ use std::collections::BTreeSet;
 /// How the loader holds a model's matrices (linear weights and the embedding table); vectors
 /// (norms, biases) are always f32.
 ///
-/// `"f32"` widens everything to burn tensors (the reference, every backend and path);
-/// `"stored"` keeps each matrix as the file stores it (GGUF blocks, the embedding included, as
-/// llama.cpp does; safetensors f16/bf16; f32 tensors stay dense), memory-mapped; `"nf4"`,
+/// `"stored"` (the default) keeps each matrix as the file stores it (GGUF blocks, the embedding
+/// included, as llama.cpp does; safetensors f16/bf16; f32 tensors stay dense), memory-mapped;
+/// `"f32"` widens everything to burn tensors (the reference, every backend and path); `"nf4"`,
 /// `"fp4"` and `"int8"` quantize f32/f16/bf16 checkpoints at load as transformers +
 /// bitsandbytes do: the linear projections of the decoder layers only, while the embedding table
 /// (bitsandbytes never replaces an `nn.Embedding`) and `lm_head` (transformers' default
@@ -32,9 +32,10 @@ use std::collections::BTreeSet;
 #[serde(try_from = "String", into = "String")]
 pub enum Quantization {
     /// Every matrix widened to f32.
-    #[default]
     F32,
-    /// Every matrix kept in the file's format.
+    /// Every matrix kept in the file's format (the default: a GGUF keeps its blocks, a bf16
+    /// checkpoint its 16 bits).
+    #[default]
     Stored,
     /// The decoder layers' linear weights quantized at load by bitsandbytes' rules; the
     /// embedding table and `lm_head` widened to f32.
@@ -298,7 +299,7 @@ pub fn build_causal_lm(
     source: &dyn WeightSource,
     device: &Device,
 ) -> Result<CausalLm> {
-    build_causal_lm_as(config, source, device, Quantization::F32)
+    build_causal_lm_as(config, source, device, Quantization::default())
 }
 
 /// [`build_causal_lm`] holding the matrices as `quantization` says (see [`Quantization`]).

@@ -28,7 +28,7 @@ impl Pretrained {
     /// Loads `path`: a directory with `config.json`, safetensors and `tokenizer.json`, or a
     /// `.gguf` file.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        Self::load_as(path, device, Quantization::F32)
+        Self::load_as(path, device, Quantization::default())
     }
 
     /// [`Self::load`] holding the matrices as `quantization` says: `Stored` keeps a GGUF's
@@ -119,10 +119,13 @@ impl Pretrained {
     /// (`from_pretrained(dir, gguf_file=...)`) load: llama.cpp's tensor names and metadata,
     /// 2-d tensors stored as `export.file_type` says (1-d tensors f32), the tokenizer copied from
     /// the source GGUF or built from a byte-level BPE `tokenizer.json`, the chat template.
-    /// Written through a temporary file, fsynced and renamed.
+    /// Written through a temporary file, fsynced and renamed, one tensor at a time: a frozen
+    /// matrix is dequantized a block of rows at a time, a layer with active adapters that are
+    /// not merged is merged into a copy of that layer alone (the model is not changed), so the
+    /// peak is one layer's weight in f32, not the model.
     ///
     /// # Errors
-    /// [`ModelError::Input`] when adapters are not merged; [`ModelError::Config`] naming the
+    /// [`ModelError::Config`] naming the
     /// knob when GGUF cannot carry the model's config (readers would load another model);
     /// [`ModelError::Tokenizer`] for a tokenizer that is not byte-level BPE (from
     /// `tokenizer.json`); [`ModelError::GgufTensor`] naming a tensor that cannot be quantized

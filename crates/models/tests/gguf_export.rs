@@ -323,22 +323,48 @@ fn bad_input_is_a_typed_error() {
         other => panic!("expected a config error, got {other:?}"),
     }
     assert!(!out.exists(), "nothing is written");
-    // An adapter that is not merged.
-    let lm = load(&tiny_dir("llama", dir.path(), |_| {}));
-    let config = LoraConfig::new(4, 8.0, TargetModules::Names(vec!["q_proj".into()]));
-    let lora = LoraModel::with_adapter(lm.model, "default", config).unwrap();
-    let lm = Pretrained {
-        model: lora.into_inner(),
-        ..load(&tiny_dir("llama", dir.path(), |_| {}))
-    };
-    match lm.save_gguf(&out, q8) {
-        Err(ModelError::Input(m)) => assert!(m.contains("q_proj") && m.contains("merge"), "{m}"),
-        other => panic!("expected an input error, got {other:?}"),
-    }
-    assert!(!out.exists());
     // A file type kiln does not write.
     match "Q3_K_S".parse::<GgufFileType>() {
         Err(ModelError::Input(m)) => assert!(m.contains("Q3_K_S")),
         other => panic!("{other:?}"),
     }
+}
+
+/// A model with an adapter that is not merged is written with the adapter merged, one layer at a
+/// time as the file is written: the same bytes as the file of the merged model, which differ
+/// from the base's (the adapter starts from random A and B, so it changes the weights).
+#[test]
+fn unmerged_adapters_are_merged_as_they_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_dir("llama", dir.path(), |_| {});
+    let mut config = LoraConfig::new(
+        4,
+        8.0,
+        TargetModules::Names(vec!["q_proj".into(), "down_proj".into()]),
+    );
+    config.init_lora_weights = kiln_lora::InitLoraWeights::Random;
+    let lora = LoraModel::with_adapter(load(&path).model, "default", config).unwrap();
+    let write = |model, name: &str| {
+        let lm = Pretrained {
+            model,
+            ..load(&path)
+        };
+        let out = dir.path().join(name);
+        lm.save_gguf(
+            &out,
+            GgufExport {
+                file_type: GgufFileType::F32,
+            },
+        )
+        .unwrap();
+        std::fs::read(out).unwrap()
+    };
+    let unmerged = write(lora.clone().into_inner(), "unmerged.gguf");
+    let mut merged = lora.clone();
+    merged.merge().unwrap();
+    let merged = write(merged.into_inner(), "merged.gguf");
+    let base = write(load(&path).model, "base.gguf");
+    assert_eq!(unmerged.len(), merged.len());
+    assert!(unmerged == merged, "the on-the-fly merge wrote other bytes");
+    assert!(unmerged != base, "the adapter changed nothing");
 }

@@ -35,9 +35,10 @@ use std::path::{Path, PathBuf};
 pub struct SftConfig {
     /// Hugging Face model directory (or GGUF file).
     pub model: PathBuf,
-    /// How the model's matrices are held: `f32` (default), `stored` (a GGUF's blocks and
-    /// safetensors' f16/bf16 kept as the file holds them), `nf4`, `fp4` or `int8` (quantized at
-    /// load as bitsandbytes does; QLoRA). Frozen matrices are multiplied a tile at a time.
+    /// How the model's matrices are held: `stored` (default: a GGUF's blocks and safetensors'
+    /// f16/bf16 kept as the file holds them), `f32`, `nf4`, `fp4` or `int8` (quantized at load
+    /// as bitsandbytes does; QLoRA). Frozen matrices are multiplied a tile at a time; matrices
+    /// that train (full fine-tuning) become dense f32 parameters.
     #[serde(default)]
     pub quantization: Quantization,
     /// Where checkpoints, metrics, the adapter and the model card go.

@@ -70,7 +70,7 @@ pub const FP4_LEVELS: [f32; 16] = [
 
 /// The factor of bitsandbytes' `int8_vectorwise_dequant`: its literal `7.874015718698502e-3`
 /// is the f32 nearest 1/127 printed as a double, and torch multiplies by it in f32.
-const INV_127: f32 = 1.0 / 127.0;
+pub(super) const INV_127: f32 = 1.0 / 127.0;
 
 /// Per-block statistics of a bitsandbytes matrix.
 #[derive(Clone, Debug)]

@@ -70,7 +70,8 @@ fn half_at(b: &[u8], i: usize) -> f32 {
 }
 
 /// `d: f16, qs: [u8; 16]`; `x = (q - 8) * d`, low nibbles first.
-fn q4_0(b: &[u8; 18], o: &mut [f32; 32]) {
+#[inline(always)]
+pub(crate) fn q4_0(b: &[u8; 18], o: &mut [f32; 32]) {
     let d = half_at(b, 0);
     for (j, &q) in b[2..].iter().enumerate() {
         o[j] = d * ((q & 0x0F) as i32 - 8) as f32;
@@ -79,7 +80,8 @@ fn q4_0(b: &[u8; 18], o: &mut [f32; 32]) {
 }
 
 /// `d: f16, m: f16, qs: [u8; 16]`; `x = q * d + m`.
-fn q4_1(b: &[u8; 20], o: &mut [f32; 32]) {
+#[inline(always)]
+pub(crate) fn q4_1(b: &[u8; 20], o: &mut [f32; 32]) {
     let (d, m) = (half_at(b, 0), half_at(b, 2));
     for (j, &q) in b[4..].iter().enumerate() {
         o[j] = d * (q & 0x0F) as f32 + m;
@@ -88,7 +90,8 @@ fn q4_1(b: &[u8; 20], o: &mut [f32; 32]) {
 }
 
 /// `d: f16, qh: u32, qs: [u8; 16]`; the 5th bit of element `i` is bit `i` of `qh`; `x = (q - 16) * d`.
-fn q5_0(b: &[u8; 22], o: &mut [f32; 32]) {
+#[inline(always)]
+pub(crate) fn q5_0(b: &[u8; 22], o: &mut [f32; 32]) {
     let d = half_at(b, 0);
     let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
     for (j, &q) in b[6..].iter().enumerate() {
@@ -100,7 +103,8 @@ fn q5_0(b: &[u8; 22], o: &mut [f32; 32]) {
 }
 
 /// `d: f16, m: f16, qh: u32, qs: [u8; 16]`; `x = q * d + m`.
-fn q5_1(b: &[u8; 24], o: &mut [f32; 32]) {
+#[inline(always)]
+pub(crate) fn q5_1(b: &[u8; 24], o: &mut [f32; 32]) {
     let (d, m) = (half_at(b, 0), half_at(b, 2));
     let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
     for (j, &q) in b[8..].iter().enumerate() {
@@ -112,80 +116,100 @@ fn q5_1(b: &[u8; 24], o: &mut [f32; 32]) {
 }
 
 /// `d: f16, qs: [i8; 32]`; `x = q * d`.
-fn q8_0(b: &[u8; 34], o: &mut [f32; 32]) {
+#[inline(always)]
+pub(crate) fn q8_0(b: &[u8; 34], o: &mut [f32; 32]) {
     let d = half_at(b, 0);
     for (x, &q) in o.iter_mut().zip(&b[2..]) {
         *x = (q as i8) as f32 * d;
     }
 }
 
-/// The 8 (scale, min) pairs of a Q4_K/Q5_K super-block, 6 bits each, packed in 12 bytes.
+/// Scale and minimum of sub-block `j` (0..8) of a Q4_K/Q5_K super-block, 6 bits each, packed
+/// in 12 bytes.
 #[inline(always)]
-fn k_scales(s: &[u8]) -> ([u8; 8], [u8; 8]) {
-    let mut sc = [0u8; 8];
-    let mut mn = [0u8; 8];
-    for j in 0..4 {
-        sc[j] = s[j] & 0x3F;
-        mn[j] = s[j + 4] & 0x3F;
-        sc[j + 4] = (s[j + 8] & 0x0F) | ((s[j] >> 2) & 0x30);
-        mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 2) & 0x30);
+pub(crate) fn k_scale(s: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 0x3F, s[j + 4] & 0x3F)
+    } else {
+        (
+            (s[j + 4] & 0x0F) | ((s[j - 4] >> 2) & 0x30),
+            (s[j + 4] >> 4) | ((s[j] >> 2) & 0x30),
+        )
     }
-    (sc, mn)
 }
 
-/// `d, dmin: f16, scales: [u8; 12], qs: [u8; 128]`; 8 sub-blocks of 32,
-/// `x = (d * sc) * q - dmin * m`.
-fn q4_k(b: &[u8; 144], o: &mut [f32; 256]) {
+/// Sub-block `k` (elements `32k..32k + 32`) of a Q4_K super-block.
+/// `d, dmin: f16, scales: [u8; 12], qs: [u8; 128]`; `x = (d * sc) * q - dmin * m`.
+#[inline(always)]
+pub(crate) fn q4_k_group(b: &[u8; 144], k: usize, o: &mut [f32; 32]) {
     let (d, dmin) = (half_at(b, 0), half_at(b, 2));
-    let (sc, mn) = k_scales(&b[4..16]);
-    let qs = &b[16..];
-    for k in 0..8 {
-        let (dl, ml) = (d * sc[k] as f32, dmin * mn[k] as f32);
-        let (chunk, shift) = (k / 2, 4 * (k % 2));
-        for l in 0..32 {
-            let q = (qs[chunk * 32 + l] >> shift) & 0x0F;
-            o[k * 32 + l] = dl * q as f32 - ml;
-        }
+    let (sc, mn) = k_scale(&b[4..16], k);
+    let (dl, ml) = (d * sc as f32, dmin * mn as f32);
+    let (chunk, shift) = (k / 2, 4 * (k % 2));
+    let qs = &b[16 + chunk * 32..16 + chunk * 32 + 32];
+    for (x, &q) in o.iter_mut().zip(qs) {
+        *x = dl * ((q >> shift) & 0x0F) as f32 - ml;
     }
 }
 
-/// `d, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128]`; the 5th bit of sub-block `k`
-/// is bit `k` of `qh[l]`.
-fn q5_k(b: &[u8; 176], o: &mut [f32; 256]) {
+/// Sub-block `k` of a Q5_K super-block: `d, dmin: f16, scales: [u8; 12], qh: [u8; 32],
+/// qs: [u8; 128]`; the 5th bit of sub-block `k` is bit `k` of `qh[l]`.
+#[inline(always)]
+pub(crate) fn q5_k_group(b: &[u8; 176], k: usize, o: &mut [f32; 32]) {
     let (d, dmin) = (half_at(b, 0), half_at(b, 2));
-    let (sc, mn) = k_scales(&b[4..16]);
-    let (qh, qs) = (&b[16..48], &b[48..]);
-    for k in 0..8 {
-        let (dl, ml) = (d * sc[k] as f32, dmin * mn[k] as f32);
-        let (chunk, shift) = (k / 2, 4 * (k % 2));
-        for l in 0..32 {
-            let q = ((qs[chunk * 32 + l] >> shift) & 0x0F) | (((qh[l] >> k) & 1) << 4);
-            o[k * 32 + l] = dl * q as f32 - ml;
-        }
+    let (sc, mn) = k_scale(&b[4..16], k);
+    let (dl, ml) = (d * sc as f32, dmin * mn as f32);
+    let (chunk, shift) = (k / 2, 4 * (k % 2));
+    let (qh, qs) = (&b[16..48], &b[48 + chunk * 32..48 + chunk * 32 + 32]);
+    for l in 0..32 {
+        let q = ((qs[l] >> shift) & 0x0F) | (((qh[l] >> k) & 1) << 4);
+        o[l] = dl * q as f32 - ml;
     }
 }
 
-/// `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`; 16 sub-blocks of 16,
-/// `x = (d * sc) * (q - 32)`.
-fn q6_k(b: &[u8; 210], o: &mut [f32; 256]) {
-    let (ql, qh, scales) = (&b[..128], &b[128..192], &b[192..208]);
+/// Elements `32g..32g + 32` (`g = 4h + t`) of a Q6_K super-block: `ql: [u8; 128],
+/// qh: [u8; 64], scales: [i8; 16], d: f16`; 16 sub-blocks of 16, `x = (d * sc) * (q - 32)`.
+#[inline(always)]
+pub(crate) fn q6_k_group(b: &[u8; 210], g: usize, o: &mut [f32; 32]) {
+    let (h, t) = (g / 4, g % 4);
     let d = half_at(b, 208);
-    let mut dl = [0f32; 16];
-    for (x, &s) in dl.iter_mut().zip(scales) {
-        *x = d * (s as i8) as f32;
+    let s = 192 + h * 8 + t * 2;
+    let dl = [d * (b[s] as i8) as f32, d * (b[s + 1] as i8) as f32];
+    let (lo_base, lo_shift) = (h * 64 + (t & 1) * 32, 4 * (t >> 1));
+    let (ql, qh) = (
+        &b[lo_base..lo_base + 32],
+        &b[128 + h * 32..128 + h * 32 + 32],
+    );
+    for l in 0..32 {
+        let lo = (ql[l] >> lo_shift) & 0x0F;
+        let hi = (qh[l] >> (2 * t)) & 0x03;
+        let q = (lo | (hi << 4)) as i32 - 32;
+        o[l] = dl[l / 16] * q as f32;
     }
-    for h in 0..2 {
-        for t in 0..4 {
-            let (lo_base, lo_shift) = (h * 64 + (t & 1) * 32, 4 * (t >> 1));
-            for l in 0..32 {
-                let lo = (ql[lo_base + l] >> lo_shift) & 0x0F;
-                let hi = (qh[h * 32 + l] >> (2 * t)) & 0x03;
-                let q = (lo | (hi << 4)) as i32 - 32;
-                let e = h * 128 + t * 32 + l;
-                o[e] = dl[e / 16] * q as f32;
-            }
-        }
+}
+
+/// A super-block of 256 from its 8 groups of 32.
+#[inline(always)]
+fn groups<const TS: usize>(
+    b: &[u8; TS],
+    o: &mut [f32; 256],
+    group: impl Fn(&[u8; TS], usize, &mut [f32; 32]),
+) {
+    for (g, o) in o.as_chunks_mut::<32>().0.iter_mut().enumerate() {
+        group(b, g, o);
     }
+}
+
+fn q4_k(b: &[u8; 144], o: &mut [f32; 256]) {
+    groups(b, o, q4_k_group);
+}
+
+fn q5_k(b: &[u8; 176], o: &mut [f32; 256]) {
+    groups(b, o, q5_k_group);
+}
+
+fn q6_k(b: &[u8; 210], o: &mut [f32; 256]) {
+    groups(b, o, q6_k_group);
 }
 
 #[cfg(test)]

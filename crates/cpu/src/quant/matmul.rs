@@ -6,7 +6,7 @@
 //! backward `dx = dy · W` gives each task its own block of input columns (whole quantization
 //! blocks), so every weight is dequantized exactly once per product and no two tasks write the
 //! same output.
-use super::QMatrix;
+use super::{QMatrix, dots};
 use crate::bf16;
 use crate::gemm::{MatMut, MatRef, Threads, dot, matmul, matmul_in};
 use crate::precision::Precision;
@@ -22,7 +22,7 @@ const COL_TILE: usize = 512;
 /// Rows of `x` up to which the forward takes dot products with one dequantized weight row at a
 /// time (decoding): the row stays in L1 and no tile is written and read back, where a 64-row
 /// tile and a matrix-vector product cost more than the dequantization itself.
-const DOT_ROWS: usize = 4;
+const DOT_ROWS: usize = dots::MAX_ROWS;
 /// Weight rows per task of the dot-product forward.
 const DOT_CHUNK: usize = 32;
 
@@ -89,17 +89,23 @@ impl QMatrix {
         );
     }
 
-    /// [`Self::matmul_t`] for a few rows of `x` in f32: each weight row is dequantized into a
-    /// buffer of `k` floats and dotted with every row of `x`.
+    /// [`Self::matmul_t`] for a few rows of `x` in f32: dot products straight from the codes
+    /// ([`dots`]) where the format has that kernel; otherwise each weight row is dequantized
+    /// into a buffer of `k` floats and dotted with every row of `x`.
     fn matmul_t_dots(&self, x: &[f32], m: usize, out: Out, accumulate: bool) {
-        let (n, k) = (self.rows, self.cols);
+        let n = self.rows;
+        let isa = dots::supported(self).then(dots::Isa::detected);
         (0..n.div_ceil(DOT_CHUNK)).into_par_iter().for_each_init(
-            || vec![0f32; k],
-            |row, c| {
-                for r in c * DOT_CHUNK..((c + 1) * DOT_CHUNK).min(n) {
-                    self.dequantize_rows(r, 1, row);
-                    for i in 0..m {
-                        let v = dot(&x[i * k..(i + 1) * k], row);
+            || vec![0f32; DOT_CHUNK * DOT_ROWS + self.cols],
+            |buf, c| {
+                let (r0, r1) = (c * DOT_CHUNK, ((c + 1) * DOT_CHUNK).min(n));
+                let (buf, row) = buf.split_at_mut(DOT_CHUNK * DOT_ROWS);
+                match isa {
+                    Some(isa) => dots::dots(isa, self, x, m, r0, r1, buf),
+                    None => self.dots_dequantized(x, m, (r0, r1), buf, row),
+                }
+                for (r, v) in (r0..r1).zip(buf.chunks_exact(m)) {
+                    for (i, &v) in v.iter().enumerate() {
                         // SAFETY: `y` holds m·n elements; this task alone writes column r
                         // (its chunk of weight rows) of every row i.
                         unsafe {
@@ -110,6 +116,25 @@ impl QMatrix {
                 }
             },
         );
+    }
+
+    /// `buf[(r - r0) · m + i] = x[i] · W[r]` through a dequantized row (`row`, `k` floats):
+    /// the formats [`dots`] does not cover.
+    fn dots_dequantized(
+        &self,
+        x: &[f32],
+        m: usize,
+        (r0, r1): (usize, usize),
+        buf: &mut [f32],
+        row: &mut [f32],
+    ) {
+        let k = self.cols;
+        for r in r0..r1 {
+            self.dequantize_rows(r, 1, row);
+            for i in 0..m {
+                buf[(r - r0) * m + i] = dot(&x[i * k..(i + 1) * k], row);
+            }
+        }
     }
 
     /// `dx = dy · W` (or `dx += dy · W` with `accumulate`), W being this `[n, k]` matrix: the

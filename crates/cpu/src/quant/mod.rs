@@ -9,6 +9,7 @@
 //! in cache costs a few percent of the product it feeds (`cargo bench -p kiln-cpu --bench
 //! qmatmul`).
 pub mod bnb;
+mod dots;
 mod finite;
 mod ggml;
 mod ggml_quantize;

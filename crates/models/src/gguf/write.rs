@@ -12,7 +12,7 @@ use super::names;
 use super::value::GgufValue;
 use super::write_meta;
 use crate::error::{ModelError, Result};
-use crate::export_hf::collect_tensors;
+use crate::export_hf::{ModelTensor, Values, model_tensors};
 use crate::pretrained::Pretrained;
 use kiln_cpu::QuantType;
 use std::path::Path;
@@ -101,29 +101,44 @@ pub struct GgufExport {
     pub file_type: GgufFileType,
 }
 
-/// A tensor ready to be written: GGUF name, ggml dims (innermost first), type and bytes.
+/// A tensor as the file describes it: GGUF name, ggml dims (innermost first), type and the
+/// length of its data.
 pub(crate) struct OutTensor {
     pub name: String,
     pub dims: Vec<u64>,
     pub ty: QuantType,
-    pub data: Vec<u8>,
+    pub len: usize,
 }
 
-/// See [`Pretrained::save_gguf`].
+/// One tensor to write: where its values come from and how they are re-laid-out.
+struct Planned<'a> {
+    out: OutTensor,
+    source: ModelTensor<'a>,
+    /// Gemma's norms are stored as `1 + w`.
+    plus_one: bool,
+    /// For llama's q/k: the source row of each GGUF row (`None`: the same row).
+    rows_from: Option<Vec<u32>>,
+}
+
+/// f32 values dequantized or converted per block of rows (one block in memory at a time).
+const ROWS_BYTES: usize = 16 << 20;
+
+/// See [`Pretrained::save_gguf`]. Tensor by tensor: each is read (a frozen matrix dequantized a
+/// block of rows at a time, a layer with active adapters merged into a copy of it), re-laid-out,
+/// quantized and written before the next, so the peak is one tensor in f32 at most, not the
+/// model.
 pub fn save_gguf(lm: &Pretrained, path: &Path, export: GgufExport) -> Result<()> {
     let arch = write_meta::arch_of(lm)?;
-    let tensors = gguf_tensors(lm, arch, export.file_type, path)?;
+    let plan = plan(lm, arch, export.file_type, path)?;
     let metadata = write_meta::metadata(lm, arch, export.file_type)?;
-    let header = header_bytes(&metadata, &tensors);
-    let data_len: usize = tensors.iter().map(|t| padded(t.data.len())).sum();
+    let outs: Vec<&OutTensor> = plan.iter().map(|p| &p.out).collect();
+    let header = header_bytes(&metadata, &outs);
+    let data_len: usize = plan.iter().map(|p| padded(p.out.len)).sum();
     write_meta::check_round_trip(lm, path, &header, header.len() + data_len)?;
     kiln_cpu::io::write_atomic(path, |w| {
-        let io = |e| ModelError::io(path, e);
-        w.write_all(&header).map_err(io)?;
-        for t in &tensors {
-            w.write_all(&t.data).map_err(io)?;
-            w.write_all(&[0u8; ALIGNMENT][..padded(t.data.len()) - t.data.len()])
-                .map_err(io)?;
+        w.write_all(&header).map_err(|e| ModelError::io(path, e))?;
+        for p in &plan {
+            write_tensor(w, p, path)?;
         }
         Ok(())
     })
@@ -133,28 +148,28 @@ fn padded(n: usize) -> usize {
     n.div_ceil(ALIGNMENT) * ALIGNMENT
 }
 
-/// Every tensor of `lm` renamed, re-laid-out as llama.cpp stores it (q/k rows permuted for
-/// llama, Gemma norms as `1 + w`) and quantized.
-fn gguf_tensors(
-    lm: &Pretrained,
+/// Every tensor of `lm` renamed, with the type and layout llama.cpp stores it in (q/k rows
+/// permuted for llama, Gemma norms as `1 + w`); nothing read yet.
+fn plan<'a>(
+    lm: &'a Pretrained,
     arch: GgufArch,
     ft: GgufFileType,
     path: &Path,
-) -> Result<Vec<OutTensor>> {
+) -> Result<Vec<Planned<'a>>> {
     let c = &lm.model.config;
     let has_output = lm.model.lm_head.is_some();
     let mut out = Vec::new();
-    for (hf, shape, mut values) in collect_tensors(lm)? {
+    for source in model_tensors(lm, true) {
+        let (hf, shape) = (&source.name, &source.shape);
         let tensor_err = |reason: String| ModelError::GgufTensor {
             path: path.to_path_buf(),
             tensor: hf.clone(),
             reason,
         };
-        let name = names::gguf_name_for(arch, &hf)
+        let name = names::gguf_name_for(arch, hf)
             .ok_or_else(|| tensor_err(format!("no llama.cpp name for {arch:?}")))?;
-        if arch.norms_offset_by_one() && name.ends_with("norm.weight") {
-            values.iter_mut().for_each(|w| *w += 1.0);
-        }
+        let plus_one = arch.norms_offset_by_one() && name.ends_with("norm.weight");
+        let mut rows_from = None;
         if let (GgufArch::Llama, Some(is_q)) = (arch, names::is_query_or_key(&name)) {
             let heads = if is_q { c.num_heads } else { c.num_kv_heads };
             let rows = shape[0];
@@ -163,7 +178,7 @@ fn gguf_tensors(
                     "{rows} rows are not {heads} heads of rotary pairs"
                 )));
             }
-            values = permute_rows(&values, rows, values.len() / rows, heads);
+            rows_from = Some(qk_rows_from(rows, heads));
         }
         let cols = *shape.last().unwrap_or(&1);
         let ty = if shape.len() < 2 {
@@ -171,17 +186,74 @@ fn gguf_tensors(
         } else {
             tensor_type(ft, &name, c.num_layers, has_output, cols)
         };
-        let data = kiln_cpu::quant::quantize(ty, &values, cols.max(1), &name)
-            .map_err(|e| tensor_err(e.to_string()))?;
+        let (block, bytes) = ty.block_layout();
+        let numel: usize = shape.iter().product();
+        let len = numel / block * bytes;
         let dims = shape.iter().rev().map(|&d| d as u64).collect();
-        out.push(OutTensor {
-            name,
-            dims,
-            ty,
-            data,
+        out.push(Planned {
+            out: OutTensor {
+                name,
+                dims,
+                ty,
+                len,
+            },
+            source,
+            plus_one,
+            rows_from,
         });
     }
     Ok(out)
+}
+
+/// Reads, re-lays-out, quantizes and writes one tensor, a block of rows at a time.
+fn write_tensor(w: &mut dyn std::io::Write, p: &Planned<'_>, path: &Path) -> Result<()> {
+    let io = |e| ModelError::io(path, e);
+    let t = &p.out;
+    let tensor_err = |reason: String| ModelError::GgufTensor {
+        path: path.to_path_buf(),
+        tensor: p.source.name.clone(),
+        reason,
+    };
+    let shape = &p.source.shape;
+    let (rows, cols) = match shape[..] {
+        [r, c] => (r, c),
+        _ => (1, shape.iter().product()),
+    };
+    // A frozen matrix is read per block of rows; anything else is one f32 tensor.
+    let dense = match &p.source.values {
+        Values::Frozen(_) => None,
+        _ => Some(p.source.to_vec()?),
+    };
+    let per_block = (ROWS_BYTES / 4 / cols.max(1)).clamp(1, rows.max(1));
+    let mut buf = vec![0f32; per_block * cols];
+    let mut written = 0;
+    for r0 in (0..rows).step_by(per_block) {
+        let n = per_block.min(rows - r0);
+        let block = &mut buf[..n * cols];
+        for (i, row) in block.chunks_exact_mut(cols.max(1)).enumerate() {
+            let src = p.rows_from.as_ref().map_or(r0 + i, |m| m[r0 + i] as usize);
+            match (&dense, &p.source.values) {
+                (Some(d), _) => row.copy_from_slice(&d[src * cols..(src + 1) * cols]),
+                (None, Values::Frozen(q)) => q.dequantize_rows(src, 1, row),
+                (None, _) => unreachable!("only frozen matrices are read per row"),
+            }
+        }
+        if p.plus_one {
+            block.iter_mut().for_each(|v| *v += 1.0);
+        }
+        let data = kiln_cpu::quant::quantize(t.ty, block, cols.max(1), &t.name)
+            .map_err(|e| tensor_err(e.to_string()))?;
+        w.write_all(&data).map_err(io)?;
+        written += data.len();
+    }
+    if written != t.len {
+        return Err(tensor_err(format!(
+            "{written} bytes written where the header says {}",
+            t.len
+        )));
+    }
+    w.write_all(&[0u8; ALIGNMENT][..padded(t.len) - t.len])
+        .map_err(io)
 }
 
 /// llama.cpp's `use_more_bits`: the first and last eighth of the layers and every third between.
@@ -238,19 +310,24 @@ pub(crate) fn tensor_type(
     }
 }
 
-/// llama.cpp's q/k `permute` for the llama architecture: within each of `n_head` heads of
-/// `2 · dim` rows, row `p · dim + i` goes to row `2 · i + p` (the inverse of
-/// `weights::unpermute_rows`).
-///
-/// # Shapes
-/// `data`: `[rows, cols]` row-major (a bias is `cols = 1`); returns the same shape.
-pub(crate) fn permute_rows(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
-    let mut out = vec![0f32; data.len()];
-    for (hf, &gguf) in super::weights::qk_row_map(rows, n_head).iter().enumerate() {
-        let g = gguf as usize;
-        out[g * cols..(g + 1) * cols].copy_from_slice(&data[hf * cols..(hf + 1) * cols]);
+/// llama.cpp's q/k `permute` for the llama architecture as a row map: within each of `n_head`
+/// heads of `2 · dim` rows, GGUF row `2 · i + p` is row `p · dim + i` of the Hugging Face
+/// weight (the inverse of `weights::qk_row_map`, which the reader uses).
+pub(crate) fn qk_rows_from(rows: usize, n_head: usize) -> Vec<u32> {
+    let mut from = vec![0u32; rows];
+    for (hf, &g) in super::weights::qk_row_map(rows, n_head).iter().enumerate() {
+        from[g as usize] = hf as u32;
     }
-    out
+    from
+}
+
+/// The rows of `data` (`[rows, cols]` row-major) permuted by [`qk_rows_from`].
+#[cfg(test)]
+pub(crate) fn permute_rows(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
+    qk_rows_from(rows, n_head)
+        .iter()
+        .flat_map(|&hf| data[hf as usize * cols..(hf as usize + 1) * cols].to_vec())
+        .collect()
 }
 
 /// ggml's type id of a storage type kiln writes.
@@ -273,7 +350,7 @@ fn ggml_type_id(ty: QuantType) -> u32 {
 }
 
 /// Magic, version 3, counts, metadata, tensor infos and the padding up to the data section.
-fn header_bytes(metadata: &[(String, GgufValue)], tensors: &[OutTensor]) -> Vec<u8> {
+fn header_bytes(metadata: &[(String, GgufValue)], tensors: &[&OutTensor]) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(b"GGUF");
     b.extend_from_slice(&3u32.to_le_bytes());
@@ -293,7 +370,7 @@ fn header_bytes(metadata: &[(String, GgufValue)], tensors: &[OutTensor]) -> Vec<
         }
         b.extend_from_slice(&ggml_type_id(t.ty).to_le_bytes());
         b.extend_from_slice(&(offset as u64).to_le_bytes());
-        offset += padded(t.data.len());
+        offset += padded(t.len);
     }
     b.resize(padded(b.len()), 0);
     b
