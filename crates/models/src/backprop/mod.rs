@@ -24,6 +24,8 @@ mod layer;
 mod model;
 #[cfg(feature = "cpu")]
 mod ops;
+#[cfg(feature = "cpu")]
+mod softcap;
 
 use crate::decoder::{CausalLm, DecoderInput};
 use crate::error::Result;

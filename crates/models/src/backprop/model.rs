@@ -5,6 +5,7 @@ use super::Backprop;
 use super::attn::Mask;
 use super::layer::{HostLayer, LayerInputs, Saved, add_norm_grad};
 use super::ops::{Norm, RopeTables};
+use super::softcap;
 use crate::config::{Activation, AttentionKind};
 use crate::decoder::{CausalLm, DecoderInput};
 use crate::error::{ModelError, Result};
@@ -45,6 +46,8 @@ pub(super) struct HostModel {
     embed_id: Option<ParamId>,
     head: Option<HostLinear>,
     embed_scale: Option<f32>,
+    /// Gemma: `cap · tanh(logits / cap)` before the loss.
+    final_softcap: Option<f32>,
     /// transformers' `nn.Embedding(padding_idx = pad_token_id)`: this row gets no gradient
     /// from the lookup (a tied head's product still gives it one).
     pad_token: Option<u32>,
@@ -54,7 +57,8 @@ pub(super) struct HostModel {
 impl HostModel {
     pub fn new(lm: &CausalLm, input: &DecoderInput, precision: Precision) -> Option<Self> {
         let c = &lm.config;
-        if c.final_softcap.is_some() || matches!(c.activation, Activation::Gelu) {
+        // Exact GELU (no family here uses it) has no host kernel.
+        if matches!(c.activation, Activation::Gelu) {
             return None;
         }
         let (b, t) = (input.batch, input.seq_len);
@@ -100,6 +104,7 @@ impl HostModel {
             pad_token: c.pad_token_id,
             head,
             embed_scale: c.embed_scale,
+            final_softcap: c.final_softcap.map(|c| c as f32),
             precision,
         })
     }
@@ -341,10 +346,14 @@ impl HostModel {
             self.precision.round(&mut logits);
             // log-softmax, loss, and d logits = (softmax - onehot) / normaliser in place.
             let inv = (1.0 / normaliser) as f32;
+            let bf16 = self.precision == Precision::Bf16;
             loss += logits
                 .par_chunks_mut(vocab)
                 .zip(chunk.par_iter())
                 .map(|(z, &(_, target))| {
+                    if let Some(cap) = self.final_softcap {
+                        return softcap::capped_nll_grad(z, target, inv, cap, bf16);
+                    }
                     let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let picked = z[target];
                     // z ← e^(z - max), then softmax · inv = z · (inv / Σ): one exp per logit.
