@@ -6,7 +6,7 @@ use crate::config::Activation;
 use crate::decoder::DecoderLayer;
 use burn::module::ParamId;
 use kiln_cpu::precision::{Precision, Stash};
-use kiln_lora::backprop::{Grads, HostLinear, LinearSaved};
+use kiln_lora::backprop::{DropoutMasks, Grads, HostLinear, LinearSaved};
 use kiln_lora::host::to_vec;
 
 /// A decoder layer's weights, ready for host passes.
@@ -192,33 +192,16 @@ impl HostLayer {
         })
     }
 
-    fn linears(&self) -> Vec<&HostLinear> {
-        let mut all: Vec<&HostLinear> = match &self.qkv {
-            Qkv::Separate(l) => l.iter().collect(),
-            Qkv::Fused(l) => vec![l],
-        };
-        match &self.gate_up {
-            GateUp::Separate(l) => all.extend(l),
-            GateUp::Fused(l) => all.push(l),
-        }
-        all.extend([&self.o, &self.down]);
-        all
-    }
-
-    /// Whether a projection draws dropout masks (the layer cannot be recomputed).
-    pub fn has_dropout(&self) -> bool {
-        self.linears().iter().any(|l| l.has_dropout())
-    }
-
     /// `[q, k, v]` of the normed input `n1` (`[n, hidden]`).
-    fn project_qkv(&self, n1: &[f32], n: usize) -> ([Vec<f32>; 3], ProjSaved) {
+    fn project_qkv(&self, n1: &[f32], n: usize, r: &Replay<'_>) -> ([Vec<f32>; 3], ProjSaved) {
         match &self.qkv {
             Qkv::Separate(l) => {
-                let [(q, sq), (k, sk), (v, sv)] = [0, 1, 2].map(|i| l[i].forward(n1, n));
+                let [(q, sq), (k, sk), (v, sv)] =
+                    [0, 1, 2].map(|i| l[i].forward_replay(n1, n, r.get(i)));
                 ([q, k, v], vec![sq, sk, sv])
             }
             Qkv::Fused(l) => {
-                let (y, s) = l.forward(n1, n);
+                let (y, s) = l.forward_replay(n1, n, r.get(0));
                 let (qw, kw) = (self.dims.q_width(), self.dims.kv_width());
                 (split_columns(&y, [qw, kw, kw]), vec![s])
             }
@@ -250,14 +233,16 @@ impl HostLayer {
     }
 
     /// `[gate, up]` of the normed input `n2`.
-    fn project_gate_up(&self, n2: &[f32], n: usize) -> ([Vec<f32>; 2], ProjSaved) {
+    fn project_gate_up(&self, n2: &[f32], n: usize, r: &Replay<'_>) -> ([Vec<f32>; 2], ProjSaved) {
+        let first = self.qkv_count() + 1;
         match &self.gate_up {
             GateUp::Separate(l) => {
-                let [(g, sg), (u, su)] = [0, 1].map(|i| l[i].forward(n2, n));
+                let [(g, sg), (u, su)] =
+                    [0, 1].map(|i| l[i].forward_replay(n2, n, r.get(first + i)));
                 ([g, u], vec![sg, su])
             }
             GateUp::Fused(l) => {
-                let (y, s) = l.forward(n2, n);
+                let (y, s) = l.forward_replay(n2, n, r.get(first));
                 let half = l.d_out / 2;
                 (split_columns(&y, [half, half]), vec![s])
             }
@@ -288,15 +273,31 @@ impl HostLayer {
         }
     }
 
-    /// The layer's output `[b·t, hidden]` and what its backward needs.
-    pub fn forward(&self, x: Vec<f32>, inputs: &LayerInputs<'_>) -> (Vec<f32>, Saved) {
+    /// How many projections [`Self::project_qkv`] runs.
+    fn qkv_count(&self) -> usize {
+        match &self.qkv {
+            Qkv::Separate(_) => 3,
+            Qkv::Fused(_) => 1,
+        }
+    }
+
+    /// The layer's output `[b·t, hidden]` and what its backward needs. With `replay` (from
+    /// [`Self::checkpoint`]) the adapters apply the dropout masks of an earlier forward of the
+    /// same input instead of drawing new ones.
+    pub fn forward(
+        &self,
+        x: Vec<f32>,
+        inputs: &LayerInputs<'_>,
+        replay: Option<&[DropoutMasks]>,
+    ) -> (Vec<f32>, Saved) {
+        let r = Replay(replay);
         let n = self.dims.batch * self.dims.t;
         let hd = self.dims.head_dim;
         let p = self.precision;
         // Products' inputs are rounded once here (HostLinear expects them so).
         let (mut n1, rstd1) = self.norm_in.norm.forward(&x);
         p.round(&mut n1);
-        let ([mut q, mut k, v], qkv) = self.project_qkv(&n1, n);
+        let ([mut q, mut k, v], qkv) = self.project_qkv(&n1, n, &r);
         let qk_raw = self.qk_norm.as_ref().map(|[qn, kn]| {
             // Over `head_dim`: every head of every row is a row of the norm. In bf16 the
             // projections' outputs are bf16 tensors in autocast.
@@ -313,16 +314,17 @@ impl HostLayer {
         p.round(&mut k);
         let (mut attn, lse) = attn::forward(self.dims, &q, &k, &v, inputs.mask);
         p.round(&mut attn);
-        let (mut o, so) = self.o.forward(&attn, n);
+        let (mut o, so) = self.o.forward_replay(&attn, n, r.get(self.qkv_count()));
         let o_raw = self.attn_out.as_ref().map(|norm| sandwich(norm, &mut o, p));
         let mut h = x.clone();
         h.iter_mut().zip(&o).for_each(|(h, o)| *h += o);
         drop(o);
         let (mut n2, rstd2) = self.norm_mlp.norm.forward(&h);
         p.round(&mut n2);
-        let ([gate, up], gate_up) = self.project_gate_up(&n2, n);
+        let ([gate, up], gate_up) = self.project_gate_up(&n2, n, &r);
         let act = gated(self.activation, self.precision, &gate, &up);
-        let (mut y, sd) = self.down.forward(&act, n);
+        let down_at = self.qkv_count() + 1 + gate_up_count(&self.gate_up);
+        let (mut y, sd) = self.down.forward_replay(&act, n, r.get(down_at));
         drop(act);
         let y_raw = self.mlp_out.as_ref().map(|norm| sandwich(norm, &mut y, p));
         let mut out = h.clone();
@@ -420,9 +422,34 @@ impl HostLayer {
         dx
     }
 
-    /// The layer's input kept by [`Self::forward`] (gradient checkpointing keeps only this).
-    pub fn input(saved: Saved) -> Vec<f32> {
-        saved.x
+    /// What gradient checkpointing keeps of a forward: the layer's input and the dropout
+    /// masks its adapters drew (bits), in the order [`Self::forward`] replays them.
+    pub fn checkpoint(saved: Saved) -> (Vec<f32>, Vec<DropoutMasks>) {
+        let masks = saved
+            .qkv
+            .iter()
+            .chain([&saved.o])
+            .chain(&saved.gate_up)
+            .chain([&saved.down])
+            .map(LinearSaved::dropout_masks)
+            .collect();
+        (saved.x, masks)
+    }
+}
+
+fn gate_up_count(g: &GateUp) -> usize {
+    match g {
+        GateUp::Separate(_) => 2,
+        GateUp::Fused(_) => 1,
+    }
+}
+
+/// The dropout masks a recomputed forward replays, one per projection in forward order.
+struct Replay<'a>(Option<&'a [DropoutMasks]>);
+
+impl<'a> Replay<'a> {
+    fn get(&self, i: usize) -> Option<&'a DropoutMasks> {
+        self.0.and_then(|r| r.get(i))
     }
 }
 

@@ -109,11 +109,6 @@ impl HostModel {
         })
     }
 
-    /// Whether adapter dropout draws masks (gradient checkpointing would redraw them).
-    pub fn has_dropout(&self) -> bool {
-        self.layers.iter().any(HostLayer::has_dropout)
-    }
-
     pub fn run(
         &self,
         lm: &CausalLm,
@@ -180,11 +175,11 @@ impl HostModel {
         let mut grads = Grads::default();
         let mut x = self.embed_rows(&input.ids, d);
         let mut saved: Vec<Saved> = Vec::with_capacity(self.layers.len());
-        let mut kept: Vec<Vec<f32>> = Vec::new();
+        let mut kept = Vec::new();
         for (layer, inp) in self.layers.iter().zip(&inputs) {
-            let (out, s) = layer.forward(x, inp);
+            let (out, s) = layer.forward(x, inp, None);
             if checkpoint {
-                kept.push(HostLayer::input(s));
+                kept.push(HostLayer::checkpoint(s));
             } else {
                 saved.push(s);
             }
@@ -201,7 +196,7 @@ impl HostModel {
         drop((x, hidden, dhidden));
         for (i, (layer, inp)) in self.layers.iter().zip(&inputs).enumerate().rev() {
             let s = match kept.pop() {
-                Some(x) if checkpoint => layer.forward(x, inp).1,
+                Some((x, masks)) if checkpoint => layer.forward(x, inp, Some(&masks)).1,
                 _ => saved
                     .pop()
                     .unwrap_or_else(|| unreachable!("layer {i} saved")),
