@@ -71,15 +71,15 @@ impl LayerNorm {
 /// `[q | k | v]`, adapters on the fused module as PEFT puts them).
 #[derive(Debug)]
 enum Qkv {
-    Separate([HostLinear; 3]),
-    Fused(HostLinear),
+    Separate(Box<[HostLinear; 3]>),
+    Fused(Box<HostLinear>),
 }
 
 /// The MLP's input projections: separate, or Phi-3's fused `gate_up_proj` (`[gate | up]`).
 #[derive(Debug)]
 enum GateUp {
-    Separate([HostLinear; 2]),
-    Fused(HostLinear),
+    Separate(Box<[HostLinear; 2]>),
+    Fused(Box<HostLinear>),
 }
 
 /// What a [`Qkv`] or [`GateUp`] forward keeps: one per projection, or one for the fused one.
@@ -139,15 +139,15 @@ impl HostLayer {
         let linear =
             |l: &kiln_lora::LoraLinear| HostLinear::new(l).map(|h| h.with_precision(precision));
         let qkv = match (&a.qkv_proj, &a.q_proj, &a.k_proj, &a.v_proj) {
-            (Some(f), None, None, None) => Qkv::Fused(linear(f)?),
+            (Some(f), None, None, None) => Qkv::Fused(Box::new(linear(f)?)),
             (None, Some(q), Some(k), Some(v)) => {
-                Qkv::Separate([linear(q)?, linear(k)?, linear(v)?])
+                Qkv::Separate(Box::new([linear(q)?, linear(k)?, linear(v)?]))
             }
             _ => return None,
         };
         let gate_up = match (&m.gate_up_proj, &m.gate_proj, &m.up_proj) {
-            (Some(f), None, None) => GateUp::Fused(linear(f)?),
-            (None, Some(g), Some(u)) => GateUp::Separate([linear(g)?, linear(u)?]),
+            (Some(f), None, None) => GateUp::Fused(Box::new(linear(f)?)),
+            (None, Some(g), Some(u)) => GateUp::Separate(Box::new([linear(g)?, linear(u)?])),
             _ => return None,
         };
         let qk_norm = match (&a.q_norm, &a.k_norm) {
