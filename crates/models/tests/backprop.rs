@@ -70,13 +70,18 @@ fn with_lora(mut model: CausalLm, dropout: f64, dora: bool) -> CausalLm {
 /// 2 with every real token counted (so the padding row before it predicts a label: a query
 /// that sees no key, whose gradient the tensor path still propagates).
 fn padded_batch() -> (DecoderInput, Vec<i64>) {
+    padded_batch_of(500)
+}
+
+/// [`padded_batch`] with ids below `ids + 3` (the Gemma and Phi-3 fixtures have 256 tokens).
+fn padded_batch_of(ids_below: usize) -> (DecoderInput, Vec<i64>) {
     let t = 13;
     let mut ids = Vec::new();
     let (mut mask, mut labels) = (Vec::new(), Vec::new());
     for r in 0..2 {
         for i in 0..t {
             let real = if r == 0 { i < t - 3 } else { i >= 2 };
-            let id = ((r * 37 + i * 11 + 5) % 500 + 3) as u32;
+            let id = ((r * 37 + i * 11 + 5) % ids_below + 3) as u32;
             ids.push(if real { id } else { 0 });
             mask.push(real as u8);
             labels.push(if !real || (r == 0 && i < 2) {
@@ -92,7 +97,12 @@ fn padded_batch() -> (DecoderInput, Vec<i64>) {
 
 /// One row of two packed sequences (7 + 6 tokens) with positions restarting.
 fn packed_batch() -> (DecoderInput, Vec<i64>) {
-    let ids: Vec<u32> = (0..13).map(|i| (i * 29 + 3) % 500 + 1).collect();
+    packed_batch_of(500)
+}
+
+/// [`packed_batch`] with ids below `ids + 1`.
+fn packed_batch_of(ids_below: u32) -> (DecoderInput, Vec<i64>) {
+    let ids: Vec<u32> = (0..13).map(|i| (i * 29 + 3) % ids_below + 1).collect();
     let segments: Vec<u32> = (0..13).map(|i| (i >= 7) as u32).collect();
     let mut labels: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
     labels[7] = -100;
@@ -185,19 +195,76 @@ fn fused_lora_gradients_equal_autodiff() {
     );
 }
 
+/// The tiny fixtures of the other families, on the padded and the packed batch:
+/// - Gemma 2: `(1 + w)` norms, sandwich norms, √d embedding scale, GeGLU, attention logit
+///   soft-capping (2.0) and final logit soft-capping (3.0), sliding (window 4) and global layers
+///   alternating, `query_pre_attn_scalar` (20, not `head_dim` 24);
+/// - Gemma 3: q/k norms, a second RoPE base for sliding layers (linear-scaled global RoPE),
+///   final soft-capping (4.0), two sliding layers per global one;
+/// - Phi-3: fused `qkv_proj` and `gate_up_proj` with the adapter on the fused modules (as PEFT),
+///   partial rotary (half of `head_dim`), a sliding window of 6, a separate head; and LongRoPE
+///   (`phi3_longrope`, whose 13 tokens pass its original context of 8, so the long factors and
+///   the attention factor apply).
+#[test]
+fn fused_gemma_and_phi3_gradients_equal_autodiff() {
+    let _g = serial();
+    for name in ["gemma2", "gemma3", "phi3", "phi3_longrope"] {
+        let (input, labels) = padded_batch_of(250);
+        assert_same(with_lora(load(name), 0.0, false), &input, &labels, name);
+        let (input, labels) = packed_batch_of(250);
+        let what = format!("{name} packed");
+        assert_same(with_lora(load(name), 0.0, false), &input, &labels, &what);
+        let (input, labels) = padded_batch_of(250);
+        let model = load(name).set_require_grad(true);
+        assert_same(model, &input, &labels, &format!("{name} full"));
+    }
+}
+
+/// The fixtures' knobs that the test above relies on are on.
+#[test]
+fn gemma_and_phi3_fixtures_have_their_knobs_on() {
+    let g2 = load("gemma2");
+    assert_eq!(g2.config.final_softcap, Some(3.0));
+    let a = &g2.model.layers[0].self_attn;
+    assert_eq!(a.softcap, Some(2.0));
+    assert!((a.scale - 20f64.powf(-0.5)).abs() < 1e-9, "{}", a.scale);
+    assert!(g2.model.layers[0].pre_feedforward_layernorm.is_some());
+    assert!(g2.model.norm.unit_offset());
+    assert!(g2.config.embed_scale.is_some());
+    let g3 = load("gemma3");
+    assert!(g3.model.layers[0].self_attn.q_norm.is_some());
+    assert!(g3.rope_local.is_some());
+    assert_eq!(g3.config.final_softcap, Some(4.0));
+    for g in [&g2, &g3] {
+        let kinds = &g.config.layer_attention;
+        assert!(
+            kinds.contains(&kiln_models::AttentionKind::Full),
+            "{kinds:?}"
+        );
+        assert!(kinds.contains(&kiln_models::AttentionKind::Sliding { window: 4 }));
+    }
+    let p = load("phi3");
+    assert!(p.model.layers[0].self_attn.qkv_proj.is_some());
+    assert!(p.model.layers[0].mlp.gate_up_proj.is_some());
+    assert!(p.rope.dim() < p.model.layers[0].self_attn.head_dim);
+}
+
 /// A frozen base kept in its storage format (bf16 as the file holds it, tied embedding included;
-/// NF4 quantized at load, the embedding dense as bitsandbytes leaves it): the fused path's tile-dequantizing products give the loss and
+/// NF4 quantized at load, the embedding dense as bitsandbytes leaves it; Gemma 3 and Phi-3's
+/// fused projections too): the fused path's tile-dequantizing products give the loss and
 /// adapter gradients burn's autodiff gives on the dequantized weights, and no gradient of a
 /// frozen matrix exists.
 #[test]
 fn fused_lora_on_a_frozen_base_equals_autodiff() {
     let _g = serial();
-    let (input, labels) = padded_batch();
+    let (input, labels) = padded_batch_of(250);
     let nf4 = Quantization::Bnb("nf4".parse().unwrap());
     for (name, q) in [
         ("llama_bf16", Quantization::Stored),
         ("llama", nf4),
         ("qwen2", nf4),
+        ("gemma3", nf4),
+        ("phi3", nf4),
     ] {
         let model = load_as(name, q);
         let frozen = model.model.layers[0].self_attn.o_proj.weight.as_frozen();
@@ -230,8 +297,14 @@ fn fused_full_fine_tuning_gradients_equal_autodiff() {
 #[test]
 fn fused_checkpointing_is_bit_identical() {
     let _g = serial();
-    let (input, labels) = padded_batch();
-    let model = with_lora(load("mistral"), 0.0, false)
+    for name in ["mistral", "gemma2", "gemma3", "phi3"] {
+        checkpointing_is_bit_identical(name);
+    }
+}
+
+fn checkpointing_is_bit_identical(name: &str) {
+    let (input, labels) = padded_batch_of(250);
+    let model = with_lora(load(name), 0.0, false)
         .fork(&default_device().autodiff())
         .train();
     let a = model
@@ -259,25 +332,37 @@ fn fused_checkpointing_is_bit_identical() {
 }
 
 /// Adapter dropout draws the masks burn's `Dropout` draws (same RNG, order and shapes), so
-/// with the same seed both paths give the same loss and gradients.
+/// with the same seed both paths give the same loss and gradients; with gradient
+/// checkpointing the recomputed layers replay the masks of the first forward (on Qwen2's
+/// separate projections and Phi-3's fused ones).
 #[test]
 fn fused_dropout_uses_the_autodiff_masks() {
     let _g = serial();
-    let (input, labels) = padded_batch();
-    let model = with_lora(load("qwen2"), 0.3, false);
+    for (name, checkpoint) in [("qwen2", false), ("qwen2", true), ("phi3", true)] {
+        dropout_matches_autodiff(name, checkpoint);
+    }
+}
+
+fn dropout_matches_autodiff(name: &str, checkpoint: bool) {
+    let (input, labels) = padded_batch_of(250);
+    let model = with_lora(load(name), 0.3, false);
     let dev = default_device();
     let model = model.fork(&dev.clone().autodiff()).train();
+    let options = BackpropOptions {
+        checkpoint,
+        ..Default::default()
+    };
     dev.seed(11);
     let (want_loss, mut want) = autodiff(&model, &input, &labels, 7.0);
     dev.seed(11);
     let fused = model
-        .try_backprop(&input, &labels, 7.0, BackpropOptions::default())
+        .try_backprop(&input, &labels, 7.0, options)
         .unwrap()
         .unwrap();
     let loss = fused.loss_sum / 7.0;
     assert!(
         (loss - want_loss).abs() < 1e-5 * want_loss,
-        "{loss} vs {want_loss}"
+        "{name} checkpoint {checkpoint}: {loss} vs {want_loss}"
     );
     for (id, shape, got) in fused.grads.into_entries() {
         let want = host(want.remove::<2>(id).unwrap());
@@ -287,33 +372,62 @@ fn fused_dropout_uses_the_autodiff_masks() {
             .zip(&want)
             .map(|(g, w)| (g - w).abs())
             .fold(0f32, f32::max);
-        assert!(err / scale < 1e-4, "{shape:?}: {}", err / scale);
+        assert!(
+            err / scale < 1e-4,
+            "{name} checkpoint {checkpoint}: {shape:?}: {}",
+            err / scale
+        );
     }
     // A different seed draws different masks: the comparison above can fail.
     dev.seed(12);
     let other = model
-        .try_backprop(&input, &labels, 7.0, BackpropOptions::default())
+        .try_backprop(&input, &labels, 7.0, options)
         .unwrap()
         .unwrap();
     assert!((other.loss_sum / 7.0 - want_loss).abs() > 1e-4);
 }
 
-/// What the fused path does not cover falls back (`None`): DoRA, Gemma, and dropout with
-/// gradient checkpointing (recomputing a layer would draw new masks).
+/// DoRA adapters (magnitudes moved off the initial norms, so `m / ‖W + sBA‖` is not 1) on
+/// the Llama layout, Gemma 3, Phi-3's fused projections, and an NF4-frozen base: the loss,
+/// the factors' and the magnitudes' gradients equal autodiff's.
+#[test]
+fn fused_dora_gradients_equal_autodiff() {
+    let _g = serial();
+    let (input, labels) = padded_batch_of(250);
+    let nf4 = Quantization::Bnb("nf4".parse().unwrap());
+    for (name, q) in [
+        ("llama", Quantization::F32),
+        ("gemma3", Quantization::F32),
+        ("phi3", Quantization::F32),
+        ("llama", nf4),
+    ] {
+        let mut model = with_lora(load_as(name, q), 0.0, true);
+        let mut i = 0;
+        for_each_projection(&mut model, |proj| {
+            let mag = proj.adapters[0].magnitude.as_mut().unwrap();
+            let v = mag.val();
+            let n = v.dims()[0];
+            let wobble: Vec<f32> = (0..n)
+                .map(|j| 1.0 + 0.3 * ((i + j) % 5) as f32 / 5.0)
+                .collect();
+            let w = Tensor::<1>::from_data(
+                burn::tensor::TensorData::new(wobble, [n]),
+                &default_device(),
+            );
+            *mag = burn::module::Param::from_tensor(v * w).set_require_grad(true);
+            i += 1;
+        });
+        assert_same(model, &input, &labels, &format!("{name} {q} dora"));
+    }
+}
+
+/// What the fused path does not cover falls back (`None`): DoRA with dropout.
 #[test]
 fn fused_path_declines_what_it_does_not_cover() {
     let _g = serial();
     let (input, labels) = padded_batch();
     let dev = default_device().autodiff();
-    let cases = [
-        ("dora", with_lora(load("llama"), 0.0, true), false),
-        ("gemma3", with_lora(load("gemma3"), 0.0, false), false),
-        (
-            "dropout, checkpointed",
-            with_lora(load("llama"), 0.1, false),
-            true,
-        ),
-    ];
+    let cases = [("dora, dropout", with_lora(load("llama"), 0.1, true), false)];
     for (what, model, checkpoint) in cases {
         let model = model.fork(&dev).train();
         let options = BackpropOptions {
@@ -406,8 +520,19 @@ type ByParam = std::collections::HashMap<burn::module::ParamId, Vec<f32>>;
 /// Loss and global gradient norm of one full fine-tuning step on the fixture batch.
 fn full_step(model: &CausalLm, options: BackpropOptions) -> (f64, f64, ByParam) {
     let (input, labels, norm) = fixture_batch();
+    step_on(model, &input, &labels, norm, options)
+}
+
+/// Loss and global gradient norm of one step on a batch.
+fn step_on(
+    model: &CausalLm,
+    input: &DecoderInput,
+    labels: &[i64],
+    norm: f64,
+    options: BackpropOptions,
+) -> (f64, f64, ByParam) {
     let out = model
-        .try_backprop(&input, &labels, norm, options)
+        .try_backprop(input, labels, norm, options)
         .unwrap()
         .unwrap();
     let grads: ByParam = out.grads.into_entries().map(|(id, _, g)| (id, g)).collect();
@@ -484,7 +609,8 @@ fn fused_bf16_matches_torch_autocast() {
 }
 
 /// In bf16, recomputing each layer in the backward pass still gives bit-identical results,
-/// with a tied head (Llama) and a separate one (Qwen2, q/k/v biases); and bf16 is not f32.
+/// with a tied head (Llama) and a separate one (Qwen2, q/k/v biases), and on the Gemma 2,
+/// Gemma 3 and Phi-3 layouts; and bf16 is not f32.
 #[test]
 fn fused_bf16_checkpointing_is_bit_identical() {
     let _g = serial();
@@ -492,13 +618,15 @@ fn fused_bf16_checkpointing_is_bit_identical() {
         checkpoint,
         precision: Precision::Bf16,
     };
-    for name in ["llama", "qwen2"] {
+    let (input, labels) = padded_batch_of(250);
+    for name in ["llama", "qwen2", "gemma2", "gemma3", "phi3"] {
         let model = full(name);
-        let (loss_a, _, a) = full_step(&model, options(false));
-        let (loss_b, _, b) = full_step(&model, options(true));
+        let step = |o| step_on(&model, &input, &labels, 11.0, o);
+        let (loss_a, _, a) = step(options(false));
+        let (loss_b, _, b) = step(options(true));
         assert_eq!(loss_a, loss_b, "{name}");
         assert!(a == b, "{name}: gradients differ");
-        let (loss32, _, _) = full_step(&model, BackpropOptions::default());
+        let (loss32, _, _) = step(BackpropOptions::default());
         let gap = (loss_a - loss32).abs();
         assert!(
             gap > 1e-6 && gap < 1e-2 * loss32,

@@ -131,9 +131,9 @@ impl<M: CausalModel> std::fmt::Debug for Trainer<M> {
 fn bf16_unsupported() -> TrainError {
     TrainError::option(
         "precision",
-        "bf16 needs kiln's fused CPU backward (cpu device, f32 weights, Llama-layout decoder, \
-         plain LoRA without DoRA, or full fine-tuning); this model or device trains through \
-         burn's autodiff, which computes in f32 here: use precision f32",
+        "bf16 needs kiln's fused CPU backward (cpu device, LoRA, DoRA without dropout, or full \
+         fine-tuning); this model or device trains through burn's autodiff, which computes in \
+         f32 here: use precision f32",
     )
 }
 

@@ -372,7 +372,7 @@ fn bf16_trains_close_to_f32() {
 
 /// bf16 where the fused path does not run is a typed error naming the option, at
 /// construction with `backward = autodiff` and at the first step for a model the fused path
-/// does not cover (Gemma 3's norms).
+/// does not cover (DoRA with dropout).
 #[test]
 fn bf16_without_the_fused_path_is_an_error() {
     let _g = serial();
@@ -385,16 +385,23 @@ fn bf16_without_the_fused_path_is_an_error() {
         "{err}"
     );
     o.backward = kiln_train::BackwardPath::Fused;
-    let gemma = {
+    let dora = {
         use burn::module::Module;
-        let dir = fixture("tiny/gemma3");
-        let config = kiln_models::DecoderConfig::from_file(&dir.join("config.json")).unwrap();
-        let weights = kiln_models::SafetensorsWeights::open(&dir).unwrap();
-        kiln_models::build_causal_lm(&config, &weights, &device())
-            .unwrap()
-            .set_require_grad(true)
+        let mut model = tiny_model().set_require_grad(false);
+        let spec = kiln_lora::AdapterSpec {
+            r: 2,
+            alpha: 4.0,
+            scale: 2.0,
+            dropout: 0.1,
+            init: kiln_lora::InitLoraWeights::Random,
+            use_dora: true,
+        };
+        let q = model.model.layers[0].self_attn.q_proj.as_mut().unwrap();
+        q.add_adapter("default", &spec).unwrap();
+        q.set_active(&["default".to_string()]);
+        model
     };
-    let mut t = Trainer::new(gemma.clone(), &device(), o.clone()).unwrap();
+    let mut t = Trainer::new(dora.clone(), &device(), o.clone()).unwrap();
     let ids: Vec<u32> = (0..16).map(|i| (i * 7) % 250 + 1).collect();
     let labels = ids.iter().map(|&i| i as i64).collect();
     let b = Batch::new(kiln_models::DecoderInput::new(ids, 2, 8), labels).unwrap();
@@ -406,7 +413,7 @@ fn bf16_without_the_fused_path_is_an_error() {
     // With the precision unset (the default: bf16 where the CPU has bf16 units and the fused
     // path runs) the same model trains, in f32 through burn's autodiff.
     o.precision = None;
-    let mut t = Trainer::new(gemma, &device(), o).unwrap();
+    let mut t = Trainer::new(dora, &device(), o).unwrap();
     assert!(t.step(&vec![b]).is_ok());
     assert_eq!(t.fused_micro_batches(), 0);
 }

@@ -12,6 +12,7 @@
 //! bf16 operands go through [`kiln_cpu::matmul_in`] (which keeps blocks smaller than 128 × 128,
 //! so the 64-query blocks, on the f32 product); the softmax itself, the log-sum-exp and the
 //! gradients stay f32.
+use super::softcap;
 use crate::mask::MASKED;
 use kiln_cpu::fastexp::{exp, sum};
 use kiln_cpu::precision::Precision;
@@ -30,15 +31,17 @@ pub(super) struct Dims {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub scale: f32,
+    /// Gemma 2: scores become `cap · tanh(scores / cap)` before the mask.
+    pub softcap: Option<f32>,
     pub precision: Precision,
 }
 
 impl Dims {
-    fn q_width(&self) -> usize {
+    pub(super) fn q_width(&self) -> usize {
         self.heads * self.head_dim
     }
 
-    fn kv_width(&self) -> usize {
+    pub(super) fn kv_width(&self) -> usize {
         self.kv_heads * self.head_dim
     }
 }
@@ -131,6 +134,7 @@ pub(super) fn forward(
         kv_heads,
         head_dim: hd,
         scale,
+        softcap,
         precision,
     } = dims;
     let (qw, kw_) = (dims.q_width(), dims.kv_width());
@@ -174,6 +178,10 @@ pub(super) fn forward(
                     Threads::One,
                 );
                 precision.round(&mut scores); // bf16: q kᵀ is a bf16 product
+                if let Some(cap) = softcap {
+                    softcap::cap_in_place(&mut scores, cap);
+                    precision.round(&mut scores); // bf16: elementwise ops on a bf16 tensor
+                }
                 let mut blind_rows = Vec::new();
                 for (r, s) in scores.chunks_exact_mut(kw).enumerate() {
                     let m = mask.row(bi, i0 + r, j0, kw);
@@ -261,6 +269,7 @@ pub(super) fn backward(
         kv_heads,
         head_dim: hd,
         scale,
+        softcap,
         precision,
     } = dims;
     let (qw, kw_) = (dims.q_width(), dims.kv_width());
@@ -295,7 +304,7 @@ pub(super) fn backward(
         let dvg = |r0: usize, rows: usize| unsafe {
             MatMut::columns_raw(dv_p.at((bi * t + r0) * kw_), rows, kw_, g * hd, hd)
         };
-        let (mut p, mut dp) = (Vec::new(), Vec::new());
+        let (mut p, mut dp, mut capped) = (Vec::new(), Vec::new(), Vec::new());
         for hi in g * groups..(g + 1) * groups {
             let qh = MatRef::columns(&q[bi * t * qw..], t, qw, hi * hd, hd);
             let doh = MatRef::columns(&dout[bi * t * qw..], t, qw, hi * hd, hd);
@@ -317,6 +326,11 @@ pub(super) fn backward(
                         Threads::One,
                     );
                     precision.round(&mut p);
+                    if let Some(cap) = softcap {
+                        softcap::cap_in_place(&mut p, cap);
+                        precision.round(&mut p);
+                        capped.clone_from(&p);
+                    }
                     for (r, pr) in p.chunks_exact_mut(kw).enumerate() {
                         let (l, unseen) = (lse_h[i0 + r], mask.blind(bi, i0 + r));
                         let m = mask.row(bi, i0 + r, j0, kw);
@@ -367,6 +381,13 @@ pub(super) fn backward(
                         for (ds, p) in ds.iter_mut().zip(pr) {
                             *ds = p * (*ds - delta);
                         }
+                        if let Some(cap) = softcap {
+                            // Through the cap: d raw = d capped · (1 - tanh²).
+                            let c = &capped[r * kw..][..kw];
+                            ds.iter_mut()
+                                .zip(c)
+                                .for_each(|(ds, &c)| *ds *= softcap::slope(c, cap));
+                        }
                         // The scores' gradient enters their bf16 product as bf16.
                         precision.round(ds);
                     }
@@ -411,6 +432,7 @@ pub(super) fn backward(
                         out: &out[(bi * t + i) * qw + hi * hd..][..hd],
                         dout: &dout[(bi * t + i) * qw + hi * hd..][..hd],
                         scale,
+                        softcap,
                         precision,
                     };
                     row.backward(kg, vg, dqi, dkg(0, t), dvg(0, t));
@@ -437,6 +459,7 @@ struct BlindRow<'a> {
     out: &'a [f32],
     dout: &'a [f32],
     scale: f32,
+    softcap: Option<f32>,
     precision: Precision,
 }
 
@@ -469,6 +492,18 @@ impl BlindRow<'_> {
         );
         let delta = dot(self.out, self.dout);
         ds.iter_mut().for_each(|x| *x = (*x - delta) / t as f32);
+        if let Some(cap) = self.softcap {
+            // The uniform probabilities' gradient still passes through the cap of each score.
+            let mut s = vec![0f32; t];
+            let dst = MatMut::new(&mut s, 1, t);
+            matmul(dst, self.q, k.t(), self.scale, false, Threads::One);
+            self.precision.round(&mut s);
+            softcap::cap_in_place(&mut s, cap);
+            self.precision.round(&mut s);
+            ds.iter_mut()
+                .zip(&s)
+                .for_each(|(ds, &c)| *ds *= softcap::slope(c, cap));
+        }
         let ds = MatRef::new(&ds, 1, t);
         matmul(dq, ds, k, self.scale, false, Threads::One);
         matmul(dk, ds.t(), self.q, self.scale, true, Threads::One);

@@ -9,12 +9,18 @@
 //! that train get a gradient. The numbers are the autodiff path's to float rounding, which the
 //! tests check on every knob this path covers.
 //!
-//! Scope: the Llama layout (Llama, Mistral, Qwen2, SmolLM2: separate q/k/v and gate/up
-//! projections, q/k/v biases, sliding windows, tied or separate output head), plain LoRA
-//! adapters (with dropout, whose masks come from burn's RNG as in the autodiff path), full
-//! fine-tuning, f32 or bf16 mixed precision ([`BackpropOptions::precision`]) on the ndarray
-//! backend. Anything else (Gemma's norms and soft-caps, Phi-3's fused projections, DoRA,
-//! dropout together with gradient checkpointing, other backends) returns `None` and the
+//! Scope: every family the decoder implements. The Llama layout (Llama, Mistral, Qwen2,
+//! SmolLM2: separate q/k/v and gate/up projections, q/k/v biases, sliding windows, tied or
+//! separate output head); Gemma 2 (`(1 + w)` RMSNorm, sandwich norms, √d embedding scale, GeGLU,
+//! attention and final logit soft-capping, alternating sliding/global layers,
+//! `query_pre_attn_scalar`); Gemma 3 (q/k norms, a local RoPE base on sliding layers); Phi-3
+//! (fused `qkv_proj` / `gate_up_proj` with adapters on the fused modules, partial rotary,
+//! LongRoPE). Weights dense or frozen in their storage format (`kiln_cpu::QMatrix`); LoRA
+//! adapters (with dropout, whose masks come from burn's RNG as in the autodiff path; gradient
+//! checkpointing keeps each layer's masks as bits and replays them when it recomputes the
+//! layer), DoRA adapters, full fine-tuning, f32 or bf16 mixed precision
+//! ([`BackpropOptions::precision`]), on the ndarray backend. What is left (DoRA with dropout or
+//! stacked with other active adapters, exact-erf GELU, other backends) returns `None` and the
 //! trainer keeps burn's autodiff.
 #[cfg(feature = "cpu")]
 mod attn;
@@ -24,6 +30,8 @@ mod layer;
 mod model;
 #[cfg(feature = "cpu")]
 mod ops;
+#[cfg(feature = "cpu")]
+mod softcap;
 
 use crate::decoder::{CausalLm, DecoderInput};
 use crate::error::Result;
@@ -70,9 +78,6 @@ impl CausalLm {
         #[cfg(feature = "cpu")]
         {
             let host = model::HostModel::new(self, input, options.precision)?;
-            if options.checkpoint && host.has_dropout() {
-                return None; // recomputing a layer would draw new dropout masks
-            }
             Some(host.run(self, input, labels, normaliser, options.checkpoint))
         }
         #[cfg(not(feature = "cpu"))]

@@ -5,6 +5,7 @@ use super::Backprop;
 use super::attn::Mask;
 use super::layer::{HostLayer, LayerInputs, Saved, add_norm_grad};
 use super::ops::{Norm, RopeTables};
+use super::softcap;
 use crate::config::{Activation, AttentionKind};
 use crate::decoder::{CausalLm, DecoderInput};
 use crate::error::{ModelError, Result};
@@ -47,6 +48,8 @@ pub(super) struct HostModel {
     embed_packed: Option<Arc<PackedWeight>>,
     head: Option<HostLinear>,
     embed_scale: Option<f32>,
+    /// Gemma: `cap · tanh(logits / cap)` before the loss.
+    final_softcap: Option<f32>,
     /// transformers' `nn.Embedding(padding_idx = pad_token_id)`: this row gets no gradient
     /// from the lookup (a tied head's product still gives it one).
     pad_token: Option<u32>,
@@ -56,7 +59,8 @@ pub(super) struct HostModel {
 impl HostModel {
     pub fn new(lm: &CausalLm, input: &DecoderInput, precision: Precision) -> Option<Self> {
         let c = &lm.config;
-        if c.final_softcap.is_some() || matches!(c.activation, Activation::Gelu) {
+        // Exact GELU (no family here uses it) has no host kernel.
+        if matches!(c.activation, Activation::Gelu) {
             return None;
         }
         let (b, t) = (input.batch, input.seq_len);
@@ -114,13 +118,9 @@ impl HostModel {
             pad_token: c.pad_token_id,
             head,
             embed_scale: c.embed_scale,
+            final_softcap: c.final_softcap.map(|c| c as f32),
             precision,
         })
-    }
-
-    /// Whether adapter dropout draws masks (gradient checkpointing would redraw them).
-    pub fn has_dropout(&self) -> bool {
-        self.layers.iter().any(HostLayer::has_dropout)
     }
 
     pub fn run(
@@ -189,11 +189,11 @@ impl HostModel {
         let mut grads = Grads::default();
         let mut x = self.embed_rows(&input.ids, d);
         let mut saved: Vec<Saved> = Vec::with_capacity(self.layers.len());
-        let mut kept: Vec<Vec<f32>> = Vec::new();
+        let mut kept = Vec::new();
         for (layer, inp) in self.layers.iter().zip(&inputs) {
-            let (out, s) = layer.forward(x, inp);
+            let (out, s) = layer.forward(x, inp, None);
             if checkpoint {
-                kept.push(HostLayer::input(s));
+                kept.push(HostLayer::checkpoint(s));
             } else {
                 saved.push(s);
             }
@@ -210,7 +210,7 @@ impl HostModel {
         drop((x, hidden, dhidden));
         for (i, (layer, inp)) in self.layers.iter().zip(&inputs).enumerate().rev() {
             let s = match kept.pop() {
-                Some(x) if checkpoint => layer.forward(x, inp).1,
+                Some((x, masks)) if checkpoint => layer.forward(x, inp, Some(&masks)).1,
                 _ => saved
                     .pop()
                     .unwrap_or_else(|| unreachable!("layer {i} saved")),
@@ -344,10 +344,14 @@ impl HostModel {
             self.precision.round(&mut logits);
             // log-softmax, loss, and d logits = (softmax - onehot) / normaliser in place.
             let inv = (1.0 / normaliser) as f32;
+            let bf16 = self.precision == Precision::Bf16;
             loss += logits
                 .par_chunks_mut(vocab)
                 .zip(chunk.par_iter())
                 .map(|(z, &(_, target))| {
+                    if let Some(cap) = self.final_softcap {
+                        return softcap::capped_nll_grad(z, target, inv, cap, bf16);
+                    }
                     let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let picked = z[target];
                     // z ← e^(z - max), then softmax · inv = z · (inv / Σ): one exp per logit.
