@@ -75,6 +75,10 @@ struct Args {
     /// GGUF's blocks), f32, nf4, fp4 or int8 (quantized at load as bitsandbytes does).
     #[arg(long, default_value = "stored")]
     quantize: kiln::models::Quantization,
+    /// Training precision. The main job's reference numbers are f32's (README); `bf16` (the
+    /// trainer's default on CPUs with bf16 units) is faster and measured there too.
+    #[arg(long, default_value = "f32")]
+    precision: kiln::train::Precision,
     /// Also write the merged model as a Hugging Face directory (`<output-dir>/merged`, f32,
     /// about 540 MB) with kiln's logits of one prompt, for `tools/check_hf_export.py`.
     #[arg(long)]
@@ -329,6 +333,7 @@ fn main() -> Result<()> {
     config.schedule.warmup_ratio = Some(0.1);
     config.eval.every = Some(10.max(args.max_steps / 4));
     config.seed = args.seed;
+    config.precision = Some(args.precision);
     config.device = args.device.clone();
     config.data.train = vec![args.table.clone()];
     device.seed(args.seed);
