@@ -369,7 +369,7 @@ impl HostModel {
                 (Some(head), Some(s)) => head.backward(&h, &s, &logits, m, &mut dh, grads),
                 _ => {
                     let hm = MatRef::new(&h, m, d);
-                    let mut de = self.embed_id.map(|id| grads.slot(id, &[vocab, d]));
+                    let de = self.embed_id.map(|id| grads.slot(id, &[vocab, d]));
                     match (packed, embed) {
                         (_, None) => {
                             // A frozen table: no gradient of its own, bf16 as the dense path.
@@ -401,7 +401,7 @@ impl HostModel {
                             let dst = MatMut::new(&mut dh, m, d);
                             let w = p.backward(embed.t());
                             matmul_bf16_packed(dst, dl, w, 1.0, false, Threads::All);
-                            if let Some(de) = de.as_deref_mut() {
+                            if let Some(de) = de {
                                 let dst = MatMut::new(de, vocab, d);
                                 let p = self.precision;
                                 matmul_in(p, dst, dl.t(), hm, 1.0, true, Threads::All);
