@@ -1,6 +1,6 @@
 //! The request bodies of OpenAI's API that kiln serves, as `serde` reads them. Fields kiln does
 //! not implement (`logprobs`, `tools`, `presence_penalty`...) are ignored, as servers compatible
-//! with OpenAI's API commonly do; responses are built as JSON in [`crate::server`].
+//! with OpenAI's API commonly do; responses are built as JSON in the server module.
 use serde::Deserialize;
 
 /// `POST /v1/chat/completions`.
