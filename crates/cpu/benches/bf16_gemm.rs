@@ -24,7 +24,7 @@
 //! | 1 × 576 × 1536 (decode) | 23–28 | **24–34** | 23 (runs f32; 1.1 packing B) | 2 (3–10) | 0.1 | 11 |
 //! | 1024 × 576 × 49152 (head) | 50–61 | **105–109** | 87–110 | 53–96 (70–97) | 103 | 36 |
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use kiln_cpu::bf16::{bf16_backend, matmul_bf16, matmul_bf16_packed, pack_b};
+use kiln_cpu::bf16::{bf16_backend, matmul_bf16, matmul_bf16_packed, pack_a, pack_b};
 use kiln_cpu::precision::round_bf16;
 use kiln_cpu::{MatMut, MatRef, Threads, matmul};
 use std::hint::black_box;
@@ -74,5 +74,32 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// Packing alone, on the operands the products by quantized weights pack per call: a
+/// dequantized 96-row tile as `Wᵀ` (forward, `k` contiguous) and as `W` (backward, rows
+/// contiguous), and 1024 rows of activations (elements/s = values packed).
+fn packing(c: &mut Criterion) {
+    let mut g = c.benchmark_group(format!("bf16_pack/{}", bf16_backend()));
+    g.sample_size(20).warm_up_time(Duration::from_millis(300));
+    g.measurement_time(Duration::from_secs(2));
+    let (tile, k) = (96, 1536);
+    let w = values(tile * k); // [96, 1536]
+    g.throughput(Throughput::Elements((tile * k) as u64));
+    g.bench_function("b_transposed_tile_96x1536", |bch| {
+        bch.iter(|| pack_b(black_box(MatRef::new(&w, tile, k)).t()))
+    });
+    g.bench_function("b_row_major_tile_96x1536", |bch| {
+        bch.iter(|| pack_b(black_box(MatRef::new(&w, tile, k))))
+    });
+    let x = values(1024 * 576);
+    g.throughput(Throughput::Elements((1024 * 576) as u64));
+    g.bench_function("a_rows_1024x576", |bch| {
+        bch.iter(|| pack_a(black_box(MatRef::new(&x, 1024, 576))))
+    });
+    g.bench_function("a_transposed_1024x576", |bch| {
+        bch.iter(|| pack_a(black_box(MatRef::new(&x, 576, 1024)).t()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, packing);
 criterion_main!(benches);

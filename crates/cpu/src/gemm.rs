@@ -85,6 +85,25 @@ impl<'a> MatRef<'a> {
             .wrapping_offset(i as isize * self.row_stride + j as isize * self.col_stride)
     }
 
+    /// `(row stride, column stride)` in elements.
+    pub(crate) fn strides(&self) -> (isize, isize) {
+        (self.row_stride, self.col_stride)
+    }
+
+    /// Columns `j0..j0 + len` of row `i` as a slice, when the view's columns are contiguous
+    /// (`None` otherwise), for kernels that stream rows. Panics outside the view.
+    pub(crate) fn row_run(&self, i: usize, j0: usize, len: usize) -> Option<&'a [f32]> {
+        assert!(
+            i < self.rows && j0 + len <= self.cols,
+            "row run out of the view"
+        );
+        (self.col_stride == 1 || len <= 1).then(|| {
+            // SAFETY: row i, columns j0..j0 + len lie inside the view (asserted above) and the
+            // view borrows its data for 'a; consecutive columns are adjacent (stride 1).
+            unsafe { std::slice::from_raw_parts(self.at(i, j0), len) }
+        })
+    }
+
     /// Rows `r0..r0 + rows` (a view).
     pub fn rows(self, r0: usize, rows: usize) -> Self {
         assert!(r0 + rows <= self.rows);

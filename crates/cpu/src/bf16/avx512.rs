@@ -152,3 +152,56 @@ unsafe fn store<const R: usize>(acc: &[[__m512; V]; R], c: *mut f32, nr: usize, 
         }
     }
 }
+
+/// Words of the run `x` (`(x[2p], x[2p + 1])`, low half first) into `dst[..x.len() / 2]`,
+/// sixteen per `vcvtne2ps2bf16` (round to nearest even, as `pack::pair`; subnormals become
+/// zero, which the kernel's `vdpbf16ps` would make of them anyway). Returns how many words it
+/// wrote (whole blocks of sixteen); the caller packs the rest.
+///
+/// Why: packing rounds every value of every frozen weight twice per training step (the
+/// quantized weights' dequantized tiles are packed per product); portable Rust vectorised it
+/// to about 1 value per ns, this to several.
+///
+/// # Safety
+/// The CPU has avx512f and avx512bf16.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn words_of_row(x: &[f32], dst: &mut [u32]) -> usize {
+    let blocks = (x.len() / 32).min(dst.len() / 16);
+    for i in 0..blocks {
+        // SAFETY: block i reads x[32i..32i + 32] and writes dst[16i..16i + 16], inside both
+        // slices (blocks bounds them); unaligned loads and stores.
+        unsafe {
+            let lo = _mm512_loadu_ps(x.as_ptr().add(32 * i));
+            let hi = _mm512_loadu_ps(x.as_ptr().add(32 * i + 16));
+            let words: __m512i = core::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(dst.as_mut_ptr().add(16 * i).cast(), words);
+        }
+    }
+    16 * blocks
+}
+
+/// `dst[i] = (lo[i], hi[i])` as words, sixteen at a time (rounding as [`words_of_row`]).
+/// Returns how many words it wrote (whole blocks of sixteen); the caller packs the rest.
+///
+/// # Safety
+/// The CPU has avx512f and avx512bf16.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn words_of_runs(lo: &[f32], hi: &[f32], dst: &mut [u32]) -> usize {
+    let blocks = lo.len().min(hi.len()).min(dst.len()) / 16;
+    for i in 0..blocks {
+        // SAFETY: block i reads lo/hi[16i..16i + 16] and writes dst[16i..16i + 16], inside
+        // all three slices (blocks bounds them).
+        unsafe {
+            let l: __m256i =
+                core::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(lo.as_ptr().add(16 * i))));
+            let h: __m256i =
+                core::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(hi.as_ptr().add(16 * i))));
+            let words = _mm512_or_si512(
+                _mm512_cvtepu16_epi32(l),
+                _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)),
+            );
+            _mm512_storeu_si512(dst.as_mut_ptr().add(16 * i).cast(), words);
+        }
+    }
+    16 * blocks
+}
