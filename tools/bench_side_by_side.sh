@@ -14,7 +14,8 @@
 #                          ~/.cache/kiln/venv-bench/bin/pip install -r tools/requirements-bench.txt
 #                          (torch 2.15.0, transformers 5.23.0, peft 0.21.2, bitsandbytes 0.50.2, ...)
 #   PRECISIONS="f32 bf16"  PyTorch precisions to run (default: all four)
-#   KILN_PRECISIONS="f32 bf16"
+#   KILN_PRECISIONS="f32 bf16"  kiln's columns; `bf16+nf4` adds `--quantize nf4` (QLoRA: the base
+#                          quantized at load as bitsandbytes does) to that precision
 #   BASELINE=path          the baseline script (default ../shared/bench/pytorch_peft_baseline.py,
 #                          beside the main checkout when run from a git worktree)
 #
@@ -59,10 +60,11 @@ for mode in ${MODES//,/ }; do
   for entry in "${BINS[@]}"; do
     label=${entry%%:*}; bin=${entry#*:}
     for precision in $KILN_PRECISIONS; do
-      [ "$mode" = infer ] && [ "$precision" != f32 ] && continue
+      [ "$mode" = infer ] && [ "${precision%%+*}" != f32 ] && continue
+      quantize=stored; [ "$precision" != "${precision#*+}" ] && quantize=${precision#*+}
       echo "== $mode: kiln ($label, $precision)" >&2
       RAYON_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS "$bin" --mode "$mode" --model "$MODEL" \
-        --precision "$precision" \
+        --precision "${precision%%+*}" --quantize "$quantize" \
         | sed -n 's/^RESULT //p' \
         | sed "s/^/{\"side\":\"kiln-$label\",\"precision\":\"$precision\",\"line\":/; s/\$/}/" >> "$OUT" \
         || echo "kiln $mode $precision failed" >&2

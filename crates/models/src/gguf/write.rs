@@ -15,6 +15,7 @@ use crate::error::{ModelError, Result};
 use crate::export_hf::{ModelTensor, Values, model_tensors};
 use crate::pretrained::Pretrained;
 use kiln_cpu::QuantType;
+use rayon::prelude::*;
 use std::path::Path;
 
 const ALIGNMENT: usize = 32;
@@ -230,14 +231,19 @@ fn write_tensor(w: &mut dyn std::io::Write, p: &Planned<'_>, path: &Path) -> Res
     for r0 in (0..rows).step_by(per_block) {
         let n = per_block.min(rows - r0);
         let block = &mut buf[..n * cols];
-        for (i, row) in block.chunks_exact_mut(cols.max(1)).enumerate() {
-            let src = p.rows_from.as_ref().map_or(r0 + i, |m| m[r0 + i] as usize);
-            match (&dense, &p.source.values) {
-                (Some(d), _) => row.copy_from_slice(&d[src * cols..(src + 1) * cols]),
-                (None, Values::Frozen(q)) => q.dequantize_rows(src, 1, row),
-                (None, _) => unreachable!("only frozen matrices are read per row"),
-            }
-        }
+        // Rows in parallel, as the quantization after: dequantizing a block format on one
+        // thread would otherwise be the serial part of the export.
+        block
+            .par_chunks_mut(cols.max(1))
+            .enumerate()
+            .for_each(|(i, row)| {
+                let src = p.rows_from.as_ref().map_or(r0 + i, |m| m[r0 + i] as usize);
+                match (&dense, &p.source.values) {
+                    (Some(d), _) => row.copy_from_slice(&d[src * cols..(src + 1) * cols]),
+                    (None, Values::Frozen(q)) => q.dequantize_rows(src, 1, row),
+                    (None, _) => unreachable!("only frozen matrices are read per row"),
+                }
+            });
         if p.plus_one {
             block.iter_mut().for_each(|v| *v += 1.0);
         }
