@@ -18,6 +18,7 @@ pub mod gemm;
 pub mod io;
 pub mod precision;
 pub mod quant;
+pub mod scratch;
 
 pub use error::{CpuError, Result};
 pub use gemm::{MatMut, MatRef, Threads, dot, matmul, matmul_in};

@@ -23,7 +23,9 @@ use burn_ndarray::NdArrayTensor;
 use kiln_cpu::Precision;
 use kiln_cpu::QMatrix;
 use kiln_cpu::bf16::{PackedB, PackedWeight, matmul_bf16_packed};
+use kiln_cpu::scratch::with_scratch;
 use kiln_cpu::{MatMut, MatRef, Threads, matmul, matmul_in};
+use rayon::prelude::*;
 use std::sync::Arc;
 
 /// One running plain-LoRA adapter, copied to the host (adapters are small).
@@ -436,19 +438,18 @@ impl HostLinear {
                 true,
                 Threads::All,
             ),
-            Precision::Bf16 => {
-                let mut t = vec![0f32; rows * cols];
+            Precision::Bf16 => with_scratch(rows * cols, |t| {
                 matmul_in(
                     Precision::Bf16,
-                    MatMut::new(&mut t, rows, cols),
+                    MatMut::new(t, rows, cols),
                     a,
                     b,
                     alpha,
                     false,
                     Threads::All,
                 );
-                add_rounded(dst, &t);
-            }
+                add_rounded(dst, t);
+            }),
         }
     }
 
@@ -492,23 +493,20 @@ impl HostLinear {
         let dy = scaled.as_deref().unwrap_or(dy_out);
         let (xm, dym) = (MatRef::new(x, m, k), MatRef::new(dy, m, n));
         match &self.weight {
-            HostWeight::Dense(_) if self.packed.is_some() => {
-                let mut t = vec![0f32; m * k];
-                let dst = MatMut::new(&mut t, m, k);
+            HostWeight::Dense(_) if self.packed.is_some() => with_scratch(m * k, |t| {
                 let w = self.packed_weight(true);
-                matmul_bf16_packed(dst, dym, w, 1.0, false, Threads::All);
-                add_rounded(dx, &t);
-            }
+                matmul_bf16_packed(MatMut::new(t, m, k), dym, w, 1.0, false, Threads::All);
+                add_rounded(dx, t);
+            }),
             HostWeight::Dense(_) => {
                 self.with_weight(|w| self.add_product(dx, m, k, dym, w.t(), 1.0))
             }
             HostWeight::Frozen(q) => match self.precision {
                 Precision::F32 => q.matmul(dy, m, dx, true, Precision::F32),
-                Precision::Bf16 => {
-                    let mut t = vec![0f32; m * k];
-                    q.matmul(dy, m, &mut t, false, Precision::Bf16);
-                    add_rounded(dx, &t);
-                }
+                Precision::Bf16 => with_scratch(m * k, |t| {
+                    q.matmul(dy, m, t, false, Precision::Bf16);
+                    add_rounded(dx, t);
+                }),
             },
         }
         for ((ad, u), mask) in self.adapters.iter().zip(&saved.u).zip(&saved.masks) {
@@ -568,11 +566,23 @@ impl HostLinear {
     }
 }
 
-/// `dst += round_bf16(t)` elementwise: a bf16 product's result added to an f32 sum.
+/// `dst += round_bf16(t)` elementwise: a bf16 product's result added to an f32 sum. On all
+/// of rayon's threads for a layer's activations (it reads 8 and writes 4 bytes per value: on
+/// one thread it was the serial part after every bf16 input-gradient product).
 fn add_rounded(dst: &mut [f32], t: &[f32]) {
-    dst.iter_mut()
-        .zip(t)
-        .for_each(|(d, t)| *d += kiln_cpu::precision::round_bf16(*t));
+    let add = |(d, t): (&mut [f32], &[f32])| {
+        d.iter_mut()
+            .zip(t)
+            .for_each(|(d, t)| *d += kiln_cpu::precision::round_bf16(*t));
+    };
+    const CHUNK: usize = 1 << 14;
+    if dst.len() <= CHUNK {
+        add((dst, t));
+    } else {
+        dst.par_chunks_mut(CHUNK)
+            .zip(t.par_chunks(CHUNK))
+            .for_each(add);
+    }
 }
 
 /// DoRA's weight norm `‖W + s·A B‖` per output column, detached, as

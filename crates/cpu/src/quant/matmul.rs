@@ -10,6 +10,7 @@ use super::{QMatrix, dots};
 use crate::bf16;
 use crate::gemm::{MatMut, MatRef, Threads, dot, matmul, matmul_in};
 use crate::precision::Precision;
+use crate::scratch::with_scratch;
 use rayon::prelude::*;
 
 /// Weight rows dequantized per task of the forward product, and per step of the backward's.
@@ -69,9 +70,10 @@ impl QMatrix {
             Precision::Bf16 => (BF16_TILE, Some(bf16::pack_a(xm))),
         };
         let tiles = n.div_ceil(tile_rows);
-        (0..tiles).into_par_iter().for_each_init(
-            || vec![0f32; tile_rows * k],
-            |tile, t| {
+        // The tile buffer is the thread's scratch (overwritten by the dequantization): a fresh
+        // zeroed one per rayon split was a memset of the tile for every few tiles.
+        (0..tiles).into_par_iter().for_each(|t| {
+            with_scratch(tile_rows * k, |tile| {
                 let (r0, rows) = (t * tile_rows, tile_rows.min(n - t * tile_rows));
                 let w = &mut tile[..rows * k];
                 self.dequantize_rows(r0, rows, w);
@@ -85,8 +87,8 @@ impl QMatrix {
                         bf16::matmul_bf16_packed_a(dst, xp, wt, 1.0, accumulate, Threads::One)
                     }
                 }
-            },
-        );
+            })
+        });
     }
 
     /// [`Self::matmul_t`] for a few rows of `x` in f32: dot products straight from the codes
@@ -188,17 +190,48 @@ impl QMatrix {
         p: Precision,
         threads: Threads,
     ) {
-        let (n, k) = (self.rows, self.cols);
+        let k = self.cols;
         let tile_rows = match p {
             Precision::F32 => TILE,
             Precision::Bf16 => BF16_TILE,
         };
-        let mut tile = vec![0f32; tile_rows * cols];
-        let mut full = if cols == k {
-            Vec::new()
-        } else {
-            vec![0f32; tile_rows * k]
-        };
+        // Scratch buffers, overwritten by the dequantization (see `matmul_t`).
+        with_scratch(tile_rows * cols, |tile| {
+            let mut full = if cols == k {
+                Vec::new()
+            } else {
+                vec![0f32; tile_rows * k]
+            };
+            self.matmul_tiles(
+                dy,
+                m,
+                out,
+                (c0, cols),
+                accumulate,
+                p,
+                threads,
+                tile,
+                &mut full,
+            );
+        });
+    }
+
+    /// The loop of [`Self::matmul_rows`] over tiles of W's rows, with its buffers.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_tiles(
+        &self,
+        dy: &[f32],
+        m: usize,
+        out: Out,
+        (c0, cols): (usize, usize),
+        accumulate: bool,
+        p: Precision,
+        threads: Threads,
+        tile: &mut [f32],
+        full: &mut [f32],
+    ) {
+        let (n, k) = (self.rows, self.cols);
+        let tile_rows = tile.len() / cols.max(1);
         for t in 0..n.div_ceil(tile_rows) {
             let (r0, rows) = (t * tile_rows, tile_rows.min(n - t * tile_rows));
             let w = if cols == k {
@@ -206,7 +239,7 @@ impl QMatrix {
                 self.dequantize_rows(r0, rows, w);
                 w
             } else {
-                self.dequantize_cols(r0, rows, c0, cols, &mut full, &mut tile);
+                self.dequantize_cols(r0, rows, c0, cols, full, tile);
                 &mut tile[..rows * cols]
             };
             p.round(w);

@@ -166,7 +166,7 @@ pub(super) fn forward(
                     continue;
                 };
                 let kw = j1 + 1 - j0;
-                scores.clear();
+                // Overwritten by the product below: only new room is zeroed.
                 scores.resize(n * kw, 0f32);
                 matmul_in(
                     precision,
@@ -314,7 +314,7 @@ pub(super) fn backward(
                 let n = i1 - i0;
                 if let Some((j0, j1)) = mask.range(bi, i0) {
                     let kw = j1 + 1 - j0;
-                    p.clear();
+                    // Overwritten by the product below: only new room is zeroed.
                     p.resize(n * kw, 0f32);
                     matmul_in(
                         precision,
@@ -354,7 +354,7 @@ pub(super) fn backward(
                         true,
                         Threads::One,
                     );
-                    dp.clear();
+                    // Overwritten by the product below: only new room is zeroed.
                     dp.resize(n * kw, 0f32);
                     matmul_in(
                         dout_precision,
