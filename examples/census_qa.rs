@@ -468,7 +468,8 @@ fn main() -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let id_values: Vec<f32> = ids.iter().map(|&i| i as f32).collect();
         kiln::models::write_f32_safetensors(
-            &dir.join("kiln_logits.safetensors"),
+            // Beside `merged/`, not in it: the directory is what gets uploaded.
+            &args.output_dir.join("merged_kiln_logits.safetensors"),
             &[
                 ("logits", dims, &values),
                 ("input_ids", vec![1, t], &id_values),

@@ -113,6 +113,20 @@ fn text_config(config: &serde_json::Value) -> serde_json::Value {
     }
 }
 
+/// transformers' causal-LM class for a `model_type` kiln writes.
+fn causal_lm_class(model_type: &str) -> Option<&'static str> {
+    Some(match model_type {
+        "llama" => "LlamaForCausalLM",
+        "mistral" => "MistralForCausalLM",
+        "qwen2" => "Qwen2ForCausalLM",
+        "gemma" => "GemmaForCausalLM",
+        "gemma2" => "Gemma2ForCausalLM",
+        "gemma3_text" => "Gemma3ForCausalLM",
+        "phi3" => "Phi3ForCausalLM",
+        _ => return None,
+    })
+}
+
 fn write_json(dir: &Path, name: &str, value: &serde_json::Value) -> Result<()> {
     let path = dir.join(name);
     let text = serde_json::to_string_pretty(value)
@@ -194,7 +208,20 @@ pub fn save_hf(lm: &Pretrained, dir: &Path) -> Result<()> {
         .collect();
     crate::safetensors_source::write_f32_safetensors(&tmp.join("model.safetensors"), &views)?;
     let mut config = text_config(&lm.hf_config);
-    config["torch_dtype"] = json!("float32");
+    // transformers 5 writes `dtype` (`torch_dtype` is its deprecated alias); vLLM and llama.cpp's
+    // converter pick the model class from `architectures`, which a GGUF-derived config lacks.
+    if let Some(obj) = config.as_object_mut() {
+        obj.remove("torch_dtype");
+    }
+    config["dtype"] = json!("float32");
+    if config.get("architectures").is_none_or(|a| a.is_null())
+        && let Some(class) = config
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .and_then(causal_lm_class)
+    {
+        config["architectures"] = json!([class]);
+    }
     config["tie_word_embeddings"] = json!(m.lm_head.is_none());
     write_json(&tmp, "config.json", &config)?;
     let tok = tmp.join("tokenizer.json");
