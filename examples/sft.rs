@@ -21,8 +21,9 @@ use kiln::lora::{LoraConfig, LoraModel, TargetModules};
 use kiln::models::fetch::resolve_model;
 use kiln::models::{CausalLm, Pretrained, parse_device};
 use kiln::train::{
-    CausalModel, Export, FitOptions, GenerationEvalCallback, RunDir, RunMode, SftConfig, Trainer,
-    TrainerOptions, TrainingMetadata, fit, prepare_data, standard_callbacks,
+    BatchSource, CausalModel, Export, FitOptions, GenerationEvalCallback, RunDir, RunMode,
+    SftConfig, StreamedBatches, Trainer, TrainerOptions, TrainingMetadata, encoder_for, fit,
+    prepare_data, standard_callbacks, stream_options,
 };
 use std::path::{Path, PathBuf};
 
@@ -167,14 +168,14 @@ fn config(args: &Args) -> Result<SftConfig> {
 fn train<M: CausalModel + Export>(
     model: M,
     config: &SftConfig,
-    data: &kiln::train::SftData,
+    (train_source, data): (&dyn BatchSource, &kiln::train::SftData),
     run: &RunDir,
     export_dir: &Path,
     generation_eval: Option<GenerationEvalCallback>,
 ) -> Result<(kiln::train::RunSummary, M)> {
     let device = parse_device(&config.device)?;
-    let per_epoch = data.train.len().div_ceil(config.grad_accum);
-    let total = config.total_steps(data.train.len()).max(1);
+    let per_epoch = train_source.len().div_ceil(config.grad_accum);
+    let total = config.total_steps(train_source.len()).max(1);
     let options = TrainerOptions::from_config(config, total);
     let mut trainer = match run.latest_checkpoint()? {
         Some(dir) => {
@@ -186,7 +187,7 @@ fn train<M: CausalModel + Export>(
     trainer.set_run_id(run.id());
     println!(
         "{} micro-batches per epoch ({per_epoch} steps); training {total} steps",
-        data.train.len()
+        train_source.len()
     );
     let done = trainer.state.step;
     for c in standard_callbacks(&config.output_dir, total, done)? {
@@ -198,7 +199,7 @@ fn train<M: CausalModel + Export>(
     let val = (!data.validation.is_empty()).then_some(&data.validation);
     let summary = fit(
         &mut trainer,
-        &data.train,
+        train_source,
         val.map(|v| v as &dyn kiln::train::BatchSource),
         &FitOptions::from_config(config, total),
     )?;
@@ -244,6 +245,42 @@ fn main() -> Result<()> {
         pad,
     )
     .context("preparing the data")?;
+    // data.streaming: the training files are read while training, through an encoder of their
+    // own (the generation evaluation below may take the template).
+    let stream_template = match (&source, config.data.streaming) {
+        (Some(src), true) => Some(ChatTemplate::new(
+            src,
+            lm.extras.bos_token.as_deref(),
+            lm.extras.eos_token.as_deref(),
+        )?),
+        _ => None,
+    };
+    let stream_encoder = match config.data.streaming {
+        true => Some(encoder_for(
+            &config.data,
+            &lm.tokenizer,
+            stream_template.as_ref(),
+        )?),
+        false => None,
+    };
+    let streamed = match &stream_encoder {
+        Some(encoder) => {
+            let options = stream_options(&config.data, config.micro_batch_size, config.seed, pad);
+            let s = StreamedBatches::new(encoder, options).context("counting the streamed rows")?;
+            println!(
+                "streaming {} packed micro-batches per epoch ({} examples, {} tokens) from the files",
+                s.len(),
+                s.stats().kept,
+                s.stats().tokens
+            );
+            Some(s)
+        }
+        None => None,
+    };
+    let train_source: &dyn BatchSource = match &streamed {
+        Some(s) => s,
+        None => &data.train,
+    };
     println!(
         "data: {} training examples ({} tokens, {} trained, {} truncated, {} dropped), {} validation",
         data.train_examples,
@@ -302,7 +339,14 @@ fn main() -> Result<()> {
             let model = LoraModel::with_adapter(lm.model, "default", lora.clone())?;
             println!("{}", model.trainable_parameters_report());
             let out = config.output_dir.join("adapter");
-            let (s, m) = train(model, &config, &data, &run, &out, generation_eval)?;
+            let (s, m) = train(
+                model,
+                &config,
+                (train_source, &data),
+                &run,
+                &out,
+                generation_eval,
+            )?;
             let c = m.param_count();
             // `save_gguf` merges the adapter one layer at a time as it writes.
             export_gguf(m.into_inner())?;
@@ -316,13 +360,22 @@ fn main() -> Result<()> {
                 .sum::<usize>();
             println!("trainable params: {n} (full fine-tuning)");
             let out = config.output_dir.join("trained");
-            let (s, m) = train(model, &config, &data, &run, &out, generation_eval)?;
+            let (s, m) = train(
+                model,
+                &config,
+                (train_source, &data),
+                &run,
+                &out,
+                generation_eval,
+            )?;
             export_gguf(m)?;
             (s, (n, n), out)
         }
     };
     let mut meta = TrainingMetadata::new(&config, &summary);
-    meta.train_examples = data.train_examples;
+    meta.train_examples = streamed
+        .as_ref()
+        .map_or(data.train_examples, |s| s.stats().kept);
     meta.val_examples = data.val_examples;
     meta.trainable_params = counts.0;
     meta.all_params = counts.1;

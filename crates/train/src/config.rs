@@ -129,6 +129,19 @@ pub struct DataOptions {
     /// Compute the loss on the completion only (prompt tokens get label -100).
     #[serde(default = "yes")]
     pub completion_only: bool,
+    /// Read the training files while training instead of loading them ([`crate::stream`]):
+    /// memory stays flat whatever their size. Packs rows (`packing` is implied); validation
+    /// comes from `validation` files, not a split.
+    #[serde(default)]
+    pub streaming: bool,
+    /// Packed rows the streaming shuffle buffer holds (`datasets`' `buffer_size`); 1 keeps the
+    /// files' order.
+    #[serde(default = "default_shuffle_buffer")]
+    pub shuffle_buffer: usize,
+}
+
+fn default_shuffle_buffer() -> usize {
+    1000
 }
 
 /// `torch.optim.AdamW` hyperparameters (PyTorch's defaults except the learning rate).
@@ -280,6 +293,8 @@ impl Default for DataOptions {
             packing: false,
             shuffle: true,
             completion_only: true,
+            streaming: false,
+            shuffle_buffer: default_shuffle_buffer(),
         }
     }
 }

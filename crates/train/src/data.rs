@@ -93,15 +93,26 @@ pub fn prepare_data(
     template: Option<&kiln_data::ChatTemplate>,
     pad_id: u32,
 ) -> Result<SftData> {
-    use kiln_data::{EncodeOptions, LabelMode, Reader, SplitSize, train_val_split};
+    use kiln_data::{Reader, SplitSize, train_val_split};
     if options.train.is_empty() {
         return Err(TrainError::option("data.train", "no training file given"));
+    }
+    if options.streaming && options.validation_split > 0.0 {
+        return Err(TrainError::option(
+            "data.validation_split",
+            "a split needs every record in memory: with data.streaming, give data.validation files",
+        ));
     }
     let read = |paths: &[std::path::PathBuf]| -> Result<Vec<Record>> {
         let patterns: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
         Ok(Reader::open(&patterns)?.read_all()?.0)
     };
-    let records = read(&options.train)?;
+    // Streaming: the training files are read by `StreamedBatches` while training runs.
+    let records = if options.streaming {
+        Vec::new()
+    } else {
+        read(&options.train)?
+    };
     let (train, val) = if !options.validation.is_empty() {
         (records, read(&options.validation)?)
     } else if options.validation_split > 0.0 {
@@ -109,16 +120,7 @@ pub fn prepare_data(
     } else {
         (records, Vec::new())
     };
-    let encode = EncodeOptions {
-        labels: if options.completion_only {
-            LabelMode::Completions
-        } else {
-            LabelMode::AllTokens
-        },
-        max_len: Some(options.max_seq_len),
-        ..EncodeOptions::default()
-    };
-    let encoder = Encoder::new(tokenizer, template, encode)?;
+    let encoder = encoder_for(options, tokenizer, template)?;
     let (train_ex, stats) = encode_records(&encoder, &train)?;
     let (val_ex, _) = encode_records(&encoder, &val)?;
     let batches = |ex: &[Example]| -> Result<Vec<Batch>> {
@@ -138,4 +140,49 @@ pub fn prepare_data(
         validation_records: val,
         stats,
     })
+}
+
+/// The encoder [`prepare_data`] uses for `options` (completion-only labels unless
+/// `completion_only = false`, truncation to `max_seq_len`).
+///
+/// # Errors
+/// An invalid option combination (see kiln-data's `Encoder::new`).
+pub fn encoder_for<'a>(
+    options: &crate::DataOptions,
+    tokenizer: &'a kiln_data::tokenizers::Tokenizer,
+    template: Option<&'a kiln_data::ChatTemplate>,
+) -> Result<Encoder<'a>> {
+    use kiln_data::{EncodeOptions, LabelMode};
+    let encode = EncodeOptions {
+        labels: if options.completion_only {
+            LabelMode::Completions
+        } else {
+            LabelMode::AllTokens
+        },
+        max_len: Some(options.max_seq_len),
+        ..EncodeOptions::default()
+    };
+    Ok(Encoder::new(tokenizer, template, encode)?)
+}
+
+/// The [`StreamOptions`](crate::StreamOptions) of `options` (`data.streaming`): its training
+/// files, rows of `max_seq_len`, its shuffle buffer.
+pub fn stream_options(
+    options: &crate::DataOptions,
+    micro_batch_size: usize,
+    seed: u64,
+    pad_id: u32,
+) -> crate::StreamOptions {
+    crate::StreamOptions {
+        files: options
+            .train
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        seq_len: options.max_seq_len,
+        micro_batch_size,
+        shuffle_buffer: options.shuffle_buffer,
+        seed,
+        pad_id,
+    }
 }

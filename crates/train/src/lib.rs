@@ -27,6 +27,7 @@ pub mod plot;
 pub mod run;
 pub mod rundir;
 pub mod schedule;
+pub mod stream;
 pub mod tensorboard;
 pub mod trainer;
 
@@ -40,7 +41,10 @@ pub use config::{
     AdamWOptions, BackwardPath, DataOptions, EarlyStopping, EvalOptions, NonFinitePolicy,
     SaveOptions, ScheduleKind, ScheduleOptions, SftConfig,
 };
-pub use data::{SftData, encode_records, packed_batches, padded_batches, prepare_data};
+pub use data::{
+    SftData, encode_records, encoder_for, packed_batches, padded_batches, prepare_data,
+    stream_options,
+};
 pub use error::{Result, TrainError};
 pub use export::Export;
 pub use generation_eval::GenerationEvalCallback;
@@ -52,5 +56,6 @@ pub use plot::write_loss_curve;
 pub use run::{FitOptions, RunSummary, fit};
 pub use rundir::{RunDir, RunMode};
 pub use schedule::LrSchedule;
+pub use stream::{StreamOptions, StreamedBatches};
 pub use tensorboard::TensorBoardWriter;
 pub use trainer::{MicroOutcome, TrainState, Trainer, TrainerOptions, training_device};
