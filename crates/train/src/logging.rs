@@ -47,6 +47,34 @@ impl JsonlLogger {
         })
     }
 
+    /// [`Self::open`] for a run resumed at step `done`: lines of later steps (written after the
+    /// checkpoint, before the run stopped) are dropped first, so each step appears once. The
+    /// file is rewritten atomically (temporary file, fsync, rename); a line that is not a
+    /// JSON object with a `step` is kept.
+    pub fn open_at(path: &Path, done: usize) -> Result<Self> {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let keep = |line: &&str| {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
+                    .is_none_or(|step| step <= done as u64)
+            };
+            let kept: Vec<&str> = text.lines().filter(keep).collect();
+            if kept.len() != text.lines().count() {
+                kiln_cpu::io::write_atomic(path, |w| {
+                    kept.iter()
+                        .try_for_each(|l| writeln!(w, "{l}"))
+                        .map_err(|source| kiln_cpu::io::IoError {
+                            path: path.to_path_buf(),
+                            source,
+                        })
+                })
+                .map_err(|e: kiln_cpu::io::IoError| TrainError::io(&e.path, e.source))?;
+            }
+        }
+        Self::open(path)
+    }
+
     fn write<T: Serialize>(&mut self, kind: &str, metrics: &T) -> Result<()> {
         let line = serde_json::to_string(&Line { kind, metrics })
             .map_err(|e| TrainError::option("metrics", e.to_string()))?;
@@ -56,16 +84,22 @@ impl JsonlLogger {
 }
 
 /// What every run writes and shows: `output_dir/metrics.jsonl`, `output_dir/tensorboard/` and a
-/// progress bar from step `done` to `total`.
+/// progress bar from step `done` to `total`. A run resumed at step `done` first drops the
+/// metrics of later steps from `metrics.jsonl`, and its event file starts with TensorBoard's
+/// restart marker, so neither shows the steps between the checkpoint and the stop twice.
 pub fn standard_callbacks(
     output_dir: &Path,
     total: usize,
     done: usize,
 ) -> Result<Vec<Box<dyn Callback>>> {
     Ok(vec![
-        Box::new(JsonlLogger::open(&output_dir.join("metrics.jsonl"))?),
-        Box::new(crate::tensorboard::TensorBoardWriter::create(
+        Box::new(JsonlLogger::open_at(
+            &output_dir.join("metrics.jsonl"),
+            done,
+        )?),
+        Box::new(crate::tensorboard::TensorBoardWriter::create_at(
             &output_dir.join("tensorboard"),
+            done,
         )?),
         Box::new(Progress::new(total, done)),
     ])

@@ -102,6 +102,19 @@ pub fn version_event(wall_time: f64) -> Vec<u8> {
     e
 }
 
+/// An `Event` protobuf with `session_log { status: START }` at `step`: TensorBoard purges the
+/// events of `step` and later it read before (`EventAccumulator`'s restart handling).
+pub fn restart_event(wall_time: f64, step: i64) -> Vec<u8> {
+    let mut e = Vec::new();
+    key(&mut e, 1, 1);
+    e.extend_from_slice(&wall_time.to_le_bytes());
+    key(&mut e, 2, 0);
+    varint(&mut e, step as u64);
+    // SessionLog (field 7): status (field 1) = START (1).
+    bytes_field(&mut e, 7, &[0x08, 0x01]);
+    e
+}
+
 /// An `Event` protobuf holding scalar summaries at `step`.
 pub fn scalars_event(wall_time: f64, step: i64, scalars: &[(&str, f32)]) -> Vec<u8> {
     let mut summary = Vec::new();
@@ -157,6 +170,18 @@ impl TensorBoardWriter {
             out: BufWriter::new(file),
         };
         w.write_record(&version_event(t))?;
+        Ok(w)
+    }
+
+    /// [`Self::create`] for a run resumed at step `done` (0: a new run): the file starts with a
+    /// `SessionLog` START event at step `done + 1`, on which TensorBoard discards the events of
+    /// steps from `done + 1` on that earlier files hold (written after the checkpoint, before
+    /// the run stopped).
+    pub fn create_at(dir: &Path, done: usize) -> Result<Self> {
+        let mut w = Self::create(dir)?;
+        if done > 0 {
+            w.write_record(&restart_event(now(), done as i64 + 1))?;
+        }
         Ok(w)
     }
 

@@ -199,3 +199,54 @@ fn generation_metrics_at_the_end_use_the_trained_model() {
     .unwrap();
     assert_eq!(summary["corpus"]["exact_match"], line["exact_match"]);
 }
+
+#[test]
+fn a_resumed_run_drops_the_metrics_written_after_its_checkpoint() {
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("metrics.jsonl");
+    let mut text = String::new();
+    for step in 1..=5 {
+        text += &format!("{{\"kind\":\"train\",\"step\":{step},\"loss\":1.0}}\n");
+        if step % 2 == 0 {
+            text += &format!("{{\"kind\":\"eval\",\"step\":{step},\"val_loss\":2.0}}\n");
+        }
+    }
+    text += "not json: kept\n";
+    std::fs::write(&path, &text).unwrap();
+    // Resumed from the checkpoint of step 3: steps 4 and 5 are gone, the rest untouched.
+    drop(JsonlLogger::open_at(&path, 3).unwrap());
+    let kept = std::fs::read_to_string(&path).unwrap();
+    let steps: Vec<u64> = kept
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [1, 2, 2, 3]);
+    assert!(kept.ends_with("not json: kept\n"), "{kept}");
+    // Nothing later: the file is left as it is.
+    drop(JsonlLogger::open_at(&path, 9).unwrap());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), kept);
+
+    // TensorBoard: the resumed run's file starts with a restart marker at step 4
+    // (Event.step = 4, session_log { status: START }); a new run's does not.
+    let tb = TensorBoardWriter::create_at(&out.path().join("tb"), 3).unwrap();
+    let tb_path = tb.path().to_path_buf();
+    drop(tb);
+    let records = read_tfrecords(&std::fs::read(&tb_path).unwrap()).unwrap();
+    assert_eq!(records.len(), 2);
+    let marker = &records[1];
+    assert!(
+        marker.windows(2).any(|w| w == [0x10, 4]),
+        "step 4: {marker:?}"
+    );
+    assert!(marker.ends_with(&[0x3a, 0x02, 0x08, 0x01]), "{marker:?}");
+    let fresh = TensorBoardWriter::create_at(&out.path().join("tb2"), 0).unwrap();
+    let fresh_path = fresh.path().to_path_buf();
+    drop(fresh);
+    assert_eq!(
+        read_tfrecords(&std::fs::read(fresh_path).unwrap())
+            .unwrap()
+            .len(),
+        1
+    );
+}
