@@ -12,7 +12,8 @@
 //!   autodiff), `--warmup` (2) + `--steps` (5) timed; greedy decoding of 64 new tokens after a
 //!   16-token prompt with the KV cache, 1 warm-up + 3 timed (the flags do not change decoding).
 //!   The field names keep the baseline's `forward_b1x256_*` whatever the shape; `batch` and
-//!   `seq` say what ran. Inference runs in f32 whatever `--precision` says.
+//!   `seq` say what ran. Inference runs in f32 unless `--precision bf16` is given
+//!   ([`kiln::models::CausalLm::set_precision`]: bf16 products on the bf16 kernel).
 //! - `lora`: LoRA r=16, alpha=32, dropout 0 on q,k,v,o,gate,up,down; AdamW lr 1e-4 (weight
 //!   decay 0.01 as torch's default); batch `--batch-size` (default 4) x `--seq-len` (256) random
 //!   ids, labels = ids; `--warmup` (2) + `--steps` (5) timed optimizer steps through
@@ -279,7 +280,7 @@ fn infer(lm: &Pretrained, args: &Args, peak: f64) -> Result<serde_json::Value> {
     let flop = step_flop(&lm.model.config, Mode::Infer, batch, seq);
     let result = json!({
         "mode": "infer",
-        "precision": "f32",
+        "precision": lm.model.precision.to_string(),
         "batch": batch,
         "seq": seq,
         "forward_b1x256_times_s": round4(&forward),
@@ -401,7 +402,7 @@ fn main() -> Result<()> {
         "--steps, --batch-size must be positive and --seq-len at least 2"
     );
     let precision = match args.mode {
-        Mode::Infer => kiln::train::Precision::F32,
+        Mode::Infer => args.precision.unwrap_or(kiln::train::Precision::F32),
         _ => args
             .precision
             .unwrap_or_else(kiln::train::Precision::native),
@@ -409,9 +410,12 @@ fn main() -> Result<()> {
     let peak = peak_gflops(precision);
     let device = parse_device(&args.device)?;
     let path = resolve_model(args.model.as_deref(), true)?;
-    let lm = Pretrained::load_as(&path, &device, args.quantize)?;
+    let mut lm = Pretrained::load_as(&path, &device, args.quantize)?;
     let result = match args.mode {
-        Mode::Infer => infer(&lm, &args, peak)?,
+        Mode::Infer => {
+            lm.model.set_precision(precision);
+            infer(&lm, &args, peak)?
+        }
         mode => train(lm, mode, &args, peak)?,
     };
     let result = merge(result, json!({ "peak_precision": precision.to_string() }));

@@ -99,6 +99,11 @@ struct Args {
     /// GGUF's blocks), f32, nf4, fp4 or int8 (quantized at load as bitsandbytes does).
     #[arg(long, default_value = "stored")]
     quantize: kiln::models::Quantization,
+    /// Precision of the products by the weights: f32 (the reference) or bf16 (as a model loaded
+    /// with `torch_dtype=torch.bfloat16` multiplies: inputs, weights and outputs of the products
+    /// rounded to bf16, on the CPU's bf16 unit where it has one; norms and attention stay f32).
+    #[arg(long, default_value = "f32")]
+    precision: kiln::lora::Precision,
 }
 
 fn with_adapters(base: &CausalLm, adapters: &[(PathBuf, f64)]) -> Result<CausalLm> {
@@ -283,7 +288,8 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let device = parse_device(&args.device)?;
     let path = resolve_model(args.model.as_deref(), true)?;
-    let lm = Pretrained::load_as(&path, &device, args.quantize)?;
+    let mut lm = Pretrained::load_as(&path, &device, args.quantize)?;
+    lm.model.set_precision(args.precision);
     let a = with_adapters(&lm.model, &args.adapters)?;
     let b = if args.compare_adapters.is_empty() {
         None

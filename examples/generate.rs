@@ -47,6 +47,11 @@ struct Args {
     /// GGUF's blocks), f32, nf4, fp4 or int8 (quantized at load as bitsandbytes does).
     #[arg(long, default_value = "stored")]
     quantize: kiln::models::Quantization,
+    /// Precision of the products by the weights: f32 (the reference) or bf16 (as a model loaded
+    /// with `torch_dtype=torch.bfloat16` multiplies: inputs, weights and outputs of the products
+    /// rounded to bf16, on the CPU's bf16 unit where it has one; norms and attention stay f32).
+    #[arg(long, default_value = "f32")]
+    precision: kiln::lora::Precision,
     /// PEFT adapter directory, `DIR` or `DIR=WEIGHT`; repeat for a weighted mix.
     #[arg(long = "adapter", value_parser = kiln::lora::parse_adapter_arg)]
     adapters: Vec<(PathBuf, f64)>,
@@ -63,6 +68,7 @@ fn main() -> Result<()> {
         eprintln!("adapter `{name}` active ({} loaded)", args.adapters.len());
         lm.model = lora.into_inner();
     }
+    lm.model.set_precision(args.precision);
     let ids = if args.chat {
         let Some(src) = &lm.extras.chat_template else {
             bail!("{} has no chat template; drop --chat", path.display())

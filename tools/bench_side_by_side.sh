@@ -19,8 +19,8 @@
 #   BASELINE=path          the baseline script (default ../shared/bench/pytorch_peft_baseline.py,
 #                          beside the main checkout when run from a git worktree)
 #
-# kiln's inference runs in f32 whatever --precision says, so `infer` runs kiln once (f32) and the
-# kiln bf16 column shows "-" for forward and decode. kiln is run with the default CPU backend
+# kiln's `infer` runs each precision too (`--precision bf16`: bf16 products,
+# CausalLm::set_precision); a `+quantize` column runs with its precision. kiln is run with the default CPU backend
 # and, when it has been built with
 #   CARGO_TARGET_DIR=target-openblas cargo build --release --features openblas --example bench
 # also with OpenBLAS. The model must be in kiln's cache (tools/fetch_model.sh).
@@ -60,7 +60,6 @@ for mode in ${MODES//,/ }; do
   for entry in "${BINS[@]}"; do
     label=${entry%%:*}; bin=${entry#*:}
     for precision in $KILN_PRECISIONS; do
-      [ "$mode" = infer ] && [ "${precision%%+*}" != f32 ] && continue
       quantize=stored; [ "$precision" != "${precision#*+}" ] && quantize=${precision#*+}
       echo "== $mode: kiln ($label, $precision)" >&2
       RAYON_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS "$bin" --mode "$mode" --model "$MODEL" \

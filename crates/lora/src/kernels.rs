@@ -14,6 +14,7 @@
 
 use crate::base::Frozen;
 use burn::tensor::Tensor;
+use kiln_cpu::Precision;
 
 /// `x · w (+ bias)`: burn's [`linear`](burn::tensor::module::linear) with a faster CPU path.
 ///
@@ -23,7 +24,23 @@ use burn::tensor::Tensor;
 /// - bias: `[d_out]`
 /// - output: `[..., d_out]`
 pub fn linear<const D: usize>(x: Tensor<D>, w: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
-    match try_linear(&x, &w, bias.as_ref()) {
+    linear_in(x, w, bias, Precision::F32)
+}
+
+/// [`linear`] in `precision`: with [`Precision::Bf16`] the CPU path rounds the input to bf16,
+/// multiplies on the bf16 kernel (the weight rounded as it is packed; products of fewer than 16
+/// rows run the f32 product on the rounded input) and rounds the result, as a bf16 `nn.Linear`
+/// does. Other backends and autodiff keep f32.
+///
+/// # Shapes
+/// As [`linear`].
+pub fn linear_in<const D: usize>(
+    x: Tensor<D>,
+    w: Tensor<2>,
+    bias: Option<Tensor<1>>,
+    precision: Precision,
+) -> Tensor<D> {
+    match try_linear_in(&x, &w, bias.as_ref(), precision) {
         Some(y) => y,
         None => burn::tensor::module::linear(x, w, bias),
     }
@@ -44,8 +61,25 @@ pub fn frozen_linear<const D: usize>(
     w: &Frozen,
     bias: Option<Tensor<1>>,
 ) -> Tensor<D> {
+    frozen_linear_in(x, w, bias, Precision::F32)
+}
+
+/// [`frozen_linear`] in `precision`: with [`Precision::Bf16`] the CPU path rounds the input,
+/// multiplies each dequantized tile rounded to bf16 on the bf16 kernel and rounds the result
+/// (decoding's products of up to 4 rows take their dot products from the stored codes on the
+/// rounded input). Other backends and autodiff keep f32.
+///
+/// # Shapes
+/// As [`frozen_linear`].
+#[allow(unused_variables)]
+pub fn frozen_linear_in<const D: usize>(
+    x: Tensor<D>,
+    w: &Frozen,
+    bias: Option<Tensor<1>>,
+    precision: Precision,
+) -> Tensor<D> {
     #[cfg(feature = "cpu")]
-    if let Some(y) = cpu::frozen_linear(&x, w.matrix(), bias.as_ref()) {
+    if let Some(y) = cpu::frozen_linear(&x, w.matrix(), bias.as_ref(), precision) {
         return y;
     }
     let y = crate::frozen_op::product(x, w.handle());
@@ -57,15 +91,25 @@ pub fn frozen_linear<const D: usize>(
 
 /// [`linear`]'s fast path alone: `None` when it does not apply (autodiff, another backend or
 /// dtype, mismatched shapes), and the caller uses burn's ops.
-#[allow(unused_variables)]
 pub fn try_linear<const D: usize>(
     x: &Tensor<D>,
     w: &Tensor<2>,
     bias: Option<&Tensor<1>>,
 ) -> Option<Tensor<D>> {
+    try_linear_in(x, w, bias, Precision::F32)
+}
+
+/// [`try_linear`] in `precision` (see [`linear_in`]).
+#[allow(unused_variables)]
+pub fn try_linear_in<const D: usize>(
+    x: &Tensor<D>,
+    w: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+    precision: Precision,
+) -> Option<Tensor<D>> {
     #[cfg(feature = "cpu")]
     {
-        cpu::linear(x, w, bias)
+        cpu::linear(x, w, bias, precision)
     }
     #[cfg(not(feature = "cpu"))]
     {
@@ -80,14 +124,52 @@ pub fn try_linear<const D: usize>(
 mod cpu {
     use crate::host::{storage, tensor, view};
     use burn::tensor::Tensor;
+    use kiln_cpu::bf16::matmul_bf16;
+    use kiln_cpu::precision::round_bf16;
+    use kiln_cpu::{MatMut, MatRef, Precision, Threads};
 
     /// Weights up to this many elements are copied to row-major when they are not.
     const SMALL_WEIGHT: usize = 1 << 16;
+
+    /// `round(round(x) · w)` for `x` `[m, k]` row-major, on the bf16 kernel.
+    fn bf16_product(x: &[f32], m: usize, k: usize, w: MatRef<'_>, n: usize) -> Vec<f32> {
+        let xr: Vec<f32> = x.iter().map(|&v| round_bf16(v)).collect();
+        let mut out = vec![0f32; m * n];
+        if m > 0 && n > 0 && k > 0 {
+            let dst = MatMut::new(&mut out, m, n);
+            matmul_bf16(dst, MatRef::new(&xr, m, k), w, 1.0, false, Threads::All);
+        }
+        Precision::Bf16.round(&mut out);
+        out
+    }
+
+    /// `out` (`[m, n]`) plus the bias, as a tensor of `x`'s leading shape and `n` columns.
+    fn finish<const D: usize>(
+        mut shape: Vec<usize>,
+        mut out: Vec<f32>,
+        bias: Option<burn_ndarray::NdArrayTensor>,
+        n: usize,
+    ) -> Option<Tensor<D>> {
+        if let Some(b) = bias {
+            let bv = view(&b);
+            let bc = bv.as_standard_layout();
+            let b = bc.as_slice()?;
+            if b.len() != n {
+                return None;
+            }
+            for row in out.chunks_exact_mut(n) {
+                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+        }
+        shape[D - 1] = n;
+        tensor(&shape, out)
+    }
 
     pub(super) fn linear<const D: usize>(
         x: &Tensor<D>,
         w: &Tensor<2>,
         bias: Option<&Tensor<1>>,
+        precision: Precision,
     ) -> Option<Tensor<D>> {
         let (xs, ws) = (storage(x)?, storage(w)?);
         let bias = match bias {
@@ -103,6 +185,11 @@ mod cpu {
         let m = x_shape[..D - 1].iter().product::<usize>();
         let xc = xv.as_standard_layout();
         let lhs = xc.as_slice()?;
+        if precision == Precision::Bf16 {
+            let wd = wv.view().into_dyn();
+            let out = bf16_product(lhs, m, k, MatRef::of_view(&wd)?, n);
+            return finish(x_shape, out, bias, n);
+        }
         // gemm's summation order follows the weight's layout, so the same values stored
         // transposed could round differently. Small weights (adapters) are made row-major, so
         // an adapter gives bit-identical outputs however it was built or loaded; large ones
@@ -163,6 +250,7 @@ mod cpu {
         x: &Tensor<D>,
         w: &kiln_cpu::QMatrix,
         bias: Option<&Tensor<1>>,
+        precision: Precision,
     ) -> Option<Tensor<D>> {
         let xs = storage(x)?;
         let bias = match bias {
@@ -178,7 +266,20 @@ mod cpu {
         let m = x_shape[..D - 1].iter().product::<usize>();
         let xc = xv.as_standard_layout();
         let mut out = vec![0f32; m * n];
-        w.matmul_t(xc.as_slice()?, m, &mut out, false, kiln_cpu::Precision::F32);
+        match precision {
+            Precision::F32 => w.matmul_t(xc.as_slice()?, m, &mut out, false, Precision::F32),
+            Precision::Bf16 => {
+                let xr: Vec<f32> = xc.iter().map(|&v| round_bf16(v)).collect();
+                // Decoding (a few rows): dot products from the stored codes (`dots.rs`).
+                let p = if m <= 4 {
+                    Precision::F32
+                } else {
+                    Precision::Bf16
+                };
+                w.matmul_t(&xr, m, &mut out, false, p);
+                Precision::Bf16.round(&mut out);
+            }
+        }
         if let Some(b) = bias {
             for row in out.chunks_exact_mut(n) {
                 row.iter_mut().zip(&b).for_each(|(y, b)| *y += b);

@@ -6,7 +6,7 @@
 //! every forward: `in·out·r` extra FLOPs and an `[in, out]` temporary per call instead of
 //! `tokens·r·(in+out)`; `benches/lora_layer.rs` measures the difference.
 use crate::base::{BaseWeight, Layout};
-use crate::kernels::{frozen_linear, linear};
+use crate::kernels::{frozen_linear_in, linear_in};
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 use kiln_cpu::QMatrix;
@@ -40,6 +40,8 @@ struct LayerState {
     merged: Vec<(String, Option<Tensor<1>>)>,
     /// Per-row adapters (batched serving): overrides `active` when set.
     rows: Option<Vec<Option<String>>>,
+    /// Precision of the base product outside autodiff (inference), see [`LoraLinear::set_precision`].
+    precision: kiln_cpu::Precision,
 }
 
 impl LoraLinear {
@@ -81,10 +83,19 @@ impl LoraLinear {
 
     /// `x W + b`, the base layer alone.
     fn base_forward<const D: usize>(&self, x: Tensor<D>, bias: Option<Tensor<1>>) -> Tensor<D> {
+        let p = self.state.precision;
         match &self.weight {
-            BaseWeight::Dense(w) => linear(x, w.val(), bias),
-            BaseWeight::Frozen(f) => frozen_linear(x, f, bias),
+            BaseWeight::Dense(w) => linear_in(x, w.val(), bias, p),
+            BaseWeight::Frozen(f) => frozen_linear_in(x, f, bias, p),
         }
+    }
+
+    /// The precision of the base product in inference (outside autodiff, on the CPU backend):
+    /// f32 (the default), or bf16 as a `torch_dtype=bfloat16` layer multiplies (input, weight and
+    /// output rounded to bf16, f32 accumulation; see [`crate::kernels::linear_in`]). Adapters'
+    /// low-rank products and training stay f32 (training has its own `precision` option).
+    pub fn set_precision(&mut self, precision: kiln_cpu::Precision) {
+        self.state.precision = precision;
     }
 
     /// Applies the layer with its active adapters.

@@ -17,7 +17,7 @@ use crate::rope::Rope;
 use burn::module::Module;
 use burn::tensor::module::embedding;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use kiln_lora::kernels::frozen_linear;
+use kiln_lora::kernels::frozen_linear_in;
 use kiln_lora::{BaseWeight, LoraLinear};
 
 /// One pre-norm transformer block.
@@ -148,6 +148,9 @@ pub struct CausalLm {
     /// RoPE of sliding-window layers when it differs (Gemma 3).
     #[module(skip)]
     pub rope_local: Option<Rope>,
+    /// Precision of inference's products by the weights ([`CausalLm::set_precision`]).
+    #[module(skip)]
+    pub precision: kiln_lora::Precision,
 }
 
 /// The token inputs of one forward pass, on the host.
@@ -572,19 +575,32 @@ impl CausalLm {
         }
     }
 
+    /// Sets the precision of inference's products by the weights (every projection and the
+    /// output head; outside autodiff, on the CPU backend): `Bf16` multiplies as a model loaded
+    /// with `torch_dtype=torch.bfloat16` does (each product's input, weight and output rounded
+    /// to bf16, f32 accumulation), on the bf16 kernel where the CPU has one; norms, attention,
+    /// the residual stream and adapters' low-rank products stay f32. `F32` is the default and
+    /// the reference. Training has its own precision option and ignores this.
+    pub fn set_precision(&mut self, precision: kiln_lora::Precision) {
+        use kiln_lora::target::AdapterTarget;
+        self.precision = precision;
+        self.visit_linears_mut(&mut |_, l| l.set_precision(precision));
+    }
+
     /// The output projection without soft-capping.
     fn project(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => {
+                let p = self.precision;
                 let embed = match &self.model.embed_tokens {
                     BaseWeight::Dense(e) => e.val(), // [vocab, d]
                     // A tied table is `[out = vocab, in = d]`: the frozen linear product.
-                    BaseWeight::Frozen(f) => return frozen_linear(hidden, f, None),
+                    BaseWeight::Frozen(f) => return frozen_linear_in(hidden, f, None, p),
                 };
                 let [b, t, d] = hidden.dims();
                 let head = embed.clone().transpose(); // a view: nothing copied
-                if let Some(logits) = kiln_lora::kernels::try_linear(&hidden, &head, None) {
+                if let Some(logits) = kiln_lora::kernels::try_linear_in(&hidden, &head, None, p) {
                     return logits;
                 }
                 if b * t < d {

@@ -535,6 +535,7 @@ fn build(
         config: config.clone(),
         rope: Rope::new(config),
         rope_local: Rope::local(config),
+        precision: kiln_lora::Precision::F32,
     })
 }
 
