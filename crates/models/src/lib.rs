@@ -31,6 +31,7 @@ pub mod norm;
 pub mod pretrained;
 pub mod rope;
 pub mod safetensors_source;
+mod safetensors_header;
 pub mod tokenizer;
 pub mod weights;
 
