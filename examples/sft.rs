@@ -219,20 +219,22 @@ fn main() -> Result<()> {
     let device = parse_device(&config.device)?;
     let path = resolve_model(Some(&config.model), true)?;
     let lm = Pretrained::load_as(&path, &device, config.quantization)?;
-    let source = match &args.chat_template {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .with_context(|| format!("reading the chat template {}", p.display()))?,
-        ),
-        None => lm.extras.chat_template.clone(),
-    };
-    let mut template = match &source {
-        Some(src) => Some(ChatTemplate::new(
+    let (bos, eos) = (
+        lm.extras.bos_token.as_deref(),
+        lm.extras.eos_token.as_deref(),
+    );
+    let mut template = match (&args.chat_template, &lm.extras.chat_template) {
+        (Some(p), _) => Some(ChatTemplate::from_file(p, bos, eos)?),
+        (None, Some(src)) => Some(ChatTemplate::with_origin(
             src,
-            lm.extras.bos_token.as_deref(),
-            lm.extras.eos_token.as_deref(),
+            lm.extras
+                .chat_template_origin
+                .as_deref()
+                .unwrap_or("the model's chat template"),
+            bos,
+            eos,
         )?),
-        None => None,
+        (None, None) => None,
     };
     let pad = lm.eos_token_ids().first().copied().unwrap_or(0);
     let data = prepare_data(

@@ -30,8 +30,8 @@ mod multimodal;
 pub mod norm;
 pub mod pretrained;
 pub mod rope;
-pub mod safetensors_source;
 mod safetensors_header;
+pub mod safetensors_source;
 pub mod tokenizer;
 pub mod weights;
 

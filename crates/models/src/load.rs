@@ -268,7 +268,10 @@ fn check_layer_count(config: &DecoderConfig, source: &dyn WeightSource) -> Resul
 fn expected_tensors(c: &DecoderConfig) -> Vec<(String, Vec<usize>)> {
     let (h, inter, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
     let (q_out, kv_out) = (c.num_heads * hd, c.num_kv_heads * hd);
-    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size, h])];
+    let mut out = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![c.vocab_size, h],
+    )];
     let linear = |out: &mut Vec<_>, prefix: String, d_in: usize, d_out: usize, bias: bool| {
         if bias {
             out.push((format!("{prefix}.bias"), vec![d_out]));
@@ -294,7 +297,13 @@ fn expected_tensors(c: &DecoderConfig) -> Vec<(String, Vec<usize>)> {
         }
         linear(&mut out, format!("{a}.o_proj"), q_out, h, c.o_bias);
         if c.fused_gate_up {
-            linear(&mut out, format!("{m}.gate_up_proj"), h, 2 * inter, c.mlp_bias);
+            linear(
+                &mut out,
+                format!("{m}.gate_up_proj"),
+                h,
+                2 * inter,
+                c.mlp_bias,
+            );
         } else {
             linear(&mut out, format!("{m}.gate_proj"), h, inter, c.mlp_bias);
             linear(&mut out, format!("{m}.up_proj"), h, inter, c.mlp_bias);

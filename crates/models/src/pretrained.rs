@@ -92,6 +92,7 @@ impl Pretrained {
         };
         let extras = TokenizerExtras {
             chat_template: crate::gguf::chat_template(&file),
+            chat_template_origin: Some(format!("{} (tokenizer.chat_template)", path.display())),
             bos_token: token("tokenizer.ggml.bos_token_id")?,
             eos_token: token("tokenizer.ggml.eos_token_id")?,
             pad_token: token("tokenizer.ggml.padding_token_id")?,

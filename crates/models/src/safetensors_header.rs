@@ -120,12 +120,36 @@ mod tests {
     #[test]
     fn each_fault_names_its_tensor() {
         let cases = [
-            (r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"Q9","shape":[1],"data_offsets":[8,12]}}"#, 12, "`b`: unknown dtype `Q9`"),
-            (r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, 8, "`w`: shape [3] of F32 needs 12 bytes"),
-            (r#"{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#, 4, "`w`: `shape`"),
-            (r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}"#, 4, "`w`: `data_offsets`"),
-            (r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#, 12, "`b`: data_offsets [8, 12] start at byte 8"),
-            (r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 4, "last tensor `w` ends at byte 8 of a 4-byte"),
+            (
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"Q9","shape":[1],"data_offsets":[8,12]}}"#,
+                12,
+                "`b`: unknown dtype `Q9`",
+            ),
+            (
+                r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
+                8,
+                "`w`: shape [3] of F32 needs 12 bytes",
+            ),
+            (
+                r#"{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#,
+                4,
+                "`w`: `shape`",
+            ),
+            (
+                r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}"#,
+                4,
+                "`w`: `data_offsets`",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#,
+                12,
+                "`b`: data_offsets [8, 12] start at byte 8",
+            ),
+            (
+                r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+                4,
+                "last tensor `w` ends at byte 8 of a 4-byte",
+            ),
         ];
         for (header, data, want) in cases {
             let got = diagnose(&file(header, data)).unwrap_or_default();

@@ -223,15 +223,25 @@ fn config_with(edit: impl FnOnce(&mut serde_json::Value)) -> Result<DecoderConfi
 #[test]
 fn config_type_errors_name_the_key() {
     let cases: [(&str, serde_json::Value, &str); 4] = [
-        ("num_hidden_layers", (-2).into(), "invalid value: integer `-2`"),
+        (
+            "num_hidden_layers",
+            (-2).into(),
+            "invalid value: integer `-2`",
+        ),
         ("hidden_size", "64".into(), "invalid type: string \"64\""),
-        ("rms_norm_eps", serde_json::json!([1]), "invalid type: sequence"),
+        (
+            "rms_norm_eps",
+            serde_json::json!([1]),
+            "invalid type: sequence",
+        ),
         ("eos_token_id", serde_json::json!([1, -1]), ""),
     ];
     for (key, value, reason) in cases {
         let err = config_with(|j| j[key] = value.clone()).unwrap_err();
         match &err {
-            ModelError::Config { key: k, reason: r, .. } => {
+            ModelError::Config {
+                key: k, reason: r, ..
+            } => {
                 assert!(k.starts_with(key), "{key}: {err}");
                 assert!(r.contains(reason), "{key}: {err}");
             }
@@ -277,7 +287,10 @@ fn edit_header(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
 fn safetensors_header_errors_name_the_tensor_and_file() {
     let name = "model.layers.1.mlp.up_proj.weight";
     let cases: [(&str, Box<dyn Fn(&mut serde_json::Value)>); 4] = [
-        ("unknown dtype `F33`", Box::new(|h| h[name]["dtype"] = "F33".into())),
+        (
+            "unknown dtype `F33`",
+            Box::new(|h| h[name]["dtype"] = "F33".into()),
+        ),
         (
             "shape [128, 65] of F32 needs 33280 bytes",
             Box::new(|h| h[name]["shape"] = serde_json::json!([128, 65])),
@@ -299,7 +312,9 @@ fn safetensors_header_errors_name_the_tensor_and_file() {
         let dir = tempfile::tempdir().unwrap();
         copy_tiny(dir.path());
         edit_header(dir.path(), edit);
-        let err = SafetensorsWeights::open(dir.path()).unwrap_err().to_string();
+        let err = SafetensorsWeights::open(dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&format!("`{name}`")), "{want}: {err}");
         assert!(err.contains(want), "{want}: {err}");
         assert!(err.contains("model.safetensors"), "{err}");
@@ -333,13 +348,19 @@ fn gguf_config_errors_blame_the_gguf_key() {
         ("phi3.attention.head_count_kv", 0, "must divide"),
         ("phi3.block_count", -2, "invalid value: integer `-2`"),
         ("phi3.block_count", 2_000_000, "larger than kiln accepts"),
-        ("phi3.feed_forward_length", 1 << 30, "larger than kiln accepts"),
+        (
+            "phi3.feed_forward_length",
+            1 << 30,
+            "larger than kiln accepts",
+        ),
     ];
     for (key, value, reason) in cases {
         let f = phi3_gguf_with(key, value);
         let err = Pretrained::load(f.path(), &default_device()).unwrap_err();
         match &err {
-            ModelError::GgufKey { key: k, reason: r, .. } => {
+            ModelError::GgufKey {
+                key: k, reason: r, ..
+            } => {
                 assert_eq!(k, key, "{err}");
                 assert!(r.contains(reason), "{key} = {value}: {err}");
             }

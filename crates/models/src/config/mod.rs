@@ -481,7 +481,11 @@ impl HfConfig {
             ("intermediate_size", self.intermediate_size, MAX_DIM),
             ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
             ("num_attention_heads", self.num_attention_heads, MAX_DIM),
-            ("num_key_value_heads", self.num_key_value_heads.unwrap_or(1), MAX_DIM),
+            (
+                "num_key_value_heads",
+                self.num_key_value_heads.unwrap_or(1),
+                MAX_DIM,
+            ),
             ("head_dim", head_dim, MAX_DIM),
         ];
         for (key, v, max) in sizes {

@@ -191,7 +191,12 @@ pub(crate) fn blame_gguf_key(file: &GgufFile, e: ModelError) -> ModelError {
             .iter()
             .find(|(_, h)| *h == hf)
             .map(|(g, _)| from(g))
-            .or_else(|| TOKEN_KEYS.iter().find(|(_, h)| *h == hf).map(|(g, _)| g.to_string())),
+            .or_else(|| {
+                TOKEN_KEYS
+                    .iter()
+                    .find(|(_, h)| *h == hf)
+                    .map(|(g, _)| g.to_string())
+            }),
     };
     match gguf {
         Some(gguf) => ModelError::GgufKey {
