@@ -92,9 +92,29 @@ pub fn budget_ms() -> u64 {
         .unwrap_or(3_000)
 }
 
-/// Runs `case` under arbtest for the budget; prints how many cases ran (the README's table).
+thread_local! {
+    /// `(accepted, refused with a typed error)` of the current target's cases.
+    static OUTCOMES: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+}
+
+/// Records whether a case's input was accepted or refused with an error, and passes it on.
+pub fn outcome<T, E>(r: Result<T, E>) -> Result<T, E> {
+    OUTCOMES.with(|o| {
+        let (ok, err) = o.get();
+        o.set(if r.is_ok() {
+            (ok + 1, err)
+        } else {
+            (ok, err + 1)
+        });
+    });
+    r
+}
+
+/// Runs `case` under arbtest for the budget; prints how many cases ran and how many inputs were
+/// accepted or refused (the README's table).
 pub fn run(target: &str, mut case: impl FnMut(&mut Unstructured<'_>) -> arbitrary::Result<()>) {
     let mut n = 0u64;
+    OUTCOMES.with(|o| o.set((0, 0)));
     arbtest::arbtest(|u| {
         n += 1;
         case(u)
@@ -103,7 +123,8 @@ pub fn run(target: &str, mut case: impl FnMut(&mut Unstructured<'_>) -> arbitrar
     .size_max(4096)
     .budget_ms(budget_ms())
     .run();
-    eprintln!("fuzz target {target}: {n} cases");
+    let (ok, err) = OUTCOMES.with(Cell::get);
+    eprintln!("fuzz target {target}: {n} cases, {ok} accepted, {err} typed errors, 0 panics");
 }
 
 /// Values that break length and count checks: zero, one, the type's edges, powers of two.

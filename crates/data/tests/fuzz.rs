@@ -36,7 +36,7 @@ fn read_and_encode(path: &Path, tok: &kiln_data::tokenizers::Tokenizer, t: &Chat
     let Ok(reader) = Reader::open(&[path.display().to_string()]) else {
         return;
     };
-    let Ok((records, _)) = reader.policy(BadRecords::Skip).read_all() else {
+    let Ok((records, _)) = kit::outcome(reader.policy(BadRecords::Skip).read_all()) else {
         return;
     };
     let Ok(encoder) = Encoder::new(tok, Some(t), EncodeOptions::default()) else {
@@ -216,8 +216,11 @@ fn fuzz_chat_template() {
         let src = mutate_template(u, seed)?;
         let n = u.int_in_range(0..=3)?;
         let ((), peak) = kit::peak_during(|| {
-            if let Ok(t) = ChatTemplate::with_origin(&src, "fuzz.jinja", Some("<s>"), None) {
-                let _ = t.render(&messages[..n], n % 2 == 0);
+            let t = ChatTemplate::with_origin(&src, "fuzz.jinja", Some("<s>"), None);
+            if let Ok(t) = t.and_then(|t| t.render(&messages[..n], n % 2 == 0).map(|_| t)) {
+                kit::outcome(Ok::<_, ()>(t)).ok();
+            } else {
+                kit::outcome(Err::<(), _>(())).ok();
             }
         });
         assert!(peak <= kit::bound(src.len(), 64), "{peak} bytes");
@@ -244,9 +247,7 @@ fn fuzz_chat_template_loader() {
         std::fs::write(&path, &text).unwrap();
         let name = *u.choose(&[None, Some("default"), Some("tool_use")])?;
         let ((), peak) = kit::peak_during(|| {
-            if let Ok(t) = load_chat_template(dir.path(), name) {
-                let _ = t.compile();
-            }
+            let _ = kit::outcome(load_chat_template(dir.path(), name).and_then(|t| t.compile()));
         });
         assert!(peak <= kit::bound(text.len(), 16), "{peak} bytes");
         Ok(())

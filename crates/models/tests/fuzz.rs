@@ -102,7 +102,11 @@ fn load_gguf(path: &Path) {
             let _ = file.stored_matrix(&n);
         }
     }
-    let _ = Pretrained::load_as(path, &default_device(), Quantization::Stored);
+    let _ = kit::outcome(Pretrained::load_as(
+        path,
+        &default_device(),
+        Quantization::Stored,
+    ));
 }
 
 #[test]
@@ -171,11 +175,14 @@ fn fuzz_safetensors_source() {
         std::fs::write(&path, &bytes).unwrap();
         let q = *u.choose(&[Quantization::Stored, Quantization::F32])?;
         let ((), peak) = kit::peak_during(|| {
-            if let Ok(w) = SafetensorsWeights::open(dir.path()) {
-                for name in w.names() {
-                    let _ = w.load_f32(&name);
+            match kit::outcome(SafetensorsWeights::open(dir.path()).map_err(|e| e.to_string())) {
+                Ok(w) => {
+                    for name in w.names() {
+                        let _ = w.load_f32(&name);
+                    }
+                    let _ = build_causal_lm_as(&config, &w, &default_device(), q);
                 }
-                let _ = build_causal_lm_as(&config, &w, &default_device(), q);
+                Err(e) => assert!(e.contains("model.safetensors"), "{e}"),
             }
         });
         assert!(
@@ -224,7 +231,7 @@ fn fuzz_config_json() {
             let Ok(text) = std::str::from_utf8(&text) else {
                 return;
             };
-            let Ok(hf) = HfConfig::from_json_str(text, path) else {
+            let Ok(hf) = kit::outcome(HfConfig::from_json_str(text, path)) else {
                 return;
             };
             if let Ok(config) = hf.to_decoder_config(path) {
@@ -255,7 +262,8 @@ fn fuzz_tokenizer_extras() {
             kit::mutate_bytes(u, &mut text, &[])?;
         }
         std::fs::write(&path, &text).unwrap();
-        let (_, peak) = kit::peak_during(|| kiln_models::tokenizer::load_extras(dir.path()));
+        let (_, peak) =
+            kit::peak_during(|| kit::outcome(kiln_models::tokenizer::load_extras(dir.path())));
         assert!(peak <= kit::bound(text.len(), 16), "{peak} bytes");
         Ok(())
     });
