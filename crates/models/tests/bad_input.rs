@@ -283,25 +283,27 @@ fn edit_header(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     std::fs::write(&path, out).unwrap();
 }
 
+type HeaderEdit = Box<dyn Fn(&mut serde_json::Value)>;
+
 #[test]
 fn safetensors_header_errors_name_the_tensor_and_file() {
     let name = "model.layers.1.mlp.up_proj.weight";
-    let cases: [(&str, Box<dyn Fn(&mut serde_json::Value)>); 4] = [
+    let cases: [(&str, HeaderEdit); 4] = [
         (
             "unknown dtype `F33`",
-            Box::new(|h| h[name]["dtype"] = "F33".into()),
+            Box::new(move |h| h[name]["dtype"] = "F33".into()),
         ),
         (
             "shape [128, 65] of F32 needs 33280 bytes",
-            Box::new(|h| h[name]["shape"] = serde_json::json!([128, 65])),
+            Box::new(move |h| h[name]["shape"] = serde_json::json!([128, 65])),
         ),
         (
             "`data_offsets` must be [start, end]",
-            Box::new(|h| h[name]["data_offsets"] = serde_json::json!([5])),
+            Box::new(move |h| h[name]["data_offsets"] = serde_json::json!([5])),
         ),
         (
             "start at byte",
-            Box::new(|h| {
+            Box::new(move |h| {
                 let o = h[name]["data_offsets"].as_array().unwrap().clone();
                 let (s, e) = (o[0].as_u64().unwrap(), o[1].as_u64().unwrap());
                 h[name]["data_offsets"] = serde_json::json!([s + 4, e + 4]);

@@ -90,6 +90,9 @@ fn gguf_fields(b: &[u8]) -> Vec<(usize, usize)> {
     f
 }
 
+/// A valid file and the `(offset, width)` of its integer fields.
+type Seed = (Vec<u8>, Vec<(usize, usize)>);
+
 /// Everything a user's GGUF goes through: the reader, the derived config, the tokenizer, every
 /// tensor dequantized, the model built.
 fn load_gguf(path: &Path) {
@@ -112,15 +115,14 @@ fn load_gguf(path: &Path) {
 #[test]
 fn fuzz_gguf_reader() {
     let dir = tempfile::tempdir().unwrap();
-    let seeds: Vec<(Vec<u8>, Vec<(usize, usize)>)> =
-        ["tiny_phi3.gguf", "tiny_spm.gguf", "quants.gguf"]
-            .iter()
-            .map(|n| {
-                let b = std::fs::read(fixtures().join("gguf").join(n)).unwrap();
-                let f = gguf_fields(&b);
-                (b, f)
-            })
-            .collect();
+    let seeds: Vec<Seed> = ["tiny_phi3.gguf", "tiny_spm.gguf", "quants.gguf"]
+        .iter()
+        .map(|n| {
+            let b = std::fs::read(fixtures().join("gguf").join(n)).unwrap();
+            let f = gguf_fields(&b);
+            (b, f)
+        })
+        .collect();
     let path = dir.path().join("fuzz.gguf");
     kit::run("gguf_reader", |u| {
         let (seed, fields) = u.choose(&seeds)?;
