@@ -181,8 +181,12 @@ fn write_report(dir: &Path, name: &str, r: &EvalReport) -> Result<()> {
 
 fn run_generation(args: &Args, lm: &Pretrained, a: &CausalLm, b: Option<&CausalLm>) -> Result<()> {
     let template = match &lm.extras.chat_template {
-        Some(src) => Some(ChatTemplate::new(
+        Some(src) => Some(ChatTemplate::with_origin(
             src,
+            lm.extras
+                .chat_template_origin
+                .as_deref()
+                .unwrap_or("the model's chat template"),
             lm.extras.bos_token.as_deref(),
             lm.extras.eos_token.as_deref(),
         )?),

@@ -73,8 +73,12 @@ fn main() -> Result<()> {
         let Some(src) = &lm.extras.chat_template else {
             bail!("{} has no chat template; drop --chat", path.display())
         };
-        let template = ChatTemplate::new(
+        let template = ChatTemplate::with_origin(
             src,
+            lm.extras
+                .chat_template_origin
+                .as_deref()
+                .unwrap_or("the model's chat template"),
             lm.extras.bos_token.as_deref(),
             lm.extras.eos_token.as_deref(),
         )?;

@@ -220,21 +220,26 @@ fn main() -> Result<()> {
     let device = parse_device(&config.device)?;
     let path = resolve_model(Some(&config.model), true)?;
     let lm = Pretrained::load_as(&path, &device, config.quantization)?;
-    let source = match &args.chat_template {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .with_context(|| format!("reading the chat template {}", p.display()))?,
-        ),
-        None => lm.extras.chat_template.clone(),
+    let (bos, eos) = (
+        lm.extras.bos_token.as_deref(),
+        lm.extras.eos_token.as_deref(),
+    );
+    let make_template = || -> Result<Option<ChatTemplate>> {
+        Ok(match (&args.chat_template, &lm.extras.chat_template) {
+            (Some(p), _) => Some(ChatTemplate::from_file(p, bos, eos)?),
+            (None, Some(src)) => Some(ChatTemplate::with_origin(
+                src,
+                lm.extras
+                    .chat_template_origin
+                    .as_deref()
+                    .unwrap_or("the model's chat template"),
+                bos,
+                eos,
+            )?),
+            (None, None) => None,
+        })
     };
-    let mut template = match &source {
-        Some(src) => Some(ChatTemplate::new(
-            src,
-            lm.extras.bos_token.as_deref(),
-            lm.extras.eos_token.as_deref(),
-        )?),
-        None => None,
-    };
+    let mut template = make_template()?;
     let pad = lm.eos_token_ids().first().copied().unwrap_or(0);
     let data = prepare_data(
         &config.data,
@@ -247,13 +252,9 @@ fn main() -> Result<()> {
     .context("preparing the data")?;
     // data.streaming: the training files are read while training, through an encoder of their
     // own (the generation evaluation below may take the template).
-    let stream_template = match (&source, config.data.streaming) {
-        (Some(src), true) => Some(ChatTemplate::new(
-            src,
-            lm.extras.bos_token.as_deref(),
-            lm.extras.eos_token.as_deref(),
-        )?),
-        _ => None,
+    let stream_template = match config.data.streaming {
+        true => make_template()?,
+        false => None,
     };
     let stream_encoder = match config.data.streaming {
         true => Some(encoder_for(

@@ -71,12 +71,13 @@ pub enum DataError {
     /// A glob pattern is invalid or matched no file.
     #[error("pattern `{pattern}`: {message}")]
     Glob { pattern: String, message: String },
-    /// The chat template does not compile.
-    #[error("chat template syntax: {0}")]
-    TemplateSyntax(String),
+    /// The chat template does not compile; `origin` names its file (or the model key it came
+    /// from).
+    #[error("{origin}: chat template syntax: {message}")]
+    TemplateSyntax { origin: String, message: String },
     /// The chat template failed while rendering (including its own `raise_exception`).
-    #[error("chat template: {0}")]
-    TemplateRender(String),
+    #[error("{origin}: chat template: {message}")]
+    TemplateRender { origin: String, message: String },
     /// An assistant turn's text was not found in the rendered conversation.
     #[error(
         "assistant message {index} not found in the rendered text (does the template alter it?)"

@@ -17,6 +17,10 @@ pub(crate) struct ParquetRows {
     path: PathBuf,
     rows: RowIter<'static>,
     row: usize,
+    /// Set by the first error: the `parquet` crate's row iterator returns the same error again
+    /// on every later call (it cannot step past a corrupt page), so the file ends there. Found
+    /// by `fuzz_parquet_reader`: under `BadRecords::Skip` a corrupt page looped forever.
+    failed: bool,
 }
 
 impl ParquetRows {
@@ -29,14 +33,28 @@ impl ParquetRows {
             format: "Parquet",
             message,
         };
-        let reader = SerializedFileReader::new(file).map_err(|e| malformed(e.to_string()))?;
+        let reader = guarded(|| SerializedFileReader::new(file))
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .map_err(malformed)?;
         let rows = reader.into_iter();
-        Ok(Self { path, rows, row: 0 })
+        Ok(Self {
+            path,
+            rows,
+            row: 0,
+            failed: false,
+        })
     }
 
     /// The next row as a raw record (`line` = 1-based row number).
     pub(crate) fn next_record(&mut self) -> Option<Result<RawRecord>> {
-        let row = self.rows.next()?;
+        if self.failed {
+            return None;
+        }
+        let rows = &mut self.rows;
+        let row = match guarded(|| rows.next()) {
+            Ok(row) => row?.map_err(|e| e.to_string()),
+            Err(panic) => Err(panic),
+        };
         self.row += 1;
         let at = Location {
             file: self.path.clone(),
@@ -47,11 +65,29 @@ impl ParquetRows {
                 at,
                 value: row.to_json_value(),
             }),
-            Err(e) => Err(DataError::Malformed {
-                at,
-                format: "Parquet",
-                message: e.to_string(),
-            }),
+            Err(message) => {
+                self.failed = true;
+                Err(DataError::Malformed {
+                    at,
+                    format: "Parquet",
+                    message: format!("{message} (the rest of the file is not read)"),
+                })
+            }
         })
     }
+}
+
+/// Runs a call into the `parquet` crate, turning a panic into an error message: the crate
+/// asserts on some corrupt inputs (`fuzz_parquet_reader` found `assertion failed: size <=
+/// src.len()` in its bit unpacking) where kiln must return an error naming the file and row.
+/// The default panic hook still prints the assertion on stderr.
+fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        format!("the parquet reader failed on corrupt data ({what})")
+    })
 }

@@ -120,10 +120,17 @@ impl Reader {
     }
 
     /// Reads everything; an empty result (nothing read, or everything skipped) is an error.
-    pub fn read_all(mut self) -> Result<(Vec<Record>, ReadReport)> {
+    pub fn read_all(self) -> Result<(Vec<Record>, ReadReport)> {
+        let (located, report) = self.read_all_located()?;
+        Ok((located.into_iter().map(|(_, r)| r).collect(), report))
+    }
+
+    /// [`Reader::read_all`] keeping where each record came from, so that a later failure
+    /// (rendering, tokenizing) can name the file and line.
+    pub fn read_all_located(mut self) -> Result<(Vec<(Location, Record)>, ReadReport)> {
         let mut out = Vec::new();
         for r in self.by_ref() {
-            out.push(r?.1);
+            out.push(r?);
         }
         if out.is_empty() {
             return Err(DataError::EmptyDataset {

@@ -25,6 +25,9 @@ const NAME: &str = "chat_template";
 pub struct ChatTemplate {
     env: Environment<'static>,
     source: String,
+    /// Where the template came from, for errors: a file path, or `model.gguf
+    /// (tokenizer.chat_template)`.
+    origin: String,
     bos_token: Option<String>,
     eos_token: Option<String>,
 }
@@ -47,13 +50,37 @@ struct MessageView<'a> {
 
 impl ChatTemplate {
     /// Compiles a template. `bos_token`/`eos_token` are the strings the template sees (left
-    /// undefined when `None`, as transformers does for unset special tokens).
+    /// undefined when `None`, as transformers does for unset special tokens). Errors call it
+    /// `<inline chat template>`; [`ChatTemplate::with_origin`] names where it came from.
     pub fn new(
         source: impl Into<String>,
         bos_token: Option<&str>,
         eos_token: Option<&str>,
     ) -> Result<Self> {
-        let source = source.into();
+        Self::with_origin(source, "<inline chat template>", bos_token, eos_token)
+    }
+
+    /// Reads and compiles the template file `path`; errors name the file.
+    pub fn from_file(
+        path: &Path,
+        bos_token: Option<&str>,
+        eos_token: Option<&str>,
+    ) -> Result<Self> {
+        let source = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::with_origin(source, path.display().to_string(), bos_token, eos_token)
+    }
+
+    /// [`ChatTemplate::new`] with `origin` (a file path, a model's key) named in every error.
+    pub fn with_origin(
+        source: impl Into<String>,
+        origin: impl Into<String>,
+        bos_token: Option<&str>,
+        eos_token: Option<&str>,
+    ) -> Result<Self> {
+        let (source, origin) = (source.into(), origin.into());
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -67,10 +94,14 @@ impl ChatTemplate {
         env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
         env.add_filter("tojson", tojson);
         env.add_template_owned(NAME, source.clone())
-            .map_err(|e| DataError::TemplateSyntax(describe(&e)))?;
+            .map_err(|e| DataError::TemplateSyntax {
+                origin: origin.clone(),
+                message: describe(&e),
+            })?;
         Ok(Self {
             env,
             source,
+            origin,
             bos_token: bos_token.map(str::to_string),
             eos_token: eos_token.map(str::to_string),
         })
@@ -79,6 +110,11 @@ impl ChatTemplate {
     /// The template source.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Where the template came from (named in its errors).
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     pub fn bos_token(&self) -> Option<&str> {
@@ -127,22 +163,28 @@ impl ChatTemplate {
         let tmpl = self
             .env
             .get_template(NAME)
-            .map_err(|e| DataError::TemplateSyntax(describe(&e)))?;
+            .map_err(|e| DataError::TemplateSyntax {
+                origin: self.origin.clone(),
+                message: describe(&e),
+            })?;
         tmpl.render(Value::from_serialize(&ctx))
-            .map_err(|e| DataError::TemplateRender(describe(&e)))
+            .map_err(|e| DataError::TemplateRender {
+                origin: self.origin.clone(),
+                message: describe(&e),
+            })
     }
 
     /// Fallback for models without a template: the Alpaca prompt
     /// (`### Instruction:` / `### Response:`), system message as the preamble, `eos_token` after
     /// each response.
     pub fn alpaca(eos_token: Option<&str>) -> Result<Self> {
-        Self::new(ALPACA, None, eos_token)
+        Self::with_origin(ALPACA, "<built-in Alpaca template>", None, eos_token)
     }
 
     /// Fallback for models without a template: Llama-2/Mistral style
     /// `<s>[INST] user [/INST] assistant</s>`, system message folded into the first instruction.
     pub fn inst(bos_token: Option<&str>, eos_token: Option<&str>) -> Result<Self> {
-        Self::new(INST, bos_token, eos_token)
+        Self::with_origin(INST, "<built-in [INST] template>", bos_token, eos_token)
     }
 }
 
@@ -218,6 +260,8 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, Error> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateSource {
     pub template: String,
+    /// The file it was read from (`chat_template.jinja`, or `tokenizer_config.json`).
+    pub origin: String,
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
 }
@@ -225,8 +269,9 @@ pub struct TemplateSource {
 impl TemplateSource {
     /// Compiles it.
     pub fn compile(&self) -> Result<ChatTemplate> {
-        ChatTemplate::new(
+        ChatTemplate::with_origin(
             self.template.clone(),
+            self.origin.clone(),
             self.bos_token.as_deref(),
             self.eos_token.as_deref(),
         )
@@ -257,19 +302,22 @@ pub fn load_chat_template(dir: &Path, name: Option<&str>) -> Result<TemplateSour
         }
     };
     let jinja = dir.join("chat_template.jinja");
-    let template = if jinja.exists() {
-        std::fs::read_to_string(&jinja).map_err(|source| DataError::Io {
+    let (template, origin) = if jinja.exists() {
+        let text = std::fs::read_to_string(&jinja).map_err(|source| DataError::Io {
             path: jinja.clone(),
             source,
-        })?
+        })?;
+        (text, jinja.display().to_string())
     } else {
-        template_from_config(&config, name).map_err(|field| DataError::MissingField {
-            at: crate::Location {
-                file: config_path.clone(),
-                line: 1,
-            },
-            field,
-        })?
+        let text =
+            template_from_config(&config, name).map_err(|field| DataError::MissingField {
+                at: crate::Location {
+                    file: config_path.clone(),
+                    line: 1,
+                },
+                field,
+            })?;
+        (text, config_path.display().to_string())
     };
     let token = |key: &str| match config.get(key) {
         Some(serde_json::Value::String(s)) => Some(s.clone()),
@@ -281,6 +329,7 @@ pub fn load_chat_template(dir: &Path, name: Option<&str>) -> Result<TemplateSour
     };
     Ok(TemplateSource {
         template,
+        origin,
         bos_token: token("bos_token"),
         eos_token: token("eos_token"),
     })

@@ -62,7 +62,8 @@ fn renders_like_transformers() {
         match (&c.expected, &c.error, got) {
             (Some(want), _, Ok(got)) if *want == got => {}
             (Some(want), _, got) => failures.push(format!("{id}:\n want {want:?}\n got  {got:?}")),
-            (None, Some(msg), Err(DataError::TemplateRender(e))) if e.contains(msg.as_str()) => {}
+            (None, Some(msg), Err(DataError::TemplateRender { message, .. }))
+                if message.contains(msg.as_str()) => {}
             (None, err, got) => failures.push(format!("{id}: want error {err:?}, got {got:?}")),
         }
     }
@@ -79,7 +80,45 @@ fn renders_like_transformers() {
 fn template_syntax_error_is_reported() {
     let err = ChatTemplate::new("{% for m in messages %}{{ m.content }", None, None)
         .expect_err("bad syntax");
-    assert!(matches!(err, DataError::TemplateSyntax(_)), "{err}");
+    assert!(matches!(err, DataError::TemplateSyntax { .. }), "{err}");
+}
+
+#[test]
+fn template_errors_name_the_template_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.jinja");
+    std::fs::write(&path, "{% for m in messages %}{{ m.content }").unwrap();
+    let err = ChatTemplate::from_file(&path, None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(&format!("{}: chat template syntax", path.display())),
+        "{err}"
+    );
+    let path = dir.path().join("raises.jinja");
+    std::fs::write(&path, "{{ raise_exception('only user turns') }}").unwrap();
+    let t = ChatTemplate::from_file(&path, None, None).unwrap();
+    let err = t.render(&[], false).unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!("{}: chat template: ", path.display())),
+        "{err}"
+    );
+    assert!(err.contains("only user turns"), "{err}");
+    // A model directory's template is named by the file it came from.
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        r#"{"chat_template": "{% if %}"}"#,
+    )
+    .unwrap();
+    let err = kiln_data::load_chat_template(dir.path(), None)
+        .unwrap()
+        .compile()
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("tokenizer_config.json: chat template syntax"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -358,3 +358,40 @@ fn endless_lines_are_refused_by_file_and_line_without_reading_them() {
         .expect_err("too long");
     assert!(err.to_string().contains("doc.md:1"), "{err}");
 }
+
+/// Found by `fuzz_parquet_reader`: a Parquet file whose pages are corrupt (a region of
+/// `chat_zstd.parquet` duplicated, shifting every page) looped forever under the skip policy,
+/// the `parquet` crate's row iterator returning the same error on every call.
+#[test]
+fn corrupt_parquet_pages_end_the_file_with_an_error_naming_it() {
+    let path = parquet_fixture("corrupt_pages.parquet");
+    let err = read(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("corrupt_pages.parquet:1: malformed Parquet"),
+        "{err}"
+    );
+    let skipped = kiln_data::Reader::open(&[path.display().to_string()])
+        .unwrap()
+        .policy(kiln_data::BadRecords::Skip)
+        .read_all()
+        .unwrap_err()
+        .to_string();
+    assert!(skipped.contains("all 1 records of"), "{skipped}");
+    assert!(
+        skipped.contains("corrupt_pages.parquet:1: malformed Parquet"),
+        "{skipped}"
+    );
+}
+
+/// Found by `fuzz_parquet_reader`: corrupt bit-packed levels made the `parquet` crate panic
+/// (`assertion failed: size <= src.len()`); kiln returns an error naming the file and row.
+#[test]
+fn a_panic_inside_the_parquet_crate_is_an_error_naming_the_file() {
+    let path = parquet_fixture("corrupt_bitpacked.parquet");
+    let err = read(&path).unwrap_err().to_string();
+    assert!(err.contains("corrupt_bitpacked.parquet:"), "{err}");
+    assert!(
+        err.contains("the parquet reader failed on corrupt data"),
+        "{err}"
+    );
+}

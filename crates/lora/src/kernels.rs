@@ -314,7 +314,7 @@ mod tests {
             for w in [w, wt] {
                 for b in [None, Some(b.clone())] {
                     #[cfg(feature = "cpu")]
-                    assert!(cpu::linear(&x, &w, b.as_ref()).is_some());
+                    assert!(cpu::linear(&x, &w, b.as_ref(), Precision::F32).is_some());
                     let want = host(burn::tensor::module::linear(
                         x.clone(),
                         w.clone(),

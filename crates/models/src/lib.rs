@@ -30,6 +30,7 @@ mod multimodal;
 pub mod norm;
 pub mod pretrained;
 pub mod rope;
+mod safetensors_header;
 pub mod safetensors_source;
 pub mod tokenizer;
 pub mod weights;

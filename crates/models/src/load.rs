@@ -88,19 +88,21 @@ struct Loader<'a> {
     device: &'a Device,
     quantization: Quantization,
     used: BTreeSet<String>,
-    missing: Vec<String>,
     /// Storage types of block-quantized tensors that a bitsandbytes quantization re-quantized.
     requantized: Vec<QuantType>,
 }
 
 impl Loader<'_> {
-    /// Loads `name` and checks its shape; a missing tensor is recorded and replaced by zeros so
-    /// that all missing keys are reported at once.
+    /// Loads `name` and checks its shape. [`check_tensors`] reported every missing tensor
+    /// before building; one missing here (the two walks disagree) is an error naming it, never
+    /// a buffer of zeros sized by the config.
     fn raw(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
         self.used.insert(name.to_string());
         let Some(shape) = self.source.shape(name) else {
-            self.missing.push(name.to_string());
-            return Ok(vec![0.0; expected.iter().product()]);
+            return Err(ModelError::MissingWeights {
+                path: self.source.path().to_path_buf(),
+                keys: vec![name.to_string()],
+            });
         };
         if shape != expected {
             return Err(ModelError::ShapeMismatch {
@@ -261,6 +263,95 @@ fn check_layer_count(config: &DecoderConfig, source: &dyn WeightSource) -> Resul
     })
 }
 
+/// Every tensor `config` needs, with its shape (PyTorch order), in the order [`build`] loads
+/// them. Names and shapes only: nothing sized by the config is allocated.
+fn expected_tensors(c: &DecoderConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, inter, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
+    let (q_out, kv_out) = (c.num_heads * hd, c.num_kv_heads * hd);
+    let mut out = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![c.vocab_size, h],
+    )];
+    let linear = |out: &mut Vec<_>, prefix: String, d_in: usize, d_out: usize, bias: bool| {
+        if bias {
+            out.push((format!("{prefix}.bias"), vec![d_out]));
+        }
+        out.push((format!("{prefix}.weight"), vec![d_out, d_in]));
+    };
+    for i in 0..c.num_layers {
+        let (a, m) = (
+            format!("model.layers.{i}.self_attn"),
+            format!("model.layers.{i}.mlp"),
+        );
+        if c.fused_qkv {
+            let d = q_out + 2 * kv_out;
+            linear(&mut out, format!("{a}.qkv_proj"), h, d, c.qkv_bias);
+        } else {
+            for (name, d) in [("q_proj", q_out), ("k_proj", kv_out), ("v_proj", kv_out)] {
+                linear(&mut out, format!("{a}.{name}"), h, d, c.qkv_bias);
+            }
+        }
+        if c.qk_norm {
+            out.push((format!("{a}.q_norm.weight"), vec![hd]));
+            out.push((format!("{a}.k_norm.weight"), vec![hd]));
+        }
+        linear(&mut out, format!("{a}.o_proj"), q_out, h, c.o_bias);
+        if c.fused_gate_up {
+            linear(
+                &mut out,
+                format!("{m}.gate_up_proj"),
+                h,
+                2 * inter,
+                c.mlp_bias,
+            );
+        } else {
+            linear(&mut out, format!("{m}.gate_proj"), h, inter, c.mlp_bias);
+            linear(&mut out, format!("{m}.up_proj"), h, inter, c.mlp_bias);
+        }
+        linear(&mut out, format!("{m}.down_proj"), inter, h, c.mlp_bias);
+        let mut norms = vec!["input_layernorm", "post_attention_layernorm"];
+        if c.sandwich_norms {
+            norms.extend(["pre_feedforward_layernorm", "post_feedforward_layernorm"]);
+        }
+        for n in norms {
+            out.push((format!("model.layers.{i}.{n}.weight"), vec![h]));
+        }
+    }
+    out.push(("model.norm.weight".to_string(), vec![h]));
+    if !c.tie_word_embeddings {
+        linear(&mut out, "lm_head".to_string(), h, c.vocab_size, false);
+    }
+    out
+}
+
+/// Checks every tensor the model needs against `source` before anything is built: the first
+/// shape that does not fit is an error naming the tensor, and every missing tensor is listed
+/// (a missing tensor is never replaced by zeros of the config's size).
+fn check_tensors(config: &DecoderConfig, source: &dyn WeightSource) -> Result<()> {
+    let mut missing = Vec::new();
+    for (name, expected) in expected_tensors(config) {
+        match source.shape(&name) {
+            None => missing.push(name),
+            Some(found) if found != expected => {
+                return Err(ModelError::ShapeMismatch {
+                    path: source.path().to_path_buf(),
+                    key: name,
+                    expected,
+                    found,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ModelError::MissingWeights {
+        path: source.path().to_path_buf(),
+        keys: missing,
+    })
+}
+
 /// `[rows, cols]` -> `[cols, rows]`, blocked for cache friendliness.
 fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut dst = vec![0f32; src.len()];
@@ -398,13 +489,13 @@ fn build(
 ) -> Result<CausalLm> {
     warn_if_too_large(source, quantization);
     check_layer_count(config, source)?;
+    check_tensors(config, source)?;
     let c = config;
     let mut l = Loader {
         source,
         device,
         quantization,
         used: BTreeSet::new(),
-        missing: Vec::new(),
         requantized: Vec::new(),
     };
     let (h, q_out, kv_out) = (
@@ -507,12 +598,6 @@ fn build(
             l.requantized.len(),
             path.display()
         );
-    }
-    if !l.missing.is_empty() {
-        return Err(ModelError::MissingWeights {
-            path,
-            keys: l.missing,
-        });
     }
     let unexpected: Vec<String> = source
         .names()

@@ -83,14 +83,16 @@ impl Pretrained {
     fn load_gguf(path: &Path, device: &Device, quantization: Quantization) -> Result<Self> {
         let file = GgufFile::open(path)?;
         let json = crate::gguf::hf_config_from_gguf(&file)?;
-        let hf = HfConfig::from_value(json.clone(), path)?;
-        let config = hf.to_decoder_config(path)?;
+        let blame = |e: ModelError| crate::gguf::blame_gguf_key(&file, e);
+        let hf = HfConfig::from_value(json.clone(), path).map_err(blame)?;
+        let config = hf.to_decoder_config(path).map_err(blame)?;
         let tokenizer = crate::gguf::tokenizer_from_gguf(&file)?;
         let token = |key: &str| -> Result<Option<String>> {
             Ok(file.get_u32(key)?.and_then(|id| tokenizer.id_to_token(id)))
         };
         let extras = TokenizerExtras {
             chat_template: crate::gguf::chat_template(&file),
+            chat_template_origin: Some(format!("{} (tokenizer.chat_template)", path.display())),
             bos_token: token("tokenizer.ggml.bos_token_id")?,
             eos_token: token("tokenizer.ggml.eos_token_id")?,
             pad_token: token("tokenizer.ggml.padding_token_id")?,

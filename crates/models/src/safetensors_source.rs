@@ -64,8 +64,12 @@ fn open_shard(path: &Path) -> Result<Shard> {
             mmap.len()
         )));
     }
-    let (header_len, metadata) =
-        SafeTensors::read_metadata(&mmap).map_err(|e| bad(e.to_string()))?;
+    let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+        bad(match crate::safetensors_header::diagnose(&mmap) {
+            Some(culprit) => format!("{culprit} ({e})"),
+            None => e.to_string(),
+        })
+    })?;
     let data_start = 8 + header_len;
     let data_len = mmap.len() - data_start;
     for (name, info) in metadata.tensors() {

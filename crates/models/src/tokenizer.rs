@@ -9,6 +9,8 @@ use tokenizers::Tokenizer;
 pub struct TokenizerExtras {
     /// Jinja chat template, if the model has one.
     pub chat_template: Option<String>,
+    /// Where the chat template was read from (a file, or a GGUF key), for its errors.
+    pub chat_template_origin: Option<String>,
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
     pub pad_token: Option<String>,
@@ -68,11 +70,15 @@ pub fn load_extras(dir: &Path) -> Result<TokenizerExtras> {
                 .map(str::to_string),
             _ => None,
         };
+        if extras.chat_template.is_some() {
+            extras.chat_template_origin = Some(config_path.display().to_string());
+        }
     }
     let jinja = dir.join("chat_template.jinja");
     if jinja.is_file() {
         extras.chat_template =
             Some(std::fs::read_to_string(&jinja).map_err(|e| ModelError::io(&jinja, e))?);
+        extras.chat_template_origin = Some(jinja.display().to_string());
     }
     Ok(extras)
 }

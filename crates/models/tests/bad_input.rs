@@ -209,3 +209,164 @@ fn nan_weights_are_refused_naming_the_tensor() {
         );
     }
 }
+
+/// `config.json` of the tiny llama with `edit` applied, parsed and resolved.
+fn config_with(edit: impl FnOnce(&mut serde_json::Value)) -> Result<DecoderConfig, ModelError> {
+    let path = fixtures().join("tiny/llama/config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut json);
+    let hf = kiln_models::config::HfConfig::from_value(json, &path)?;
+    hf.to_decoder_config(&path)
+}
+
+#[test]
+fn config_type_errors_name_the_key() {
+    let cases: [(&str, serde_json::Value, &str); 4] = [
+        (
+            "num_hidden_layers",
+            (-2).into(),
+            "invalid value: integer `-2`",
+        ),
+        ("hidden_size", "64".into(), "invalid type: string \"64\""),
+        (
+            "rms_norm_eps",
+            serde_json::json!([1]),
+            "invalid type: sequence",
+        ),
+        ("eos_token_id", serde_json::json!([1, -1]), ""),
+    ];
+    for (key, value, reason) in cases {
+        let err = config_with(|j| j[key] = value.clone()).unwrap_err();
+        match &err {
+            ModelError::Config {
+                key: k, reason: r, ..
+            } => {
+                assert!(k.starts_with(key), "{key}: {err}");
+                assert!(r.contains(reason), "{key}: {err}");
+            }
+            other => panic!("{key}: {other}"),
+        }
+        assert!(err.to_string().contains("config.json"), "{err}");
+    }
+}
+
+#[test]
+fn absurd_sizes_are_refused_before_anything_is_sized_by_them() {
+    // 10^9 layers once reached 15 GB building the per-layer attention table.
+    for (key, value) in [
+        ("num_hidden_layers", 1_000_000_000u64),
+        ("vocab_size", 1 << 40),
+        ("intermediate_size", 1 << 25),
+        ("head_dim", 1 << 30),
+        ("num_key_value_heads", 0),
+    ] {
+        let err = config_with(|j| j[key] = value.into()).unwrap_err();
+        match err {
+            ModelError::Config { key: k, .. } => assert_eq!(k, key, "{value}"),
+            other => panic!("{key}: {other}"),
+        }
+    }
+}
+
+/// Rewrites the header of `dir/model.safetensors` through `edit` (the data section unchanged).
+fn edit_header(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    edit(&mut header);
+    let text = serde_json::to_vec(&header).unwrap();
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(&path, out).unwrap();
+}
+
+type HeaderEdit = Box<dyn Fn(&mut serde_json::Value)>;
+
+#[test]
+fn safetensors_header_errors_name_the_tensor_and_file() {
+    let name = "model.layers.1.mlp.up_proj.weight";
+    let cases: [(&str, HeaderEdit); 4] = [
+        (
+            "unknown dtype `F33`",
+            Box::new(move |h| h[name]["dtype"] = "F33".into()),
+        ),
+        (
+            "shape [128, 65] of F32 needs 33280 bytes",
+            Box::new(move |h| h[name]["shape"] = serde_json::json!([128, 65])),
+        ),
+        (
+            "`data_offsets` must be [start, end]",
+            Box::new(move |h| h[name]["data_offsets"] = serde_json::json!([5])),
+        ),
+        (
+            "start at byte",
+            Box::new(move |h| {
+                let o = h[name]["data_offsets"].as_array().unwrap().clone();
+                let (s, e) = (o[0].as_u64().unwrap(), o[1].as_u64().unwrap());
+                h[name]["data_offsets"] = serde_json::json!([s + 4, e + 4]);
+            }),
+        ),
+    ];
+    for (want, edit) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        copy_tiny(dir.path());
+        edit_header(dir.path(), edit);
+        let err = SafetensorsWeights::open(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("`{name}`")), "{want}: {err}");
+        assert!(err.contains(want), "{want}: {err}");
+        assert!(err.contains("model.safetensors"), "{err}");
+    }
+}
+
+/// `fixtures/gguf/tiny_phi3.gguf` with the integer metadata `key` set to `value` (its type
+/// becomes INT32), written to a temporary `.gguf` file.
+fn phi3_gguf_with(key: &str, value: i32) -> tempfile::NamedTempFile {
+    let mut bytes = std::fs::read(fixtures().join("gguf/tiny_phi3.gguf")).unwrap();
+    let mut needle = (key.len() as u64).to_le_bytes().to_vec();
+    needle.extend_from_slice(key.as_bytes());
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap_or_else(|| panic!("{key} not in the fixture"))
+        + needle.len();
+    let ty = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    assert!(matches!(ty, 4 | 5), "{key} is a 32-bit integer");
+    bytes[at..at + 4].copy_from_slice(&5u32.to_le_bytes());
+    bytes[at + 4..at + 8].copy_from_slice(&value.to_le_bytes());
+    let f = tempfile::Builder::new().suffix(".gguf").tempfile().unwrap();
+    std::fs::write(f.path(), bytes).unwrap();
+    f
+}
+
+#[test]
+fn gguf_config_errors_blame_the_gguf_key() {
+    let cases = [
+        ("phi3.attention.head_count", 0, "must be positive"),
+        ("phi3.attention.head_count_kv", 0, "must divide"),
+        ("phi3.block_count", -2, "invalid value: integer `-2`"),
+        ("phi3.block_count", 2_000_000, "larger than kiln accepts"),
+        (
+            "phi3.feed_forward_length",
+            1 << 30,
+            "larger than kiln accepts",
+        ),
+    ];
+    for (key, value, reason) in cases {
+        let f = phi3_gguf_with(key, value);
+        let err = Pretrained::load(f.path(), &default_device()).unwrap_err();
+        match &err {
+            ModelError::GgufKey {
+                key: k, reason: r, ..
+            } => {
+                assert_eq!(k, key, "{err}");
+                assert!(r.contains(reason), "{key} = {value}: {err}");
+            }
+            other => panic!("{key} = {value}: {other}"),
+        }
+    }
+}

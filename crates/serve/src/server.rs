@@ -114,8 +114,12 @@ impl Server {
             .chat_template
             .as_deref()
             .map(|src| {
-                ChatTemplate::new(
+                ChatTemplate::with_origin(
                     src,
+                    lm.extras
+                        .chat_template_origin
+                        .as_deref()
+                        .unwrap_or("the model's chat template"),
                     lm.extras.bos_token.as_deref(),
                     lm.extras.eos_token.as_deref(),
                 )

@@ -3,8 +3,8 @@
 use crate::batch::Batch;
 use crate::error::{Result, TrainError};
 use kiln_data::{
-    Batch as DataBatch, EncodeStats, Encoder, Example, PackStrategy, Padding, Record,
-    length_grouped_batches, pack,
+    Batch as DataBatch, DataError, EncodeStats, Encoder, Example, Location, PackStrategy, Padding,
+    Record, length_grouped_batches, pack,
 };
 
 /// Encodes every record (render, tokenize, label, truncate); dropped records are counted in
@@ -19,6 +19,24 @@ pub fn encode_records(
         let encoded = encoder.encode(r).map_err(|e| TrainError::Batch {
             index: i,
             reason: format!("record {i}: {e}"),
+        })?;
+        examples.extend(stats.add(encoded));
+    }
+    Ok((examples, stats))
+}
+
+/// [`encode_records`] for records that know where they came from: an error names the file
+/// and line (`train.jsonl:7: field `messages`: no assistant message to train on`).
+pub fn encode_located_records(
+    encoder: &Encoder,
+    records: &[(Location, Record)],
+) -> Result<(Vec<Example>, EncodeStats)> {
+    let mut stats = EncodeStats::default();
+    let mut examples = Vec::with_capacity(records.len());
+    for (at, r) in records {
+        let encoded = encoder.encode(r).map_err(|e| DataError::AtRecord {
+            at: at.clone(),
+            source: Box::new(e),
         })?;
         examples.extend(stats.add(encoded));
     }
@@ -103,9 +121,9 @@ pub fn prepare_data(
             "a split needs every record in memory: with data.streaming, give data.validation files",
         ));
     }
-    let read = |paths: &[std::path::PathBuf]| -> Result<Vec<Record>> {
+    let read = |paths: &[std::path::PathBuf]| -> Result<Vec<(Location, Record)>> {
         let patterns: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-        Ok(Reader::open(&patterns)?.read_all()?.0)
+        Ok(Reader::open(&patterns)?.read_all_located()?.0)
     };
     // Streaming: the training files are read by `StreamedBatches` while training runs.
     let records = if options.streaming {
@@ -121,8 +139,8 @@ pub fn prepare_data(
         (records, Vec::new())
     };
     let encoder = encoder_for(options, tokenizer, template)?;
-    let (train_ex, stats) = encode_records(&encoder, &train)?;
-    let (val_ex, _) = encode_records(&encoder, &val)?;
+    let (train_ex, stats) = encode_located_records(&encoder, &train)?;
+    let (val_ex, _) = encode_located_records(&encoder, &val)?;
     let batches = |ex: &[Example]| -> Result<Vec<Batch>> {
         if ex.is_empty() {
             Ok(Vec::new())
@@ -137,7 +155,7 @@ pub fn prepare_data(
         validation: batches(&val_ex)?,
         train_examples: train_ex.len(),
         val_examples: val_ex.len(),
-        validation_records: val,
+        validation_records: val.into_iter().map(|(_, r)| r).collect(),
         stats,
     })
 }

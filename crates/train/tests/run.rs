@@ -250,3 +250,23 @@ fn a_resumed_run_drops_the_metrics_written_after_its_checkpoint() {
         1
     );
 }
+
+#[test]
+fn a_conversation_without_an_assistant_turn_names_its_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("train.jsonl");
+    let good = r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}"#;
+    let bad = r#"{"messages": [{"role": "user", "content": "no answer"}]}"#;
+    std::fs::write(&path, format!("{good}\n{good}\n{bad}\n{good}\n")).unwrap();
+    let options: kiln_train::DataOptions =
+        serde_json::from_value(serde_json::json!({ "train": [path] })).unwrap();
+    let tok = kiln_data::tokenizers::Tokenizer::from_file(fixture("eval/tokenizer.json")).unwrap();
+    let template = kiln_data::ChatTemplate::alpaca(None).unwrap();
+    let err = kiln_train::prepare_data(&options, 1, 0, &tok, Some(&template), 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("{}:3", path.display())) && err.contains("no assistant message"),
+        "{err}"
+    );
+}

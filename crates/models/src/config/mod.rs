@@ -262,6 +262,12 @@ pub struct HfConfig {
     pub layout: ModuleLayout,
 }
 
+/// The largest width (vocabulary, hidden, intermediate, heads, head size) a config may declare:
+/// 2^24, 64 times the largest vocabulary in use (262,144), so products of two sizes fit in u64.
+pub const MAX_DIM: usize = 1 << 24;
+/// The most layers a config may declare (the largest released models have a few hundred).
+pub const MAX_LAYERS: usize = 1 << 16;
+
 fn default_eps() -> f64 {
     1e-6
 }
@@ -292,9 +298,23 @@ impl HfConfig {
     /// family's defaults for missing keys.
     pub fn from_value(value: serde_json::Value, path: &Path) -> Result<Self> {
         let (value, layout) = defaults::normalise(value, path)?;
-        let mut config: Self = serde_json::from_value(value).map_err(|e| ModelError::Json {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
+        let mut config: Self = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = match layout {
+                ModuleLayout::CausalLm => e.path().to_string(),
+                ModuleLayout::Gemma3Multimodal => format!("text_config.{}", e.path()),
+            };
+            let reason = e.into_inner().to_string();
+            match key.as_str() {
+                "." | "text_config.." => ModelError::Json {
+                    path: path.to_path_buf(),
+                    reason,
+                },
+                _ => ModelError::Config {
+                    path: path.to_path_buf(),
+                    key,
+                    reason,
+                },
+            }
         })?;
         config.layout = layout;
         Ok(config)
@@ -354,16 +374,7 @@ impl HfConfig {
         if head_dim % 2 != 0 {
             return Err(bad("head_dim", format!("{head_dim} must be even for RoPE")));
         }
-        for (key, v) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-        ] {
-            if v == 0 {
-                return Err(bad(key, "must be positive".into()));
-            }
-        }
+        self.check_sizes(head_dim, path)?;
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
             return Err(bad(
                 "rms_norm_eps",
@@ -458,6 +469,40 @@ impl HfConfig {
             pad_token_id: self.pad_token_id,
             layout: self.layout,
         })
+    }
+
+    /// Sizes must be positive, and no larger than [`MAX_DIM`] ([`MAX_LAYERS`] layers): the
+    /// loader checks every shape against the weights before allocating, but products of these
+    /// sizes must not overflow first, and a per-layer table is built from the layer count.
+    fn check_sizes(&self, head_dim: usize, path: &Path) -> Result<()> {
+        let sizes = [
+            ("vocab_size", self.vocab_size, MAX_DIM),
+            ("hidden_size", self.hidden_size, MAX_DIM),
+            ("intermediate_size", self.intermediate_size, MAX_DIM),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, MAX_DIM),
+            (
+                "num_key_value_heads",
+                self.num_key_value_heads.unwrap_or(1),
+                MAX_DIM,
+            ),
+            ("head_dim", head_dim, MAX_DIM),
+        ];
+        for (key, v, max) in sizes {
+            let reason = if v == 0 {
+                "must be positive".to_string()
+            } else if v > max {
+                format!("{v} is larger than kiln accepts ({max}); a corrupt config?")
+            } else {
+                continue;
+            };
+            return Err(ModelError::Config {
+                path: path.to_path_buf(),
+                key: key.into(),
+                reason,
+            });
+        }
+        Ok(())
     }
 
     fn layer_attention(&self, family: Family, path: &Path) -> Result<Vec<AttentionKind>> {

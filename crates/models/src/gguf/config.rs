@@ -171,6 +171,43 @@ pub fn hf_config_from_gguf(file: &GgufFile) -> Result<Value> {
     Ok(Value::Object(config))
 }
 
+/// `e` blamed on the GGUF metadata key of `file` that the config.json key it names was derived
+/// from (`num_attention_heads` -> `llama.attention.head_count`); other errors unchanged.
+pub(crate) fn blame_gguf_key(file: &GgufFile, e: ModelError) -> ModelError {
+    let ModelError::Config { path, key, reason } = e else {
+        return e;
+    };
+    let Ok(arch) = GgufArch::of(file) else {
+        return ModelError::Config { path, key, reason };
+    };
+    let prefix = arch.key();
+    let from = |k: &str| format!("{prefix}.{k}");
+    let gguf = match key.as_str() {
+        "head_dim" if file.get(&from("attention.key_length")).is_some() => {
+            Some(from("attention.key_length"))
+        }
+        "head_dim" => Some(from("rope.dimension_count")),
+        hf => ARCH_KEYS
+            .iter()
+            .find(|(_, h)| *h == hf)
+            .map(|(g, _)| from(g))
+            .or_else(|| {
+                TOKEN_KEYS
+                    .iter()
+                    .find(|(_, h)| *h == hf)
+                    .map(|(g, _)| g.to_string())
+            }),
+    };
+    match gguf {
+        Some(gguf) => ModelError::GgufKey {
+            path,
+            key: gguf,
+            reason: format!("{reason} (as config.json `{key}`)"),
+        },
+        None => ModelError::Config { path, key, reason },
+    }
+}
+
 /// Rejects arrays and strings where config.json wants a number.
 fn scalar(file: &GgufFile, key: &str, v: Value) -> Result<Value> {
     match v {

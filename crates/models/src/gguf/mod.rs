@@ -21,6 +21,7 @@ mod weights;
 mod write;
 mod write_meta;
 
+pub(crate) use config::blame_gguf_key;
 pub use config::{GgufArch, chat_template, hf_config_from_gguf};
 pub use file::GgufFile;
 pub use reader::TensorInfo;

@@ -46,8 +46,11 @@ impl GgufWeights {
                 let n_kv: usize = file
                     .get_as("llama.attention.head_count_kv")?
                     .unwrap_or(n_head);
-                if n_head == 0 || n_kv == 0 {
+                if n_head == 0 {
                     return Err(file.key_error("llama.attention.head_count", "zero heads"));
+                }
+                if n_kv == 0 {
+                    return Err(file.key_error("llama.attention.head_count_kv", "zero heads"));
                 }
                 Some((n_head, n_kv))
             }
