@@ -196,6 +196,7 @@ fn frozen_layers_keep_no_dense_weight_on_wgpu() {
         let w = Tensor::<2>::from_data(TensorData::new(w, [DIM, DIM]), &device);
         h.matmul(w.transpose())
     });
+    println!("live bytes after the forward: frozen {frozen_held}, burn's product {dense_held}");
     let scale = dense_dx.iter().fold(1f32, |m, v| m.max(v.abs()));
     let diff = max_abs_diff(&frozen_dx, &dense_dx);
     assert!(
