@@ -91,7 +91,8 @@ fn run(l: &LoraLinear, device: &Device, seed: u64) -> Vec<(String, Vec<f32>)> {
 /// feature the wgpu device too (f32: lavapipe's bf16 is known to be wrong). burn's default
 /// device is wgpu once that feature is on, so the CPU device is named explicitly.
 fn devices() -> Vec<Device> {
-    #[allow(deprecated)]
+    // `mut` is unused without the `wgpu` feature.
+    #[allow(deprecated, unused_mut)]
     let mut devices = vec![Device::ndarray()];
     #[cfg(feature = "wgpu")]
     devices.push(Device::wgpu(Default::default()));
