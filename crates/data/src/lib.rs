@@ -2,7 +2,7 @@
 //!
 //! read ([`Reader`]: JSONL, JSON, CSV/TSV, text, Parquet) → normalise ([`Record`]) → render with the model's chat template
 //! ([`ChatTemplate`], identical to transformers' `apply_chat_template`) → tokenize and label
-//! ([`Encoder`], completion-only labels from character offsets) → pack ([`pack`],
+//! ([`Encoder`], completion-only labels from character offsets) → pack ([`pack`](fn@pack),
 //! [`GreedyPacker`]) or pad ([`Batch`]) → split and shuffle ([`train_val_split`],
 //! [`ShuffleBuffer`]). Plus a table → question/answer generator ([`qa`]) and a token/label
 //! pretty-printer ([`show_labels`]).

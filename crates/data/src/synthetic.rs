@@ -216,7 +216,7 @@ const ADVERSARIAL: &[&str] = &[
 ];
 
 /// A string of `units` random pieces for tokenizer equivalence tests (deterministic in `seed`):
-/// mostly [`ADVERSARIAL`] pieces glued together, one in eight a random scalar value (half of
+/// mostly `ADVERSARIAL` pieces glued together, one in eight a random scalar value (half of
 /// them from the BMP, half from the whole range; controls, private use and unassigned ones
 /// included).
 pub fn adversarial_text(seed: u64, units: usize) -> String {

@@ -16,7 +16,7 @@
 //! - [`loglik`] and [`choice`]: log-likelihood of continuations and multiple choice scored as
 //!   lm-evaluation-harness does (`acc`, `acc_norm`);
 //! - [`harness`]: generation-based evaluation over a dataset with per-example JSON Lines;
-//! - [`compare`]: A/B reports (Markdown and JSON) with paired bootstrap intervals.
+//! - [`compare`](mod@compare): A/B reports (Markdown and JSON) with paired bootstrap intervals.
 //!
 //! Metric values are golden-tested against the Python tools (`tools/fixtures/metrics.py`,
 //! fixtures in `fixtures/metrics/`); the model-based scores against transformers and

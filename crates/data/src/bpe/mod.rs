@@ -7,14 +7,14 @@
 //! - no normalizer, truncation or padding, `encode_special_tokens` off, added tokens without
 //!   `lstrip`/`rstrip`/`single_word`;
 //! - pre-tokenizer `ByteLevel` with GPT-2's regex (no prefix space), possibly after `Digits`, or
-//!   `Split` with Llama 3's or Qwen 2's regex then `ByteLevel` without regex ([`split`]);
+//!   `Split` with Llama 3's or Qwen 2's regex then `ByteLevel` without regex (`split`);
 //! - a `BPE` model without dropout, subword prefix or word suffix; a byte whose character is
 //!   not a token is dropped, as `tokenizers` does when there is no unknown token or byte
 //!   fallback.
 //!
 //! Added tokens are split out first (leftmost-longest, the tokens matched on the raw text, then
 //! those matched on the normalised text, as `AddedVocabulary` does), the rest is cut into pieces
-//! by [`split`] and each piece is merged by [`merge`]. A per-thread cache maps pieces already
+//! by `split` and each piece is merged by `merge`. A per-thread cache maps pieces already
 //! seen to their ids (chat data repeats its words). [`ByteLevelBpe::new`] returns `None` for any
 //! other shape, and the caller uses `tokenizers`. Tests (`tests/bpe_equivalence.rs`, kiln-train's
 //! `tests/bpe_gguf.rs`) compare ids and offsets with `tokenizers` on the fixture tokenizers and
