@@ -230,20 +230,7 @@ mod cpu {
                 );
             }
         }
-        if let Some(b) = bias {
-            let bv = view(&b);
-            let bc = bv.as_standard_layout();
-            let b = bc.as_slice()?;
-            if b.len() != n {
-                return None;
-            }
-            for row in out.chunks_exact_mut(n) {
-                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
-            }
-        }
-        let mut shape = x_shape;
-        shape[D - 1] = n;
-        tensor(&shape, out)
+        finish(x_shape, out, bias, n)
     }
 
     pub(super) fn frozen_linear<const D: usize>(
