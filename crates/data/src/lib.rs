@@ -21,6 +21,7 @@ mod jsonfmt;
 mod jsonl_messages;
 mod offsets;
 pub mod pack;
+mod parquet_pages;
 mod parquet_rows;
 pub mod pretty;
 pub mod qa;

@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::path::PathBuf;
 
-use parquet::file::reader::SerializedFileReader;
+use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::reader::RowIter;
 
 use crate::error::{DataError, Location, Result};
@@ -33,9 +33,11 @@ impl ParquetRows {
             format: "Parquet",
             message,
         };
+        let headers = file.try_clone().map_err(|e| malformed(e.to_string()))?;
         let reader = guarded(|| SerializedFileReader::new(file))
             .and_then(|r| r.map_err(|e| e.to_string()))
-            .map_err(malformed)?;
+            .map_err(&malformed)?;
+        crate::parquet_pages::check(&headers, reader.metadata()).map_err(&malformed)?;
         let rows = reader.into_iter();
         Ok(Self {
             path,
