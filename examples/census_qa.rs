@@ -29,8 +29,8 @@ use kiln::lora::{LoraConfig, LoraModel, TargetModules};
 use kiln::models::fetch::resolve_model;
 use kiln::models::{CausalLm, GenerationConfig, Pretrained, generate, parse_device};
 use kiln::train::{
-    Export, FitOptions, RunDir, RunMode, SftConfig, Trainer, TrainerOptions, TrainingMetadata,
-    encode_records, fit, padded_batches, standard_callbacks,
+    EvalRow, Export, FitOptions, RunDir, RunMode, SftConfig, Trainer, TrainerOptions,
+    TrainingMetadata, encode_records, fit, padded_batches, standard_callbacks,
 };
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -43,6 +43,11 @@ struct Args {
     /// fetched if missing).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// The base model's Hugging Face Hub id (`org/name`), written as the adapter's
+    /// `base_model_name_or_path` and the model card's `base_model` (default: from the model's
+    /// location when it tells, see `SftConfig::base_model_id`).
+    #[arg(long)]
+    base_model_id: Option<String>,
     #[arg(long, default_value = "runs/census_qa")]
     output_dir: PathBuf,
     /// Replace a previous run in `--output-dir` (a non-empty output directory is refused
@@ -326,7 +331,7 @@ fn main() -> Result<()> {
     // AdamW, linear decay after 10% warmup.
     let mut config = SftConfig::new(&path);
     config.output_dir = args.output_dir.clone();
-    config.lora = Some(lora.clone());
+    config.lora = Some(lora);
     config.micro_batch_size = args.batch_size;
     config.max_steps = Some(args.max_steps);
     config.optimizer.lr = args.lr;
@@ -337,6 +342,8 @@ fn main() -> Result<()> {
     config.device = args.device.clone();
     config.data.train = vec![args.table.clone()];
     device.seed(args.seed);
+    config.base_model_id = args.base_model_id.clone();
+    let lora = config.peft_config().context("LoRA config")?;
     let model = LoraModel::with_adapter(lm.model.clone(), "default", lora)?;
     println!("{}", model.trainable_parameters_report());
     let mut trainer = Trainer::new(
@@ -433,6 +440,34 @@ fn main() -> Result<()> {
         train_keys.len(),
         test_keys.join(", ")
     )];
+    meta.sequences = format!(
+        "no truncation; each batch padded to its longest conversation (longest {} tokens), no \
+         packing",
+        train_ex
+            .iter()
+            .map(|e| e.input_ids.len())
+            .max()
+            .unwrap_or(0)
+    );
+    let frac = |(a, n): (usize, usize)| a as f64 / n.max(1) as f64;
+    meta.evaluation = std::iter::once((
+        format!("exact match, {} held-out questions", test.len()),
+        score_before.accuracy(|_| true),
+        score_after.accuracy(|_| true),
+    ))
+    .chain(score_after.by_kind.iter().map(|(k, after)| {
+        (
+            format!("exact match: {}", k.as_str()),
+            score_before.by_kind[k],
+            *after,
+        )
+    }))
+    .map(|(metric, before, after)| EvalRow {
+        metric,
+        before: Some(frac(before)),
+        after: frac(after),
+    })
+    .collect();
     meta.write(&adapter_dir)?;
     let with_model = |model| Pretrained {
         model,

@@ -35,6 +35,11 @@ struct Args {
     config: Option<PathBuf>,
     #[arg(long)]
     model: Option<PathBuf>,
+    /// The base model's Hugging Face Hub id (`org/name`), written as the adapter's
+    /// `base_model_name_or_path` and the model card's `base_model` (default: from the model's
+    /// location when it tells, see `SftConfig::base_model_id`).
+    #[arg(long)]
+    base_model_id: Option<String>,
     /// Training data file(s), in any format the data crate reads (JSONL, JSON, CSV).
     #[arg(long)]
     data: Vec<PathBuf>,
@@ -110,6 +115,9 @@ fn config(args: &Args) -> Result<SftConfig> {
     }
     if let Some(v) = &args.output_dir {
         c.output_dir = v.clone();
+    }
+    if let Some(v) = &args.base_model_id {
+        c.base_model_id = Some(v.clone());
     }
     if let Some(v) = args.max_steps {
         c.max_steps = Some(v);
@@ -335,9 +343,9 @@ fn main() -> Result<()> {
         println!("GGUF: {}", path.display());
         Ok(())
     };
-    let (summary, counts, out) = match &config.lora {
+    let (summary, counts, out) = match config.peft_config() {
         Some(lora) => {
-            let model = LoraModel::with_adapter(lm.model, "default", lora.clone())?;
+            let model = LoraModel::with_adapter(lm.model, "default", lora)?;
             println!("{}", model.trainable_parameters_report());
             let out = config.output_dir.join("adapter");
             let (s, m) = train(

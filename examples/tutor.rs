@@ -24,6 +24,11 @@ use std::path::PathBuf;
 struct Args {
     #[arg(long)]
     model: Option<PathBuf>,
+    /// The base model's Hugging Face Hub id (`org/name`), written as the adapter's
+    /// `base_model_name_or_path` and the model card's `base_model` (default: from the model's
+    /// location when it tells, see `SftConfig::base_model_id`).
+    #[arg(long)]
+    base_model_id: Option<String>,
     #[arg(long, default_value = "runs/tutor")]
     output_dir: PathBuf,
     /// Replace a previous run in `--output-dir` (a non-empty output directory is refused
@@ -134,6 +139,8 @@ fn main() -> Result<()> {
         pad,
     )?;
     device.seed(config.seed);
+    config.base_model_id = args.base_model_id.clone();
+    let lora = config.peft_config().context("LoRA config")?;
     let model = LoraModel::with_adapter(lm.model.clone(), "default", lora)?;
     println!("{}", model.trainable_parameters_report());
     let mut trainer = Trainer::new(

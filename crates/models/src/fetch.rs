@@ -80,6 +80,25 @@ pub fn resolve_model(explicit: Option<&Path>, fetch_if_missing: bool) -> Result<
     Ok(path)
 }
 
+/// The Hub id of the model at `path` when its location tells it: a file or directory inside a
+/// Hugging Face cache snapshot (`…/models--org--name/snapshots/<commit>[/…]` → `org/name`), or
+/// kiln's default model file (the Q4_1 GGUF of `HuggingFaceTB/SmolLM2-135M-Instruct`). A GGUF's
+/// own metadata names an organisation and a base name, not a repository, so other paths give
+/// `None` (training takes the id from `base_model_id` then).
+pub fn hub_id_of(path: &Path) -> Option<String> {
+    let parts: Vec<_> = path.components().map(|c| c.as_os_str()).collect();
+    for w in parts.windows(2) {
+        if w[1] == "snapshots"
+            && let Some(id) = w[0].to_str().and_then(|d| d.strip_prefix("models--"))
+            && let Some((org, name)) = id.split_once("--")
+        {
+            let id = format!("{org}/{name}");
+            return looks_like_repo_id(&id).then_some(id);
+        }
+    }
+    (path.file_name()? == SMOLLM2_FILE).then(|| "HuggingFaceTB/SmolLM2-135M-Instruct".into())
+}
+
 /// The Hugging Face hub cache as `huggingface_hub` finds it: `$HF_HUB_CACHE`, else
 /// `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
 pub fn hf_hub_cache() -> PathBuf {
@@ -244,6 +263,26 @@ mod tests {
     use super::*;
 
     /// A cache laid out as `huggingface_hub` writes it (blobs, refs, snapshots of symlinks).
+    #[test]
+    fn hub_id_comes_from_the_cache_layout_or_the_default_model() {
+        let snap = Path::new("/h/hub/models--HuggingFaceTB--SmolLM2-360M/snapshots/abc123");
+        assert_eq!(
+            hub_id_of(snap).as_deref(),
+            Some("HuggingFaceTB/SmolLM2-360M")
+        );
+        assert_eq!(
+            hub_id_of(&snap.join("model.gguf")).as_deref(),
+            Some("HuggingFaceTB/SmolLM2-360M")
+        );
+        assert_eq!(
+            hub_id_of(&Path::new("/c/kiln").join(SMOLLM2_FILE)).as_deref(),
+            Some("HuggingFaceTB/SmolLM2-135M-Instruct")
+        );
+        for other in ["/models/llama", "/x/models--bad/snapshots/1", "model.gguf"] {
+            assert_eq!(hub_id_of(Path::new(other)), None, "{other}");
+        }
+    }
+
     #[test]
     fn resolves_refs_and_commits_in_the_hf_cache() {
         let cache = tempfile::tempdir().unwrap();

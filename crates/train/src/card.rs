@@ -10,8 +10,18 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainingMetadata {
     pub kiln_version: String,
-    /// Base model path or hub id.
+    /// The base model's Hub id when known ([`SftConfig::hub_id`]), else its local path.
     pub base_model: String,
+    /// The base model's local file or directory.
+    pub base_model_path: String,
+    /// Whether [`Self::base_model`] is a Hub id (the card's `base_model:` front matter is
+    /// written only then: the Hub rejects a local path there).
+    pub base_model_is_hub_id: bool,
+    /// How sequences were cut and batched, as the card states it (default: the config's
+    /// `max_seq_len` and packing; a run that batches its own data says what it did).
+    pub sequences: String,
+    /// Evaluation results the card shows as a table (e.g. exact match before and after).
+    pub evaluation: Vec<EvalRow>,
     /// Training data files or a description.
     pub data: Vec<String>,
     pub train_examples: usize,
@@ -22,12 +32,29 @@ pub struct TrainingMetadata {
     pub summary: RunSummary,
 }
 
+/// One row of the card's evaluation table: a metric before and after training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalRow {
+    pub metric: String,
+    pub before: Option<f64>,
+    pub after: f64,
+}
+
 impl TrainingMetadata {
     /// Metadata of a finished run.
     pub fn new(config: &SftConfig, summary: &RunSummary) -> Self {
+        let path = config.model.display().to_string();
+        let hub_id = config.hub_id();
         Self {
             kiln_version: env!("CARGO_PKG_VERSION").to_string(),
-            base_model: config.model.display().to_string(),
+            base_model_is_hub_id: hub_id.is_some(),
+            base_model: hub_id.unwrap_or_else(|| path.clone()),
+            base_model_path: path,
+            sequences: format!(
+                "max sequence length: {}, packing: {}",
+                config.data.max_seq_len, config.data.packing
+            ),
+            evaluation: Vec::new(),
             data: config
                 .data
                 .train
@@ -66,12 +93,17 @@ impl TrainingMetadata {
         };
         let _ = writeln!(
             t,
-            "---\nbase_model: {}\nlibrary_name: {}\ntags:\n- kiln\n- sft\n---\n",
-            self.base_model,
+            "---\n{}library_name: {}\ntags:\n- kiln\n- sft\n---\n",
+            if self.base_model_is_hub_id {
+                format!("base_model: {}\n", self.base_model)
+            } else {
+                String::new()
+            },
             if c.lora.is_some() { "peft" } else { "kiln" }
         );
         let _ = writeln!(t, "# Fine-tuned {}\n", self.base_model);
         let _ = writeln!(t, "Trained with kiln {} ({method}).\n", self.kiln_version);
+        let _ = writeln!(t, "Base model file: `{}`\n", self.base_model_path);
         let _ = writeln!(t, "## Data\n");
         let _ = writeln!(
             t,
@@ -87,11 +119,7 @@ impl TrainingMetadata {
             "- training examples: {}, validation examples: {}",
             self.train_examples, self.val_examples
         );
-        let _ = writeln!(
-            t,
-            "- max sequence length: {}, packing: {}\n",
-            c.data.max_seq_len, c.data.packing
-        );
+        let _ = writeln!(t, "- {}\n", self.sequences);
         let _ = writeln!(t, "## Hyperparameters\n");
         let _ = writeln!(t, "| | |\n|---|---|");
         let o = &c.optimizer;
@@ -164,6 +192,13 @@ impl TrainingMetadata {
             "- tokens trained on: {}, time: {:.1} s",
             s.tokens_seen, s.elapsed_secs
         );
+        if !self.evaluation.is_empty() {
+            let _ = writeln!(t, "\n## Evaluation\n\n| | before | after |\n|---|---|---|");
+            for r in &self.evaluation {
+                let before = r.before.map_or("–".to_string(), |v| format!("{v:.4}"));
+                let _ = writeln!(t, "| {} | {before} | {:.4} |", r.metric, r.after);
+            }
+        }
         t
     }
 

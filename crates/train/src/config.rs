@@ -35,6 +35,13 @@ use std::path::{Path, PathBuf};
 pub struct SftConfig {
     /// Hugging Face model directory (or GGUF file).
     pub model: PathBuf,
+    /// The base model's Hugging Face Hub id (`org/name`), recorded as the adapter's
+    /// `base_model_name_or_path` (so `AutoPeftModelForCausalLM.from_pretrained(adapter)` finds
+    /// the base) and as the model card's `base_model`. Unset: taken from the model's location
+    /// when it tells (a Hugging Face cache snapshot, kiln's default model), else the adapter
+    /// names the local model directory as PEFT does (a GGUF file names no base PEFT loads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model_id: Option<String>,
     /// How the model's matrices are held: `stored` (default: a GGUF's blocks and safetensors'
     /// f16/bf16 kept as the file holds them), `f32`, `nf4`, `fp4` or `int8` (quantized at load
     /// as bitsandbytes does; QLoRA). Frozen matrices are multiplied a tile at a time; matrices
@@ -353,6 +360,28 @@ impl SftConfig {
         c
     }
 
+    /// The base model's Hub id: [`Self::base_model_id`], else what the model's location tells
+    /// ([`kiln_models::fetch::hub_id_of`]).
+    pub fn hub_id(&self) -> Option<String> {
+        self.base_model_id
+            .clone()
+            .or_else(|| kiln_models::fetch::hub_id_of(&self.model))
+    }
+
+    /// The adapter to train ([`Self::lora`]) with `base_model_name_or_path` set as PEFT sets it:
+    /// the Hub id when known ([`Self::hub_id`]), else the model directory's absolute path; a
+    /// GGUF file without a known id leaves it unset (PEFT cannot load a GGUF as its base).
+    pub fn peft_config(&self) -> Option<LoraConfig> {
+        let mut lora = self.lora.clone()?;
+        lora.base_model_name_or_path = self.hub_id().or_else(|| {
+            self.model
+                .is_dir()
+                .then(|| std::path::absolute(&self.model).unwrap_or_else(|_| self.model.clone()))
+                .map(|p| p.display().to_string())
+        });
+        Some(lora)
+    }
+
     /// Reads a `.toml` or `.json` file (by extension) and validates it.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
@@ -495,6 +524,31 @@ impl SftConfig {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_adapter_names_its_base_as_peft_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = SftConfig::new(dir.path());
+        c.lora = Some(LoraConfig::new(
+            4,
+            8.0,
+            kiln_lora::TargetModules::Names(vec!["q_proj".into()]),
+        ));
+        // A local directory: its absolute path, as PEFT writes after `from_pretrained(dir)`.
+        let local = c.peft_config().unwrap().base_model_name_or_path.unwrap();
+        assert_eq!(Path::new(&local), std::path::absolute(dir.path()).unwrap());
+        // A GGUF file with no known id: unset; the id given wins everywhere.
+        c.model = dir.path().join("model.gguf");
+        assert_eq!(c.peft_config().unwrap().base_model_name_or_path, None);
+        c.base_model_id = Some("org/name".into());
+        assert_eq!(
+            c.peft_config().unwrap().base_model_name_or_path.as_deref(),
+            Some("org/name")
+        );
+        // Full fine-tuning has no adapter.
+        c.lora = None;
+        assert_eq!(c.peft_config(), None);
+    }
 
     #[test]
     fn toml_and_json_read_the_same_config() {

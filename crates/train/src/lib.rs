@@ -35,7 +35,7 @@ pub use adamw::FusedAdamW;
 pub use alloc::keep_freed_memory;
 pub use batch::{Batch, BatchSource, Shuffled};
 pub use callback::{Callback, EvalMetrics, StepMetrics};
-pub use card::TrainingMetadata;
+pub use card::{EvalRow, TrainingMetadata};
 pub use checkpoint::{latest_checkpoint, list_checkpoints};
 pub use config::{
     AdamWOptions, BackwardPath, DataOptions, EarlyStopping, EvalOptions, NonFinitePolicy,

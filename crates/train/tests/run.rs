@@ -95,7 +95,29 @@ fn fit_writes_metrics_events_curve_and_card() {
     meta.train_examples = 4;
     meta.write(out.path()).unwrap();
     let card = std::fs::read_to_string(out.path().join("README.md")).unwrap();
-    assert!(card.contains("base_model: fixtures/tiny/llama"));
+    // No Hub id known for a local directory: no `base_model:` front matter (the Hub rejects a
+    // path there), the file named in the text.
+    assert!(!card.contains("base_model:"), "{card}");
+    assert!(
+        card.contains("Base model file: `fixtures/tiny/llama`"),
+        "{card}"
+    );
+    config.base_model_id = Some("HuggingFaceTB/SmolLM2-135M".into());
+    let mut with_id = TrainingMetadata::new(&config, &summary);
+    with_id.evaluation.push(kiln_train::EvalRow {
+        metric: "exact match".into(),
+        before: Some(0.35),
+        after: 0.65,
+    });
+    let card2 = with_id.model_card();
+    assert!(
+        card2.starts_with("---\nbase_model: HuggingFaceTB/SmolLM2-135M\n"),
+        "{card2}"
+    );
+    assert!(
+        card2.contains("| exact match | 0.3500 | 0.6500 |"),
+        "{card2}"
+    );
     assert!(card.contains("validation loss"));
     let back: TrainingMetadata = serde_json::from_str(
         &std::fs::read_to_string(out.path().join("training_metadata.json")).unwrap(),
