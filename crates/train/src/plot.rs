@@ -1,6 +1,7 @@
 //! A loss-curve PNG (training loss in blue, validation loss in orange), drawn with no plotting
-//! library: axes, a light grid of 5 divisions labelled with steps and loss values (a 3 × 5 pixel
-//! digit font, drawn at twice its size), and the two polylines.
+//! library: axes titled `STEP` and `LOSS`, a legend, a light grid labelled with steps (whole
+//! numbers at a 1-2-5 spacing) and loss values (a 3 × 5 pixel digit font and a 5 × 7 capital
+//! font for the few words, drawn at twice their size), and the two polylines.
 use crate::error::{Result, TrainError};
 use std::path::Path;
 
@@ -68,6 +69,27 @@ fn glyph(ch: char) -> Option<[u8; 5]> {
     Some(out)
 }
 
+/// The capitals the titles and the legend use, as 5 × 7 glyphs (rows of 5 bits, top first).
+const LETTERS: [(char, [u8; 7]); 12] = [
+    ('A', [14, 17, 17, 31, 17, 17, 17]),
+    ('D', [30, 17, 17, 17, 17, 17, 30]),
+    ('E', [31, 16, 16, 30, 16, 16, 31]),
+    ('I', [14, 4, 4, 4, 4, 4, 14]),
+    ('L', [16, 16, 16, 16, 16, 16, 31]),
+    ('N', [17, 25, 21, 19, 17, 17, 17]),
+    ('O', [14, 17, 17, 17, 17, 17, 14]),
+    ('P', [30, 17, 17, 30, 16, 16, 16]),
+    ('R', [30, 17, 17, 30, 20, 18, 17]),
+    ('S', [15, 16, 16, 14, 1, 1, 30]),
+    ('T', [31, 4, 4, 4, 4, 4, 4]),
+    ('V', [17, 17, 17, 17, 17, 10, 4]),
+];
+
+/// Width in pixels of a word drawn by [`Canvas::word`].
+fn word_width(word: &str) -> i64 {
+    word.chars().count() as i64 * 6 * SCALE - SCALE
+}
+
 /// Width in pixels of `text` drawn by [`Canvas::text`].
 fn text_width(text: &str) -> i64 {
     text.chars().count() as i64 * 4 * SCALE - SCALE
@@ -90,6 +112,46 @@ impl Canvas {
             }
         }
     }
+}
+
+impl Canvas {
+    /// Draws `word` (capitals of [`LETTERS`]) with its top-left corner at `(x, y)`.
+    fn word(&mut self, x: i64, y: i64, word: &str, c: [u8; 3]) {
+        for (i, ch) in word.chars().enumerate() {
+            let Some((_, rows)) = LETTERS.iter().find(|(l, _)| *l == ch) else {
+                continue;
+            };
+            let x0 = x + i as i64 * 6 * SCALE;
+            for (r, bits) in rows.iter().enumerate() {
+                for col in 0..5 {
+                    if bits & (16 >> col) != 0 {
+                        for (dx, dy) in (0..SCALE).flat_map(|a| (0..SCALE).map(move |b| (a, b))) {
+                            self.put(x0 + col * SCALE + dx, y + r as i64 * SCALE + dy, c);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The spacing of step ticks: the smallest of 1, 2, 5, 10, 20, 50, … that puts at most 6
+/// intervals on `0..=max_step`, so every tick is a whole step.
+fn step_tick(max_step: usize) -> usize {
+    let mut tick = 1;
+    for m in [2, 5, 10].iter().cycle().scan(1usize, |base, &m| {
+        let t = *base * m;
+        if m == 10 {
+            *base *= 10;
+        }
+        Some(t)
+    }) {
+        if max_step.div_ceil(tick) <= 6 {
+            break;
+        }
+        tick = m;
+    }
+    tick
 }
 
 /// `v` with enough decimals to tell grid lines `step` apart.
@@ -128,21 +190,42 @@ pub fn write_loss_curve(path: &Path, train: &[(usize, f64)], val: &[(usize, f64)
         (x.round() as i64, y.round() as i64)
     };
     let mut c = Canvas(vec![255; W * H * 3]);
-    for k in 0..=5 {
-        let gx = (LEFT as f64 + pw * k as f64 / 5.0) as i64;
-        let gy = (MARGIN as f64 + ph * k as f64 / 5.0) as i64;
+    // Steps under the x axis at whole-step ticks; losses left of the y axis (top = highest).
+    let tick = step_tick(max_x as usize);
+    for s in (0..=max_x as usize).step_by(tick) {
+        let gx = to_px((s, lo)).0;
         c.line((gx, MARGIN as i64), (gx, (H - MARGIN) as i64), [225; 3]);
-        c.line((LEFT as i64, gy), ((W - MARGIN) as i64, gy), [225; 3]);
-        // Steps under the x axis, losses left of the y axis (top line = highest loss).
-        let step = format!("{}", (max_x * k as f64 / 5.0).round());
+        let step = s.to_string();
         c.text(
             gx - text_width(&step) / 2,
-            (H - MARGIN) as i64 + 8,
+            (H - MARGIN) as i64 + 6,
             &step,
             [0; 3],
         );
+    }
+    for k in 0..=5 {
+        let gy = (MARGIN as f64 + ph * k as f64 / 5.0) as i64;
+        c.line((LEFT as i64, gy), ((W - MARGIN) as i64, gy), [225; 3]);
         let loss = label(hi - (hi - lo) * k as f64 / 5.0, (hi - lo) / 5.0);
         c.text(LEFT as i64 - 8 - text_width(&loss), gy - 5, &loss, [0; 3]);
+    }
+    // Axis titles and the legend (a short line in each series' colour before its name).
+    let x_mid = (LEFT + W - MARGIN) as i64 / 2;
+    c.word(
+        x_mid - word_width("STEP") / 2,
+        (H - 16) as i64,
+        "STEP",
+        [0; 3],
+    );
+    c.word(8, 12, "LOSS", [0; 3]);
+    let mut x = (W - MARGIN) as i64;
+    for (name, color, shown) in [("VALIDATION", VAL, !val.is_empty()), ("TRAIN", TRAIN, true)] {
+        if shown {
+            x -= word_width(name);
+            c.word(x, 12, name, [0; 3]);
+            c.line((x - 24, 18), (x - 8, 18), color);
+            x -= 40;
+        }
     }
     let (left, bottom) = (LEFT as i64, (H - MARGIN) as i64);
     c.line((left, MARGIN as i64), (left, bottom), [0; 3]);
@@ -200,7 +283,23 @@ mod tests {
         let left = (0..LEFT - 4).any(|x| (MARGIN..H - MARGIN).any(|y| black(x, y)));
         let under = (LEFT..W).any(|x| (H - MARGIN + 4..H).any(|y| black(x, y)));
         assert!(left && under, "axis labels drawn");
-        assert!((0..W).all(|x| (0..MARGIN - 8).all(|y| !black(x, y))));
+        // The title row holds `LOSS` at the left and the legend at the right, nothing between.
+        let top = |xs: std::ops::Range<usize>| {
+            xs.into_iter().any(|x| (0..MARGIN - 8).any(|y| black(x, y)))
+        };
+        assert!(top(0..LEFT) && top(W - MARGIN - 60..W - MARGIN));
+        assert!(!top(LEFT + 20..W / 2 - 60));
+        // Step ticks 0, 1, 2, 3, 4 (whole steps): each tick's gridline is drawn.
+        let grey = |x: usize| {
+            (MARGIN..H - MARGIN)
+                .filter(|&y| buf[(y * W + x) * 3..][..3] == [225, 225, 225])
+                .count()
+        };
+        for s in 1..=4 {
+            let x = (LEFT as f64 + s as f64 / 4.0 * (W - LEFT - MARGIN) as f64).round() as usize;
+            assert!(grey(x) > (H - 2 * MARGIN) / 2, "tick {s}");
+            assert!(grey(x - 3) <= 12, "between ticks: only the 6 loss gridlines");
+        }
         // Written through a temporary file that is gone afterwards.
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
@@ -214,6 +313,16 @@ mod tests {
         let err = write_loss_curve(&file.join("loss.png"), &[(1, 1.0)], &[]).unwrap_err();
         assert!(err.to_string().contains("not-a-dir"), "{err}");
         assert_eq!(std::fs::read(&file).unwrap(), b"x");
+    }
+
+    #[test]
+    fn step_ticks_are_whole_steps_at_a_1_2_5_spacing() {
+        let got: Vec<_> = [1, 4, 6, 8, 12, 30, 60, 61, 1000, 2999]
+            .map(step_tick)
+            .to_vec();
+        assert_eq!(got, [1, 1, 1, 2, 2, 5, 10, 20, 200, 500]);
+        assert!(LETTERS.iter().all(|(_, rows)| rows.iter().all(|r| *r < 32)));
+        assert_eq!(word_width("STEP"), 46);
     }
 
     #[test]
