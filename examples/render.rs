@@ -8,7 +8,7 @@
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use kiln::data::{
-    ChatTemplate, EncodeOptions, Encoded, Encoder, Message, Reader, Record, show_labels,
+    ChatTemplate, EncodeOptions, Encoded, Encoder, Message, Reader, Record, Role, show_labels,
     show_trained_text,
 };
 use kiln::models::Pretrained;
@@ -75,11 +75,15 @@ fn main() -> Result<()> {
         }
         _ => bail!("give --messages-json or --data"),
     };
-    if args.add_generation_prompt {
+    // Without an assistant turn there is nothing to train; the template still renders it, as
+    // transformers' `apply_chat_template` does.
+    let untrainable = matches!(&record, Record::Conversation(m)
+        if !m.iter().any(|m| m.role == Role::Assistant));
+    if args.add_generation_prompt || untrainable {
         let Record::Conversation(m) = &record else {
             bail!("--add-generation-prompt needs a conversation record")
         };
-        let text = template.render(m, true)?;
+        let text = template.render(m, args.add_generation_prompt)?;
         let ids = tokenizer
             .encode(text.as_str(), false)
             .map_err(|e| anyhow::anyhow!("{e}"))?
@@ -89,6 +93,9 @@ fn main() -> Result<()> {
             println!("{}", json!({"text": text, "input_ids": ids}));
         } else {
             print!("{text}");
+            if untrainable && !args.add_generation_prompt {
+                eprintln!("(no assistant message: nothing in it would be trained)");
+            }
         }
         return Ok(());
     }

@@ -298,7 +298,10 @@ mod tests {
         for s in 1..=4 {
             let x = (LEFT as f64 + s as f64 / 4.0 * (W - LEFT - MARGIN) as f64).round() as usize;
             assert!(grey(x) > (H - 2 * MARGIN) / 2, "tick {s}");
-            assert!(grey(x - 3) <= 12, "between ticks: only the 6 loss gridlines");
+            assert!(
+                grey(x - 3) <= 12,
+                "between ticks: only the 6 loss gridlines"
+            );
         }
         // Written through a temporary file that is gone afterwards.
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
