@@ -19,7 +19,10 @@ fn smollm2() -> Option<PathBuf> {
         "{} missing",
         path.display()
     );
-    println!("SKIPPED: {} missing (run tools/fetch_model.sh)", path.display());
+    println!(
+        "SKIPPED: {} missing (run tools/fetch_model.sh)",
+        path.display()
+    );
     None
 }
 
@@ -88,7 +91,10 @@ fn sft_trains_resumes_and_eval_scores_its_adapter() {
         "2",
     ];
     run("sft", &[&common[..], &["--max-steps", "2"]].concat());
-    let resumed = run("sft", &[&common[..], &["--max-steps", "3", "--resume"]].concat());
+    let resumed = run(
+        "sft",
+        &[&common[..], &["--max-steps", "3", "--resume"]].concat(),
+    );
     assert!(resumed.contains("resuming from"), "{resumed}");
     // The resumed run appends step 3 after the checkpoint's steps 1 and 2, each once.
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();

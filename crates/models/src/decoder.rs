@@ -617,6 +617,14 @@ impl CausalLm {
         }
     }
 
+    /// The cached length at which decoding must drop its KV cache and recompute the whole
+    /// sequence: LongRoPE's original context, where the next token switches every position to
+    /// the long frequencies (transformers' Phi-3 `prepare_inputs_for_generation` recomputes the
+    /// cache there, once). `None` for every other rotary embedding.
+    pub fn recompute_cache_at(&self) -> Option<usize> {
+        self.rope.long_after()
+    }
+
     /// Training forward: logits of every position.
     ///
     /// # Shapes

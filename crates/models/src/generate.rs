@@ -235,6 +235,8 @@ pub fn generate(
         ids.extend(std::iter::repeat_n(pad, t - p.len()).chain(p.iter().copied()));
         mask.extend(std::iter::repeat_n(0u8, t - p.len()).chain(std::iter::repeat_n(1u8, p.len())));
     }
+    // The whole padded batch so far, for a recomputation of the cache (LongRoPE's switch).
+    let (mut all_ids, mut all_mask) = (ids.clone(), mask.clone());
     let mut input = DecoderInput::new(ids, b, t).with_attention_mask(mask);
     let mut cache = KvCache::default();
     let mut rng = StdRng::seed_from_u64(config.seed);
@@ -288,9 +290,27 @@ pub fn generate(
         if done.iter().all(|&d| d) {
             break;
         }
-        input = DecoderInput::new(next, b, 1).with_attention_mask(vec![1; b]);
+        let len = all_ids.len() / b;
+        all_ids = interleave(&all_ids, &next, len);
+        all_mask = interleave(&all_mask, &vec![1; b], len);
+        input = if model.recompute_cache_at() == Some(cache.len()) {
+            // The next token crosses LongRoPE's original context: every key is recomputed with
+            // the long frequencies, as transformers does for Phi-3.
+            cache = KvCache::default();
+            DecoderInput::new(all_ids.clone(), b, len + 1).with_attention_mask(all_mask.clone())
+        } else {
+            DecoderInput::new(next, b, 1).with_attention_mask(vec![1; b])
+        };
     }
     Ok(out)
+}
+
+/// `rows` (`[b, len]` row-major) with one more column `col` (`[b]`).
+fn interleave<T: Copy>(rows: &[T], col: &[T], len: usize) -> Vec<T> {
+    rows.chunks(len.max(1))
+        .zip(col)
+        .flat_map(|(r, c)| r.iter().copied().chain(std::iter::once(*c)))
+        .collect()
 }
 
 #[cfg(test)]

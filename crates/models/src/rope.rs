@@ -107,6 +107,12 @@ impl Rope {
         }
     }
 
+    /// LongRoPE's original context: past it the long frequencies apply (`None` for other
+    /// kinds of rotary embedding).
+    pub fn long_after(&self) -> Option<usize> {
+        self.long.as_ref().map(|(_, original)| *original)
+    }
+
     /// `cos` and `sin` tables for the given positions.
     ///
     /// LongRoPE picks its long frequencies for the whole call when `max(positions) + 1` exceeds

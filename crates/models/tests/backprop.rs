@@ -2,7 +2,6 @@
 //! and batch: loss and every gradient, for LoRA and full fine-tuning, on the Llama (tied head,
 //! GQA), Qwen2 (q/k/v biases, separate head) and Mistral (sliding window) fixtures, with padding,
 //! ignored labels, packed segments and a padding row whose prediction counts.
-#![cfg(feature = "cpu")]
 #![allow(clippy::unwrap_used)]
 mod common;
 
@@ -167,9 +166,9 @@ fn assert_same(model: CausalLm, input: &DecoderInput, labels: &[i64], what: &str
             .fold(0f32, f32::max)
             / scale;
         worst = worst.max(err);
+        // `KILN_DEBUG` prints every gradient's difference; the assertion holds either way.
         if std::env::var("KILN_DEBUG").is_ok() {
             println!("{what} {shape:?} err {err:.2e} scale {scale:.3e}");
-            continue;
         }
         assert!(
             err < 1e-4,

@@ -157,6 +157,44 @@ fn phi3_longrope_matches_transformers() {
     base_parity("phi3_longrope");
 }
 
+/// LongRoPE below its original context (8) uses the short factors; greedy decoding that crosses
+/// it recomputes the cache with the long factors, as transformers' Phi-3 does
+/// (`tools/fixtures/longrope_decode.py`, `decode.safetensors`; its script checks that the two
+/// halves of the decode differ from a forward of the whole sequence where they must).
+#[test]
+fn phi3_longrope_short_factors_and_the_switch_while_decoding_match_transformers() {
+    use kiln_models::{GenerationConfig, generate};
+    let c = case("phi3_longrope");
+    let r = Reference::open(
+        fixtures()
+            .join("tiny/phi3_longrope")
+            .join("decode.safetensors"),
+    );
+    let ids = |k: &str| -> Vec<u32> { r.i64(k).iter().map(|&i| i as u32).collect() };
+    let short = host(
+        c.model
+            .forward(&DecoderInput::single(&ids("short_ids")))
+            .unwrap(),
+    );
+    let d = max_abs_diff(&short, &r.f32("short_logits"));
+    assert!(d <= 1e-4, "short factors: max |Δ logit| = {d}");
+    let settings = GenerationConfig {
+        max_new_tokens: 8,
+        eos_token_ids: vec![],
+        ..GenerationConfig::default()
+    };
+    assert_eq!(c.model.recompute_cache_at(), Some(8));
+    let out = generate(
+        &c.model,
+        &[ids("prompt_ids")],
+        &settings,
+        None,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(out[0].tokens, ids("new_ids"));
+}
+
 #[test]
 fn gemma2_lora_matches_peft() {
     adapter_parity("gemma2");

@@ -5,7 +5,6 @@
 //!
 //! The reference stores every `STRIDE`-th vocabulary column of the logits and the log-sum-exp
 //! over the whole vocabulary, at every position of two rows of ten ids.
-#![cfg(feature = "cpu")]
 #![allow(clippy::unwrap_used)]
 mod common;
 

@@ -100,3 +100,59 @@ fn sharded_checkpoint_equals_single_file() {
     // The sharded copy holds the `llama` weights: same reference.
     check("llama", "llama_sharded");
 }
+
+/// transformers' greedy `generate` on the tiny Llama (`fixtures/tiny/llama/generate.json`): one
+/// prompt alone, and a batch whose first row is a shorter prompt left-padded by two. kiln pads
+/// the batch itself; every row's new tokens equal transformers'.
+#[test]
+fn greedy_generation_alone_and_left_padded_equals_transformers() {
+    use kiln_models::{GenerationConfig, generate};
+    let dir = fixtures().join("tiny").join("llama");
+    let config = DecoderConfig::from_file(&dir.join("config.json")).unwrap();
+    let model = build_causal_lm(
+        &config,
+        &SafetensorsWeights::open(&dir).unwrap(),
+        &default_device(),
+    )
+    .unwrap();
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("generate.json")).unwrap()).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let settings = GenerationConfig {
+        max_new_tokens: g["max_new_tokens"].as_u64().unwrap() as usize,
+        eos_token_ids: vec![g["eos_token_id"].as_u64().unwrap() as u32],
+        ..GenerationConfig::default()
+    };
+    let run = |prompts: &[Vec<u32>]| -> Vec<Vec<u32>> {
+        generate(&model, prompts, &settings, None, &mut |_, _| {})
+            .unwrap()
+            .into_iter()
+            .map(|o| o.tokens)
+            .collect()
+    };
+    let alone = run(&[ids(&g["prompt_ids"][0])]);
+    assert_eq!(alone[0], ids(&g["greedy_new_ids"][0]));
+    // The batch's prompts without their padding (attention mask 0).
+    let batch = &g["batch"];
+    let prompts: Vec<Vec<u32>> = (0..2)
+        .map(|r| {
+            ids(&batch["input_ids"][r])
+                .into_iter()
+                .zip(ids(&batch["attention_mask"][r]))
+                .filter(|(_, m)| *m == 1)
+                .map(|(t, _)| t)
+                .collect()
+        })
+        .collect();
+    assert_eq!(prompts[0].len(), 3);
+    let got = run(&prompts);
+    for (r, row) in got.iter().enumerate() {
+        assert_eq!(*row, ids(&batch["greedy_new_ids"][r]), "row {r}");
+    }
+}
