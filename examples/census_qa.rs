@@ -261,7 +261,17 @@ fn main() -> Result<()> {
         lm.extras.bos_token.as_deref(),
         lm.extras.eos_token.as_deref(),
     )?;
-    let table = Table::from_csv(&args.table, "prefecture")?;
+    let table = Table::from_csv(&args.table, "prefecture").with_context(|| {
+        if args.table.is_relative() && !args.table.exists() {
+            format!(
+                "--table {} is read from the working directory: run census_qa from the \
+                 repository root, or pass --table with the CSV's path",
+                args.table.display()
+            )
+        } else {
+            format!("reading --table {}", args.table.display())
+        }
+    })?;
 
     // Held-out prefectures: a seeded choice; the rest train.
     let shuffled = kiln::data::shuffled(table.keys.clone(), args.seed);

