@@ -33,7 +33,7 @@ use clap::{Parser, ValueEnum};
 use kiln::lora::{LoraConfig, LoraModel, TargetModules};
 use kiln::models::DecoderConfig;
 use kiln::models::fetch::resolve_model;
-use kiln::models::{DecoderInput, GenerationConfig, Pretrained, generate, parse_device};
+use kiln::models::{CausalLm, DecoderInput, GenerationConfig, generate, parse_device};
 use kiln::train::{
     AdamWOptions, BackwardPath, Batch, LrSchedule, MicroOutcome, NonFinitePolicy, ScheduleKind,
     ScheduleOptions, Trainer, TrainerOptions,
@@ -225,15 +225,15 @@ fn round4(v: &[f64]) -> Vec<f64> {
     v.iter().map(|x| (x * 1e4).round() / 1e4).collect()
 }
 
-fn infer(lm: &Pretrained, args: &Args, peak: f64) -> Result<serde_json::Value> {
-    let vocab = lm.model.config.vocab_size;
+fn infer(lm: &CausalLm, args: &Args, peak: f64) -> Result<serde_json::Value> {
+    let vocab = lm.config.vocab_size;
     let (batch, seq) = (args.batch(), args.seq_len);
     let mut forward = Vec::new();
     for i in 0..args.warmup + args.steps {
         // New ids every run so nothing can be cached between runs.
         let ids = random_ids(batch * seq, vocab, i as u64);
         let t0 = Instant::now();
-        let logits = lm.model.forward(&DecoderInput::new(ids, batch, seq))?;
+        let logits = lm.forward(&DecoderInput::new(ids, batch, seq))?;
         let host = logits.into_data().try_into_vec::<f32>();
         let dt = t0.elapsed().as_secs_f64();
         anyhow::ensure!(host.map(|v| v.len()).unwrap_or(0) == batch * seq * vocab);
@@ -255,32 +255,24 @@ fn infer(lm: &Pretrained, args: &Args, peak: f64) -> Result<serde_json::Value> {
         };
         let cfg = if i == 0 { &warm } else { &config };
         let t0 = Instant::now();
-        let out = generate(
-            &lm.model,
-            std::slice::from_ref(&prompt),
-            cfg,
-            None,
-            &mut |_, _| {},
-        )?;
+        let out = generate(lm, std::slice::from_ref(&prompt), cfg, None, &mut |_, _| {})?;
         let dt = t0.elapsed().as_secs_f64();
         if i > 0 {
             anyhow::ensure!(out[0].tokens.len() == 64);
             gen_times.push(dt);
             let t0 = Instant::now();
-            let h = lm
-                .model
-                .forward_hidden(&DecoderInput::new(prompt, 1, 16), None)?;
+            let h = lm.forward_hidden(&DecoderInput::new(prompt, 1, 16), None)?;
             let [_, t, d] = h.dims();
-            let last = lm.model.logits(h.slice([0..1, t - 1..t, 0..d]));
+            let last = lm.logits(h.slice([0..1, t - 1..t, 0..d]));
             let _ = last.into_data().try_into_vec::<f32>();
             prefill.push(t0.elapsed().as_secs_f64());
         }
     }
     let (f, g, p) = (median(&forward), median(&gen_times), median(&prefill));
-    let flop = step_flop(&lm.model.config, Mode::Infer, batch, seq);
+    let flop = step_flop(&lm.config, Mode::Infer, batch, seq);
     let result = json!({
         "mode": "infer",
-        "precision": lm.model.precision.to_string(),
+        "precision": lm.precision.to_string(),
         "batch": batch,
         "seq": seq,
         "forward_b1x256_times_s": round4(&forward),
@@ -296,11 +288,11 @@ fn infer(lm: &Pretrained, args: &Args, peak: f64) -> Result<serde_json::Value> {
     Ok(merge(result, speed(flop, f, peak)))
 }
 
-fn train(lm: Pretrained, mode: Mode, args: &Args, peak: f64) -> Result<serde_json::Value> {
+fn train(lm: CausalLm, mode: Mode, args: &Args, peak: f64) -> Result<serde_json::Value> {
     let device = parse_device(&args.device)?;
-    let vocab = lm.model.config.vocab_size;
+    let vocab = lm.config.vocab_size;
     let (batch, seq) = (args.batch(), args.seq_len);
-    let flop = step_flop(&lm.model.config, mode, batch, seq);
+    let flop = step_flop(&lm.config, mode, batch, seq);
     let precision = args
         .precision
         .unwrap_or_else(kiln::train::Precision::native);
@@ -323,9 +315,9 @@ fn train(lm: Pretrained, mode: Mode, args: &Args, peak: f64) -> Result<serde_jso
             .collect();
             let mut config = LoraConfig::new(RANK, 32.0, TargetModules::Names(targets));
             config.lora_dropout = 0.0;
-            LoraModel::with_adapter(lm.model, "default", config)?.into_inner()
+            LoraModel::with_adapter(lm, "default", config)?.into_inner()
         }
-        _ => burn::module::Module::set_require_grad(lm.model, true),
+        _ => burn::module::Module::set_require_grad(lm, true),
     };
     let schedule = ScheduleOptions {
         kind: ScheduleKind::Constant,
@@ -410,10 +402,11 @@ fn main() -> Result<()> {
     let peak = peak_gflops(precision);
     let device = parse_device(&args.device)?;
     let path = resolve_model(args.model.as_deref(), true)?;
-    let mut lm = Pretrained::load_as(&path, &device, args.quantize)?;
+    // Random token ids: the model is loaded without its tokenizer.
+    let mut lm = CausalLm::load(&path, &device, args.quantize)?;
     let result = match args.mode {
         Mode::Infer => {
-            lm.model.set_precision(precision);
+            lm.set_precision(precision);
             infer(&lm, &args, peak)?
         }
         mode => train(lm, mode, &args, peak)?,

@@ -9,14 +9,14 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use kiln::lora::LoraModel;
 use kiln::models::fetch::resolve_model;
-use kiln::models::{DecoderInput, Pretrained, parse_device, write_f32_safetensors};
+use kiln::models::{CausalLm, DecoderInput, Pretrained, parse_device, write_f32_safetensors};
 use serde_json::json;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
 #[command(about = "Score text or token ids with a causal language model")]
 struct Args {
-    /// Model directory (config.json + safetensors + tokenizer.json) or .gguf file.
+    /// Model directory (config.json + safetensors; tokenizer.json for --text) or .gguf file.
     /// Default: $KILN_MODEL, else the cached SmolLM2-135M-Instruct (fetched if missing).
     #[arg(long)]
     model: Option<PathBuf>,
@@ -53,20 +53,26 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let device = parse_device(&args.device)?;
     let path = resolve_model(args.model.as_deref(), true)?;
-    let mut lm = Pretrained::load_as(&path, &device, args.quantize)?;
-    if !args.adapters.is_empty() {
-        let mut lora = LoraModel::new(lm.model);
-        lora.load_mix(&args.adapters)?;
-        lm.model = lora.into_inner();
-    }
-    lm.model.set_precision(args.precision);
-    let rows: Vec<Vec<u32>> = match (&args.text, &args.ids_json) {
-        (Some(text), None) => vec![lm.encode(text, true)?],
-        (None, Some(json)) => {
-            serde_json::from_str(json).context("--ids-json must be a list of lists of ids")?
+    // Token ids need no tokenizer: the model is loaded alone (a checkpoint saved without
+    // `tokenizer.json` scores too).
+    let (mut model, rows): (CausalLm, Vec<Vec<u32>>) = match (&args.text, &args.ids_json) {
+        (Some(text), None) => {
+            let lm = Pretrained::load_as(&path, &device, args.quantize)?;
+            let ids = lm.encode(text, true)?;
+            (lm.model, vec![ids])
         }
+        (None, Some(json)) => (
+            CausalLm::load(&path, &device, args.quantize)?,
+            serde_json::from_str(json).context("--ids-json must be a list of lists of ids")?,
+        ),
         _ => bail!("give --text or --ids-json"),
     };
+    if !args.adapters.is_empty() {
+        let mut lora = LoraModel::new(model);
+        lora.load_mix(&args.adapters)?;
+        model = lora.into_inner();
+    }
+    model.set_precision(args.precision);
     if rows.is_empty() || rows.iter().any(Vec::is_empty) {
         bail!("every row needs at least one token");
     }
@@ -78,9 +84,7 @@ fn main() -> Result<()> {
         ids.extend(r.iter().copied().chain(std::iter::repeat_n(0, t - r.len())));
         mask.extend(std::iter::repeat_n(1u8, r.len()).chain(std::iter::repeat_n(0, t - r.len())));
     }
-    let logits = lm
-        .model
-        .forward(&DecoderInput::new(ids, b, t).with_attention_mask(mask))?;
+    let logits = model.forward(&DecoderInput::new(ids, b, t).with_attention_mask(mask))?;
     let v = logits.dims()[2];
     let mut host: Vec<f32> = logits
         .into_data()

@@ -24,6 +24,42 @@ pub struct Pretrained {
     pub hf_config: serde_json::Value,
 }
 
+impl CausalLm {
+    /// The model alone from a Hugging Face directory (`config.json` + safetensors) or a GGUF
+    /// file, without a tokenizer: for work on token ids (scoring ids, benchmarks, training from
+    /// ids) and for checkpoints saved without `tokenizer.json` (transformers also loads model
+    /// and tokenizer separately). Text needs [`Pretrained::load`].
+    pub fn load(path: &Path, device: &Device, quantization: Quantization) -> Result<Self> {
+        if path.is_file()
+            && path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            let file = GgufFile::open(path)?;
+            let (_, config) = gguf_config(&file, path)?;
+            build_causal_lm_as(&config, &GgufWeights::new(file)?, device, quantization)
+        } else {
+            hf_dir_model(path, device, quantization)
+        }
+    }
+}
+
+fn hf_dir_model(dir: &Path, device: &Device, quantization: Quantization) -> Result<CausalLm> {
+    let config = DecoderConfig::from_file(&dir.join("config.json"))?;
+    let weights = SafetensorsWeights::open(dir)?;
+    build_causal_lm_as(&config, &weights, device, quantization)
+}
+
+/// A GGUF file's Hugging Face `config.json` (derived from its metadata) and decoder config;
+/// errors name the GGUF key.
+fn gguf_config(file: &GgufFile, path: &Path) -> Result<(serde_json::Value, DecoderConfig)> {
+    let json = crate::gguf::hf_config_from_gguf(file)?;
+    let blame = |e: ModelError| crate::gguf::blame_gguf_key(file, e);
+    let hf = HfConfig::from_value(json.clone(), path).map_err(blame)?;
+    let config = hf.to_decoder_config(path).map_err(blame)?;
+    Ok((json, config))
+}
+
 impl Pretrained {
     /// Loads `path`: a directory with `config.json`, safetensors and `tokenizer.json`, or a
     /// `.gguf` file.
@@ -64,9 +100,7 @@ impl Pretrained {
     }
 
     fn load_hf_dir(dir: &Path, device: &Device, quantization: Quantization) -> Result<Self> {
-        let config = DecoderConfig::from_file(&dir.join("config.json"))?;
-        let weights = SafetensorsWeights::open(dir)?;
-        let model = build_causal_lm_as(&config, &weights, device, quantization)?;
+        let model = hf_dir_model(dir, device, quantization)?;
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
         let hf_config = serde_json::from_str(&text)
@@ -82,10 +116,7 @@ impl Pretrained {
 
     fn load_gguf(path: &Path, device: &Device, quantization: Quantization) -> Result<Self> {
         let file = GgufFile::open(path)?;
-        let json = crate::gguf::hf_config_from_gguf(&file)?;
-        let blame = |e: ModelError| crate::gguf::blame_gguf_key(&file, e);
-        let hf = HfConfig::from_value(json.clone(), path).map_err(blame)?;
-        let config = hf.to_decoder_config(path).map_err(blame)?;
+        let (json, config) = gguf_config(&file, path)?;
         let tokenizer = crate::gguf::tokenizer_from_gguf(&file)?;
         let token = |key: &str| -> Result<Option<String>> {
             Ok(file.get_u32(key)?.and_then(|id| tokenizer.id_to_token(id)))

@@ -22,7 +22,11 @@ pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
     if !path.is_file() {
         return Err(ModelError::io(
             &path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found"),
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "tokenizer.json not found: text needs the model's tokenizer (work on token ids \
+                 loads the model alone: `CausalLm::load`, `score --ids-json`, `bench`)",
+            ),
         ));
     }
     Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer {

@@ -4,8 +4,8 @@
 mod common;
 use common::{Reference, fixtures, max_abs_diff};
 use kiln_models::{
-    DecoderConfig, DecoderInput, SafetensorsWeights, build_causal_lm, causal_lm_loss,
-    default_device,
+    CausalLm, DecoderConfig, DecoderInput, Pretrained, Quantization, SafetensorsWeights,
+    build_causal_lm, causal_lm_loss, default_device,
 };
 
 fn check(name: &str, checkpoint: &str) {
@@ -16,10 +16,10 @@ fn check(name: &str, checkpoint: &str) {
             .join(name)
             .join("expected.safetensors"),
     );
-    let config = DecoderConfig::from_file(&dir.join("config.json")).unwrap();
-    let source = SafetensorsWeights::open(&dir).unwrap();
     let device = default_device();
-    let model = build_causal_lm(&config, &source, &device).unwrap();
+    // The tiny checkpoints hold no tokenizer.json: the model loads alone, as transformers'
+    // `AutoModelForCausalLM.from_pretrained` loads it.
+    let model = CausalLm::load(&dir, &device, Quantization::default()).unwrap();
 
     let [b, t] = <[usize; 2]>::try_from(reference.shape("input_ids")).unwrap();
     let ids: Vec<u32> = reference
@@ -99,6 +99,21 @@ fn bf16_checkpoint() {
 fn sharded_checkpoint_equals_single_file() {
     // The sharded copy holds the `llama` weights: same reference.
     check("llama", "llama_sharded");
+}
+
+/// Text needs the tokenizer: a checkpoint without one loads as a model (`CausalLm::load`, used
+/// by every golden test above) and `Pretrained` says what is missing and why.
+#[test]
+fn a_checkpoint_without_a_tokenizer_loads_as_a_model_and_text_says_why_not() {
+    let dir = fixtures().join("tiny").join("llama");
+    assert!(!dir.join("tokenizer.json").exists());
+    let err = Pretrained::load(&dir, &default_device())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tokenizer.json not found: text needs the model's tokenizer"),
+        "{err}"
+    );
 }
 
 /// transformers' greedy `generate` on the tiny Llama (`fixtures/tiny/llama/generate.json`): one
