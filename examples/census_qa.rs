@@ -495,9 +495,10 @@ fn main() -> Result<()> {
         println!("GGUF: {}", path.display());
     }
     if args.save_merged {
-        let mut merged = tuned.clone();
-        merged.merge()?;
-        let merged = with_model(merged.into_inner());
+        // `save_hf` merges the adapter one layer at a time as it writes (no merged copy of the
+        // whole model); the check logits come from the adapted model, which the merged weights
+        // equal to float rounding.
+        let merged = with_model(tuned.clone().into_inner());
         let dir = args.output_dir.join("merged");
         merged.save_hf(&dir)?;
         let prompt = template.render(&test[0].messages[..2], true)?;

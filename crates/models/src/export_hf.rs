@@ -7,9 +7,6 @@ use kiln_lora::LoraLinear;
 use serde_json::json;
 use std::path::Path;
 
-/// `(name, shape, values)` of every tensor, HF names and layouts.
-pub(crate) type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
-
 fn host<const D: usize>(t: Tensor<D>, name: &str) -> Result<Vec<f32>> {
     t.into_data()
         .try_into_vec::<f32>()
@@ -179,34 +176,26 @@ pub(crate) fn model_tensors(lm: &Pretrained, merge: bool) -> Vec<ModelTensor<'_>
     t
 }
 
-/// `(name, shape, f32 values)` of every tensor of `lm` (see [`model_tensors`]).
-///
-/// # Errors
-/// [`ModelError::Input`] when a layer has active adapters that are not merged.
-pub(crate) fn collect_tensors(lm: &Pretrained) -> Result<Tensors> {
-    model_tensors(lm, false)
-        .into_iter()
-        .map(|t| {
-            let v = t.to_vec()?;
-            Ok((t.name, t.shape, v))
-        })
-        .collect()
-}
-
 /// See [`Pretrained::save_hf`].
 pub fn save_hf(lm: &Pretrained, dir: &Path) -> Result<()> {
     let m = &lm.model;
-    let t = collect_tensors(lm)?;
     let tmp = dir.join(".tmp-export");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-    let views: Vec<(&str, Vec<usize>, &[f32])> = t
+    // One tensor in f32 at a time; a layer with active adapters is merged into a copy of
+    // itself alone as it is written.
+    let tensors = model_tensors(lm, true);
+    let specs: Vec<(String, Vec<usize>)> = tensors
         .iter()
-        .map(|(n, s, v)| (n.as_str(), s.clone(), v.as_slice()))
+        .map(|t| (t.name.clone(), t.shape.clone()))
         .collect();
-    crate::safetensors_source::write_f32_safetensors(&tmp.join("model.safetensors"), &views)?;
+    crate::safetensors_source::write_f32_safetensors_with(
+        &tmp.join("model.safetensors"),
+        &specs,
+        |i| tensors[i].to_vec(),
+    )?;
     let mut config = text_config(&lm.hf_config);
     // transformers 5 writes `dtype` (`torch_dtype` is its deprecated alias); vLLM and llama.cpp's
     // converter pick the model class from `architectures`, which a GGUF-derived config lacks.

@@ -60,3 +60,50 @@ fn merged_export_names_its_class_and_dtype_and_loads_back_to_the_same_logits() {
     // f32 weights written and read as f32: the same numbers.
     assert_eq!(max_abs_diff(&got, &want), 0.0);
 }
+
+/// A model with an active, unmerged adapter is written merged (one layer at a time), and the file
+/// is valid safetensors: the `safetensors` crate reads it, and it loads back to the adapted
+/// model's logits.
+#[test]
+fn an_active_adapter_is_merged_as_it_is_written() {
+    use kiln_lora::{InitLoraWeights, LoraConfig, LoraModel, TargetModules};
+    let device = default_device();
+    let src = tiny_llama_dir();
+    let mut lm = Pretrained::load(src.path(), &device).unwrap();
+    let mut config = LoraConfig::new(
+        4,
+        8.0,
+        TargetModules::Names(vec!["q_proj".into(), "down_proj".into()]),
+    );
+    config.init_lora_weights = InitLoraWeights::Random;
+    device.seed(3);
+    let tuned = LoraModel::with_adapter(lm.model, "default", config).unwrap();
+    lm.model = tuned.into_inner();
+    let out = tempfile::tempdir().unwrap();
+    lm.save_hf(out.path()).unwrap();
+    let bytes = std::fs::read(out.path().join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert!(
+        st.names()
+            .contains(&"model.layers.0.self_attn.q_proj.weight")
+    );
+    assert!(!st.names().iter().any(|n| n.contains("lora")));
+
+    let ids = vec![1u32, 5, 9, 2, 7, 3];
+    let input = DecoderInput::new(ids.clone(), 1, ids.len());
+    let logits = |m: &kiln_models::CausalLm| -> Vec<f32> {
+        m.forward(&input)
+            .unwrap()
+            .into_data()
+            .try_into_vec()
+            .unwrap()
+    };
+    let back = Pretrained::load(out.path(), &device).unwrap();
+    let base = Pretrained::load(src.path(), &device).unwrap();
+    let (adapted, merged, plain) = (logits(&lm.model), logits(&back.model), logits(&base.model));
+    assert!(max_abs_diff(&merged, &adapted) <= 1e-5);
+    assert!(
+        max_abs_diff(&plain, &adapted) > 1e-3,
+        "the adapter changes the logits"
+    );
+}
