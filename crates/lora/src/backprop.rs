@@ -258,7 +258,7 @@ impl HostLinear {
             unreachable!("frozen weights multiply through their own kernels")
         };
         let wv = view(weight);
-        f(MatRef::of_view(&wv).unwrap_or_else(|| unreachable!("weights are 2-d")))
+        f(MatRef::of_view(&wv).expect("weights are 2-d"))
     }
 
     /// The dense weight packed for `x · W`, or for `dy · Wᵀ` with `transposed` (bf16 only).
@@ -267,7 +267,7 @@ impl HostLinear {
             unreachable!("packed only for dense weights in bf16")
         };
         let wv = view(weight);
-        let w = MatRef::of_view(&wv).unwrap_or_else(|| unreachable!("weights are 2-d"));
+        let w = MatRef::of_view(&wv).expect("weights are 2-d");
         if transposed {
             p.backward(w)
         } else {
@@ -404,7 +404,7 @@ impl HostLinear {
         let draws =
             Tensor::<2>::random([m, self.d_in], Distribution::Bernoulli(keep), &self.device);
         let inv = (1.0 / keep) as f32;
-        let mut mask = to_vec(&draws).unwrap_or_else(|| unreachable!("f32 on the CPU"));
+        let mut mask = to_vec(&draws).expect("f32 on the CPU");
         mask.iter_mut().for_each(|v| *v *= inv);
         mask
     }

@@ -355,7 +355,8 @@ impl SftConfig {
     /// A config for `model` with every other value at its default.
     pub fn new(model: impl Into<PathBuf>) -> Self {
         // An empty TOML document with the model key always parses.
-        let mut c: Self = toml::from_str("model = \"\"").unwrap_or_else(|_| unreachable!());
+        let mut c: Self = toml::from_str("model = \"\"")
+            .expect("an empty TOML document with the model key parses");
         c.model = model.into();
         c
     }
