@@ -70,6 +70,10 @@ pub enum ModelError {
     /// Inputs to a forward pass or to generation do not fit together.
     #[error("invalid input: {0}")]
     Input(String),
+    /// A tensor's values could not be read back from its backend (a dtype or device failure,
+    /// not the caller's input).
+    #[error("reading {what} from the backend: {reason}")]
+    Backend { what: String, reason: String },
     /// The device string given on a command line does not name a compiled-in backend.
     #[error("device `{0}`: {1}")]
     Device(String, String),

@@ -10,7 +10,10 @@ use std::path::Path;
 fn host<const D: usize>(t: Tensor<D>, name: &str) -> Result<Vec<f32>> {
     t.into_data()
         .try_into_vec::<f32>()
-        .map_err(|e| ModelError::Input(format!("{name}: {e:?}")))
+        .map_err(|e| ModelError::Backend {
+            what: format!("tensor `{name}`"),
+            reason: format!("{e:?}"),
+        })
 }
 
 /// Where a tensor's values come from: read only when a writer gets to that tensor, so an
@@ -126,8 +129,10 @@ fn causal_lm_class(model_type: &str) -> Option<&'static str> {
 
 fn write_json(dir: &Path, name: &str, value: &serde_json::Value) -> Result<()> {
     let path = dir.join(name);
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| ModelError::Input(format!("{name}: {e}")))?;
+    let text = serde_json::to_string_pretty(value).map_err(|e| ModelError::Json {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
     std::fs::write(&path, text).map_err(|e| ModelError::io(&path, e))
 }
 

@@ -253,11 +253,15 @@ pub fn generate(
         let hidden = model.forward_hidden(&input, Some(&mut cache))?;
         let [_, tq, d] = hidden.dims();
         let last = hidden.slice([0..b, tq - 1..tq, 0..d]);
-        let logits: Vec<f32> = model
-            .logits(last)
-            .into_data()
-            .try_into_vec()
-            .map_err(|e| ModelError::Input(format!("reading logits: {e:?}")))?;
+        let logits: Vec<f32> =
+            model
+                .logits(last)
+                .into_data()
+                .try_into_vec()
+                .map_err(|e| ModelError::Backend {
+                    what: "logits".into(),
+                    reason: format!("{e:?}"),
+                })?;
         let mut next = Vec::with_capacity(b);
         for r in 0..b {
             if done[r] {

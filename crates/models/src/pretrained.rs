@@ -103,8 +103,10 @@ impl Pretrained {
         let model = hf_dir_model(dir, device, quantization)?;
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-        let hf_config = serde_json::from_str(&text)
-            .map_err(|e| ModelError::Input(format!("{}: {e}", path.display())))?;
+        let hf_config = serde_json::from_str(&text).map_err(|e| ModelError::Json {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         Ok(Self {
             model,
             tokenizer: load_tokenizer(dir)?,
