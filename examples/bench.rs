@@ -299,6 +299,7 @@ fn train(lm: CausalLm, mode: Mode, args: &Args, peak: f64) -> Result<serde_json:
     // The adapters' initial A is drawn from the device's RNG: seeded, so every run of this
     // benchmark trains the same adapter and reports the same losses.
     device.seed(0);
+    kiln::lora::manual_seed(0);
     let model = match mode {
         Mode::Lora => {
             let targets = [

@@ -354,6 +354,7 @@ fn main() -> Result<()> {
     device.seed(args.seed);
     config.base_model_id = args.base_model_id.clone();
     let lora = config.peft_config().context("LoRA config")?;
+    kiln::lora::manual_seed(args.seed);
     let model = LoraModel::with_adapter(lm.model.clone(), "default", lora)?;
     println!("{}", model.trainable_parameters_report());
     let mut trainer = Trainer::new(

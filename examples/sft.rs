@@ -326,6 +326,7 @@ fn main() -> Result<()> {
         None => None,
     };
     device.seed(config.seed);
+    kiln::lora::manual_seed(config.seed);
     // The trained model with the loaded tokenizer, written as GGUF when asked.
     let export_gguf = |model: CausalLm| -> Result<()> {
         let Some(file_type) = args.export_gguf else {

@@ -139,6 +139,7 @@ fn main() -> Result<()> {
         pad,
     )?;
     device.seed(config.seed);
+    kiln::lora::manual_seed(config.seed);
     config.base_model_id = args.base_model_id.clone();
     let lora = config.peft_config().context("LoRA config")?;
     let model = LoraModel::with_adapter(lm.model.clone(), "default", lora)?;

@@ -1,10 +1,11 @@
 //! One low-rank adapter: the factors A and B, DoRA's magnitude, dropout and the scale.
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::config::InitLoraWeights;
 use crate::error::{LoraError, Result};
+use crate::init;
 use crate::svd::svd_top_r;
 
 /// A low-rank adapter `scale · (x A) B` on a linear layer with weight `[in, out]`.
@@ -82,19 +83,20 @@ impl LoraAdapter {
     /// call it.
     ///
     /// Returns the adapter and, for PiSSA, the residual base weight that must replace the layer's
-    /// weight (`W - scale · A B`).
+    /// weight (`W - scale · A B`). Random values come from `rng` on the host (see
+    /// [`crate::init`]), so every backend gets the same adapter.
     pub fn init(
         name: &str,
         spec: &AdapterSpec,
         [d_in, d_out]: [usize; 2],
         device: &Device,
         dense: &dyn Fn() -> Tensor<2>,
+        rng: &mut rand::rngs::StdRng,
     ) -> Result<(Self, Option<Tensor<2>>)> {
         let r = spec.r;
-        let kaiming = |fan_in: usize, shape: [usize; 2]| {
+        let mut kaiming = |fan_in: usize, shape: [usize; 2]| {
             // torch `kaiming_uniform_(a=√5)`: gain √(2/(1+5)), bound = gain·√(3/fan_in) = 1/√fan_in.
-            let bound = 1.0 / (fan_in as f64).sqrt();
-            Tensor::<2>::random(shape, Distribution::Uniform(-bound, bound), device)
+            init::uniform(rng, shape, 1.0 / (fan_in as f64).sqrt(), device)
         };
         let mut residual = None;
         let (a, b) = match &spec.init {
@@ -103,7 +105,8 @@ impl LoraAdapter {
             }
             InitLoraWeights::Random => (kaiming(d_in, [d_in, r]), kaiming(r, [r, d_out])),
             InitLoraWeights::Gaussian => (
-                Tensor::random([d_in, r], Distribution::Normal(0.0, 1.0 / r as f64), device),
+                // PEFT: `normal_(lora_A, std=1 / r)`.
+                init::normal(rng, [d_in, r], 1.0 / r as f64, device),
                 Tensor::zeros([r, d_out], device),
             ),
             InitLoraWeights::Pissa => {

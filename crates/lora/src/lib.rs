@@ -20,6 +20,7 @@ mod frozen_op;
 pub mod grads;
 #[cfg(feature = "cpu")]
 pub mod host;
+mod init;
 pub mod io;
 pub mod kernels;
 pub mod linear;
@@ -35,6 +36,7 @@ pub use adapter::{AdapterSpec, LoraAdapter};
 pub use base::{BaseWeight, Frozen, Layout};
 pub use config::{Bias, InitLoraWeights, LoraConfig, ModuleRank, TargetModules};
 pub use error::{LoraError, Result};
+pub use init::manual_seed;
 pub use io::{CONFIG_FILE, HostTensor, WEIGHTS_FILE, read_safetensors, write_safetensors};
 pub use kiln_cpu::Precision;
 pub use linear::LoraLinear;

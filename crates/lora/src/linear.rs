@@ -249,8 +249,16 @@ impl LoraLinear {
     }
 
     /// Adds a freshly initialised adapter (inactive until [`set_active`](Self::set_active)).
-    /// PiSSA replaces the base weight with its residual.
+    /// PiSSA replaces the base weight with its residual. Initial values are drawn on the host
+    /// from [`crate::manual_seed`]'s seed and `name`.
     pub fn add_adapter(&mut self, name: &str, spec: &AdapterSpec) -> Result<()> {
+        self.add_adapter_at(name, spec, "")
+    }
+
+    /// [`add_adapter`](Self::add_adapter) for the layer at `path` in its model: the initial
+    /// values are drawn from a stream of their own (seed, name, path), so a model gets the same
+    /// adapter whatever order its layers are visited in, on every backend.
+    pub fn add_adapter_at(&mut self, name: &str, spec: &AdapterSpec, path: &str) -> Result<()> {
         if self.adapter(name).is_some() {
             return Err(LoraError::DuplicateAdapter(name.into()));
         }
@@ -261,6 +269,7 @@ impl LoraLinear {
             [self.d_in(), self.d_out()],
             &self.weight.device(),
             &|| self.dense_weight(),
+            &mut crate::init::layer_rng(name, path),
         )?;
         if let Some(res) = residual {
             self.set_weight(res);

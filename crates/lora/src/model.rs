@@ -128,7 +128,7 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
                 init: config.init_lora_weights.clone(),
                 use_dora: config.use_dora,
             };
-            result = layer.add_adapter(name, &spec);
+            result = layer.add_adapter_at(name, &spec, path);
         });
         result?;
         if !unmatched.is_empty() {

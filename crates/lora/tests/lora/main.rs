@@ -3,6 +3,7 @@
 mod fake;
 mod files;
 mod frozen;
+mod init;
 mod layer;
 mod model;
 mod train;

@@ -44,6 +44,7 @@ pub fn tiny_full() -> CausalLm {
 pub fn tiny_lora(r: usize, dropout: f64, seed: u64) -> CausalLm {
     let device = device();
     device.seed(seed);
+    kiln_lora::manual_seed(seed);
     let mut model = tiny_model().set_require_grad(false);
     let spec = AdapterSpec {
         r,
@@ -53,10 +54,12 @@ pub fn tiny_lora(r: usize, dropout: f64, seed: u64) -> CausalLm {
         init: InitLoraWeights::Random,
         use_dora: false,
     };
-    for layer in &mut model.model.layers {
+    for (i, layer) in model.model.layers.iter_mut().enumerate() {
         let a = &mut layer.self_attn;
-        for proj in [&mut a.q_proj, &mut a.v_proj].into_iter().flatten() {
-            proj.add_adapter("default", &spec).unwrap();
+        for (name, proj) in [("q_proj", &mut a.q_proj), ("v_proj", &mut a.v_proj)] {
+            let Some(proj) = proj else { continue };
+            let path = format!("model.layers.{i}.self_attn.{name}");
+            proj.add_adapter_at("default", &spec, &path).unwrap();
             proj.set_active(&["default".to_string()]);
         }
     }
