@@ -289,6 +289,7 @@ fn main() -> Result<()> {
                 keys: Some(keys.to_vec()),
                 context: true,
                 distractors: DISTRACTORS,
+                derived: Vec::new(),
             },
         )
     };

@@ -52,6 +52,7 @@ fn answers_are_exact_and_generation_is_deterministic() {
         count: 600,
         system_prompt: Some("Answer from the census.".into()),
         follow_up: 0.5,
+        derived: vec![qa::Derived::population_density()],
         ..QaOptions::default()
     };
     let convs = qa::generate(&t, &opts).expect("qa");
@@ -285,4 +286,51 @@ fn held_out_keys_kinds_context_and_short_answers() {
         QaKind::PercentChange
     );
     assert!("nope".parse::<QaKind>().is_err());
+}
+
+/// A kind no column of the table fits is an error naming the kinds, not an endless search: the
+/// density kind needs a declared derived measure, the change kinds need a measure over years.
+#[test]
+fn kinds_the_table_cannot_ask_are_an_error() {
+    use kiln_data::QaKind;
+    let t = Table::from_csv(&census(), "prefecture").expect("table");
+    let ask = |kinds: Vec<QaKind>, derived: Vec<qa::Derived>| {
+        qa::generate_items(
+            &t,
+            &QaOptions {
+                count: 3,
+                kinds,
+                derived,
+                ..QaOptions::default()
+            },
+        )
+    };
+    let err = ask(vec![QaKind::Density], vec![]).unwrap_err().to_string();
+    assert!(
+        err.contains("no question of the kinds [density] fits"),
+        "{err}"
+    );
+    assert_eq!(
+        ask(
+            vec![QaKind::Density],
+            vec![qa::Derived::population_density()]
+        )
+        .expect("declared")
+        .len(),
+        3
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = dir.path().join("no_years.csv");
+    std::fs::write(&p, "city,area\nA,1\nB,2\nC,3\n").expect("write");
+    let no_years = Table::from_csv(&p, "city").expect("table");
+    let err = qa::generate_items(
+        &no_years,
+        &QaOptions {
+            kinds: vec![QaKind::GrowShrink],
+            ..QaOptions::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("[grow_shrink]"), "{err}");
 }

@@ -1,9 +1,9 @@
 //! Table → question/answer generator: exact answers computed from a CSV table.
 //!
 //! The table has a header, a key column (e.g. `prefecture`) and numeric columns. Columns named
-//! `<measure>_<year>` (`population_2015`, `population_2020`) are one measure over years; a
-//! column whose name starts with `area` enables density questions; `_km2` gives the unit km².
-//! Other non-numeric columns are ignored.
+//! `<measure>_<year>` (`population_2015`, `population_2020`) are one measure over years; `_km2`
+//! gives the unit km². Measures derived from two columns (population density: `population` per
+//! `area`) are declared in [`QaOptions::derived`]. Other non-numeric columns are ignored.
 //!
 //! Kinds: lookup, comparison, difference, ratio, percentage change, density, sum, mean, max,
 //! min, rank, top-k and trend, each with several phrasings; lookups and densities can get a
@@ -48,6 +48,39 @@ pub struct QaOptions {
     /// Open book: this many other rows (from the allowed keys) are mixed into the `Data:`
     /// block, so the answer has to be picked out of several rows.
     pub distractors: usize,
+    /// Measures derived from two columns, asked by the `density` kind (the first one is used);
+    /// empty: no `density` questions. The census example declares
+    /// [`Derived::population_density`].
+    pub derived: Vec<Derived>,
+}
+
+/// A measure derived from two columns: `numerator / denominator` for a key, e.g. people per
+/// km² from `population_<year>` (the latest year) and `area_km2`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Derived {
+    /// Its name in questions (`population density`).
+    pub name: String,
+    /// The numerator's measure (`population`); with several years, the latest.
+    pub numerator: String,
+    /// The denominator's measure, or the start of it (`area` matches `area_km2`'s `area`).
+    pub denominator: String,
+    /// The unit of the derived value (`people per km²`).
+    pub unit: String,
+    /// The unit of the numerator's values in answers (`people`).
+    pub numerator_unit: String,
+}
+
+impl Derived {
+    /// Population per km² of area: `population` over `area` (the census table's columns).
+    pub fn population_density() -> Self {
+        Self {
+            name: "population density".into(),
+            numerator: "population".into(),
+            denominator: "area".into(),
+            unit: "people per km²".into(),
+            numerator_unit: "people".into(),
+        }
+    }
 }
 
 impl Default for QaOptions {
@@ -61,6 +94,7 @@ impl Default for QaOptions {
             keys: None,
             context: false,
             distractors: 0,
+            derived: Vec::new(),
         }
     }
 }
@@ -189,6 +223,7 @@ struct Gen<'a> {
     /// Key indices questions may use.
     allowed: Vec<usize>,
     kinds: Vec<QaKind>,
+    derived: Vec<Derived>,
 }
 
 /// The turns of one conversation, its first kind, keys and short answer.
@@ -316,262 +351,273 @@ impl Gen<'_> {
         out
     }
 
-    /// One conversation: a question, its answer, maybe a follow-up.
-    fn conversation(&mut self) -> Conv {
-        loop {
-            if let Some(c) = self.try_conversation() {
-                return c;
-            }
-        }
+    /// One conversation: a question, its answer, maybe a follow-up; `None` when no requested
+    /// kind fits the table after many draws (e.g. `grow_shrink` on a table without years).
+    fn conversation(&mut self) -> Option<Conv> {
+        (0..MAX_DRAWS).find_map(|_| self.try_conversation())
     }
 
-    /// A conversation, or `None` when the drawn column does not fit the drawn kind.
+    /// A conversation, or `None` when the drawn column does not fit the drawn kind. One
+    /// function per kind below; each draws from the generator in a fixed order, so a seed gives
+    /// the same conversations.
     fn try_conversation(&mut self) -> Option<Conv> {
         let t = self.t;
         let c = &t.columns[self.rng.random_range(0..t.columns.len())];
         let kind = self.kind();
-        let (m, w) = (&c.measure, Self::when(c));
-        let conv = |keys: Vec<usize>, answer: String, turns: Vec<(String, String)>| Conv {
+        let (keys, answer, turns) = match kind {
+            QaKind::Lookup => self.ask_lookup(c),
+            QaKind::Larger | QaKind::Difference | QaKind::Ratio => self.ask_pair(kind, c)?,
+            QaKind::PercentChange | QaKind::GrowShrink => self.ask_change(kind, c)?,
+            QaKind::Density => self.ask_derived()?,
+            QaKind::Total | QaKind::Average => self.ask_aggregate(kind, c),
+            QaKind::Extreme => self.ask_extreme(c),
+            QaKind::Rank => self.ask_rank(c),
+            QaKind::TopK => self.ask_top_k(c),
+        };
+        Some(Conv {
             kind,
             keys,
             answer,
             turns,
-        };
-        match kind {
-            QaKind::Lookup => {
-                let (a, b) = self.two_keys();
-                let mut turns = vec![self.lookup(c, a)];
-                let mut keys = vec![a];
-                if self.rng.random_bool(self.follow_up) {
-                    let (_, ans) = self.lookup(c, b);
-                    turns.push((format!("And {}?", t.keys[b]), ans));
-                    keys.push(b);
-                }
-                Some(conv(keys, Self::number(c, c.values[a]), turns))
-            }
-            QaKind::Larger | QaKind::Difference | QaKind::Ratio => {
-                let (a, b) = self.two_keys();
-                let (va, vb) = (c.values[a], c.values[b]);
-                let (ka, kb) = (&t.keys[a], &t.keys[b]);
-                let (hi, lo, vh, vl) = if va >= vb {
-                    (ka, kb, va, vb)
-                } else {
-                    (kb, ka, vb, va)
-                };
-                let (pair, answer) = match kind {
-                    QaKind::Larger => (
-                        (
-                            format!("Which had the larger {m}{w}, {ka} or {kb}?"),
-                            format!(
-                                "{hi}, with {} against {} for {lo}.",
-                                self.value(c, vh),
-                                self.value(c, vl)
-                            ),
-                        ),
-                        hi.clone(),
-                    ),
-                    QaKind::Difference => (
-                        (
-                            format!("By how much did the {m} of {hi} exceed that of {lo}{w}?"),
-                            format!(
-                                "By {}: {} for {hi} against {} for {lo}.",
-                                self.value(c, vh - vl),
-                                self.value(c, vh),
-                                self.value(c, vl)
-                            ),
-                        ),
-                        Self::number(c, vh - vl),
-                    ),
-                    _ if vl != 0.0 => (
-                        (
-                            format!(
-                                "How many times larger was the {m} of {hi} than that of {lo}{w}?"
-                            ),
-                            format!(
-                                "{} times ({} / {}).",
-                                format_number(vh / vl, 2),
-                                self.value(c, vh),
-                                self.value(c, vl)
-                            ),
-                        ),
-                        format_number(vh / vl, 2),
-                    ),
-                    _ => return None,
-                };
-                Some(conv(vec![a, b], answer, vec![pair]))
-            }
-            QaKind::PercentChange | QaKind::GrowShrink => {
-                // Change of a measure between two years.
-                let years: Vec<&Column> = t
-                    .columns
-                    .iter()
-                    .filter(|x| x.measure == c.measure && x.year.is_some())
-                    .collect();
-                let (first, last) = (years.first()?, years.last()?);
-                if first.year == last.year {
-                    return None;
-                }
-                let k = self.key();
-                let key = &t.keys[k];
-                let (v0, v1) = (first.values[k], last.values[k]);
-                let (y0, y1) = (first.year.unwrap_or(0), last.year.unwrap_or(0));
-                if v0 == 0.0 {
-                    return None;
-                }
-                let pct = format!("{:+.1}%", (v1 - v0) / v0 * 100.0).replace("+-", "-");
-                let pct = if pct.starts_with('-') || pct.starts_with('+') {
-                    pct
-                } else {
-                    format!("+{pct}")
-                };
-                if kind == QaKind::PercentChange {
-                    let turn = (
-                        format!(
-                            "By what percentage did the {m} of {key} change from {y0} to {y1}?"
-                        ),
-                        format!(
-                            "By {pct}, from {} to {}.",
-                            self.value(c, v0),
-                            self.value(c, v1)
-                        ),
-                    );
-                    return Some(conv(vec![k], pct, vec![turn]));
-                }
-                let verb = if v1 > v0 {
-                    "grew"
-                } else if v1 < v0 {
-                    "shrank"
-                } else {
-                    "stayed the same"
-                };
-                let turn = (
-                    format!("Did the {m} of {key} grow or shrink between {y0} and {y1}?"),
-                    format!(
-                        "It {verb}, from {} to {} ({}, {pct}).",
-                        self.value(c, v0),
-                        self.value(c, v1),
-                        format_number(v1 - v0, if c.integer { 0 } else { 2 })
-                    ),
-                );
-                Some(conv(vec![k], verb.to_string(), vec![turn]))
-            }
-            QaKind::Density => {
-                let area = t.columns.iter().find(|x| x.measure.starts_with("area"))?;
-                let pop = t
-                    .columns
-                    .iter()
-                    .filter(|x| x.measure == "population")
-                    .max_by_key(|x| x.year)?;
-                let (a, b) = self.two_keys();
-                let density = |k: usize| pop.values[k] / area.values[k];
-                let pw = Self::when(pop);
-                let answer = |g: &Self, k: usize| {
-                    format!(
-                        "{} people per km² ({} people on {}).",
-                        format_number(density(k), 1),
-                        g.value(pop, pop.values[k]),
-                        g.value(area, area.values[k])
-                    )
-                };
-                let mut turns = vec![(
-                    format!("What was the population density of {}{pw}?", t.keys[a]),
-                    answer(self, a),
-                )];
-                let mut keys = vec![a];
-                if self.rng.random_bool(self.follow_up) {
-                    turns.push((format!("And {}?", t.keys[b]), answer(self, b)));
-                    keys.push(b);
-                }
-                Some(conv(keys, format_number(density(a), 1), turns))
-            }
-            QaKind::Total | QaKind::Average => {
-                let values = self.allowed_values(c);
-                let n = values.len();
-                let sum: f64 = values.iter().map(|(_, v)| v).sum();
-                let plural = self.plural();
-                let all = self.allowed.clone();
-                Some(if kind == QaKind::Total {
-                    conv(
-                        all,
-                        Self::number(c, sum),
-                        vec![(
-                            format!("What was the total {m} of all {n} {plural}{w}?"),
-                            format!("The total was {}.", self.value(c, sum)),
-                        )],
-                    )
-                } else {
-                    let mean = sum / n as f64;
-                    conv(
-                        all,
-                        Self::number(c, mean),
-                        vec![(
-                            format!("What was the average {m} of the {n} {plural}{w}?"),
-                            format!("The average was {}.", self.value(c, mean)),
-                        )],
-                    )
-                })
-            }
-            QaKind::Extreme => {
-                let largest = self.rng.random_bool(0.5);
-                let order = ranking(&self.allowed_values(c));
-                let k = if largest {
-                    order[0]
-                } else {
-                    order[order.len() - 1]
-                };
-                let word = if largest { "largest" } else { "smallest" };
-                let kc = t.key_column.replace('_', " ");
-                Some(conv(
-                    self.allowed.clone(),
-                    t.keys[k].clone(),
-                    vec![(
-                        format!("Which {kc} had the {word} {m}{w}?"),
-                        format!("{}, with {}.", t.keys[k], self.value(c, c.values[k])),
-                    )],
-                ))
-            }
-            QaKind::Rank => {
-                let order = ranking(&self.allowed_values(c));
-                let k = self.key();
-                let rank = order.iter().position(|&i| i == k).unwrap_or(0) + 1;
-                Some(conv(
-                    self.allowed.clone(),
-                    Self::ordinal(rank),
-                    vec![(
-                        format!("Where did {} rank by {m}{w}, largest first?", t.keys[k]),
-                        format!(
-                            "{} ranked {} of {}, with {}.",
-                            t.keys[k],
-                            Self::ordinal(rank),
-                            order.len(),
-                            self.value(c, c.values[k])
-                        ),
-                    )],
-                ))
-            }
-            QaKind::TopK => {
-                let order = ranking(&self.allowed_values(c));
-                let top = self.rng.random_range(3..=5usize).min(order.len());
-                let list: Vec<String> = order[..top]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &k)| {
-                        format!("{}. {} ({})", i + 1, t.keys[k], self.value(c, c.values[k]))
-                    })
-                    .collect();
-                let names: Vec<&str> = order[..top].iter().map(|&k| t.keys[k].as_str()).collect();
-                Some(conv(
-                    self.allowed.clone(),
-                    names.join(", "),
-                    vec![(
-                        format!("List the {top} {} with the largest {m}{w}.", self.plural()),
-                        format!("{}.", list.join("; ")),
-                    )],
-                ))
-            }
+        })
+    }
+
+    /// "What was the population of Kyoto in 2020?", maybe "And Osaka?".
+    fn ask_lookup(&mut self, c: &Column) -> Asked {
+        let (a, b) = self.two_keys();
+        let mut turns = vec![self.lookup(c, a)];
+        let mut keys = vec![a];
+        if self.rng.random_bool(self.follow_up) {
+            let (_, ans) = self.lookup(c, b);
+            turns.push((format!("And {}?", self.t.keys[b]), ans));
+            keys.push(b);
         }
+        (keys, Self::number(c, c.values[a]), turns)
+    }
+
+    /// Two keys compared: which is larger, by how much, how many times.
+    fn ask_pair(&mut self, kind: QaKind, c: &Column) -> Option<Asked> {
+        let t = self.t;
+        let (m, w) = (&c.measure, Self::when(c));
+        let (a, b) = self.two_keys();
+        let (va, vb) = (c.values[a], c.values[b]);
+        let (ka, kb) = (&t.keys[a], &t.keys[b]);
+        let (hi, lo, vh, vl) = if va >= vb {
+            (ka, kb, va, vb)
+        } else {
+            (kb, ka, vb, va)
+        };
+        let (vhs, vls) = (self.value(c, vh), self.value(c, vl));
+        let (turn, answer) = match kind {
+            QaKind::Larger => (
+                (
+                    format!("Which had the larger {m}{w}, {ka} or {kb}?"),
+                    format!("{hi}, with {vhs} against {vls} for {lo}."),
+                ),
+                hi.clone(),
+            ),
+            QaKind::Difference => (
+                (
+                    format!("By how much did the {m} of {hi} exceed that of {lo}{w}?"),
+                    format!(
+                        "By {}: {vhs} for {hi} against {vls} for {lo}.",
+                        self.value(c, vh - vl)
+                    ),
+                ),
+                Self::number(c, vh - vl),
+            ),
+            _ if vl != 0.0 => (
+                (
+                    format!("How many times larger was the {m} of {hi} than that of {lo}{w}?"),
+                    format!("{} times ({vhs} / {vls}).", format_number(vh / vl, 2)),
+                ),
+                format_number(vh / vl, 2),
+            ),
+            _ => return None,
+        };
+        Some((vec![a, b], answer, vec![turn]))
+    }
+
+    /// The change of a measure between its first and last year: the percentage, or whether it
+    /// grew or shrank.
+    fn ask_change(&mut self, kind: QaKind, c: &Column) -> Option<Asked> {
+        let t = self.t;
+        let m = &c.measure;
+        let years: Vec<&Column> = t
+            .columns
+            .iter()
+            .filter(|x| x.measure == c.measure && x.year.is_some())
+            .collect();
+        let (first, last) = (years.first()?, years.last()?);
+        if first.year == last.year {
+            return None;
+        }
+        let k = self.key();
+        let key = &t.keys[k];
+        let (v0, v1) = (first.values[k], last.values[k]);
+        let (y0, y1) = (first.year.unwrap_or(0), last.year.unwrap_or(0));
+        if v0 == 0.0 {
+            return None;
+        }
+        let pct = format!("{:+.1}%", (v1 - v0) / v0 * 100.0).replace("+-", "-");
+        let pct = if pct.starts_with('-') || pct.starts_with('+') {
+            pct
+        } else {
+            format!("+{pct}")
+        };
+        let (from, to) = (self.value(c, v0), self.value(c, v1));
+        if kind == QaKind::PercentChange {
+            let turn = (
+                format!("By what percentage did the {m} of {key} change from {y0} to {y1}?"),
+                format!("By {pct}, from {from} to {to}."),
+            );
+            return Some((vec![k], pct, vec![turn]));
+        }
+        let verb = if v1 > v0 {
+            "grew"
+        } else if v1 < v0 {
+            "shrank"
+        } else {
+            "stayed the same"
+        };
+        let turn = (
+            format!("Did the {m} of {key} grow or shrink between {y0} and {y1}?"),
+            format!(
+                "It {verb}, from {from} to {to} ({}, {pct}).",
+                format_number(v1 - v0, if c.integer { 0 } else { 2 })
+            ),
+        );
+        Some((vec![k], verb.to_string(), vec![turn]))
+    }
+
+    /// A measure the options derive from two columns ([`Derived`], e.g. population density),
+    /// maybe with a follow-up; `None` when the table lacks its columns.
+    fn ask_derived(&mut self) -> Option<Asked> {
+        let t = self.t;
+        let d = self.derived.first()?.clone();
+        let per = t
+            .columns
+            .iter()
+            .find(|x| x.measure.starts_with(&d.denominator))?;
+        let of = t
+            .columns
+            .iter()
+            .filter(|x| x.measure == d.numerator)
+            .max_by_key(|x| x.year)?;
+        let (a, b) = self.two_keys();
+        let ratio = |k: usize| of.values[k] / per.values[k];
+        let w = Self::when(of);
+        let answer = |g: &Self, k: usize| {
+            format!(
+                "{} {} ({} {} on {}).",
+                format_number(ratio(k), 1),
+                d.unit,
+                g.value(of, of.values[k]),
+                d.numerator_unit,
+                g.value(per, per.values[k])
+            )
+        };
+        let mut turns = vec![(
+            format!("What was the {} of {}{w}?", d.name, t.keys[a]),
+            answer(self, a),
+        )];
+        let mut keys = vec![a];
+        if self.rng.random_bool(self.follow_up) {
+            turns.push((format!("And {}?", t.keys[b]), answer(self, b)));
+            keys.push(b);
+        }
+        Some((keys, format_number(ratio(a), 1), turns))
+    }
+
+    /// The total or the mean over the allowed keys.
+    fn ask_aggregate(&mut self, kind: QaKind, c: &Column) -> Asked {
+        let (m, w) = (&c.measure, Self::when(c));
+        let values = self.allowed_values(c);
+        let n = values.len();
+        let sum: f64 = values.iter().map(|(_, v)| v).sum();
+        let plural = self.plural();
+        let all = self.allowed.clone();
+        if kind == QaKind::Total {
+            let turn = (
+                format!("What was the total {m} of all {n} {plural}{w}?"),
+                format!("The total was {}.", self.value(c, sum)),
+            );
+            return (all, Self::number(c, sum), vec![turn]);
+        }
+        let mean = sum / n as f64;
+        let turn = (
+            format!("What was the average {m} of the {n} {plural}{w}?"),
+            format!("The average was {}.", self.value(c, mean)),
+        );
+        (all, Self::number(c, mean), vec![turn])
+    }
+
+    /// The key with the largest or smallest value.
+    fn ask_extreme(&mut self, c: &Column) -> Asked {
+        let t = self.t;
+        let (m, w) = (&c.measure, Self::when(c));
+        let largest = self.rng.random_bool(0.5);
+        let order = ranking(&self.allowed_values(c));
+        let k = if largest {
+            order[0]
+        } else {
+            order[order.len() - 1]
+        };
+        let word = if largest { "largest" } else { "smallest" };
+        let kc = t.key_column.replace('_', " ");
+        let turn = (
+            format!("Which {kc} had the {word} {m}{w}?"),
+            format!("{}, with {}.", t.keys[k], self.value(c, c.values[k])),
+        );
+        (self.allowed.clone(), t.keys[k].clone(), vec![turn])
+    }
+
+    /// A key's rank, largest first.
+    fn ask_rank(&mut self, c: &Column) -> Asked {
+        let t = self.t;
+        let (m, w) = (&c.measure, Self::when(c));
+        let order = ranking(&self.allowed_values(c));
+        let k = self.key();
+        let rank = order.iter().position(|&i| i == k).unwrap_or(0) + 1;
+        let turn = (
+            format!("Where did {} rank by {m}{w}, largest first?", t.keys[k]),
+            format!(
+                "{} ranked {} of {}, with {}.",
+                t.keys[k],
+                Self::ordinal(rank),
+                order.len(),
+                self.value(c, c.values[k])
+            ),
+        );
+        (self.allowed.clone(), Self::ordinal(rank), vec![turn])
+    }
+
+    /// The 3 to 5 keys with the largest values, in order.
+    fn ask_top_k(&mut self, c: &Column) -> Asked {
+        let t = self.t;
+        let (m, w) = (&c.measure, Self::when(c));
+        let order = ranking(&self.allowed_values(c));
+        let top = self.rng.random_range(3..=5usize).min(order.len());
+        let list: Vec<String> = order[..top]
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| format!("{}. {} ({})", i + 1, t.keys[k], self.value(c, c.values[k])))
+            .collect();
+        let names: Vec<&str> = order[..top].iter().map(|&k| t.keys[k].as_str()).collect();
+        let turn = (
+            format!("List the {top} {} with the largest {m}{w}.", self.plural()),
+            format!("{}.", list.join("; ")),
+        );
+        (self.allowed.clone(), names.join(", "), vec![turn])
     }
 }
+
+/// What a kind's function returns: the keys asked about, the short answer, the turns.
+type Asked = (Vec<usize>, String, Vec<(String, String)>);
+
+/// Draws before the generator gives up on the requested kinds (each draw that fails picks a
+/// column and a kind at random; a kind that fits any column is found within a few dozen).
+const MAX_DRAWS: usize = 10_000;
 
 /// Keys sorted by value, largest first (ties keep table order).
 fn ranking(values: &[(usize, f64)]) -> Vec<usize> {
@@ -631,10 +677,21 @@ pub fn generate_items(table: &Table, opts: &QaOptions) -> Result<Vec<QaItem>> {
         },
         allowed,
         kinds: opts.kinds.clone(),
+        derived: opts.derived.clone(),
     };
-    Ok((0..opts.count)
+    (0..opts.count)
         .map(|_| {
-            let conv = g.conversation();
+            let conv = g.conversation().ok_or_else(|| DataError::InvalidOption {
+                option: "kinds",
+                message: format!(
+                    "no question of the kinds [{}] fits this table (years, derived measures)",
+                    opts.kinds
+                        .iter()
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })?;
             let mut messages = Vec::new();
             if let Some(s) = &opts.system_prompt {
                 messages.push(Message::new(Role::System, s.clone()));
@@ -649,14 +706,14 @@ pub fn generate_items(table: &Table, opts: &QaOptions) -> Result<Vec<QaItem>> {
                 messages.push(Message::new(Role::User, q));
                 messages.push(Message::new(Role::Assistant, a));
             }
-            QaItem {
+            Ok(QaItem {
                 kind: conv.kind,
                 keys: conv.keys.iter().map(|&k| table.keys[k].clone()).collect(),
                 answer: conv.answer,
                 messages,
-            }
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Writes conversations as JSON Lines `{"messages": [...]}` records.
