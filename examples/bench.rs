@@ -318,7 +318,7 @@ fn train(lm: CausalLm, mode: Mode, args: &Args, peak: f64) -> Result<serde_json:
             config.lora_dropout = 0.0;
             LoraModel::with_adapter(lm, "default", config)?.into_inner()
         }
-        _ => burn::module::Module::set_require_grad(lm, true),
+        _ => lm.into_full_training(),
     };
     let schedule = ScheduleOptions {
         kind: ScheduleKind::Constant,

@@ -363,7 +363,7 @@ fn main() -> Result<()> {
             (s, (c.trainable, c.all), out)
         }
         None => {
-            let model: CausalLm = kiln::burn::module::Module::set_require_grad(lm.model, true);
+            let model: CausalLm = lm.model.into_full_training();
             let n = kiln::train::params::param_infos(&model)
                 .iter()
                 .map(|p| p.numel())

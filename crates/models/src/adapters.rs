@@ -110,3 +110,17 @@ impl AdapterTarget for CausalLm {
         }
     }
 }
+
+impl CausalLm {
+    /// The model for full fine-tuning: every matrix a dense f32 parameter and every parameter
+    /// trainable. A frozen matrix (a GGUF's blocks, f16/bf16 kept as stored, NF4/FP4/int8) is
+    /// dequantized first; `set_require_grad(true)` alone would leave it frozen and train only
+    /// the norms (found in the kill -9 campaign: `sft --full` on the stored SmolLM2 GGUF trained
+    /// 35,136 of 135 M parameters).
+    pub fn into_full_training(mut self) -> Self {
+        use burn::module::Module;
+        self.visit_linears_mut(&mut |_, l| l.weight.densify(kiln_lora::Layout::Linear));
+        self.model.embed_tokens.densify(kiln_lora::Layout::Table);
+        self.set_require_grad(true)
+    }
+}

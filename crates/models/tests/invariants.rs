@@ -163,3 +163,33 @@ fn loss_on_counted_positions_only_equals_full_loss() {
         assert!(model.loss_sum(&input, &bad).is_err());
     }
 }
+
+/// Full fine-tuning of a model whose matrices are kept quantized: every matrix becomes a dense
+/// f32 parameter that trains, equal to the dequantized values (`set_require_grad(true)` alone
+/// trained only the norms of a stored GGUF).
+#[test]
+fn full_training_dequantizes_every_frozen_matrix_into_a_trained_parameter() {
+    use burn::module::Module;
+    use kiln_lora::AdapterTarget;
+    use kiln_models::Quantization;
+    let dir = fixtures().join("tiny").join("llama");
+    let device = kiln_models::default_device();
+    let dense = CausalLm::load(&dir, &device, Quantization::F32).unwrap();
+    let nf4 = CausalLm::load(&dir, &device, "nf4".parse().unwrap()).unwrap();
+    assert!(
+        nf4.num_params() < dense.num_params() / 2,
+        "NF4 matrices are not parameters"
+    );
+    let input = DecoderInput::single(&IDS);
+    let before = host(nf4.forward(&input).unwrap());
+    let full = nf4.into_full_training();
+    assert_eq!(full.num_params(), dense.num_params());
+    // Every projection a dense parameter (which parameters train is decided on the training
+    // device, where `require_grad` applies: see kiln-train).
+    let mut frozen = 0;
+    full.visit_linears(&mut |_, l| frozen += usize::from(l.weight.as_dense().is_none()));
+    assert_eq!(frozen, 0, "every projection dense");
+    assert!(full.model.embed_tokens.as_dense().is_some());
+    // The dense weights are the NF4 values: the same logits.
+    assert!(max_abs_diff(&host(full.forward(&input).unwrap()), &before) <= 1e-4);
+}

@@ -1,6 +1,7 @@
 //! What the trainer needs from a model: logits for a batch. Which parameters train is decided
 //! by the model itself (`require_grad`): with LoRA only the active adapters, with full
-//! fine-tuning everything (`model.set_require_grad(true)`).
+//! fine-tuning everything (`CausalLm::into_full_training`, which also dequantizes frozen
+//! matrices).
 use burn::module::{Module, ModuleDisplay};
 use burn::tensor::Tensor;
 use kiln_lora::{AdapterTarget, LoraModel};

@@ -192,7 +192,7 @@ impl<M: CausalModel> Trainer<M> {
         if trainable.is_empty() {
             return Err(TrainError::option(
                 "model",
-                "no parameter trains: attach an adapter or call set_require_grad(true)",
+                "no parameter trains: attach an adapter, or use `CausalLm::into_full_training`",
             ));
         }
         Ok(Self {
