@@ -18,6 +18,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod dpo;
+pub mod dpo_run;
 pub mod error;
 pub mod export;
 pub mod generation_eval;
@@ -47,6 +48,7 @@ pub use data::{
     stream_options,
 };
 pub use dpo::{DpoLoss, DpoOptions, DpoStepMetrics, DpoTrainer};
+pub use dpo_run::{DpoRun, DpoSummary, run_dpo};
 pub use error::{Result, TrainError};
 pub use export::Export;
 pub use generation_eval::GenerationEvalCallback;
