@@ -23,6 +23,7 @@ mod offsets;
 pub mod pack;
 mod parquet_pages;
 mod parquet_rows;
+pub mod preference;
 pub mod pretty;
 pub mod qa;
 pub mod reader;
@@ -42,6 +43,10 @@ pub use encode::{
 };
 pub use error::{DataError, Location, Result};
 pub use pack::{GreedyPacker, PackStrategy, PackedRow, pack};
+pub use preference::{
+    Preference, PreferenceEncoder, PreferenceIds, TruncationMode, parse_preference,
+    read_preferences,
+};
 pub use pretty::{show_labels, show_trained_text};
 pub use qa::{QaItem, QaKind, QaOptions, Table, format_number, generate_items};
 pub use reader::{BadRecords, ReadReport, Reader, count_lines};

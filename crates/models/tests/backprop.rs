@@ -131,7 +131,7 @@ fn host(t: Tensor<2>) -> Vec<f32> {
 fn assert_same(model: CausalLm, input: &DecoderInput, labels: &[i64], what: &str) {
     let model = model.fork(&default_device().autodiff()).train();
     let norm = 11.0;
-    let (want_loss, mut want) = autodiff(&model, input, labels, norm);
+    let (want_loss, want) = autodiff(&model, input, labels, norm);
     let fused = model.try_backprop(input, labels, norm, BackpropOptions::default());
     let fused = fused
         .unwrap_or_else(|| panic!("{what}: fused path not taken"))
@@ -142,6 +142,18 @@ fn assert_same(model: CausalLm, input: &DecoderInput, labels: &[i64], what: &str
         "{what}: loss {loss} vs {want_loss}"
     );
     let n = fused.grads.len();
+    let worst = compare_grads(fused.grads, want, what);
+    println!("{what}: loss {loss:.6}, {n} gradients, worst relative difference {worst:.2e}");
+}
+
+/// Every gradient of `grads` equals autodiff's `want` within 1e-4 of the gradient's largest
+/// entry, and they cover the same parameters; returns the worst relative difference.
+fn compare_grads(
+    grads: kiln_models::backprop::Grads,
+    mut want: GradientsParams,
+    what: &str,
+) -> f32 {
+    let n = grads.len();
     assert_eq!(
         n,
         want.len(),
@@ -149,7 +161,7 @@ fn assert_same(model: CausalLm, input: &DecoderInput, labels: &[i64], what: &str
         want.len()
     );
     let mut worst = 0f32;
-    for (id, shape, got) in fused.grads.into_entries() {
+    for (id, shape, got) in grads.into_entries() {
         let want: Vec<f32> = match shape.len() {
             1 => host(want.remove::<1>(id).unwrap().unsqueeze()),
             _ => host(
@@ -175,7 +187,7 @@ fn assert_same(model: CausalLm, input: &DecoderInput, labels: &[i64], what: &str
             "{what}: gradient {shape:?} differs by {err} of its largest entry"
         );
     }
-    println!("{what}: loss {loss:.6}, {n} gradients, worst relative difference {worst:.2e}");
+    worst
 }
 
 #[test]
@@ -632,4 +644,128 @@ fn fused_bf16_checkpointing_is_bit_identical() {
             "{name}: bf16 {loss_a}, f32 {loss32}"
         );
     }
+}
+
+/// The per-sequence log-probability sums of `labels` by autodiff, and the loss
+/// `L = Σ_r c_r · s_r + k · (s_0 - s_1)²` on them (a non-linear loss with per-sequence
+/// weights, the shape of DPO's): with `s_r = Σ_i logp_{r,i}`.
+fn logp_loss_autodiff(
+    model: &CausalLm,
+    input: &DecoderInput,
+    labels: &[i64],
+    c: [f32; 2],
+    k: f32,
+) -> (f64, GradientsParams) {
+    let logits = model.forward(input).unwrap();
+    let [b, t, v] = logits.dims();
+    let lsm = burn::tensor::activation::log_softmax(logits, 2);
+    let dev = lsm.device();
+    let mut s = Vec::new();
+    for r in 0..b {
+        let mut onehot = vec![0f32; b * t * v];
+        for i in 1..t {
+            let l = labels[r * t + i];
+            if l >= 0 {
+                onehot[(r * t + i - 1) * v + l as usize] = 1.0;
+            }
+        }
+        let oh = Tensor::<3>::from_data(burn::tensor::TensorData::new(onehot, [b, t, v]), &dev);
+        s.push((lsm.clone() * oh).sum());
+    }
+    let diff = s[0].clone() - s[1].clone();
+    let loss = s[0].clone() * c[0] + s[1].clone() * c[1] + diff.clone() * diff * k;
+    let value = loss.clone().into_scalar::<f32>() as f64;
+    (value, GradientsParams::from_grads(loss.backward(), model))
+}
+
+/// `try_backprop_logp` with a non-trivial loss of the log-probabilities equals autodiff on
+/// the loss and every gradient (LoRA on Llama with a tied head, Qwen2 with a separate head,
+/// Gemma 2 with final soft-capping; and full fine-tuning of Llama), and its log-probabilities
+/// sum to minus the NLL path's loss.
+#[test]
+fn fused_logp_loss_equals_autodiff() {
+    let _g = serial();
+    let (c, k) = ([-0.7f32, 0.4], 0.05f32);
+    let cases = [
+        ("llama", with_lora(load("llama"), 0.0, false), 500),
+        ("qwen2", with_lora(load("qwen2"), 0.0, false), 500),
+        ("gemma2", with_lora(load("gemma2"), 0.0, false), 250),
+        ("llama full", load("llama").set_require_grad(true), 500),
+    ];
+    for (what, model, ids) in cases {
+        let (input, labels) = padded_batch_of(ids);
+        let model = model.fork(&default_device().autodiff()).train();
+        let (want_loss, want) = logp_loss_autodiff(&model, &input, &labels, c, k);
+        // The row of each counted label, in the order the closure receives them.
+        let t = input.seq_len;
+        let rows: Vec<usize> = (0..labels.len())
+            .filter(|&j| j % t != 0 && labels[j] != -100)
+            .map(|j| j / t)
+            .collect();
+        let loss = |logps: &[f32]| {
+            let mut s = [0f64; 2];
+            for (&lp, &r) in logps.iter().zip(&rows) {
+                s[r] += lp as f64;
+            }
+            let diff = s[0] - s[1];
+            let value = c[0] as f64 * s[0] + c[1] as f64 * s[1] + k as f64 * diff * diff;
+            let g = rows
+                .iter()
+                .map(|&r| {
+                    let sign = if r == 0 { 1.0 } else { -1.0 };
+                    (c[r] as f64 + 2.0 * k as f64 * diff * sign) as f32
+                })
+                .collect();
+            (value, g)
+        };
+        let fused = model
+            .try_backprop_logp(&input, &labels, loss, BackpropOptions::default())
+            .unwrap()
+            .unwrap();
+        assert!(
+            (fused.loss - want_loss).abs() < 1e-5 * want_loss.abs().max(1.0),
+            "{what}: loss {} vs {want_loss}",
+            fused.loss
+        );
+        let nll = model
+            .try_backprop(&input, &labels, 1.0, BackpropOptions::default())
+            .unwrap()
+            .unwrap()
+            .loss_sum;
+        let sum: f64 = fused.logps.iter().map(|&l| l as f64).sum();
+        assert!(
+            (sum + nll).abs() < 1e-4,
+            "{what}: Σ logp {sum} vs NLL {nll}"
+        );
+        let only = model
+            .try_logps(&input, &labels, Precision::F32)
+            .unwrap()
+            .unwrap();
+        assert_eq!(only, fused.logps, "{what}: forward-only log-probabilities");
+        let n = fused.grads.len();
+        let worst = compare_grads(fused.grads, want, what);
+        println!(
+            "{what}: loss {want_loss:.6}, {n} gradients, worst relative difference {worst:.2e}"
+        );
+    }
+}
+
+/// A loss that returns a derivative per label of another length is an error, not a panic.
+#[test]
+fn fused_logp_loss_checks_its_derivatives() {
+    let _g = serial();
+    let (input, labels) = padded_batch();
+    let model = with_lora(load("llama"), 0.0, false)
+        .fork(&default_device().autodiff())
+        .train();
+    let out = model
+        .try_backprop_logp(
+            &input,
+            &labels,
+            |_| (0.0, vec![1.0]),
+            BackpropOptions::default(),
+        )
+        .unwrap();
+    let err = out.unwrap_err().to_string();
+    assert!(err.contains("1 gradients for"), "{err}");
 }

@@ -17,6 +17,8 @@ pub mod card;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dpo;
+pub mod dpo_run;
 pub mod error;
 pub mod export;
 pub mod generation_eval;
@@ -45,12 +47,14 @@ pub use data::{
     SftData, encode_records, encoder_for, packed_batches, padded_batches, prepare_data,
     stream_options,
 };
+pub use dpo::{DpoLoss, DpoOptions, DpoStepMetrics, DpoTrainer};
+pub use dpo_run::{DpoRun, DpoSummary, run_dpo};
 pub use error::{Result, TrainError};
 pub use export::Export;
 pub use generation_eval::GenerationEvalCallback;
 pub use kiln_lora::Precision;
 pub use logging::{JsonlLogger, Progress, standard_callbacks};
-pub use model::CausalModel;
+pub use model::{CausalModel, LogpLossFn};
 pub use params::{HostParams, ParamInfo};
 pub use plot::write_loss_curve;
 pub use run::{FitOptions, RunSummary, fit};

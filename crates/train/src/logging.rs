@@ -75,7 +75,7 @@ impl JsonlLogger {
         Self::open(path)
     }
 
-    fn write<T: Serialize>(&mut self, kind: &str, metrics: &T) -> Result<()> {
+    pub(crate) fn write<T: Serialize>(&mut self, kind: &str, metrics: &T) -> Result<()> {
         let line = serde_json::to_string(&Line { kind, metrics })
             .map_err(|e| TrainError::option("metrics", e.to_string()))?;
         writeln!(self.out, "{line}").map_err(|e| TrainError::io(&self.path, e))?;

@@ -5,7 +5,7 @@
 use burn::module::{Module, ModuleDisplay};
 use burn::tensor::Tensor;
 use kiln_lora::{AdapterTarget, LoraModel};
-use kiln_models::backprop::{Backprop, BackpropOptions};
+use kiln_models::backprop::{Backprop, BackpropOptions, LogpBackprop, Precision};
 use kiln_models::{CausalLm, DecoderInput, LossSum, causal_lm_loss_sum};
 
 /// A causal language model the trainer can train.
@@ -36,7 +36,33 @@ pub trait CausalModel: Module {
     ) -> Option<kiln_models::Result<Backprop>> {
         None
     }
+
+    /// One forward and backward of a loss of the counted labels' log-probabilities
+    /// ([`CausalLm::try_backprop_logp`]), or `None` when the model has no such path.
+    fn try_backprop_logp(
+        &self,
+        _input: &DecoderInput,
+        _labels: &[i64],
+        _loss: LogpLossFn<'_>,
+        _options: BackpropOptions,
+    ) -> Option<kiln_models::Result<LogpBackprop>> {
+        None
+    }
+
+    /// The counted labels' log-probabilities by the same host forward ([`CausalLm::try_logps`]).
+    fn try_logps(
+        &self,
+        _input: &DecoderInput,
+        _labels: &[i64],
+        _precision: Precision,
+    ) -> Option<kiln_models::Result<Vec<f32>>> {
+        None
+    }
 }
+
+/// A loss of the counted labels' log-probabilities: their values in, the loss and its
+/// derivative by each out (see [`CausalLm::try_backprop_logp`]).
+pub type LogpLossFn<'a> = Box<dyn FnOnce(&[f32]) -> (f64, Vec<f32>) + 'a>;
 
 impl CausalModel for CausalLm {
     fn logits(&self, input: &DecoderInput) -> kiln_models::Result<Tensor<3>> {
@@ -59,6 +85,25 @@ impl CausalModel for CausalLm {
         options: BackpropOptions,
     ) -> Option<kiln_models::Result<Backprop>> {
         CausalLm::try_backprop(self, input, labels, normaliser, options)
+    }
+
+    fn try_backprop_logp(
+        &self,
+        input: &DecoderInput,
+        labels: &[i64],
+        loss: LogpLossFn<'_>,
+        options: BackpropOptions,
+    ) -> Option<kiln_models::Result<LogpBackprop>> {
+        CausalLm::try_backprop_logp(self, input, labels, loss, options)
+    }
+
+    fn try_logps(
+        &self,
+        input: &DecoderInput,
+        labels: &[i64],
+        precision: Precision,
+    ) -> Option<kiln_models::Result<Vec<f32>>> {
+        CausalLm::try_logps(self, input, labels, precision)
     }
 }
 
@@ -83,5 +128,24 @@ impl<M: CausalModel + AdapterTarget + ModuleDisplay> CausalModel for LoraModel<M
         options: BackpropOptions,
     ) -> Option<kiln_models::Result<Backprop>> {
         self.model.try_backprop(input, labels, normaliser, options)
+    }
+
+    fn try_backprop_logp(
+        &self,
+        input: &DecoderInput,
+        labels: &[i64],
+        loss: LogpLossFn<'_>,
+        options: BackpropOptions,
+    ) -> Option<kiln_models::Result<LogpBackprop>> {
+        self.model.try_backprop_logp(input, labels, loss, options)
+    }
+
+    fn try_logps(
+        &self,
+        input: &DecoderInput,
+        labels: &[i64],
+        precision: Precision,
+    ) -> Option<kiln_models::Result<Vec<f32>>> {
+        self.model.try_logps(input, labels, precision)
     }
 }

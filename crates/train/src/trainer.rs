@@ -137,6 +137,46 @@ fn bf16_unsupported() -> TrainError {
     )
 }
 
+/// The fused path's host gradients as burn's, or `None` unless they cover exactly the
+/// trainable parameters of `model` with their shapes.
+pub(crate) fn host_grads<M: CausalModel>(
+    model: &M,
+    host: kiln_models::backprop::Grads,
+) -> Option<GradientsParams> {
+    let trainable = trainable_params(model);
+    let mut grads = GradientsParams::new();
+    let device = model.devices().into_iter().next()?.inner();
+    let mut covered = 0;
+    for (id, shape, values) in host.into_entries() {
+        let Some(p) = trainable.iter().find(|p| p.id == id) else {
+            continue;
+        };
+        if p.shape != shape {
+            return None;
+        }
+        covered += 1;
+        match shape.len() {
+            1 => grads.register(
+                id,
+                Tensor::<1>::from_data(TensorData::new(values, [shape[0]]), &device),
+            ),
+            2 => grads.register(
+                id,
+                Tensor::<2>::from_data(TensorData::new(values, [shape[0], shape[1]]), &device),
+            ),
+            _ => return None,
+        }
+    }
+    if covered != trainable.len() {
+        tracing::warn!(
+            "fused backward covered {covered} of {} trainable parameters",
+            trainable.len()
+        );
+        return None;
+    }
+    Some(grads)
+}
+
 /// The autodiff device the trainer runs on (with gradient checkpointing when asked).
 pub fn training_device(device: &Device, gradient_checkpointing: bool) -> Device {
     let d = device.clone().autodiff();
@@ -366,45 +406,38 @@ impl<M: CausalModel> Trainer<M> {
             return Ok(None);
         };
         let out = out?;
-        let trainable = trainable_params(model);
-        let mut grads = GradientsParams::new();
-        let device = match model.devices().into_iter().next() {
-            Some(d) => d.inner(),
-            None => return Ok(None),
-        };
-        let mut covered = 0;
-        for (id, shape, values) in out.grads.into_entries() {
-            let Some(p) = trainable.iter().find(|p| p.id == id) else {
-                continue;
-            };
-            if p.shape != shape {
-                return Ok(None);
-            }
-            covered += 1;
-            match shape.len() {
-                1 => grads.register(
-                    id,
-                    Tensor::<1>::from_data(TensorData::new(values, [shape[0]]), &device),
-                ),
-                2 => grads.register(
-                    id,
-                    Tensor::<2>::from_data(TensorData::new(values, [shape[0], shape[1]]), &device),
-                ),
-                _ => return Ok(None),
-            }
-        }
-        if covered != trainable.len() {
-            tracing::warn!(
-                "fused backward covered {covered} of {} trainable parameters; using autodiff",
-                trainable.len()
-            );
+        let Some(grads) = host_grads(model, out.grads) else {
             return Ok(None);
-        }
+        };
         Ok(Some((out.loss_sum / normaliser, grads)))
     }
 
+    /// Starts an optimizer step driven from outside [`Self::micro_step`] (the preference
+    /// recipes): resets the step's loss and token counts and its clock.
+    pub(crate) fn begin_step(&mut self) {
+        self.state.step_loss = 0.0;
+        self.state.step_tokens = 0;
+        self.state.micro_in_step = 0;
+        self.step_start = Some(Instant::now());
+    }
+
+    /// Adds one micro-batch's gradients (of the step's loss), its loss and input tokens.
+    pub(crate) fn add_micro_batch(&mut self, loss: f64, tokens: usize, grads: GradientsParams) {
+        let mut acc = self.grads.take().unwrap_or_default();
+        let model = self
+            .model
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("model present"));
+        accumulate_grads(model, &mut acc, grads);
+        self.grads = Some(acc);
+        self.state.step_loss += loss;
+        self.state.step_tokens += tokens;
+        self.state.micro_in_step += 1;
+        self.fused_micro_batches += 1;
+    }
+
     /// Clips, checks for NaN/inf, updates the weights and advances the schedule.
-    fn apply_step(&mut self) -> Result<MicroOutcome> {
+    pub(crate) fn apply_step(&mut self) -> Result<MicroOutcome> {
         let mut grads = self.grads.take().unwrap_or_default();
         let model = self.model();
         let grad_norm = global_grad_norm(model, &grads)?;

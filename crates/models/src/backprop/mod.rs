@@ -59,6 +59,17 @@ pub struct Backprop {
     pub grads: Grads,
 }
 
+/// Loss, log-probabilities and gradients of one micro-batch from [`CausalLm::try_backprop_logp`].
+#[derive(Debug)]
+pub struct LogpBackprop {
+    /// The loss the closure returned.
+    pub loss: f64,
+    /// The log-probability of every counted label, in the order of the labels (row-major).
+    pub logps: Vec<f32>,
+    /// Gradients of the loss for every parameter that trains.
+    pub grads: Grads,
+}
+
 impl CausalLm {
     /// Loss and gradients of `loss_sum / normaliser` for one micro-batch, computed without
     /// autodiff (see the module docs), or `None` when this path does not cover the model; the
@@ -78,7 +89,76 @@ impl CausalLm {
         #[cfg(feature = "cpu")]
         {
             let host = model::HostModel::new(self, input, options.precision)?;
-            Some(host.run(self, input, labels, normaliser, options.checkpoint))
+            let head = model::HeadLoss::Nll { normaliser };
+            let out = host.run(self, input, labels, head, options.checkpoint);
+            Some(out.map(|o| Backprop {
+                loss_sum: o.loss,
+                tokens: o.tokens,
+                grads: o.grads,
+            }))
+        }
+        #[cfg(not(feature = "cpu"))]
+        {
+            None
+        }
+    }
+
+    /// One forward and backward of any loss built on the log-probabilities of the labels
+    /// (DPO and its family, KTO, policy gradients): `loss` receives `logp_1..logp_n` of the
+    /// counted labels (in the order of `labels`, row-major, each predicted by the position
+    /// before it) and returns `L` and `∂L/∂logp_i`; the gradient reaches the logits as
+    /// `∂L/∂logp_i · (onehot_i - softmax_i)`. `None` when this path does not cover the model,
+    /// as [`Self::try_backprop`]; an error when `loss` returns another number of derivatives.
+    ///
+    /// # Shapes
+    /// - labels: `[b * t]` row-major, [`crate::loss::IGNORE_INDEX`] where not counted
+    /// - `loss`'s argument and its returned derivatives: `[counted labels]`
+    #[allow(unused_variables)]
+    pub fn try_backprop_logp<F>(
+        &self,
+        input: &DecoderInput,
+        labels: &[i64],
+        loss: F,
+        options: BackpropOptions,
+    ) -> Option<Result<LogpBackprop>>
+    where
+        F: FnOnce(&[f32]) -> (f64, Vec<f32>),
+    {
+        #[cfg(feature = "cpu")]
+        {
+            let host = model::HostModel::new(self, input, options.precision)?;
+            let head = model::HeadLoss::Logp(Box::new(loss));
+            let out = host.run(self, input, labels, head, options.checkpoint);
+            Some(out.map(|o| LogpBackprop {
+                loss: o.loss,
+                logps: o.logps,
+                grads: o.grads,
+            }))
+        }
+        #[cfg(not(feature = "cpu"))]
+        {
+            None
+        }
+    }
+
+    /// The log-probabilities of the counted labels (in the order of `labels`), by the same
+    /// host forward as [`Self::try_backprop_logp`] without a backward: a reference model's
+    /// log-probabilities equal the policy's bit for bit when their weights are equal.
+    ///
+    /// # Shapes
+    /// - labels: `[b * t]` row-major; output `[counted labels]`
+    #[allow(unused_variables)]
+    pub fn try_logps(
+        &self,
+        input: &DecoderInput,
+        labels: &[i64],
+        precision: Precision,
+    ) -> Option<Result<Vec<f32>>> {
+        #[cfg(feature = "cpu")]
+        {
+            let host = model::HostModel::new(self, input, precision)?;
+            let out = host.run(self, input, labels, model::HeadLoss::LogpOnly, false);
+            Some(out.map(|o| o.logps))
         }
         #[cfg(not(feature = "cpu"))]
         {

@@ -1,7 +1,6 @@
 //! The whole decoder's host forward and backward: embedding, layers, final norm and loss.
 #![allow(deprecated)] // burn-ndarray: see kiln_lora::host
 
-use super::Backprop;
 use super::attn::Mask;
 use super::layer::{HostLayer, LayerInputs, Saved, add_norm_grad};
 use super::ops::{Norm, RopeTables};
@@ -19,13 +18,39 @@ use kiln_cpu::fastexp::{exp, sum};
 use kiln_cpu::precision::Precision;
 use kiln_cpu::{MatMut, MatRef, Threads, matmul, matmul_in};
 use kiln_lora::BaseWeight;
-use kiln_lora::backprop::{Grads, HostLinear};
+use kiln_lora::backprop::{Grads, HostLinear, LinearSaved};
 use kiln_lora::host::{values, view};
+use ndarray::{ArrayView, IxDyn};
 use rayon::prelude::*;
 use std::sync::Arc;
 
 /// Counted rows per chunk of logits (`[CHUNK, vocab]` at a time).
 const LOGIT_CHUNK: usize = 128;
+
+/// What the head computes after the decoder's forward pass.
+pub(super) enum HeadLoss<'a> {
+    /// The summed NLL of the counted labels; gradients of `sum / normaliser`.
+    Nll { normaliser: f64 },
+    /// A loss of the counted labels' log-probabilities: given them (in the order of the
+    /// labels), it returns the loss and its derivative by each.
+    Logp(LogpLoss<'a>),
+    /// The counted labels' log-probabilities only: no backward.
+    LogpOnly,
+}
+
+/// See [`HeadLoss::Logp`].
+pub(super) type LogpLoss<'a> = Box<dyn FnOnce(&[f32]) -> (f64, Vec<f32>) + 'a>;
+
+/// What [`HostModel::run`] returns.
+pub(super) struct RunOut {
+    /// The summed NLL ([`HeadLoss::Nll`]), the loss's value ([`HeadLoss::Logp`]) or 0.
+    pub loss: f64,
+    /// Counted labels.
+    pub tokens: usize,
+    /// Their log-probabilities (empty for [`HeadLoss::Nll`]).
+    pub logps: Vec<f32>,
+    pub grads: Grads,
+}
 
 /// The embedding table as the host passes read it.
 enum HostTable {
@@ -123,14 +148,16 @@ impl HostModel {
         })
     }
 
+    /// The decoder's forward, the head's loss (`head`) and, unless `head` asks for the
+    /// log-probabilities only, the backward into every parameter that trains.
     pub fn run(
         &self,
         lm: &CausalLm,
         input: &DecoderInput,
         labels: &[i64],
-        normaliser: f64,
+        head: HeadLoss<'_>,
         checkpoint: bool,
-    ) -> Result<Backprop> {
+    ) -> Result<RunOut> {
         let c = &lm.config;
         input.check(c.vocab_size)?;
         let (b, t, d) = (input.batch, input.seq_len, c.hidden_size);
@@ -140,7 +167,131 @@ impl HostModel {
                 labels.len()
             )));
         }
-        // Masks per attention kind and RoPE tables, as `forward_hidden` builds them.
+        let view = HeadView::new(self);
+        let counted = counted_labels(labels, b, t, view.vocab)?;
+        let prepared = Prepared::new(lm, input);
+        let inputs = prepared.inputs(lm);
+        let backward = !matches!(head, HeadLoss::LogpOnly);
+
+        let mut grads = Grads::default();
+        let mut x = self.embed_rows(&input.ids, d);
+        let mut saved: Vec<Saved> = Vec::with_capacity(self.layers.len());
+        let mut kept = Vec::new();
+        for (layer, inp) in self.layers.iter().zip(&inputs) {
+            let (out, s) = layer.forward(x, inp, None);
+            match (backward, checkpoint) {
+                (false, _) => {}
+                (true, true) => kept.push(HostLayer::checkpoint(s)),
+                (true, false) => saved.push(s),
+            }
+            x = out;
+        }
+        let (hidden, rstd) = self.final_norm.forward(&x);
+        let tokens = counted.len();
+        // Per counted label, the factor w of d loss / d logits = w · (softmax - onehot).
+        let (loss, logps, weights) = match head {
+            HeadLoss::Nll { normaliser } => {
+                (None, Vec::new(), vec![(1.0 / normaliser) as f32; tokens])
+            }
+            HeadLoss::LogpOnly => {
+                let logps = view.logps(&hidden, &counted, d);
+                let (loss, grads) = (0.0, grads);
+                return Ok(RunOut {
+                    loss,
+                    tokens,
+                    logps,
+                    grads,
+                });
+            }
+            HeadLoss::Logp(f) => {
+                let logps = view.logps(&hidden, &counted, d);
+                let (loss, g) = f(&logps);
+                if g.len() != tokens {
+                    return Err(ModelError::Input(format!(
+                        "the loss gave {} gradients for {tokens} counted labels",
+                        g.len()
+                    )));
+                }
+                (Some(loss), logps, g.iter().map(|g| -g).collect())
+            }
+        };
+        let (nll, dhidden) = view.loss_backward(&hidden, &counted, &weights, d, &mut grads);
+        let mut dx = vec![0f32; x.len()];
+        let dw = self
+            .final_norm
+            .backward(&x, &rstd, &dhidden, &mut dx, self.final_id.is_some());
+        add_norm_grad(&mut grads, self.final_id, dw);
+        drop((x, hidden, dhidden));
+        for (i, (layer, inp)) in self.layers.iter().zip(&inputs).enumerate().rev() {
+            let s = match kept.pop() {
+                Some((x, masks)) if checkpoint => layer.forward(x, inp, Some(&masks)).1,
+                _ => saved
+                    .pop()
+                    .unwrap_or_else(|| unreachable!("layer {i} saved")),
+            };
+            dx = layer.backward(&s, dx, inp, &mut grads);
+        }
+        self.embed_backward(&input.ids, &dx, d, &mut grads);
+        Ok(RunOut {
+            loss: loss.unwrap_or(nll),
+            tokens,
+            logps,
+            grads,
+        })
+    }
+
+    /// Adds the lookup's gradient `dx` (`[ids, d]`) to a trained dense embedding's.
+    fn embed_backward(&self, ids: &[u32], dx: &[f32], d: usize, grads: &mut Grads) {
+        if let (Some(id), HostTable::Dense(embed)) = (self.embed_id, &self.embed) {
+            let vocab = view(embed).shape()[0];
+            let de = grads.slot(id, &[vocab, d]);
+            let scale = self.embed_scale.unwrap_or(1.0);
+            for (&tok, row) in ids.iter().zip(dx.chunks_exact(d)) {
+                if Some(tok) == self.pad_token {
+                    continue;
+                }
+                let dst = &mut de[tok as usize * d..][..d];
+                dst.iter_mut().zip(row).for_each(|(g, r)| *g += r * scale);
+            }
+        }
+    }
+
+    /// Embedding rows of `ids` (times the embedding scale), `[ids, d]`.
+    fn embed_rows(&self, ids: &[u32], d: usize) -> Vec<f32> {
+        let scale = self.embed_scale.unwrap_or(1.0);
+        let mut x = vec![0f32; ids.len() * d];
+        let ev = match &self.embed {
+            HostTable::Dense(e) => view(e),
+            HostTable::Frozen(q) => {
+                q.gather_rows(ids, &mut x);
+                if scale != 1.0 {
+                    x.iter_mut().for_each(|v| *v *= scale);
+                }
+                return x;
+            }
+        };
+        for (&id, row) in ids.iter().zip(x.chunks_exact_mut(d)) {
+            let src = ev.index_axis(ndarray::Axis(0), id as usize);
+            row.iter_mut()
+                .zip(src.iter())
+                .for_each(|(x, e)| *x = e * scale);
+        }
+        x
+    }
+}
+
+/// The attention masks (one per attention kind) and RoPE tables of one call, as
+/// `forward_hidden` builds them.
+struct Prepared {
+    masks: Vec<(AttentionKind, Mask)>,
+    global: RopeTables,
+    local: Option<RopeTables>,
+}
+
+impl Prepared {
+    fn new(lm: &CausalLm, input: &DecoderInput) -> Self {
+        let c = &lm.config;
+        let (b, t) = (input.batch, input.seq_len);
         let positions = input.positions(0);
         let key_padding: Option<Vec<bool>> = input
             .attention_mask
@@ -168,188 +319,200 @@ impl HostModel {
                 dim: rope.dim(),
             }
         };
-        let global = tables(&lm.rope);
-        let local = lm.rope_local.as_ref().map(tables);
-        let inputs: Vec<LayerInputs<'_>> = c
+        Self {
+            masks,
+            global: tables(&lm.rope),
+            local: lm.rope_local.as_ref().map(tables),
+        }
+    }
+
+    /// Each layer's mask and RoPE tables.
+    fn inputs(&self, lm: &CausalLm) -> Vec<LayerInputs<'_>> {
+        lm.config
             .layer_attention
             .iter()
             .map(|kind| LayerInputs {
-                mask: &masks
+                mask: &self
+                    .masks
                     .iter()
                     .find(|(k, _)| k == kind)
                     .unwrap_or_else(|| unreachable!("a mask per kind"))
                     .1,
-                rope: match (kind, &local) {
+                rope: match (kind, &self.local) {
                     (AttentionKind::Sliding { .. }, Some(l)) => l,
-                    _ => &global,
+                    _ => &self.global,
                 },
             })
-            .collect();
-
-        let mut grads = Grads::default();
-        let mut x = self.embed_rows(&input.ids, d);
-        let mut saved: Vec<Saved> = Vec::with_capacity(self.layers.len());
-        let mut kept = Vec::new();
-        for (layer, inp) in self.layers.iter().zip(&inputs) {
-            let (out, s) = layer.forward(x, inp, None);
-            if checkpoint {
-                kept.push(HostLayer::checkpoint(s));
-            } else {
-                saved.push(s);
-            }
-            x = out;
-        }
-        let (hidden, rstd) = self.final_norm.forward(&x);
-        let (loss_sum, tokens, dhidden) =
-            self.loss_backward(&hidden, labels, b, t, d, normaliser, &mut grads)?;
-        let mut dx = vec![0f32; x.len()];
-        let dw = self
-            .final_norm
-            .backward(&x, &rstd, &dhidden, &mut dx, self.final_id.is_some());
-        add_norm_grad(&mut grads, self.final_id, dw);
-        drop((x, hidden, dhidden));
-        for (i, (layer, inp)) in self.layers.iter().zip(&inputs).enumerate().rev() {
-            let s = match kept.pop() {
-                Some((x, masks)) if checkpoint => layer.forward(x, inp, Some(&masks)).1,
-                _ => saved
-                    .pop()
-                    .unwrap_or_else(|| unreachable!("layer {i} saved")),
-            };
-            dx = layer.backward(&s, dx, inp, &mut grads);
-        }
-        if let (Some(id), HostTable::Dense(embed)) = (self.embed_id, &self.embed) {
-            let vocab = view(embed).shape()[0];
-            let de = grads.slot(id, &[vocab, d]);
-            let scale = self.embed_scale.unwrap_or(1.0);
-            for (&tok, row) in input.ids.iter().zip(dx.chunks_exact(d)) {
-                if Some(tok) == self.pad_token {
-                    continue;
-                }
-                let dst = &mut de[tok as usize * d..][..d];
-                dst.iter_mut().zip(row).for_each(|(g, r)| *g += r * scale);
-            }
-        }
-        Ok(Backprop {
-            loss_sum,
-            tokens,
-            grads,
-        })
+            .collect()
     }
+}
 
-    /// Embedding rows of `ids` (times the embedding scale), `[ids, d]`.
-    fn embed_rows(&self, ids: &[u32], d: usize) -> Vec<f32> {
-        let scale = self.embed_scale.unwrap_or(1.0);
-        let mut x = vec![0f32; ids.len() * d];
-        let ev = match &self.embed {
-            HostTable::Dense(e) => view(e),
-            HostTable::Frozen(q) => {
-                q.gather_rows(ids, &mut x);
-                if scale != 1.0 {
-                    x.iter_mut().for_each(|v| *v *= scale);
-                }
-                return x;
+/// (row of the hidden state, target) of each counted label, in the order of `labels`
+/// (row-major), as `causal_lm_loss_sum_hidden` shifts them.
+fn counted_labels(labels: &[i64], b: usize, t: usize, vocab: usize) -> Result<Vec<(usize, usize)>> {
+    let mut counted = Vec::new();
+    for r in 0..b {
+        for i in 1..t {
+            let l = labels[r * t + i];
+            if l == IGNORE_INDEX {
+                continue;
             }
-        };
-        for (&id, row) in ids.iter().zip(x.chunks_exact_mut(d)) {
-            let src = ev.index_axis(ndarray::Axis(0), id as usize);
-            row.iter_mut()
-                .zip(src.iter())
-                .for_each(|(x, e)| *x = e * scale);
+            if l < 0 || l as usize >= vocab {
+                return Err(ModelError::Input(format!(
+                    "label {l} at row {r}, position {i} is outside the vocabulary of {vocab}"
+                )));
+            }
+            counted.push((r * t + i - 1, l as usize));
         }
-        x
     }
+    Ok(counted)
+}
 
-    /// The summed NLL of the counted labels and the gradient of `loss / normaliser` with
-    /// respect to the final hidden states (`[b·t, d]`, zero on rows that predict nothing).
-    #[allow(clippy::too_many_arguments)]
-    fn loss_backward(
-        &self,
-        hidden: &[f32],
-        labels: &[i64],
-        b: usize,
-        t: usize,
-        d: usize,
-        normaliser: f64,
-        grads: &mut Grads,
-    ) -> Result<(f64, usize, Vec<f32>)> {
-        let (ev, frozen) = match &self.embed {
+/// The output head (a separate linear layer, or the tied embedding dense, packed or frozen) as
+/// the loss passes read it.
+struct HeadView<'a> {
+    model: &'a HostModel,
+    /// The tied table when dense, `[vocab, hidden]`.
+    ev: Option<ArrayView<'a, f32, IxDyn>>,
+    /// The tied table when frozen.
+    frozen: Option<&'a Arc<QMatrix>>,
+    vocab: usize,
+}
+
+impl<'a> HeadView<'a> {
+    fn new(model: &'a HostModel) -> Self {
+        let (ev, frozen) = match &model.embed {
             HostTable::Dense(e) => (Some(view(e)), None),
             HostTable::Frozen(q) => (None, Some(q)),
         };
-        let vocab = match (&self.head, &ev, frozen) {
+        let vocab = match (&model.head, &ev, frozen) {
             (Some(h), _, _) => h.d_out,
             (None, Some(ev), _) => ev.shape()[0],
             (None, None, Some(q)) => q.rows(),
             (None, None, None) => unreachable!("a table is dense or frozen"),
         };
-        // (row of the hidden state, target) of each counted label, as `causal_lm_loss_sum_hidden`.
-        let mut counted = Vec::new();
-        for r in 0..b {
-            for i in 1..t {
-                let l = labels[r * t + i];
-                if l == IGNORE_INDEX {
-                    continue;
-                }
-                if l < 0 || l as usize >= vocab {
-                    return Err(ModelError::Input(format!(
-                        "label {l} at row {r}, position {i} is outside the vocabulary of {vocab}"
-                    )));
-                }
-                counted.push((r * t + i - 1, l as usize));
-            }
+        Self {
+            model,
+            ev,
+            frozen,
+            vocab,
         }
-        let mut dhidden = vec![0f32; hidden.len()];
-        let mut loss = 0f64;
-        let embed = ev.as_ref().and_then(MatRef::of_view);
-        // In bf16 a dense tied head multiplies by the embedding packed into bf16 (once per run
-        // when frozen); a frozen table rounds its own tiles.
-        let packed = self.embed_packed.as_deref().zip(embed);
-        // The tied head's logits buffer, reused by every chunk (its product overwrites it).
-        let mut tied_logits = Vec::new();
-        for chunk in counted.chunks(LOGIT_CHUNK) {
-            let m = chunk.len();
-            let mut h = vec![0f32; m * d];
-            for (dst, &(row, _)) in h.chunks_exact_mut(d).zip(chunk) {
-                dst.copy_from_slice(&hidden[row * d..][..d]);
+    }
+
+    /// The rows `chunk` of `hidden`, rounded to the head's precision, `[m, d]`.
+    fn gather(&self, hidden: &[f32], chunk: &[(usize, usize)], d: usize) -> Vec<f32> {
+        let mut h = vec![0f32; chunk.len() * d];
+        for (dst, &(row, _)) in h.chunks_exact_mut(d).zip(chunk) {
+            dst.copy_from_slice(&hidden[row * d..][..d]);
+        }
+        self.model.precision.round(&mut h);
+        h
+    }
+
+    /// The logits of `m` rows `h` (rounded to the precision, as transformers upcasts bf16
+    /// logits for the loss) and what a separate head saves for its backward. `buf` is reused
+    /// by the tied head (its product overwrites it).
+    ///
+    /// # Shapes
+    /// - h: `[m, d]`; output `[m, vocab]`
+    fn logits(&self, h: &[f32], m: usize, buf: Vec<f32>) -> (Vec<f32>, Option<LinearSaved>) {
+        let model = self.model;
+        let embed = self.ev.as_ref().and_then(MatRef::of_view);
+        let (mut y, saved) = match &model.head {
+            Some(head) => {
+                let (y, s) = head.forward(h, m);
+                (y, Some(s))
             }
-            self.precision.round(&mut h);
-            let (mut logits, head_saved) = match &self.head {
-                Some(head) => {
-                    let (y, s) = head.forward(&h, m);
-                    (y, Some(s))
-                }
-                None => {
-                    let mut y = std::mem::take(&mut tied_logits);
-                    y.resize(m * vocab, 0.0);
-                    let hm = MatRef::new(&h, m, d);
-                    let dst = MatMut::new(&mut y, m, vocab);
-                    match (packed, embed) {
-                        (_, None) => {
-                            let q = frozen.unwrap_or_else(|| unreachable!("tied table"));
-                            q.matmul_t(&h, m, &mut y, false, self.precision);
-                        }
-                        (None, Some(embed)) => {
-                            matmul(dst, hm, embed.t(), 1.0, false, Threads::All);
-                        }
-                        (Some((p, embed)), _) => {
-                            // `h` is rounded; the packed embedding is (bf16 only).
-                            let w = p.forward(embed.t());
-                            matmul_bf16_packed(dst, hm, w, 1.0, false, Threads::All);
-                        }
+            None => {
+                let (vocab, d) = (self.vocab, h.len() / m.max(1));
+                let mut y = buf;
+                y.resize(m * vocab, 0.0);
+                let hm = MatRef::new(h, m, d);
+                let dst = MatMut::new(&mut y, m, vocab);
+                // In bf16 a dense tied head multiplies by the embedding packed into bf16 (once
+                // per run when frozen); a frozen table rounds its own tiles.
+                match (model.embed_packed.as_deref().zip(embed), embed) {
+                    (_, None) => {
+                        let q = self.frozen.unwrap_or_else(|| unreachable!("tied table"));
+                        q.matmul_t(h, m, &mut y, false, model.precision);
                     }
-                    (y, None)
+                    (None, Some(embed)) => {
+                        matmul(dst, hm, embed.t(), 1.0, false, Threads::All);
+                    }
+                    (Some((p, embed)), _) => {
+                        // `h` is rounded; the packed embedding is (bf16 only).
+                        let w = p.forward(embed.t());
+                        matmul_bf16_packed(dst, hm, w, 1.0, false, Threads::All);
+                    }
                 }
-            };
-            // bf16 logits, upcast for the loss as transformers does.
-            self.precision.round(&mut logits);
-            // log-softmax, loss, and d logits = (softmax - onehot) / normaliser in place.
-            let inv = (1.0 / normaliser) as f32;
-            let bf16 = self.precision == Precision::Bf16;
-            loss += logits
-                .par_chunks_mut(vocab)
+                (y, None)
+            }
+        };
+        model.precision.round(&mut y);
+        (y, saved)
+    }
+
+    /// The log-probability of each counted label under `hidden`'s logits (soft-capped where
+    /// the model caps them).
+    fn logps(&self, hidden: &[f32], counted: &[(usize, usize)], d: usize) -> Vec<f32> {
+        let bf16 = self.model.precision == Precision::Bf16;
+        let mut out = Vec::with_capacity(counted.len());
+        let mut buf = Vec::new();
+        for chunk in counted.chunks(LOGIT_CHUNK) {
+            let h = self.gather(hidden, chunk, d);
+            let (mut logits, _) = self.logits(&h, chunk.len(), buf);
+            let cap = self.model.final_softcap;
+            let rows: Vec<f32> = logits
+                .par_chunks_mut(self.vocab)
                 .zip(chunk.par_iter())
                 .map(|(z, &(_, target))| {
-                    if let Some(cap) = self.final_softcap {
+                    if let Some(cap) = cap {
+                        // The NLL with a zero weight leaves the row's values unused.
+                        return -softcap::capped_nll_grad(z, target, 0.0, cap, bf16) as f32;
+                    }
+                    let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let picked = z[target];
+                    z.iter_mut().for_each(|v| *v = exp(*v - max));
+                    picked - max - sum(z).ln()
+                })
+                .collect();
+            out.extend(rows);
+            buf = logits;
+        }
+        out
+    }
+
+    /// The summed NLL of the counted labels and the gradient with respect to the final hidden
+    /// states (`[b·t, d]`, zero on rows that predict nothing) of the loss whose gradient on the
+    /// logits of counted label i is `weights[i] · (softmax - onehot)` (`1 / normaliser` for
+    /// the mean NLL).
+    fn loss_backward(
+        &self,
+        hidden: &[f32],
+        counted: &[(usize, usize)],
+        weights: &[f32],
+        d: usize,
+        grads: &mut Grads,
+    ) -> (f64, Vec<f32>) {
+        let model = self.model;
+        let vocab = self.vocab;
+        let mut dhidden = vec![0f32; hidden.len()];
+        let mut loss = 0f64;
+        let embed = self.ev.as_ref().and_then(MatRef::of_view);
+        let packed = model.embed_packed.as_deref().zip(embed);
+        // The tied head's logits buffer, reused by every chunk.
+        let mut tied_logits = Vec::new();
+        let bf16 = model.precision == Precision::Bf16;
+        for (chunk, w) in counted.chunks(LOGIT_CHUNK).zip(weights.chunks(LOGIT_CHUNK)) {
+            let m = chunk.len();
+            let h = self.gather(hidden, chunk, d);
+            let (mut logits, head_saved) = self.logits(&h, m, std::mem::take(&mut tied_logits));
+            // log-softmax, loss, and d logits = w · (softmax - onehot) in place.
+            loss += logits
+                .par_chunks_mut(vocab)
+                .zip(chunk.par_iter().zip(w.par_iter()))
+                .map(|(z, (&(_, target), &inv))| {
+                    if let Some(cap) = model.final_softcap {
                         return softcap::capped_nll_grad(z, target, inv, cap, bf16);
                     }
                     let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -365,51 +528,9 @@ impl HostModel {
                 })
                 .sum::<f64>();
             let mut dh = vec![0f32; m * d];
-            match (&self.head, head_saved) {
+            match (&model.head, head_saved) {
                 (Some(head), Some(s)) => head.backward(&h, &s, &logits, m, &mut dh, grads),
-                _ => {
-                    let hm = MatRef::new(&h, m, d);
-                    let de = self.embed_id.map(|id| grads.slot(id, &[vocab, d]));
-                    match (packed, embed) {
-                        (_, None) => {
-                            // A frozen table: no gradient of its own, bf16 as the dense path.
-                            let q = frozen.unwrap_or_else(|| unreachable!("tied table"));
-                            self.precision.round(&mut logits);
-                            q.matmul(&logits, m, &mut dh, false, self.precision);
-                            self.precision.round(&mut dh);
-                        }
-                        (None, Some(embed)) => {
-                            let dlogits = MatRef::new(&logits, m, vocab);
-                            matmul(
-                                MatMut::new(&mut dh, m, d),
-                                dlogits,
-                                embed,
-                                1.0,
-                                false,
-                                Threads::All,
-                            );
-                            if let Some(de) = de {
-                                let dst = MatMut::new(de, vocab, d);
-                                matmul(dst, dlogits.t(), hm, 1.0, true, Threads::All);
-                            }
-                        }
-                        (Some((p, embed)), _) => {
-                            // bf16: the logits' gradient enters the head's product as bf16;
-                            // the products' results are rounded once they are complete.
-                            self.precision.round(&mut logits);
-                            let dl = MatRef::new(&logits, m, vocab);
-                            let dst = MatMut::new(&mut dh, m, d);
-                            let w = p.backward(embed.t());
-                            matmul_bf16_packed(dst, dl, w, 1.0, false, Threads::All);
-                            if let Some(de) = de {
-                                let dst = MatMut::new(de, vocab, d);
-                                let p = self.precision;
-                                matmul_in(p, dst, dl.t(), hm, 1.0, true, Threads::All);
-                            }
-                            self.precision.round(&mut dh);
-                        }
-                    }
-                }
+                _ => self.tied_backward(&h, &mut logits, m, &mut dh, grads),
             }
             for (src, &(row, _)) in dh.chunks_exact(d).zip(chunk) {
                 dhidden[row * d..][..d]
@@ -417,15 +538,67 @@ impl HostModel {
                     .zip(src)
                     .for_each(|(g, s)| *g += s);
             }
-            if self.head.is_none() {
+            if model.head.is_none() {
                 tied_logits = logits;
             }
         }
-        if let (Some(_), Some(id)) = (packed, self.embed_id) {
+        if let (Some(_), Some(id)) = (packed, model.embed_id) {
             // The tied head's embedding gradient is one bf16 product over every chunk (this
             // call's grads hold nothing else for it yet).
-            self.precision.round(grads.slot(id, &[vocab, d]));
+            model.precision.round(grads.slot(id, &[vocab, d]));
         }
-        Ok((loss, counted.len(), dhidden))
+        (loss, dhidden)
+    }
+
+    /// The tied head's backward of `m` rows: `dh = dlogits · E`, and `dE += dlogitsᵀ · h` when
+    /// the embedding trains.
+    ///
+    /// # Shapes
+    /// - h: `[m, d]`, dlogits: `[m, vocab]`, dh: `[m, d]`
+    fn tied_backward(
+        &self,
+        h: &[f32],
+        dlogits: &mut [f32],
+        m: usize,
+        dh: &mut [f32],
+        grads: &mut Grads,
+    ) {
+        let model = self.model;
+        let (vocab, d) = (self.vocab, h.len() / m.max(1));
+        let hm = MatRef::new(h, m, d);
+        let embed = self.ev.as_ref().and_then(MatRef::of_view);
+        let de = model.embed_id.map(|id| grads.slot(id, &[vocab, d]));
+        match (model.embed_packed.as_deref().zip(embed), embed) {
+            (_, None) => {
+                // A frozen table: no gradient of its own, bf16 as the dense path.
+                let q = self.frozen.unwrap_or_else(|| unreachable!("tied table"));
+                model.precision.round(dlogits);
+                q.matmul(dlogits, m, dh, false, model.precision);
+                model.precision.round(dh);
+            }
+            (None, Some(embed)) => {
+                let dl = MatRef::new(dlogits, m, vocab);
+                matmul(MatMut::new(dh, m, d), dl, embed, 1.0, false, Threads::All);
+                if let Some(de) = de {
+                    let dst = MatMut::new(de, vocab, d);
+                    matmul(dst, dl.t(), hm, 1.0, true, Threads::All);
+                }
+            }
+            (Some((p, embed)), _) => {
+                // bf16: the logits' gradient enters the head's product as bf16; the products'
+                // results are rounded once they are complete.
+                model.precision.round(dlogits);
+                let dl = MatRef::new(dlogits, m, vocab);
+                let dst = MatMut::new(dh, m, d);
+                let w = p.backward(embed.t());
+                matmul_bf16_packed(dst, dl, w, 1.0, false, Threads::All);
+                if let Some(de) = de {
+                    let dst = MatMut::new(de, vocab, d);
+                    let p = model.precision;
+                    matmul_in(p, dst, dl.t(), hm, 1.0, true, Threads::All);
+                }
+                model.precision.round(dh);
+            }
+        }
     }
 }

@@ -1,0 +1,188 @@
+//! The DPO recipe: model and tokenizer → preference pairs → LoRA adapter (new, or continued from
+//! a PEFT adapter) → [`DpoTrainer`] steps → `metrics.jsonl`, `loss_curve.png` and the adapter in
+//! PEFT's format. The `dpo` example is a command line around [`run_dpo`].
+use crate::config::{AdamWOptions, BackwardPath, NonFinitePolicy, ScheduleKind, ScheduleOptions};
+use crate::dpo::{DpoOptions, DpoStepMetrics, DpoTrainer};
+use crate::error::{Result, TrainError};
+use crate::export::Export;
+use crate::logging::JsonlLogger;
+use crate::plot::write_loss_curve;
+use crate::schedule::LrSchedule;
+use crate::trainer::{Trainer, TrainerOptions};
+use kiln_data::{
+    ChatTemplate, FieldMap, PreferenceEncoder, PreferenceIds, read_preferences, shuffled,
+};
+use kiln_lora::{LoraConfig, LoraModel, TargetModules};
+use kiln_models::backprop::Precision;
+use kiln_models::fetch::resolve_model;
+use kiln_models::{Pretrained, parse_device};
+use std::path::PathBuf;
+
+/// A DPO run (TRL's `DPOConfig` names where it has them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DpoRun {
+    /// A model directory, GGUF file or Hugging Face repo id.
+    pub model: PathBuf,
+    /// JSON Lines of preference pairs (standard, conversational or implicit prompt).
+    pub data: PathBuf,
+    pub output_dir: PathBuf,
+    pub max_steps: usize,
+    pub lr: f64,
+    pub dpo: DpoOptions,
+    pub grad_accum: usize,
+    pub max_grad_norm: Option<f64>,
+    /// Continue from this PEFT adapter (it trains, and its starting weights are the reference).
+    pub init_adapter: Option<PathBuf>,
+    /// A new adapter's rank, alpha and target modules (without `init_adapter`).
+    pub lora_r: usize,
+    pub lora_alpha: f64,
+    pub targets: Vec<String>,
+    /// Shuffles the pairs once (TRL's sampler shuffles too; the order is not TRL's).
+    pub seed: u64,
+    pub shuffle: bool,
+    pub precision: Option<Precision>,
+    pub device: String,
+    /// A Jinja chat template file instead of the model's.
+    pub chat_template: Option<PathBuf>,
+}
+
+impl Default for DpoRun {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::new(),
+            data: PathBuf::new(),
+            output_dir: PathBuf::from("runs/dpo"),
+            max_steps: 100,
+            lr: 1e-6,
+            dpo: DpoOptions::default(),
+            grad_accum: 1,
+            max_grad_norm: Some(1.0),
+            init_adapter: None,
+            lora_r: 16,
+            lora_alpha: 32.0,
+            targets: ["q_proj", "k_proj", "v_proj", "o_proj"]
+                .map(String::from)
+                .to_vec(),
+            seed: 42,
+            shuffle: true,
+            precision: None,
+            device: "cpu".into(),
+            chat_template: None,
+        }
+    }
+}
+
+/// What a DPO run did.
+#[derive(Debug, Clone)]
+pub struct DpoSummary {
+    pub pairs: usize,
+    /// Pairs left out because their prompt alone fills `max_length` (`keep_start`).
+    pub dropped: usize,
+    pub history: Vec<DpoStepMetrics>,
+    pub adapter_dir: PathBuf,
+}
+
+/// Reads and tokenizes the pairs of `path` (shuffled with `seed` when asked).
+fn load_pairs(run: &DpoRun, lm: &Pretrained) -> Result<Vec<PreferenceIds>> {
+    let (bos, eos) = (
+        lm.extras.bos_token.as_deref(),
+        lm.extras.eos_token.as_deref(),
+    );
+    let template = match (&run.chat_template, &lm.extras.chat_template) {
+        (Some(p), _) => Some(ChatTemplate::from_file(p, bos, eos)?),
+        (None, Some(src)) => Some(ChatTemplate::with_origin(
+            src,
+            lm.extras
+                .chat_template_origin
+                .as_deref()
+                .unwrap_or("the model's chat template"),
+            bos,
+            eos,
+        )?),
+        (None, None) => None,
+    };
+    let encoder = PreferenceEncoder::new(&lm.tokenizer, template.as_ref(), eos);
+    let pairs = read_preferences(&run.data, &FieldMap::default())?
+        .iter()
+        .map(|(at, p)| encoder.encode(p, at))
+        .collect::<kiln_data::Result<Vec<_>>>()?;
+    Ok(if run.shuffle {
+        shuffled(pairs, run.seed)
+    } else {
+        pairs
+    })
+}
+
+/// The trainer options of `run`: AdamW without weight decay, constant learning rate.
+fn trainer_options(run: &DpoRun) -> TrainerOptions {
+    let schedule = ScheduleOptions {
+        kind: ScheduleKind::Constant,
+        warmup_steps: Some(0),
+        warmup_ratio: None,
+        min_lr: 0.0,
+    };
+    TrainerOptions {
+        grad_accum: run.grad_accum,
+        max_grad_norm: run.max_grad_norm,
+        schedule: LrSchedule::new(&schedule, run.lr, run.max_steps),
+        adamw: AdamWOptions {
+            lr: run.lr,
+            weight_decay: 0.0,
+            ..AdamWOptions::default()
+        },
+        seed: run.seed,
+        on_non_finite: NonFinitePolicy::Stop,
+        early_stopping: None,
+        gradient_checkpointing: false,
+        backward: BackwardPath::Fused,
+        precision: run.precision,
+    }
+}
+
+/// Trains a LoRA adapter with DPO and writes `output_dir/{metrics.jsonl, loss_curve.png,
+/// adapter/}`; `on_step` sees each step's metrics (a progress line).
+pub fn run_dpo(run: &DpoRun, mut on_step: impl FnMut(&DpoStepMetrics)) -> Result<DpoSummary> {
+    if run.max_steps == 0 {
+        return Err(TrainError::option("max_steps", "must be at least 1"));
+    }
+    let device = parse_device(&run.device)?;
+    let path = resolve_model(Some(&run.model), true)?;
+    let lm = Pretrained::load(&path, &device)?;
+    let pairs = load_pairs(run, &lm)?;
+    let n = pairs.len();
+    let mut options = run.dpo.clone();
+    options.pad_id = lm.eos_token_ids().first().copied().unwrap_or(0);
+    let model = match &run.init_adapter {
+        Some(dir) => {
+            let mut m = LoraModel::new(lm.model);
+            m.load_adapter(dir, "default")?;
+            m
+        }
+        None => {
+            let targets = TargetModules::Names(run.targets.clone());
+            let config = LoraConfig::new(run.lora_r, run.lora_alpha, targets);
+            LoraModel::with_adapter(lm.model, "default", config)?
+        }
+    };
+    device.seed(run.seed);
+    let trainer = Trainer::new(model, &device, trainer_options(run))?;
+    let mut dpo = DpoTrainer::new(trainer, pairs, options, run.max_steps)?;
+    let mut log = JsonlLogger::open(&run.output_dir.join("metrics.jsonl"))?;
+    while dpo.trainer.state.step < run.max_steps {
+        if let Some(m) = dpo.step()? {
+            log.write("train", &m)?;
+            on_step(&m);
+        }
+    }
+    let curve: Vec<(usize, f64)> = dpo.history.iter().map(|m| (m.step, m.loss)).collect();
+    write_loss_curve(&run.output_dir.join("loss_curve.png"), &curve, &[])?;
+    let (dropped, history) = (dpo.dropped, dpo.history.clone());
+    let adapter_dir = run.output_dir.join("adapter");
+    dpo.trainer.into_model().export(&adapter_dir)?;
+    Ok(DpoSummary {
+        pairs: n,
+        dropped,
+        history,
+        adapter_dir,
+    })
+}

@@ -1,0 +1,313 @@
+//! DPO against TRL 1.16's `DPOTrainer` with PEFT LoRA on the tiny Llama
+//! (fixtures/dpo/, tools/fixtures/trl_dpo.py): for each loss type (`sigmoid`, `ipo`, `hinge`,
+//! `robust`), gradient accumulation with `keep_end` truncation, and training on from an existing
+//! adapter, 3 optimizer steps give every logged metric within 1e-4 of TRL's and the adapter
+//! after step 1 within 1e-5. Invariant: with policy = reference the sigmoid loss at step 0 is
+//! exactly ln 2.
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use common::*;
+use kiln_data::{ChatTemplate, FieldMap, PreferenceEncoder, PreferenceIds, TruncationMode};
+use kiln_lora::{LoraModel, read_safetensors};
+use kiln_models::CausalLm;
+use kiln_train::{
+    AdamWOptions, DpoOptions, DpoTrainer, LrSchedule, NonFinitePolicy, ScheduleKind,
+    ScheduleOptions, Trainer, TrainerOptions,
+};
+use serde_json::Value;
+
+fn pairs() -> Vec<PreferenceIds> {
+    let dir = fixture("dpo");
+    let tokenizer =
+        kiln_data::tokenizers::Tokenizer::from_file(dir.join("tokenizer/tokenizer.json")).unwrap();
+    let template = ChatTemplate::from_file(
+        &dir.join("tokenizer/chat_template.jinja"),
+        None,
+        Some("<|im_end|>"),
+    )
+    .unwrap();
+    let enc = PreferenceEncoder::new(&tokenizer, Some(&template), Some("<|im_end|>"));
+    kiln_data::read_preferences(&dir.join("conversational.jsonl"), &FieldMap::default())
+        .unwrap()
+        .iter()
+        .map(|(at, p)| enc.encode(p, at).unwrap())
+        .collect()
+}
+
+fn trainer_options(accum: usize, lr: f64, steps: usize) -> TrainerOptions {
+    let schedule = ScheduleOptions {
+        kind: ScheduleKind::Constant,
+        warmup_steps: Some(0),
+        warmup_ratio: None,
+        min_lr: 0.0,
+    };
+    TrainerOptions {
+        grad_accum: accum,
+        max_grad_norm: Some(1.0),
+        schedule: LrSchedule::new(&schedule, lr, steps),
+        adamw: AdamWOptions {
+            lr,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+        seed: 0,
+        on_non_finite: NonFinitePolicy::Stop,
+        early_stopping: None,
+        gradient_checkpointing: false,
+        backward: kiln_train::BackwardPath::Fused,
+        precision: Some(kiln_train::Precision::F32),
+    }
+}
+
+fn model(init: &str) -> LoraModel<CausalLm> {
+    let mut m = LoraModel::new(tiny_model());
+    m.load_adapter(&fixture("dpo").join(init), "default")
+        .unwrap();
+    m
+}
+
+const METRICS: [&str; 8] = [
+    "loss",
+    "grad_norm",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+];
+
+fn run_case(name: &str) {
+    let text = std::fs::read_to_string(fixture("dpo").join(name).join("metrics.json")).unwrap();
+    let want: Value = serde_json::from_str(&text).unwrap();
+    let h = &want["hyper"];
+    let steps = want["steps"].as_array().unwrap();
+    let accum = h["accum"].as_u64().unwrap() as usize;
+    let options = DpoOptions {
+        beta: h["beta"].as_f64().unwrap(),
+        loss_type: h["loss_type"].as_str().unwrap().parse().unwrap(),
+        label_smoothing: h["label_smoothing"].as_f64().unwrap(),
+        batch_size: h["batch"].as_u64().unwrap() as usize,
+        max_length: Some(h["max_length"].as_u64().unwrap() as usize),
+        truncation: h["truncation_mode"].as_str().unwrap().parse().unwrap(),
+        pad_id: 0,
+    };
+    let lr = h["lr"].as_f64().unwrap();
+    let trainer = Trainer::new(
+        model(h["init"].as_str().unwrap()),
+        &device(),
+        trainer_options(accum, lr, steps.len()),
+    )
+    .unwrap();
+    let mut dpo = DpoTrainer::new(trainer, pairs(), options, steps.len()).unwrap();
+    let mut worst = 0f64;
+    for want in steps {
+        let got = dpo.step().unwrap().unwrap();
+        let got = serde_json::to_value(&got).unwrap();
+        for k in METRICS {
+            let (g, w) = (got[k].as_f64().unwrap(), want[k].as_f64().unwrap());
+            let err = (g - w).abs();
+            worst = worst.max(err);
+            assert!(
+                err < 1e-4,
+                "{name} step {}: {k} {g} vs TRL {w}",
+                want["step"]
+            );
+        }
+        if got["step"] == 1 {
+            let step1 =
+                read_safetensors(&fixture("dpo").join(name).join("adapter_step1.safetensors"))
+                    .unwrap();
+            let ours = dpo.trainer.model().adapter_state_dict("default").unwrap();
+            assert_eq!(ours.len(), step1.len(), "{name}: adapter tensors");
+            let mut w_err = 0f32;
+            for (key, t) in &step1 {
+                let o = ours
+                    .get(key)
+                    .unwrap_or_else(|| panic!("{name}: {key} missing"));
+                assert_eq!(o.shape, t.shape, "{name}: {key}");
+                for (i, (a, b)) in o.data.iter().zip(&t.data).enumerate() {
+                    if std::env::var("KILN_DEBUG").is_ok() && (a - b).abs() > 1e-5 {
+                        println!("{key}[{i}]: kiln {a} TRL {b}");
+                    }
+                    w_err = w_err.max((a - b).abs());
+                }
+            }
+            assert!(
+                w_err < 1e-5,
+                "{name}: adapter after step 1 differs by {w_err}"
+            );
+            println!("{name}: adapter after step 1 within {w_err:.2e}");
+        }
+    }
+    println!("{name}: every metric of 3 steps within {worst:.2e} of TRL");
+}
+
+#[test]
+fn dpo_sigmoid_matches_trl() {
+    let _g = serial();
+    run_case("sigmoid");
+}
+
+#[test]
+fn dpo_ipo_matches_trl() {
+    let _g = serial();
+    run_case("ipo");
+}
+
+#[test]
+fn dpo_hinge_matches_trl() {
+    let _g = serial();
+    run_case("hinge");
+}
+
+#[test]
+fn dpo_robust_matches_trl() {
+    let _g = serial();
+    run_case("robust");
+}
+
+#[test]
+fn dpo_accumulation_and_keep_end_match_trl() {
+    let _g = serial();
+    run_case("sigmoid_accum");
+}
+
+#[test]
+fn dpo_from_an_existing_adapter_matches_trl() {
+    let _g = serial();
+    run_case("sigmoid_init");
+}
+
+/// Policy = reference at step 0: the sigmoid loss is ln 2 to the last bit of f32 log-probs
+/// (the reference pass is the policy's own forward), rewards and margins are 0.
+#[test]
+fn dpo_sigmoid_starts_at_ln2() {
+    let _g = serial();
+    for init in ["adapter_init", "adapter_init_b"] {
+        let trainer = Trainer::new(model(init), &device(), trainer_options(1, 1e-2, 1)).unwrap();
+        let options = DpoOptions {
+            batch_size: 3,
+            ..DpoOptions::default()
+        };
+        let mut dpo = DpoTrainer::new(trainer, pairs(), options, 1).unwrap();
+        let m = dpo.step().unwrap().unwrap();
+        // -log σ(0) = ln(1 + e⁰): one rounding from `LN_2`.
+        assert!(
+            (m.loss - std::f64::consts::LN_2).abs() < 1e-15,
+            "{init}: {}",
+            m.loss
+        );
+        assert_eq!((m.rewards_chosen, m.rewards_margins), (0.0, 0.0), "{init}");
+    }
+}
+
+/// TRL's filter under `keep_start`: a pair whose prompt alone fills `max_length` is dropped
+/// (counted), and a run with nothing left is an error, not a zero-gradient run.
+#[test]
+fn dpo_drops_pairs_whose_prompt_fills_max_length() {
+    let _g = serial();
+    let options = |max| DpoOptions {
+        max_length: Some(max),
+        truncation: TruncationMode::KeepStart,
+        ..DpoOptions::default()
+    };
+    let all = pairs();
+    let shortest = all.iter().map(|p| p.prompt.len()).min().unwrap();
+    let trainer = Trainer::new(
+        model("adapter_init"),
+        &device(),
+        trainer_options(1, 1e-2, 1),
+    )
+    .unwrap();
+    let dpo = DpoTrainer::new(trainer, all.clone(), options(shortest + 1), 1).unwrap();
+    let n = all.iter().filter(|p| p.prompt.len() > shortest).count();
+    assert_eq!(dpo.dropped, n);
+    let trainer = Trainer::new(
+        model("adapter_init"),
+        &device(),
+        trainer_options(1, 1e-2, 1),
+    )
+    .unwrap();
+    let err = DpoTrainer::new(trainer, all, options(shortest), 1)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("no preference pair"), "{err}");
+}
+
+/// The recipe end to end (`run_dpo`, what the `dpo` example calls): a model directory of the
+/// tiny Llama with the fixture's tokenizer and template, the conversational file in order, the
+/// initial adapter: `metrics.jsonl` carries TRL's names and values (sigmoid case, within 1e-4),
+/// and the PEFT adapter it writes loads back.
+#[test]
+fn dpo_recipe_writes_trl_metrics_and_a_peft_adapter() {
+    let _g = serial();
+    let dir = std::env::temp_dir().join(format!("kiln_dpo_recipe_{}", std::process::id()));
+    let model_dir = dir.join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        std::fs::copy(fixture("tiny/llama").join(f), model_dir.join(f)).unwrap();
+    }
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    ] {
+        std::fs::copy(fixture("dpo/tokenizer").join(f), model_dir.join(f)).unwrap();
+    }
+    let run = kiln_train::DpoRun {
+        model: model_dir,
+        data: fixture("dpo/conversational.jsonl"),
+        output_dir: dir.join("out"),
+        max_steps: 3,
+        lr: 1e-3,
+        dpo: DpoOptions {
+            beta: 0.1,
+            batch_size: 2,
+            max_length: Some(64),
+            ..DpoOptions::default()
+        },
+        init_adapter: Some(fixture("dpo/adapter_init")),
+        shuffle: false,
+        precision: Some(kiln_train::Precision::F32),
+        ..kiln_train::DpoRun::default()
+    };
+    let summary = kiln_train::run_dpo(&run, |_| {}).unwrap();
+    assert_eq!((summary.pairs, summary.history.len()), (6, 3));
+    let text = std::fs::read_to_string(fixture("dpo/sigmoid/metrics.json")).unwrap();
+    let want: Value = serde_json::from_str(&text).unwrap();
+    let lines = std::fs::read_to_string(dir.join("out/metrics.jsonl")).unwrap();
+    let lines: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for (got, want) in lines.iter().zip(want["steps"].as_array().unwrap()) {
+        for k in METRICS {
+            let (g, w) = (got[k].as_f64().unwrap(), want[k].as_f64().unwrap());
+            assert!(
+                (g - w).abs() < 1e-4,
+                "step {}: {k} {g} vs TRL {w}",
+                got["step"]
+            );
+        }
+    }
+    assert!(dir.join("out/loss_curve.png").is_file());
+    let mut back = LoraModel::new(tiny_model());
+    back.load_adapter(&summary.adapter_dir, "default").unwrap();
+    let saved = back.adapter_state_dict("default").unwrap();
+    let init = read_safetensors(&fixture("dpo/adapter_init/adapter_model.safetensors")).unwrap();
+    assert_eq!(saved.len(), init.len());
+    let moved = saved
+        .iter()
+        .filter(|(k, t)| k.contains("lora_B") && t.data != init[*k].data)
+        .count();
+    assert_eq!(
+        moved,
+        init.keys().filter(|k| k.contains("lora_B")).count(),
+        "every B trained"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
