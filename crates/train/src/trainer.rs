@@ -271,16 +271,12 @@ impl<M: CausalModel> Trainer<M> {
     /// The model being trained (on the autodiff device).
     pub fn model(&self) -> &M {
         // `model` is only `None` inside `apply_step`, which always puts it back.
-        self.model
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("model taken during a step"))
+        self.model.as_ref().expect("model taken during a step")
     }
 
     /// The trained model, leaving the trainer.
     pub fn into_model(mut self) -> M {
-        self.model
-            .take()
-            .unwrap_or_else(|| unreachable!("model taken during a step"))
+        self.model.take().expect("model taken during a step")
     }
 
     /// Trainable parameters.
@@ -353,10 +349,7 @@ impl<M: CausalModel> Trainer<M> {
         if fused.is_some() {
             self.fused_micro_batches += 1;
         }
-        let model = self
-            .model
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("model present"));
+        let model = self.model.as_ref().expect("model present");
         let (value, grads) = match fused {
             Some(done) => done,
             None => {
@@ -424,10 +417,7 @@ impl<M: CausalModel> Trainer<M> {
     /// Adds one micro-batch's gradients (of the step's loss), its loss and input tokens.
     pub(crate) fn add_micro_batch(&mut self, loss: f64, tokens: usize, grads: GradientsParams) {
         let mut acc = self.grads.take().unwrap_or_default();
-        let model = self
-            .model
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("model present"));
+        let model = self.model.as_ref().expect("model present");
         accumulate_grads(model, &mut acc, grads);
         self.grads = Some(acc);
         self.state.step_loss += loss;
@@ -480,10 +470,7 @@ impl<M: CausalModel> Trainer<M> {
             }
         }
         let lr = self.options.schedule.lr(self.state.step);
-        let model = self
-            .model
-            .take()
-            .unwrap_or_else(|| unreachable!("model present"));
+        let model = self.model.take().expect("model present");
         self.model = Some(self.optim.step(lr, model, grads));
         let secs = self
             .step_start

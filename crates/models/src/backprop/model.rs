@@ -225,9 +225,9 @@ impl HostModel {
         for (i, (layer, inp)) in self.layers.iter().zip(&inputs).enumerate().rev() {
             let s = match kept.pop() {
                 Some((x, masks)) if checkpoint => layer.forward(x, inp, Some(&masks)).1,
-                _ => saved
-                    .pop()
-                    .unwrap_or_else(|| unreachable!("layer {i} saved")),
+                _ => saved.pop().unwrap_or_else(|| {
+                    panic!("layer {i}: activations are saved when not checkpointing")
+                }),
             };
             dx = layer.backward(&s, dx, inp, &mut grads);
         }
@@ -336,7 +336,7 @@ impl Prepared {
                     .masks
                     .iter()
                     .find(|(k, _)| k == kind)
-                    .unwrap_or_else(|| unreachable!("a mask per kind"))
+                    .expect("a mask per kind")
                     .1,
                 rope: match (kind, &self.local) {
                     (AttentionKind::Sliding { .. }, Some(l)) => l,
@@ -433,7 +433,7 @@ impl<'a> HeadView<'a> {
                 // per run when frozen); a frozen table rounds its own tiles.
                 match (model.embed_packed.as_deref().zip(embed), embed) {
                     (_, None) => {
-                        let q = self.frozen.unwrap_or_else(|| unreachable!("tied table"));
+                        let q = self.frozen.expect("tied table");
                         q.matmul_t(h, m, &mut y, false, model.precision);
                     }
                     (None, Some(embed)) => {
@@ -571,7 +571,7 @@ impl<'a> HeadView<'a> {
         match (model.embed_packed.as_deref().zip(embed), embed) {
             (_, None) => {
                 // A frozen table: no gradient of its own, bf16 as the dense path.
-                let q = self.frozen.unwrap_or_else(|| unreachable!("tied table"));
+                let q = self.frozen.expect("tied table");
                 model.precision.round(dlogits);
                 q.matmul(dlogits, m, dh, false, model.precision);
                 model.precision.round(dh);
