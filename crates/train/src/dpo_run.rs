@@ -161,6 +161,8 @@ pub fn run_dpo(run: &DpoRun, mut on_step: impl FnMut(&DpoStepMetrics)) -> Result
         None => {
             let targets = TargetModules::Names(run.targets.clone());
             let config = LoraConfig::new(run.lora_r, run.lora_alpha, targets);
+            // The new adapter's A is drawn on the host from the run's seed.
+            kiln_lora::manual_seed(run.seed);
             LoraModel::with_adapter(lm.model, "default", config)?
         }
     };
