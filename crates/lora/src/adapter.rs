@@ -84,7 +84,7 @@ impl LoraAdapter {
     ///
     /// Returns the adapter and, for PiSSA, the residual base weight that must replace the layer's
     /// weight (`W - scale · A B`). Random values come from `rng` on the host (see
-    /// [`crate::init`]), so every backend gets the same adapter.
+    /// [`crate::manual_seed`]), so every backend gets the same adapter.
     pub fn init(
         name: &str,
         spec: &AdapterSpec,
