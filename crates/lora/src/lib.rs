@@ -37,7 +37,7 @@ pub use config::{Bias, InitLoraWeights, LoraConfig, ModuleRank, TargetModules};
 pub use error::{LoraError, Result};
 pub use io::{CONFIG_FILE, HostTensor, WEIGHTS_FILE, read_safetensors, write_safetensors};
 pub use kiln_cpu::Precision;
-pub use linear::LoraLinear;
+pub use linear::{LoraLinear, RowMix};
 pub use model::{LoraModel, ParamCount};
 pub use target::{AdapterTarget, OtherParam, OtherParamMut};
 pub use weighted::{Combination, parse_adapter_arg};

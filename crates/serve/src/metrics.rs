@@ -77,6 +77,8 @@ pub struct Metrics {
     batch_size: AtomicUsize,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
+    prefills: AtomicU64,
+    prefill_tokens: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -94,6 +96,8 @@ impl Default for Metrics {
             batch_size: AtomicUsize::new(0),
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
+            prefills: AtomicU64::new(0),
+            prefill_tokens: AtomicU64::new(0),
         }
     }
 }
@@ -135,6 +139,13 @@ impl Metrics {
     pub fn observe_step(&self, d: Duration, rows: usize) {
         self.token_latency.observe(d);
         self.batch_hist.observe(Duration::from_secs(rows as u64));
+    }
+
+    /// One prefill forward of `tokens` prompt tokens (shared by every sample of its job).
+    pub fn prefill(&self, tokens: usize) {
+        self.prefills.fetch_add(1, Ordering::Relaxed);
+        self.prefill_tokens
+            .fetch_add(tokens as u64, Ordering::Relaxed);
     }
 
     pub fn set_batch_size(&self, rows: usize) {
@@ -209,6 +220,16 @@ impl Metrics {
                 "kiln_cache_misses_total",
                 "Cacheable requests not in the response cache.",
                 &self.cache_misses,
+            ),
+            (
+                "kiln_prefills_total",
+                "Prompt prefills run (one per prompt, shared by its n samples).",
+                &self.prefills,
+            ),
+            (
+                "kiln_prefill_tokens_total",
+                "Prompt tokens run through the model in prefills.",
+                &self.prefill_tokens,
             ),
         ];
         for (name, help, v) in counters {
