@@ -244,7 +244,7 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
     /// # Errors
     /// [`LoraError::UnknownAdapter`] for a name that is not loaded; [`LoraError::State`] for a
     /// DoRA adapter that is not alone at weight 1 in its row (DoRA's output is not linear in its
-    /// factors, so PEFT does not combine DoRA adapters either). Nothing changes then.
+    /// factors, so a weight has no exact meaning for it). Nothing changes then.
     pub fn set_row_mixes(&mut self, rows: Option<&[RowMix]>) -> Result<()> {
         for mix in rows.unwrap_or_default() {
             for (n, w) in mix {

@@ -407,10 +407,12 @@ pub(crate) fn parse_mix(spec: &str) -> Result<RowMix, ApiError> {
     Ok(mix)
 }
 
-/// Queues one job per prompt, each with `n` samples sharing its prefill; the receivers come
-/// in choice order (`p * n + j`). Dropping a receiver cancels its sample.
+/// Queues one job per prompt, each with `n` samples sharing its prefill, as one message (the
+/// prompts are prefilled together); the receivers come in choice order (`p * n + j`). Dropping
+/// a receiver cancels its sample.
 fn submit(s: &Shared, p: &Prepared) -> Result<Vec<mpsc::UnboundedReceiver<Event>>, ApiError> {
     let mut receivers = Vec::with_capacity(p.prompts.len() * p.n);
+    let mut jobs = Vec::with_capacity(p.prompts.len());
     for prompt in &p.prompts {
         let mut events = Vec::with_capacity(p.n);
         for _ in 0..p.n {
@@ -418,13 +420,14 @@ fn submit(s: &Shared, p: &Prepared) -> Result<Vec<mpsc::UnboundedReceiver<Event>
             events.push(tx);
             receivers.push(rx);
         }
-        s.engine.submit(Job {
+        jobs.push(Job {
             prompt: prompt.clone(),
             config: p.config.clone(),
             adapters: p.mix.clone(),
             events,
-        })?;
+        });
     }
+    s.engine.submit(jobs)?;
     Ok(receivers)
 }
 

@@ -1,12 +1,13 @@
 //! The scheduler: one thread owns the model and runs continuous batching.
 //!
-//! Requests wait in a bounded queue (full: the caller answers 429). Whenever the running batch
-//! has room, the scheduler takes queued jobs, prefills each prompt alone into its own
-//! [`KvCache`] and joins it to the batch cache ([`KvCache::append_rows`], left-padded with masked
-//! keys so each row keeps its own positions); then it runs one decode step for every running row
-//! at once. Prefills of newcomers are thus interleaved with the decoding of the others. A job
-//! with `n` samples prefills its prompt once and copies that cache row `n` times
-//! ([`KvCache::retain_rows`] with a repeated index). A row leaves the batch when it finishes or
+//! Requests wait in a bounded queue (full: the caller answers 429), one message per request
+//! with a job per prompt. Whenever the running batch has room, the scheduler takes every queued
+//! request that fits, prefills all their prompts in one forward (left-padded with masked keys,
+//! as `generate` batches prompts) into a new [`KvCache`] and joins it to the batch cache
+//! ([`KvCache::append_rows`], padded the same way so each row keeps its own positions); then it
+//! runs one decode step for every running row at once. Prefills of newcomers are thus
+//! interleaved with the decoding of the others. A job with `n` samples prefills its prompt once
+//! and copies that cache row `n` times ([`KvCache::retain_rows`] with a repeated index). A row leaves the batch when it finishes or
 //! its client goes away (its event channel is closed), so a disconnect frees the slot at the next
 //! step.
 //!
@@ -57,7 +58,8 @@ pub enum Event {
 }
 
 enum Msg {
-    Job(Job),
+    /// The jobs of one request, admitted together.
+    Jobs(Vec<Job>),
     /// A control message is waiting.
     Wake,
 }
@@ -147,12 +149,12 @@ impl Engine {
         (engine, handle)
     }
 
-    /// Queues `job`.
+    /// Queues the jobs of one request (one per prompt); they join the batch together.
     ///
     /// # Errors
     /// 429 when the queue is full, 503 when the scheduler has stopped.
-    pub fn submit(&self, job: Job) -> Result<(), ApiError> {
-        self.jobs.try_send(Msg::Job(job)).map_err(|e| match e {
+    pub fn submit(&self, jobs: Vec<Job>) -> Result<(), ApiError> {
+        self.jobs.try_send(Msg::Jobs(jobs)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 ApiError::too_many("the request queue is full; retry later")
             }
@@ -228,8 +230,8 @@ struct Scheduler {
     adapters: Arc<RwLock<Vec<String>>>,
     metrics: Arc<Metrics>,
     max_batch: usize,
-    /// A job taken from the queue that waits for room for all its samples.
-    held: Option<Job>,
+    /// A request taken from the queue that waits for room for all its samples.
+    held: Option<Vec<Job>>,
 }
 
 impl Scheduler {
@@ -248,15 +250,17 @@ impl Scheduler {
         }
     }
 
-    /// Admits queued jobs while the batch has room for all the samples of the next one (a job
-    /// with more samples than `max_batch` runs alone). `false` once every handle is gone and no
-    /// row runs.
+    /// Takes queued requests while the batch has room for all the samples of the next one (a
+    /// request with more samples than `max_batch` runs alone) and admits them with one prefill.
+    /// `false` once every handle is gone and no row runs.
     fn fill(&mut self) -> bool {
-        while self.rows.len() < self.max_batch {
-            let job = match self.held.take() {
-                Some(job) => job,
+        let mut taken: Vec<Job> = Vec::new();
+        let mut rows = self.rows.len();
+        while rows < self.max_batch {
+            let jobs = match self.held.take() {
+                Some(jobs) => jobs,
                 None => {
-                    let msg = if self.rows.is_empty() {
+                    let msg = if rows == 0 {
                         match self.queue.blocking_recv() {
                             Some(m) => m,
                             None => return false,
@@ -264,7 +268,7 @@ impl Scheduler {
                     } else {
                         match self.queue.try_recv() {
                             Ok(m) => m,
-                            Err(_) => return true,
+                            Err(_) => break,
                         }
                     };
                     match msg {
@@ -272,15 +276,20 @@ impl Scheduler {
                             self.apply_controls();
                             continue;
                         }
-                        Msg::Job(job) => job,
+                        Msg::Jobs(jobs) => jobs,
                     }
                 }
             };
-            if !self.rows.is_empty() && self.rows.len() + job.events.len() > self.max_batch {
-                self.held = Some(job);
-                return true;
+            let need: usize = jobs.iter().map(|j| j.events.len()).sum();
+            if rows > 0 && rows + need > self.max_batch {
+                self.held = Some(jobs);
+                break;
             }
-            self.admit(job);
+            rows += need.max(1);
+            taken.extend(jobs);
+        }
+        if !taken.is_empty() {
+            self.admit(taken);
             self.sweep();
         }
         true
@@ -354,12 +363,11 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Prefills `job`'s prompt once, copies its cache row for each of its samples and joins
-    /// them to the running batch; each sample then draws its first token from the same logits
-    /// with its own seed.
-    fn admit(&mut self, job: Job) {
+    /// Whether `job` can run: some sample still has a reader and its adapters are loaded and
+    /// may be mixed; otherwise the job is failed (or dropped) here.
+    fn runnable(&mut self, job: &Job) -> bool {
         if job.events.iter().all(mpsc::UnboundedSender::is_closed) {
-            return;
+            return false;
         }
         if let Some((a, _)) = job
             .adapters
@@ -370,57 +378,104 @@ impl Scheduler {
                 format!("adapter `{a}` is not loaded"),
                 "model_not_found",
             ));
-            return;
+            return false;
         }
         if let Err(e) = self
             .lora
             .set_row_mixes(Some(std::slice::from_ref(&job.adapters)))
         {
             job.fail(&ApiError::invalid_param("model", e.to_string()));
-            return;
+            return false;
         }
+        true
+    }
+
+    /// Prefills the prompts of `jobs` in one forward, left-padded to the longest, each row
+    /// through its own adapters.
+    ///
+    /// # Shapes
+    /// - output: logits `jobs.len() * vocab` (last position of each prompt), a cache of
+    ///   `jobs.len()` rows
+    fn prefill(&mut self, jobs: &[Job]) -> Result<(Vec<f32>, KvCache), String> {
+        let (b, t) = (
+            jobs.len(),
+            jobs.iter().map(|j| j.prompt.len()).max().unwrap_or(0),
+        );
+        let mut ids = Vec::with_capacity(b * t);
+        let mut mask = Vec::with_capacity(b * t);
+        for job in jobs {
+            let pad = t - job.prompt.len();
+            ids.extend(std::iter::repeat_n(0, pad).chain(job.prompt.iter().copied()));
+            mask.extend(std::iter::repeat_n(0, pad).chain(std::iter::repeat_n(1, t - pad)));
+        }
+        let mut input = DecoderInput::new(ids, b, t);
+        if mask.contains(&0) {
+            input = input.with_attention_mask(mask);
+        }
+        let mixes: Vec<RowMix> = jobs.iter().map(|j| j.adapters.clone()).collect();
+        self.lora
+            .set_row_mixes(Some(&mixes))
+            .map_err(|e| e.to_string())?;
         let mut cache = KvCache::default();
-        let input = DecoderInput::single(&job.prompt);
-        let logits = self
+        let hidden = self
             .lora
             .model
             .forward_hidden(&input, Some(&mut cache))
-            .map_err(|e| e.to_string())
-            .and_then(|hidden| self.last_logits(hidden));
-        self.metrics.prefill(job.prompt.len());
-        let n = job.events.len();
-        let joined = logits.and_then(|logits| {
-            if n > 1 {
-                cache.retain_rows(&vec![0; n]).map_err(|e| e.to_string())?;
-            }
+            .map_err(|e| e.to_string())?;
+        let logits = self.last_logits(hidden)?;
+        self.metrics
+            .prefill(b, jobs.iter().map(|j| j.prompt.len()).sum());
+        Ok((logits, cache))
+    }
+
+    /// Prefills the prompts of `jobs` in one forward, copies each prompt's cache row for each of
+    /// its samples and joins them to the running batch; each sample then draws its first token
+    /// from its prompt's logits with its own seed.
+    fn admit(&mut self, jobs: Vec<Job>) {
+        let jobs: Vec<Job> = jobs.into_iter().filter(|j| self.runnable(j)).collect();
+        if jobs.is_empty() {
+            return;
+        }
+        let copies: Vec<usize> = jobs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, j)| std::iter::repeat_n(i, j.events.len()))
+            .collect();
+        let joined = self.prefill(&jobs).and_then(|(logits, mut cache)| {
+            cache.retain_rows(&copies).map_err(|e| e.to_string())?;
             self.cache.append_rows(cache).map_err(|e| e.to_string())?;
             Ok(logits)
         });
         let logits = match joined {
             Ok(l) => l,
             Err(e) => {
-                job.fail(&ApiError::internal(e));
+                for job in &jobs {
+                    job.fail(&ApiError::internal(&e));
+                }
                 return;
             }
         };
-        for (j, events) in job.events.into_iter().enumerate() {
-            let mut config = job.config.clone();
-            config.seed = config.seed.wrapping_add(j as u64);
-            let mut row = Row {
-                rng: StdRng::seed_from_u64(config.seed),
-                events,
-                config,
-                adapters: job.adapters.clone(),
-                history: job.prompt.clone(),
-                generated: 0,
-                last: 0,
-                finished: false,
-            };
-            let mut logits = logits.clone();
-            let id = pick_token(&mut logits, &row.history, &row.config, &mut row.rng);
-            self.rows.push(row);
-            let i = self.rows.len() - 1;
-            self.emit(i, id);
+        let vocab = logits.len() / jobs.len();
+        for (i, job) in jobs.into_iter().enumerate() {
+            for (j, events) in job.events.into_iter().enumerate() {
+                let mut config = job.config.clone();
+                config.seed = config.seed.wrapping_add(j as u64);
+                let mut row = Row {
+                    rng: StdRng::seed_from_u64(config.seed),
+                    events,
+                    config,
+                    adapters: job.adapters.clone(),
+                    history: job.prompt.clone(),
+                    generated: 0,
+                    last: 0,
+                    finished: false,
+                };
+                let mut row_logits = logits[i * vocab..(i + 1) * vocab].to_vec();
+                let id = pick_token(&mut row_logits, &row.history, &row.config, &mut row.rng);
+                self.rows.push(row);
+                let r = self.rows.len() - 1;
+                self.emit(r, id);
+            }
         }
     }
 

@@ -78,6 +78,7 @@ pub struct Metrics {
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
     prefills: AtomicU64,
+    prefill_forwards: AtomicU64,
     prefill_tokens: AtomicU64,
 }
 
@@ -97,6 +98,7 @@ impl Default for Metrics {
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
             prefills: AtomicU64::new(0),
+            prefill_forwards: AtomicU64::new(0),
             prefill_tokens: AtomicU64::new(0),
         }
     }
@@ -141,9 +143,11 @@ impl Metrics {
         self.batch_hist.observe(Duration::from_secs(rows as u64));
     }
 
-    /// One prefill forward of `tokens` prompt tokens (shared by every sample of its job).
-    pub fn prefill(&self, tokens: usize) {
-        self.prefills.fetch_add(1, Ordering::Relaxed);
+    /// One prefill forward of `prompts` prompts holding `tokens` tokens (each prompt's
+    /// prefill is shared by all its samples).
+    pub fn prefill(&self, prompts: usize, tokens: usize) {
+        self.prefills.fetch_add(prompts as u64, Ordering::Relaxed);
+        self.prefill_forwards.fetch_add(1, Ordering::Relaxed);
         self.prefill_tokens
             .fetch_add(tokens as u64, Ordering::Relaxed);
     }
@@ -227,8 +231,13 @@ impl Metrics {
                 &self.prefills,
             ),
             (
+                "kiln_prefill_forwards_total",
+                "Prefill forward passes (prompts queued together share one).",
+                &self.prefill_forwards,
+            ),
+            (
                 "kiln_prefill_tokens_total",
-                "Prompt tokens run through the model in prefills.",
+                "Prompt tokens run through the model in prefills (without padding).",
                 &self.prefill_tokens,
             ),
         ];

@@ -4,7 +4,7 @@
 //! prompts and outputs are exact id sequences.
 #![allow(clippy::unwrap_used)]
 use http_body_util::BodyExt;
-use kiln_lora::LoraModel;
+use kiln_lora::{LoraModel, RowMix};
 use kiln_models::{GenerationConfig, Pretrained, default_device, generate};
 use kiln_serve::axum::Router;
 use kiln_serve::axum::body::Body;
@@ -873,8 +873,16 @@ async fn several_prompts_give_choices_equal_to_each_prompt_alone() {
     for p in &prompts {
         alone.extend(t.texts(sampled(json!(p))).await);
     }
+    let forwards = t.h.metric("kiln_prefill_forwards_total").await;
+    let prefills = t.h.metric("kiln_prefills_total").await;
     let (status, all) = t.post("/v1/completions", sampled(json!(prompts))).await;
     assert_eq!(status, 200, "{all}");
+    // The three prompts (lengths 5, 3, 2) were prefilled together, left-padded, in one forward.
+    assert_eq!(
+        t.h.metric("kiln_prefill_forwards_total").await,
+        forwards + 1.0
+    );
+    assert_eq!(t.h.metric("kiln_prefills_total").await, prefills + 3.0);
     // OpenAI's order: choice `p * n + j` is sample `j` of prompt `p`.
     assert_eq!(choice_texts(&all["choices"]), alone);
     assert_ne!(alone[0], alone[1], "the two samples of a prompt differ");
@@ -933,8 +941,13 @@ async fn n_samples_share_one_prefill_and_equal_seeded_single_requests() {
     let prefills = t.h.metric("kiln_prefills_total").await;
     let tokens = t.h.metric("kiln_prefill_tokens_total").await;
     // n = 6 > max_batch: the request's samples still join together, from one prefill.
+    let forwards = t.h.metric("kiln_prefill_forwards_total").await;
     let together = t.texts(req(6, 40)).await;
     assert_eq!(t.h.metric("kiln_prefills_total").await, prefills + 1.0);
+    assert_eq!(
+        t.h.metric("kiln_prefill_forwards_total").await,
+        forwards + 1.0
+    );
     assert_eq!(t.h.metric("kiln_prefill_tokens_total").await, tokens + 4.0);
     // Sample j of a request with seed s draws as a single request with seed s + j.
     let mut single = Vec::new();
@@ -985,7 +998,7 @@ fn mix_dir() -> PathBuf {
 }
 
 /// The weighted mix of `tools/fixtures/weighted_mix.py`, as a row's adapters.
-fn peft_mix() -> Vec<(String, f32)> {
+fn peft_mix() -> RowMix {
     vec![("lora".into(), 0.7), ("rslora".into(), -0.4)]
 }
 
@@ -1023,7 +1036,7 @@ fn row_mixes_equal_peft_weighted_cat_adapter() {
     model.set_active(&[]).unwrap();
     let lora = vec![("lora".to_string(), 1.0)];
     // Each case: the rows' mixes and, per row, the PEFT logits it must equal.
-    let cases: [(Vec<Vec<(String, f32)>>, [&[f32]; 2]); 3] = [
+    let cases: [(Vec<RowMix>, [&[f32]; 2]); 3] = [
         (vec![peft_mix(), peft_mix()], [&mix, &mix]),
         (vec![peft_mix(), Vec::new()], [&mix, &base]),
         (vec![lora, peft_mix()], [&lora_alone, &mix]),
