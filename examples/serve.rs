@@ -130,7 +130,9 @@ async fn run(args: Args) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
-    eprintln!("serving {} on http://{addr}", path.display());
+    // The bound address (`--port 0` picks a free port; scripts read it from this line).
+    let bound = listener.local_addr().map_or(addr, |a| a.to_string());
+    eprintln!("serving {} on http://{bound}", path.display());
     kiln::serve::axum::serve(listener, server.router())
         .with_graceful_shutdown(shutdown_signal())
         .await?;

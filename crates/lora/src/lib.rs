@@ -39,7 +39,7 @@ pub use error::{LoraError, Result};
 pub use init::manual_seed;
 pub use io::{CONFIG_FILE, HostTensor, WEIGHTS_FILE, read_safetensors, write_safetensors};
 pub use kiln_cpu::Precision;
-pub use linear::LoraLinear;
+pub use linear::{LoraLinear, RowMix};
 pub use model::{LoraModel, ParamCount};
 pub use target::{AdapterTarget, OtherParam, OtherParamMut};
 pub use weighted::{Combination, parse_adapter_arg};

@@ -31,6 +31,9 @@ pub struct LoraLinear {
     state: LayerState,
 }
 
+/// The adapters one row of a batch runs, each with its weight (empty: the base alone).
+pub type RowMix = Vec<(String, f32)>;
+
 /// Which adapters run and which are folded into the weight.
 #[derive(Debug, Clone, Default)]
 struct LayerState {
@@ -38,8 +41,8 @@ struct LayerState {
     disabled: bool,
     /// Merged adapters in merge order, with DoRA's weight norm at merge time.
     merged: Vec<(String, Option<Tensor<1>>)>,
-    /// Per-row adapters (batched serving): overrides `active` when set.
-    rows: Option<Vec<Option<String>>>,
+    /// Per-row weighted adapters (batched serving): overrides `active` when set.
+    rows: Option<Vec<RowMix>>,
     /// Precision of the base product outside autodiff (inference), see [`LoraLinear::set_precision`].
     precision: kiln_cpu::Precision,
 }
@@ -135,12 +138,15 @@ impl LoraLinear {
         result
     }
 
-    /// The forward with one adapter per row of `x` (S-LoRA/Punica's batched adapters): the
+    /// The forward with adapters chosen per row of `x` (S-LoRA/Punica's batched adapters): the
     /// base product runs once for the whole batch, then each adapter's `scale · (x A) B` is added
-    /// to the rows that asked for it (a 0/1 row mask, so rows of other adapters get exactly
-    /// `+ 0`). Nothing is merged into the shared weight. The low-rank products run over the
-    /// whole batch once per distinct adapter: `tokens · r · (in + out)` FLOPs each, small
-    /// next to the base `tokens · in · out` at the ranks adapters use.
+    /// to every row, multiplied by that row's weight for it (0 for rows that did not ask for it,
+    /// so they get exactly `+ 0`). A row with several weighted adapters gets
+    /// `Σ wᵢ scaleᵢ (x Aᵢ) Bᵢ`, PEFT's `add_weighted_adapter(combination_type="cat")` applied
+    /// without building the concatenated adapter. Nothing is merged into the shared weight. The
+    /// low-rank products run over the whole batch once per distinct adapter:
+    /// `tokens · r · (in + out)` FLOPs each, small next to the base `tokens · in · out` at the
+    /// ranks adapters use.
     ///
     /// # Shapes
     /// - x: `[b, ..., in]`, `rows`: `b` entries; output `[b, ..., out]`
@@ -148,11 +154,11 @@ impl LoraLinear {
         &self,
         x: Tensor<D>,
         bias: Option<Tensor<1>>,
-        rows: &[Option<String>],
+        rows: &[RowMix],
     ) -> Tensor<D> {
         let mut result = self.base_forward(x.clone(), bias.clone());
         let mut seen: Vec<&str> = Vec::new();
-        for name in rows.iter().flatten() {
+        for (name, _) in rows.iter().flatten() {
             if seen.contains(&name.as_str()) {
                 continue;
             }
@@ -160,6 +166,13 @@ impl LoraLinear {
             let Some(adapter) = self.adapter(name) else {
                 continue;
             };
+            let weights: Vec<f32> = rows
+                .iter()
+                .map(|r| r.iter().filter(|(n, _)| n == name).map(|(_, w)| *w).sum())
+                .collect();
+            if weights.iter().all(|&w| w == 0.0) {
+                continue;
+            }
             let delta = match &adapter.magnitude {
                 None => adapter.lora_path(x.clone()),
                 Some(mag) => {
@@ -173,21 +186,17 @@ impl LoraLinear {
                     ) - result.clone()
                 }
             };
-            let mask: Vec<f32> = rows
-                .iter()
-                .map(|r| f32::from(u8::from(r.as_deref() == Some(name.as_str()))))
-                .collect();
-            result = if mask.iter().all(|&m| m == 1.0) {
+            result = if weights.iter().all(|&w| w == 1.0) {
                 result + delta
             } else {
                 let mut shape = [1usize; D];
                 shape[0] = rows.len();
-                let mask = Tensor::<1>::from_data(
-                    burn::tensor::TensorData::new(mask, [rows.len()]),
+                let weights = Tensor::<1>::from_data(
+                    burn::tensor::TensorData::new(weights, [rows.len()]),
                     &x.device(),
                 )
                 .reshape(shape);
-                result + delta * mask
+                result + delta * weights
             };
         }
         result
@@ -198,6 +207,19 @@ impl LoraLinear {
     /// active set says; names this layer does not hold add nothing. An input whose batch differs
     /// from `rows.len()` runs the active set as before. `None` turns routing off.
     pub fn set_row_adapters(&mut self, rows: Option<Vec<Option<String>>>) {
+        self.set_row_mixes(rows.map(|r| {
+            r.into_iter()
+                .map(|a| a.map(|n| vec![(n, 1.0)]).unwrap_or_default())
+                .collect()
+        }));
+    }
+
+    /// As [`set_row_adapters`](Self::set_row_adapters) with a weighted list of adapters per row:
+    /// row `i` runs the base plus `Σ w · scale · (x A) B` over its `(name, w)` entries. A DoRA
+    /// adapter's weight multiplies its whole change to the output, which is that adapter's
+    /// own forward only at weight 1 alone in its row ([`crate::LoraModel::set_row_mixes`]
+    /// refuses the other cases).
+    pub fn set_row_mixes(&mut self, rows: Option<Vec<RowMix>>) {
         self.state.rows = rows;
     }
 

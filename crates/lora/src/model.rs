@@ -5,6 +5,7 @@ use crate::adapter::AdapterSpec;
 use crate::base::Layout;
 use crate::config::{Bias, LoraConfig};
 use crate::error::{LoraError, Result};
+use crate::linear::RowMix;
 use crate::pattern::TargetMatcher;
 use crate::target::{AdapterTarget, OtherParam, OtherParamMut};
 
@@ -226,14 +227,40 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
     /// # Errors
     /// [`LoraError::UnknownAdapter`] for a name that is not loaded (nothing changes then).
     pub fn set_row_adapters(&mut self, rows: Option<&[Option<String>]>) -> Result<()> {
-        if let Some(rows) = rows
-            && let Some(bad) = rows.iter().flatten().find(|n| self.config(n).is_none())
-        {
-            return Err(LoraError::UnknownAdapter(bad.clone()));
+        let rows: Option<Vec<RowMix>> = rows.map(|r| {
+            r.iter()
+                .map(|a| a.iter().map(|n| (n.clone(), 1.0)).collect())
+                .collect()
+        });
+        self.set_row_mixes(rows.as_deref())
+    }
+
+    /// As [`set_row_adapters`](Self::set_row_adapters) with a weighted mix per row: row `i` runs
+    /// the base plus `Σ w · scale · B A x` over its `(name, w)` entries, which is exactly what
+    /// PEFT's `add_weighted_adapter(adapters, weights, combination_type="cat")` builds (its
+    /// concatenated A holds `w · scale · A` of each adapter, its B the `B`s, at scale 1), without
+    /// building or merging that adapter. An empty mix is the base model.
+    ///
+    /// # Errors
+    /// [`LoraError::UnknownAdapter`] for a name that is not loaded; [`LoraError::State`] for a
+    /// DoRA adapter that is not alone at weight 1 in its row (DoRA's output is not linear in its
+    /// factors, so a weight has no exact meaning for it). Nothing changes then.
+    pub fn set_row_mixes(&mut self, rows: Option<&[RowMix]>) -> Result<()> {
+        for mix in rows.unwrap_or_default() {
+            for (n, w) in mix {
+                let config = self
+                    .config(n)
+                    .ok_or_else(|| LoraError::UnknownAdapter(n.clone()))?;
+                if config.use_dora && (mix.len() > 1 || *w != 1.0) {
+                    return Err(LoraError::State(format!(
+                        "adapter `{n}` is a DoRA adapter; it runs alone at weight 1, not in a mix"
+                    )));
+                }
+            }
         }
-        let rows = rows.map(<[Option<String>]>::to_vec);
+        let rows = rows.map(<[RowMix]>::to_vec);
         self.model
-            .visit_linears_mut(&mut |_, l| l.set_row_adapters(rows.clone()));
+            .visit_linears_mut(&mut |_, l| l.set_row_mixes(rows.clone()));
         Ok(())
     }
 

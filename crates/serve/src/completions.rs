@@ -13,6 +13,7 @@ use axum::extract::{Extension, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use kiln_data::{Message, Role};
+use kiln_lora::RowMix;
 use kiln_models::{FinishReason, GenerationConfig, Sampling};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -23,6 +24,10 @@ use tokio::sync::mpsc;
 /// OpenAI's default `max_tokens` of `/v1/completions`.
 const COMPLETIONS_DEFAULT_MAX_TOKENS: usize = 16;
 const MAX_N: usize = 16;
+/// Choices of one request at most (prompts × `n`).
+const MAX_CHOICES: usize = 64;
+/// Adapters of one weighted mix at most.
+const MAX_MIX: usize = 8;
 const MAX_STOPS: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,8 +40,12 @@ enum Kind {
 #[derive(Debug)]
 struct Prepared {
     kind: Kind,
-    prompt: Vec<u32>,
-    /// `None`: the base model.
+    /// One prompt, or several for `/v1/completions` (choice `p * n + j` is sample `j` of
+    /// prompt `p`, as OpenAI orders them).
+    prompts: Vec<Vec<u32>>,
+    /// The adapters and weights every row runs (empty: the base model).
+    mix: RowMix,
+    /// The adapter or mix for logs and the cache key, `None` for the base model.
     adapter: Option<String>,
     /// The `model` echoed in responses.
     model: String,
@@ -115,7 +124,7 @@ pub(crate) async fn chat_completions(
             &s,
             Kind::Chat,
             &req.model,
-            prompt,
+            vec![prompt],
             &route_text,
             req.params,
             started,
@@ -137,23 +146,32 @@ pub(crate) async fn completions(
     let started = Instant::now();
     let result = async {
         let req: CompletionRequest = parse(&s.read_body(body).await?)?;
-        let (prompt, text) = match req.prompt {
-            Prompt::Text(t) => (encode(&s, &t)?, t),
-            Prompt::Texts(v) if v.len() == 1 => (encode(&s, &v[0])?, v[0].clone()),
-            Prompt::Tokens(ids) => (ids, String::new()),
-            Prompt::TokenLists(v) if v.len() == 1 => (v[0].clone(), String::new()),
-            _ => {
-                return Err(ApiError::invalid_param(
-                    "prompt",
-                    "one prompt per request is supported (use n for several choices)",
-                ));
+        let (prompts, text) = match req.prompt {
+            Prompt::Text(t) => (vec![encode(&s, &t)?], t),
+            Prompt::Texts(v) => {
+                let ids = v.iter().map(|t| encode(&s, t)).collect::<Result<_, _>>()?;
+                (ids, v.into_iter().next().unwrap_or_default())
             }
+            Prompt::Tokens(ids) => (vec![ids], String::new()),
+            Prompt::TokenLists(v) => (v, String::new()),
         };
+        if prompts.is_empty() {
+            return Err(ApiError::invalid_param(
+                "prompt",
+                "the prompt list is empty",
+            ));
+        }
+        if prompts.len() > 1 && req.model == "auto" {
+            return Err(ApiError::invalid_param(
+                "model",
+                "model \"auto\" routes one prompt; send several prompts one request each",
+            ));
+        }
         prepare(
             &s,
             Kind::Text,
             &req.model,
-            prompt,
+            prompts,
             &text,
             req.params,
             started,
@@ -181,37 +199,40 @@ fn prepare(
     s: &Shared,
     kind: Kind,
     model: &str,
-    prompt: Vec<u32>,
+    prompts: Vec<Vec<u32>>,
     route_text: &str,
     p: SamplingParams,
     started: Instant,
     key: KeyId,
 ) -> Result<Prepared, ApiError> {
-    let (adapter, route) = resolve_model(s, model, route_text)?;
+    let (mix, adapter, route) = resolve_model(s, model, route_text)?;
     let context = s.engine.context_len;
-    if prompt.is_empty() {
-        return Err(ApiError::invalid_param("prompt", "the prompt is empty"));
-    }
-    if let Some(bad) = prompt
-        .iter()
-        .find(|&&id| id as usize >= s.engine.vocab_size)
-    {
-        return Err(ApiError::invalid_param(
-            "prompt",
-            format!("token id {bad} is outside the vocabulary"),
-        ));
-    }
     let too_long = |what: String| ApiError {
         code: Some("context_length_exceeded"),
         ..ApiError::invalid_param("messages", what)
     };
-    if prompt.len() >= context {
-        return Err(too_long(format!(
-            "the prompt has {} tokens; the model's context is {context}",
-            prompt.len()
-        )));
+    for prompt in &prompts {
+        if prompt.is_empty() {
+            return Err(ApiError::invalid_param("prompt", "the prompt is empty"));
+        }
+        if let Some(bad) = prompt
+            .iter()
+            .find(|&&id| id as usize >= s.engine.vocab_size)
+        {
+            return Err(ApiError::invalid_param(
+                "prompt",
+                format!("token id {bad} is outside the vocabulary"),
+            ));
+        }
+        if prompt.len() >= context {
+            return Err(too_long(format!(
+                "the prompt has {} tokens; the model's context is {context}",
+                prompt.len()
+            )));
+        }
     }
-    let room = context - prompt.len();
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let room = context - longest;
     let max_tokens = match (p.max_tokens, kind) {
         (Some(0), _) => {
             return Err(ApiError::invalid_param(
@@ -221,8 +242,7 @@ fn prepare(
         }
         (Some(m), _) if m > room => {
             return Err(too_long(format!(
-                "prompt ({} tokens) plus max_tokens ({m}) exceed the model's context of {context}",
-                prompt.len()
+                "prompt ({longest} tokens) plus max_tokens ({m}) exceed the model's context of {context}"
             )));
         }
         (Some(m), _) => m,
@@ -245,6 +265,15 @@ fn prepare(
         return Err(ApiError::invalid_param(
             "n",
             format!("n must be in 1..={MAX_N}"),
+        ));
+    }
+    if prompts.len() * n > MAX_CHOICES {
+        return Err(ApiError::invalid_param(
+            "n",
+            format!(
+                "{} prompts times n = {n} exceed {MAX_CHOICES} choices per request",
+                prompts.len()
+            ),
         ));
     }
     let stops = p.stop.map(|s| s.into_vec()).unwrap_or_default();
@@ -272,10 +301,16 @@ fn prepare(
         Some(_) => adapter.clone().unwrap_or_else(|| "base".into()),
         None => model.to_string(),
     };
-    s.metrics.model(adapter.as_deref().unwrap_or("base"));
+    // One series for every mix: the weights are the client's choice, the labels stay bounded.
+    s.metrics.model(match &adapter {
+        None => "base",
+        Some(_) if mix.len() > 1 || mix.iter().any(|(_, w)| *w != 1.0) => "mix",
+        Some(a) => a,
+    });
     Ok(Prepared {
         kind,
-        prompt,
+        prompts,
+        mix,
         adapter,
         model,
         route,
@@ -289,62 +324,134 @@ fn prepare(
     })
 }
 
-/// `model` → adapter (`None` for the base) and, for `"auto"`, the route taken.
-fn resolve_model(
-    s: &Shared,
-    model: &str,
-    text: &str,
-) -> Result<(Option<String>, Option<String>), ApiError> {
+/// What `model` names: the adapters and weights rows run, the adapter or mix for logs (`None`
+/// for the base) and, for `"auto"`, the route taken.
+type Resolved = (RowMix, Option<String>, Option<String>);
+
+/// `model` → `"base"` (or the model's id), an adapter, `"auto"` (routed), or a weighted mix
+/// `"mix:NAME=W,NAME=W"` ([`parse_mix`]).
+fn resolve_model(s: &Shared, model: &str, text: &str) -> Result<Resolved, ApiError> {
     let unknown = |m: &str| {
         ApiError::not_found(
             format!("the model `{m}` does not exist (see GET /v1/models)"),
             "model_not_found",
         )
     };
+    let one = |name: &str| vec![(name.to_string(), 1.0)];
     if model == "base" || model == s.model_id {
-        return Ok((None, None));
+        return Ok((Vec::new(), None, None));
     }
     if model == "auto" {
         let routes = s.routes.as_ref().ok_or_else(|| unknown(model))?;
         let target = routes.pick(text).to_string();
         s.metrics.route(&target);
         if target == "base" {
-            return Ok((None, Some(target)));
+            return Ok((Vec::new(), None, Some(target)));
         }
         if !s.engine.has_adapter(&target) {
             return Err(unknown(&target));
         }
-        return Ok((Some(target.clone()), Some(target)));
+        return Ok((one(&target), Some(target.clone()), Some(target)));
+    }
+    if let Some(spec) = model.strip_prefix(MIX_PREFIX) {
+        let mix = parse_mix(spec)?;
+        if let Some((missing, _)) = mix.iter().find(|(n, _)| !s.engine.has_adapter(n)) {
+            return Err(unknown(missing));
+        }
+        return Ok((mix, Some(model.to_string()), None));
     }
     if s.engine.has_adapter(model) {
-        return Ok((Some(model.to_string()), None));
+        return Ok((one(model), Some(model.to_string()), None));
     }
     Err(unknown(model))
 }
 
-/// Queues the `n` jobs of a request; dropping the receivers cancels them.
-fn submit(s: &Shared, p: &Prepared) -> Result<Vec<mpsc::UnboundedReceiver<Event>>, ApiError> {
-    let mut receivers = Vec::with_capacity(p.n);
-    for i in 0..p.n {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut config = p.config.clone();
-        config.seed = config.seed.wrapping_add(i as u64);
-        s.engine.submit(Job {
-            prompt: p.prompt.clone(),
-            config,
-            adapter: p.adapter.clone(),
-            events: tx,
-        })?;
-        receivers.push(rx);
+/// The prefix of a weighted mix in `model`.
+pub(crate) const MIX_PREFIX: &str = "mix:";
+
+/// Parses the part after `mix:` of `"mix:a=0.7,b=0.3"`: adapter names with finite weights
+/// (`NAME` alone is weight 1), at most [`MAX_MIX`], each name once.
+pub(crate) fn parse_mix(spec: &str) -> Result<RowMix, ApiError> {
+    let bad = |why: String| {
+        ApiError::invalid_param(
+            "model",
+            format!("weighted mix `mix:{spec}`: {why} (expected mix:NAME=WEIGHT,NAME=WEIGHT)"),
+        )
+    };
+    let mut mix: RowMix = Vec::new();
+    for part in spec.split(',') {
+        let (name, weight) = match part.split_once('=') {
+            Some((n, w)) => {
+                let w: f32 = w
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad(format!("`{w}` is not a number")))?;
+                (n.trim(), w)
+            }
+            None => (part.trim(), 1.0),
+        };
+        if name.is_empty() {
+            return Err(bad("an adapter name is empty".into()));
+        }
+        if !weight.is_finite() {
+            return Err(bad(format!("the weight of `{name}` is not finite")));
+        }
+        if mix.iter().any(|(n, _)| n == name) {
+            return Err(bad(format!("`{name}` appears twice")));
+        }
+        mix.push((name.to_string(), weight));
     }
+    if mix.len() > MAX_MIX {
+        return Err(bad(format!("more than {MAX_MIX} adapters")));
+    }
+    Ok(mix)
+}
+
+/// Queues one job per prompt, each with `n` samples sharing its prefill, as one message (the
+/// prompts are prefilled together); the receivers come in choice order (`p * n + j`). Dropping
+/// a receiver cancels its sample.
+fn submit(s: &Shared, p: &Prepared) -> Result<Vec<mpsc::UnboundedReceiver<Event>>, ApiError> {
+    let mut receivers = Vec::with_capacity(p.prompts.len() * p.n);
+    let mut jobs = Vec::with_capacity(p.prompts.len());
+    for prompt in &p.prompts {
+        let mut events = Vec::with_capacity(p.n);
+        for _ in 0..p.n {
+            let (tx, rx) = mpsc::unbounded_channel();
+            events.push(tx);
+            receivers.push(rx);
+        }
+        jobs.push(Job {
+            prompt: prompt.clone(),
+            config: p.config.clone(),
+            adapters: p.mix.clone(),
+            events,
+        });
+    }
+    s.engine.submit(jobs)?;
     Ok(receivers)
+}
+
+/// The prompt ids as bytes, prompts separated by `u32::MAX` (never a token id).
+fn prompt_bytes(p: &Prepared) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, prompt) in p.prompts.iter().enumerate() {
+        if i > 0 {
+            out.extend(u32::MAX.to_le_bytes());
+        }
+        out.extend(prompt.iter().flat_map(|i| i.to_le_bytes()));
+    }
+    out
+}
+
+fn prompt_tokens(p: &Prepared) -> usize {
+    p.prompts.iter().map(Vec::len).sum()
 }
 
 fn cache_key_of(p: &Prepared) -> Option<[u8; 32]> {
     if p.stream || p.config.sampling != Sampling::Greedy {
         return None;
     }
-    let prompt: Vec<u8> = p.prompt.iter().flat_map(|i| i.to_le_bytes()).collect();
+    let prompt = prompt_bytes(p);
     let stops = p.stops.join("\u{0}");
     Some(cache_key(&[
         p.adapter.as_deref().unwrap_or("").as_bytes(),
@@ -382,7 +489,7 @@ async fn run(s: Shared, p: Prepared) -> Response {
     }
     let result = async {
         let receivers = submit(&s, &p)?;
-        let mut choices = Vec::with_capacity(p.n);
+        let mut choices = Vec::with_capacity(receivers.len());
         let mut first = true;
         for rx in receivers {
             choices.push(collect(&s, &p, rx, &mut first).await?);
@@ -469,16 +576,12 @@ fn new_id(kind: Kind) -> String {
 
 /// Accounting and the access-log line of a finished completion.
 fn finish_request(s: &Shared, p: &Prepared, completion: usize, cached: bool, status: u16) {
-    s.metrics.tokens(p.prompt.len(), completion);
+    let prompt = prompt_tokens(p);
+    s.metrics.tokens(prompt, completion);
     if let Some(id) = &p.key.0 {
-        s.keys.add_tokens(id, p.prompt.len() + completion);
+        s.keys.add_tokens(id, prompt + completion);
     }
-    let digest = Sha256::digest(
-        p.prompt
-            .iter()
-            .flat_map(|i| i.to_le_bytes())
-            .collect::<Vec<u8>>(),
-    );
+    let digest = Sha256::digest(prompt_bytes(p));
     let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
     s.access_log(json!({
         "method": "POST",
@@ -489,8 +592,9 @@ fn finish_request(s: &Shared, p: &Prepared, completion: usize, cached: bool, sta
         "adapter": p.adapter,
         "route": p.route,
         "prompt_sha256": hash,
-        "prompt_tokens": p.prompt.len(),
+        "prompt_tokens": prompt,
         "completion_tokens": completion,
+        "prompts": p.prompts.len(),
         "n": p.n,
         "stream": p.stream,
         "cached": cached,
@@ -517,7 +621,7 @@ fn respond(s: &Shared, p: &Prepared, choices: Vec<Choice>, cached: bool) -> Resp
     };
     let mut body = json!({
         "id": new_id(p.kind), "object": object, "created": unix_now(), "model": p.model,
-        "choices": choices, "usage": usage(p.prompt.len(), completion),
+        "choices": choices, "usage": usage(prompt_tokens(p), completion),
     });
     if let Some(route) = &p.route {
         body["kiln"] = json!({"route": route});
@@ -667,7 +771,7 @@ impl Streaming {
         if self.p.include_usage {
             let mut c = chunk(&self.p, &self.id, 0, None, None);
             c["choices"] = json!([]);
-            c["usage"] = usage(self.p.prompt.len(), completion);
+            c["usage"] = usage(prompt_tokens(&self.p), completion);
             self.pending.push_back(sse(&c));
         }
         self.pending
@@ -701,7 +805,7 @@ async fn stream(
     if let Some((_, Event::Failed(e))) = &first {
         return e.clone().into_response();
     }
-    let n = p.n;
+    let n = p.prompts.len() * p.n;
     let id = new_id(p.kind);
     let mut st = Streaming {
         texts: (0..n).map(|_| TextStream::new(p.stops.clone())).collect(),

@@ -1,20 +1,23 @@
 //! The scheduler: one thread owns the model and runs continuous batching.
 //!
-//! Requests wait in a bounded queue (full: the caller answers 429). Whenever the running batch
-//! has room, the scheduler takes queued requests, prefills each alone into its own [`KvCache`]
-//! and joins it to the batch cache ([`KvCache::append_rows`], left-padded with masked keys so each
-//! row keeps its own positions); then it runs one decode step for every running row at once.
-//! Prefills of newcomers are thus interleaved with the decoding of the others. A row leaves the
-//! batch ([`KvCache::retain_rows`]) when it finishes or its client goes away (its event channel is
-//! closed), so a disconnect frees the slot at the next step.
+//! Requests wait in a bounded queue (full: the caller answers 429), one message per request
+//! with a job per prompt. Whenever the running batch has room, the scheduler takes every queued
+//! request that fits, prefills all their prompts in one forward (left-padded with masked keys,
+//! as `generate` batches prompts) into a new [`KvCache`] and joins it to the batch cache
+//! ([`KvCache::append_rows`], padded the same way so each row keeps its own positions); then it
+//! runs one decode step for every running row at once. Prefills of newcomers are thus
+//! interleaved with the decoding of the others. A job with `n` samples prefills its prompt once
+//! and copies that cache row `n` times ([`KvCache::retain_rows`] with a repeated index). A row leaves the batch when it finishes or
+//! its client goes away (its event channel is closed), so a disconnect frees the slot at the next
+//! step.
 //!
-//! Each row names its own adapter: the model routes row `i` through adapter `i`'s A and B
-//! ([`LoraModel::set_row_adapters`]), S-LoRA/Punica style; no adapter is merged into the shared
-//! weights. Adapters are loaded and removed between steps.
+//! Each row names its own adapters: the model routes row `i` through its adapters' A and B, each
+//! scaled by its weight ([`LoraModel::set_row_mixes`]), S-LoRA/Punica style; no adapter is merged
+//! into the shared weights. Adapters are loaded and removed between steps.
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use burn::tensor::Tensor;
-use kiln_lora::{Bias, LoraConfig, LoraModel};
+use kiln_lora::{Bias, LoraConfig, LoraModel, RowMix};
 use kiln_models::generate::pick_token;
 use kiln_models::{CausalLm, DecoderInput, FinishReason, GenerationConfig, KvCache};
 use rand::SeedableRng;
@@ -24,17 +27,26 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
-/// One sequence to generate.
+/// One prompt to continue, `n = events.len()` times from one prefill.
 #[derive(Debug)]
 pub struct Job {
     /// Prompt token ids (non-empty).
     pub prompt: Vec<u32>,
     /// `max_new_tokens`, sampling, seed and EOS ids; stop strings are the caller's business.
+    /// Sample `j` draws with seed `config.seed + j`.
     pub config: GenerationConfig,
-    /// Adapter name, `None` for the base model.
-    pub adapter: Option<String>,
-    /// Where the tokens go; dropping the receiver cancels the job.
-    pub events: mpsc::UnboundedSender<Event>,
+    /// The adapters and their weights (empty: the base model; `[(name, 1.0)]`: one adapter).
+    pub adapters: RowMix,
+    /// Where the tokens of each sample go; dropping a receiver cancels that sample.
+    pub events: Vec<mpsc::UnboundedSender<Event>>,
+}
+
+impl Job {
+    fn fail(&self, e: &ApiError) {
+        for tx in &self.events {
+            let _ = tx.send(Event::Failed(e.clone()));
+        }
+    }
 }
 
 /// What the scheduler tells the caller about a job.
@@ -46,7 +58,8 @@ pub enum Event {
 }
 
 enum Msg {
-    Job(Job),
+    /// The jobs of one request, admitted together.
+    Jobs(Vec<Job>),
     /// A control message is waiting.
     Wake,
 }
@@ -127,6 +140,7 @@ impl Engine {
             adapters,
             metrics,
             max_batch: options.max_batch.max(1),
+            held: None,
         };
         let handle = std::thread::Builder::new()
             .name("kiln-scheduler".into())
@@ -135,12 +149,12 @@ impl Engine {
         (engine, handle)
     }
 
-    /// Queues `job`.
+    /// Queues the jobs of one request (one per prompt); they join the batch together.
     ///
     /// # Errors
     /// 429 when the queue is full, 503 when the scheduler has stopped.
-    pub fn submit(&self, job: Job) -> Result<(), ApiError> {
-        self.jobs.try_send(Msg::Job(job)).map_err(|e| match e {
+    pub fn submit(&self, jobs: Vec<Job>) -> Result<(), ApiError> {
+        self.jobs.try_send(Msg::Jobs(jobs)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 ApiError::too_many("the request queue is full; retry later")
             }
@@ -195,7 +209,9 @@ impl Engine {
 
 /// One running sequence.
 struct Row {
-    job: Job,
+    events: mpsc::UnboundedSender<Event>,
+    config: GenerationConfig,
+    adapters: RowMix,
     rng: StdRng,
     /// Prompt and generated ids (repetition penalty reads them).
     history: Vec<u32>,
@@ -214,29 +230,16 @@ struct Scheduler {
     adapters: Arc<RwLock<Vec<String>>>,
     metrics: Arc<Metrics>,
     max_batch: usize,
+    /// A request taken from the queue that waits for room for all its samples.
+    held: Option<Vec<Job>>,
 }
 
 impl Scheduler {
     fn run(mut self) {
         loop {
             self.apply_controls();
-            while self.rows.len() < self.max_batch {
-                let msg = if self.rows.is_empty() {
-                    match self.queue.blocking_recv() {
-                        Some(m) => m,
-                        None => return,
-                    }
-                } else {
-                    match self.queue.try_recv() {
-                        Ok(m) => m,
-                        Err(_) => break,
-                    }
-                };
-                match msg {
-                    Msg::Wake => self.apply_controls(),
-                    Msg::Job(job) => self.admit(job),
-                }
-                self.sweep();
+            if !self.fill() {
+                return;
             }
             self.metrics.set_batch_size(self.rows.len());
             if !self.rows.is_empty() {
@@ -245,6 +248,51 @@ impl Scheduler {
             }
             self.metrics.set_batch_size(self.rows.len());
         }
+    }
+
+    /// Takes queued requests while the batch has room for all the samples of the next one (a
+    /// request with more samples than `max_batch` runs alone) and admits them with one prefill.
+    /// `false` once every handle is gone and no row runs.
+    fn fill(&mut self) -> bool {
+        let mut taken: Vec<Job> = Vec::new();
+        let mut rows = self.rows.len();
+        while rows < self.max_batch {
+            let jobs = match self.held.take() {
+                Some(jobs) => jobs,
+                None => {
+                    let msg = if rows == 0 {
+                        match self.queue.blocking_recv() {
+                            Some(m) => m,
+                            None => return false,
+                        }
+                    } else {
+                        match self.queue.try_recv() {
+                            Ok(m) => m,
+                            Err(_) => break,
+                        }
+                    };
+                    match msg {
+                        Msg::Wake => {
+                            self.apply_controls();
+                            continue;
+                        }
+                        Msg::Jobs(jobs) => jobs,
+                    }
+                }
+            };
+            let need: usize = jobs.iter().map(|j| j.events.len()).sum();
+            if rows > 0 && rows + need > self.max_batch {
+                self.held = Some(jobs);
+                break;
+            }
+            rows += need.max(1);
+            taken.extend(jobs);
+        }
+        if !taken.is_empty() {
+            self.admit(taken);
+            self.sweep();
+        }
+        true
     }
 
     fn apply_controls(&mut self) {
@@ -299,7 +347,7 @@ impl Scheduler {
         let users = self
             .rows
             .iter()
-            .filter(|r| r.job.adapter.as_deref() == Some(name))
+            .filter(|r| r.adapters.iter().any(|(n, _)| n == name))
             .count();
         if users > 0 {
             return Err(ApiError::conflict(format!(
@@ -315,59 +363,120 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Prefills `job` alone and joins it to the running batch.
-    fn admit(&mut self, job: Job) {
-        if job.events.is_closed() {
-            return;
+    /// Whether `job` can run: some sample still has a reader and its adapters are loaded and
+    /// may be mixed; otherwise the job is failed (or dropped) here.
+    fn runnable(&mut self, job: &Job) -> bool {
+        if job.events.iter().all(mpsc::UnboundedSender::is_closed) {
+            return false;
         }
-        if let Some(a) = &job.adapter
-            && self.lora.config(a).is_none()
+        if let Some((a, _)) = job
+            .adapters
+            .iter()
+            .find(|(a, _)| self.lora.config(a).is_none())
         {
-            let _ = job.events.send(Event::Failed(ApiError::not_found(
+            job.fail(&ApiError::not_found(
                 format!("adapter `{a}` is not loaded"),
                 "model_not_found",
-            )));
+            ));
+            return false;
+        }
+        if let Err(e) = self
+            .lora
+            .set_row_mixes(Some(std::slice::from_ref(&job.adapters)))
+        {
+            job.fail(&ApiError::invalid_param("model", e.to_string()));
+            return false;
+        }
+        true
+    }
+
+    /// Prefills the prompts of `jobs` in one forward, left-padded to the longest, each row
+    /// through its own adapters.
+    ///
+    /// # Shapes
+    /// - output: logits `jobs.len() * vocab` (last position of each prompt), a cache of
+    ///   `jobs.len()` rows
+    fn prefill(&mut self, jobs: &[Job]) -> Result<(Vec<f32>, KvCache), String> {
+        let (b, t) = (
+            jobs.len(),
+            jobs.iter().map(|j| j.prompt.len()).max().unwrap_or(0),
+        );
+        let mut ids = Vec::with_capacity(b * t);
+        let mut mask = Vec::with_capacity(b * t);
+        for job in jobs {
+            let pad = t - job.prompt.len();
+            ids.extend(std::iter::repeat_n(0, pad).chain(job.prompt.iter().copied()));
+            mask.extend(std::iter::repeat_n(0, pad).chain(std::iter::repeat_n(1, t - pad)));
+        }
+        let mut input = DecoderInput::new(ids, b, t);
+        if mask.contains(&0) {
+            input = input.with_attention_mask(mask);
+        }
+        let mixes: Vec<RowMix> = jobs.iter().map(|j| j.adapters.clone()).collect();
+        self.lora
+            .set_row_mixes(Some(&mixes))
+            .map_err(|e| e.to_string())?;
+        let mut cache = KvCache::default();
+        let hidden = self
+            .lora
+            .model
+            .forward_hidden(&input, Some(&mut cache))
+            .map_err(|e| e.to_string())?;
+        let logits = self.last_logits(hidden)?;
+        self.metrics
+            .prefill(b, jobs.iter().map(|j| j.prompt.len()).sum());
+        Ok((logits, cache))
+    }
+
+    /// Prefills the prompts of `jobs` in one forward, copies each prompt's cache row for each of
+    /// its samples and joins them to the running batch; each sample then draws its first token
+    /// from its prompt's logits with its own seed.
+    fn admit(&mut self, jobs: Vec<Job>) {
+        let jobs: Vec<Job> = jobs.into_iter().filter(|j| self.runnable(j)).collect();
+        if jobs.is_empty() {
             return;
         }
-        let mut cache = KvCache::default();
-        let input = DecoderInput::single(&job.prompt);
-        let logits = self
-            .lora
-            .set_row_adapters(Some(std::slice::from_ref(&job.adapter)))
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                let hidden = self
-                    .lora
-                    .model
-                    .forward_hidden(&input, Some(&mut cache))
-                    .map_err(|e| e.to_string())?;
-                self.last_logits(hidden)
-            });
-        let mut logits = match logits {
+        let copies: Vec<usize> = jobs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, j)| std::iter::repeat_n(i, j.events.len()))
+            .collect();
+        let joined = self.prefill(&jobs).and_then(|(logits, mut cache)| {
+            cache.retain_rows(&copies).map_err(|e| e.to_string())?;
+            self.cache.append_rows(cache).map_err(|e| e.to_string())?;
+            Ok(logits)
+        });
+        let logits = match joined {
             Ok(l) => l,
             Err(e) => {
-                let _ = job.events.send(Event::Failed(ApiError::internal(e)));
+                for job in &jobs {
+                    job.fail(&ApiError::internal(&e));
+                }
                 return;
             }
         };
-        if let Err(e) = self.cache.append_rows(cache) {
-            let _ = job
-                .events
-                .send(Event::Failed(ApiError::internal(e.to_string())));
-            return;
+        let vocab = logits.len() / jobs.len();
+        for (i, job) in jobs.into_iter().enumerate() {
+            for (j, events) in job.events.into_iter().enumerate() {
+                let mut config = job.config.clone();
+                config.seed = config.seed.wrapping_add(j as u64);
+                let mut row = Row {
+                    rng: StdRng::seed_from_u64(config.seed),
+                    events,
+                    config,
+                    adapters: job.adapters.clone(),
+                    history: job.prompt.clone(),
+                    generated: 0,
+                    last: 0,
+                    finished: false,
+                };
+                let mut row_logits = logits[i * vocab..(i + 1) * vocab].to_vec();
+                let id = pick_token(&mut row_logits, &row.history, &row.config, &mut row.rng);
+                self.rows.push(row);
+                let r = self.rows.len() - 1;
+                self.emit(r, id);
+            }
         }
-        let mut row = Row {
-            rng: StdRng::seed_from_u64(job.config.seed),
-            history: job.prompt.clone(),
-            generated: 0,
-            last: 0,
-            finished: false,
-            job,
-        };
-        let id = pick_token(&mut logits, &row.history, &row.job.config, &mut row.rng);
-        self.rows.push(row);
-        let i = self.rows.len() - 1;
-        self.emit(i, id);
     }
 
     /// Logits of the last position of every row.
@@ -390,12 +499,11 @@ impl Scheduler {
         let started = Instant::now();
         let b = self.rows.len();
         let ids: Vec<u32> = self.rows.iter().map(|r| r.last).collect();
-        let adapters: Vec<Option<String>> =
-            self.rows.iter().map(|r| r.job.adapter.clone()).collect();
+        let adapters: Vec<RowMix> = self.rows.iter().map(|r| r.adapters.clone()).collect();
         let input = DecoderInput::new(ids, b, 1).with_attention_mask(vec![1; b]);
         let result = self
             .lora
-            .set_row_adapters(Some(&adapters))
+            .set_row_mixes(Some(&adapters))
             .map_err(|e| e.to_string())
             .and_then(|()| {
                 let hidden = self
@@ -409,7 +517,7 @@ impl Scheduler {
             Ok(l) => l,
             Err(e) => {
                 for row in &mut self.rows {
-                    let _ = row.job.events.send(Event::Failed(ApiError::internal(&e)));
+                    let _ = row.events.send(Event::Failed(ApiError::internal(&e)));
                     row.finished = true;
                 }
                 return;
@@ -419,7 +527,7 @@ impl Scheduler {
         for i in 0..b {
             let mut row_logits = logits[i * vocab..(i + 1) * vocab].to_vec();
             let row = &mut self.rows[i];
-            let id = pick_token(&mut row_logits, &row.history, &row.job.config, &mut row.rng);
+            let id = pick_token(&mut row_logits, &row.history, &row.config, &mut row.rng);
             self.emit(i, id);
         }
         self.metrics.observe_step(started.elapsed(), b);
@@ -432,19 +540,19 @@ impl Scheduler {
         row.history.push(id);
         row.generated += 1;
         row.last = id;
-        if row.job.events.send(Event::Token(id)).is_err() {
+        if row.events.send(Event::Token(id)).is_err() {
             row.finished = true;
             return;
         }
-        let finish = if row.job.config.eos_token_ids.contains(&id) {
+        let finish = if row.config.eos_token_ids.contains(&id) {
             Some(FinishReason::Eos)
-        } else if row.generated >= row.job.config.max_new_tokens || row.history.len() >= context {
+        } else if row.generated >= row.config.max_new_tokens || row.history.len() >= context {
             Some(FinishReason::Length)
         } else {
             None
         };
         if let Some(f) = finish {
-            let _ = row.job.events.send(Event::Done(f));
+            let _ = row.events.send(Event::Done(f));
             row.finished = true;
         }
     }
@@ -452,7 +560,7 @@ impl Scheduler {
     /// Drops finished rows and rows whose client went away, with their cache rows.
     fn sweep(&mut self) {
         let keep: Vec<usize> = (0..self.rows.len())
-            .filter(|&i| !self.rows[i].finished && !self.rows[i].job.events.is_closed())
+            .filter(|&i| !self.rows[i].finished && !self.rows[i].events.is_closed())
             .collect();
         if keep.len() == self.rows.len() {
             return;

@@ -77,6 +77,9 @@ pub struct Metrics {
     batch_size: AtomicUsize,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
+    prefills: AtomicU64,
+    prefill_forwards: AtomicU64,
+    prefill_tokens: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -94,6 +97,9 @@ impl Default for Metrics {
             batch_size: AtomicUsize::new(0),
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
+            prefills: AtomicU64::new(0),
+            prefill_forwards: AtomicU64::new(0),
+            prefill_tokens: AtomicU64::new(0),
         }
     }
 }
@@ -135,6 +141,15 @@ impl Metrics {
     pub fn observe_step(&self, d: Duration, rows: usize) {
         self.token_latency.observe(d);
         self.batch_hist.observe(Duration::from_secs(rows as u64));
+    }
+
+    /// One prefill forward of `prompts` prompts holding `tokens` tokens (each prompt's
+    /// prefill is shared by all its samples).
+    pub fn prefill(&self, prompts: usize, tokens: usize) {
+        self.prefills.fetch_add(prompts as u64, Ordering::Relaxed);
+        self.prefill_forwards.fetch_add(1, Ordering::Relaxed);
+        self.prefill_tokens
+            .fetch_add(tokens as u64, Ordering::Relaxed);
     }
 
     pub fn set_batch_size(&self, rows: usize) {
@@ -209,6 +224,21 @@ impl Metrics {
                 "kiln_cache_misses_total",
                 "Cacheable requests not in the response cache.",
                 &self.cache_misses,
+            ),
+            (
+                "kiln_prefills_total",
+                "Prompt prefills run (one per prompt, shared by its n samples).",
+                &self.prefills,
+            ),
+            (
+                "kiln_prefill_forwards_total",
+                "Prefill forward passes (prompts queued together share one).",
+                &self.prefill_forwards,
+            ),
+            (
+                "kiln_prefill_tokens_total",
+                "Prompt tokens run through the model in prefills (without padding).",
+                &self.prefill_tokens,
             ),
         ];
         for (name, help, v) in counters {

@@ -4,7 +4,7 @@
 //! prompts and outputs are exact id sequences.
 #![allow(clippy::unwrap_used)]
 use http_body_util::BodyExt;
-use kiln_lora::LoraModel;
+use kiln_lora::{LoraModel, RowMix};
 use kiln_models::{GenerationConfig, Pretrained, default_device, generate};
 use kiln_serve::axum::Router;
 use kiln_serve::axum::body::Body;
@@ -503,7 +503,7 @@ async fn bad_requests_get_openai_errors() {
             None,
         ),
         (json!({"model": "base", "prompt": "t5", "n": 0}), 400, None),
-        (json!({"model": "base", "prompt": ["a", "b"]}), 400, None),
+        (json!({"model": "base", "prompt": []}), 400, None),
         (json!({"model": "base"}), 400, None),
     ];
     for (req, status, code) in cases {
@@ -753,4 +753,392 @@ async fn keys_limits_cache_seeds_and_routing() {
     assert_eq!(routed["adapter"], "lora");
     assert_eq!(routed["key"], kiln_serve::auth::key_id("secret"));
     assert_eq!(routed["prompt_tokens"], 5);
+}
+
+/// A server on an ephemeral loopback port, driven over real TCP connections.
+struct Tcp {
+    addr: std::net::SocketAddr,
+    h: Harness,
+}
+
+impl Tcp {
+    async fn start(options: ServeOptions) -> Self {
+        let h = start(options);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = h.app.clone();
+        tokio::spawn(async move { kiln_serve::axum::serve(listener, app).await.unwrap() });
+        Self { addr, h }
+    }
+
+    /// One HTTP/1.1 request (`Connection: close`); the status and the body, de-chunked.
+    async fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        );
+        let addr = self.addr;
+        let raw = tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(head.as_bytes()).unwrap();
+            let mut raw = Vec::new();
+            s.read_to_end(&mut raw).unwrap();
+            raw
+        })
+        .await
+        .unwrap();
+        let raw = String::from_utf8(raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        if !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            return (status, body.to_string());
+        }
+        let (mut rest, mut out) = (body, String::new());
+        loop {
+            let (size, after) = rest.split_once("\r\n").unwrap();
+            let size = usize::from_str_radix(size.trim(), 16).unwrap();
+            if size == 0 {
+                return (status, out);
+            }
+            out.push_str(&after[..size]);
+            rest = &after[size + 2..];
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let (status, text) = self.request("POST", path, &body.to_string()).await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Texts of the choices of a completion, by `index`.
+    async fn texts(&self, body: Value) -> Vec<String> {
+        let (status, v) = self.post("/v1/completions", body).await;
+        assert_eq!(status, 200, "{v}");
+        choice_texts(&v["choices"])
+    }
+}
+
+/// `choices[i].text` ordered by `index`; asserts the indices are `0..len`.
+fn choice_texts(choices: &Value) -> Vec<String> {
+    let choices = choices.as_array().unwrap();
+    let mut out = vec![None; choices.len()];
+    for c in choices {
+        out[c["index"].as_u64().unwrap() as usize] = Some(c["text"].as_str().unwrap().to_string());
+    }
+    out.into_iter().map(Option::unwrap).collect()
+}
+
+/// Streamed choices assembled by `index`, with each finish reason.
+fn streamed_texts(body: &str) -> (Vec<String>, Vec<String>, Value) {
+    let chunks = sse_chunks(body.as_bytes());
+    let mut texts: Vec<String> = Vec::new();
+    let mut finish: Vec<String> = Vec::new();
+    let mut usage = Value::Null;
+    for c in &chunks {
+        if !c["usage"].is_null() {
+            usage = c["usage"].clone();
+        }
+        for choice in c["choices"].as_array().unwrap() {
+            let i = choice["index"].as_u64().unwrap() as usize;
+            if texts.len() <= i {
+                texts.resize(i + 1, String::new());
+                finish.resize(i + 1, String::new());
+            }
+            texts[i].push_str(choice["text"].as_str().unwrap_or(""));
+            if let Some(f) = choice["finish_reason"].as_str() {
+                finish[i] = f.to_string();
+            }
+        }
+    }
+    (texts, finish, usage)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_prompts_give_choices_equal_to_each_prompt_alone() {
+    let t = Tcp::start(ServeOptions::default()).await;
+    let prompts: Vec<Vec<u32>> = vec![vec![375, 213, 209, 240, 141], vec![20, 30, 40], vec![7, 8]];
+    let n = 2;
+    let sampled = |prompt: Value| {
+        json!({"model": "base", "prompt": prompt, "max_tokens": 8, "temperature": 0.9,
+               "seed": 11, "n": n})
+    };
+    // Each prompt alone, n samples each (seeds 11 and 12).
+    let mut alone = Vec::new();
+    for p in &prompts {
+        alone.extend(t.texts(sampled(json!(p))).await);
+    }
+    let forwards = t.h.metric("kiln_prefill_forwards_total").await;
+    let prefills = t.h.metric("kiln_prefills_total").await;
+    let (status, all) = t.post("/v1/completions", sampled(json!(prompts))).await;
+    assert_eq!(status, 200, "{all}");
+    // The three prompts (lengths 5, 3, 2) were prefilled together, left-padded, in one forward.
+    assert_eq!(
+        t.h.metric("kiln_prefill_forwards_total").await,
+        forwards + 1.0
+    );
+    assert_eq!(t.h.metric("kiln_prefills_total").await, prefills + 3.0);
+    // OpenAI's order: choice `p * n + j` is sample `j` of prompt `p`.
+    assert_eq!(choice_texts(&all["choices"]), alone);
+    assert_ne!(alone[0], alone[1], "the two samples of a prompt differ");
+    let lens: usize = prompts.iter().map(Vec::len).sum();
+    assert_eq!(all["usage"]["prompt_tokens"], lens, "{}", all["usage"]);
+    assert_eq!(all["usage"]["completion_tokens"], 8 * n * prompts.len());
+    // The same prompts as text, and streamed: the same choices.
+    let texts: Vec<String> = prompts.iter().map(|p| text_of(p)).collect();
+    assert_eq!(t.texts(sampled(json!(texts))).await, alone);
+    let mut req = sampled(json!(prompts));
+    req["stream"] = json!(true);
+    req["stream_options"] = json!({"include_usage": true});
+    let (status, body) = t.request("POST", "/v1/completions", &req.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let (streamed, finish, usage) = streamed_texts(&body);
+    assert_eq!(streamed, alone);
+    assert_eq!(finish, vec!["length"; alone.len()]);
+    assert_eq!(usage, all["usage"]);
+    // Greedy: each choice is kiln's `generate` of its prompt.
+    let greedy = t
+        .texts(json!({"model": "base", "prompt": prompts, "max_tokens": 8, "temperature": 0}))
+        .await;
+    for (p, got) in prompts.iter().zip(&greedy) {
+        assert_eq!(*got, text_of(&offline(p, 8, None)));
+    }
+    let (status, err) = t
+        .post(
+            "/v1/completions",
+            json!({"model": "base", "prompt": ["t5", ""]}),
+        )
+        .await;
+    assert_eq!((status, &err["error"]["param"]), (400, &json!("prompt")));
+    let (status, _) = t
+        .post(
+            "/v1/completions",
+            json!({"model": "base", "prompt": vec![vec![5]; 9], "n": 8}),
+        )
+        .await;
+    assert_eq!(status, 400, "9 prompts x n = 8 exceed 64 choices");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_samples_share_one_prefill_and_equal_seeded_single_requests() {
+    let t = Tcp::start(ServeOptions {
+        engine: EngineOptions {
+            max_batch: 4,
+            max_queue: 8,
+        },
+        ..Default::default()
+    })
+    .await;
+    let req = |n: usize, seed: u64| {
+        json!({"model": "base", "prompt": [20, 30, 40, 50], "max_tokens": 10,
+               "temperature": 1.0, "seed": seed, "n": n})
+    };
+    let prefills = t.h.metric("kiln_prefills_total").await;
+    let tokens = t.h.metric("kiln_prefill_tokens_total").await;
+    // n = 6 > max_batch: the request's samples still join together, from one prefill.
+    let forwards = t.h.metric("kiln_prefill_forwards_total").await;
+    let together = t.texts(req(6, 40)).await;
+    assert_eq!(t.h.metric("kiln_prefills_total").await, prefills + 1.0);
+    assert_eq!(
+        t.h.metric("kiln_prefill_forwards_total").await,
+        forwards + 1.0
+    );
+    assert_eq!(t.h.metric("kiln_prefill_tokens_total").await, tokens + 4.0);
+    // Sample j of a request with seed s draws as a single request with seed s + j.
+    let mut single = Vec::new();
+    for j in 0..6 {
+        single.extend(t.texts(req(1, 40 + j)).await);
+    }
+    assert_eq!(together, single);
+    assert_eq!(t.h.metric("kiln_prefills_total").await, prefills + 7.0);
+    let distinct: std::collections::BTreeSet<&String> = together.iter().collect();
+    assert!(distinct.len() > 1, "{together:?}");
+    // Streamed with n = 3 while another request runs: the same samples.
+    let mut streamed = req(3, 40);
+    streamed["stream"] = json!(true);
+    let streamed = streamed.to_string();
+    let (a, b) = tokio::join!(
+        t.request("POST", "/v1/completions", &streamed),
+        t.texts(req(2, 41)),
+    );
+    assert_eq!(streamed_texts(&a.1).0, together[..3]);
+    assert_eq!(b, together[1..3]);
+}
+
+/// Integer tensor `key` of a safetensors file (the fixture batch's ids, as transformers wrote them).
+fn read_i64(path: &Path, key: &str) -> Vec<i64> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensor(key)
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn read_f32(path: &Path, key: &str) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensor(key)
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn mix_dir() -> PathBuf {
+    fixtures().join("tiny/llama/peft/mix")
+}
+
+/// The weighted mix of `tools/fixtures/weighted_mix.py`, as a row's adapters.
+fn peft_mix() -> RowMix {
+    vec![("lora".into(), 0.7), ("rslora".into(), -0.4)]
+}
+
+#[test]
+fn row_mixes_equal_peft_weighted_cat_adapter() {
+    let base_dir = fixtures().join("tiny/llama");
+    let batch = base_dir.join("expected.safetensors");
+    let (b, t, vocab) = (2, 12, VOCAB);
+    let ids: Vec<u32> = read_i64(&batch, "input_ids")
+        .into_iter()
+        .map(|i| i as u32)
+        .collect();
+    let mask: Vec<u8> = read_i64(&batch, "attention_mask")
+        .into_iter()
+        .map(|m| m as u8)
+        .collect();
+    let input = kiln_models::DecoderInput::new(ids, b, t)
+        .with_attention_mask(mask.clone())
+        .with_position_ids(read_i64(&batch, "position_ids"));
+    let mut want = kiln_lora::read_safetensors(&mix_dir().join("expected.safetensors")).unwrap();
+    let base = read_f32(&batch, "logits");
+    let (mix, lora_alone) = (
+        want.remove("logits").unwrap().data,
+        want.remove("logits_lora").unwrap().data,
+    );
+
+    let dir = model_dir();
+    let lm = Pretrained::load(dir.path(), &default_device()).unwrap();
+    let mut model = LoraModel::new(lm.model);
+    for name in ["lora", "rslora"] {
+        model
+            .load_adapter(&base_dir.join("peft").join(name), name)
+            .unwrap();
+    }
+    model.set_active(&[]).unwrap();
+    let lora = vec![("lora".to_string(), 1.0)];
+    // Each case: the rows' mixes and, per row, the PEFT logits it must equal.
+    let cases: [(Vec<RowMix>, [&[f32]; 2]); 3] = [
+        (vec![peft_mix(), peft_mix()], [&mix, &mix]),
+        (vec![peft_mix(), Vec::new()], [&mix, &base]),
+        (vec![lora, peft_mix()], [&lora_alone, &mix]),
+    ];
+    for (rows, refs) in cases {
+        model.set_row_mixes(Some(&rows)).unwrap();
+        let got: Vec<f32> = model
+            .model
+            .forward(&input)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let mut worst = 0f32;
+        for r in 0..b {
+            for i in (0..t).filter(|&i| mask[r * t + i] == 1) {
+                let k = (r * t + i) * vocab;
+                for v in k..k + vocab {
+                    worst = worst.max((got[v] - refs[r][v]).abs());
+                }
+            }
+        }
+        eprintln!("rows {rows:?}: max |kiln - PEFT| {worst:.2e}");
+        assert!(worst <= 1e-4, "rows {rows:?}: max |kiln - PEFT| {worst}");
+    }
+    // A DoRA adapter only runs alone at weight 1.
+    model
+        .load_adapter(&base_dir.join("peft/dora"), "dora")
+        .unwrap();
+    let dora_mix = vec![vec![("dora".to_string(), 0.5)]];
+    assert!(model.set_row_mixes(Some(&dora_mix)).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_mix_equals_peft_greedy_in_a_mixed_batch() {
+    let t = Tcp::start(ServeOptions::default()).await;
+    let peft = fixtures().join("tiny/llama/peft");
+    for name in ["lora", "rslora", "dora"] {
+        t.h.server
+            .load_adapter(name, peft.join(name))
+            .await
+            .unwrap();
+    }
+    let g: Value =
+        serde_json::from_str(&std::fs::read_to_string(mix_dir().join("generate.json")).unwrap())
+            .unwrap();
+    let ids = |v: &Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let mix = "mix:lora=0.7,rslora=-0.4";
+    let req = |model: &str, prompt: &Value| json!({"model": model, "prompt": prompt, "max_tokens": 10, "temperature": 0});
+    for (prompt, want) in g["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(g["greedy_new_ids"].as_array().unwrap())
+    {
+        // The mix shares decode steps with rows of the base and of one adapter.
+        let (m, base, lora) = tokio::join!(
+            t.texts(req(mix, prompt)),
+            t.texts(req("base", prompt)),
+            t.texts(req("lora", prompt)),
+        );
+        assert_eq!(m[0], text_of(&ids(want)), "PEFT's greedy tokens of the mix");
+        let p = ids(prompt);
+        assert_eq!(base[0], text_of(&offline(&p, 10, None)));
+        assert_eq!(lora[0], text_of(&offline(&p, 10, Some(&lora_dir()))));
+        assert_ne!(m, lora);
+    }
+    // `mix:NAME` alone is the adapter at weight 1.
+    let p = json!([20, 30, 40]);
+    assert_eq!(
+        t.texts(req("mix:lora", &p)).await,
+        t.texts(req("lora", &p)).await
+    );
+    let steps = t.h.metric("kiln_decode_batch_rows_count").await;
+    let single = t.h.metric("kiln_decode_batch_rows_bucket{le=\"1\"}").await;
+    assert!(single < steps, "{single} of {steps} steps had one row");
+    for (model, status, code) in [
+        ("mix:lora=abc", 400, None),
+        ("mix:lora=1,lora=2", 400, None),
+        ("mix:", 400, None),
+        ("mix:nope=1", 404, Some("model_not_found")),
+        ("mix:dora=0.5,lora=0.5", 400, None),
+    ] {
+        let (s, e) = t.post("/v1/completions", req(model, &p)).await;
+        assert_eq!(s, status, "{model}: {e}");
+        assert_eq!(
+            e["error"]["param"],
+            if code.is_some() {
+                Value::Null
+            } else {
+                json!("model")
+            },
+            "{e}"
+        );
+        if let Some(c) = code {
+            assert_eq!(e["error"]["code"], c);
+        }
+    }
 }

@@ -261,3 +261,42 @@ fn row_adapters_equal_each_row_alone() {
     l.set_row_adapters(Some(vec![None, None, None, None, None]));
     assert_eq!(host(l.forward(two)), want);
 }
+
+/// Weighted mixes per row: row `i` gets the base plus `Σ w · (adapter's change)`, each row its
+/// own weights, with the base rows untouched (PEFT's `cat` combination, applied per row).
+#[test]
+fn row_mixes_add_each_adapter_scaled_by_its_weight() {
+    let device = Device::default();
+    let mut l = layer(&device);
+    l.insert_adapter(trained("a", false, &device), "a").unwrap();
+    l.insert_adapter(trained("b", false, &device), "b").unwrap();
+    let x = input(&device); // [5, 6]
+    let run = |l: &mut LoraLinear, active: &[&str]| {
+        l.set_active(&active.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        host(l.forward(x.clone()))
+    };
+    let (base, ya, yb) = (run(&mut l, &[]), run(&mut l, &["a"]), run(&mut l, &["b"]));
+    l.set_active(&[]);
+    let mix = |a: f32, b: f32| vec![("a".to_string(), a), ("b".to_string(), b)];
+    let rows = vec![
+        mix(0.7, -0.4),
+        Vec::new(),
+        mix(1.0, 0.0),
+        mix(0.0, 2.5),
+        mix(0.5, 0.5),
+    ];
+    l.set_row_mixes(Some(rows.clone()));
+    let routed = host(l.forward(x.clone()));
+    for (i, row) in rows.iter().enumerate() {
+        let w = |n: &str| row.iter().find(|(m, _)| m == n).map_or(0.0, |(_, w)| *w);
+        for k in i * 6..(i + 1) * 6 {
+            let want = base[k] + w("a") * (ya[k] - base[k]) + w("b") * (yb[k] - base[k]);
+            assert!(
+                (routed[k] - want).abs() < 1e-5,
+                "row {i}: {} vs {want}",
+                routed[k]
+            );
+        }
+    }
+    assert_eq!(&routed[6..12], &base[6..12], "an empty mix is the base");
+}
