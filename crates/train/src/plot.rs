@@ -96,40 +96,34 @@ fn text_width(text: &str) -> i64 {
 }
 
 impl Canvas {
-    /// Draws `text` (digits, `.`, `-`) with its top-left corner at `(x, y)`.
-    fn text(&mut self, x: i64, y: i64, text: &str, c: [u8; 3]) {
-        for (i, ch) in text.chars().enumerate() {
-            let Some(rows) = glyph(ch) else { continue };
-            let x0 = x + i as i64 * 4 * SCALE;
-            for (r, bits) in rows.iter().enumerate() {
-                for col in 0..3 {
-                    if bits & (4 >> col) != 0 {
-                        for (dx, dy) in (0..SCALE).flat_map(|a| (0..SCALE).map(move |b| (a, b))) {
-                            self.put(x0 + col * SCALE + dx, y + r as i64 * SCALE + dy, c);
-                        }
+    /// Draws one glyph of `rows` (top first, `width` bits each, most significant on the left)
+    /// with its top-left corner at `(x, y)`, each bit a `SCALE × SCALE` square.
+    fn glyph(&mut self, x: i64, y: i64, rows: &[u8], width: i64, c: [u8; 3]) {
+        for (r, bits) in rows.iter().enumerate() {
+            for col in 0..width {
+                if bits & (1 << (width - 1 - col)) != 0 {
+                    for (dx, dy) in (0..SCALE).flat_map(|a| (0..SCALE).map(move |b| (a, b))) {
+                        self.put(x + col * SCALE + dx, y + r as i64 * SCALE + dy, c);
                     }
                 }
             }
         }
     }
-}
 
-impl Canvas {
+    /// Draws `text` (digits, `.`, `-`) with its top-left corner at `(x, y)`.
+    fn text(&mut self, x: i64, y: i64, text: &str, c: [u8; 3]) {
+        for (i, ch) in text.chars().enumerate() {
+            if let Some(rows) = glyph(ch) {
+                self.glyph(x + i as i64 * 4 * SCALE, y, &rows, 3, c);
+            }
+        }
+    }
+
     /// Draws `word` (capitals of [`LETTERS`]) with its top-left corner at `(x, y)`.
     fn word(&mut self, x: i64, y: i64, word: &str, c: [u8; 3]) {
         for (i, ch) in word.chars().enumerate() {
-            let Some((_, rows)) = LETTERS.iter().find(|(l, _)| *l == ch) else {
-                continue;
-            };
-            let x0 = x + i as i64 * 6 * SCALE;
-            for (r, bits) in rows.iter().enumerate() {
-                for col in 0..5 {
-                    if bits & (16 >> col) != 0 {
-                        for (dx, dy) in (0..SCALE).flat_map(|a| (0..SCALE).map(move |b| (a, b))) {
-                            self.put(x0 + col * SCALE + dx, y + r as i64 * SCALE + dy, c);
-                        }
-                    }
-                }
+            if let Some((_, rows)) = LETTERS.iter().find(|(l, _)| *l == ch) {
+                self.glyph(x + i as i64 * 6 * SCALE, y, rows, 5, c);
             }
         }
     }
