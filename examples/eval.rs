@@ -180,18 +180,13 @@ fn write_report(dir: &Path, name: &str, r: &EvalReport) -> Result<()> {
 }
 
 fn run_generation(args: &Args, lm: &Pretrained, a: &CausalLm, b: Option<&CausalLm>) -> Result<()> {
-    let template = match &lm.extras.chat_template {
-        Some(src) => Some(ChatTemplate::with_origin(
-            src,
-            lm.extras
-                .chat_template_origin
-                .as_deref()
-                .unwrap_or("the model's chat template"),
-            lm.extras.bos_token.as_deref(),
-            lm.extras.eos_token.as_deref(),
-        )?),
-        None => None,
-    };
+    let template = ChatTemplate::select(
+        None,
+        lm.extras.chat_template.as_deref(),
+        lm.extras.chat_template_origin.as_deref(),
+        lm.extras.bos_token.as_deref(),
+        lm.extras.eos_token.as_deref(),
+    )?;
     let (records, _) = Reader::open(&[args.data.display().to_string()])?.read_all()?;
     let n = args.limit.map_or(records.len(), |l| l.min(records.len()));
     let examples = records[..n]

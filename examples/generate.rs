@@ -70,18 +70,16 @@ fn main() -> Result<()> {
     }
     lm.model.set_precision(args.precision);
     let ids = if args.chat {
-        let Some(src) = &lm.extras.chat_template else {
-            bail!("{} has no chat template; drop --chat", path.display())
-        };
-        let template = ChatTemplate::with_origin(
-            src,
-            lm.extras
-                .chat_template_origin
-                .as_deref()
-                .unwrap_or("the model's chat template"),
+        let Some(template) = ChatTemplate::select(
+            None,
+            lm.extras.chat_template.as_deref(),
+            lm.extras.chat_template_origin.as_deref(),
             lm.extras.bos_token.as_deref(),
             lm.extras.eos_token.as_deref(),
-        )?;
+        )?
+        else {
+            bail!("{} has no chat template; drop --chat", path.display())
+        };
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
             messages.push(Message {

@@ -232,20 +232,14 @@ fn main() -> Result<()> {
         lm.extras.bos_token.as_deref(),
         lm.extras.eos_token.as_deref(),
     );
-    let make_template = || -> Result<Option<ChatTemplate>> {
-        Ok(match (&args.chat_template, &lm.extras.chat_template) {
-            (Some(p), _) => Some(ChatTemplate::from_file(p, bos, eos)?),
-            (None, Some(src)) => Some(ChatTemplate::with_origin(
-                src,
-                lm.extras
-                    .chat_template_origin
-                    .as_deref()
-                    .unwrap_or("the model's chat template"),
-                bos,
-                eos,
-            )?),
-            (None, None) => None,
-        })
+    let make_template = || {
+        ChatTemplate::select(
+            args.chat_template.as_deref(),
+            lm.extras.chat_template.as_deref(),
+            lm.extras.chat_template_origin.as_deref(),
+            bos,
+            eos,
+        )
     };
     let mut template = make_template()?;
     let pad = lm.eos_token_ids().first().copied().unwrap_or(0);

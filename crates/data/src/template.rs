@@ -73,6 +73,29 @@ impl ChatTemplate {
         Self::with_origin(source, path.display().to_string(), bos_token, eos_token)
     }
 
+    /// The template a run uses: the file `file` when given (a `--chat-template` flag), else
+    /// the model's own `model` source (errors name `origin`, or "the model's chat template"),
+    /// else none.
+    pub fn select(
+        file: Option<&Path>,
+        model: Option<&str>,
+        origin: Option<&str>,
+        bos_token: Option<&str>,
+        eos_token: Option<&str>,
+    ) -> Result<Option<Self>> {
+        match (file, model) {
+            (Some(p), _) => Self::from_file(p, bos_token, eos_token).map(Some),
+            (None, Some(src)) => Self::with_origin(
+                src,
+                origin.unwrap_or("the model's chat template"),
+                bos_token,
+                eos_token,
+            )
+            .map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
     /// [`ChatTemplate::new`] with `origin` (a file path, a model's key) named in every error.
     pub fn with_origin(
         source: impl Into<String>,

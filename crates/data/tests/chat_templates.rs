@@ -166,3 +166,37 @@ fn fallback_templates_render() {
         "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\nHi\n\n### Response:\nHello</s>\n\n"
     );
 }
+
+/// A run's template: the `--chat-template` file wins over the model's own; errors in the
+/// model's template name its origin, or "the model's chat template" when the loader gave none.
+#[test]
+fn select_prefers_the_file_and_names_the_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.jinja");
+    std::fs::write(&file, "{{ messages[0]['content'] }}!").unwrap();
+    let broken = "{% for %}";
+    let t = ChatTemplate::select(Some(&file), Some(broken), None, None, None)
+        .unwrap()
+        .unwrap();
+    let m = vec![kiln_data::Message::new(kiln_data::Role::User, "hi")];
+    assert_eq!(t.render(&m, false).unwrap(), "hi!");
+    let err = ChatTemplate::select(None, Some(broken), None, None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the model's chat template"), "{err}");
+    let err = ChatTemplate::select(
+        None,
+        Some(broken),
+        Some("m/tokenizer_config.json"),
+        None,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("m/tokenizer_config.json"), "{err}");
+    assert!(
+        ChatTemplate::select(None, None, None, None, None)
+            .unwrap()
+            .is_none()
+    );
+}

@@ -109,22 +109,13 @@ impl Server {
     /// # Errors
     /// [`ServeError`] for an unreadable chat template, router file or access log.
     pub fn new(lm: Pretrained, options: ServeOptions) -> Result<Self> {
-        let template = lm
-            .extras
-            .chat_template
-            .as_deref()
-            .map(|src| {
-                ChatTemplate::with_origin(
-                    src,
-                    lm.extras
-                        .chat_template_origin
-                        .as_deref()
-                        .unwrap_or("the model's chat template"),
-                    lm.extras.bos_token.as_deref(),
-                    lm.extras.eos_token.as_deref(),
-                )
-            })
-            .transpose()?;
+        let template = ChatTemplate::select(
+            None,
+            lm.extras.chat_template.as_deref(),
+            lm.extras.chat_template_origin.as_deref(),
+            lm.extras.bos_token.as_deref(),
+            lm.extras.eos_token.as_deref(),
+        )?;
         let eos = lm.eos_token_ids();
         let routes = options
             .router

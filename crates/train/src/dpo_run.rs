@@ -88,19 +88,13 @@ fn load_pairs(run: &DpoRun, lm: &Pretrained) -> Result<Vec<PreferenceIds>> {
         lm.extras.bos_token.as_deref(),
         lm.extras.eos_token.as_deref(),
     );
-    let template = match (&run.chat_template, &lm.extras.chat_template) {
-        (Some(p), _) => Some(ChatTemplate::from_file(p, bos, eos)?),
-        (None, Some(src)) => Some(ChatTemplate::with_origin(
-            src,
-            lm.extras
-                .chat_template_origin
-                .as_deref()
-                .unwrap_or("the model's chat template"),
-            bos,
-            eos,
-        )?),
-        (None, None) => None,
-    };
+    let template = ChatTemplate::select(
+        run.chat_template.as_deref(),
+        lm.extras.chat_template.as_deref(),
+        lm.extras.chat_template_origin.as_deref(),
+        bos,
+        eos,
+    )?;
     let encoder = PreferenceEncoder::new(&lm.tokenizer, template.as_ref(), eos);
     let pairs = read_preferences(&run.data, &FieldMap::default())?
         .iter()
