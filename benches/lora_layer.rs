@@ -73,7 +73,7 @@ fn bench(c: &mut Criterion) {
             let x = &host_xs[i % host_xs.len()];
             let (y, saved) = host.forward(x, m);
             let mut dx = vec![0f32; m * D_IN];
-            let mut grads = kiln_lora::grads::Grads::default();
+            let mut grads = kiln_cpu::Grads::default();
             host.backward(x, &saved, &ones, m, &mut dx, &mut grads);
             (y.len(), grads.len())
         })

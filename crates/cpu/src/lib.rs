@@ -1,4 +1,4 @@
-//! kiln-cpu: the CPU runtime under kiln's crates, with no model and no burn in it.
+//! kiln-cpu: the CPU runtime under kiln's crates, with no model in it.
 //!
 //! - [`gemm`]: strided host matrices ([`MatRef`], [`MatMut`]) and the one f32 matrix product
 //!   ([`matmul`]) kiln's kernels call; [`matmul_in`] picks it or the bf16 product by
@@ -11,10 +11,18 @@
 //! - [`precision`]: f32 or bf16 compute ([`Precision`]), bf16 rounding and storage.
 //! - [`fastexp`]: a libm-free vectorisable `e^x`.
 //! - [`io`]: the atomic file writer (temporary file, fsync, rename) every saved file goes through.
+//! - With the `burn` feature, the bridge to burn's ndarray backend (the one crate of kiln that
+//!   names burn-ndarray): `host` (views of its tensors as [`host::Storage`], and `x · W` on them
+//!   through this crate's products) and `grads` (gradients by parameter, filled by the fused
+//!   backward pass outside burn's autodiff).
 pub mod bf16;
 pub mod error;
 pub mod fastexp;
 pub mod gemm;
+#[cfg(feature = "burn")]
+pub mod grads;
+#[cfg(feature = "burn")]
+pub mod host;
 pub mod io;
 pub mod precision;
 pub mod quant;
@@ -22,5 +30,7 @@ pub mod scratch;
 
 pub use error::{CpuError, Result};
 pub use gemm::{MatMut, MatRef, Threads, dot, matmul, matmul_in};
+#[cfg(feature = "burn")]
+pub use grads::Grads;
 pub use precision::Precision;
 pub use quant::{Bytes, QMatrix, QuantType};

@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::str::FromStr;
 
 /// Precision of the training step's products and saved activations.
@@ -82,25 +83,32 @@ pub fn round_bf16(x: f32) -> f32 {
 /// Elements per parallel task of the conversions below (large buffers use every core).
 const PAR_CHUNK: usize = 1 << 15;
 
-/// `dst[i] = f(src[i])`, in parallel for large buffers.
-fn map_into<S: Copy + Sync, D: Send>(src: &[S], dst: &mut [D], f: impl Fn(S) -> D + Sync) {
+/// `dst[i] = f(src[i])`, in parallel for large buffers; `dst` may be uninitialised.
+fn map_into<S: Copy + Sync, D: Send>(
+    src: &[S],
+    dst: &mut [MaybeUninit<D>],
+    f: impl Fn(S) -> D + Sync,
+) {
     if src.len() > PAR_CHUNK {
         use rayon::prelude::*;
         dst.par_chunks_mut(PAR_CHUNK)
             .zip(src.par_chunks(PAR_CHUNK))
-            .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| *d = f(s)));
+            .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| _ = d.write(f(s))));
         return;
     }
-    dst.iter_mut().zip(src).for_each(|(d, &s)| *d = f(s));
+    dst.iter_mut()
+        .zip(src)
+        .for_each(|(d, &s)| _ = d.write(f(s)));
 }
 
-/// `f` of every element of `src`, collected.
-fn map_vec<S: Copy + Sync, D: Copy + Default + Send>(
-    src: &[S],
-    f: impl Fn(S) -> D + Sync,
-) -> Vec<D> {
-    let mut out = vec![D::default(); src.len()];
-    map_into(src, &mut out, f);
+/// `f` of every element of `src`, collected. The buffer is written once, never zeroed first:
+/// zeroing the copies of `Precision::input` and `Stash` took 3% of a bf16 SmolLM2 LoRA step
+/// (perf: glibc's `calloc` clears reused heap memory).
+fn map_vec<S: Copy + Sync, D: Copy + Send>(src: &[S], f: impl Fn(S) -> D + Sync) -> Vec<D> {
+    let mut out = Vec::with_capacity(src.len());
+    map_into(src, &mut out.spare_capacity_mut()[..src.len()], f);
+    // SAFETY: `map_into` wrote each of the first `src.len()` elements.
+    unsafe { out.set_len(src.len()) };
     out
 }
 

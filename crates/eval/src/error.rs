@@ -77,3 +77,12 @@ pub enum EvalError {
 
 /// The crate's result type.
 pub type Result<T, E = EvalError> = std::result::Result<T, E>;
+
+impl From<kiln_cpu::io::IoError> for EvalError {
+    fn from(e: kiln_cpu::io::IoError) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}

@@ -3,22 +3,21 @@ use std::path::Path;
 
 use crate::error::{EvalError, Result};
 
-/// Writes `bytes` to a temporary file next to `path`, then renames it over `path`.
+/// Writes `bytes` to `path` through kiln's one atomic writer ([`kiln_cpu::io::write_atomic`]:
+/// temporary file, fsync, rename), creating the directory first.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| EvalError::Io { path: p, source }
-    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        std::fs::create_dir_all(dir).map_err(|source| EvalError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
     }
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    kiln_cpu::io::write_atomic(path, |w| {
+        w.write_all(bytes).map_err(|source| EvalError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    })
 }
 
 /// Pretty JSON of `value`, written atomically.

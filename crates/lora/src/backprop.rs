@@ -11,18 +11,16 @@
 //! (and gradient checkpointing replays them, [`DropoutMasks`]). A DoRA adapter (alone on its
 //! layer, without dropout) scales the sum column-wise by `m / ‖W + s·A B‖`, the norm detached
 //! as in PEFT and computed from rank-sized products.
-#![allow(deprecated)] // burn-ndarray: see crate::host
 
 use crate::base::BaseWeight;
-pub use crate::grads::Grads;
-use crate::host::{to_vec, values, view};
 use crate::linear::LoraLinear;
 use burn::module::ParamId;
 use burn::tensor::{Device, Distribution, Tensor};
-use burn_ndarray::NdArrayTensor;
+use kiln_cpu::Grads;
 use kiln_cpu::Precision;
 use kiln_cpu::QMatrix;
 use kiln_cpu::bf16::{PackedB, PackedWeight, matmul_bf16_packed};
+use kiln_cpu::host::{Storage, to_vec};
 use kiln_cpu::scratch::with_scratch;
 use kiln_cpu::{MatMut, MatRef, Threads, matmul, matmul_in};
 use rayon::prelude::*;
@@ -61,7 +59,7 @@ struct HostDora {
 #[derive(Debug)]
 enum HostWeight {
     /// `[in, out]` f32, read in place.
-    Dense(NdArrayTensor),
+    Dense(Storage),
     /// `[out, in]` in its storage format, dequantized a tile at a time.
     Frozen(Arc<QMatrix>),
 }
@@ -160,7 +158,7 @@ impl HostLinear {
     /// running adapters.
     pub fn new(layer: &LoraLinear) -> Option<Self> {
         let weight = match &layer.weight {
-            BaseWeight::Dense(w) => HostWeight::Dense(values(&w.val())?),
+            BaseWeight::Dense(w) => HostWeight::Dense(Storage::values(&w.val())?),
             BaseWeight::Frozen(f) => HostWeight::Frozen(f.shared()),
         };
         let (d_in, d_out) = (layer.d_in(), layer.d_out());
@@ -257,7 +255,7 @@ impl HostLinear {
         let HostWeight::Dense(weight) = &self.weight else {
             unreachable!("frozen weights multiply through their own kernels")
         };
-        let wv = view(weight);
+        let wv = weight.view();
         f(MatRef::of_view(&wv).expect("weights are 2-d"))
     }
 
@@ -266,7 +264,7 @@ impl HostLinear {
         let (HostWeight::Dense(weight), Some(p)) = (&self.weight, &self.packed) else {
             unreachable!("packed only for dense weights in bf16")
         };
-        let wv = view(weight);
+        let wv = weight.view();
         let w = MatRef::of_view(&wv).expect("weights are 2-d");
         if transposed {
             p.backward(w)
@@ -595,7 +593,7 @@ fn dora_norm(weight: &HostWeight, ad: &HostAdapter, k: usize, n: usize) -> Optio
     let mut wsq = vec![0f32; n];
     match weight {
         HostWeight::Dense(w) => {
-            let wv = view(w);
+            let wv = w.view();
             let wm = MatRef::of_view(&wv)?;
             matmul(
                 MatMut::new(&mut atw, r, n),

@@ -82,7 +82,7 @@ impl FrozenProduct for burn::backend::Cube {}
 impl FrozenProduct for burn::backend::NdArray {
     fn frozen_matmul_t(x: FloatTensor<Self>, w: &QMatrix) -> FloatTensor<Self> {
         let (k, n) = (w.cols(), w.rows());
-        match host_product(&x, k, n, |x, m, y| {
+        match kiln_cpu::host::primitive_product(&x, k, n, |x, m, y| {
             w.matmul_t(x, m, y, false, kiln_cpu::Precision::F32)
         }) {
             Some(y) => y,
@@ -92,40 +92,13 @@ impl FrozenProduct for burn::backend::NdArray {
 
     fn frozen_matmul(dy: FloatTensor<Self>, w: &QMatrix) -> FloatTensor<Self> {
         let (k, n) = (w.cols(), w.rows());
-        match host_product(&dy, n, k, |dy, m, dx| {
+        match kiln_cpu::host::primitive_product(&dy, n, k, |dy, m, dx| {
             w.matmul(dy, m, dx, false, kiln_cpu::Precision::F32)
         }) {
             Some(dx) => dx,
             None => dense_matmul::<Self>(dy, w),
         }
     }
-}
-
-/// Runs `f(lhs, m, out)` on the host for an f32 ndarray matrix `[m, k]`, giving `[m, n]`;
-/// `None` for another dtype or shape (the caller takes burn's ops).
-#[cfg(feature = "cpu")]
-fn host_product(
-    lhs: &burn_ndarray::NdArrayTensor,
-    k: usize,
-    n: usize,
-    f: impl FnOnce(&[f32], usize, &mut [f32]),
-) -> Option<burn_ndarray::NdArrayTensor> {
-    let burn_ndarray::NdArrayTensor::F32(s) = lhs else {
-        return None;
-    };
-    let v = s.view();
-    let [m, cols] = v.shape() else {
-        return None;
-    };
-    if *cols != k {
-        return None;
-    }
-    let m = *m;
-    let c = v.as_standard_layout();
-    let mut out = vec![0f32; m * n];
-    f(c.as_slice()?, m, &mut out);
-    let array = ndarray::ArcArray::from_shape_vec(ndarray::IxDyn(&[m, n]), out).ok()?;
-    Some(burn_ndarray::NdArrayTensor::from(array))
 }
 
 /// The backward step: `dx = dy · W`, nothing for `W`.

@@ -115,32 +115,17 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
     Ok(out)
 }
 
-/// Writes f32 tensors with metadata `{"format": "pt"}`, via a temporary file and a rename.
+/// Writes f32 tensors with metadata `{"format": "pt"}` through kiln's one safetensors writer
+/// ([`kiln_cpu::io::write_f32_safetensors`]: temporary file, fsync, rename).
 pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+    let specs: Vec<(String, Vec<usize>)> = tensors
         .iter()
-        .map(|(k, t)| {
-            (
-                k.clone(),
-                t.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                t.shape.clone(),
-            )
-        })
+        .map(|(k, t)| (k.clone(), t.shape.clone()))
         .collect();
-    let st_err = |e: safetensors::SafeTensorError| LoraError::Safetensors {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let views = bytes
-        .iter()
-        .map(|(k, b, s)| {
-            safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).map(|v| (k.clone(), v))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(st_err)?;
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let buf = safetensors::tensor::serialize(views, Some(meta)).map_err(st_err)?;
-    write_atomic(path, &buf)
+    let values: Vec<&HostTensor> = tensors.values().collect();
+    kiln_cpu::io::write_f32_safetensors(path, &specs, &[("format", "pt")], |i| {
+        Ok::<_, LoraError>(values[i].data.clone())
+    })
 }
 
 /// `bytes` to `path` through kiln's one atomic writer ([`kiln_cpu::io::write_atomic`]).

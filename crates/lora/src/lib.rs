@@ -17,9 +17,6 @@ pub mod base;
 pub mod config;
 pub mod error;
 mod frozen_op;
-pub mod grads;
-#[cfg(feature = "cpu")]
-pub mod host;
 mod init;
 pub mod io;
 pub mod kernels;

@@ -7,18 +7,16 @@
 //! from then stays alive and shared (so it cannot be updated in place or reused), and an entry
 //! whose parameter now holds another buffer (new values loaded) is repacked. An entry whose
 //! storage only the cache still holds (its model was dropped) is evicted at the next lookup.
-#![allow(deprecated)] // burn-ndarray: see crate::host
 
-use crate::host::view;
 use burn::module::ParamId;
-use burn_ndarray::NdArrayTensor;
 use kiln_cpu::bf16::PackedWeight;
+use kiln_cpu::host::Storage;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The weight an entry was packed from, and its layouts.
 struct Entry {
-    tensor: NdArrayTensor,
+    tensor: Storage,
     packed: Arc<PackedWeight>,
 }
 
@@ -29,29 +27,15 @@ fn cache() -> MutexGuard<'static, Option<HashMap<ParamId, Entry>>> {
     CACHE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Whether `a` and `b` are the same buffer seen the same way.
-fn same(a: &NdArrayTensor, b: &NdArrayTensor) -> bool {
-    let (a, b) = (view(a), view(b));
-    a.as_ptr() == b.as_ptr() && a.shape() == b.shape() && a.strides() == b.strides()
-}
-
-/// Whether only the cache holds `t` (its parameter was dropped or replaced).
-fn orphaned(t: &NdArrayTensor) -> bool {
-    match t {
-        NdArrayTensor::F32(s) => s.is_unique(),
-        _ => false,
-    }
-}
-
 /// The packed layouts of the frozen weight `id` whose values are `tensor` (made on first use,
 /// see [`PackedWeight`]). Only for weights that do not train: a weight the optimizer updates
 /// gets a fresh [`PackedWeight`] per step from its caller.
-pub fn frozen(id: ParamId, tensor: &NdArrayTensor) -> Arc<PackedWeight> {
+pub fn frozen(id: ParamId, tensor: &Storage) -> Arc<PackedWeight> {
     let mut guard = cache();
     let map = guard.get_or_insert_with(HashMap::new);
-    map.retain(|_, e| !orphaned(&e.tensor));
+    map.retain(|_, e| !e.tensor.is_unique());
     match map.get(&id) {
-        Some(e) if same(&e.tensor, tensor) => Arc::clone(&e.packed),
+        Some(e) if e.tensor.same(tensor) => Arc::clone(&e.packed),
         _ => {
             let packed = Arc::new(PackedWeight::default());
             let entry = Entry {
@@ -80,10 +64,10 @@ pub fn bytes() -> usize {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::host::{tensor, values};
+    use kiln_cpu::host::{Storage, tensor};
 
-    fn weight(v: f32) -> NdArrayTensor {
-        values(&tensor::<2>(&[2, 3], vec![v; 6]).unwrap()).unwrap()
+    fn weight(v: f32) -> Storage {
+        Storage::values(&tensor::<2>(&[2, 3], vec![v; 6]).unwrap()).unwrap()
     }
 
     /// The same buffer gets the same layouts; new values under the same id get new ones; an

@@ -196,9 +196,10 @@ pub fn save_hf(lm: &Pretrained, dir: &Path) -> Result<()> {
         .iter()
         .map(|t| (t.name.clone(), t.shape.clone()))
         .collect();
-    crate::safetensors_source::write_f32_safetensors_with(
+    kiln_cpu::io::write_f32_safetensors(
         &tmp.join("model.safetensors"),
         &specs,
+        &[("format", "pt")],
         |i| tensors[i].to_vec(),
     )?;
     let mut config = text_config(&lm.hf_config);

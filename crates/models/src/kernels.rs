@@ -100,33 +100,14 @@ pub fn try_rotary(x: &Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Option<Ten
     }
 }
 
-// burn 0.22 deprecates burn-ndarray in favour of burn-flex, but ndarray is kiln's default CPU
-// backend: flex measured slower here (README, "Backends").
 #[cfg(feature = "cpu")]
-#[allow(deprecated)]
 mod cpu {
     use crate::mask::MASKED;
-    use burn::backend::NdArray;
     use burn::tensor::Tensor;
-    use burn_ndarray::NdArrayTensor;
-    use kiln_cpu::dot;
     use kiln_cpu::fastexp::{exp, sum};
-    use ndarray::{ArcArray, ArrayView, IxDyn};
+    use kiln_cpu::host::{Storage, tensor};
+    use kiln_cpu::{MatMut, MatRef, Threads, dot, matmul};
     use rayon::prelude::*;
-
-    /// The primitive of an f32 tensor on the ndarray backend outside autodiff, else `None`.
-    fn storage<const D: usize>(t: &Tensor<D>) -> Option<NdArrayTensor> {
-        let p = t.clone().try_into_primitive::<NdArray>().ok()?;
-        matches!(p, NdArrayTensor::F32(_)).then_some(p)
-    }
-
-    /// The array view of an f32 primitive.
-    fn view(p: &NdArrayTensor) -> ArrayView<'_, f32, IxDyn> {
-        match p {
-            NdArrayTensor::F32(s) => s.view(),
-            _ => unreachable!("`storage` keeps f32 tensors only"),
-        }
-    }
 
     pub(super) fn attention(
         q: &Tensor<4>,
@@ -136,8 +117,13 @@ mod cpu {
         scale: f32,
         softcap: Option<f32>,
     ) -> Option<Tensor<3>> {
-        let (qs, ks, vs, ms) = (storage(q)?, storage(k)?, storage(v)?, storage(mask)?);
-        let (qv, kv, vv, mv) = (view(&qs), view(&ks), view(&vs), view(&ms));
+        let (qs, ks, vs, ms) = (
+            Storage::of(q)?,
+            Storage::of(k)?,
+            Storage::of(v)?,
+            Storage::of(mask)?,
+        );
+        let (qv, kv, vv, mv) = (qs.view(), ks.view(), vs.view(), ms.view());
         let (qd, kd) = (qv.shape(), kv.shape());
         let (b, h, t, hd) = (qd[0], qd[1], qd[2], qd[3]);
         let (kvh, tk) = (kd[1], kd[2]);
@@ -234,13 +220,13 @@ mod cpu {
                 scores.clear();
                 scores.resize(n * kw, 0f32);
                 // scores[r, c] = scale · q[i0 + r] · k[j0 + c]
-                gemm(
-                    (n, kw, hd),
-                    (scores.as_mut_ptr(), kw, 1),
-                    (self.q[i0 * hd..].as_ptr(), hd, 1),
-                    (self.k[j0 * hd..].as_ptr(), 1, hd),
+                matmul(
+                    MatMut::new(&mut scores, n, kw),
+                    MatRef::new(&self.q[i0 * hd..], n, hd),
+                    MatRef::new(&self.k[j0 * hd..], kw, hd).t(),
                     self.scale,
                     false,
+                    Threads::One,
                 );
                 for (r, srow) in scores.chunks_exact_mut(kw).enumerate() {
                     let m = &rows[r * tk + j0..r * tk + j0 + kw];
@@ -253,13 +239,13 @@ mod cpu {
                 }
                 // out[i0 + r] = Σ_c p[r, c] · v[j0 + c]; rows left to average keep their values
                 // because their probabilities are all zero and gemm accumulates.
-                gemm(
-                    (n, hd, kw),
-                    (out[i0 * hd..].as_mut_ptr(), hd, 1),
-                    (scores.as_ptr(), kw, 1),
-                    (self.v[j0 * hd..].as_ptr(), hd, 1),
+                matmul(
+                    MatMut::new(&mut out[i0 * hd..], n, hd),
+                    MatRef::new(&scores, n, kw),
+                    MatRef::new(&self.v[j0 * hd..], kw, hd),
                     1.0,
                     true,
+                    Threads::One,
                 );
             }
             out
@@ -298,52 +284,6 @@ mod cpu {
         }
     }
 
-    /// `dst = beta · lhs · rhs` (or `dst += beta · lhs · rhs` with `accumulate`) for `(m, n, k)`;
-    /// each operand is `(pointer, row stride, column stride)`. Single-threaded: the callers run
-    /// one task per head.
-    fn gemm(
-        (m, n, k): (usize, usize, usize),
-        dst: (*mut f32, usize, usize),
-        lhs: (*const f32, usize, usize),
-        rhs: (*const f32, usize, usize),
-        beta: f32,
-        accumulate: bool,
-    ) {
-        // SAFETY: callers pass pointers into live slices that hold the (m, k), (k, n) and
-        // (m, n) matrices at the given strides.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.0,
-                dst.2 as isize,
-                dst.1 as isize,
-                accumulate,
-                lhs.0,
-                lhs.2 as isize,
-                lhs.1 as isize,
-                rhs.0,
-                rhs.2 as isize,
-                rhs.1 as isize,
-                if accumulate { 1.0 } else { 0.0 },
-                beta,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-    }
-
-    /// A tensor of `shape` on the ndarray backend holding `data` (row-major).
-    fn tensor<const D: usize>(shape: &[usize], data: Vec<f32>) -> Option<Tensor<D>> {
-        let array = ArcArray::from_shape_vec(IxDyn(shape), data).ok()?;
-        Some(Tensor::from_primitive::<NdArray>(NdArrayTensor::from(
-            array,
-        )))
-    }
-
     /// Rows of at least this many elements per rayon task.
     const CHUNK: usize = 16 * 1024;
 
@@ -353,8 +293,8 @@ mod cpu {
         eps: f32,
         unit_offset: bool,
     ) -> Option<Tensor<D>> {
-        let (xs, ws) = (storage(x)?, storage(weight)?);
-        let (xv, wv) = (view(&xs), view(&ws));
+        let (xs, ws) = (Storage::of(x)?, Storage::of(weight)?);
+        let (xv, wv) = (xs.view(), ws.view());
         let shape = xv.shape().to_vec();
         let d = *shape.last()?;
         if wv.len() != d || d == 0 {
@@ -387,8 +327,8 @@ mod cpu {
         up: &Tensor<D>,
     ) -> Option<Tensor<D>> {
         use crate::config::Activation;
-        let (gs, us) = (storage(gate)?, storage(up)?);
-        let (gv, uv) = (view(&gs), view(&us));
+        let (gs, us) = (Storage::of(gate)?, Storage::of(up)?);
+        let (gv, uv) = (gs.view(), us.view());
         if gv.shape() != uv.shape() {
             return None;
         }
@@ -423,8 +363,8 @@ mod cpu {
     }
 
     pub(super) fn rotary(x: &Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Option<Tensor<4>> {
-        let (xs, cs, ss) = (storage(x)?, storage(cos)?, storage(sin)?);
-        let (xv, cv, sv) = (view(&xs), view(&cs), view(&ss));
+        let (xs, cs, ss) = (Storage::of(x)?, Storage::of(cos)?, Storage::of(sin)?);
+        let (xv, cv, sv) = (xs.view(), cs.view(), ss.view());
         let shape = xv.shape().to_vec();
         let (b, h, t, d) = (shape[0], shape[1], shape[2], shape[3]);
         let rd = cv.shape()[3];

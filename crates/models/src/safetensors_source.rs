@@ -263,63 +263,15 @@ impl WeightSource for SafetensorsWeights {
     }
 }
 
-/// Writes f32 tensors `(name, shape, values)` to a safetensors file atomically (temp file,
-/// then rename), with metadata `{"format": "pt"}` as PyTorch writers do.
+/// Writes f32 tensors `(name, shape, values)` to a safetensors file atomically, with metadata
+/// `{"format": "pt"}` as PyTorch writers do, through kiln's one safetensors writer
+/// ([`kiln_cpu::io::write_f32_safetensors`], which also streams tensors one at a time).
 pub fn write_f32_safetensors(path: &Path, tensors: &[(&str, Vec<usize>, &[f32])]) -> Result<()> {
     let specs: Vec<(String, Vec<usize>)> = tensors
         .iter()
         .map(|(n, s, _)| (n.to_string(), s.clone()))
         .collect();
-    write_f32_safetensors_with(path, &specs, |i| Ok(tensors[i].2.to_vec()))
-}
-
-/// [`write_f32_safetensors`] holding one tensor's values at a time: `specs` gives every
-/// tensor's name and shape (the header is written first), `values(i)` produces tensor `i`'s
-/// values when its turn comes and they are dropped once written.
-///
-/// Why not `safetensors::serialize`: it needs every tensor's bytes at once and returns the
-/// whole file as one buffer, three copies of the model in memory for a merged 135M model
-/// (`census_qa --save-merged` peaked at 2.8 GB); this writes the same format (8-byte header
-/// length, JSON header padded with spaces to 8 bytes, data in header order) tensor by tensor.
-pub(crate) fn write_f32_safetensors_with(
-    path: &Path,
-    specs: &[(String, Vec<usize>)],
-    mut values: impl FnMut(usize) -> Result<Vec<f32>>,
-) -> Result<()> {
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
-    let mut offset = 0usize;
-    for (name, shape) in specs {
-        let bytes = shape.iter().product::<usize>() * 4;
-        if header.contains_key(name.as_str()) {
-            return Err(ModelError::Input(format!("tensor `{name}` written twice")));
-        }
-        header.insert(
-            name.clone(),
-            serde_json::json!({ "dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes] }),
-        );
-        offset += bytes;
-    }
-    let mut json = serde_json::Value::Object(header).to_string().into_bytes();
-    json.resize(json.len().div_ceil(8) * 8, b' ');
-    kiln_cpu::io::write_atomic(path, |w| {
-        let io = |e| ModelError::io(path, e);
-        w.write_all(&(json.len() as u64).to_le_bytes())
-            .map_err(io)?;
-        w.write_all(&json).map_err(io)?;
-        let mut buf = Vec::new();
-        for (i, (name, shape)) in specs.iter().enumerate() {
-            let v = values(i)?;
-            if shape.iter().product::<usize>() != v.len() {
-                return Err(ModelError::Input(format!(
-                    "tensor `{name}`: {} values for shape {shape:?}",
-                    v.len()
-                )));
-            }
-            buf.clear();
-            buf.extend(v.iter().flat_map(|x| x.to_le_bytes()));
-            w.write_all(&buf).map_err(io)?;
-        }
-        Ok(())
+    kiln_cpu::io::write_f32_safetensors(path, &specs, &[("format", "pt")], |i| {
+        Ok::<_, ModelError>(tensors[i].2.to_vec())
     })
 }

@@ -148,11 +148,7 @@ fn assert_same(model: CausalLm, input: &DecoderInput, labels: &[i64], what: &str
 
 /// Every gradient of `grads` equals autodiff's `want` within 1e-4 of the gradient's largest
 /// entry, and they cover the same parameters; returns the worst relative difference.
-fn compare_grads(
-    grads: kiln_models::backprop::Grads,
-    mut want: GradientsParams,
-    what: &str,
-) -> f32 {
+fn compare_grads(grads: kiln_cpu::Grads, mut want: GradientsParams, what: &str) -> f32 {
     let n = grads.len();
     assert_eq!(
         n,

@@ -73,8 +73,8 @@ fn host_ready<const D: usize>(
     grad: &Tensor<D>,
     state: Option<&AdamWState<D>>,
 ) -> bool {
-    use kiln_lora::host::storage;
-    let on_host = |t: &Tensor<D>| storage(t).is_some();
+    use kiln_cpu::host::Storage;
+    let on_host = |t: &Tensor<D>| Storage::of(t).is_some();
     on_host(tensor)
         && on_host(grad)
         && tensor.dims() == grad.dims()
@@ -100,7 +100,7 @@ impl FusedAdamW {
         state: Option<AdamWState<D>>,
     ) -> (Tensor<D>, Option<AdamWState<D>>) {
         use burn::optim::AdaptiveMomentumState;
-        use kiln_lora::host;
+        use kiln_cpu::host;
         let checked = "host_ready checked the backend, dtype and shapes";
         let dims = tensor.dims();
         let mut theta = host::into_vec(tensor).expect(checked);

@@ -18,11 +18,10 @@ use crate::params::{
 use crate::trainer::{TrainState, Trainer, TrainerOptions, build_optimizer, training_device};
 use burn::optim::OptimizerRecord;
 use burn::tensor::Device;
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const STATE: &str = "state.json";
@@ -53,28 +52,18 @@ pub(crate) fn checkpoint_run_id(dir: &Path) -> Result<Option<String>> {
     Ok(file.run_id)
 }
 
-/// Writes `host` to a safetensors file (f32), ids in the metadata.
+/// Writes `host` to a safetensors file (f32) through kiln's one safetensors writer
+/// ([`kiln_cpu::io::write_f32_safetensors`]; ids are in `state.json`).
 pub fn write_host_safetensors(path: &Path, host: &HostParams) -> Result<()> {
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = host
+    let specs: Vec<(String, Vec<usize>)> = host
         .tensors
         .iter()
-        .map(|(k, (_, shape, v))| {
-            (
-                k.clone(),
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                shape.clone(),
-            )
-        })
+        .map(|(k, (_, shape, _))| (k.clone(), shape.clone()))
         .collect();
-    let mut views = Vec::new();
-    for (k, b, shape) in &bytes {
-        let view = TensorView::new(Dtype::F32, shape.clone(), b)
-            .map_err(|e| TrainError::checkpoint(path, format!("{k}: {e}")))?;
-        views.push((k.clone(), view));
-    }
-    let data = safetensors::serialize(views, None)
-        .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
-    write_synced(path, &data)
+    let values: Vec<&Vec<f32>> = host.tensors.values().map(|(_, _, v)| v).collect();
+    kiln_cpu::io::write_f32_safetensors(path, &specs, &[], |i| {
+        Ok::<_, TrainError>(values[i].clone())
+    })
 }
 
 /// Reads a file written by [`write_host_safetensors`] (ids are set to 0; see `state.json`).
@@ -100,10 +89,11 @@ pub fn read_host_safetensors(path: &Path) -> Result<HostParams> {
     Ok(host)
 }
 
+/// `data` to `path` through kiln's one atomic writer.
 fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
-    let mut f = fs::File::create(path).map_err(|e| TrainError::io(path, e))?;
-    f.write_all(data).map_err(|e| TrainError::io(path, e))?;
-    f.sync_all().map_err(|e| TrainError::io(path, e))
+    kiln_cpu::io::write_atomic(path, |w| {
+        w.write_all(data).map_err(|e| TrainError::io(path, e))
+    })
 }
 
 /// Checkpoint directory name of a state: `step-00000012`, or `step-00000012-micro-1` between
@@ -195,6 +185,11 @@ impl<M: CausalModel> Trainer<M> {
             .to_record()
             .save(&opt_path)
             .map_err(|e| TrainError::checkpoint(&opt_path, format!("{e:?}")))?;
+        // burn's recorder writes the file itself: fsynced here so that every file of the
+        // directory is durable before [`Self::save_checkpoint`] renames it into place.
+        fs::File::open(&opt_path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| TrainError::io(&opt_path, e))?;
         let file = StateFile {
             format: FORMAT,
             kiln_version: env!("CARGO_PKG_VERSION").to_string(),

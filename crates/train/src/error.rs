@@ -79,3 +79,12 @@ impl TrainError {
         }
     }
 }
+
+impl From<kiln_cpu::io::IoError> for TrainError {
+    fn from(e: kiln_cpu::io::IoError) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}

@@ -141,7 +141,7 @@ fn bf16_unsupported() -> TrainError {
 /// trainable parameters of `model` with their shapes.
 pub(crate) fn host_grads<M: CausalModel>(
     model: &M,
-    host: kiln_models::backprop::Grads,
+    host: kiln_cpu::Grads,
 ) -> Option<GradientsParams> {
     let trainable = trainable_params(model);
     let mut grads = GradientsParams::new();

@@ -5,9 +5,10 @@ use super::ops::{Norm, RopeTables, gated, gated_backward};
 use crate::config::Activation;
 use crate::decoder::DecoderLayer;
 use burn::module::ParamId;
+use kiln_cpu::Grads;
+use kiln_cpu::host::to_vec;
 use kiln_cpu::precision::{Precision, Stash};
-use kiln_lora::backprop::{DropoutMasks, Grads, HostLinear, LinearSaved};
-use kiln_lora::host::to_vec;
+use kiln_lora::backprop::{DropoutMasks, HostLinear, LinearSaved};
 
 /// A decoder layer's weights, ready for host passes.
 #[derive(Debug)]

@@ -35,8 +35,8 @@ mod softcap;
 
 use crate::decoder::{CausalLm, DecoderInput};
 use crate::error::Result;
+use kiln_cpu::Grads;
 pub use kiln_cpu::precision::Precision;
-pub use kiln_lora::grads::Grads;
 
 /// How [`CausalLm::try_backprop`] runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -1,5 +1,4 @@
 //! The whole decoder's host forward and backward: embedding, layers, final norm and loss.
-#![allow(deprecated)] // burn-ndarray: see kiln_lora::host
 
 use super::attn::Mask;
 use super::layer::{HostLayer, LayerInputs, Saved, add_norm_grad};
@@ -11,15 +10,15 @@ use crate::error::{ModelError, Result};
 use crate::loss::IGNORE_INDEX;
 use crate::mask::MaskSpec;
 use burn::module::ParamId;
-use burn_ndarray::NdArrayTensor;
+use kiln_cpu::Grads;
 use kiln_cpu::QMatrix;
 use kiln_cpu::bf16::{PackedWeight, matmul_bf16_packed};
 use kiln_cpu::fastexp::{exp, sum};
+use kiln_cpu::host::Storage;
 use kiln_cpu::precision::Precision;
 use kiln_cpu::{MatMut, MatRef, Threads, matmul, matmul_in};
 use kiln_lora::BaseWeight;
-use kiln_lora::backprop::{Grads, HostLinear, LinearSaved};
-use kiln_lora::host::{values, view};
+use kiln_lora::backprop::{HostLinear, LinearSaved};
 use ndarray::{ArrayView, IxDyn};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -55,7 +54,7 @@ pub(super) struct RunOut {
 /// The embedding table as the host passes read it.
 enum HostTable {
     /// f32, read in place.
-    Dense(NdArrayTensor),
+    Dense(Storage),
     /// In its storage format (frozen), dequantized a tile at a time.
     Frozen(Arc<QMatrix>),
 }
@@ -96,7 +95,7 @@ impl HostModel {
             .map(|l| HostLayer::new(l, b, t, c.activation, precision))
             .collect::<Option<Vec<_>>>()?;
         let (scale, eps) = (
-            kiln_lora::host::to_vec(&lm.model.norm.weight.val())?,
+            kiln_cpu::host::to_vec(&lm.model.norm.weight.val())?,
             lm.model.norm.eps() as f32,
         );
         let offset = if lm.model.norm.unit_offset() {
@@ -115,7 +114,7 @@ impl HostModel {
         };
         let e = &lm.model.embed_tokens;
         let embed = match e {
-            BaseWeight::Dense(p) => HostTable::Dense(values(&p.val())?),
+            BaseWeight::Dense(p) => HostTable::Dense(Storage::values(&p.val())?),
             BaseWeight::Frozen(f) => HostTable::Frozen(f.shared()),
         };
         let embed_packed = match (&embed, e) {
@@ -243,7 +242,7 @@ impl HostModel {
     /// Adds the lookup's gradient `dx` (`[ids, d]`) to a trained dense embedding's.
     fn embed_backward(&self, ids: &[u32], dx: &[f32], d: usize, grads: &mut Grads) {
         if let (Some(id), HostTable::Dense(embed)) = (self.embed_id, &self.embed) {
-            let vocab = view(embed).shape()[0];
+            let vocab = embed.view().shape()[0];
             let de = grads.slot(id, &[vocab, d]);
             let scale = self.embed_scale.unwrap_or(1.0);
             for (&tok, row) in ids.iter().zip(dx.chunks_exact(d)) {
@@ -261,7 +260,7 @@ impl HostModel {
         let scale = self.embed_scale.unwrap_or(1.0);
         let mut x = vec![0f32; ids.len() * d];
         let ev = match &self.embed {
-            HostTable::Dense(e) => view(e),
+            HostTable::Dense(e) => e.view(),
             HostTable::Frozen(q) => {
                 q.gather_rows(ids, &mut x);
                 if scale != 1.0 {
@@ -382,7 +381,7 @@ struct HeadView<'a> {
 impl<'a> HeadView<'a> {
     fn new(model: &'a HostModel) -> Self {
         let (ev, frozen) = match &model.embed {
-            HostTable::Dense(e) => (Some(view(e)), None),
+            HostTable::Dense(e) => (Some(e.view()), None),
             HostTable::Frozen(q) => (None, Some(q)),
         };
         let vocab = match (&model.head, &ev, frozen) {
