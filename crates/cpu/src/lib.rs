@@ -13,8 +13,9 @@
 //! - [`io`]: the atomic file writer (temporary file, fsync, rename) every saved file goes through.
 //! - With the `burn` feature, the bridge to burn's ndarray backend (the one crate of kiln that
 //!   names burn-ndarray): `host` (views of its tensors as [`host::Storage`], and `x · W` on them
-//!   through this crate's products) and `grads` (gradients by parameter, filled by the fused
-//!   backward pass outside burn's autodiff).
+//!   through this crate's products), `grads` (gradients by parameter, filled by the fused
+//!   backward pass outside burn's autodiff) and `packed` (bf16 layouts of frozen weights,
+//!   packed once per run).
 pub mod bf16;
 pub mod error;
 pub mod fastexp;
@@ -24,6 +25,8 @@ pub mod grads;
 #[cfg(feature = "burn")]
 pub mod host;
 pub mod io;
+#[cfg(feature = "burn")]
+pub mod packed;
 pub mod precision;
 pub mod quant;
 pub mod scratch;

@@ -74,7 +74,7 @@ pub struct HostLinear {
     /// The dense weight's parameter (trained or not): the key of its packed bf16 layouts.
     dense_id: Option<ParamId>,
     /// bf16 only, dense weights: the weight packed for the bf16 kernel (shared for the run
-    /// when frozen, see [`crate::packed`]; this call's own when it trains).
+    /// when frozen, see [`kiln_cpu::packed`]; this call's own when it trains).
     packed: Option<Arc<PackedWeight>>,
     bias_id: Option<ParamId>,
     /// Where dropout masks are drawn (the weight's device).
@@ -235,7 +235,7 @@ impl HostLinear {
         self.precision = precision;
         if let (Precision::Bf16, HostWeight::Dense(w)) = (precision, &self.weight) {
             self.packed = Some(match (self.weight_id, self.dense_id) {
-                (None, Some(id)) => crate::packed::frozen(id, w),
+                (None, Some(id)) => kiln_cpu::packed::frozen(id, w),
                 _ => Arc::new(PackedWeight::default()),
             });
         }

@@ -22,8 +22,6 @@ pub mod io;
 pub mod kernels;
 pub mod linear;
 pub mod model;
-#[cfg(feature = "cpu")]
-pub mod packed;
 pub mod pattern;
 mod svd;
 pub mod target;

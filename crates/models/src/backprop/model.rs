@@ -68,7 +68,7 @@ pub(super) struct HostModel {
     embed: HostTable,
     embed_id: Option<ParamId>,
     /// bf16 with a dense tied head: the embedding packed for the bf16 kernel (for the run when
-    /// it is frozen, see `kiln_lora::packed`; per call when it trains).
+    /// it is frozen, see `kiln_cpu::packed`; per call when it trains).
     embed_packed: Option<Arc<PackedWeight>>,
     head: Option<HostLinear>,
     embed_scale: Option<f32>,
@@ -122,7 +122,7 @@ impl HostModel {
                 if precision == Precision::Bf16 && head.is_none() =>
             {
                 Some(match e.trained_id() {
-                    None => kiln_lora::packed::frozen(p.id, t),
+                    None => kiln_cpu::packed::frozen(p.id, t),
                     Some(_) => Arc::new(PackedWeight::default()),
                 })
             }

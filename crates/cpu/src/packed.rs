@@ -1,6 +1,6 @@
 //! bf16-packed layouts of frozen dense weights, kept while their model lives.
 //!
-//! Why: in bf16 every product by a weight runs on [`kiln_cpu::bf16`]'s kernel, which reads the
+//! Why: in bf16 every product by a weight runs on [`crate::bf16`]'s kernel, which reads the
 //! weight packed into bf16 pairs. A frozen weight (LoRA's base, a frozen tied embedding) never
 //! changes during a run, so it is packed once here instead of once per micro-batch. Entries are
 //! keyed by parameter id and hold a clone of the weight's storage: the buffer they were packed
@@ -9,8 +9,8 @@
 //! storage only the cache still holds (its model was dropped) is evicted at the next lookup.
 
 use burn::module::ParamId;
-use kiln_cpu::bf16::PackedWeight;
-use kiln_cpu::host::Storage;
+use crate::bf16::PackedWeight;
+use crate::host::Storage;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -64,7 +64,7 @@ pub fn bytes() -> usize {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use kiln_cpu::host::{Storage, tensor};
+    use crate::host::{Storage, tensor};
 
     fn weight(v: f32) -> Storage {
         Storage::values(&tensor::<2>(&[2, 3], vec![v; 6]).unwrap()).unwrap()
