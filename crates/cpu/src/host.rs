@@ -19,7 +19,7 @@
 #![allow(deprecated)]
 
 use crate::gemm::{MatMut, MatRef, Threads, matmul};
-use crate::precision::{Precision, round_bf16};
+use crate::precision::Precision;
 use crate::quant::QMatrix;
 use burn::backend::NdArray;
 use burn::backend::tensor::FloatTensor;
@@ -165,7 +165,7 @@ pub fn try_linear<const D: usize>(
     let lhs = xc.as_slice()?;
     let mut out = vec![0f32; m * n];
     if precision == Precision::Bf16 {
-        let xr: Vec<f32> = lhs.iter().map(|&v| round_bf16(v)).collect();
+        let xr = Precision::Bf16.input(lhs);
         if m > 0 && n > 0 && k > 0 {
             let dst = MatMut::new(&mut out, m, n);
             let w = MatRef::of_view(&wv)?;
@@ -236,7 +236,9 @@ pub fn try_frozen_linear<const D: usize>(
     match precision {
         Precision::F32 => w.matmul_t(xc.as_slice()?, m, &mut out, false, Precision::F32),
         Precision::Bf16 => {
-            let xr: Vec<f32> = xc.iter().map(|&v| round_bf16(v)).collect();
+            // Rounded in one vectorised pass over the slice: through ndarray's element iterator
+            // this copy took 10% of a bf16 forward's samples (perf, SmolLM2 1 × 256).
+            let xr = Precision::Bf16.input(xc.as_slice()?);
             // Decoding (a few rows): dot products from the stored codes (`quant::dots`).
             let p = if m <= 4 {
                 Precision::F32
