@@ -2,16 +2,14 @@
 //! a PEFT adapter) → [`DpoTrainer`] steps → `metrics.jsonl`, `loss_curve.png` and the adapter in
 //! PEFT's format. The `dpo` example is a command line around [`run_dpo`].
 use crate::config::{AdamWOptions, BackwardPath, NonFinitePolicy, ScheduleKind, ScheduleOptions};
-use crate::dpo::{DpoOptions, DpoStepMetrics, DpoTrainer};
+use crate::dpo::{DpoOptions, DpoStepMetrics, DpoTrainer, PreferencePairs};
 use crate::error::{Result, TrainError};
 use crate::export::Export;
 use crate::logging::JsonlLogger;
 use crate::plot::write_loss_curve;
 use crate::schedule::LrSchedule;
 use crate::trainer::{Trainer, TrainerOptions};
-use kiln_data::{
-    ChatTemplate, FieldMap, PreferenceEncoder, PreferenceIds, read_preferences, shuffled,
-};
+use kiln_data::{ChatTemplate, FieldMap, PreferenceEncoder, read_preferences, shuffled};
 use kiln_lora::{LoraConfig, LoraModel, TargetModules};
 use kiln_models::backprop::Precision;
 use kiln_models::fetch::resolve_model;
@@ -82,8 +80,9 @@ pub struct DpoSummary {
     pub adapter_dir: PathBuf,
 }
 
-/// Reads and tokenizes the pairs of `path` (shuffled with `seed` when asked).
-fn load_pairs(run: &DpoRun, lm: &Pretrained) -> Result<Vec<PreferenceIds>> {
+/// Reads and tokenizes the pairs of `path` (shuffled with `seed` when asked): as TRL's
+/// `DPOTrainer` for DPO, as its `ORPOTrainer`/`CPOTrainer` for the reference-free losses.
+fn load_pairs(run: &DpoRun, lm: &Pretrained) -> Result<PreferencePairs> {
     let (bos, eos) = (
         lm.extras.bos_token.as_deref(),
         lm.extras.eos_token.as_deref(),
@@ -96,15 +95,45 @@ fn load_pairs(run: &DpoRun, lm: &Pretrained) -> Result<Vec<PreferenceIds>> {
         eos,
     )?;
     let encoder = PreferenceEncoder::new(&lm.tokenizer, template.as_ref(), eos);
-    let pairs = read_preferences(&run.data, &FieldMap::default())?
+    let records = read_preferences(&run.data, &FieldMap::default())?;
+    let order = |n: usize| -> Vec<usize> {
+        let idx: Vec<usize> = (0..n).collect();
+        if run.shuffle {
+            shuffled(idx, run.seed)
+        } else {
+            idx
+        }
+    };
+    if run.dpo.loss_type.needs_reference() {
+        let pairs = records
+            .iter()
+            .map(|(at, p)| encoder.encode(p, at))
+            .collect::<kiln_data::Result<Vec<_>>>()?;
+        return Ok(PreferencePairs::Dpo(
+            order(pairs.len())
+                .into_iter()
+                .map(|i| pairs[i].clone())
+                .collect(),
+        ));
+    }
+    // TRL's ORPO/CPO read the tokenizer's own BOS and EOS ids.
+    let id = |t: Option<&str>| t.and_then(|t| lm.tokenizer.token_to_id(t));
+    let eos_id = id(eos).ok_or_else(|| {
+        TrainError::option(
+            "model",
+            "ORPO and CPO append the tokenizer's EOS token, and this model names none",
+        )
+    })?;
+    let pairs = records
         .iter()
-        .map(|(at, p)| encoder.encode(p, at))
+        .map(|(at, p)| encoder.encode_answers(p, at, id(bos), eos_id))
         .collect::<kiln_data::Result<Vec<_>>>()?;
-    Ok(if run.shuffle {
-        shuffled(pairs, run.seed)
-    } else {
-        pairs
-    })
+    Ok(PreferencePairs::Answers(
+        order(pairs.len())
+            .into_iter()
+            .map(|i| pairs[i].clone())
+            .collect(),
+    ))
 }
 
 /// The trainer options of `run`: AdamW without weight decay, constant learning rate.
@@ -143,7 +172,10 @@ pub fn run_dpo(run: &DpoRun, mut on_step: impl FnMut(&DpoStepMetrics)) -> Result
     let path = resolve_model(Some(&run.model), true)?;
     let lm = Pretrained::load(&path, &device)?;
     let pairs = load_pairs(run, &lm)?;
-    let n = pairs.len();
+    let n = match &pairs {
+        PreferencePairs::Dpo(p) => p.len(),
+        PreferencePairs::Answers(p) => p.len(),
+    };
     let mut options = run.dpo.clone();
     options.pad_id = lm.eos_token_ids().first().copied().unwrap_or(0);
     let model = match &run.init_adapter {
