@@ -244,3 +244,108 @@ fn cpo_simpo_matches_trl() {
     let _g = serial();
     run_case("cpo_simpo");
 }
+
+/// The recipe end to end (`run_dpo` with `loss_type` orpo, what `dpo --loss orpo` calls): a
+/// model directory of the tiny Llama with the fixture's tokenizer (its EOS id read from the
+/// tokenizer, no BOS), the conversational file in order: `metrics.jsonl` carries TRL's names and
+/// the orpo case's values, and the adapter loads back.
+#[test]
+fn orpo_recipe_writes_trl_metrics() {
+    let _g = serial();
+    let dir = std::env::temp_dir().join(format!("kiln_orpo_recipe_{}", std::process::id()));
+    let model_dir = dir.join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        std::fs::copy(fixture("tiny/llama").join(f), model_dir.join(f)).unwrap();
+    }
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    ] {
+        std::fs::copy(fixture("dpo/tokenizer").join(f), model_dir.join(f)).unwrap();
+    }
+    let text = std::fs::read_to_string(fixture("orpo_cpo/orpo/metrics.json")).unwrap();
+    let want: Value = serde_json::from_str(&text).unwrap();
+    let run = kiln_train::DpoRun {
+        model: model_dir,
+        data: fixture("dpo/conversational.jsonl"),
+        output_dir: dir.join("out"),
+        max_steps: 3,
+        lr: 1e-3,
+        dpo: options(&want["hyper"]),
+        init_adapter: Some(fixture("dpo/adapter_init")),
+        shuffle: false,
+        precision: Some(kiln_train::Precision::F32),
+        ..kiln_train::DpoRun::default()
+    };
+    let summary = kiln_train::run_dpo(&run, |_| {}).unwrap();
+    assert_eq!((summary.pairs, summary.history.len()), (6, 3));
+    let lines = std::fs::read_to_string(dir.join("out/metrics.jsonl")).unwrap();
+    let lines: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for (got, want) in lines.iter().zip(want["steps"].as_array().unwrap()) {
+        for k in metric_names(PreferenceLoss::Orpo) {
+            let (g, w) = (got[k].as_f64().unwrap(), want[k].as_f64().unwrap());
+            assert!(
+                (g - w).abs() < 2e-5,
+                "step {}: {k} {g} vs TRL {w}",
+                got["step"]
+            );
+        }
+    }
+    let mut back = LoraModel::new(tiny_model());
+    back.load_adapter(&summary.adapter_dir, "default").unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A CPO run logs no DPO reference and no ORPO-only metric; a DPO run logs no `nll_loss`.
+#[test]
+fn metric_names_follow_the_loss() {
+    let _g = serial();
+    for (loss, nll, odds) in [
+        ("cpo", true, false),
+        ("orpo", true, true),
+        ("sigmoid", false, false),
+    ] {
+        let options = DpoOptions {
+            loss_type: loss.parse().unwrap(),
+            batch_size: 2,
+            ..DpoOptions::default()
+        };
+        let trainer = Trainer::new(model(), &device(), trainer_options(1, 1e-3, 1)).unwrap();
+        let mut run = if loss == "sigmoid" {
+            let dpo_pairs = dpo_pairs();
+            DpoTrainer::new(trainer, dpo_pairs, options, 1).unwrap()
+        } else {
+            DpoTrainer::new(trainer, pairs("conversational"), options, 1).unwrap()
+        };
+        let m = serde_json::to_value(run.step().unwrap().unwrap()).unwrap();
+        assert_eq!(m.get("nll_loss").is_some(), nll, "{loss}");
+        assert_eq!(m.get("log_odds_ratio").is_some(), odds, "{loss}");
+        assert_eq!(m.get("log_odds_chosen").is_some(), odds, "{loss}");
+    }
+    let err = "dpo".parse::<PreferenceLoss>().unwrap_err();
+    assert!(err.to_string().contains("orpo"), "{err}");
+}
+
+fn dpo_pairs() -> Vec<kiln_data::PreferenceIds> {
+    let dir = fixture("dpo");
+    let tokenizer =
+        kiln_data::tokenizers::Tokenizer::from_file(dir.join("tokenizer/tokenizer.json")).unwrap();
+    let template = ChatTemplate::from_file(
+        &dir.join("tokenizer/chat_template.jinja"),
+        None,
+        Some("<|im_end|>"),
+    )
+    .unwrap();
+    let enc = PreferenceEncoder::new(&tokenizer, Some(&template), Some("<|im_end|>"));
+    kiln_data::read_preferences(&dir.join("conversational.jsonl"), &FieldMap::default())
+        .unwrap()
+        .iter()
+        .map(|(at, p)| enc.encode(p, at).unwrap())
+        .collect()
+}
