@@ -17,10 +17,12 @@ use crate::error::{Result, TrainError};
 use crate::model::CausalModel;
 use crate::orpo_cpo::{self, PreferenceLoss, RefFree};
 use crate::trainer::{MicroOutcome, Trainer, host_grads};
+use burn::tensor::Device;
 use kiln_data::{AnswerIds, PreferenceIds, TruncationMode};
 use kiln_models::DecoderInput;
 use kiln_models::backprop::{BackpropOptions, Precision};
 use serde::Serialize;
+use std::path::{Path, PathBuf};
 
 /// TRL's `loss_type` of the DPO family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -431,6 +433,40 @@ impl<M: CausalModel> DpoTrainer<M> {
             }
         }
         Ok(this)
+    }
+
+    /// Writes a checkpoint of the run between steps under `root` (the [`Trainer`]'s format:
+    /// trainable weights, AdamW state, step and data position), keeping the newest `keep_last`.
+    pub fn save_checkpoint(&mut self, root: &Path, keep_last: usize) -> Result<PathBuf> {
+        self.trainer.save_checkpoint(root, keep_last)
+    }
+
+    /// Continues from checkpoint `dir`. `self` is built as the run started (the same starting
+    /// model, pairs, options and `total_steps`), so a DPO reference is computed from the
+    /// starting weights exactly as the uninterrupted run's; the trainable weights, the AdamW
+    /// state and the position then come from the checkpoint, and the steps that follow equal
+    /// the uninterrupted run's bit for bit.
+    pub fn resume(self, device: &Device, dir: &Path) -> Result<Self> {
+        let Self {
+            trainer,
+            options,
+            pairs,
+            reference,
+            precision,
+            dropped,
+            history,
+        } = self;
+        let trainer_options = trainer.options.clone();
+        let trainer = Trainer::resume(trainer.into_model(), device, trainer_options, dir)?;
+        Ok(Self {
+            trainer,
+            options,
+            pairs,
+            reference,
+            precision,
+            dropped,
+            history,
+        })
     }
 
     /// Micro-batches per epoch.
