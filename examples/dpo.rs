@@ -82,6 +82,12 @@ struct Args {
     /// A Jinja chat template file instead of the model's.
     #[arg(long)]
     chat_template: Option<PathBuf>,
+    /// Write a checkpoint (output-dir/checkpoints/) every N steps.
+    #[arg(long)]
+    save_steps: Option<usize>,
+    /// Continue from the newest checkpoint in --output-dir (exactly as if never stopped).
+    #[arg(long)]
+    resume: bool,
 }
 
 fn main() -> Result<()> {
@@ -111,6 +117,8 @@ fn main() -> Result<()> {
         seed: a.seed,
         precision: a.precision,
         chat_template: a.chat_template,
+        save_steps: a.save_steps,
+        resume: a.resume,
         ..DpoRun::default()
     };
     let summary = run_dpo(&run, |m| {

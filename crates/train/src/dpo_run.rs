@@ -1,6 +1,8 @@
-//! The DPO recipe: model and tokenizer → preference pairs → LoRA adapter (new, or continued from
-//! a PEFT adapter) → [`DpoTrainer`] steps → `metrics.jsonl`, `loss_curve.png` and the adapter in
-//! PEFT's format. The `dpo` example is a command line around [`run_dpo`].
+//! The preference recipe (DPO, ORPO, CPO): model and tokenizer → preference pairs → LoRA
+//! adapter (new, or continued from a PEFT adapter) → [`DpoTrainer`] steps (checkpointed, and
+//! resumed exactly) → `metrics.jsonl`, `loss_curve.png` and the adapter in PEFT's format. The
+//! `dpo` example is a command line around [`run_dpo`].
+use crate::checkpoint::latest_checkpoint;
 use crate::config::{AdamWOptions, BackwardPath, NonFinitePolicy, ScheduleKind, ScheduleOptions};
 use crate::dpo::{DpoOptions, DpoStepMetrics, DpoTrainer, PreferencePairs};
 use crate::error::{Result, TrainError};
@@ -14,7 +16,7 @@ use kiln_lora::{LoraConfig, LoraModel, TargetModules};
 use kiln_models::backprop::Precision;
 use kiln_models::fetch::resolve_model;
 use kiln_models::{Pretrained, parse_device};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A DPO run (TRL's `DPOConfig` names where it has them).
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +44,13 @@ pub struct DpoRun {
     pub device: String,
     /// A Jinja chat template file instead of the model's.
     pub chat_template: Option<PathBuf>,
+    /// Write a checkpoint under `output_dir/checkpoints/` every this many steps.
+    pub save_steps: Option<usize>,
+    /// Checkpoints kept (the newest).
+    pub save_total_limit: usize,
+    /// Continue from the newest checkpoint under `output_dir/checkpoints/` when there is one
+    /// (built as the run started, then restored: the steps equal an uninterrupted run's).
+    pub resume: bool,
 }
 
 impl Default for DpoRun {
@@ -66,6 +75,9 @@ impl Default for DpoRun {
             precision: None,
             device: "cpu".into(),
             chat_template: None,
+            save_steps: None,
+            save_total_limit: 2,
+            resume: false,
         }
     }
 }
@@ -162,8 +174,20 @@ fn trainer_options(run: &DpoRun) -> TrainerOptions {
     }
 }
 
-/// Trains a LoRA adapter with DPO and writes `output_dir/{metrics.jsonl, loss_curve.png,
-/// adapter/}`; `on_step` sees each step's metrics (a progress line).
+/// `(step, loss)` of every training line of `metrics.jsonl` (a resumed run's earlier steps too).
+fn logged_losses(path: &Path) -> Result<Vec<(usize, f64)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v.get("step")?.as_u64()? as usize, v.get("loss")?.as_f64()?)))
+        .collect())
+}
+
+/// Trains a LoRA adapter with DPO, ORPO or CPO (`run.dpo.loss_type`) and writes
+/// `output_dir/{metrics.jsonl, loss_curve.png, adapter/}` (and `checkpoints/step-N/` every
+/// `save_steps`); `on_step` sees each step's metrics (a progress line). With `resume`, the run
+/// continues from its newest checkpoint (the summary's history then holds the steps run now).
 pub fn run_dpo(run: &DpoRun, mut on_step: impl FnMut(&DpoStepMetrics)) -> Result<DpoSummary> {
     if run.max_steps == 0 {
         return Err(TrainError::option("max_steps", "must be at least 1"));
@@ -195,14 +219,30 @@ pub fn run_dpo(run: &DpoRun, mut on_step: impl FnMut(&DpoStepMetrics)) -> Result
     device.seed(run.seed);
     let trainer = Trainer::new(model, &device, trainer_options(run))?;
     let mut dpo = DpoTrainer::new(trainer, pairs, options, run.max_steps)?;
-    let mut log = JsonlLogger::open(&run.output_dir.join("metrics.jsonl"))?;
+    let (root, metrics) = (
+        run.output_dir.join("checkpoints"),
+        run.output_dir.join("metrics.jsonl"),
+    );
+    let mut log = match latest_checkpoint(&root)?.filter(|_| run.resume) {
+        Some(dir) => {
+            dpo = dpo.resume(&device, &dir)?;
+            tracing::info!("resumed from {}", dir.display());
+            JsonlLogger::open_at(&metrics, dpo.trainer.state.step)?
+        }
+        None => JsonlLogger::open(&metrics)?,
+    };
+    let every = run.save_steps.filter(|&e| e > 0);
     while dpo.trainer.state.step < run.max_steps {
         if let Some(m) = dpo.step()? {
             log.write("train", &m)?;
             on_step(&m);
+            if every.is_some_and(|e| m.step % e == 0) {
+                dpo.save_checkpoint(&root, run.save_total_limit)?;
+            }
         }
     }
-    let curve: Vec<(usize, f64)> = dpo.history.iter().map(|m| (m.step, m.loss)).collect();
+    drop(log);
+    let curve = logged_losses(&metrics)?;
     write_loss_curve(&run.output_dir.join("loss_curve.png"), &curve, &[])?;
     let (dropped, history) = (dpo.dropped, dpo.history.clone());
     let adapter_dir = run.output_dir.join("adapter");

@@ -99,3 +99,61 @@ fn orpo_resume_equals_an_uninterrupted_run() {
     let _g = serial();
     check("orpo");
 }
+
+/// The recipe (`run_dpo`, `dpo --save-steps 1` then `--resume`): a run stopped after step 1 and
+/// resumed to step 3 writes the same `metrics.jsonl` and the same adapter files, byte for byte,
+/// as a run of 3 steps (ORPO, and DPO whose reference comes from the starting model).
+#[test]
+fn recipe_resume_writes_the_same_files() {
+    let _g = serial();
+    let dir = std::env::temp_dir().join(format!("kiln_pref_recipe_resume_{}", std::process::id()));
+    let model_dir = dir.join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        std::fs::copy(fixture("tiny/llama").join(f), model_dir.join(f)).unwrap();
+    }
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    ] {
+        std::fs::copy(fixture("dpo/tokenizer").join(f), model_dir.join(f)).unwrap();
+    }
+    for loss in ["orpo", "sigmoid"] {
+        let run = |out: &str, max_steps: usize, resume: bool| {
+            let run = kiln_train::DpoRun {
+                model: model_dir.clone(),
+                data: fixture("dpo/conversational.jsonl"),
+                output_dir: dir.join(loss).join(out),
+                max_steps,
+                lr: 1e-3,
+                dpo: DpoOptions {
+                    loss_type: loss.parse().unwrap(),
+                    batch_size: 2,
+                    max_length: Some(64),
+                    ..DpoOptions::default()
+                },
+                lora_r: 4,
+                lora_alpha: 8.0,
+                save_steps: Some(1),
+                resume,
+                precision: Some(kiln_train::Precision::F32),
+                ..kiln_train::DpoRun::default()
+            };
+            kiln_train::run_dpo(&run, |_| {}).unwrap();
+        };
+        run("whole", 3, false);
+        run("stopped", 1, false);
+        run("stopped", 3, true);
+        let read = |out: &str, f: &str| std::fs::read(dir.join(loss).join(out).join(f)).unwrap();
+        for f in ["metrics.jsonl", "adapter/adapter_model.safetensors"] {
+            assert!(
+                read("whole", f) == read("stopped", f),
+                "{loss}: {f} differs"
+            );
+        }
+        let lines = String::from_utf8(read("stopped", "metrics.jsonl")).unwrap();
+        assert_eq!(lines.lines().count(), 3, "{loss}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
