@@ -1,4 +1,5 @@
-//! Direct preference optimisation of a LoRA adapter with TRL's definitions (`DPOTrainer`):
+//! Preference training of a LoRA adapter with TRL's definitions: DPO (`DPOTrainer`, with a
+//! reference model), ORPO (`ORPOTrainer`), CPO and SimPO (`CPOTrainer`, no reference model), on
 //! preference pairs in a JSON Lines file (`prompt`/`chosen`/`rejected` strings or message lists,
 //! or `chosen`/`rejected` conversations sharing the prompt).
 //!
@@ -6,19 +7,25 @@
 //! cargo run --release --example dpo -- --model ~/.cache/kiln/SmolLM2-135M-Instruct.Q4_1.gguf \
 //!     --data fixtures/dpo/conversational.jsonl --output-dir runs/dpo --max-steps 3 --lr 5e-5
 //! cargo run --release --example dpo -- --model DIR --data pairs.jsonl --init-adapter runs/sft/adapter
+//! cargo run --release --example dpo -- --model DIR --data pairs.jsonl --loss orpo --beta 0.1
+//! cargo run --release --example dpo -- --model DIR --data pairs.jsonl --loss simpo --beta 2 \
+//!     --simpo-gamma 0.5 --cpo-alpha 0
 //! ```
 //!
 //! Writes into `--output-dir`: `metrics.jsonl` (`loss`, `rewards/chosen`, `rewards/rejected`,
 //! `rewards/accuracies`, `rewards/margins`, `logps/chosen`, `logps/rejected`, `grad_norm`, `lr`
-//! per step), `loss_curve.png` and `adapter/` (PEFT files).
+//! per step; `nll_loss` for ORPO and CPO, `log_odds_ratio` and `log_odds_chosen` for ORPO),
+//! `loss_curve.png` and `adapter/` (PEFT files).
 use anyhow::Result;
 use clap::Parser;
 use kiln::data::TruncationMode;
-use kiln::train::{DpoLoss, DpoOptions, DpoRun, run_dpo};
+use kiln::train::{DpoOptions, DpoRun, PreferenceLoss, run_dpo};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(about = "DPO (sigmoid, ipo, hinge, robust) of a LoRA adapter on preference pairs")]
+#[command(
+    about = "Preference training (DPO sigmoid/ipo/hinge/robust, ORPO, CPO, SimPO) of a LoRA adapter"
+)]
 struct Args {
     /// A model directory, GGUF file or Hugging Face repo id.
     #[arg(long)]
@@ -33,14 +40,21 @@ struct Args {
     /// Constant learning rate (AdamW, no weight decay, no warmup).
     #[arg(long, default_value_t = 1e-6)]
     lr: f64,
+    /// β of DPO and CPO/SimPO, λ of ORPO.
     #[arg(long, default_value_t = 0.1)]
     beta: f64,
-    /// sigmoid, ipo, hinge or robust.
-    #[arg(long, default_value = "sigmoid")]
-    loss_type: DpoLoss,
-    /// ε of the robust loss.
+    /// DPO: sigmoid, ipo, hinge, robust; orpo; CPO: cpo (sigmoid), cpo_hinge, cpo_ipo, simpo.
+    #[arg(long, alias = "loss", default_value = "sigmoid")]
+    loss_type: PreferenceLoss,
+    /// ε of DPO's robust loss and of CPO's sigmoid and simpo losses.
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f64,
+    /// CPO/SimPO: weight of the chosen completions' cross-entropy (0 = pure SimPO).
+    #[arg(long, default_value_t = 1.0)]
+    cpo_alpha: f64,
+    /// SimPO: the target reward margin γ.
+    #[arg(long, default_value_t = 0.5)]
+    simpo_gamma: f64,
     /// Pairs per micro-batch.
     #[arg(long, default_value_t = 2)]
     batch_size: usize,
@@ -68,6 +82,12 @@ struct Args {
     /// A Jinja chat template file instead of the model's.
     #[arg(long)]
     chat_template: Option<PathBuf>,
+    /// Write a checkpoint (output-dir/checkpoints/) every N steps.
+    #[arg(long)]
+    save_steps: Option<usize>,
+    /// Continue from the newest checkpoint in --output-dir (exactly as if never stopped).
+    #[arg(long)]
+    resume: bool,
 }
 
 fn main() -> Result<()> {
@@ -83,6 +103,8 @@ fn main() -> Result<()> {
             beta: a.beta,
             loss_type: a.loss_type,
             label_smoothing: a.label_smoothing,
+            cpo_alpha: a.cpo_alpha,
+            simpo_gamma: a.simpo_gamma,
             batch_size: a.batch_size,
             max_length: Some(a.max_seq_len),
             truncation: a.truncation_mode,
@@ -95,6 +117,8 @@ fn main() -> Result<()> {
         seed: a.seed,
         precision: a.precision,
         chat_template: a.chat_template,
+        save_steps: a.save_steps,
+        resume: a.resume,
         ..DpoRun::default()
     };
     let summary = run_dpo(&run, |m| {

@@ -24,6 +24,7 @@ pub mod pack;
 mod parquet_pages;
 mod parquet_rows;
 pub mod preference;
+pub mod preference_answer;
 pub mod pretty;
 pub mod qa;
 pub mod reader;
@@ -47,6 +48,7 @@ pub use preference::{
     Preference, PreferenceEncoder, PreferenceIds, TruncationMode, parse_preference,
     read_preferences,
 };
+pub use preference_answer::AnswerIds;
 pub use pretty::{show_labels, show_trained_text};
 pub use qa::{QaItem, QaKind, QaOptions, Table, format_number, generate_items};
 pub use reader::{BadRecords, ReadReport, Reader, count_lines};

@@ -280,7 +280,11 @@ impl<'a> PreferenceEncoder<'a> {
         }
     }
 
-    fn ids(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+    pub(crate) fn template(&self) -> Option<&ChatTemplate> {
+        self.template
+    }
+
+    pub(crate) fn ids(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         let enc = self
             .tokenizer
             .encode(text, add_special_tokens)

@@ -15,11 +15,14 @@
 //! so at step 0 policy and reference agree bit for bit (the sigmoid loss is exactly ln 2).
 use crate::error::{Result, TrainError};
 use crate::model::CausalModel;
+use crate::orpo_cpo::{self, PreferenceLoss, RefFree};
 use crate::trainer::{MicroOutcome, Trainer, host_grads};
-use kiln_data::{PreferenceIds, TruncationMode};
+use burn::tensor::Device;
+use kiln_data::{AnswerIds, PreferenceIds, TruncationMode};
 use kiln_models::DecoderInput;
 use kiln_models::backprop::{BackpropOptions, Precision};
 use serde::Serialize;
+use std::path::{Path, PathBuf};
 
 /// TRL's `loss_type` of the DPO family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -53,13 +56,18 @@ impl std::str::FromStr for DpoLoss {
     }
 }
 
-/// The DPO-specific options (TRL's `DPOConfig` names).
+/// The preference options (TRL's `DPOConfig`, `ORPOConfig` and `CPOConfig` names).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DpoOptions {
+    /// β of DPO and CPO, λ of ORPO.
     pub beta: f64,
-    pub loss_type: DpoLoss,
-    /// ε of the robust loss, in `[0, 0.5)`.
+    pub loss_type: PreferenceLoss,
+    /// ε of DPO's robust loss and CPO's sigmoid and simpo losses, in `[0, 0.5)`.
     pub label_smoothing: f64,
+    /// CPO: the weight of the chosen completions' cross-entropy (TRL default 1).
+    pub cpo_alpha: f64,
+    /// SimPO's target reward margin γ (TRL default 0.5).
+    pub simpo_gamma: f64,
     /// Pairs per micro-batch.
     pub batch_size: usize,
     /// Tokens per sequence (prompt + completion), truncated per `truncation`.
@@ -73,8 +81,10 @@ impl Default for DpoOptions {
     fn default() -> Self {
         Self {
             beta: 0.1,
-            loss_type: DpoLoss::Sigmoid,
+            loss_type: PreferenceLoss::Dpo(DpoLoss::Sigmoid),
             label_smoothing: 0.0,
+            cpo_alpha: 1.0,
+            simpo_gamma: 0.5,
             batch_size: 1,
             max_length: Some(1024),
             truncation: TruncationMode::KeepStart,
@@ -102,82 +112,99 @@ pub struct DpoStepMetrics {
     pub logps_chosen: f64,
     #[serde(rename = "logps/rejected")]
     pub logps_rejected: f64,
+    /// ORPO and CPO: the chosen sequences' cross-entropy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nll_loss: Option<f64>,
+    /// ORPO: the mean of `log σ(L)`, `L` the log odds ratio.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_odds_ratio: Option<f64>,
+    /// ORPO: the mean of `L`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_odds_chosen: Option<f64>,
     /// Input tokens of the step (prompt and completions, without padding).
     pub tokens: usize,
 }
 
+/// One side of a pair: its ids and which of them are completion tokens.
+pub(crate) type Side = (Vec<u32>, Vec<bool>);
+
 /// A micro-batch of pairs laid out as TRL's collator does: rows `0..n` chosen, `n..2n`
-/// rejected, right-padded; labels only on completion tokens.
+/// rejected, right-padded; labels on completion tokens (and, for ORPO's cross-entropy, on the
+/// chosen prompts).
 pub(crate) struct PairBatch {
     pub input: DecoderInput,
     pub labels: Vec<i64>,
     /// The row of each counted label, in the order of the labels.
     pub rows: Vec<usize>,
-    /// Completion tokens per row (TRL's unshifted completion mask, for `ipo`).
+    /// Whether each counted label is a completion token.
+    pub completion: Vec<bool>,
+    /// Completion tokens per row (TRL's unshifted completion mask, for DPO's `ipo`).
     pub completion_len: Vec<usize>,
+    /// Counted completion labels per row (TRL's shifted loss mask, for averages).
+    pub counted: Vec<usize>,
     pub pairs: usize,
     /// Real tokens.
     pub tokens: usize,
 }
 
 impl PairBatch {
-    pub(crate) fn new(pairs: &[&PreferenceIds], options: &DpoOptions) -> Self {
-        let seqs: Vec<(Vec<u32>, Vec<bool>)> = [false, true]
-            .into_iter()
-            .flat_map(|rejected| {
-                pairs
-                    .iter()
-                    .map(move |p| p.sequence(rejected, options.max_length, options.truncation))
-            })
+    /// `chosen_prompt_labels`: also label the chosen rows' prompt tokens (ORPO).
+    pub(crate) fn new(pairs: &[&[Side; 2]], pad_id: u32, chosen_prompt_labels: bool) -> Self {
+        let seqs: Vec<&Side> = (0..2)
+            .flat_map(|side| pairs.iter().map(move |p| &p[side]))
             .collect();
         let t = seqs.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
-        let b = seqs.len();
-        let (mut ids, mut mask, mut labels) = (
-            vec![options.pad_id; b * t],
-            vec![0u8; b * t],
-            vec![-100i64; b * t],
-        );
-        let (mut rows, mut completion_len, mut tokens) = (Vec::new(), Vec::new(), 0);
-        for (r, (s, completion)) in seqs.iter().enumerate() {
-            for (i, (&id, &c)) in s.iter().zip(completion).enumerate() {
+        let (b, n) = (seqs.len(), pairs.len());
+        let (mut ids, mut mask, mut labels) =
+            (vec![pad_id; b * t], vec![0u8; b * t], vec![-100i64; b * t]);
+        let (mut rows, mut completion, mut tokens) = (Vec::new(), Vec::new(), 0);
+        let (mut completion_len, mut counted) = (vec![0; b], vec![0; b]);
+        for (r, (s, comp)) in seqs.iter().enumerate() {
+            for (i, (&id, &c)) in s.iter().zip(comp).enumerate() {
                 ids[r * t + i] = id;
                 mask[r * t + i] = 1;
-                if c {
+                completion_len[r] += usize::from(c);
+                if c || (chosen_prompt_labels && r < n) {
                     labels[r * t + i] = i64::from(id);
                     if i > 0 {
                         rows.push(r);
+                        completion.push(c);
+                        counted[r] += usize::from(c);
                     }
                 }
             }
-            completion_len.push(completion.iter().filter(|&&c| c).count());
             tokens += s.len();
         }
         Self {
             input: DecoderInput::new(ids, b, t).with_attention_mask(mask),
             labels,
             rows,
+            completion,
             completion_len,
-            pairs: pairs.len(),
+            counted,
+            pairs: n,
             tokens,
         }
     }
 
-    /// Per row, the sum of its counted labels' log-probabilities.
+    /// Per row, the sum of its counted completion labels' log-probabilities.
     pub(crate) fn row_sums(&self, logps: &[f32]) -> Vec<f64> {
         let mut sums = vec![0f64; 2 * self.pairs];
-        for (&lp, &r) in logps.iter().zip(&self.rows) {
-            sums[r] += f64::from(lp);
+        for ((&lp, &r), &c) in logps.iter().zip(&self.rows).zip(&self.completion) {
+            if c {
+                sums[r] += f64::from(lp);
+            }
         }
         sums
     }
 }
 
 /// `log σ(x) = min(x, 0) - ln(1 + e^{-|x|})`, stable for large |x|.
-fn log_sigmoid(x: f64) -> f64 {
+pub(crate) fn log_sigmoid(x: f64) -> f64 {
     x.min(0.0) - (-x.abs()).exp().ln_1p()
 }
 
-fn sigmoid(x: f64) -> f64 {
+pub(crate) fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 
@@ -186,6 +213,7 @@ fn sigmoid(x: f64) -> f64 {
 /// completion tokens (for `ipo`).
 pub(crate) fn pair_loss(
     options: &DpoOptions,
+    loss: DpoLoss,
     chosen: f64,
     rejected: f64,
     lengths: (usize, usize),
@@ -194,7 +222,7 @@ pub(crate) fn pair_loss(
     let u = beta * (chosen - rejected);
     // (loss, dloss/du) for the losses of u = β Δ.
     let of_u = |loss: f64, d: f64| (loss, beta * d, -beta * d);
-    match options.loss_type {
+    match loss {
         DpoLoss::Sigmoid => of_u(-log_sigmoid(u), -sigmoid(-u)),
         DpoLoss::Hinge => {
             let m = 1.0 - u;
@@ -216,23 +244,29 @@ pub(crate) fn pair_loss(
 
 /// What one micro-batch's pairs give the step's metrics (means over its pairs).
 #[derive(Debug, Clone, Copy, Default)]
-struct PairStats {
-    rewards_chosen: f64,
-    rewards_rejected: f64,
-    accuracies: f64,
-    margins: f64,
-    logps_chosen: f64,
-    logps_rejected: f64,
+pub(crate) struct PairStats {
+    pub rewards_chosen: f64,
+    pub rewards_rejected: f64,
+    pub accuracies: f64,
+    pub margins: f64,
+    pub logps_chosen: f64,
+    pub logps_rejected: f64,
+    pub log_odds_ratio: f64,
+    pub log_odds_chosen: f64,
+    pub nll_loss: f64,
 }
 
 impl PairStats {
-    fn add(&mut self, o: &PairStats, k: f64) {
+    pub(crate) fn add(&mut self, o: &PairStats, k: f64) {
         self.rewards_chosen += o.rewards_chosen * k;
         self.rewards_rejected += o.rewards_rejected * k;
         self.accuracies += o.accuracies * k;
         self.margins += o.margins * k;
         self.logps_chosen += o.logps_chosen * k;
         self.logps_rejected += o.logps_rejected * k;
+        self.log_odds_ratio += o.log_odds_ratio * k;
+        self.log_odds_chosen += o.log_odds_chosen * k;
+        self.nll_loss += o.nll_loss * k;
     }
 }
 
@@ -240,6 +274,7 @@ impl PairStats {
 /// label's log-probability, and its metrics. `reference`: the reference's row sums.
 fn micro_loss(
     options: &DpoOptions,
+    loss_type: DpoLoss,
     batch: &PairBatch,
     reference: &[f64],
     logps: &[f32],
@@ -254,7 +289,7 @@ fn micro_loss(
     for p in 0..n {
         let (c, r) = (sums[p] - reference[p], sums[n + p] - reference[n + p]);
         let lengths = (batch.completion_len[p], batch.completion_len[n + p]);
-        let (l, dc, dr) = pair_loss(options, c, r, lengths);
+        let (l, dc, dr) = pair_loss(options, loss_type, c, r, lengths);
         loss += l;
         d_row[p] = dc * scale;
         d_row[n + p] = dr * scale;
@@ -267,6 +302,7 @@ fn micro_loss(
                 margins: rc - rr,
                 logps_chosen: sums[p],
                 logps_rejected: sums[n + p],
+                ..PairStats::default()
             },
             mean,
         );
@@ -275,50 +311,101 @@ fn micro_loss(
     (loss * scale, g, stats)
 }
 
-/// A DPO run: the [`Trainer`] (AdamW, clipping, schedule, callbacks), the tokenized pairs and
-/// the reference log-probabilities.
+/// The tokenized pairs a preference run trains on: as TRL's `DPOTrainer` makes them, or as
+/// its experimental `ORPOTrainer`/`CPOTrainer` do (see [`kiln_data::preference_answer`]).
+#[derive(Debug, Clone)]
+pub enum PreferencePairs {
+    Dpo(Vec<PreferenceIds>),
+    Answers(Vec<AnswerIds>),
+}
+
+impl From<Vec<PreferenceIds>> for PreferencePairs {
+    fn from(p: Vec<PreferenceIds>) -> Self {
+        Self::Dpo(p)
+    }
+}
+
+impl From<Vec<AnswerIds>> for PreferencePairs {
+    fn from(p: Vec<AnswerIds>) -> Self {
+        Self::Answers(p)
+    }
+}
+
+impl PreferencePairs {
+    /// Each pair's chosen and rejected sequences, truncated per `options`.
+    fn sides(self, options: &DpoOptions) -> Vec<[Side; 2]> {
+        let (max, mode) = (options.max_length, options.truncation);
+        match self {
+            Self::Dpo(p) => p
+                .iter()
+                .map(|p| [p.sequence(false, max, mode), p.sequence(true, max, mode)])
+                .collect(),
+            Self::Answers(p) => p
+                .iter()
+                .map(|p| [p.sequence(false, max), p.sequence(true, max)])
+                .collect(),
+        }
+    }
+}
+
+/// A preference run (DPO, ORPO or CPO): the [`Trainer`] (AdamW, clipping, schedule,
+/// callbacks), the tokenized pairs and, for DPO, the reference log-probabilities.
 pub struct DpoTrainer<M: CausalModel> {
     pub trainer: Trainer<M>,
     pub options: DpoOptions,
-    pairs: Vec<PreferenceIds>,
-    /// Per micro-batch of an epoch (in order), the reference's per-row sums.
+    pairs: Vec<[Side; 2]>,
+    /// DPO: per micro-batch of an epoch (in order), the reference's per-row sums.
     reference: Vec<Vec<f64>>,
     precision: Precision,
-    /// Pairs left out because their prompt alone fills `max_length` under `keep_start` (TRL
-    /// drops them: no completion token would remain).
+    /// Pairs left out because truncation leaves a side without a completion token to count
+    /// (TRL's `DPOTrainer` drops them under `keep_start`; its ORPO/CPO would average over
+    /// zero tokens and train on NaN).
     pub dropped: usize,
     pub history: Vec<DpoStepMetrics>,
 }
 
+fn check_options(options: &DpoOptions) -> Result<()> {
+    if options.batch_size == 0 {
+        return Err(TrainError::option("batch_size", "must be at least 1"));
+    }
+    if options.beta.is_nan() || options.beta <= 0.0 {
+        return Err(TrainError::option("beta", "must be positive"));
+    }
+    if !(0.0..0.5).contains(&options.label_smoothing) {
+        return Err(TrainError::option("label_smoothing", "must be in [0, 0.5)"));
+    }
+    if !options.cpo_alpha.is_finite() || !options.simpo_gamma.is_finite() {
+        return Err(TrainError::option(
+            "cpo_alpha",
+            "cpo_alpha and simpo_gamma must be finite",
+        ));
+    }
+    Ok(())
+}
+
 impl<M: CausalModel> DpoTrainer<M> {
-    /// Takes the trainer (its model as training starts is the reference) and the pairs in
-    /// training order; computes the reference log-probabilities of the micro-batches the
-    /// first `total_steps` steps read.
+    /// Takes the trainer (for DPO its model as training starts is the reference) and the pairs
+    /// in training order; for DPO computes the reference log-probabilities of the
+    /// micro-batches the first `total_steps` steps read.
     pub fn new(
         trainer: Trainer<M>,
-        pairs: Vec<PreferenceIds>,
+        pairs: impl Into<PreferencePairs>,
         options: DpoOptions,
         total_steps: usize,
     ) -> Result<Self> {
-        if options.batch_size == 0 {
-            return Err(TrainError::option("batch_size", "must be at least 1"));
-        }
-        if options.beta.is_nan() || options.beta <= 0.0 {
-            return Err(TrainError::option("beta", "must be positive"));
-        }
-        if !(0.0..0.5).contains(&options.label_smoothing) {
-            return Err(TrainError::option("label_smoothing", "must be in [0, 0.5)"));
-        }
-        let before = pairs.len();
-        let pairs: Vec<PreferenceIds> = match (options.max_length, options.truncation) {
-            (Some(max), TruncationMode::KeepStart) => {
-                pairs.into_iter().filter(|p| p.prompt.len() < max).collect()
-            }
-            _ => pairs,
-        };
+        check_options(&options)?;
+        let all = pairs.into().sides(&options);
+        let before = all.len();
+        // A side needs a completion label past position 0 (the first token has no prediction).
+        let pairs: Vec<[Side; 2]> = all
+            .into_iter()
+            .filter(|p| p.iter().all(|(_, m)| m.iter().skip(1).any(|&c| c)))
+            .collect();
         let dropped = before - pairs.len();
         if dropped > 0 {
-            tracing::warn!("{dropped} pairs dropped: their prompt alone fills max_length");
+            tracing::warn!(
+                "{dropped} pairs dropped: truncation to max_length leaves no completion"
+            );
         }
         if pairs.is_empty() {
             return Err(TrainError::option("data", "no preference pair to train on"));
@@ -333,17 +420,53 @@ impl<M: CausalModel> DpoTrainer<M> {
             dropped,
             history: Vec::new(),
         };
-        let needed = (total_steps * this.trainer.options.grad_accum).min(this.per_epoch());
-        for j in 0..needed {
-            let batch = this.batch(j);
-            let logps = this
-                .trainer
-                .model()
-                .try_logps(&batch.input, &batch.labels, precision)
-                .ok_or_else(no_fused_path)??;
-            this.reference.push(batch.row_sums(&logps));
+        if this.options.loss_type.needs_reference() {
+            let needed = (total_steps * this.trainer.options.grad_accum).min(this.per_epoch());
+            for j in 0..needed {
+                let batch = this.batch(j);
+                let logps = this
+                    .trainer
+                    .model()
+                    .try_logps(&batch.input, &batch.labels, precision)
+                    .ok_or_else(no_fused_path)??;
+                this.reference.push(batch.row_sums(&logps));
+            }
         }
         Ok(this)
+    }
+
+    /// Writes a checkpoint of the run between steps under `root` (the [`Trainer`]'s format:
+    /// trainable weights, AdamW state, step and data position), keeping the newest `keep_last`.
+    pub fn save_checkpoint(&mut self, root: &Path, keep_last: usize) -> Result<PathBuf> {
+        self.trainer.save_checkpoint(root, keep_last)
+    }
+
+    /// Continues from checkpoint `dir`. `self` is built as the run started (the same starting
+    /// model, pairs, options and `total_steps`), so a DPO reference is computed from the
+    /// starting weights exactly as the uninterrupted run's; the trainable weights, the AdamW
+    /// state and the position then come from the checkpoint, and the steps that follow equal
+    /// the uninterrupted run's bit for bit.
+    pub fn resume(self, device: &Device, dir: &Path) -> Result<Self> {
+        let Self {
+            trainer,
+            options,
+            pairs,
+            reference,
+            precision,
+            dropped,
+            history,
+        } = self;
+        let trainer_options = trainer.options.clone();
+        let trainer = Trainer::resume(trainer.into_model(), device, trainer_options, dir)?;
+        Ok(Self {
+            trainer,
+            options,
+            pairs,
+            reference,
+            precision,
+            dropped,
+            history,
+        })
     }
 
     /// Micro-batches per epoch.
@@ -355,8 +478,43 @@ impl<M: CausalModel> DpoTrainer<M> {
     fn batch(&self, j: usize) -> PairBatch {
         let b = self.options.batch_size;
         let end = ((j + 1) * b).min(self.pairs.len());
-        let pairs: Vec<&PreferenceIds> = self.pairs[j * b..end].iter().collect();
-        PairBatch::new(&pairs, &self.options)
+        let pairs: Vec<&[Side; 2]> = self.pairs[j * b..end].iter().collect();
+        let orpo = self.options.loss_type == PreferenceLoss::Orpo;
+        PairBatch::new(&pairs, self.options.pad_id, orpo)
+    }
+
+    /// The loss closure's body for micro-batch `j`: DPO against its reference, or ORPO/CPO.
+    #[allow(clippy::type_complexity)]
+    fn loss_fn(
+        &self,
+        j: usize,
+    ) -> Result<Box<dyn Fn(&DpoOptions, &PairBatch, &[f32], usize) -> (f64, Vec<f32>, PairStats)>>
+    {
+        let o = &self.options;
+        Ok(match (o.loss_type, o.loss_type.ref_free()) {
+            (PreferenceLoss::Dpo(kind), _) => {
+                let reference = self.reference.get(j).cloned().ok_or_else(|| {
+                    TrainError::option(
+                        "max_steps",
+                        "more steps than the reference was computed for",
+                    )
+                })?;
+                Box::new(move |o, b, logps, accum| micro_loss(o, kind, b, &reference, logps, accum))
+            }
+            (_, Some(loss)) => {
+                Box::new(move |o: &DpoOptions, b: &PairBatch, logps: &[f32], accum| {
+                    let h = RefFree {
+                        loss,
+                        beta: o.beta,
+                        label_smoothing: o.label_smoothing,
+                        cpo_alpha: o.cpo_alpha,
+                        simpo_gamma: o.simpo_gamma,
+                    };
+                    orpo_cpo::micro_loss(&h, b, logps, accum)
+                })
+            }
+            (_, None) => return Err(TrainError::option("loss_type", "no loss")),
+        })
     }
 
     /// One optimizer step over `grad_accum` micro-batches. `None` when the step was skipped
@@ -373,17 +531,12 @@ impl<M: CausalModel> DpoTrainer<M> {
         for a in 0..accum {
             let j = ((start + a as u64) % self.per_epoch() as u64) as usize;
             let batch = self.batch(j);
-            let reference = self.reference.get(j).cloned().ok_or_else(|| {
-                TrainError::option(
-                    "max_steps",
-                    "more steps than the reference was computed for",
-                )
-            })?;
+            let body = self.loss_fn(j)?;
             let mut micro = PairStats::default();
             let model = self.trainer.model();
             let (opts, b, m) = (&self.options, &batch, &mut micro);
             let loss = Box::new(move |logps: &[f32]| {
-                let (loss, g, s) = micro_loss(opts, b, &reference, logps, accum);
+                let (loss, g, s) = body(opts, b, logps, accum);
                 *m = s;
                 (loss, g)
             });
@@ -398,6 +551,8 @@ impl<M: CausalModel> DpoTrainer<M> {
             MicroOutcome::Stepped(m) => m,
             _ => return Ok(None),
         };
+        let loss = self.options.loss_type;
+        let orpo = loss == PreferenceLoss::Orpo;
         let metrics = DpoStepMetrics {
             step: m.step,
             loss: m.loss,
@@ -409,6 +564,9 @@ impl<M: CausalModel> DpoTrainer<M> {
             rewards_margins: stats.margins,
             logps_chosen: stats.logps_chosen,
             logps_rejected: stats.logps_rejected,
+            nll_loss: (!loss.needs_reference()).then_some(stats.nll_loss),
+            log_odds_ratio: orpo.then_some(stats.log_odds_ratio),
+            log_odds_chosen: orpo.then_some(stats.log_odds_chosen),
             tokens: m.tokens,
         };
         self.history.push(metrics.clone());
@@ -419,7 +577,7 @@ impl<M: CausalModel> DpoTrainer<M> {
 fn no_fused_path() -> TrainError {
     TrainError::option(
         "model",
-        "DPO trains through kiln's fused CPU backward, which does not cover this model or \
+        "preference training goes through kiln's fused CPU backward, which does not cover this model or \
          device (cpu device; LoRA, DoRA without dropout, or full fine-tuning)",
     )
 }

@@ -1,22 +1,22 @@
-//! The DPO recipe: model and tokenizer → preference pairs → LoRA adapter (new, or continued from
-//! a PEFT adapter) → [`DpoTrainer`] steps → `metrics.jsonl`, `loss_curve.png` and the adapter in
-//! PEFT's format. The `dpo` example is a command line around [`run_dpo`].
+//! The preference recipe (DPO, ORPO, CPO): model and tokenizer → preference pairs → LoRA
+//! adapter (new, or continued from a PEFT adapter) → [`DpoTrainer`] steps (checkpointed, and
+//! resumed exactly) → `metrics.jsonl`, `loss_curve.png` and the adapter in PEFT's format. The
+//! `dpo` example is a command line around [`run_dpo`].
+use crate::checkpoint::latest_checkpoint;
 use crate::config::{AdamWOptions, BackwardPath, NonFinitePolicy, ScheduleKind, ScheduleOptions};
-use crate::dpo::{DpoOptions, DpoStepMetrics, DpoTrainer};
+use crate::dpo::{DpoOptions, DpoStepMetrics, DpoTrainer, PreferencePairs};
 use crate::error::{Result, TrainError};
 use crate::export::Export;
 use crate::logging::JsonlLogger;
 use crate::plot::write_loss_curve;
 use crate::schedule::LrSchedule;
 use crate::trainer::{Trainer, TrainerOptions};
-use kiln_data::{
-    ChatTemplate, FieldMap, PreferenceEncoder, PreferenceIds, read_preferences, shuffled,
-};
+use kiln_data::{ChatTemplate, FieldMap, PreferenceEncoder, read_preferences, shuffled};
 use kiln_lora::{LoraConfig, LoraModel, TargetModules};
 use kiln_models::backprop::Precision;
 use kiln_models::fetch::resolve_model;
 use kiln_models::{Pretrained, parse_device};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A DPO run (TRL's `DPOConfig` names where it has them).
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +44,13 @@ pub struct DpoRun {
     pub device: String,
     /// A Jinja chat template file instead of the model's.
     pub chat_template: Option<PathBuf>,
+    /// Write a checkpoint under `output_dir/checkpoints/` every this many steps.
+    pub save_steps: Option<usize>,
+    /// Checkpoints kept (the newest).
+    pub save_total_limit: usize,
+    /// Continue from the newest checkpoint under `output_dir/checkpoints/` when there is one
+    /// (built as the run started, then restored: the steps equal an uninterrupted run's).
+    pub resume: bool,
 }
 
 impl Default for DpoRun {
@@ -68,6 +75,9 @@ impl Default for DpoRun {
             precision: None,
             device: "cpu".into(),
             chat_template: None,
+            save_steps: None,
+            save_total_limit: 2,
+            resume: false,
         }
     }
 }
@@ -82,8 +92,9 @@ pub struct DpoSummary {
     pub adapter_dir: PathBuf,
 }
 
-/// Reads and tokenizes the pairs of `path` (shuffled with `seed` when asked).
-fn load_pairs(run: &DpoRun, lm: &Pretrained) -> Result<Vec<PreferenceIds>> {
+/// Reads and tokenizes the pairs of `path` (shuffled with `seed` when asked): as TRL's
+/// `DPOTrainer` for DPO, as its `ORPOTrainer`/`CPOTrainer` for the reference-free losses.
+fn load_pairs(run: &DpoRun, lm: &Pretrained) -> Result<PreferencePairs> {
     let (bos, eos) = (
         lm.extras.bos_token.as_deref(),
         lm.extras.eos_token.as_deref(),
@@ -96,15 +107,45 @@ fn load_pairs(run: &DpoRun, lm: &Pretrained) -> Result<Vec<PreferenceIds>> {
         eos,
     )?;
     let encoder = PreferenceEncoder::new(&lm.tokenizer, template.as_ref(), eos);
-    let pairs = read_preferences(&run.data, &FieldMap::default())?
+    let records = read_preferences(&run.data, &FieldMap::default())?;
+    let order = |n: usize| -> Vec<usize> {
+        let idx: Vec<usize> = (0..n).collect();
+        if run.shuffle {
+            shuffled(idx, run.seed)
+        } else {
+            idx
+        }
+    };
+    if run.dpo.loss_type.needs_reference() {
+        let pairs = records
+            .iter()
+            .map(|(at, p)| encoder.encode(p, at))
+            .collect::<kiln_data::Result<Vec<_>>>()?;
+        return Ok(PreferencePairs::Dpo(
+            order(pairs.len())
+                .into_iter()
+                .map(|i| pairs[i].clone())
+                .collect(),
+        ));
+    }
+    // TRL's ORPO/CPO read the tokenizer's own BOS and EOS ids.
+    let id = |t: Option<&str>| t.and_then(|t| lm.tokenizer.token_to_id(t));
+    let eos_id = id(eos).ok_or_else(|| {
+        TrainError::option(
+            "model",
+            "ORPO and CPO append the tokenizer's EOS token, and this model names none",
+        )
+    })?;
+    let pairs = records
         .iter()
-        .map(|(at, p)| encoder.encode(p, at))
+        .map(|(at, p)| encoder.encode_answers(p, at, id(bos), eos_id))
         .collect::<kiln_data::Result<Vec<_>>>()?;
-    Ok(if run.shuffle {
-        shuffled(pairs, run.seed)
-    } else {
-        pairs
-    })
+    Ok(PreferencePairs::Answers(
+        order(pairs.len())
+            .into_iter()
+            .map(|i| pairs[i].clone())
+            .collect(),
+    ))
 }
 
 /// The trainer options of `run`: AdamW without weight decay, constant learning rate.
@@ -133,8 +174,20 @@ fn trainer_options(run: &DpoRun) -> TrainerOptions {
     }
 }
 
-/// Trains a LoRA adapter with DPO and writes `output_dir/{metrics.jsonl, loss_curve.png,
-/// adapter/}`; `on_step` sees each step's metrics (a progress line).
+/// `(step, loss)` of every training line of `metrics.jsonl` (a resumed run's earlier steps too).
+fn logged_losses(path: &Path) -> Result<Vec<(usize, f64)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v.get("step")?.as_u64()? as usize, v.get("loss")?.as_f64()?)))
+        .collect())
+}
+
+/// Trains a LoRA adapter with DPO, ORPO or CPO (`run.dpo.loss_type`) and writes
+/// `output_dir/{metrics.jsonl, loss_curve.png, adapter/}` (and `checkpoints/step-N/` every
+/// `save_steps`); `on_step` sees each step's metrics (a progress line). With `resume`, the run
+/// continues from its newest checkpoint (the summary's history then holds the steps run now).
 pub fn run_dpo(run: &DpoRun, mut on_step: impl FnMut(&DpoStepMetrics)) -> Result<DpoSummary> {
     if run.max_steps == 0 {
         return Err(TrainError::option("max_steps", "must be at least 1"));
@@ -143,7 +196,10 @@ pub fn run_dpo(run: &DpoRun, mut on_step: impl FnMut(&DpoStepMetrics)) -> Result
     let path = resolve_model(Some(&run.model), true)?;
     let lm = Pretrained::load(&path, &device)?;
     let pairs = load_pairs(run, &lm)?;
-    let n = pairs.len();
+    let n = match &pairs {
+        PreferencePairs::Dpo(p) => p.len(),
+        PreferencePairs::Answers(p) => p.len(),
+    };
     let mut options = run.dpo.clone();
     options.pad_id = lm.eos_token_ids().first().copied().unwrap_or(0);
     let model = match &run.init_adapter {
@@ -163,14 +219,30 @@ pub fn run_dpo(run: &DpoRun, mut on_step: impl FnMut(&DpoStepMetrics)) -> Result
     device.seed(run.seed);
     let trainer = Trainer::new(model, &device, trainer_options(run))?;
     let mut dpo = DpoTrainer::new(trainer, pairs, options, run.max_steps)?;
-    let mut log = JsonlLogger::open(&run.output_dir.join("metrics.jsonl"))?;
+    let (root, metrics) = (
+        run.output_dir.join("checkpoints"),
+        run.output_dir.join("metrics.jsonl"),
+    );
+    let mut log = match latest_checkpoint(&root)?.filter(|_| run.resume) {
+        Some(dir) => {
+            dpo = dpo.resume(&device, &dir)?;
+            tracing::info!("resumed from {}", dir.display());
+            JsonlLogger::open_at(&metrics, dpo.trainer.state.step)?
+        }
+        None => JsonlLogger::open(&metrics)?,
+    };
+    let every = run.save_steps.filter(|&e| e > 0);
     while dpo.trainer.state.step < run.max_steps {
         if let Some(m) = dpo.step()? {
             log.write("train", &m)?;
             on_step(&m);
+            if every.is_some_and(|e| m.step % e == 0) {
+                dpo.save_checkpoint(&root, run.save_total_limit)?;
+            }
         }
     }
-    let curve: Vec<(usize, f64)> = dpo.history.iter().map(|m| (m.step, m.loss)).collect();
+    drop(log);
+    let curve = logged_losses(&metrics)?;
     write_loss_curve(&run.output_dir.join("loss_curve.png"), &curve, &[])?;
     let (dropped, history) = (dpo.dropped, dpo.history.clone());
     let adapter_dir = run.output_dir.join("adapter");

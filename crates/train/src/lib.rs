@@ -24,6 +24,7 @@ pub mod export;
 pub mod generation_eval;
 pub mod logging;
 pub mod model;
+pub mod orpo_cpo;
 pub mod params;
 pub mod plot;
 pub mod run;
@@ -47,7 +48,7 @@ pub use data::{
     SftData, encode_records, encoder_for, packed_batches, padded_batches, prepare_data,
     stream_options,
 };
-pub use dpo::{DpoLoss, DpoOptions, DpoStepMetrics, DpoTrainer};
+pub use dpo::{DpoLoss, DpoOptions, DpoStepMetrics, DpoTrainer, PreferencePairs};
 pub use dpo_run::{DpoRun, DpoSummary, run_dpo};
 pub use error::{Result, TrainError};
 pub use export::Export;
@@ -55,6 +56,7 @@ pub use generation_eval::GenerationEvalCallback;
 pub use kiln_lora::Precision;
 pub use logging::{JsonlLogger, Progress, standard_callbacks};
 pub use model::{CausalModel, LogpLossFn};
+pub use orpo_cpo::{CpoLoss, PreferenceLoss};
 pub use params::{HostParams, ParamInfo};
 pub use plot::write_loss_curve;
 pub use run::{FitOptions, RunSummary, fit};

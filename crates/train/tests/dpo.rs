@@ -92,7 +92,7 @@ fn run_case(name: &str) {
         batch_size: h["batch"].as_u64().unwrap() as usize,
         max_length: Some(h["max_length"].as_u64().unwrap() as usize),
         truncation: h["truncation_mode"].as_str().unwrap().parse().unwrap(),
-        pad_id: 0,
+        ..DpoOptions::default()
     };
     let lr = h["lr"].as_f64().unwrap();
     let trainer = Trainer::new(
