@@ -109,6 +109,32 @@ pub struct SftConfig {
     /// Log a metrics line every this many optimizer steps.
     #[serde(default = "one")]
     pub log_every: usize,
+    /// A Jinja chat template file to use instead of the model's own (for GGUF files that carry
+    /// none); see [`kiln_data::ChatTemplate::select`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<PathBuf>,
+    /// What [`crate::run_sft`] writes besides the adapter.
+    #[serde(default, skip_serializing_if = "ExportOptions::is_default")]
+    pub export: ExportOptions,
+}
+
+/// Exports of the trained model besides the adapter (or trained weights).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ExportOptions {
+    /// One GGUF file llama.cpp loads, `output_dir/model-<TYPE>.gguf` (adapter merged):
+    /// `Q8_0`, `Q4_K_M`, `Q4_0`, `F16`, `BF16` or `F32`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gguf: Option<kiln_models::gguf::GgufFileType>,
+    /// The merged model as a Hugging Face directory, `output_dir/merged` (f32).
+    #[serde(default)]
+    pub merged: bool,
+}
+
+impl ExportOptions {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Where the data comes from and how it is cut into batches.
