@@ -27,7 +27,7 @@ use kiln::data::{
 use kiln::lora::{LoraConfig, TargetModules};
 use kiln::models::{CausalLm, GenerationConfig, Pretrained, generate};
 use kiln::train::{
-    EvalRow, RunMode, SftBatches, SftConfig, SftEvent, Sft, encode_records, padded_batches,
+    EvalRow, RunMode, Sft, SftBatches, SftConfig, SftEvent, encode_records, padded_batches,
 };
 use std::collections::BTreeMap;
 use std::path::PathBuf;

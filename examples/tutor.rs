@@ -125,9 +125,12 @@ fn main() -> Result<()> {
     let before = answer(&lm.model, &lm, &template, &unseen)?;
 
     let data = sft.prepare_data(&lm, Some(&template))?;
-    let trained = sft.train(&lm, SftBatches::from_data(&data), Vec::new(), &mut |event| {
-        println!("{event}")
-    })?;
+    let trained = sft.train(
+        &lm,
+        SftBatches::from_data(&data),
+        Vec::new(),
+        &mut |event| println!("{event}"),
+    )?;
     let after = answer(trained.model.causal_lm(), &lm, &template, &unseen)?;
     for ((q, reference), (b, a)) in unseen.iter().zip(before.iter().zip(&after)) {
         let question = q.last().map_or("", |m| m.content.as_str());

@@ -553,6 +553,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn chat_template_and_exports_come_from_the_config_file_and_stay_out_when_unset() {
+        let c: SftConfig = toml::from_str(
+            "model = \"m\"\nchat_template = \"t.jinja\"\n[export]\ngguf = \"q4_k_m\"\nmerged = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.chat_template.as_deref(), Some(Path::new("t.jinja")));
+        assert_eq!(c.export.gguf, Some(kiln_models::gguf::GgufFileType::Q4_K_M));
+        assert!(c.export.merged);
+        let back: SftConfig = toml::from_str(&c.to_toml_string().unwrap()).unwrap();
+        assert_eq!(back, c);
+        let bad = toml::from_str::<SftConfig>("model = \"m\"\n[export]\ngguf = \"Q3\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("GGUF file type `Q3`"), "{bad}");
+        // A run that asks for neither writes the same config (and model card) as before.
+        let plain = SftConfig::new("m").to_toml_string().unwrap();
+        assert!(
+            !plain.contains("export") && !plain.contains("chat_template"),
+            "{plain}"
+        );
+    }
+
+    #[test]
     fn the_adapter_names_its_base_as_peft_does() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = SftConfig::new(dir.path());

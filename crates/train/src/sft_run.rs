@@ -101,7 +101,9 @@ impl fmt::Display for SftEvent {
                 "streaming {micro_batches} packed micro-batches per epoch ({examples} examples, \
                  {tokens} tokens) from the files"
             ),
-            Self::NoGenerationEval => write!(f, "no validation data: generation evaluation skipped"),
+            Self::NoGenerationEval => {
+                write!(f, "no validation data: generation evaluation skipped")
+            }
             Self::Parameters(report) => f.write_str(report),
             Self::Resuming(dir) => write!(f, "resuming from {}", dir.display()),
             Self::Plan {
@@ -203,9 +205,6 @@ impl Sft {
     /// loads, a run refuses to mix with another one in the same directory.
     pub fn from_config(config: SftConfig, mode: RunMode) -> Result<Self> {
         config.validate()?;
-        if let Some(lora) = &config.lora {
-            lora.validate()?;
-        }
         let run = RunDir::open(&config.output_dir, mode)?;
         Ok(Self { config, run })
     }
