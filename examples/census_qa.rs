@@ -254,6 +254,122 @@ fn config(args: &Args) -> SftConfig {
     config
 }
 
+/// The before/after table by kind and four example replies.
+fn print_comparison(
+    test: &[QaItem],
+    (before, score_before): (&[String], &Score),
+    (after, score_after): (&[String], &Score),
+) {
+    println!("\nexact match on {} held-out questions", test.len());
+    println!("{:<16} {:>18} {:>18}", "kind", "before", "after");
+    for kind in score_after.by_kind.keys() {
+        let mark = if *kind == HELD_OUT_KIND {
+            " (unseen)"
+        } else {
+            ""
+        };
+        println!(
+            "{:<16} {:>18} {:>18}",
+            format!("{kind}{mark}"),
+            pct(score_before.by_kind[kind]),
+            pct(score_after.by_kind[kind])
+        );
+    }
+    let seen = |k: QaKind| k != HELD_OUT_KIND;
+    println!(
+        "{:<16} {:>18} {:>18}\n{:<16} {:>18} {:>18}",
+        "trained kinds",
+        pct(score_before.accuracy(seen)),
+        pct(score_after.accuracy(seen)),
+        "all",
+        pct(score_before.accuracy(|_| true)),
+        pct(score_after.accuracy(|_| true))
+    );
+    println!("\nexamples:");
+    for i in (0..test.len()).step_by((test.len() / 4).max(1)).take(4) {
+        let q = &test[i].messages[1].content;
+        println!("  Q: {}", q.rsplit("Question: ").next().unwrap_or(q));
+        println!("     expected: {}", test[i].answer);
+        println!(
+            "     before: {} [{}]",
+            before[i],
+            if score_before.correct[i] {
+                "ok"
+            } else {
+                "wrong"
+            }
+        );
+        println!(
+            "     after:  {} [{}]",
+            after[i],
+            if score_after.correct[i] {
+                "ok"
+            } else {
+                "wrong"
+            }
+        );
+    }
+}
+
+/// kiln's logits of one test prompt beside `merged/`, for `tools/check_hf_export.py`.
+fn write_merged_check(
+    merged: &Pretrained,
+    template: &ChatTemplate,
+    item: &QaItem,
+    output_dir: &std::path::Path,
+) -> Result<()> {
+    // The check logits come from the adapted model, which the merged weights equal to
+    // float rounding.
+    let prompt = template.render(&item.messages[..2], true)?;
+    let ids = merged.encode(&prompt, false)?;
+    let t = ids.len();
+    let logits = merged
+        .model
+        .forward(&kiln::models::DecoderInput::new(ids.clone(), 1, t))?;
+    let dims = logits.dims().to_vec();
+    let values = logits
+        .into_data()
+        .try_into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let id_values: Vec<f32> = ids.iter().map(|&i| i as f32).collect();
+    kiln::models::write_f32_safetensors(
+        // Beside `merged/`, not in it: the directory is what gets uploaded.
+        &output_dir.join("merged_kiln_logits.safetensors"),
+        &[
+            ("logits", dims, &values),
+            ("input_ids", vec![1, t], &id_values),
+        ],
+    )?;
+    println!(
+        "check the merged model: python3 tools/check_hf_export.py {}",
+        output_dir.join("merged").display()
+    );
+    Ok(())
+}
+
+/// The model card's evaluation table: exact match overall and by kind, before and after.
+fn card_rows(questions: usize, score_before: &Score, score_after: &Score) -> Vec<EvalRow> {
+    let frac = |(a, n): (usize, usize)| a as f64 / n.max(1) as f64;
+    std::iter::once((
+        format!("exact match, {questions} held-out questions"),
+        score_before.accuracy(|_| true),
+        score_after.accuracy(|_| true),
+    ))
+    .chain(score_after.by_kind.iter().map(|(k, after)| {
+        (
+            format!("exact match: {}", k.as_str()),
+            score_before.by_kind[k],
+            *after,
+        )
+    }))
+    .map(|(metric, before, after)| EvalRow {
+        metric,
+        before: Some(frac(before)),
+        after: frac(after),
+    })
+    .collect()
+}
+
 fn main() -> Result<()> {
     kiln::train::keep_freed_memory();
     let args = Args::parse();
@@ -374,55 +490,7 @@ fn main() -> Result<()> {
     let after = answer_all(trained.model.causal_lm(), &lm, &template, &test)?;
     let score_after = Score::new(&test, &after, &table.keys);
 
-    println!("\nexact match on {} held-out questions", test.len());
-    println!("{:<16} {:>18} {:>18}", "kind", "before", "after");
-    for kind in score_after.by_kind.keys() {
-        let mark = if *kind == HELD_OUT_KIND {
-            " (unseen)"
-        } else {
-            ""
-        };
-        println!(
-            "{:<16} {:>18} {:>18}",
-            format!("{kind}{mark}"),
-            pct(score_before.by_kind[kind]),
-            pct(score_after.by_kind[kind])
-        );
-    }
-    let seen = |k: QaKind| k != HELD_OUT_KIND;
-    println!(
-        "{:<16} {:>18} {:>18}\n{:<16} {:>18} {:>18}",
-        "trained kinds",
-        pct(score_before.accuracy(seen)),
-        pct(score_after.accuracy(seen)),
-        "all",
-        pct(score_before.accuracy(|_| true)),
-        pct(score_after.accuracy(|_| true))
-    );
-    println!("\nexamples:");
-    for i in (0..test.len()).step_by((test.len() / 4).max(1)).take(4) {
-        let q = &test[i].messages[1].content;
-        println!("  Q: {}", q.rsplit("Question: ").next().unwrap_or(q));
-        println!("     expected: {}", test[i].answer);
-        println!(
-            "     before: {} [{}]",
-            before[i],
-            if score_before.correct[i] {
-                "ok"
-            } else {
-                "wrong"
-            }
-        );
-        println!(
-            "     after:  {} [{}]",
-            after[i],
-            if score_after.correct[i] {
-                "ok"
-            } else {
-                "wrong"
-            }
-        );
-    }
+    print_comparison(&test, (&before, &score_before), (&after, &score_after));
 
     let meta = &mut trained.metadata;
     meta.data = vec![format!(
@@ -440,53 +508,10 @@ fn main() -> Result<()> {
             .max()
             .unwrap_or(0)
     );
-    let frac = |(a, n): (usize, usize)| a as f64 / n.max(1) as f64;
-    meta.evaluation = std::iter::once((
-        format!("exact match, {} held-out questions", test.len()),
-        score_before.accuracy(|_| true),
-        score_after.accuracy(|_| true),
-    ))
-    .chain(score_after.by_kind.iter().map(|(k, after)| {
-        (
-            format!("exact match: {}", k.as_str()),
-            score_before.by_kind[k],
-            *after,
-        )
-    }))
-    .map(|(metric, before, after)| EvalRow {
-        metric,
-        before: Some(frac(before)),
-        after: frac(after),
-    })
-    .collect();
+    meta.evaluation = card_rows(test.len(), &score_before, &score_after);
     let merged = trained.save(&lm, &mut |event| println!("{event}"))?;
     if let Some(merged) = merged {
-        // The check logits come from the adapted model, which the merged weights equal to
-        // float rounding.
-        let prompt = template.render(&test[0].messages[..2], true)?;
-        let ids = lm.encode(&prompt, false)?;
-        let t = ids.len();
-        let logits = merged
-            .model
-            .forward(&kiln::models::DecoderInput::new(ids.clone(), 1, t))?;
-        let dims = logits.dims().to_vec();
-        let values = logits
-            .into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let id_values: Vec<f32> = ids.iter().map(|&i| i as f32).collect();
-        kiln::models::write_f32_safetensors(
-            // Beside `merged/`, not in it: the directory is what gets uploaded.
-            &args.output_dir.join("merged_kiln_logits.safetensors"),
-            &[
-                ("logits", dims, &values),
-                ("input_ids", vec![1, t], &id_values),
-            ],
-        )?;
-        println!(
-            "check the merged model: python3 tools/check_hf_export.py {}",
-            args.output_dir.join("merged").display()
-        );
+        write_merged_check(&merged, &template, &test[0], &args.output_dir)?;
     }
     let report = serde_json::json!({
         "test_questions": test.len(),

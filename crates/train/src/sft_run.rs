@@ -378,6 +378,8 @@ impl Trained {
     /// `training_metadata.json` into [`Trained::output`], then the exports the config asks for
     /// (`export.gguf`: `output_dir/model-<TYPE>.gguf`; `export.merged`: `output_dir/merged`).
     /// `lm` is the model the run loaded (its tokenizer and metadata go into the exports).
+    /// Returns the merged model's [`Pretrained`] when `export.merged` wrote it (to check it
+    /// against the adapted model's outputs, as `census_qa` does).
     pub fn save(
         &self,
         lm: &Pretrained,
