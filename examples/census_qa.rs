@@ -21,16 +21,13 @@
 //! "fell by 3.5%" counts for `-3.5%`); for names and verbs, the first candidate mentioned.
 use anyhow::{Context, Result};
 use clap::Parser;
-use kiln::burn::module::Module;
 use kiln::data::{
     ChatTemplate, EncodeOptions, Encoder, QaItem, QaKind, QaOptions, Record, Table, generate_items,
 };
-use kiln::lora::{LoraConfig, LoraModel, TargetModules};
-use kiln::models::fetch::resolve_model;
-use kiln::models::{CausalLm, GenerationConfig, Pretrained, generate, parse_device};
+use kiln::lora::{LoraConfig, TargetModules};
+use kiln::models::{CausalLm, GenerationConfig, Pretrained, generate};
 use kiln::train::{
-    EvalRow, Export, FitOptions, RunDir, RunMode, SftConfig, Trainer, TrainerOptions,
-    TrainingMetadata, encode_records, fit, padded_batches, standard_callbacks,
+    EvalRow, RunMode, Sft, SftBatches, SftConfig, SftEvent, encode_records, padded_batches,
 };
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -218,19 +215,8 @@ fn pct((a, n): (usize, usize)) -> String {
     format!("{:5.1}% ({a}/{n})", 100.0 * a as f64 / n.max(1) as f64)
 }
 
-fn main() -> Result<()> {
-    kiln::train::keep_freed_memory();
-    let args = Args::parse();
-    // Before any work: refuse to mix this run with another one in the same directory.
-    let mode = if args.overwrite {
-        RunMode::Overwrite
-    } else {
-        RunMode::Fresh
-    };
-    let run = RunDir::open(&args.output_dir, mode)?;
-    let device = parse_device(&args.device)?;
-    // LoRA r=16 on the seven projections; checked before the model loads, so a bad flag fails
-    // at once rather than after the baseline evaluation.
+/// The run's config: LoRA r=16 on the seven projections, AdamW, linear decay after 10% warmup.
+fn config(args: &Args) -> SftConfig {
     let mut lora = LoraConfig::new(
         16,
         32.0,
@@ -249,18 +235,157 @@ fn main() -> Result<()> {
         ),
     );
     lora.lora_dropout = args.lora_dropout;
-    lora.validate()?;
-    let path = resolve_model(args.model.as_deref(), true)?;
-    println!("model: {}", path.display());
-    let lm = Pretrained::load_as(&path, &device, args.quantize)?;
-    let template = ChatTemplate::new(
-        lm.extras
-            .chat_template
-            .as_deref()
-            .context("the model has no chat template")?,
-        lm.extras.bos_token.as_deref(),
-        lm.extras.eos_token.as_deref(),
+    let mut config = SftConfig::new(args.model.clone().unwrap_or_default());
+    config.base_model_id = args.base_model_id.clone();
+    config.quantization = args.quantize;
+    config.output_dir = args.output_dir.clone();
+    config.lora = Some(lora);
+    config.micro_batch_size = args.batch_size;
+    config.max_steps = Some(args.max_steps);
+    config.optimizer.lr = args.lr;
+    config.schedule.warmup_ratio = Some(0.1);
+    config.eval.every = Some(10.max(args.max_steps / 4));
+    config.seed = args.seed;
+    config.precision = Some(args.precision);
+    config.device = args.device.clone();
+    config.data.train = vec![args.table.clone()];
+    config.export.gguf = args.export_gguf;
+    config.export.merged = args.save_merged;
+    config
+}
+
+/// The before/after table by kind and four example replies.
+fn print_comparison(
+    test: &[QaItem],
+    (before, score_before): (&[String], &Score),
+    (after, score_after): (&[String], &Score),
+) {
+    println!("\nexact match on {} held-out questions", test.len());
+    println!("{:<16} {:>18} {:>18}", "kind", "before", "after");
+    for kind in score_after.by_kind.keys() {
+        let mark = if *kind == HELD_OUT_KIND {
+            " (unseen)"
+        } else {
+            ""
+        };
+        println!(
+            "{:<16} {:>18} {:>18}",
+            format!("{kind}{mark}"),
+            pct(score_before.by_kind[kind]),
+            pct(score_after.by_kind[kind])
+        );
+    }
+    let seen = |k: QaKind| k != HELD_OUT_KIND;
+    println!(
+        "{:<16} {:>18} {:>18}\n{:<16} {:>18} {:>18}",
+        "trained kinds",
+        pct(score_before.accuracy(seen)),
+        pct(score_after.accuracy(seen)),
+        "all",
+        pct(score_before.accuracy(|_| true)),
+        pct(score_after.accuracy(|_| true))
+    );
+    println!("\nexamples:");
+    for i in (0..test.len()).step_by((test.len() / 4).max(1)).take(4) {
+        let q = &test[i].messages[1].content;
+        println!("  Q: {}", q.rsplit("Question: ").next().unwrap_or(q));
+        println!("     expected: {}", test[i].answer);
+        println!(
+            "     before: {} [{}]",
+            before[i],
+            if score_before.correct[i] {
+                "ok"
+            } else {
+                "wrong"
+            }
+        );
+        println!(
+            "     after:  {} [{}]",
+            after[i],
+            if score_after.correct[i] {
+                "ok"
+            } else {
+                "wrong"
+            }
+        );
+    }
+}
+
+/// kiln's logits of one test prompt beside `merged/`, for `tools/check_hf_export.py`.
+fn write_merged_check(
+    merged: &Pretrained,
+    template: &ChatTemplate,
+    item: &QaItem,
+    output_dir: &std::path::Path,
+) -> Result<()> {
+    // The check logits come from the adapted model, which the merged weights equal to
+    // float rounding.
+    let prompt = template.render(&item.messages[..2], true)?;
+    let ids = merged.encode(&prompt, false)?;
+    let t = ids.len();
+    let logits = merged
+        .model
+        .forward(&kiln::models::DecoderInput::new(ids.clone(), 1, t))?;
+    let dims = logits.dims().to_vec();
+    let values = logits
+        .into_data()
+        .try_into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let id_values: Vec<f32> = ids.iter().map(|&i| i as f32).collect();
+    kiln::models::write_f32_safetensors(
+        // Beside `merged/`, not in it: the directory is what gets uploaded.
+        &output_dir.join("merged_kiln_logits.safetensors"),
+        &[
+            ("logits", dims, &values),
+            ("input_ids", vec![1, t], &id_values),
+        ],
     )?;
+    println!(
+        "check the merged model: python3 tools/check_hf_export.py {}",
+        output_dir.join("merged").display()
+    );
+    Ok(())
+}
+
+/// The model card's evaluation table: exact match overall and by kind, before and after.
+fn card_rows(questions: usize, score_before: &Score, score_after: &Score) -> Vec<EvalRow> {
+    let frac = |(a, n): (usize, usize)| a as f64 / n.max(1) as f64;
+    std::iter::once((
+        format!("exact match, {questions} held-out questions"),
+        score_before.accuracy(|_| true),
+        score_after.accuracy(|_| true),
+    ))
+    .chain(score_after.by_kind.iter().map(|(k, after)| {
+        (
+            format!("exact match: {}", k.as_str()),
+            score_before.by_kind[k],
+            *after,
+        )
+    }))
+    .map(|(metric, before, after)| EvalRow {
+        metric,
+        before: Some(frac(before)),
+        after: frac(after),
+    })
+    .collect()
+}
+
+fn main() -> Result<()> {
+    kiln::train::keep_freed_memory();
+    let args = Args::parse();
+    // Before any work: refuse to mix this run with another one in the same directory, and
+    // check the config (a bad flag fails at once rather than after the baseline evaluation).
+    let mode = if args.overwrite {
+        RunMode::Overwrite
+    } else {
+        RunMode::Fresh
+    };
+    let mut sft = Sft::from_config(config(&args), mode)?;
+    let lm = sft.load_model()?;
+    println!("model: {}", sft.config().model.display());
+    let template = sft
+        .chat_template(&lm)?
+        .context("the model has no chat template")?;
     let table = Table::from_csv(&args.table, "prefecture").with_context(|| {
         if args.table.is_relative() && !args.table.exists() {
             format!(
@@ -339,40 +464,18 @@ fn main() -> Result<()> {
         stats.tokens as f64 / stats.kept.max(1) as f64
     );
 
-    // AdamW, linear decay after 10% warmup.
-    let mut config = SftConfig::new(&path);
-    config.output_dir = args.output_dir.clone();
-    config.lora = Some(lora);
-    config.micro_batch_size = args.batch_size;
-    config.max_steps = Some(args.max_steps);
-    config.optimizer.lr = args.lr;
-    config.schedule.warmup_ratio = Some(0.1);
-    config.eval.every = Some(10.max(args.max_steps / 4));
-    config.seed = args.seed;
-    config.precision = Some(args.precision);
-    config.device = args.device.clone();
-    config.data.train = vec![args.table.clone()];
-    device.seed(args.seed);
-    config.base_model_id = args.base_model_id.clone();
-    let lora = config.peft_config().context("LoRA config")?;
-    kiln::lora::manual_seed(args.seed);
-    let model = LoraModel::with_adapter(lm.model.clone(), "default", lora)?;
-    println!("{}", model.trainable_parameters_report());
-    let mut trainer = Trainer::new(
-        model,
-        &device,
-        TrainerOptions::from_config(&config, args.max_steps),
-    )?;
-    trainer.set_run_id(run.id());
-    for c in standard_callbacks(&args.output_dir, args.max_steps, 0)? {
-        trainer.add_callback(c);
-    }
-    let summary = fit(
-        &mut trainer,
-        &train_batches,
-        Some(&val_batches),
-        &FitOptions::from_config(&config, args.max_steps),
-    )?;
+    let batches = SftBatches {
+        train: &train_batches,
+        validation: Some(&val_batches),
+        train_examples: stats.kept,
+        val_examples: val_ex.len(),
+    };
+    let mut trained = sft.train(&lm, batches, Vec::new(), &mut |event| {
+        if let SftEvent::Parameters(report) = event {
+            println!("{report}");
+        }
+    })?;
+    let summary = &trained.summary;
     println!(
         "trained {} steps in {:.0} s ({} tokens, {:.0} tokens/s); final train loss {:.3}, \
          validation loss {:.3}",
@@ -384,68 +487,12 @@ fn main() -> Result<()> {
         summary.final_eval.as_ref().map_or(f64::NAN, |e| e.val_loss)
     );
 
-    let tuned = trainer.into_model().valid();
-    let after = answer_all(&tuned.model, &lm, &template, &test)?;
+    let after = answer_all(trained.model.causal_lm(), &lm, &template, &test)?;
     let score_after = Score::new(&test, &after, &table.keys);
 
-    println!("\nexact match on {} held-out questions", test.len());
-    println!("{:<16} {:>18} {:>18}", "kind", "before", "after");
-    for kind in score_after.by_kind.keys() {
-        let mark = if *kind == HELD_OUT_KIND {
-            " (unseen)"
-        } else {
-            ""
-        };
-        println!(
-            "{:<16} {:>18} {:>18}",
-            format!("{kind}{mark}"),
-            pct(score_before.by_kind[kind]),
-            pct(score_after.by_kind[kind])
-        );
-    }
-    let seen = |k: QaKind| k != HELD_OUT_KIND;
-    println!(
-        "{:<16} {:>18} {:>18}\n{:<16} {:>18} {:>18}",
-        "trained kinds",
-        pct(score_before.accuracy(seen)),
-        pct(score_after.accuracy(seen)),
-        "all",
-        pct(score_before.accuracy(|_| true)),
-        pct(score_after.accuracy(|_| true))
-    );
-    println!("\nexamples:");
-    for i in (0..test.len()).step_by((test.len() / 4).max(1)).take(4) {
-        let q = &test[i].messages[1].content;
-        println!("  Q: {}", q.rsplit("Question: ").next().unwrap_or(q));
-        println!("     expected: {}", test[i].answer);
-        println!(
-            "     before: {} [{}]",
-            before[i],
-            if score_before.correct[i] {
-                "ok"
-            } else {
-                "wrong"
-            }
-        );
-        println!(
-            "     after:  {} [{}]",
-            after[i],
-            if score_after.correct[i] {
-                "ok"
-            } else {
-                "wrong"
-            }
-        );
-    }
+    print_comparison(&test, (&before, &score_before), (&after, &score_after));
 
-    let adapter_dir = args.output_dir.join("adapter");
-    tuned.export(&adapter_dir)?;
-    let mut meta = TrainingMetadata::new(&config, &summary);
-    let counts = tuned.param_count();
-    meta.train_examples = stats.kept;
-    meta.val_examples = val_ex.len();
-    meta.trainable_params = counts.trainable;
-    meta.all_params = counts.all;
+    let meta = &mut trained.metadata;
     meta.data = vec![format!(
         "{} (open-book QA, {} prefectures; test: {})",
         args.table.display(),
@@ -461,72 +508,10 @@ fn main() -> Result<()> {
             .max()
             .unwrap_or(0)
     );
-    let frac = |(a, n): (usize, usize)| a as f64 / n.max(1) as f64;
-    meta.evaluation = std::iter::once((
-        format!("exact match, {} held-out questions", test.len()),
-        score_before.accuracy(|_| true),
-        score_after.accuracy(|_| true),
-    ))
-    .chain(score_after.by_kind.iter().map(|(k, after)| {
-        (
-            format!("exact match: {}", k.as_str()),
-            score_before.by_kind[k],
-            *after,
-        )
-    }))
-    .map(|(metric, before, after)| EvalRow {
-        metric,
-        before: Some(frac(before)),
-        after: frac(after),
-    })
-    .collect();
-    meta.write(&adapter_dir)?;
-    let with_model = |model| Pretrained {
-        model,
-        tokenizer: lm.tokenizer.clone(),
-        extras: lm.extras.clone(),
-        source: lm.source.clone(),
-        hf_config: lm.hf_config.clone(),
-    };
-    if let Some(file_type) = args.export_gguf {
-        // `save_gguf` merges the adapter one layer at a time as it writes: the base stays as
-        // stored and no merged copy of the whole model exists.
-        let path = args.output_dir.join(format!("model-{file_type}.gguf"));
-        let trained = with_model(tuned.clone().into_inner());
-        trained.save_gguf(&path, kiln::models::gguf::GgufExport { file_type })?;
-        println!("GGUF: {}", path.display());
-    }
-    if args.save_merged {
-        // `save_hf` merges the adapter one layer at a time as it writes (no merged copy of the
-        // whole model); the check logits come from the adapted model, which the merged weights
-        // equal to float rounding.
-        let merged = with_model(tuned.clone().into_inner());
-        let dir = args.output_dir.join("merged");
-        merged.save_hf(&dir)?;
-        let prompt = template.render(&test[0].messages[..2], true)?;
-        let ids = lm.encode(&prompt, false)?;
-        let t = ids.len();
-        let logits = merged
-            .model
-            .forward(&kiln::models::DecoderInput::new(ids.clone(), 1, t))?;
-        let dims = logits.dims().to_vec();
-        let values = logits
-            .into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let id_values: Vec<f32> = ids.iter().map(|&i| i as f32).collect();
-        kiln::models::write_f32_safetensors(
-            // Beside `merged/`, not in it: the directory is what gets uploaded.
-            &args.output_dir.join("merged_kiln_logits.safetensors"),
-            &[
-                ("logits", dims, &values),
-                ("input_ids", vec![1, t], &id_values),
-            ],
-        )?;
-        println!(
-            "merged model: {} (check: python3 tools/check_hf_export.py {0})",
-            dir.display()
-        );
+    meta.evaluation = card_rows(test.len(), &score_before, &score_after);
+    let merged = trained.save(&lm, &mut |event| println!("{event}"))?;
+    if let Some(merged) = merged {
+        write_merged_check(&merged, &template, &test[0], &args.output_dir)?;
     }
     let report = serde_json::json!({
         "test_questions": test.len(),

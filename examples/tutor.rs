@@ -1,6 +1,7 @@
 //! A tutoring assistant: LoRA (r=16, alpha=32, dropout 0.1 on q,k,v,o) on the alpaca-form
 //! pairs of `data/tutor.jsonl`, then answers to the unseen questions of
-//! `data/tutor_unseen.jsonl` before and after, side by side with the reference answers.
+//! `data/tutor_unseen.jsonl` before and after, side by side with the reference answers. The
+//! training is `kiln::train::Sft`'s steps; this file adds the questions before and after.
 //!
 //! ```text
 //! cargo run --release --example tutor
@@ -8,15 +9,10 @@
 //! ```
 use anyhow::{Context, Result};
 use clap::Parser;
-use kiln::burn::module::Module;
 use kiln::data::{ChatTemplate, Message, Reader, Record, Role};
-use kiln::lora::{LoraConfig, LoraModel, TargetModules};
-use kiln::models::fetch::resolve_model;
-use kiln::models::{CausalLm, GenerationConfig, Pretrained, generate, parse_device};
-use kiln::train::{
-    Export, FitOptions, RunDir, RunMode, SftConfig, Trainer, TrainerOptions, TrainingMetadata, fit,
-    prepare_data, standard_callbacks,
-};
+use kiln::lora::{LoraConfig, TargetModules};
+use kiln::models::{CausalLm, GenerationConfig, Pretrained, generate};
+use kiln::train::{RunMode, Sft, SftBatches, SftConfig};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -84,30 +80,8 @@ fn answer(
         .collect()
 }
 
-fn main() -> Result<()> {
-    kiln::train::keep_freed_memory();
-    let args = Args::parse();
-    // Before any work: refuse to mix this run with another one in the same directory.
-    let mode = if args.overwrite {
-        RunMode::Overwrite
-    } else {
-        RunMode::Fresh
-    };
-    let run = RunDir::open(&args.output_dir, mode)?;
-    let device = parse_device(&args.device)?;
-    let path = resolve_model(args.model.as_deref(), true)?;
-    let lm = Pretrained::load(&path, &device)?;
-    let template = ChatTemplate::new(
-        lm.extras
-            .chat_template
-            .as_deref()
-            .context("the model has no chat template")?,
-        lm.extras.bos_token.as_deref(),
-        lm.extras.eos_token.as_deref(),
-    )?;
-    let unseen = questions(&args.unseen)?;
-    let before = answer(&lm.model, &lm, &template, &unseen)?;
-
+/// LoRA r=16, alpha=32, dropout 0.1 on q,k,v,o; 10% of the pairs held out for validation.
+fn config(args: &Args) -> SftConfig {
     let mut lora = LoraConfig::new(
         16,
         32.0,
@@ -118,9 +92,10 @@ fn main() -> Result<()> {
         ),
     );
     lora.lora_dropout = 0.1;
-    let mut config = SftConfig::new(&path);
+    let mut config = SftConfig::new(args.model.clone().unwrap_or_default());
+    config.base_model_id = args.base_model_id.clone();
     config.output_dir = args.output_dir.clone();
-    config.lora = Some(lora.clone());
+    config.lora = Some(lora);
     config.data.train = vec![args.data.clone()];
     config.data.validation_split = 0.1;
     config.micro_batch_size = 4;
@@ -129,51 +104,40 @@ fn main() -> Result<()> {
     config.schedule.warmup_ratio = Some(0.1);
     config.eval.every = Some(8);
     config.device = args.device.clone();
-    let pad = lm.eos_token_ids().first().copied().unwrap_or(0);
-    let data = prepare_data(
-        &config.data,
-        4,
-        config.seed,
-        &lm.tokenizer,
-        Some(&template),
-        pad,
+    config
+}
+
+fn main() -> Result<()> {
+    kiln::train::keep_freed_memory();
+    let args = Args::parse();
+    // Before any work: refuse to mix this run with another one in the same directory.
+    let mode = if args.overwrite {
+        RunMode::Overwrite
+    } else {
+        RunMode::Fresh
+    };
+    let mut sft = Sft::from_config(config(&args), mode)?;
+    let lm = sft.load_model()?;
+    let template = sft
+        .chat_template(&lm)?
+        .context("the model has no chat template")?;
+    let unseen = questions(&args.unseen)?;
+    let before = answer(&lm.model, &lm, &template, &unseen)?;
+
+    let data = sft.prepare_data(&lm, Some(&template))?;
+    let trained = sft.train(
+        &lm,
+        SftBatches::from_data(&data),
+        Vec::new(),
+        &mut |event| println!("{event}"),
     )?;
-    device.seed(config.seed);
-    kiln::lora::manual_seed(config.seed);
-    config.base_model_id = args.base_model_id.clone();
-    let lora = config.peft_config().context("LoRA config")?;
-    let model = LoraModel::with_adapter(lm.model.clone(), "default", lora)?;
-    println!("{}", model.trainable_parameters_report());
-    let mut trainer = Trainer::new(
-        model,
-        &device,
-        TrainerOptions::from_config(&config, args.max_steps),
-    )?;
-    trainer.set_run_id(run.id());
-    for c in standard_callbacks(&args.output_dir, args.max_steps, 0)? {
-        trainer.add_callback(c);
-    }
-    let summary = fit(
-        &mut trainer,
-        &data.train,
-        Some(&data.validation),
-        &FitOptions::from_config(&config, args.max_steps),
-    )?;
-    let tuned = trainer.into_model().valid();
-    let after = answer(&tuned.model, &lm, &template, &unseen)?;
+    let after = answer(trained.model.causal_lm(), &lm, &template, &unseen)?;
     for ((q, reference), (b, a)) in unseen.iter().zip(before.iter().zip(&after)) {
         let question = q.last().map_or("", |m| m.content.as_str());
         println!("\nQ: {question}\n  reference: {reference}\n  before:    {b}\n  after:     {a}");
     }
-    let out = args.output_dir.join("adapter");
-    tuned.export(&out)?;
-    let mut meta = TrainingMetadata::new(&config, &summary);
-    let counts = tuned.param_count();
-    meta.train_examples = data.train_examples;
-    meta.val_examples = data.val_examples;
-    meta.trainable_params = counts.trainable;
-    meta.all_params = counts.all;
-    meta.write(&out)?;
+    trained.save(&lm, &mut |event| println!("{event}"))?;
+    let summary = &trained.summary;
     println!(
         "\ntrained {} steps: train loss {:.3}, validation loss {}; adapter in {}",
         summary.steps,
@@ -182,7 +146,7 @@ fn main() -> Result<()> {
             .final_eval
             .as_ref()
             .map_or("-".into(), |e| format!("{:.3}", e.val_loss)),
-        out.display()
+        trained.output.display()
     );
     Ok(())
 }

@@ -7,7 +7,14 @@ use kiln_models::{DecoderInput, IGNORE_INDEX};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
-/// One micro-batch: the model input and the labels (`-100` = not counted).
+// The data crate labels with its own `IGNORE_INDEX` (it knows no model) and the loss skips
+// kiln-models' (it knows no data crate); the only crate below both is kiln-cpu, the CPU runtime,
+// where a label convention does not belong. This crate sees both: they cannot drift apart.
+const _: () = assert!(kiln_data::IGNORE_INDEX == IGNORE_INDEX);
+
+/// One micro-batch as the model takes it: the decoder input and the labels (`-100` = not
+/// counted). [`kiln_data::Batch`] is the collator's form (i64 arrays, as transformers' data
+/// collators return them, no model type); [`Batch::from_data`] checks and converts it.
 ///
 /// # Shapes
 /// - `input.ids`, `labels`: `[b * t]` row-major

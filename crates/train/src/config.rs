@@ -109,6 +109,32 @@ pub struct SftConfig {
     /// Log a metrics line every this many optimizer steps.
     #[serde(default = "one")]
     pub log_every: usize,
+    /// A Jinja chat template file to use instead of the model's own (for GGUF files that carry
+    /// none); see [`kiln_data::ChatTemplate::select`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<PathBuf>,
+    /// What [`crate::run_sft`] writes besides the adapter.
+    #[serde(default, skip_serializing_if = "ExportOptions::is_default")]
+    pub export: ExportOptions,
+}
+
+/// Exports of the trained model besides the adapter (or trained weights).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ExportOptions {
+    /// One GGUF file llama.cpp loads, `output_dir/model-<TYPE>.gguf` (adapter merged):
+    /// `Q8_0`, `Q4_K_M`, `Q4_0`, `F16`, `BF16` or `F32`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gguf: Option<kiln_models::gguf::GgufFileType>,
+    /// The merged model as a Hugging Face directory, `output_dir/merged` (f32).
+    #[serde(default)]
+    pub merged: bool,
+}
+
+impl ExportOptions {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Where the data comes from and how it is cut into batches.
@@ -525,6 +551,29 @@ impl SftConfig {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chat_template_and_exports_come_from_the_config_file_and_stay_out_when_unset() {
+        let c: SftConfig = toml::from_str(
+            "model = \"m\"\nchat_template = \"t.jinja\"\n[export]\ngguf = \"q4_k_m\"\nmerged = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.chat_template.as_deref(), Some(Path::new("t.jinja")));
+        assert_eq!(c.export.gguf, Some(kiln_models::gguf::GgufFileType::Q4_K_M));
+        assert!(c.export.merged);
+        let back: SftConfig = toml::from_str(&c.to_toml_string().unwrap()).unwrap();
+        assert_eq!(back, c);
+        let bad = toml::from_str::<SftConfig>("model = \"m\"\n[export]\ngguf = \"Q3\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("GGUF file type `Q3`"), "{bad}");
+        // A run that asks for neither writes the same config (and model card) as before.
+        let plain = SftConfig::new("m").to_toml_string().unwrap();
+        assert!(
+            !plain.contains("export") && !plain.contains("chat_template"),
+            "{plain}"
+        );
+    }
 
     #[test]
     fn the_adapter_names_its_base_as_peft_does() {

@@ -1,6 +1,7 @@
 //! kiln-train: supervised fine-tuning (LoRA or full) with exact resume, metrics and model cards.
 //!
-//! - [`SftConfig`]: the run, from TOML or JSON.
+//! - [`SftConfig`]: the run, from TOML or JSON; [`run_sft`] runs it (model → data → LoRA or full
+//!   fine-tuning → checkpoints, metrics, adapter, model card, exports), [`Sft`] step by step.
 //! - [`Trainer`]: micro-batch forward/backward with accumulation normalised by the step's label
 //!   tokens, global-norm clipping, AdamW (burn's, fused on the CPU) with no decay on norms and biases, LR schedule,
 //!   evaluation, callbacks; [`Trainer::save_checkpoint`] / [`Trainer::resume`] continue
@@ -30,6 +31,7 @@ pub mod plot;
 pub mod run;
 pub mod rundir;
 pub mod schedule;
+pub mod sft_run;
 pub mod stream;
 pub mod tensorboard;
 pub mod trainer;
@@ -41,8 +43,8 @@ pub use callback::{Callback, EvalMetrics, StepMetrics};
 pub use card::{EvalRow, TrainingMetadata};
 pub use checkpoint::{latest_checkpoint, list_checkpoints};
 pub use config::{
-    AdamWOptions, BackwardPath, DataOptions, EarlyStopping, EvalOptions, NonFinitePolicy,
-    SaveOptions, ScheduleKind, ScheduleOptions, SftConfig,
+    AdamWOptions, BackwardPath, DataOptions, EarlyStopping, EvalOptions, ExportOptions,
+    NonFinitePolicy, SaveOptions, ScheduleKind, ScheduleOptions, SftConfig,
 };
 pub use data::{
     SftData, encode_records, encoder_for, packed_batches, padded_batches, prepare_data,
@@ -62,6 +64,7 @@ pub use plot::write_loss_curve;
 pub use run::{FitOptions, RunSummary, fit};
 pub use rundir::{RunDir, RunMode};
 pub use schedule::LrSchedule;
+pub use sft_run::{Sft, SftBatches, SftEvent, SftSummary, Trained, TrainedModel, run_sft};
 pub use stream::{StreamOptions, StreamedBatches};
 pub use tensorboard::TensorBoardWriter;
 pub use trainer::{MicroOutcome, TrainState, Trainer, TrainerOptions, training_device};

@@ -21,8 +21,10 @@ use std::path::Path;
 const ALIGNMENT: usize = 32;
 
 /// The file types `save_gguf` writes, as llama.cpp names them (`LLAMA_FTYPE_*`).
+/// In config files, the name as a string (`export.gguf = "Q8_0"`).
 #[allow(non_camel_case_types)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum GgufFileType {
     /// Every tensor f32.
     F32,
@@ -92,6 +94,20 @@ impl std::str::FromStr for GgufFileType {
                     "GGUF file type `{s}`: expected one of F32, F16, BF16, Q8_0, Q4_0, Q4_K_M"
                 ))
             })
+    }
+}
+
+impl TryFrom<String> for GgufFileType {
+    type Error = ModelError;
+
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<GgufFileType> for String {
+    fn from(t: GgufFileType) -> Self {
+        t.name().to_string()
     }
 }
 
