@@ -8,9 +8,9 @@
 //! whose parameter now holds another buffer (new values loaded) is repacked. An entry whose
 //! storage only the cache still holds (its model was dropped) is evicted at the next lookup.
 
-use burn::module::ParamId;
 use crate::bf16::PackedWeight;
 use crate::host::Storage;
+use burn::module::ParamId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
