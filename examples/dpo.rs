@@ -88,6 +88,9 @@ struct Args {
     /// Continue from the newest checkpoint in --output-dir (exactly as if never stopped).
     #[arg(long)]
     resume: bool,
+    /// Delete a previous kiln run in --output-dir first (a non-empty one is refused otherwise).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 fn main() -> Result<()> {
@@ -119,6 +122,7 @@ fn main() -> Result<()> {
         chat_template: a.chat_template,
         save_steps: a.save_steps,
         resume: a.resume,
+        overwrite: a.overwrite,
         ..DpoRun::default()
     };
     let summary = run_dpo(&run, |m| {

@@ -2,13 +2,13 @@
 //! adapter (new, or continued from a PEFT adapter) → [`DpoTrainer`] steps (checkpointed, and
 //! resumed exactly) → `metrics.jsonl`, `loss_curve.png` and the adapter in PEFT's format. The
 //! `dpo` example is a command line around [`run_dpo`].
-use crate::checkpoint::latest_checkpoint;
 use crate::config::{AdamWOptions, BackwardPath, NonFinitePolicy, ScheduleKind, ScheduleOptions};
 use crate::dpo::{DpoOptions, DpoStepMetrics, DpoTrainer, PreferencePairs};
 use crate::error::{Result, TrainError};
 use crate::export::Export;
 use crate::logging::JsonlLogger;
 use crate::plot::write_loss_curve;
+use crate::rundir::{RunDir, RunMode};
 use crate::schedule::LrSchedule;
 use crate::trainer::{Trainer, TrainerOptions};
 use kiln_data::{ChatTemplate, FieldMap, PreferenceEncoder, read_preferences, shuffled};
@@ -51,6 +51,9 @@ pub struct DpoRun {
     /// Continue from the newest checkpoint under `output_dir/checkpoints/` when there is one
     /// (built as the run started, then restored: the steps equal an uninterrupted run's).
     pub resume: bool,
+    /// Delete a previous kiln run in `output_dir` first (without it, or `resume`, a non-empty
+    /// `output_dir` is refused: [`RunDir`]'s rule, as for SFT).
+    pub overwrite: bool,
 }
 
 impl Default for DpoRun {
@@ -78,6 +81,7 @@ impl Default for DpoRun {
             save_steps: None,
             save_total_limit: 2,
             resume: false,
+            overwrite: false,
         }
     }
 }
@@ -192,6 +196,9 @@ pub fn run_dpo(run: &DpoRun, mut on_step: impl FnMut(&DpoStepMetrics)) -> Result
     if run.max_steps == 0 {
         return Err(TrainError::option("max_steps", "must be at least 1"));
     }
+    let mode = RunMode::from_flags(run.resume, run.overwrite)?;
+    // Before anything loads: a fresh run never appends to another run's files.
+    let run_dir = RunDir::open(&run.output_dir, mode)?;
     let device = parse_device(&run.device)?;
     let path = resolve_model(Some(&run.model), true)?;
     let lm = Pretrained::load(&path, &device)?;
@@ -220,10 +227,11 @@ pub fn run_dpo(run: &DpoRun, mut on_step: impl FnMut(&DpoStepMetrics)) -> Result
     let trainer = Trainer::new(model, &device, trainer_options(run))?;
     let mut dpo = DpoTrainer::new(trainer, pairs, options, run.max_steps)?;
     let (root, metrics) = (
-        run.output_dir.join("checkpoints"),
+        run_dir.checkpoint_dir(),
         run.output_dir.join("metrics.jsonl"),
     );
-    let mut log = match latest_checkpoint(&root)?.filter(|_| run.resume) {
+    // A checkpoint of another run in this directory is refused (run ids), as for SFT.
+    let mut log = match run_dir.latest_checkpoint()?.filter(|_| run.resume) {
         Some(dir) => {
             dpo = dpo.resume(&device, &dir)?;
             tracing::info!("resumed from {}", dir.display());
@@ -231,6 +239,7 @@ pub fn run_dpo(run: &DpoRun, mut on_step: impl FnMut(&DpoStepMetrics)) -> Result
         }
         None => JsonlLogger::open(&metrics)?,
     };
+    dpo.trainer.set_run_id(run_dir.id());
     let every = run.save_steps.filter(|&e| e > 0);
     while dpo.trainer.state.step < run.max_steps {
         if let Some(m) = dpo.step()? {

@@ -143,6 +143,25 @@ fn recipe_resume_writes_the_same_files() {
             kiln_train::run_dpo(&run, |_| {}).unwrap();
         };
         run("whole", 3, false);
+        // A fresh run pointed at an existing run's directory is refused and changes nothing
+        // (issue #23's run-directory rule, as for SFT).
+        let before = std::fs::read(dir.join(loss).join("whole/metrics.jsonl")).unwrap();
+        let again = kiln_train::DpoRun {
+            model: model_dir.clone(),
+            data: fixture("dpo/conversational.jsonl"),
+            output_dir: dir.join(loss).join("whole"),
+            max_steps: 1,
+            ..kiln_train::DpoRun::default()
+        };
+        let err = kiln_train::run_dpo(&again, |_| {}).unwrap_err().to_string();
+        assert!(
+            err.contains("--overwrite") || err.contains("overwrite"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(dir.join(loss).join("whole/metrics.jsonl")).unwrap(),
+            before
+        );
         run("stopped", 1, false);
         run("stopped", 3, true);
         let read = |out: &str, f: &str| std::fs::read(dir.join(loss).join(out).join(f)).unwrap();
