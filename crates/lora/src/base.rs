@@ -5,7 +5,10 @@
 //! a dequantized tile at a time (`kiln_cpu::quant`), and other backends get one layer's weight
 //! dequantized for one product and dropped. A base that trains (full fine-tuning,
 //! `modules_to_save`) or absorbs a merged adapter becomes a dense f32 tensor.
-use burn::module::{Module, Param, ParamId};
+use burn::module::{
+    Content, Devices, Module, ModuleDisplay, ModuleDisplayDefault, ModuleMapper, ModuleVisitor,
+    Param, ParamId,
+};
 use burn::tensor::{Device, Tensor, TensorData};
 use kiln_cpu::QMatrix;
 use std::sync::Arc;
@@ -24,13 +27,76 @@ pub enum BaseWeight {
 }
 
 /// A frozen matrix and the device its dequantized values go to.
-#[derive(Module, Debug)]
+///
+/// Its [`Module`] implementation is written by hand: burn's derive treats both fields as
+/// constants, so `to_device`/`fork` left `device` behind (an adapter added after
+/// `model.to_device(&wgpu)` went to the old device, DoRA's norm was computed there) and
+/// `devices()` did not report it. The matrix stays on the host whatever the device; products
+/// dequantize it onto their input's device (`frozen_op.rs`).
+#[derive(Clone, Debug)]
 pub struct Frozen {
-    #[module(skip)]
     matrix: Arc<QMatrix>,
-    #[module(skip)]
     device: Device,
 }
+
+impl Frozen {
+    /// The same matrix for layers on `device`, keeping this one's autodiff association as
+    /// burn's tensors keep theirs when they move.
+    fn moved(mut self, device: &Device) -> Self {
+        self.device = device.clone().with_autodiff_context_from(&self.device);
+        self
+    }
+}
+
+impl Module for Frozen {
+    fn collect_devices(&self, mut devices: Devices) -> Devices {
+        if !devices.contains(&self.device) {
+            devices.push(self.device.clone());
+        }
+        devices
+    }
+
+    fn fork(self, device: &Device) -> Self {
+        self.moved(device)
+    }
+
+    fn to_device(self, device: &Device) -> Self {
+        self.moved(device)
+    }
+
+    fn train(self) -> Self {
+        self
+    }
+
+    fn valid(&self) -> Self {
+        self.clone()
+    }
+
+    fn materialize(self) -> Self {
+        self
+    }
+
+    fn visit<V: ModuleVisitor>(&self, _visitor: &mut V) {}
+
+    fn map<M: ModuleMapper>(self, _mapper: &mut M) -> Self {
+        self
+    }
+}
+
+impl ModuleDisplayDefault for Frozen {
+    fn content(&self, content: Content) -> Option<Content> {
+        let [rows, cols] = self.matrix.shape();
+        content
+            .set_top_level_type("Frozen")
+            .add_formatted(&format!(
+                "{} [{rows}, {cols}]",
+                self.matrix.quant_type().name()
+            ))
+            .optional()
+    }
+}
+
+impl ModuleDisplay for Frozen {}
 
 impl Frozen {
     /// Wraps `matrix` for layers on `device`.
