@@ -129,7 +129,7 @@ impl LoraLinear {
         }
         let mut result = self.base_forward(x.clone(), bias.clone());
         for adapter in running {
-            let dx = adapter.dropout.forward(x.clone());
+            let dx = dropout(&adapter.dropout, x.clone());
             result = match &adapter.magnitude {
                 None => result + adapter.lora_path(dx),
                 Some(mag) => self.dora_forward(adapter, mag.val(), &x, dx, result, bias.clone()),
@@ -548,4 +548,29 @@ pub(crate) fn replace_value<const D: usize>(p: &mut Param<Tensor<D>>, value: Ten
             value
         }
     });
+}
+
+/// burn's `Dropout` (same draws, same scaling) with its mask drawn by the CPU backend's
+/// generator on every device, then uploaded: one seed gives the same masks on wgpu as on the CPU
+/// (burn's `random_like` draws from each device's own generator, so wgpu trained differently
+/// from the same seed). The trainer seeds the CPU generator per micro-batch whatever the device.
+/// On the CPU it is burn's `Dropout` itself; builds without the `cpu` feature keep burn's.
+///
+/// # Shapes
+/// - x, output: `[..., in]`
+fn dropout<const D: usize>(d: &burn::nn::Dropout, x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "cpu")]
+    if d.training.is_enabled()
+        && d.prob > 0.0
+        && x.device().is_autodiff()
+        && kiln_cpu::host::Storage::values(&x).is_none()
+    {
+        use burn::tensor::{Device, Distribution};
+        let keep = 1.0 - d.prob;
+        let draws =
+            Tensor::<D>::random(x.shape(), Distribution::Bernoulli(keep), &Device::ndarray());
+        let mask = Tensor::<D>::from_data(draws.into_data(), &x.device());
+        return x * mask * (1.0 / keep);
+    }
+    d.forward(x)
 }

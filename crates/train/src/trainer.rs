@@ -344,6 +344,10 @@ impl<M: CausalModel> Trainer<M> {
         if let Some(d) = self.model().devices().into_iter().next() {
             d.seed(mix(self.options.seed, position));
         }
+        // LoRA's dropout masks come from the CPU backend's generator on every device (one seed,
+        // the same run on wgpu as on the CPU; `kiln_lora::linear`).
+        #[cfg(feature = "cpu")]
+        burn::tensor::Device::ndarray().seed(mix(self.options.seed, position));
         let normaliser = self.state.step_label_tokens as f64;
         let fused = self.fused_backward(batch, normaliser)?;
         if fused.is_some() {

@@ -315,6 +315,11 @@ fn assert_same_run(what: &str, gpu: &Run, cpu: &Run) {
 /// LoRA r 4 on every projection, PEFT's default initialisation (A kaiming-uniform, B zeros)
 /// drawn from `seed`.
 fn with_lora(model: CausalLm, seed: u64, dora: bool) -> CausalLm {
+    with_lora_dropout(model, seed, dora, 0.0)
+}
+
+/// [`with_lora`] with LoRA dropout `p` on the adapters' input.
+fn with_lora_dropout(model: CausalLm, seed: u64, dora: bool, p: f64) -> CausalLm {
     kiln_lora::manual_seed(seed);
     let names = [
         "q_proj",
@@ -326,7 +331,7 @@ fn with_lora(model: CausalLm, seed: u64, dora: bool) -> CausalLm {
         "down_proj",
     ];
     let mut config = LoraConfig::new(4, 8.0, TargetModules::Names(names.map(String::from).into()));
-    config.lora_dropout = 0.0;
+    config.lora_dropout = p;
     config.init_lora_weights = InitLoraWeights::Kaiming;
     config.use_dora = dora;
     LoraModel::with_adapter(model, "default", config)
@@ -344,6 +349,16 @@ fn lora_steps_on_wgpu_equal_the_cpu_from_the_same_seed() {
             .map(|d| train(with_lora(load("llama", quantization(q), &d), 3, false), &d));
         assert_same_run(&format!("lora {q}"), &on_gpu, &on_cpu);
     }
+    // With dropout 0.1 the masks come from the same generator on both backends (drawn on the
+    // host), so the runs still agree: the CPU's fused backward replays the masks burn's
+    // autodiff path draws on wgpu.
+    let [on_gpu, on_cpu] = [gpu(), default_device()].map(|d| {
+        train(
+            with_lora_dropout(load("llama", Quantization::F32, &d), 3, false, 0.1),
+            &d,
+        )
+    });
+    assert_same_run("lora dropout 0.1", &on_gpu, &on_cpu);
 }
 
 /// Three full fine-tuning steps (every weight trains) on each backend.
