@@ -69,6 +69,11 @@ impl Storage {
     }
 }
 
+/// burn's ndarray device, the one these views read (kiln's CPU device).
+pub fn device() -> burn::tensor::Device {
+    burn::tensor::Device::ndarray()
+}
+
 /// A tensor's values, row-major, copied to the host (for small tensors: adapters, norms).
 pub fn to_vec<const D: usize>(t: &Tensor<D>) -> Option<Vec<f32>> {
     Some(Storage::values(t)?.view().iter().copied().collect())

@@ -565,10 +565,13 @@ fn dropout<const D: usize>(d: &burn::nn::Dropout, x: Tensor<D>) -> Tensor<D> {
         && x.device().is_autodiff()
         && kiln_cpu::host::Storage::values(&x).is_none()
     {
-        use burn::tensor::{Device, Distribution};
+        use burn::tensor::Distribution;
         let keep = 1.0 - d.prob;
-        let draws =
-            Tensor::<D>::random(x.shape(), Distribution::Bernoulli(keep), &Device::ndarray());
+        let draws = Tensor::<D>::random(
+            x.shape(),
+            Distribution::Bernoulli(keep),
+            &kiln_cpu::host::device(),
+        );
         let mask = Tensor::<D>::from_data(draws.into_data(), &x.device());
         return x * mask * (1.0 / keep);
     }

@@ -347,7 +347,7 @@ impl<M: CausalModel> Trainer<M> {
         // LoRA's dropout masks come from the CPU backend's generator on every device (one seed,
         // the same run on wgpu as on the CPU; `kiln_lora::linear`).
         #[cfg(feature = "cpu")]
-        burn::tensor::Device::ndarray().seed(mix(self.options.seed, position));
+        kiln_cpu::host::device().seed(mix(self.options.seed, position));
         let normaliser = self.state.step_label_tokens as f64;
         let fused = self.fused_backward(batch, normaliser)?;
         if fused.is_some() {
