@@ -245,18 +245,7 @@ fn dpo_drops_pairs_whose_prompt_fills_max_length() {
 fn dpo_recipe_writes_trl_metrics_and_a_peft_adapter() {
     let _g = serial();
     let dir = std::env::temp_dir().join(format!("kiln_dpo_recipe_{}", std::process::id()));
-    let model_dir = dir.join("model");
-    std::fs::create_dir_all(&model_dir).unwrap();
-    for f in ["config.json", "model.safetensors", "generation_config.json"] {
-        std::fs::copy(fixture("tiny/llama").join(f), model_dir.join(f)).unwrap();
-    }
-    for f in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "chat_template.jinja",
-    ] {
-        std::fs::copy(fixture("dpo/tokenizer").join(f), model_dir.join(f)).unwrap();
-    }
+    let model_dir = preference_model_dir(&dir);
     let run = kiln_train::DpoRun {
         model: model_dir,
         data: fixture("dpo/conversational.jsonl"),

@@ -253,18 +253,7 @@ fn cpo_simpo_matches_trl() {
 fn orpo_recipe_writes_trl_metrics() {
     let _g = serial();
     let dir = std::env::temp_dir().join(format!("kiln_orpo_recipe_{}", std::process::id()));
-    let model_dir = dir.join("model");
-    std::fs::create_dir_all(&model_dir).unwrap();
-    for f in ["config.json", "model.safetensors", "generation_config.json"] {
-        std::fs::copy(fixture("tiny/llama").join(f), model_dir.join(f)).unwrap();
-    }
-    for f in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "chat_template.jinja",
-    ] {
-        std::fs::copy(fixture("dpo/tokenizer").join(f), model_dir.join(f)).unwrap();
-    }
+    let model_dir = preference_model_dir(&dir);
     let text = std::fs::read_to_string(fixture("orpo_cpo/orpo/metrics.json")).unwrap();
     let want: Value = serde_json::from_str(&text).unwrap();
     let run = kiln_train::DpoRun {

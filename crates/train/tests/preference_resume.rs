@@ -107,18 +107,7 @@ fn orpo_resume_equals_an_uninterrupted_run() {
 fn recipe_resume_writes_the_same_files() {
     let _g = serial();
     let dir = std::env::temp_dir().join(format!("kiln_pref_recipe_resume_{}", std::process::id()));
-    let model_dir = dir.join("model");
-    std::fs::create_dir_all(&model_dir).unwrap();
-    for f in ["config.json", "model.safetensors", "generation_config.json"] {
-        std::fs::copy(fixture("tiny/llama").join(f), model_dir.join(f)).unwrap();
-    }
-    for f in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "chat_template.jinja",
-    ] {
-        std::fs::copy(fixture("dpo/tokenizer").join(f), model_dir.join(f)).unwrap();
-    }
+    let model_dir = preference_model_dir(&dir);
     for loss in ["orpo", "sigmoid"] {
         let run = |out: &str, max_steps: usize, resume: bool| {
             let run = kiln_train::DpoRun {

@@ -125,3 +125,21 @@ pub fn model_cached(path: &std::path::Path, fetch: &str) -> bool {
     println!("SKIPPED: {} missing (run {fetch})", path.display());
     false
 }
+
+/// A model directory under `dir` for the recipe tests: the tiny Llama's weights with the DPO
+/// fixture's tokenizer and chat template (what TRL's fixtures were written with).
+pub fn preference_model_dir(dir: &std::path::Path) -> std::path::PathBuf {
+    let model_dir = dir.join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        std::fs::copy(fixture("tiny/llama").join(f), model_dir.join(f)).unwrap();
+    }
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    ] {
+        std::fs::copy(fixture("dpo/tokenizer").join(f), model_dir.join(f)).unwrap();
+    }
+    model_dir
+}
