@@ -375,11 +375,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     // Before any work: refuse to mix this run with another one in the same directory, and
     // check the config (a bad flag fails at once rather than after the baseline evaluation).
-    let mode = if args.overwrite {
-        RunMode::Overwrite
-    } else {
-        RunMode::Fresh
-    };
+    let mode = RunMode::from_flags(false, args.overwrite)?;
     let mut sft = Sft::from_config(config(&args), mode)?;
     let lm = sft.load_model()?;
     println!("model: {}", sft.config().model.display());

@@ -111,11 +111,7 @@ fn main() -> Result<()> {
     kiln::train::keep_freed_memory();
     let args = Args::parse();
     // Before any work: refuse to mix this run with another one in the same directory.
-    let mode = if args.overwrite {
-        RunMode::Overwrite
-    } else {
-        RunMode::Fresh
-    };
+    let mode = RunMode::from_flags(false, args.overwrite)?;
     let mut sft = Sft::from_config(config(&args), mode)?;
     let lm = sft.load_model()?;
     let template = sft

@@ -11,10 +11,7 @@ use common::*;
 use kiln_data::{ChatTemplate, FieldMap, PreferenceEncoder, PreferenceIds, TruncationMode};
 use kiln_lora::{LoraModel, read_safetensors};
 use kiln_models::CausalLm;
-use kiln_train::{
-    AdamWOptions, DpoOptions, DpoTrainer, LrSchedule, NonFinitePolicy, ScheduleKind,
-    ScheduleOptions, Trainer, TrainerOptions,
-};
+use kiln_train::{DpoOptions, DpoTrainer, Trainer};
 use serde_json::Value;
 
 fn pairs() -> Vec<PreferenceIds> {
@@ -33,32 +30,6 @@ fn pairs() -> Vec<PreferenceIds> {
         .iter()
         .map(|(at, p)| enc.encode(p, at).unwrap())
         .collect()
-}
-
-fn trainer_options(accum: usize, lr: f64, steps: usize) -> TrainerOptions {
-    let schedule = ScheduleOptions {
-        kind: ScheduleKind::Constant,
-        warmup_steps: Some(0),
-        warmup_ratio: None,
-        min_lr: 0.0,
-    };
-    TrainerOptions {
-        grad_accum: accum,
-        max_grad_norm: Some(1.0),
-        schedule: LrSchedule::new(&schedule, lr, steps),
-        adamw: AdamWOptions {
-            lr,
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-            weight_decay: 0.0,
-        },
-        seed: 0,
-        on_non_finite: NonFinitePolicy::Stop,
-        early_stopping: None,
-        gradient_checkpointing: false,
-        backward: kiln_train::BackwardPath::Fused,
-        precision: Some(kiln_train::Precision::F32),
-    }
 }
 
 fn model(init: &str) -> LoraModel<CausalLm> {

@@ -10,10 +10,7 @@ use common::*;
 use kiln_data::{AnswerIds, ChatTemplate, FieldMap, PreferenceEncoder};
 use kiln_lora::{LoraModel, read_safetensors};
 use kiln_models::CausalLm;
-use kiln_train::{
-    AdamWOptions, DpoOptions, DpoTrainer, LrSchedule, NonFinitePolicy, PreferenceLoss,
-    ScheduleKind, ScheduleOptions, Trainer, TrainerOptions,
-};
+use kiln_train::{DpoOptions, DpoTrainer, PreferenceLoss, Trainer};
 use serde_json::Value;
 
 const EOS: u32 = 2;
@@ -69,32 +66,6 @@ fn answer_tokenization_matches_trl() {
         }
     }
     assert!(uneven > 0, "the boundary merge case is covered");
-}
-
-fn trainer_options(accum: usize, lr: f64, steps: usize) -> TrainerOptions {
-    let schedule = ScheduleOptions {
-        kind: ScheduleKind::Constant,
-        warmup_steps: Some(0),
-        warmup_ratio: None,
-        min_lr: 0.0,
-    };
-    TrainerOptions {
-        grad_accum: accum,
-        max_grad_norm: Some(1.0),
-        schedule: LrSchedule::new(&schedule, lr, steps),
-        adamw: AdamWOptions {
-            lr,
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-            weight_decay: 0.0,
-        },
-        seed: 0,
-        on_non_finite: NonFinitePolicy::Stop,
-        early_stopping: None,
-        gradient_checkpointing: false,
-        backward: kiln_train::BackwardPath::Fused,
-        precision: Some(kiln_train::Precision::F32),
-    }
 }
 
 fn model() -> LoraModel<CausalLm> {

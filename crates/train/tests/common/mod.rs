@@ -143,3 +143,31 @@ pub fn preference_model_dir(dir: &std::path::Path) -> std::path::PathBuf {
     }
     model_dir
 }
+
+/// The preference tests' trainer: constant learning rate, no warmup or decay, clipping at 1, f32
+/// fused backward (TRL's fixtures were written with the same settings).
+pub fn trainer_options(accum: usize, lr: f64, steps: usize) -> TrainerOptions {
+    let schedule = ScheduleOptions {
+        kind: ScheduleKind::Constant,
+        warmup_steps: Some(0),
+        warmup_ratio: None,
+        min_lr: 0.0,
+    };
+    TrainerOptions {
+        grad_accum: accum,
+        max_grad_norm: Some(1.0),
+        schedule: LrSchedule::new(&schedule, lr, steps),
+        adamw: AdamWOptions {
+            lr,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+        seed: 0,
+        on_non_finite: NonFinitePolicy::Stop,
+        early_stopping: None,
+        gradient_checkpointing: false,
+        backward: kiln_train::BackwardPath::Fused,
+        precision: Some(kiln_train::Precision::F32),
+    }
+}
