@@ -80,6 +80,9 @@ pub enum ModelError {
     /// Fetching the default model failed.
     #[error("fetching the default model: {0}")]
     Fetch(String),
+    /// A model could not be taken from the Hugging Face Hub (feature `hub`).
+    #[error("Hugging Face model `{repo}`: {reason}")]
+    Hub { repo: String, reason: String },
     /// A GGUF metadata key is missing, has the wrong type or an unusable value.
     #[error("{path}: GGUF metadata key `{key}`: {reason}")]
     GgufKey {

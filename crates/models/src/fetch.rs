@@ -50,13 +50,15 @@ pub fn smollm2_path() -> PathBuf {
 /// fetched first if it is missing and `fetch_if_missing` is set.
 ///
 /// An `explicit` path that does not exist but reads `org/name[@revision]` is looked up in the
-/// Hugging Face cache ([`resolve_hf_cache`]), so models downloaded with Python load as they are.
+/// Hugging Face cache ([`resolve_hf_cache`]), so models downloaded with Python load as they are;
+/// built with the `hub` feature, a model missing from the cache is downloaded into it
+/// (`kiln_models::hub`), unless `HF_HUB_OFFLINE` is set.
 pub fn resolve_model(explicit: Option<&Path>, fetch_if_missing: bool) -> Result<PathBuf> {
     if let Some(p) = explicit {
         if !p.exists()
             && let Some(repo) = p.to_str().filter(|s| looks_like_repo_id(s))
         {
-            return resolve_hf_cache(repo, &hf_hub_cache());
+            return resolve_hub_model(repo);
         }
         return Ok(p.to_path_buf());
     }
@@ -78,6 +80,19 @@ pub fn resolve_model(explicit: Option<&Path>, fetch_if_missing: bool) -> Result<
     }
     fetch_smollm2()?;
     Ok(path)
+}
+
+/// `org/name[@revision]` in the Hugging Face cache; with the `hub` feature, downloaded into it
+/// first when missing (unless `HF_HUB_OFFLINE` is set).
+fn resolve_hub_model(repo: &str) -> Result<PathBuf> {
+    #[cfg(feature = "hub")]
+    {
+        crate::hub::download_hf_model(repo, &crate::hub::HubOptions::from_env())
+    }
+    #[cfg(not(feature = "hub"))]
+    {
+        resolve_hf_cache(repo, &hf_hub_cache())
+    }
 }
 
 /// The Hub id of the model at `path` when its location tells it: a file or directory inside a

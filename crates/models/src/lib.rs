@@ -21,6 +21,8 @@ pub mod export_hf;
 pub mod fetch;
 pub mod generate;
 pub mod gguf;
+#[cfg(feature = "hub")]
+pub mod hub;
 pub mod kernels;
 pub mod load;
 pub mod loss;
