@@ -34,8 +34,14 @@ fn word(i: usize) -> String {
 
 /// The tiny llama with a tokenizer and a chat template, in a temporary directory.
 fn model_dir() -> tempfile::TempDir {
+    model_dir_of("tiny/llama")
+}
+
+/// A tiny fixture model (`fixtures/<name>`) with a word-level tokenizer over its vocabulary
+/// (at most [`VOCAB`] words) and a chat template, in a temporary directory.
+fn model_dir_of(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let src = fixtures().join("tiny/llama");
+    let src = fixtures().join(name);
     std::fs::copy(
         src.join("model.safetensors"),
         dir.path().join("model.safetensors"),
@@ -45,7 +51,15 @@ fn model_dir() -> tempfile::TempDir {
         serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     config["max_position_embeddings"] = json!(CONTEXT);
     std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
-    let vocab: serde_json::Map<String, Value> = (0..VOCAB).map(|i| (word(i), json!(i))).collect();
+    if src.join("generation_config.json").is_file() {
+        std::fs::copy(
+            src.join("generation_config.json"),
+            dir.path().join("generation_config.json"),
+        )
+        .unwrap();
+    }
+    let words = VOCAB.min(config["vocab_size"].as_u64().unwrap() as usize);
+    let vocab: serde_json::Map<String, Value> = (0..words).map(|i| (word(i), json!(i))).collect();
     let added: Vec<Value> = (0..4)
         .map(|i| {
             json!({"id": i, "content": word(i), "single_word": false, "lstrip": false,
@@ -85,7 +99,11 @@ struct Harness {
 }
 
 fn start(options: ServeOptions) -> Harness {
-    let dir = model_dir();
+    start_on("tiny/llama", options)
+}
+
+fn start_on(name: &str, options: ServeOptions) -> Harness {
+    let dir = model_dir_of(name);
     let lm = Pretrained::load(dir.path(), &default_device()).unwrap();
     let server = Server::new(
         lm,
@@ -169,7 +187,11 @@ impl Harness {
 
 /// Offline reference: kiln's `generate` on the same model, with an adapter or not.
 fn offline(prompt: &[u32], max_new: usize, adapter: Option<&Path>) -> Vec<u32> {
-    let dir = model_dir();
+    offline_on("tiny/llama", prompt, max_new, adapter)
+}
+
+fn offline_on(name: &str, prompt: &[u32], max_new: usize, adapter: Option<&Path>) -> Vec<u32> {
+    let dir = model_dir_of(name);
     let lm = Pretrained::load(dir.path(), &default_device()).unwrap();
     let eos = lm.eos_token_ids();
     let mut lora = LoraModel::new(lm.model);
@@ -430,6 +452,80 @@ async fn adapters_hot_load_mix_in_one_batch_and_unload() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// Gemma 3's sliding-window layers (window 4 in two of its three layers, soft-capping, q/k
+/// norms) in a running batch: prompts longer than the window and of different lengths, so rows
+/// sit left-padded in the shared KV cache and join while others decode, with and without a PEFT
+/// adapter. Seeded sampling (the tiny random model's greedy output repeats one token, sampling
+/// shows any change of the logits): every row sampled in the mixed batch equals the same
+/// request sent alone, and the alone run equals `generate`'s greedy tokens at temperature 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemma_sliding_window_rows_in_a_mixed_batch_equal_each_alone() {
+    let name = "tiny/gemma3";
+    let adapter = fixtures().join(name).join("peft/lora");
+    let h = start_on(
+        name,
+        ServeOptions {
+            engine: EngineOptions {
+                max_batch: 8,
+                max_queue: 16,
+            },
+            ..Default::default()
+        },
+    );
+    let (status, _) = h
+        .post("/v1/adapters", json!({"name": "lora", "path": adapter}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let prompts: Vec<Vec<u32>> = vec![
+        vec![1, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51],
+        vec![1, 90, 17, 18, 19, 20],
+        vec![1, 200, 201, 202, 203, 204, 205, 206, 207],
+    ];
+    let max = 20;
+    let body = |p: &Vec<u32>, model: &str, temperature: f32| {
+        json!({"model": model, "prompt": p, "max_tokens": max, "temperature": temperature,
+               "seed": 11})
+    };
+    let text = |r: &Value| r["choices"][0]["text"].as_str().unwrap().to_string();
+    let mut tasks = Vec::new();
+    for p in &prompts {
+        for model in ["base", "lora"] {
+            let (app, body) = (h.app.clone(), body(p, model, 1.0));
+            tasks.push(tokio::spawn(async move {
+                let req = Request::post("/v1/completions")
+                    .body(Body::from(body.to_string()))
+                    .unwrap();
+                let resp = app.oneshot(req).await.unwrap();
+                let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+                serde_json::from_slice::<Value>(&bytes).unwrap()
+            }));
+        }
+    }
+    let mut mixed = Vec::new();
+    for t in tasks {
+        mixed.push(text(&t.await.unwrap()));
+    }
+    let steps = h.metric("kiln_decode_batch_rows_count").await;
+    let single = h.metric("kiln_decode_batch_rows_bucket{le=\"1\"}").await;
+    assert!(single < steps, "{single} of {steps} steps had one row");
+    for (i, p) in prompts.iter().enumerate() {
+        assert!(p.len() > 4, "prompt {i} is longer than the window");
+        for (j, model) in ["base", "lora"].into_iter().enumerate() {
+            let (status, alone) = h.post("/v1/completions", body(p, model, 1.0)).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(mixed[2 * i + j], text(&alone), "{model}, prompt {i}");
+            let (_, greedy) = h.post("/v1/completions", body(p, model, 0.0)).await;
+            let a = (model == "lora").then_some(adapter.as_path());
+            assert_eq!(text(&greedy), text_of(&offline_on(name, p, max, a)));
+        }
+        assert_ne!(
+            mixed[2 * i],
+            mixed[2 * i + 1],
+            "the adapter changes prompt {i}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
