@@ -56,6 +56,10 @@ struct Args {
     /// How to hold the model's matrices: f32, stored (a GGUF's own blocks), nf4, fp4 or int8.
     #[arg(long, default_value = "f32")]
     quantize: kiln::models::Quantization,
+    /// Precision of the products by the weights: f32 (the reference) or bf16 (as a model loaded
+    /// with `torch_dtype=torch.bfloat16` multiplies, on the CPU's bf16 unit where it has one).
+    #[arg(long, default_value = "f32")]
+    precision: kiln::lora::Precision,
 }
 
 fn parse_named(s: &str) -> Result<(String, PathBuf), String> {
@@ -96,7 +100,8 @@ async fn shutdown_signal() {
 async fn run(args: Args) -> Result<()> {
     let device = parse_device(&args.device)?;
     let path = resolve_model(args.model.as_deref(), true)?;
-    let lm = Pretrained::load_as(&path, &device, args.quantize)?;
+    let mut lm = Pretrained::load_as(&path, &device, args.quantize)?;
+    lm.model.set_precision(args.precision);
     let model_id = path
         .file_stem()
         .map_or("kiln".into(), |s| s.to_string_lossy().into_owned());

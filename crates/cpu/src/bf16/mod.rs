@@ -362,6 +362,15 @@ enum PackedLhs<'a> {
     Borrowed(MatRef<'a>),
 }
 
+impl PackedA<'_> {
+    /// Whether [`matmul_bf16_packed_a`] rounds its right-hand operand to bf16 itself (it packs
+    /// it into bf16 pairs, rounding to nearest even): a caller that made that operand only for
+    /// the product need not round it first (the same values either way).
+    pub fn rounds_rhs(&self) -> bool {
+        matches!(self.data, PackedLhs::Pairs { .. })
+    }
+}
+
 /// `a` packed for [`matmul_bf16_packed_a`] (on all of rayon's threads when large). Same
 /// values contract as [`matmul_bf16`].
 pub fn pack_a(a: MatRef<'_>) -> PackedA<'_> {

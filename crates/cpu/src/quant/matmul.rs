@@ -77,7 +77,11 @@ impl QMatrix {
                 let (r0, rows) = (t * tile_rows, tile_rows.min(n - t * tile_rows));
                 let w = &mut tile[..rows * k];
                 self.dequantize_rows(r0, rows, w);
-                p.round(w);
+                // The bf16 kernel rounds the tile while packing it (the same rounding): doing
+                // it here too cost 10% of a served decode step.
+                if !packed.as_ref().is_some_and(bf16::PackedA::rounds_rhs) {
+                    p.round(w);
+                }
                 // SAFETY: `y` holds m·n elements; this task alone writes columns r0..r0+rows.
                 let dst = unsafe { MatMut::columns_raw(out.ptr(), m, n, r0, rows) };
                 let wt = MatRef::new(w, rows, k).t();
