@@ -23,7 +23,7 @@ PROMPTS = [
 ]
 
 
-def one_request(host, port, model, prompt, max_tokens, key):
+def one_request(host, port, model, prompt, max_tokens, key, lenient_end=False):
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}],
                        "max_tokens": max_tokens, "temperature": 0, "stream": True,
                        "stream_options": {"include_usage": True}})
@@ -56,6 +56,10 @@ def one_request(host, port, model, prompt, max_tokens, key):
         for c in chunk.get("choices", []):
             if c.get("delta", {}).get("content") and ttft is None:
                 ttft = time.perf_counter() - start
+            # transformers serve ends its streams with a finish_reason chunk carrying usage,
+            # without OpenAI's `data: [DONE]`.
+            if lenient_end and c.get("finish_reason") and chunk.get("usage"):
+                done = True
     conn.close()
     end = time.perf_counter() - start
     if not done:
@@ -63,7 +67,7 @@ def one_request(host, port, model, prompt, max_tokens, key):
     return {"ttft": ttft if ttft is not None else end, "latency": end, "tokens": tokens}
 
 
-def run(url, clients, seconds, models, max_tokens, key):
+def run(url, clients, seconds, models, max_tokens, key, lenient_end=False):
     u = urllib.parse.urlparse(url)
     results, lock = [], threading.Lock()
     deadline = time.perf_counter() + seconds
@@ -72,7 +76,8 @@ def run(url, clients, seconds, models, max_tokens, key):
         k = 0
         while time.perf_counter() < deadline:
             model = models[(i + k) % len(models)]
-            r = one_request(u.hostname, u.port, model, PROMPTS[(i + k) % len(PROMPTS)], max_tokens, key)
+            r = one_request(u.hostname, u.port, model, PROMPTS[(i + k) % len(PROMPTS)], max_tokens, key,
+                            lenient_end)
             r["end"] = time.perf_counter()
             with lock:
                 results.append(r)
@@ -104,12 +109,16 @@ def main():
     ap.add_argument("--models", default="base")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--api-key", default=None)
+    ap.add_argument("--lenient-end", action="store_true",
+                    help="accept a stream that ends with its finish_reason + usage chunk and no "
+                         "`data: [DONE]` (transformers serve)")
     args = ap.parse_args()
     host = urllib.parse.urlparse(args.url).hostname
     assert host in ("127.0.0.1", "localhost", "::1"), "loopback only"
     rows = []
     for c in args.clients:
-        r = run(args.url, c, args.seconds, args.models.split(","), args.max_tokens, args.api_key)
+        r = run(args.url, c, args.seconds, args.models.split(","), args.max_tokens, args.api_key,
+                args.lenient_end)
         print(json.dumps(r), flush=True)
         rows.append(r)
     if len(rows) > 1 and rows[0]["tokens_per_s"]:
