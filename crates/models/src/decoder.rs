@@ -168,6 +168,10 @@ pub struct DecoderInput {
     pub position_ids: Option<Vec<i64>>,
     /// `[b * t]`: packed-sequence segment of each token; attention never crosses segments.
     pub segment_ids: Option<Vec<u32>>,
+    /// LongRoPE chooses its frequencies for each row by that row's positions, as the row would
+    /// alone, instead of for the whole batch as transformers does: for batches of independent
+    /// sequences at different lengths (a server). No effect on other rotary embeddings.
+    pub rope_per_row: bool,
 }
 
 impl DecoderInput {
@@ -180,6 +184,7 @@ impl DecoderInput {
             attention_mask: None,
             position_ids: None,
             segment_ids: None,
+            rope_per_row: false,
         }
     }
 
@@ -200,6 +205,12 @@ impl DecoderInput {
 
     pub fn with_segment_ids(mut self, segments: Vec<u32>) -> Self {
         self.segment_ids = Some(segments);
+        self
+    }
+
+    /// Sets [`Self::rope_per_row`].
+    pub fn with_rope_per_row(mut self) -> Self {
+        self.rope_per_row = true;
         self
     }
 
@@ -488,11 +499,12 @@ impl CausalLm {
                 masks.push((*kind, spec.build(*kind, &device)));
             }
         }
-        let tables = self.rope.tables(&positions, b, t, &device);
+        let per_row = input.rope_per_row;
+        let tables = self.rope.tables(&positions, (b, t), per_row, &device);
         let local_tables = self
             .rope_local
             .as_ref()
-            .map(|r| r.tables(&positions, b, t, &device));
+            .map(|r| r.tables(&positions, (b, t), per_row, &device));
 
         let ids = Tensor::<2, Int>::from_data(
             TensorData::new(

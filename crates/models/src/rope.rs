@@ -116,7 +116,9 @@ impl Rope {
     /// `cos` and `sin` tables for the given positions.
     ///
     /// LongRoPE picks its long frequencies for the whole call when `max(positions) + 1` exceeds
-    /// the original context, as transformers' `dynamic_rope_update` does.
+    /// the original context, as transformers' `dynamic_rope_update` does; with `per_row`, each
+    /// row picks by its own positions, as it would alone (a server batching independent
+    /// requests).
     ///
     /// # Shapes
     /// - positions: `[b * t]`, row-major over `[b, t]`
@@ -124,11 +126,21 @@ impl Rope {
     pub fn tables(
         &self,
         positions: &[i64],
-        b: usize,
-        t: usize,
+        (b, t): (usize, usize),
+        per_row: bool,
         device: &Device,
     ) -> (Tensor<4>, Tensor<4>) {
-        let (cos, sin) = self.host_tables(positions);
+        let (cos, sin) = if per_row && self.long.is_some() {
+            let (mut cos, mut sin) = (Vec::new(), Vec::new());
+            for row in positions.chunks(t.max(1)) {
+                let (c, s) = self.host_tables(row);
+                cos.extend(c);
+                sin.extend(s);
+            }
+            (cos, sin)
+        } else {
+            self.host_tables(positions)
+        };
         let dim = self.dim();
         let shape = [b, 1, t, dim];
         (
@@ -137,7 +149,8 @@ impl Rope {
         )
     }
 
-    /// [`Self::tables`] on the host: `cos`, `sin` `[positions, rotary_dim]` row-major.
+    /// [`Self::tables`] on the host for one call: `cos`, `sin` `[positions, rotary_dim]`
+    /// row-major.
     pub fn host_tables(&self, positions: &[i64]) -> (Vec<f32>, Vec<f32>) {
         let inv_freq = match &self.long {
             Some((long, original))

@@ -397,24 +397,35 @@ impl Scheduler {
     /// - output: logits `jobs.len() * vocab` (last position of each prompt), a cache of
     ///   `jobs.len()` rows
     fn prefill(&mut self, jobs: &[Job]) -> Result<(Vec<f32>, KvCache), String> {
+        let prompts: Vec<&[u32]> = jobs.iter().map(|j| j.prompt.as_slice()).collect();
+        let mixes: Vec<RowMix> = jobs.iter().map(|j| j.adapters.clone()).collect();
+        self.prefill_rows(&prompts, &mixes)
+    }
+
+    /// One left-padded forward over `prompts`, each row through its own adapters: the logits of
+    /// each last position and a cache of `prompts.len()` rows.
+    fn prefill_rows(
+        &mut self,
+        prompts: &[&[u32]],
+        mixes: &[RowMix],
+    ) -> Result<(Vec<f32>, KvCache), String> {
         let (b, t) = (
-            jobs.len(),
-            jobs.iter().map(|j| j.prompt.len()).max().unwrap_or(0),
+            prompts.len(),
+            prompts.iter().map(|p| p.len()).max().unwrap_or(0),
         );
         let mut ids = Vec::with_capacity(b * t);
         let mut mask = Vec::with_capacity(b * t);
-        for job in jobs {
-            let pad = t - job.prompt.len();
-            ids.extend(std::iter::repeat_n(0, pad).chain(job.prompt.iter().copied()));
+        for prompt in prompts {
+            let pad = t - prompt.len();
+            ids.extend(std::iter::repeat_n(0, pad).chain(prompt.iter().copied()));
             mask.extend(std::iter::repeat_n(0, pad).chain(std::iter::repeat_n(1, t - pad)));
         }
-        let mut input = DecoderInput::new(ids, b, t);
+        let mut input = DecoderInput::new(ids, b, t).with_rope_per_row();
         if mask.contains(&0) {
             input = input.with_attention_mask(mask);
         }
-        let mixes: Vec<RowMix> = jobs.iter().map(|j| j.adapters.clone()).collect();
         self.lora
-            .set_row_mixes(Some(&mixes))
+            .set_row_mixes(Some(mixes))
             .map_err(|e| e.to_string())?;
         let mut cache = KvCache::default();
         let hidden = self
@@ -424,7 +435,7 @@ impl Scheduler {
             .map_err(|e| e.to_string())?;
         let logits = self.last_logits(hidden)?;
         self.metrics
-            .prefill(b, jobs.iter().map(|j| j.prompt.len()).sum());
+            .prefill(b, prompts.iter().map(|p| p.len()).sum());
         Ok((logits, cache))
     }
 
@@ -494,13 +505,83 @@ impl Scheduler {
             .map_err(|e| format!("reading logits: {e:?}"))
     }
 
-    /// One decode step for every running row.
+    /// One decode step for every running row. Rows whose next token crosses LongRoPE's
+    /// original context are recomputed whole instead (see [`Self::recompute`]).
     fn step(&mut self) {
+        let crossing = self.take_crossing_rows();
+        if !self.rows.is_empty() {
+            self.decode();
+        }
+        if !crossing.is_empty() {
+            self.recompute(crossing);
+        }
+    }
+
+    /// Removes, with their cache rows, the rows whose cache holds exactly LongRoPE's original
+    /// context: their next token switches every position to the long frequencies.
+    fn take_crossing_rows(&mut self) -> Vec<Row> {
+        let Some(original) = self.lora.model.recompute_cache_at() else {
+            return Vec::new();
+        };
+        let crossing = |r: &Row| r.history.len() == original + 1;
+        if !self.rows.iter().any(crossing) {
+            return Vec::new();
+        }
+        let keep: Vec<usize> = (0..self.rows.len())
+            .filter(|&i| !crossing(&self.rows[i]))
+            .collect();
+        if let Err(e) = self.cache.retain_rows(&keep) {
+            tracing::error!("dropping cache rows: {e}");
+        }
+        let (taken, kept) = std::mem::take(&mut self.rows)
+            .into_iter()
+            .partition(|r| crossing(r));
+        self.rows = kept;
+        taken
+    }
+
+    /// Runs each row's whole sequence again with a fresh cache (LongRoPE past its original
+    /// context: every key is recomputed with the long frequencies, as transformers does for
+    /// Phi-3 and as `generate` does), joins the new cache rows to the batch and draws each row's
+    /// next token from the recomputed logits.
+    fn recompute(&mut self, rows: Vec<Row>) {
+        let prompts: Vec<&[u32]> = rows.iter().map(|r| r.history.as_slice()).collect();
+        let mixes: Vec<RowMix> = rows.iter().map(|r| r.adapters.clone()).collect();
+        let joined = self
+            .prefill_rows(&prompts, &mixes)
+            .and_then(|(logits, cache)| {
+                self.cache.append_rows(cache).map_err(|e| e.to_string())?;
+                Ok(logits)
+            });
+        let logits = match joined {
+            Ok(l) => l,
+            Err(e) => {
+                for row in rows {
+                    let _ = row.events.send(Event::Failed(ApiError::internal(&e)));
+                }
+                return;
+            }
+        };
+        let vocab = logits.len() / rows.len();
+        for (i, row) in rows.into_iter().enumerate() {
+            self.rows.push(row);
+            let r = self.rows.len() - 1;
+            let mut row_logits = logits[i * vocab..(i + 1) * vocab].to_vec();
+            let row = &mut self.rows[r];
+            let id = pick_token(&mut row_logits, &row.history, &row.config, &mut row.rng);
+            self.emit(r, id);
+        }
+    }
+
+    /// One decode step for every running row: each feeds its last token.
+    fn decode(&mut self) {
         let started = Instant::now();
         let b = self.rows.len();
         let ids: Vec<u32> = self.rows.iter().map(|r| r.last).collect();
         let adapters: Vec<RowMix> = self.rows.iter().map(|r| r.adapters.clone()).collect();
-        let input = DecoderInput::new(ids, b, 1).with_attention_mask(vec![1; b]);
+        let input = DecoderInput::new(ids, b, 1)
+            .with_attention_mask(vec![1; b])
+            .with_rope_per_row();
         let result = self
             .lora
             .set_row_mixes(Some(&adapters))

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 use http_body_util::BodyExt;
 use kiln_lora::{LoraModel, RowMix};
-use kiln_models::{GenerationConfig, Pretrained, default_device, generate};
+use kiln_models::{GenerationConfig, Pretrained, Sampling, default_device, generate};
 use kiln_serve::axum::Router;
 use kiln_serve::axum::body::Body;
 use kiln_serve::axum::http::{Request, StatusCode};
@@ -191,6 +191,18 @@ fn offline(prompt: &[u32], max_new: usize, adapter: Option<&Path>) -> Vec<u32> {
 }
 
 fn offline_on(name: &str, prompt: &[u32], max_new: usize, adapter: Option<&Path>) -> Vec<u32> {
+    offline_sampled(name, prompt, max_new, adapter, None)
+}
+
+/// [`offline_on`], sampled at temperature 1 with `seed` when given (as the server samples a
+/// request with that seed).
+fn offline_sampled(
+    name: &str,
+    prompt: &[u32],
+    max_new: usize,
+    adapter: Option<&Path>,
+    seed: Option<u64>,
+) -> Vec<u32> {
     let dir = model_dir_of(name);
     let lm = Pretrained::load(dir.path(), &default_device()).unwrap();
     let eos = lm.eos_token_ids();
@@ -198,11 +210,19 @@ fn offline_on(name: &str, prompt: &[u32], max_new: usize, adapter: Option<&Path>
     if let Some(a) = adapter {
         lora.load_adapter(a, "a").unwrap();
     }
-    let config = GenerationConfig {
+    let mut config = GenerationConfig {
         max_new_tokens: max_new,
         eos_token_ids: eos,
         ..Default::default()
     };
+    if let Some(seed) = seed {
+        config.seed = seed;
+        config.sampling = Sampling::Sample {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+        };
+    }
     generate(
         &lora.model,
         &[prompt.to_vec()],
@@ -524,6 +544,66 @@ async fn gemma_sliding_window_rows_in_a_mixed_batch_equal_each_alone() {
             mixed[2 * i],
             mixed[2 * i + 1],
             "the adapter changes prompt {i}"
+        );
+    }
+}
+
+/// Phi-3 with LongRoPE (original context 8) in a running batch: rows cross the original
+/// context at different steps (one prompt is already past it), each row choosing its rotary
+/// frequencies by its own positions and a crossing row recomputing its cache whole, as
+/// `generate` does for a sequence alone. Seeded sampling, streamed concurrently: every row
+/// equals `generate` run alone with that seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn longrope_rows_cross_the_original_context_as_each_alone() {
+    let name = "tiny/phi3_longrope";
+    let h = start_on(
+        name,
+        ServeOptions {
+            engine: EngineOptions {
+                max_batch: 8,
+                max_queue: 16,
+            },
+            ..Default::default()
+        },
+    );
+    let prompts: Vec<Vec<u32>> = vec![
+        vec![5, 6, 7],
+        vec![20, 21, 22, 23, 24, 25],
+        vec![40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50],
+        vec![60, 61, 62, 63, 64, 65, 66, 67],
+    ];
+    let max = 14;
+    let mut tasks = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let app = h.app.clone();
+        let body = json!({"model": "base", "prompt": p, "max_tokens": max, "temperature": 1.0,
+                          "seed": 100 + i});
+        tasks.push(tokio::spawn(async move {
+            let req = Request::post("/v1/completions")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            let resp = app.oneshot(req).await.unwrap();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<Value>(&bytes).unwrap()
+        }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.unwrap());
+    }
+    let steps = h.metric("kiln_decode_batch_rows_count").await;
+    let single = h.metric("kiln_decode_batch_rows_bucket{le=\"1\"}").await;
+    assert!(single < steps, "{single} of {steps} steps had one row");
+    for (i, p) in prompts.iter().enumerate() {
+        let want = offline_sampled(name, p, max, None, Some(100 + i as u64));
+        assert!(
+            p.len() + want.len() > 9,
+            "prompt {i} crosses the original context"
+        );
+        assert_eq!(
+            got[i]["choices"][0]["text"].as_str().unwrap(),
+            text_of(&want),
+            "prompt {i}"
         );
     }
 }
