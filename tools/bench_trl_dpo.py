@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""The TRL side of the DPO speed comparison: TRL's DPOTrainer with a PEFT LoRA adapter.
+
+Also writes the preference pairs both sides train on (`--write-data`), so kiln's `dpo` example
+reads the same records. `tools/bench_dpo_side_by_side.sh` runs this and kiln back to back.
+
+    python3 tools/bench_trl_dpo.py --model DIR --write-data /tmp/dpo_pairs.jsonl
+    python3 tools/bench_trl_dpo.py --model DIR --data /tmp/dpo_pairs.jsonl --precision f32 \
+        --steps 8 --warmup 2
+
+DIR is a Hugging Face model directory (config.json, model.safetensors, tokenizer files).
+Setting: batch 2 pairs, `max_length` 256 (prompt + completion), LoRA r 16, alpha 32, dropout 0 on
+q_proj, k_proj, v_proj, o_proj (kiln's `dpo` defaults), sigmoid loss, beta 0.1, AdamW lr 1e-6,
+no gradient checkpointing; the reference is the policy with its adapter disabled (PEFT), as in
+kiln. Prints one JSON line: median step time after the warmup steps, tokens per step (the
+non-padding tokens of the chosen and rejected sequences the step trains on), tokens/s, peak RSS,
+and the CPU's flags. Versions: tools/fixtures/requirements-trl.txt (trl 1.16.0, peft 0.21.2,
+transformers 5.23.0, torch 2.15.0).
+"""
+import argparse
+import json
+import resource
+import statistics
+import time
+
+SUBJECTS = ["the sea", "a compiler", "the census", "a violin", "bread", "a glacier", "the moon",
+            "a library", "rain", "a bicycle", "tea", "a bridge"]
+
+
+def pairs(n, words):
+    """n preference pairs whose prompt and completions are each about `words` words long."""
+    out = []
+    for i in range(n):
+        s = SUBJECTS[i % len(SUBJECTS)]
+        filler = " ".join(f"{s} detail {j}" for j in range(words // 3))
+        out.append({
+            "prompt": f"Question {i}: describe {s} carefully. Context: {filler}",
+            "chosen": f" A careful description of {s}: " + " ".join(
+                f"point {j} about {s} is clear" for j in range(words // 6)),
+            "rejected": f" I do not know much about {s}. " + " ".join(
+                f"maybe {j} things" for j in range(words // 3)),
+        })
+    return out
+
+
+def cpu_flags():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                keep = ("avx2", "avx512", "amx", "fma")
+                return sorted(f for f in line.split(":")[1].split() if f.startswith(keep))
+    except OSError:
+        pass
+    return []
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data")
+    ap.add_argument("--write-data")
+    ap.add_argument("--pairs", type=int, default=32)
+    ap.add_argument("--words", type=int, default=72)
+    ap.add_argument("--precision", choices=["f32", "autocast-bf16"], default="f32")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2)
+    args = ap.parse_args()
+    if args.write_data:
+        with open(args.write_data, "w") as f:
+            for r in pairs(args.pairs, args.words):
+                f.write(json.dumps(r) + "\n")
+        return
+
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    torch.manual_seed(0)
+    rows = [json.loads(line) for line in open(args.data)]
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    model = get_peft_model(model, lora)
+
+    times, tokens = [], []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            times.append(time.perf_counter() - self.t0)
+
+    class Counting(DPOTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            # The non-padding tokens of the chosen and rejected sequences of this micro-batch.
+            n = 0
+            for key in ("chosen_attention_mask", "rejected_attention_mask",
+                        "prompt_attention_mask", "completion_attention_mask", "attention_mask"):
+                if key in inputs:
+                    n += int(inputs[key].sum())
+            tokens.append(n)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    config = DPOConfig(
+        output_dir="/tmp/bench_trl_dpo", per_device_train_batch_size=2,
+        gradient_accumulation_steps=1, max_steps=args.warmup + args.steps, learning_rate=1e-6,
+        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+        beta=0.1, loss_type=["sigmoid"], max_length=256, truncation_mode="keep_start",
+        logging_strategy="no", save_strategy="no", report_to=[], use_cpu=True,
+        bf16=args.precision == "autocast-bf16", fp16=False, seed=0, data_seed=0,
+        dataloader_num_workers=0, disable_tqdm=True, gradient_checkpointing=False,
+    )
+    trainer = Counting(model=model, args=config, train_dataset=Dataset.from_list(rows),
+                       processing_class=tokenizer, callbacks=[Timer()])
+    trainer.train()
+    steady = times[args.warmup:]
+    step = statistics.median(steady)
+    tok = statistics.mean(tokens[args.warmup:]) if len(tokens) > args.warmup else float("nan")
+    print(json.dumps({
+        "side": "trl", "precision": args.precision, "steps": len(steady),
+        "step_s_median": round(step, 3), "tokens_per_step": tok,
+        "tokens_per_s": round(tok / step, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_flags": cpu_flags(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
