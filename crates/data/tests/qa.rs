@@ -334,3 +334,91 @@ fn kinds_the_table_cannot_ask_are_an_error() {
     .to_string();
     assert!(err.contains("[grow_shrink]"), "{err}");
 }
+
+/// Time-series and multi-turn kinds on the census table, exact: Aomori 1,308,265 (2015) and
+/// 1,237,984 (2020): −70,281 in 5 years, −14,056.2 a year (rounded to the column's integers).
+#[test]
+fn time_series_and_multi_turn_kinds_are_exact() {
+    use kiln_data::{QaKind, generate_items};
+    let t = Table::from_csv(&census(), "prefecture").expect("table");
+    let items = |kind: QaKind| {
+        generate_items(
+            &t,
+            &QaOptions {
+                seed: 5,
+                count: 12,
+                kinds: vec![kind],
+                keys: Some(vec!["Aomori".into(), "Hokkaido".into()]),
+                ..QaOptions::default()
+            },
+        )
+        .expect("items")
+    };
+    let aomori = |kind| {
+        items(kind)
+            .into_iter()
+            .find(|i| i.keys[0] == "Aomori")
+            .expect("an Aomori item")
+    };
+    let it = aomori(QaKind::AnnualChange);
+    assert_eq!(it.answer, "-14,056");
+    assert_eq!(
+        it.messages[0].content,
+        "On average, by how much did the population of Aomori change per year between 2015 and 2020?"
+    );
+    assert_eq!(
+        it.messages[1].content,
+        "By -14,056 per year: from 1,308,265 in 2015 to 1,237,984 in 2020, -70,281 over 5 years."
+    );
+    let it = aomori(QaKind::Series);
+    assert_eq!(it.answer, "2015: 1,308,265; 2020: 1,237,984");
+    assert_eq!(it.messages[1].content, "2015: 1,308,265; 2020: 1,237,984.");
+    // Multi-turn on a measure over years: the value, "And in 2015?", the change; the area
+    // (no years) asks about a second key and which is larger.
+    let (mut over_years, mut two_keys) = (0, 0);
+    for it in items(QaKind::MultiTurn) {
+        let m = &it.messages;
+        assert_eq!(m.len(), 6, "{m:?}");
+        assert!(m[1].content.contains(&it.answer));
+        if it.keys.len() == 1 && it.keys[0] == "Aomori" {
+            assert_eq!(it.answer, "1,237,984");
+            assert_eq!(m[2].content, "And in 2015?");
+            assert_eq!(
+                m[3].content,
+                "The population of Aomori in 2015 was 1,308,265."
+            );
+            assert_eq!(
+                m[5].content,
+                "It changed by -70,281, from 1,308,265 in 2015 to 1,237,984 in 2020."
+            );
+            over_years += 1;
+        } else if it.keys.len() == 2 {
+            two_keys += 1;
+            assert_eq!(m[4].content, "Which of the two is larger?");
+            // Hokkaido (83,424.44 km²) is larger than Aomori (9,645.64 km²).
+            assert!(
+                m[5].content.starts_with("Hokkaido, with 83,424.44 km²"),
+                "{m:?}"
+            );
+        }
+    }
+    assert_eq!(
+        "multi_turn".parse::<QaKind>().expect("kind"),
+        QaKind::MultiTurn
+    );
+    // A table without years has no time series.
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = dir.path().join("no_years.csv");
+    std::fs::write(&p, "city,area\nA,1\nB,2\nC,3\n").expect("write");
+    let no_years = Table::from_csv(&p, "city").expect("table");
+    for kind in [QaKind::AnnualChange, QaKind::Series] {
+        let err = generate_items(
+            &no_years,
+            &QaOptions {
+                kinds: vec![kind],
+                ..QaOptions::default()
+            },
+        );
+        assert!(err.is_err(), "{kind}");
+    }
+}

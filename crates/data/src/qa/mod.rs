@@ -7,7 +7,9 @@
 //!
 //! Kinds: lookup, comparison, difference, ratio, percentage change, density, sum, mean, max,
 //! min, rank, top-k and trend, each with several phrasings; lookups and densities can get a
-//! follow-up turn ("And Kyoto?"). Deterministic for a seed.
+//! follow-up turn ("And Kyoto?"). Time series (a measure over years): the average change per
+//! year and the value in every year. Multi-turn: three questions that build on each other (a
+//! value, "And in 2015?", "So how much did it change?"). Deterministic for a seed.
 //!
 //! Number format: thousands separators everywhere; integer-valued columns print as integers,
 //! others with 2 decimals; means round to the column's precision; ratios 2 decimals;
@@ -114,10 +116,17 @@ pub enum QaKind {
     Extreme,
     Rank,
     TopK,
+    /// Time series: the average change per year between a measure's first and last year.
+    AnnualChange,
+    /// Time series: a key's value in every year of a measure.
+    Series,
+    /// Three turns that build on each other: a value, the same measure in another year (or of
+    /// another key), then the change between the two (or which is larger).
+    MultiTurn,
 }
 
 impl QaKind {
-    pub const ALL: [QaKind; 12] = [
+    pub const ALL: [QaKind; 15] = [
         QaKind::Lookup,
         QaKind::Larger,
         QaKind::Difference,
@@ -130,6 +139,9 @@ impl QaKind {
         QaKind::Extreme,
         QaKind::Rank,
         QaKind::TopK,
+        QaKind::AnnualChange,
+        QaKind::Series,
+        QaKind::MultiTurn,
     ];
 
     /// Name as written in configs and reports (`percent_change`).
@@ -147,6 +159,9 @@ impl QaKind {
             QaKind::Extreme => "extreme",
             QaKind::Rank => "rank",
             QaKind::TopK => "top_k",
+            QaKind::AnnualChange => "annual_change",
+            QaKind::Series => "series",
+            QaKind::MultiTurn => "multi_turn",
         }
     }
 
@@ -175,7 +190,8 @@ impl std::str::FromStr for QaKind {
                 what: "question kind",
                 value: s.into(),
                 expected: "lookup, larger, difference, ratio, percent_change, grow_shrink, \
-                           density, total, average, extreme, rank, top_k",
+                           density, total, average, extreme, rank, top_k, annual_change, \
+                           series, multi_turn",
             })
     }
 }
@@ -234,7 +250,7 @@ struct Conv {
     turns: Vec<(String, String)>,
 }
 
-impl Gen<'_> {
+impl<'a> Gen<'a> {
     fn value(&self, c: &Column, v: f64) -> String {
         let n = format_number(v, if c.integer { 0 } else { 2 });
         match &c.unit {
@@ -373,6 +389,9 @@ impl Gen<'_> {
             QaKind::Extreme => self.ask_extreme(c),
             QaKind::Rank => self.ask_rank(c),
             QaKind::TopK => self.ask_top_k(c),
+            QaKind::AnnualChange => self.ask_annual_change(c)?,
+            QaKind::Series => self.ask_series(c)?,
+            QaKind::MultiTurn => self.ask_multi_turn(c),
         };
         Some(Conv {
             kind,
@@ -443,15 +462,8 @@ impl Gen<'_> {
     fn ask_change(&mut self, kind: QaKind, c: &Column) -> Option<Asked> {
         let t = self.t;
         let m = &c.measure;
-        let years: Vec<&Column> = t
-            .columns
-            .iter()
-            .filter(|x| x.measure == c.measure && x.year.is_some())
-            .collect();
-        let (first, last) = (years.first()?, years.last()?);
-        if first.year == last.year {
-            return None;
-        }
+        let years = self.years_of(c)?;
+        let (first, last) = (years[0], years[years.len() - 1]);
         let k = self.key();
         let key = &t.keys[k];
         let (v0, v1) = (first.values[k], last.values[k]);
@@ -488,6 +500,115 @@ impl Gen<'_> {
             ),
         );
         Some((vec![k], verb.to_string(), vec![turn]))
+    }
+
+    /// The columns of `c`'s measure over years, oldest first; `None` unless it has two years
+    /// or more.
+    fn years_of(&self, c: &Column) -> Option<Vec<&'a Column>> {
+        let mut years: Vec<&Column> = self
+            .t
+            .columns
+            .iter()
+            .filter(|x| x.measure == c.measure && x.year.is_some())
+            .collect();
+        years.sort_by_key(|x| x.year);
+        (years.len() >= 2 && years[0].year != years[years.len() - 1].year).then_some(years)
+    }
+
+    /// A number with an explicit sign (`+1,234`, `-31,424`), as changes are written.
+    fn signed(c: &Column, v: f64) -> String {
+        let n = Self::number(c, v);
+        if n.starts_with('-') {
+            n
+        } else {
+            format!("+{n}")
+        }
+    }
+
+    /// Time series: "On average, by how much did the population of Aomori change per year
+    /// between 2015 and 2020?" — (last − first) / years, signed, in the column's precision.
+    fn ask_annual_change(&mut self, c: &Column) -> Option<Asked> {
+        let years = self.years_of(c)?;
+        let (first, last) = (years[0], years[years.len() - 1]);
+        let (y0, y1) = (first.year?, last.year?);
+        let k = self.key();
+        let (key, m) = (&self.t.keys[k], &c.measure);
+        let (v0, v1) = (first.values[k], last.values[k]);
+        let per_year = Self::signed(c, (v1 - v0) / f64::from(y1 - y0));
+        let unit = c.unit.as_ref().map_or(String::new(), |u| format!(" {u}"));
+        let turn = (
+            format!(
+                "On average, by how much did the {m} of {key} change per year between {y0} and {y1}?"
+            ),
+            format!(
+                "By {per_year}{unit} per year: from {} in {y0} to {} in {y1}, {} over {} years.",
+                self.value(c, v0),
+                self.value(c, v1),
+                Self::signed(c, v1 - v0),
+                y1 - y0
+            ),
+        );
+        Some((vec![k], per_year, vec![turn]))
+    }
+
+    /// Time series: "Give the population of Aomori in each year from 2015 to 2020." — every
+    /// year's value, oldest first (`2015: 1,308,265; 2020: 1,237,984`).
+    fn ask_series(&mut self, c: &Column) -> Option<Asked> {
+        let years = self.years_of(c)?;
+        let (y0, y1) = (years[0].year?, years[years.len() - 1].year?);
+        let k = self.key();
+        let (key, m) = (&self.t.keys[k], &c.measure);
+        let list: Vec<String> = years
+            .iter()
+            .map(|y| format!("{}: {}", y.year.unwrap_or(0), self.value(y, y.values[k])))
+            .collect();
+        let list = list.join("; ");
+        let turn = (
+            format!("Give the {m} of {key} in each year from {y0} to {y1}."),
+            format!("{list}."),
+        );
+        Some((vec![k], list, vec![turn]))
+    }
+
+    /// Three turns: a value; "And in 2015?" (or "And Osaka?" for a measure without years);
+    /// then the change between the two years (or which of the two keys is larger). The short
+    /// answer is the first turn's.
+    fn ask_multi_turn(&mut self, c: &Column) -> Asked {
+        if let Some(years) = self.years_of(c) {
+            let (old, new) = (years[0], years[years.len() - 1]);
+            let (y0, y1) = (old.year.unwrap_or(0), new.year.unwrap_or(0));
+            let k = self.key();
+            let first = self.lookup(new, k);
+            let (_, again) = self.lookup(old, k);
+            let (v0, v1) = (old.values[k], new.values[k]);
+            let change = (
+                format!("So how much did it change between {y0} and {y1}?"),
+                format!(
+                    "It changed by {}, from {} in {y0} to {} in {y1}.",
+                    Self::signed(c, v1 - v0),
+                    self.value(c, v0),
+                    self.value(c, v1)
+                ),
+            );
+            let turns = vec![first, (format!("And in {y0}?"), again), change];
+            return (vec![k], Self::number(new, v1), turns);
+        }
+        let (a, b) = self.two_keys();
+        let first = self.lookup(c, a);
+        let (_, second) = self.lookup(c, b);
+        let (va, vb) = (c.values[a], c.values[b]);
+        let (hi, vh, vl) = if va >= vb { (a, va, vb) } else { (b, vb, va) };
+        let larger = (
+            "Which of the two is larger?".to_string(),
+            format!(
+                "{}, with {} against {}.",
+                self.t.keys[hi],
+                self.value(c, vh),
+                self.value(c, vl)
+            ),
+        );
+        let turns = vec![first, (format!("And {}?", self.t.keys[b]), second), larger];
+        (vec![a, b], Self::number(c, va), turns)
     }
 
     /// A measure the options derive from two columns ([`Derived`], e.g. population density),
