@@ -402,6 +402,7 @@ fn time_series_and_multi_turn_kinds_are_exact() {
             );
         }
     }
+    assert!(over_years > 0 && two_keys > 0, "{over_years} {two_keys}");
     assert_eq!(
         "multi_turn".parse::<QaKind>().expect("kind"),
         QaKind::MultiTurn
