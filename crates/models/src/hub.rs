@@ -1,4 +1,4 @@
-//! Downloading a model from the Hugging Face Hub into the Hugging Face cache (feature `hub`).
+//! The Hugging Face Hub's cache, and downloads into it (feature `hub`).
 //!
 //! Files land where `huggingface_hub` puts them (`models--org--name/blobs/<etag>`, the snapshot
 //! `snapshots/<commit>/<file>` pointing at the blob, `refs/<revision>` holding the commit), so
@@ -8,11 +8,76 @@
 //! runtime and a second HTTP stack under a synchronous loader. `hf-hub` resumes partial
 //! downloads, follows the Hub's redirects and shows an indicatif progress bar.
 use crate::error::{ModelError, Result};
-use crate::fetch::{hf_hub_cache, resolve_hf_cache};
+#[cfg(feature = "hub")]
 use hf_hub::api::sync::ApiBuilder;
+#[cfg(feature = "hub")]
 use hf_hub::{Repo, RepoType};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+/// The Hugging Face hub cache as `huggingface_hub` finds it: `$HF_HUB_CACHE`, else
+/// `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+pub fn hf_hub_cache() -> PathBuf {
+    if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("HF_HOME") {
+        return PathBuf::from(p).join("hub");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    home.join(".cache").join("huggingface").join("hub")
+}
+
+/// `org/name` or `org/name@revision`, each part of `[A-Za-z0-9._-]` (revisions may hold `/`).
+pub(crate) fn looks_like_repo_id(s: &str) -> bool {
+    let (repo, rev) = s.split_once('@').unwrap_or((s, "main"));
+    let ok = |p: &str, slash: bool| {
+        !p.is_empty()
+            && p.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || (slash && c == '/')
+            })
+    };
+    let mut parts = repo.split('/');
+    matches!((parts.next(), parts.next(), parts.next()), (Some(a), Some(b), None) if ok(a, false) && ok(b, false) && !a.starts_with('.'))
+        && ok(rev, true)
+}
+
+/// The snapshot directory of model `org/name[@revision]` in the Hugging Face cache `cache`, laid
+/// out as `huggingface_hub` writes it: `models--org--name/refs/<revision>` holds a commit hash
+/// and `models--org--name/snapshots/<commit>/` the files. The revision defaults to `main`; a
+/// revision that is a snapshot's commit hash names it directly.
+///
+/// # Errors
+/// [`ModelError::Io`] naming the ref file or snapshot directory that is missing.
+pub fn resolve_hf_cache(repo: &str, cache: &Path) -> Result<PathBuf> {
+    let (name, revision) = repo.split_once('@').unwrap_or((repo, "main"));
+    let root = cache.join(format!("models--{}", name.replace('/', "--")));
+    let snapshots = root.join("snapshots");
+    let direct = snapshots.join(revision);
+    let commit = if direct.is_dir() {
+        revision.to_string()
+    } else {
+        let refs = root.join("refs").join(revision);
+        std::fs::read_to_string(&refs)
+            .map_err(|e| ModelError::io(&refs, e))?
+            .trim()
+            .to_string()
+    };
+    let dir = snapshots.join(&commit);
+    if !dir.is_dir() {
+        return Err(ModelError::io(
+            &dir,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{repo}: snapshot {commit} is not in the Hugging Face cache"),
+            ),
+        ));
+    }
+    Ok(dir)
+}
+
+#[cfg(feature = "hub")]
 /// Where and how to download: the Hub's address, the cache, the token, offline mode.
 #[derive(Debug, Clone)]
 pub struct HubOptions {
@@ -29,6 +94,7 @@ pub struct HubOptions {
     pub progress: bool,
 }
 
+#[cfg(feature = "hub")]
 impl HubOptions {
     /// The options `huggingface_hub` takes from the environment: `HF_ENDPOINT`,
     /// `HF_HUB_CACHE`/`HF_HOME`, `HF_TOKEN` (else `$HF_HOME/token`, else
@@ -70,6 +136,7 @@ impl HubOptions {
 /// [`ModelError::Hub`] naming the repository: offline with nothing cached, the Hub refusing
 /// the request (unknown repository, revision, missing token), a repository without
 /// safetensors weights, a file that fails to download.
+#[cfg(feature = "hub")]
 pub fn download_hf_model(repo: &str, options: &HubOptions) -> Result<PathBuf> {
     if let Ok(dir) = resolve_hf_cache(repo, &options.cache) {
         return Ok(dir);
@@ -111,6 +178,7 @@ pub fn download_hf_model(repo: &str, options: &HubOptions) -> Result<PathBuf> {
 }
 
 /// The files of a repository a loader reads, or why the repository cannot be loaded.
+#[cfg(feature = "hub")]
 fn wanted_files(files: &[String]) -> std::result::Result<Vec<String>, String> {
     let wanted = |f: &str| {
         [".json", ".safetensors", ".jinja", ".txt"]
@@ -134,12 +202,14 @@ fn wanted_files(files: &[String]) -> std::result::Result<Vec<String>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::wanted_files;
+    use super::*;
 
+    #[cfg(feature = "hub")]
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
     }
 
+    #[cfg(feature = "hub")]
     #[test]
     fn picks_what_a_loader_reads_and_skips_other_weight_formats() {
         let files = names(&[
@@ -172,6 +242,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "hub")]
     #[test]
     fn a_repository_without_safetensors_or_config_is_refused_with_its_files() {
         let e = wanted_files(&names(&["config.json", "pytorch_model.bin"])).unwrap_err();
@@ -181,5 +252,35 @@ mod tests {
         );
         let e = wanted_files(&names(&["model.safetensors"])).unwrap_err();
         assert!(e.contains("config.json"), "{e}");
+    }
+
+    #[test]
+    fn resolves_refs_and_commits_in_the_hf_cache() {
+        let cache = tempfile::tempdir().unwrap();
+        let root = cache.path().join("models--org--tiny-model");
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let snap = root.join("snapshots").join(commit);
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(root.join("blobs")).unwrap();
+        std::fs::create_dir_all(root.join("refs")).unwrap();
+        std::fs::write(root.join("blobs/abc"), "{}").unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink("../../blobs/abc", snap.join("config.json")).unwrap();
+        std::fs::write(root.join("refs/main"), commit).unwrap();
+        std::fs::write(root.join("refs/v1"), format!("{commit}\n")).unwrap();
+        let p = |s: &str| resolve_hf_cache(s, cache.path());
+        assert_eq!(p("org/tiny-model").unwrap(), snap);
+        assert_eq!(p("org/tiny-model@v1").unwrap(), snap);
+        assert_eq!(p(&format!("org/tiny-model@{commit}")).unwrap(), snap);
+        let err = p("org/tiny-model@v2").unwrap_err().to_string();
+        assert!(err.contains("refs/v2"), "{err}");
+        let err = p("org/other").unwrap_err().to_string();
+        assert!(err.contains("models--org--other"), "{err}");
+        assert!(looks_like_repo_id(
+            "HuggingFaceTB/SmolLM2-135M-Instruct@main"
+        ));
+        assert!(!looks_like_repo_id("./model.gguf"));
+        assert!(!looks_like_repo_id("/abs/path"));
+        assert!(!looks_like_repo_id("a/b/c"));
     }
 }

@@ -21,7 +21,6 @@ pub mod export_hf;
 pub mod fetch;
 pub mod generate;
 pub mod gguf;
-#[cfg(feature = "hub")]
 pub mod hub;
 pub mod kernels;
 pub mod load;

@@ -219,5 +219,5 @@ fn offline_without_a_cached_copy_and_unknown_repositories_are_typed_errors() {
         other => panic!("{other:?}"),
     }
     // Nothing half-made is left to be mistaken for a snapshot.
-    assert!(kiln_models::fetch::resolve_hf_cache("kiln-test/no-such-model", cache.path()).is_err());
+    assert!(kiln_models::hub::resolve_hf_cache("kiln-test/no-such-model", cache.path()).is_err());
 }
