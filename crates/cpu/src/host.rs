@@ -6,7 +6,7 @@
 //! this module is the only place that names burn-ndarray's types.
 //!
 //! [`try_linear`] and [`try_frozen_linear`] are `x · W (+ b)` on these views through the one
-//! product of [`crate::gemm`] (or the bf16 kernel), for the tensors outside autodiff that
+//! product of [`crate::matmul`] (or the bf16 kernel), for the tensors outside autodiff that
 //! inference, evaluation and generation pass; `None` sends the caller to burn's ops.
 //!
 //! Why not burn's `matmul`: burn-ndarray multiplies through `matrixmultiply`, which packs the

@@ -1,6 +1,6 @@
 //! kiln-cpu: the CPU runtime under kiln's crates, with no model in it.
 //!
-//! - [`gemm`]: strided host matrices ([`MatRef`], [`MatMut`]) and the one f32 matrix product
+//! - `gemm`: strided host matrices ([`MatRef`], [`MatMut`]) and the one f32 matrix product
 //!   ([`matmul`]) kiln's kernels call; [`matmul_in`] picks it or the bf16 product by
 //!   [`Precision`].
 //! - [`bf16`]: products of bf16-valued operands with f32 accumulation on the CPU's bf16 unit
@@ -17,11 +17,11 @@
 //!   backward pass outside burn's autodiff) and `packed` (bf16 layouts of frozen weights,
 //!   packed once per run).
 pub mod bf16;
-pub mod error;
+mod error;
 pub mod fastexp;
-pub mod gemm;
+mod gemm;
 #[cfg(feature = "burn")]
-pub mod grads;
+mod grads;
 #[cfg(feature = "burn")]
 pub mod host;
 pub mod io;

@@ -6,17 +6,17 @@
 //!   [`porter`] stemming equal to NLTK's).
 //! - [`exact_match`]: exact match with explicit normalisation, numeric match with tolerance,
 //!   and answer extraction ([`Extractor`]).
-//! - [`bootstrap`]: paired bootstrap confidence interval and wins/ties/losses for A/B comparisons.
+//! - [`paired_bootstrap`]: paired bootstrap confidence interval and wins/ties/losses for A/B comparisons.
 //! - [`report`]: the JSON object the `metrics` example prints.
 //!
 //!
 //! With a model from `kiln-models` (with or without adapters):
-//! - [`perplexity`]: token-weighted perplexity of a dataset (label masks honoured) and the
-//!   sliding-window perplexity of transformers' guide;
-//! - [`loglik`] and [`choice`]: log-likelihood of continuations and multiple choice scored as
+//! - [`dataset_perplexity`]: token-weighted perplexity of a dataset (label masks honoured), and
+//!   [`sliding_window_perplexity`], that of transformers' guide;
+//! - [`score_pairs`] and [`score_choices`]: log-likelihood of continuations and multiple choice scored as
 //!   lm-evaluation-harness does (`acc`, `acc_norm`);
 //! - [`harness`]: generation-based evaluation over a dataset with per-example JSON Lines;
-//! - [`compare`](mod@compare): A/B reports (Markdown and JSON) with paired bootstrap intervals.
+//! - [`compare()`]: A/B reports (Markdown and JSON) with paired bootstrap intervals.
 //!
 //! Metric values are golden-tested against the Python tools (`tools/fixtures/metrics.py`,
 //! fixtures in `fixtures/metrics/`); the model-based scores against transformers and
@@ -33,28 +33,28 @@
 //! # Ok::<(), kiln_eval::EvalError>(())
 //! ```
 
-pub mod bleu;
+mod bleu;
 mod bleu_score;
-pub mod bootstrap;
-pub mod choice;
-pub mod chrf;
-pub mod compare;
+mod bootstrap;
+mod choice;
+mod chrf;
+mod compare;
 mod error;
 pub mod exact_match;
-pub mod extract;
+mod extract;
 pub mod harness;
 mod hash;
 pub mod io;
-pub mod loglik;
+mod loglik;
 mod ngram;
-pub mod perplexity;
+mod perplexity;
 pub mod porter;
 pub mod refs;
 pub mod report;
-pub mod rouge;
+mod rouge;
 mod rouge_match;
 pub mod text;
-pub mod tokenizer;
+mod tokenizer;
 
 pub use bleu::{Bleu, BleuScore, BleuStats, SACREBLEU_VERSION, Smooth};
 pub use bootstrap::{PairedComparison, paired_bootstrap};

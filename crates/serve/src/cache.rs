@@ -78,7 +78,8 @@ impl ResponseCache {
     }
 
     /// Entries and bytes held.
-    pub fn usage(&self) -> (usize, usize) {
+    #[cfg(test)]
+    pub(crate) fn usage(&self) -> (usize, usize) {
         self.inner
             .lock()
             .map(|i| (i.map.len(), i.bytes))

@@ -5,7 +5,7 @@
 //! - Adapters per request: `model` is `"base"`, the name of a loaded PEFT adapter, or `"auto"`
 //!   (routed by [`route::Router`] rules); `POST /v1/adapters {name, path}` and
 //!   `DELETE /v1/adapters/NAME` load and remove adapters while serving.
-//! - Continuous batching ([`engine`]): one scheduler thread owns the model; requests join the
+//! - Continuous batching ([`EngineOptions`]): one scheduler thread owns the model; requests join the
 //!   running decode batch, each with its own rows of the KV cache and its own adapter.
 //! - Operations: Bearer keys with per-key limits, a response cache for greedy requests,
 //!   `GET /metrics` (Prometheus), one JSON access-log line per request, `GET /health`.
@@ -20,16 +20,16 @@
 //! axum::serve(listener, server.router()).await?;
 //! # Ok(()) }
 //! ```
-pub mod api;
+mod api;
 pub mod auth;
-pub mod cache;
+mod cache;
 mod completions;
-pub mod engine;
-pub mod error;
-pub mod metrics;
+mod engine;
+mod error;
+mod metrics;
 pub mod route;
 mod server;
-pub mod text;
+mod text;
 
 pub use auth::RateLimits;
 /// The HTTP stack, for `axum::serve` and tests.
