@@ -13,19 +13,19 @@
 pub mod adapter;
 #[cfg(feature = "cpu")]
 pub mod backprop;
-pub mod base;
-pub mod config;
-pub mod error;
+mod base;
+mod config;
+mod error;
 mod frozen_op;
 mod init;
-pub mod io;
+mod io;
 pub mod kernels;
 pub mod linear;
-pub mod model;
-pub mod pattern;
+mod model;
+mod pattern;
 mod svd;
 pub mod target;
-pub mod weighted;
+mod weighted;
 
 pub use adapter::{AdapterSpec, LoraAdapter};
 pub use base::{BaseWeight, Frozen, Layout};
