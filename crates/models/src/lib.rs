@@ -8,39 +8,41 @@
 //! fused projections are settings, not copies of the model. Every projection is a
 //! [`kiln_lora::LoraLinear`] under its checkpoint name (Phi-3's `qkv_proj` and `gate_up_proj`
 //! included), so PEFT adapters attach to any of them by name.
-pub mod adapters;
-pub mod attention;
+mod adapters;
+mod attention;
 #[cfg(feature = "cpu")]
 pub mod backprop;
 pub mod config;
-pub mod decoder;
-pub mod device;
-pub mod error;
-pub mod export_hf;
+mod decoder;
+mod device;
+mod error;
+mod export_hf;
 #[cfg(feature = "cpu")]
 pub mod fetch;
 pub mod generate;
 pub mod gguf;
 pub mod hub;
-pub mod kernels;
-pub mod load;
-pub mod loss;
-pub mod mask;
-pub mod mlp;
+mod kernels;
+mod load;
+mod loss;
+mod mask;
+mod mlp;
 mod multimodal;
-pub mod norm;
-pub mod pretrained;
-pub mod rope;
+mod norm;
+mod pretrained;
+mod rope;
 mod safetensors_header;
-pub mod safetensors_source;
+mod safetensors_source;
 pub mod tokenizer;
-pub mod weights;
+mod weights;
 
 pub use config::{
     Activation, AttentionKind, DecoderConfig, Family, HfConfig, ModuleLayout, RopeParams,
     RopeScaling,
 };
-pub use decoder::{CausalLm, DecoderInput, KvCache};
+// The decoder's building blocks, named for code that walks a loaded model's layers.
+pub use attention::{Attention, LayerCache};
+pub use decoder::{CausalLm, DecoderInput, DecoderLayer, KvCache, Model};
 pub use device::{DeviceKind, default_device, parse_device};
 pub use error::{ModelError, Result};
 pub use generate::{FinishReason, Generated, GenerationConfig, Sampling, generate};
@@ -48,6 +50,9 @@ pub use load::{Quantization, build_causal_lm, build_causal_lm_as, estimate_weigh
 pub use loss::{
     IGNORE_INDEX, LossSum, causal_lm_loss, causal_lm_loss_sum, causal_lm_loss_sum_hidden,
 };
+pub use mlp::Mlp;
+pub use norm::RmsNorm;
 pub use pretrained::Pretrained;
+pub use rope::Rope;
 pub use safetensors_source::{SafetensorsWeights, write_f32_safetensors};
 pub use weights::WeightSource;

@@ -10,7 +10,7 @@ mod common;
 use burn::tensor::Tensor;
 use common::{Reference, fixtures, max_abs_diff};
 use kiln_lora::{LoraModel, read_safetensors};
-use kiln_models::error::ModelError;
+use kiln_models::ModelError;
 use kiln_models::{
     CausalLm, DecoderConfig, DecoderInput, ModuleLayout, Pretrained, SafetensorsWeights,
     build_causal_lm, causal_lm_loss, default_device,

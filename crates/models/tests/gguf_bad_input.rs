@@ -1,7 +1,7 @@
 //! Corrupt, truncated and absurd GGUF files: each is a typed error naming the file and the key or
 //! tensor at fault, never a panic or a huge allocation.
 #![allow(clippy::unwrap_used)]
-use kiln_models::error::ModelError;
+use kiln_models::ModelError;
 use kiln_models::gguf::GgufFile;
 use std::io::Write;
 

@@ -8,7 +8,7 @@ mod common;
 
 use common::fixtures;
 use kiln_lora::{LoraConfig, LoraModel, TargetModules};
-use kiln_models::error::ModelError;
+use kiln_models::ModelError;
 use kiln_models::gguf::{GgufExport, GgufFile, GgufFileType, GgufWeights};
 use kiln_models::{DecoderInput, Pretrained, SafetensorsWeights, WeightSource, default_device};
 use serde_json::{Value, json};

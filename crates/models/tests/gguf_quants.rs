@@ -2,7 +2,7 @@
 //! gguf-py's GGUFWriter and `quants.safetensors` holds `gguf.quants.dequantize` of each tensor
 //! (`tools/fixtures/gguf_quants.py`).
 #![allow(clippy::unwrap_used)]
-use kiln_models::error::ModelError;
+use kiln_models::ModelError;
 use kiln_models::gguf::{GgmlType, GgufFile, GgufValue};
 use safetensors::SafeTensors;
 

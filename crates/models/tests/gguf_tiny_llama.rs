@@ -2,8 +2,8 @@
 //! (`tools/fixtures/gguf_quants.py`): Hugging Face names and layout, un-permuted weights, the
 //! config and the tokenizer transformers derives from the same file.
 #![allow(clippy::unwrap_used)]
+use kiln_models::ModelError;
 use kiln_models::WeightSource;
-use kiln_models::error::ModelError;
 use kiln_models::gguf::{
     GgufFile, GgufWeights, chat_template, hf_config_from_gguf, tokenizer_from_gguf,
 };
