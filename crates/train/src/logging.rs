@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 pub struct JsonlLogger {
     path: PathBuf,
     out: BufWriter<File>,
+    /// Every numeric field of every line also goes here as the scalar `<kind>/<field>` (the
+    /// preference, reward and RL recipes; SFT's trainer has its own TensorBoard callback).
+    tensorboard: Option<crate::tensorboard::TensorBoardWriter>,
 }
 
 impl std::fmt::Debug for JsonlLogger {
@@ -44,7 +47,16 @@ impl JsonlLogger {
         Ok(Self {
             path: path.to_path_buf(),
             out: BufWriter::new(file),
+            tensorboard: None,
         })
+    }
+
+    /// Also writes each line's numbers to a TensorBoard event file in `dir` (a run resumed at
+    /// step `done` starts it with TensorBoard's restart marker): `train/loss`,
+    /// `train/rewards/chosen`, ... as TRL's runs show them.
+    pub fn with_tensorboard(mut self, dir: &Path, done: usize) -> Result<Self> {
+        self.tensorboard = Some(crate::tensorboard::TensorBoardWriter::create_at(dir, done)?);
+        Ok(self)
     }
 
     /// [`Self::open`] for a run resumed at step `done`: lines of later steps (written after the
@@ -79,7 +91,25 @@ impl JsonlLogger {
         let line = serde_json::to_string(&Line { kind, metrics })
             .map_err(|e| TrainError::option("metrics", e.to_string()))?;
         writeln!(self.out, "{line}").map_err(|e| TrainError::io(&self.path, e))?;
-        self.out.flush().map_err(|e| TrainError::io(&self.path, e))
+        self.out
+            .flush()
+            .map_err(|e| TrainError::io(&self.path, e))?;
+        if let Some(tb) = &mut self.tensorboard {
+            let value = serde_json::to_value(metrics)
+                .map_err(|e| TrainError::option("metrics", e.to_string()))?;
+            let step = value.get("step").and_then(serde_json::Value::as_u64);
+            if let (Some(step), Some(fields)) = (step, value.as_object()) {
+                let tags: Vec<(String, f32)> = fields
+                    .iter()
+                    .filter(|(name, _)| name.as_str() != "step")
+                    .filter_map(|(name, v)| Some((format!("{kind}/{name}"), v.as_f64()? as f32)))
+                    .collect();
+                let scalars: Vec<(&str, f32)> =
+                    tags.iter().map(|(t, v)| (t.as_str(), *v)).collect();
+                tb.scalars(step as usize, &scalars)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -169,5 +199,40 @@ impl Callback for Progress {
     fn on_end(&mut self) -> Result<()> {
         self.bar.finish();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::tensorboard::read_tfrecords;
+
+    /// A recipe's line goes to `metrics.jsonl` and, number by number, to TensorBoard under
+    /// `<kind>/<field>` (TRL's names keep their slashes: `train/rewards/chosen`).
+    #[test]
+    fn lines_reach_tensorboard_as_scalars_under_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = JsonlLogger::open(&dir.path().join("metrics.jsonl"))
+            .unwrap()
+            .with_tensorboard(&dir.path().join("tensorboard"), 0)
+            .unwrap();
+        let line = serde_json::json!({"step": 3, "loss": 0.25, "rewards/chosen": 1.5,
+                                      "tokens": 40, "note": "text is skipped"});
+        log.write("train", &line).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+        let back: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(back["kind"], "train");
+        assert_eq!(back["rewards/chosen"], 1.5);
+        let tb = log.tensorboard.as_ref().unwrap().path().to_path_buf();
+        let records = read_tfrecords(&std::fs::read(tb).unwrap()).unwrap();
+        assert_eq!(records.len(), 2, "version event and one step");
+        let has = |needle: &[u8]| records[1].windows(needle.len()).any(|w| w == needle);
+        for tag in ["train/loss", "train/rewards/chosen", "train/tokens"] {
+            assert!(has(tag.as_bytes()), "{tag}");
+        }
+        assert!(!has(b"train/note") && !has(b"train/step"));
+        assert!(has(&0.25f32.to_le_bytes()) && has(&1.5f32.to_le_bytes()));
+        assert!(has(&40f32.to_le_bytes()));
     }
 }
