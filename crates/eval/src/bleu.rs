@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 use crate::bleu_score::compute_bleu;
-pub use crate::bleu_score::{BleuScore, BleuStats, Smooth};
+pub use crate::bleu_score::{BleuScore, BleuStats, MAX_NGRAM_ORDER, Smooth};
 use crate::error::{EvalError, Result};
 use crate::ngram::{self, Counts, Interner, Key};
 use crate::refs::{check_corpus, nrefs_signature};
@@ -18,9 +18,6 @@ use crate::tokenizer::{BleuTokenizer, Scratch};
 
 /// The sacrebleu version whose behaviour (and signature string) this module reproduces.
 pub const SACREBLEU_VERSION: &str = "2.6.0";
-
-/// The largest n-gram order supported (n-grams are packed into 128 bits).
-pub const MAX_NGRAM_ORDER: usize = 4;
 
 /// BLEU configuration. `Bleu::default()` is sacrebleu's `BLEU()`.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,8 +2,10 @@
 
 use std::str::FromStr;
 
-use crate::bleu::MAX_NGRAM_ORDER;
 use crate::error::{EvalError, Result};
+
+/// The largest n-gram order supported (n-grams are packed into 128 bits).
+pub const MAX_NGRAM_ORDER: usize = 4;
 
 /// BLEU smoothing (Chen and Cherry, 2014), as in sacrebleu.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

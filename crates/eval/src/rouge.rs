@@ -19,6 +19,7 @@ use crate::error::{EvalError, Result};
 use crate::hash::FxHashMap;
 use crate::porter;
 use crate::refs::check_corpus;
+pub use crate::rouge_match::RougeScore;
 use crate::rouge_match::{lcs_table, score_ngrams, summary_lcs};
 use crate::text::py_lower;
 
@@ -64,29 +65,6 @@ impl FromStr for RougeType {
                     expected: "rouge1..rouge9, rougeL, rougeLsum",
                 }),
             },
-        }
-    }
-}
-
-/// Precision, recall and F1 (0..1 scale, as rouge-score reports them).
-#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
-pub struct RougeScore {
-    pub precision: f64,
-    pub recall: f64,
-    pub fmeasure: f64,
-}
-
-impl RougeScore {
-    pub(crate) fn new(precision: f64, recall: f64) -> Self {
-        let fmeasure = if precision + recall > 0.0 {
-            2.0 * precision * recall / (precision + recall)
-        } else {
-            0.0
-        };
-        Self {
-            precision,
-            recall,
-            fmeasure,
         }
     }
 }

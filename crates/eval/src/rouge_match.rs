@@ -5,7 +5,29 @@
 //! Tokens are per-example integer ids (equal ids = equal token strings).
 
 use crate::hash::FxHashMap;
-use crate::rouge::RougeScore;
+
+/// Precision, recall and F1 (0..1 scale, as rouge-score reports them).
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct RougeScore {
+    pub precision: f64,
+    pub recall: f64,
+    pub fmeasure: f64,
+}
+
+impl RougeScore {
+    pub(crate) fn new(precision: f64, recall: f64) -> Self {
+        let fmeasure = if precision + recall > 0.0 {
+            2.0 * precision * recall / (precision + recall)
+        } else {
+            0.0
+        };
+        Self {
+            precision,
+            recall,
+            fmeasure,
+        }
+    }
+}
 
 pub(crate) fn score_ngrams(pred: &[u32], target: &[u32], n: usize) -> RougeScore {
     if n > 4 {

@@ -210,7 +210,7 @@ impl BaseWeight {
     pub fn replace(&mut self, value: Tensor<2>, layout: Layout) {
         self.densify(layout);
         if let BaseWeight::Dense(w) = self {
-            crate::linear::replace_value(w, value);
+            replace_value(w, value);
         }
     }
 
@@ -240,4 +240,17 @@ pub enum Layout {
     Linear,
     /// An embedding table: `[vocab, hidden]` in both forms.
     Table,
+}
+
+/// Replaces a parameter's value, keeping its id and whether it trains.
+pub(crate) fn replace_value<const D: usize>(p: &mut Param<Tensor<D>>, value: Tensor<D>) {
+    let trainable = p.is_require_grad();
+    let value = value.detach();
+    *p = p.clone().map(|_| {
+        if trainable {
+            value.require_grad()
+        } else {
+            value
+        }
+    });
 }

@@ -15,9 +15,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::adapter::LoraAdapter;
+use crate::base::replace_value;
 use crate::config::{Bias, LoraConfig};
 use crate::error::{LoraError, Result};
-use crate::linear::replace_value;
 use crate::model::LoraModel;
 use crate::pattern::TargetMatcher;
 use crate::target::{AdapterTarget, OtherParam, OtherParamMut};

@@ -5,7 +5,7 @@
 //! weight as `W + scale · A B` and therefore materialises that full delta (and its gradient) on
 //! every forward: `in·out·r` extra FLOPs and an `[in, out]` temporary per call instead of
 //! `tokens·r·(in+out)`; `benches/lora_layer.rs` measures the difference.
-use crate::base::{BaseWeight, Layout};
+use crate::base::{BaseWeight, Layout, replace_value};
 use crate::kernels::{frozen_linear_in, linear_in};
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
@@ -535,19 +535,6 @@ fn shape_err(key: String, expected: [usize; 2], found: [usize; 2]) -> LoraError 
         expected: expected.to_vec(),
         found: found.to_vec(),
     }
-}
-
-/// Replaces a parameter's value, keeping its id and whether it trains.
-pub(crate) fn replace_value<const D: usize>(p: &mut Param<Tensor<D>>, value: Tensor<D>) {
-    let trainable = p.is_require_grad();
-    let value = value.detach();
-    *p = p.clone().map(|_| {
-        if trainable {
-            value.require_grad()
-        } else {
-            value
-        }
-    });
 }
 
 /// burn's `Dropout` (same draws, same scaling) with its mask drawn by the CPU backend's

@@ -182,7 +182,21 @@ pub(crate) fn model_tensors(lm: &Pretrained, merge: bool) -> Vec<ModelTensor<'_>
 }
 
 /// See [`Pretrained::save_hf`].
-pub fn save_hf(lm: &Pretrained, dir: &Path) -> Result<()> {
+impl Pretrained {
+    /// Writes the model as a Hugging Face directory that `AutoModelForCausalLM.from_pretrained`
+    /// loads: `config.json`, `model.safetensors` (f32, HF key names and `[out, in]` layouts),
+    /// `tokenizer.json`, `tokenizer_config.json` (with the chat template) and
+    /// `generation_config.json`. A layer with active adapters that are not merged is written
+    /// with them merged (into a copy of that layer alone: the model is not changed), as PEFT's
+    /// `merge_and_unload` would give; the weights are written one tensor at a time, so the peak
+    /// is one tensor in f32 beside the model. Files are written to `dir/.tmp-export` and moved
+    /// into place at the end.
+    pub fn save_hf(&self, dir: &Path) -> Result<()> {
+        save_hf(self, dir)
+    }
+}
+
+fn save_hf(lm: &Pretrained, dir: &Path) -> Result<()> {
     let m = &lm.model;
     let tmp = dir.join(".tmp-export");
     if tmp.exists() {

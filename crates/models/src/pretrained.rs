@@ -141,18 +141,6 @@ impl Pretrained {
         })
     }
 
-    /// Writes the model as a Hugging Face directory that `AutoModelForCausalLM.from_pretrained`
-    /// loads: `config.json`, `model.safetensors` (f32, HF key names and `[out, in]` layouts),
-    /// `tokenizer.json`, `tokenizer_config.json` (with the chat template) and
-    /// `generation_config.json`. A layer with active adapters that are not merged is written
-    /// with them merged (into a copy of that layer alone: the model is not changed), as PEFT's
-    /// `merge_and_unload` would give; the weights are written one tensor at a time, so the peak
-    /// is one tensor in f32 beside the model. Files are written to `dir/.tmp-export` and moved
-    /// into place at the end.
-    pub fn save_hf(&self, dir: &Path) -> Result<()> {
-        crate::export_hf::save_hf(self, dir)
-    }
-
     /// Writes the model as one GGUF v3 file that llama.cpp, gguf-py and transformers
     /// (`from_pretrained(dir, gguf_file=...)`) load: llama.cpp's tensor names and metadata,
     /// 2-d tensors stored as `export.file_type` says (1-d tensors f32), the tokenizer copied from
