@@ -19,12 +19,13 @@ use kiln_models::fetch::resolve_model;
 use kiln_models::{CausalLm, Pretrained, parse_device};
 use std::path::{Path, PathBuf};
 
-/// A DPO run (TRL's `DPOConfig` names where it has them).
+/// A preference run, DPO, ORPO, CPO or KTO (TRL's config names where it has them).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DpoRun {
     /// A model directory, GGUF file or Hugging Face repo id.
     pub model: PathBuf,
-    /// JSON Lines of preference pairs (standard, conversational or implicit prompt).
+    /// JSON Lines of preference pairs (standard, conversational or implicit prompt); for KTO
+    /// ([`crate::kto_run::run_kto`]) unpaired records, or pairs it unpairs.
     pub data: PathBuf,
     pub output_dir: PathBuf,
     pub max_steps: usize,
