@@ -1,7 +1,9 @@
 //! Preference training of a LoRA adapter with TRL's definitions: DPO (`DPOTrainer`, with a
 //! reference model), ORPO (`ORPOTrainer`), CPO and SimPO (`CPOTrainer`, no reference model), on
 //! preference pairs in a JSON Lines file (`prompt`/`chosen`/`rejected` strings or message lists,
-//! or `chosen`/`rejected` conversations sharing the prompt).
+//! or `chosen`/`rejected` conversations sharing the prompt); KTO (`KTOTrainer`, `--loss kto` or
+//! `apo_zero_unpaired`) on unpaired records (`prompt`/`completion` strings or message lists and a
+//! boolean `label`), or on pairs, unpaired as TRL does.
 //!
 //! ```text
 //! cargo run --release --example dpo -- --model ~/.cache/kiln/SmolLM2-135M-Instruct.Q4_1.gguf \
@@ -10,21 +12,25 @@
 //! cargo run --release --example dpo -- --model DIR --data pairs.jsonl --loss orpo --beta 0.1
 //! cargo run --release --example dpo -- --model DIR --data pairs.jsonl --loss simpo --beta 2 \
 //!     --simpo-gamma 0.5 --cpo-alpha 0
+//! cargo run --release --example dpo -- --model DIR --data fixtures/kto/conversational.jsonl \
+//!     --loss kto --beta 0.1 --undesirable-weight 1.33 --no-shuffle
 //! ```
 //!
 //! Writes into `--output-dir`: `metrics.jsonl` (`loss`, `rewards/chosen`, `rewards/rejected`,
 //! `rewards/accuracies`, `rewards/margins`, `logps/chosen`, `logps/rejected`, `grad_norm`, `lr`
-//! per step; `nll_loss` for ORPO and CPO, `log_odds_ratio` and `log_odds_chosen` for ORPO),
+//! per step; `nll_loss` for ORPO and CPO, `log_odds_ratio` and `log_odds_chosen` for ORPO; for
+//! KTO `loss`, `kl`, `rewards/chosen`, `rewards/rejected`, `rewards/margins`, `logps/chosen`,
+//! `logps/rejected` (a label absent from a step is absent from its line), `num_tokens`),
 //! `loss_curve.png` and `adapter/` (PEFT files).
 use anyhow::Result;
 use clap::Parser;
 use kiln::data::TruncationMode;
-use kiln::train::{DpoOptions, DpoRun, PreferenceLoss, run_dpo};
+use kiln::train::{DpoOptions, DpoRun, PreferenceLoss, run_dpo, run_kto};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
 #[command(
-    about = "Preference training (DPO sigmoid/ipo/hinge/robust, ORPO, CPO, SimPO) of a LoRA adapter"
+    about = "Preference training (DPO sigmoid/ipo/hinge/robust, ORPO, CPO, SimPO, KTO) of a LoRA adapter"
 )]
 struct Args {
     /// A model directory, GGUF file or Hugging Face repo id.
@@ -43,7 +49,8 @@ struct Args {
     /// β of DPO and CPO/SimPO, λ of ORPO.
     #[arg(long, default_value_t = 0.1)]
     beta: f64,
-    /// DPO: sigmoid, ipo, hinge, robust; orpo; CPO: cpo (sigmoid), cpo_hinge, cpo_ipo, simpo.
+    /// DPO: sigmoid, ipo, hinge, robust; orpo; CPO: cpo (sigmoid), cpo_hinge, cpo_ipo, simpo;
+    /// KTO: kto, apo_zero_unpaired.
     #[arg(long, alias = "loss", default_value = "sigmoid")]
     loss_type: PreferenceLoss,
     /// ε of DPO's robust loss and of CPO's sigmoid and simpo losses.
@@ -55,7 +62,13 @@ struct Args {
     /// SimPO: the target reward margin γ.
     #[arg(long, default_value_t = 0.5)]
     simpo_gamma: f64,
-    /// Pairs per micro-batch.
+    /// KTO: the weight of the desirable records' losses.
+    #[arg(long, default_value_t = 1.0)]
+    desirable_weight: f64,
+    /// KTO: the weight of the undesirable records' losses.
+    #[arg(long, default_value_t = 1.0)]
+    undesirable_weight: f64,
+    /// Pairs (KTO: records, at least 2 for its KL estimate) per micro-batch.
     #[arg(long, default_value_t = 2)]
     batch_size: usize,
     #[arg(long, default_value_t = 1)]
@@ -76,6 +89,9 @@ struct Args {
     lora_alpha: f64,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Keep the file's order (by default the records are shuffled once with --seed).
+    #[arg(long)]
+    no_shuffle: bool,
     /// f32 or bf16 (default: bf16 on CPUs with bf16 units).
     #[arg(long)]
     precision: Option<kiln::train::Precision>,
@@ -108,6 +124,8 @@ fn main() -> Result<()> {
             label_smoothing: a.label_smoothing,
             cpo_alpha: a.cpo_alpha,
             simpo_gamma: a.simpo_gamma,
+            desirable_weight: a.desirable_weight,
+            undesirable_weight: a.undesirable_weight,
             batch_size: a.batch_size,
             max_length: Some(a.max_seq_len),
             truncation: a.truncation_mode,
@@ -118,6 +136,7 @@ fn main() -> Result<()> {
         lora_r: a.lora_r,
         lora_alpha: a.lora_alpha,
         seed: a.seed,
+        shuffle: !a.no_shuffle,
         precision: a.precision,
         chat_template: a.chat_template,
         save_steps: a.save_steps,
@@ -125,6 +144,29 @@ fn main() -> Result<()> {
         overwrite: a.overwrite,
         ..DpoRun::default()
     };
+    if run.dpo.loss_type.unpaired() {
+        let summary = run_kto(&run, |m| {
+            let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
+            println!(
+                "step {}: loss {:.4}, kl {:.4}, rewards/chosen {}, rewards/rejected {}, grad norm {:.3}",
+                m.step,
+                m.loss,
+                m.kl,
+                f(m.rewards_chosen),
+                f(m.rewards_rejected),
+                m.grad_norm
+            );
+        })?;
+        println!(
+            "done: {} records ({} desirable; {} dropped: prompt fills max_seq_len), {} steps; adapter in {}",
+            summary.records,
+            summary.desirable,
+            summary.dropped,
+            summary.history.len(),
+            summary.adapter_dir.display()
+        );
+        return Ok(());
+    }
     let summary = run_dpo(&run, |m| {
         println!(
             "step {}: loss {:.4}, rewards/margins {:.4}, rewards/accuracies {:.2}, grad norm {:.3}",

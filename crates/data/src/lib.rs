@@ -36,6 +36,7 @@ pub mod stream;
 pub mod synthetic;
 pub mod template;
 mod timefmt;
+pub mod unpaired;
 
 pub use batch::{Batch, Padding, length_grouped_batches};
 pub use encode::{
@@ -57,3 +58,6 @@ pub use source::{FileKind, RawItem, RawRecord, Source, expand_paths};
 pub use split::{ShuffleBuffer, SplitSize, dedup_by_key, shuffled, train_val_split};
 pub use stream::PackedRows;
 pub use template::{ChatTemplate, TemplateSource, load_chat_template, template_from_config};
+pub use unpaired::{
+    KtoExample, Unpaired, UnpairedIds, UnpairedRecord, kto_examples, parse_unpaired, read_unpaired,
+};

@@ -200,7 +200,7 @@ fn implicit_split<T: PartialEq>(a: &[T], b: &[T], space_before: impl Fn(usize) -
 }
 
 /// A message list (`role`/`content` objects) under the field `name`.
-fn messages(v: &Value, name: &str, at: &Location) -> Result<Vec<Message>> {
+pub(crate) fn messages(v: &Value, name: &str, at: &Location) -> Result<Vec<Message>> {
     let wrong = |field: String, expected: &str| DataError::WrongType {
         at: at.clone(),
         field,
@@ -282,6 +282,11 @@ impl<'a> PreferenceEncoder<'a> {
 
     pub(crate) fn template(&self) -> Option<&ChatTemplate> {
         self.template
+    }
+
+    /// The EOS text appended to standard completions.
+    pub(crate) fn eos(&self) -> Option<&str> {
+        self.eos.as_deref()
     }
 
     pub(crate) fn ids(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {

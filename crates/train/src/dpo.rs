@@ -56,7 +56,7 @@ impl std::str::FromStr for DpoLoss {
     }
 }
 
-/// The preference options (TRL's `DPOConfig`, `ORPOConfig` and `CPOConfig` names).
+/// The preference options (TRL's `DPOConfig`, `ORPOConfig`, `CPOConfig` and `KTOConfig` names).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DpoOptions {
     /// β of DPO and CPO, λ of ORPO.
@@ -68,7 +68,11 @@ pub struct DpoOptions {
     pub cpo_alpha: f64,
     /// SimPO's target reward margin γ (TRL default 0.5).
     pub simpo_gamma: f64,
-    /// Pairs per micro-batch.
+    /// KTO: the weight of the desirable records' losses (TRL default 1).
+    pub desirable_weight: f64,
+    /// KTO: the weight of the undesirable records' losses (TRL default 1).
+    pub undesirable_weight: f64,
+    /// Pairs (KTO: records) per micro-batch.
     pub batch_size: usize,
     /// Tokens per sequence (prompt + completion), truncated per `truncation`.
     pub max_length: Option<usize>,
@@ -85,6 +89,8 @@ impl Default for DpoOptions {
             label_smoothing: 0.0,
             cpo_alpha: 1.0,
             simpo_gamma: 0.5,
+            desirable_weight: 1.0,
+            undesirable_weight: 1.0,
             batch_size: 1,
             max_length: Some(1024),
             truncation: TruncationMode::KeepStart,
@@ -128,10 +134,9 @@ pub struct DpoStepMetrics {
 /// One side of a pair: its ids and which of them are completion tokens.
 pub(crate) type Side = (Vec<u32>, Vec<bool>);
 
-/// A micro-batch of pairs laid out as TRL's collator does: rows `0..n` chosen, `n..2n`
-/// rejected, right-padded; labels on completion tokens (and, for ORPO's cross-entropy, on the
-/// chosen prompts).
-pub(crate) struct PairBatch {
+/// Sequences laid out for one fused forward as TRL's collators do: right-padded rows, labels on
+/// the completion tokens (and on the prompt tokens of the rows `prompt_labels` picks).
+pub(crate) struct SeqBatch {
     pub input: DecoderInput,
     pub labels: Vec<i64>,
     /// The row of each counted label, in the order of the labels.
@@ -142,19 +147,16 @@ pub(crate) struct PairBatch {
     pub completion_len: Vec<usize>,
     /// Counted completion labels per row (TRL's shifted loss mask, for averages).
     pub counted: Vec<usize>,
-    pub pairs: usize,
     /// Real tokens.
     pub tokens: usize,
 }
 
-impl PairBatch {
-    /// `chosen_prompt_labels`: also label the chosen rows' prompt tokens (ORPO).
-    pub(crate) fn new(pairs: &[&[Side; 2]], pad_id: u32, chosen_prompt_labels: bool) -> Self {
-        let seqs: Vec<&Side> = (0..2)
-            .flat_map(|side| pairs.iter().map(move |p| &p[side]))
-            .collect();
+impl SeqBatch {
+    /// # Shapes
+    /// - `input`: `[rows, longest sequence]`; `labels` likewise, flattened
+    pub(crate) fn new(seqs: &[&Side], pad_id: u32, prompt_labels: impl Fn(usize) -> bool) -> Self {
         let t = seqs.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
-        let (b, n) = (seqs.len(), pairs.len());
+        let b = seqs.len();
         let (mut ids, mut mask, mut labels) =
             (vec![pad_id; b * t], vec![0u8; b * t], vec![-100i64; b * t]);
         let (mut rows, mut completion, mut tokens) = (Vec::new(), Vec::new(), 0);
@@ -164,7 +166,7 @@ impl PairBatch {
                 ids[r * t + i] = id;
                 mask[r * t + i] = 1;
                 completion_len[r] += usize::from(c);
-                if c || (chosen_prompt_labels && r < n) {
+                if c || prompt_labels(r) {
                     labels[r * t + i] = i64::from(id);
                     if i > 0 {
                         rows.push(r);
@@ -182,20 +184,48 @@ impl PairBatch {
             completion,
             completion_len,
             counted,
-            pairs: n,
             tokens,
         }
     }
 
     /// Per row, the sum of its counted completion labels' log-probabilities.
     pub(crate) fn row_sums(&self, logps: &[f32]) -> Vec<f64> {
-        let mut sums = vec![0f64; 2 * self.pairs];
+        let mut sums = vec![0f64; self.completion_len.len()];
         for ((&lp, &r), &c) in logps.iter().zip(&self.rows).zip(&self.completion) {
             if c {
                 sums[r] += f64::from(lp);
             }
         }
         sums
+    }
+}
+
+/// A micro-batch of pairs laid out as TRL's collator does: rows `0..n` chosen, `n..2n`
+/// rejected, right-padded; labels on completion tokens (and, for ORPO's cross-entropy, on the
+/// chosen prompts).
+pub(crate) struct PairBatch {
+    pub seqs: SeqBatch,
+    pub pairs: usize,
+}
+
+impl std::ops::Deref for PairBatch {
+    type Target = SeqBatch;
+    fn deref(&self) -> &SeqBatch {
+        &self.seqs
+    }
+}
+
+impl PairBatch {
+    /// `chosen_prompt_labels`: also label the chosen rows' prompt tokens (ORPO).
+    pub(crate) fn new(pairs: &[&[Side; 2]], pad_id: u32, chosen_prompt_labels: bool) -> Self {
+        let seqs: Vec<&Side> = (0..2)
+            .flat_map(|side| pairs.iter().map(move |p| &p[side]))
+            .collect();
+        let n = pairs.len();
+        Self {
+            seqs: SeqBatch::new(&seqs, pad_id, |r| chosen_prompt_labels && r < n),
+            pairs: n,
+        }
     }
 }
 
@@ -365,6 +395,17 @@ pub struct DpoTrainer<M: CausalModel> {
 }
 
 fn check_options(options: &DpoOptions) -> Result<()> {
+    if let PreferenceLoss::Kto(_) = options.loss_type {
+        return Err(TrainError::option(
+            "loss_type",
+            "KTO trains on unpaired records: use KtoTrainer (run_kto)",
+        ));
+    }
+    check_common(options)
+}
+
+/// The checks every preference loss shares.
+pub(crate) fn check_common(options: &DpoOptions) -> Result<()> {
     if options.batch_size == 0 {
         return Err(TrainError::option("batch_size", "must be at least 1"));
     }

@@ -11,19 +11,21 @@ use crate::plot::write_loss_curve;
 use crate::rundir::{RunDir, RunMode};
 use crate::schedule::LrSchedule;
 use crate::trainer::{Trainer, TrainerOptions};
+use burn::tensor::Device;
 use kiln_data::{ChatTemplate, FieldMap, PreferenceEncoder, read_preferences, shuffled};
 use kiln_lora::{LoraConfig, LoraModel, TargetModules};
 use kiln_models::backprop::Precision;
 use kiln_models::fetch::resolve_model;
-use kiln_models::{Pretrained, parse_device};
+use kiln_models::{CausalLm, Pretrained, parse_device};
 use std::path::{Path, PathBuf};
 
-/// A DPO run (TRL's `DPOConfig` names where it has them).
+/// A preference run, DPO, ORPO, CPO or KTO (TRL's config names where it has them).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DpoRun {
     /// A model directory, GGUF file or Hugging Face repo id.
     pub model: PathBuf,
-    /// JSON Lines of preference pairs (standard, conversational or implicit prompt).
+    /// JSON Lines of preference pairs (standard, conversational or implicit prompt); for KTO
+    /// ([`crate::kto_run::run_kto`]) unpaired records, or pairs it unpairs.
     pub data: PathBuf,
     pub output_dir: PathBuf,
     pub max_steps: usize,
@@ -96,6 +98,18 @@ pub struct DpoSummary {
     pub adapter_dir: PathBuf,
 }
 
+/// The chat template conversational records are rendered with: `run.chat_template`, else the
+/// model's.
+pub(crate) fn chat_template(run: &DpoRun, lm: &Pretrained) -> Result<Option<ChatTemplate>> {
+    Ok(ChatTemplate::select(
+        run.chat_template.as_deref(),
+        lm.extras.chat_template.as_deref(),
+        lm.extras.chat_template_origin.as_deref(),
+        lm.extras.bos_token.as_deref(),
+        lm.extras.eos_token.as_deref(),
+    )?)
+}
+
 /// Reads and tokenizes the pairs of `path` (shuffled with `seed` when asked): as TRL's
 /// `DPOTrainer` for DPO, as its `ORPOTrainer`/`CPOTrainer` for the reference-free losses.
 fn load_pairs(run: &DpoRun, lm: &Pretrained) -> Result<PreferencePairs> {
@@ -103,13 +117,7 @@ fn load_pairs(run: &DpoRun, lm: &Pretrained) -> Result<PreferencePairs> {
         lm.extras.bos_token.as_deref(),
         lm.extras.eos_token.as_deref(),
     );
-    let template = ChatTemplate::select(
-        run.chat_template.as_deref(),
-        lm.extras.chat_template.as_deref(),
-        lm.extras.chat_template_origin.as_deref(),
-        bos,
-        eos,
-    )?;
+    let template = chat_template(run, lm)?;
     let encoder = PreferenceEncoder::new(&lm.tokenizer, template.as_ref(), eos);
     let records = read_preferences(&run.data, &FieldMap::default())?;
     let order = |n: usize| -> Vec<usize> {
@@ -153,7 +161,7 @@ fn load_pairs(run: &DpoRun, lm: &Pretrained) -> Result<PreferencePairs> {
 }
 
 /// The trainer options of `run`: AdamW without weight decay, constant learning rate.
-fn trainer_options(run: &DpoRun) -> TrainerOptions {
+pub(crate) fn trainer_options(run: &DpoRun) -> TrainerOptions {
     let schedule = ScheduleOptions {
         kind: ScheduleKind::Constant,
         warmup_steps: Some(0),
@@ -179,7 +187,7 @@ fn trainer_options(run: &DpoRun) -> TrainerOptions {
 }
 
 /// `(step, loss)` of every training line of `metrics.jsonl` (a resumed run's earlier steps too).
-fn logged_losses(path: &Path) -> Result<Vec<(usize, f64)>> {
+pub(crate) fn logged_losses(path: &Path) -> Result<Vec<(usize, f64)>> {
     let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
     Ok(text
         .lines()
@@ -188,20 +196,56 @@ fn logged_losses(path: &Path) -> Result<Vec<(usize, f64)>> {
         .collect())
 }
 
+/// Checks `run`, opens its directory (a fresh run never appends to another run's files) and
+/// loads the model and tokenizer.
+pub(crate) fn start(run: &DpoRun) -> Result<(RunDir, Device, Pretrained)> {
+    if run.max_steps == 0 {
+        return Err(TrainError::option("max_steps", "must be at least 1"));
+    }
+    let mode = RunMode::from_flags(run.resume, run.overwrite)?;
+    let run_dir = RunDir::open(&run.output_dir, mode)?;
+    let device = parse_device(&run.device)?;
+    let path = resolve_model(Some(&run.model), true)?;
+    let lm = Pretrained::load(&path, &device)?;
+    Ok((run_dir, device, lm))
+}
+
+/// The trainer of the policy: `run.init_adapter` (trainable) or a new LoRA adapter (A drawn on
+/// the host from the run's seed, B = 0).
+pub(crate) fn policy_trainer(
+    run: &DpoRun,
+    model: CausalLm,
+    device: &Device,
+) -> Result<Trainer<LoraModel<CausalLm>>> {
+    let model = match &run.init_adapter {
+        Some(dir) => {
+            let mut m = LoraModel::new(model);
+            m.load_adapter(dir, "default")?;
+            m
+        }
+        None => {
+            let targets = TargetModules::Names(run.targets.clone());
+            let config = LoraConfig::new(run.lora_r, run.lora_alpha, targets);
+            kiln_lora::manual_seed(run.seed);
+            LoraModel::with_adapter(model, "default", config)?
+        }
+    };
+    device.seed(run.seed);
+    Trainer::new(model, device, trainer_options(run))
+}
+
 /// Trains a LoRA adapter with DPO, ORPO or CPO (`run.dpo.loss_type`) and writes
 /// `output_dir/{metrics.jsonl, loss_curve.png, adapter/}` (and `checkpoints/step-N/` every
 /// `save_steps`); `on_step` sees each step's metrics (a progress line). With `resume`, the run
 /// continues from its newest checkpoint (the summary's history then holds the steps run now).
 pub fn run_dpo(run: &DpoRun, mut on_step: impl FnMut(&DpoStepMetrics)) -> Result<DpoSummary> {
-    if run.max_steps == 0 {
-        return Err(TrainError::option("max_steps", "must be at least 1"));
+    if run.dpo.loss_type.unpaired() {
+        return Err(TrainError::option(
+            "loss_type",
+            "KTO trains on unpaired records: run_kto",
+        ));
     }
-    let mode = RunMode::from_flags(run.resume, run.overwrite)?;
-    // Before anything loads: a fresh run never appends to another run's files.
-    let run_dir = RunDir::open(&run.output_dir, mode)?;
-    let device = parse_device(&run.device)?;
-    let path = resolve_model(Some(&run.model), true)?;
-    let lm = Pretrained::load(&path, &device)?;
+    let (run_dir, device, lm) = start(run)?;
     let pairs = load_pairs(run, &lm)?;
     let n = match &pairs {
         PreferencePairs::Dpo(p) => p.len(),
@@ -209,22 +253,7 @@ pub fn run_dpo(run: &DpoRun, mut on_step: impl FnMut(&DpoStepMetrics)) -> Result
     };
     let mut options = run.dpo.clone();
     options.pad_id = lm.eos_token_ids().first().copied().unwrap_or(0);
-    let model = match &run.init_adapter {
-        Some(dir) => {
-            let mut m = LoraModel::new(lm.model);
-            m.load_adapter(dir, "default")?;
-            m
-        }
-        None => {
-            let targets = TargetModules::Names(run.targets.clone());
-            let config = LoraConfig::new(run.lora_r, run.lora_alpha, targets);
-            // The new adapter's A is drawn on the host from the run's seed.
-            kiln_lora::manual_seed(run.seed);
-            LoraModel::with_adapter(lm.model, "default", config)?
-        }
-    };
-    device.seed(run.seed);
-    let trainer = Trainer::new(model, &device, trainer_options(run))?;
+    let trainer = policy_trainer(run, lm.model, &device)?;
     let mut dpo = DpoTrainer::new(trainer, pairs, options, run.max_steps)?;
     let (root, metrics) = (
         run_dir.checkpoint_dir(),

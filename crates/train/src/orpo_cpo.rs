@@ -21,6 +21,7 @@
 //! which the fused backward never forms.
 use crate::dpo::{DpoLoss, PairBatch, PairStats, log_sigmoid, sigmoid};
 use crate::error::{Result, TrainError};
+use crate::kto::KtoLoss;
 
 /// TRL's CPO `loss_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +45,8 @@ pub enum PreferenceLoss {
     Orpo,
     /// TRL's `CPOTrainer` (no reference model).
     Cpo(CpoLoss),
+    /// TRL's `KTOTrainer` (a reference model; unpaired records, [`crate::kto::KtoTrainer`]).
+    Kto(KtoLoss),
 }
 
 impl Default for PreferenceLoss {
@@ -67,12 +70,14 @@ impl std::str::FromStr for PreferenceLoss {
             "cpo_hinge" => Self::Cpo(CpoLoss::Hinge),
             "cpo_ipo" => Self::Cpo(CpoLoss::Ipo),
             "simpo" => Self::Cpo(CpoLoss::Simpo),
+            "kto" => Self::Kto(KtoLoss::Kto),
+            "apo_zero_unpaired" => Self::Kto(KtoLoss::ApoZeroUnpaired),
             _ => Self::Dpo(s.parse().map_err(|_| {
                 TrainError::option(
                     "loss_type",
                     format!(
                         "`{s}`: expected sigmoid, ipo, hinge, robust (DPO), orpo, cpo, \
-                         cpo_hinge, cpo_ipo or simpo"
+                         cpo_hinge, cpo_ipo, simpo, kto or apo_zero_unpaired (KTO)"
                     ),
                 )
             })?),
@@ -81,9 +86,14 @@ impl std::str::FromStr for PreferenceLoss {
 }
 
 impl PreferenceLoss {
-    /// Whether the loss compares with a reference model (DPO) or not (ORPO, CPO).
+    /// Whether the loss compares with a reference model (DPO, KTO) or not (ORPO, CPO).
     pub fn needs_reference(self) -> bool {
-        matches!(self, Self::Dpo(_))
+        matches!(self, Self::Dpo(_) | Self::Kto(_))
+    }
+
+    /// Whether the loss trains on unpaired records (KTO).
+    pub fn unpaired(self) -> bool {
+        matches!(self, Self::Kto(_))
     }
 }
 
@@ -98,7 +108,7 @@ impl PreferenceLoss {
     /// ORPO or CPO; `None` for DPO.
     pub(crate) fn ref_free(self) -> Option<RefFreeLoss> {
         match self {
-            Self::Dpo(_) => None,
+            Self::Dpo(_) | Self::Kto(_) => None,
             Self::Orpo => Some(RefFreeLoss::Orpo),
             Self::Cpo(k) => Some(RefFreeLoss::Cpo(k)),
         }
