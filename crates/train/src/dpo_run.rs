@@ -1,6 +1,6 @@
 //! The preference recipe (DPO, ORPO, CPO): model and tokenizer → preference pairs → LoRA
 //! adapter (new, or continued from a PEFT adapter) → [`DpoTrainer`] steps (checkpointed, and
-//! resumed exactly) → `metrics.jsonl`, `loss_curve.png` and the adapter in PEFT's format. The
+//! resumed exactly) → `metrics.jsonl`, `tensorboard/`, `loss_curve.png` and the adapter in PEFT's format. The
 //! `dpo` example is a command line around [`run_dpo`].
 use crate::config::{AdamWOptions, BackwardPath, NonFinitePolicy, ScheduleKind, ScheduleOptions};
 use crate::dpo::{DpoOptions, DpoStepMetrics, DpoTrainer, PreferencePairs};
@@ -235,7 +235,7 @@ pub(crate) fn policy_trainer(
 }
 
 /// Trains a LoRA adapter with DPO, ORPO or CPO (`run.dpo.loss_type`) and writes
-/// `output_dir/{metrics.jsonl, loss_curve.png, adapter/}` (and `checkpoints/step-N/` every
+/// `output_dir/{metrics.jsonl, tensorboard/, loss_curve.png, adapter/}` (and `checkpoints/step-N/` every
 /// `save_steps`); `on_step` sees each step's metrics (a progress line). With `resume`, the run
 /// continues from its newest checkpoint (the summary's history then holds the steps run now).
 pub fn run_dpo(run: &DpoRun, mut on_step: impl FnMut(&DpoStepMetrics)) -> Result<DpoSummary> {
@@ -260,7 +260,7 @@ pub fn run_dpo(run: &DpoRun, mut on_step: impl FnMut(&DpoStepMetrics)) -> Result
         run.output_dir.join("metrics.jsonl"),
     );
     // A checkpoint of another run in this directory is refused (run ids), as for SFT.
-    let mut log = match run_dir.latest_checkpoint()?.filter(|_| run.resume) {
+    let log = match run_dir.latest_checkpoint()?.filter(|_| run.resume) {
         Some(dir) => {
             dpo = dpo.resume(&device, &dir)?;
             tracing::info!("resumed from {}", dir.display());
@@ -268,6 +268,8 @@ pub fn run_dpo(run: &DpoRun, mut on_step: impl FnMut(&DpoStepMetrics)) -> Result
         }
         None => JsonlLogger::open(&metrics)?,
     };
+    let tensorboard = run.output_dir.join("tensorboard");
+    let mut log = log.with_tensorboard(&tensorboard, dpo.trainer.state.step)?;
     dpo.trainer.set_run_id(run_dir.id());
     let every = run.save_steps.filter(|&e| e > 0);
     while dpo.trainer.state.step < run.max_steps {

@@ -1,6 +1,6 @@
 //! The KTO recipe: model and tokenizer → unpaired records (or preference pairs, unpaired as TRL
 //! does) → LoRA adapter (new, or continued from a PEFT adapter) → [`KtoTrainer`] steps
-//! (checkpointed, and resumed exactly) → `metrics.jsonl`, `loss_curve.png` and the adapter in
+//! (checkpointed, and resumed exactly) → `metrics.jsonl`, `tensorboard/`, `loss_curve.png` and the adapter in
 //! PEFT's format. The `dpo` example calls [`run_kto`] for `--loss kto` and
 //! `--loss apo_zero_unpaired`; the run's options are [`DpoRun`]'s.
 use crate::dpo_run::{DpoRun, chat_template, logged_losses, policy_trainer, start};
@@ -47,7 +47,7 @@ fn load_records(run: &DpoRun, lm: &Pretrained) -> Result<Vec<UnpairedIds>> {
 
 /// Trains a LoRA adapter with KTO (`run.dpo.loss_type` `kto` or `apo_zero_unpaired`, the
 /// weights `run.dpo.desirable_weight`/`undesirable_weight`) and writes
-/// `output_dir/{metrics.jsonl, loss_curve.png, adapter/}` (and `checkpoints/step-N/` every
+/// `output_dir/{metrics.jsonl, tensorboard/, loss_curve.png, adapter/}` (and `checkpoints/step-N/` every
 /// `save_steps`); `on_step` sees each step's metrics. With `resume`, the run continues from its
 /// newest checkpoint.
 pub fn run_kto(run: &DpoRun, mut on_step: impl FnMut(&KtoStepMetrics)) -> Result<KtoSummary> {
@@ -68,7 +68,7 @@ pub fn run_kto(run: &DpoRun, mut on_step: impl FnMut(&KtoStepMetrics)) -> Result
         run_dir.checkpoint_dir(),
         run.output_dir.join("metrics.jsonl"),
     );
-    let mut log = match run_dir.latest_checkpoint()?.filter(|_| run.resume) {
+    let log = match run_dir.latest_checkpoint()?.filter(|_| run.resume) {
         Some(dir) => {
             kto = kto.resume(&device, &dir)?;
             tracing::info!("resumed from {}", dir.display());
@@ -76,6 +76,8 @@ pub fn run_kto(run: &DpoRun, mut on_step: impl FnMut(&KtoStepMetrics)) -> Result
         }
         None => JsonlLogger::open(&metrics)?,
     };
+    let tensorboard = run.output_dir.join("tensorboard");
+    let mut log = log.with_tensorboard(&tensorboard, kto.trainer.state.step)?;
     kto.trainer.set_run_id(run_dir.id());
     let every = run.save_steps.filter(|&e| e > 0);
     while kto.trainer.state.step < run.max_steps {

@@ -255,6 +255,20 @@ fn dpo_recipe_writes_trl_metrics_and_a_peft_adapter() {
         }
     }
     assert!(dir.join("out/loss_curve.png").is_file());
+    // TensorBoard: the version event and one event per step, with TRL's metric names.
+    let tb: Vec<_> = std::fs::read_dir(dir.join("out/tensorboard"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(tb.len(), 1, "{tb:?}");
+    let records = kiln_train::tensorboard::read_tfrecords(&std::fs::read(&tb[0]).unwrap()).unwrap();
+    assert_eq!(records.len(), 1 + 3);
+    for tag in ["train/loss", "train/rewards/margins", "train/logps/chosen"] {
+        assert!(
+            records[3].windows(tag.len()).any(|w| w == tag.as_bytes()),
+            "{tag}"
+        );
+    }
     let mut back = LoraModel::new(tiny_model());
     back.load_adapter(&summary.adapter_dir, "default").unwrap();
     let saved = back.adapter_state_dict("default").unwrap();
