@@ -11,7 +11,7 @@ use std::sync::Arc;
 /// A GGUF v2/v3 file, memory-mapped: the header is parsed on open, tensor data is read lazily.
 ///
 /// ```no_run
-/// # fn main() -> kiln_models::error::Result<()> {
+/// # fn main() -> kiln_models::Result<()> {
 /// use kiln_models::gguf::GgufFile;
 /// let file = GgufFile::open("model.gguf")?;
 /// let layers: u32 = file.require("llama.block_count")?;
