@@ -12,6 +12,7 @@ pub mod adapters;
 pub mod attention;
 #[cfg(feature = "cpu")]
 pub mod backprop;
+pub mod classifier;
 pub mod config;
 pub mod decoder;
 pub mod device;
@@ -35,6 +36,7 @@ pub mod safetensors_source;
 pub mod tokenizer;
 pub mod weights;
 
+pub use classifier::{ClassifierConfig, ProblemType, SequenceClassifier};
 pub use config::{
     Activation, AttentionKind, DecoderConfig, Family, HfConfig, ModuleLayout, RopeParams,
     RopeScaling,
