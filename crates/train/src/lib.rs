@@ -28,6 +28,7 @@ pub mod model;
 pub mod orpo_cpo;
 pub mod params;
 pub mod plot;
+pub mod reward;
 pub mod run;
 pub mod rundir;
 pub mod schedule;
@@ -61,6 +62,10 @@ pub use model::{CausalModel, LogpLossFn};
 pub use orpo_cpo::{CpoLoss, PreferenceLoss};
 pub use params::{HostParams, ParamInfo};
 pub use plot::write_loss_curve;
+pub use reward::{
+    ClassifierModel, RewardOptions, RewardPair, RewardStepMetrics, RewardTrainer, ScoreLabel,
+    classification_loss,
+};
 pub use run::{FitOptions, RunSummary, fit};
 pub use rundir::{RunDir, RunMode};
 pub use schedule::LrSchedule;
