@@ -283,3 +283,137 @@ fn bad_reward_input_gives_typed_errors() {
         Ok(_) => panic!("3 labels accepted"),
     }
 }
+
+/// A new kiln adapter for a reward model: LoRA r 4 (A and B random) on every projection, the
+/// head in `modules_to_save`, task SEQ_CLS, after one reward step.
+fn kiln_trained_adapter() -> LoraModel<SequenceClassifier> {
+    let cls = SequenceClassifier::load(&fixture("reward/model"), &device()).unwrap();
+    let targets = [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ];
+    let mut config = kiln_lora::LoraConfig::new(
+        4,
+        8.0,
+        kiln_lora::TargetModules::Names(targets.map(String::from).to_vec()),
+    );
+    config.init_lora_weights = kiln_lora::InitLoraWeights::Random;
+    config.modules_to_save = Some(vec!["score".into()]);
+    config.task_type = Some("SEQ_CLS".into());
+    device().seed(11);
+    kiln_lora::manual_seed(11);
+    let m = LoraModel::with_adapter(cls, "default", config).unwrap();
+    let trainer = Trainer::new(m, &device(), trainer_options(1, 1e-2, 1)).unwrap();
+    let options = RewardOptions {
+        batch_size: 3,
+        ..RewardOptions::default()
+    };
+    let mut rm = RewardTrainer::new(trainer, pairs(&data_path("conversational")), options).unwrap();
+    rm.step().unwrap().unwrap();
+    rm.trainer.into_model()
+}
+
+fn batch_of_reference() -> kiln_models::DecoderInput {
+    let want = reference();
+    let flat = |k: &str| -> Vec<u64> {
+        want[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()))
+            .collect()
+    };
+    let b = want["input_ids"].as_array().unwrap().len();
+    let ids: Vec<u32> = flat("input_ids").into_iter().map(|x| x as u32).collect();
+    let t = ids.len() / b;
+    let mask = flat("attention_mask")
+        .into_iter()
+        .map(|x| x as u8)
+        .collect();
+    kiln_models::DecoderInput::new(ids, b, t).with_attention_mask(mask)
+}
+
+/// fixtures/reward/kiln_written/ holds the adapter kiln writes after one reward step
+/// (`KILN_WRITE_GOLDEN=1` rewrites it) and PEFT's scores with it
+/// (`python3 tools/check_reward_adapter.py fixtures/reward/kiln_written`, which loads it with
+/// `PeftModel.from_pretrained` on `AutoModelForSequenceClassification`): kiln still writes
+/// these files (config exactly, tensors within 1e-6), and kiln's scores with the adapter loaded
+/// back equal PEFT's within 1e-5.
+#[test]
+fn kiln_written_reward_adapter_loads_in_peft() {
+    let _g = serial();
+    let write = std::env::var("KILN_WRITE_GOLDEN").is_ok();
+    let golden = fixture("reward/kiln_written");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = if write {
+        golden.clone()
+    } else {
+        tmp.path().to_path_buf()
+    };
+    let trained = kiln_trained_adapter();
+    trained.save_adapter(&dir, "default").unwrap();
+    if write {
+        let _ = std::fs::remove_file(dir.join("peft_scores.json"));
+        panic!(
+            "adapter rewritten; now run `python3 tools/check_reward_adapter.py {}`",
+            dir.display()
+        );
+    }
+    let json = |p: std::path::PathBuf| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let config = json(dir.join("adapter_config.json"));
+    assert_eq!(
+        config,
+        json(golden.join("adapter_config.json")),
+        "adapter_config.json changed"
+    );
+    assert_eq!(config["task_type"], "SEQ_CLS");
+    assert_eq!(config["modules_to_save"], serde_json::json!(["score"]));
+    let ours = read_safetensors(&dir.join("adapter_model.safetensors")).unwrap();
+    let theirs = read_safetensors(&golden.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        theirs.keys().collect::<Vec<_>>()
+    );
+    assert!(ours.contains_key("base_model.model.score.weight"));
+    for (k, t) in &ours {
+        let err = t
+            .data
+            .iter()
+            .zip(&theirs[k].data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(err <= 1e-6, "{k} differs by {err}");
+    }
+    // Loaded back into a fresh model: the same scores as the trained model, and as PEFT's.
+    let input = batch_of_reference();
+    let before = trained.model.scores(&input).unwrap();
+    let cls = SequenceClassifier::load(&fixture("reward/model"), &device()).unwrap();
+    let mut fresh = LoraModel::new(cls);
+    fresh.load_adapter(&golden, "default").unwrap();
+    let got = fresh.model.scores(&input).unwrap();
+    let want = floats(&json(golden.join("peft_scores.json"))["scores"]);
+    let base = floats(&reference()["scores"]);
+    let diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    assert!(diff(&got, &want) <= 1e-5, "kiln {got:?} vs PEFT {want:?}");
+    assert!(
+        diff(&got, &before) <= 1e-5,
+        "reloaded {got:?} vs trained {before:?}"
+    );
+    assert!(diff(&got, &base) > 1e-3, "the adapter changes the scores");
+    println!(
+        "kiln-written adapter: scores within {:.2e} of PEFT's",
+        diff(&got, &want)
+    );
+}
