@@ -16,6 +16,7 @@ pub mod batch;
 pub mod callback;
 pub mod card;
 pub mod checkpoint;
+pub mod classify;
 pub mod config;
 pub mod data;
 pub mod dpo;
@@ -43,6 +44,7 @@ pub use batch::{Batch, BatchSource, Shuffled};
 pub use callback::{Callback, EvalMetrics, StepMetrics};
 pub use card::{EvalRow, TrainingMetadata};
 pub use checkpoint::{latest_checkpoint, list_checkpoints};
+pub use classify::{ClassifierTrainer, ClassifyStepMetrics, LabeledSeq};
 pub use config::{
     AdamWOptions, BackwardPath, DataOptions, EarlyStopping, EvalOptions, ExportOptions,
     NonFinitePolicy, SaveOptions, ScheduleKind, ScheduleOptions, SftConfig,

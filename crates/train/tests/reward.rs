@@ -417,3 +417,73 @@ fn kiln_written_reward_adapter_loads_in_peft() {
         diff(&got, &want)
     );
 }
+
+/// The rows of fixtures/reward/scores.json without their padding.
+fn reference_rows() -> Vec<Vec<u32>> {
+    let want = reference();
+    let ids = want["input_ids"].as_array().unwrap();
+    let masks = want["attention_mask"].as_array().unwrap();
+    ids.iter()
+        .zip(masks)
+        .map(|(r, m)| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .zip(m.as_array().unwrap())
+                .filter(|(_, m)| m.as_u64() == Some(1))
+                .map(|(x, _)| x.as_u64().unwrap() as u32)
+                .collect()
+        })
+        .collect()
+}
+
+/// Classification (3 labels, cross-entropy) and regression (1 label, MSE) fine-tuning: the
+/// first step's loss (new LoRA, B = 0: the base's scores) equals transformers' loss on the same
+/// rows and labels, and 8 steps on these 4 rows bring it down.
+#[test]
+fn classification_and_regression_fine_tuning() {
+    let _g = serial();
+    let want = reference();
+    let rows = reference_rows();
+    let reg = floats(&want["regression_labels"]);
+    let classes = want["class_labels"].as_array().unwrap();
+    for (dir, key) in [
+        ("model3", "classification_loss"),
+        ("model", "regression_loss"),
+    ] {
+        let labeled: Vec<kiln_train::LabeledSeq> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, ids)| kiln_train::LabeledSeq {
+                ids: ids.clone(),
+                label: match dir {
+                    "model3" => ScoreLabel::Class(classes[i].as_u64().unwrap() as usize),
+                    _ => ScoreLabel::Values(vec![reg[i]]),
+                },
+            })
+            .collect();
+        let cls = SequenceClassifier::load(&fixture("reward").join(dir), &device()).unwrap();
+        let mut config = kiln_lora::LoraConfig::new(
+            4,
+            8.0,
+            kiln_lora::TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]),
+        );
+        config.modules_to_save = Some(vec!["score".into()]);
+        kiln_lora::manual_seed(3);
+        let m = LoraModel::with_adapter(cls, "default", config).unwrap();
+        let trainer = Trainer::new(m, &device(), trainer_options(1, 2e-2, 8)).unwrap();
+        let mut ct = kiln_train::ClassifierTrainer::new(trainer, labeled, 4, 0).unwrap();
+        let losses: Vec<f64> = (0..8).map(|_| ct.step().unwrap().unwrap().loss).collect();
+        let w = want[key].as_f64().unwrap();
+        assert!(
+            (losses[0] - w).abs() < 1e-5,
+            "{dir}: first loss {} vs transformers {w}",
+            losses[0]
+        );
+        assert!(losses[7] < 0.5 * losses[0], "{dir}: losses {losses:?}");
+        println!(
+            "{dir}: loss {:.4} (transformers {w:.4}) -> {:.4} after 8 steps",
+            losses[0], losses[7]
+        );
+    }
+}
