@@ -30,6 +30,7 @@ pub mod orpo_cpo;
 pub mod params;
 pub mod plot;
 pub mod reward;
+pub mod reward_run;
 pub mod run;
 pub mod rundir;
 pub mod schedule;
@@ -65,9 +66,10 @@ pub use orpo_cpo::{CpoLoss, PreferenceLoss};
 pub use params::{HostParams, ParamInfo};
 pub use plot::write_loss_curve;
 pub use reward::{
-    ClassifierModel, RewardOptions, RewardPair, RewardStepMetrics, RewardTrainer, ScoreLabel,
-    classification_loss,
+    ClassifierModel, PairEval, RewardOptions, RewardPair, RewardStepMetrics, RewardTrainer,
+    ScoreLabel, classification_loss,
 };
+pub use reward_run::{RewardRun, RewardSummary, run_reward};
 pub use run::{FitOptions, RunSummary, fit};
 pub use rundir::{RunDir, RunMode};
 pub use schedule::LrSchedule;

@@ -93,6 +93,19 @@ pub struct RewardStepMetrics {
     pub num_tokens: u64,
 }
 
+/// A reward model's numbers on a set of pairs ([`RewardTrainer::evaluate`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PairEval {
+    /// Mean `-log σ(r_chosen - r_rejected - margin)`.
+    pub loss: f64,
+    /// Share of pairs with `r_chosen > r_rejected`.
+    pub accuracy: f64,
+    /// Mean `r_chosen - r_rejected`.
+    pub margin: f64,
+    /// Each pair's (chosen, rejected) scores.
+    pub scores: Vec<(f32, f32)>,
+}
+
 /// What one micro-batch's pairs give the step's metrics.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct PairStats {
@@ -333,17 +346,25 @@ impl<M: ClassifierModel> RewardTrainer<M> {
         (input, margins, tokens)
     }
 
-    /// The scores of every pair (chosen, rejected) under the current model (burn's forward,
-    /// no backward).
-    pub fn evaluate(&self) -> Result<Vec<(f32, f32)>> {
-        let mut out = Vec::new();
+    /// The Bradley–Terry loss (with the margins, without centring), pairwise accuracy and mean
+    /// margin of every pair under the current model (burn's forward, no backward).
+    pub fn evaluate(&self) -> Result<PairEval> {
+        let mut eval = PairEval::default();
+        let n = self.pairs.len() as f64;
         for j in 0..self.per_epoch() {
-            let (input, _, _) = self.batch(j);
+            let (input, margins, _) = self.batch(j);
             let s = self.trainer.model().classifier().valid().scores(&input)?;
-            let n = s.len() / 2;
-            out.extend((0..n).map(|p| (s[p], s[n + p])));
+            let k = s.len() / 2;
+            for (p, m) in margins.iter().enumerate() {
+                let (c, r) = (s[p], s[k + p]);
+                let d = f64::from(c) - f64::from(r);
+                eval.loss -= log_sigmoid(d - m) / n;
+                eval.accuracy += f64::from(u8::from(c > r)) / n;
+                eval.margin += d / n;
+                eval.scores.push((c, r));
+            }
         }
-        Ok(out)
+        Ok(eval)
     }
 
     /// One optimizer step over `grad_accum` micro-batches. `None` when the step was skipped
