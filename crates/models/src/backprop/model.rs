@@ -62,11 +62,13 @@ pub(super) type LogpLoss<'a> = Box<dyn FnOnce(&[f32]) -> (f64, Vec<f32>) + 'a>;
 
 /// What [`HostModel::run`] returns.
 pub(super) struct RunOut {
-    /// The summed NLL ([`HeadLoss::Nll`]), the loss's value ([`HeadLoss::Logp`]) or 0.
+    /// The summed NLL ([`HeadLoss::Nll`]), the loss's value ([`HeadLoss::Logp`],
+    /// [`HeadLoss::Score`]) or 0.
     pub loss: f64,
     /// Counted labels.
     pub tokens: usize,
-    /// Their log-probabilities (empty for [`HeadLoss::Nll`]).
+    /// Their log-probabilities (empty for [`HeadLoss::Nll`]); the scores for
+    /// [`HeadLoss::Score`].
     pub logps: Vec<f32>,
     pub grads: Grads,
 }
