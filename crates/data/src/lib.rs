@@ -46,8 +46,8 @@ pub use encode::{
 pub use error::{DataError, Location, Result};
 pub use pack::{GreedyPacker, PackStrategy, PackedRow, pack};
 pub use preference::{
-    Preference, PreferenceEncoder, PreferenceIds, TruncationMode, parse_preference,
-    read_preferences,
+    Preference, PreferenceEncoder, PreferenceIds, RewardRecord, TruncationMode, parse_preference,
+    read_preferences, read_reward_records,
 };
 pub use preference_answer::AnswerIds;
 pub use pretty::{show_labels, show_trained_text};

@@ -235,11 +235,52 @@ pub(crate) fn messages(v: &Value, name: &str, at: &Location) -> Result<Vec<Messa
 /// Reads every record of a JSON Lines file of preference pairs (blank lines skipped), each
 /// error naming the file and line.
 pub fn read_preferences(path: &Path, fields: &FieldMap) -> Result<Vec<(Location, Preference)>> {
+    let mut out = Vec::new();
+    for_each_object(path, |at, obj| {
+        out.push((at.clone(), parse_preference(obj, fields, at)?));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// A reward model's training record (TRL's `RewardTrainer`): a preference pair and its
+/// optional `margin` column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RewardRecord {
+    pub at: Location,
+    pub pair: Preference,
+    pub margin: Option<f64>,
+}
+
+/// Reads the preference pairs of a JSON Lines file with their optional numeric `margin`
+/// (blank lines skipped), each error naming the file and line.
+pub fn read_reward_records(path: &Path, fields: &FieldMap) -> Result<Vec<RewardRecord>> {
+    let mut out = Vec::new();
+    for_each_object(path, |at, obj| {
+        let margin = match obj.get(fields.get("margin")).filter(|v| !v.is_null()) {
+            None => None,
+            Some(v) => Some(v.as_f64().ok_or_else(|| DataError::WrongType {
+                at: at.clone(),
+                field: fields.get("margin").to_string(),
+                expected: "a number".into(),
+            })?),
+        };
+        out.push(RewardRecord {
+            at: at.clone(),
+            pair: parse_preference(obj, fields, at)?,
+            margin,
+        });
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Calls `f` on each JSON object of a JSON Lines file with its location.
+fn for_each_object(path: &Path, mut f: impl FnMut(&Location, &Value) -> Result<()>) -> Result<()> {
     let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -253,9 +294,9 @@ pub fn read_preferences(path: &Path, fields: &FieldMap) -> Result<Vec<(Location,
             format: "JSON Lines",
             message: e.to_string(),
         })?;
-        out.push((at.clone(), parse_preference(&obj, fields, &at)?));
+        f(&at, &obj)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Tokenizes [`Preference`] pairs as TRL's `DPOTrainer` does (see the module docs).
@@ -295,6 +336,47 @@ impl<'a> PreferenceEncoder<'a> {
             .encode(text, add_special_tokens)
             .map_err(|e| DataError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// The whole chosen and rejected sequences as TRL's `RewardTrainer` tokenizes them: a
+    /// standard pair's prompt + completion (+ EOS unless the completion ends with it) with the
+    /// tokenizer's special tokens; a conversational pair's prompt + completion messages
+    /// rendered without a generation prompt. Errors name `at`.
+    pub fn encode_sequences(&self, pair: &Preference, at: &Location) -> Result<[Vec<u32>; 2]> {
+        let within = |e: DataError| DataError::AtRecord {
+            at: at.clone(),
+            source: Box::new(e),
+        };
+        let one = |chosen: bool| -> Result<Vec<u32>> {
+            match pair {
+                Preference::Standard {
+                    prompt,
+                    chosen: c,
+                    rejected: r,
+                } => {
+                    let s = if chosen { c } else { r };
+                    let text = match &self.eos {
+                        Some(e) if !s.ends_with(e.as_str()) => format!("{prompt}{s}{e}"),
+                        _ => format!("{prompt}{s}"),
+                    };
+                    self.ids(&text, true)
+                }
+                Preference::Conversational {
+                    prompt,
+                    chosen: c,
+                    rejected: r,
+                } => {
+                    let template = self.template.ok_or(DataError::InvalidOption {
+                        option: "template",
+                        message: "conversational preference records need a chat template".into(),
+                    })?;
+                    let mut m = prompt.clone();
+                    m.extend_from_slice(if chosen { c } else { r });
+                    self.ids(&template.render(&m, false)?, false)
+                }
+            }
+        };
+        Ok([one(true).map_err(within)?, one(false).map_err(within)?])
     }
 
     /// The pair's prompt and completion ids; errors (template, tokenizer, a completion left

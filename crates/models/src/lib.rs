@@ -12,6 +12,7 @@ mod adapters;
 mod attention;
 #[cfg(feature = "cpu")]
 pub mod backprop;
+pub mod classifier;
 pub mod config;
 mod decoder;
 mod device;
@@ -36,6 +37,7 @@ mod safetensors_source;
 pub mod tokenizer;
 mod weights;
 
+pub use classifier::{ClassifierConfig, ProblemType, SequenceClassifier};
 pub use config::{
     Activation, AttentionKind, DecoderConfig, Family, HfConfig, ModuleLayout, RopeParams,
     RopeScaling,

@@ -16,6 +16,7 @@ pub mod batch;
 pub mod callback;
 pub mod card;
 pub mod checkpoint;
+pub mod classify;
 pub mod config;
 pub mod data;
 pub mod dpo;
@@ -30,6 +31,8 @@ pub mod model;
 pub mod orpo_cpo;
 pub mod params;
 pub mod plot;
+pub mod reward;
+pub mod reward_run;
 pub mod run;
 pub mod rundir;
 pub mod schedule;
@@ -44,6 +47,7 @@ pub use batch::{Batch, BatchSource, Shuffled};
 pub use callback::{Callback, EvalMetrics, StepMetrics};
 pub use card::{EvalRow, TrainingMetadata};
 pub use checkpoint::{latest_checkpoint, list_checkpoints};
+pub use classify::{ClassifierTrainer, ClassifyStepMetrics, LabeledSeq};
 pub use config::{
     AdamWOptions, BackwardPath, DataOptions, EarlyStopping, EvalOptions, ExportOptions,
     NonFinitePolicy, SaveOptions, ScheduleKind, ScheduleOptions, SftConfig,
@@ -65,6 +69,11 @@ pub use model::{CausalModel, LogpLossFn};
 pub use orpo_cpo::{CpoLoss, PreferenceLoss};
 pub use params::{HostParams, ParamInfo};
 pub use plot::write_loss_curve;
+pub use reward::{
+    ClassifierModel, PairEval, RewardOptions, RewardPair, RewardStepMetrics, RewardTrainer,
+    ScoreLabel, classification_loss,
+};
+pub use reward_run::{RewardRun, RewardSummary, run_reward};
 pub use run::{FitOptions, RunSummary, fit};
 pub use rundir::{RunDir, RunMode};
 pub use schedule::LrSchedule;

@@ -6,7 +6,7 @@ use burn::module::{Module, ModuleDisplay};
 use burn::tensor::Tensor;
 use kiln_lora::{AdapterTarget, LoraModel};
 use kiln_models::backprop::{Backprop, BackpropOptions, LogpBackprop, Precision};
-use kiln_models::{CausalLm, DecoderInput, LossSum, causal_lm_loss_sum};
+use kiln_models::{CausalLm, DecoderInput, LossSum, SequenceClassifier, causal_lm_loss_sum};
 
 /// A causal language model the trainer can train.
 pub trait CausalModel: Module {
@@ -147,5 +147,19 @@ impl<M: CausalModel + AdapterTarget + ModuleDisplay> CausalModel for LoraModel<M
         precision: Precision,
     ) -> Option<kiln_models::Result<Vec<f32>>> {
         self.model.try_logps(input, labels, precision)
+    }
+}
+
+/// A sequence classifier trains through [`crate::RewardTrainer`] and the classification
+/// recipes, which call its score head directly; as a [`CausalModel`] it offers only its body
+/// (for the trainer's bookkeeping and evaluation callbacks), whose `logits` project to the
+/// vocabulary through the tied embedding and mean nothing for the head.
+impl CausalModel for SequenceClassifier {
+    fn logits(&self, input: &DecoderInput) -> kiln_models::Result<Tensor<3>> {
+        self.lm.forward(input)
+    }
+
+    fn causal_lm(&self) -> &CausalLm {
+        &self.lm
     }
 }

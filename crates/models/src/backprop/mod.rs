@@ -33,6 +33,7 @@ mod ops;
 #[cfg(feature = "cpu")]
 mod softcap;
 
+use crate::classifier::SequenceClassifier;
 use crate::decoder::{CausalLm, DecoderInput};
 use crate::error::Result;
 use kiln_cpu::Grads;
@@ -68,6 +69,69 @@ pub struct LogpBackprop {
     pub logps: Vec<f32>,
     /// Gradients of the loss for every parameter that trains.
     pub grads: Grads,
+}
+
+/// Loss, scores and gradients of one micro-batch from
+/// [`SequenceClassifier::try_backprop_scores`].
+#[derive(Debug)]
+pub struct ScoreBackprop {
+    /// The loss the closure returned.
+    pub loss: f64,
+    /// The head's scores, `[b, num_labels]` row-major.
+    pub scores: Vec<f32>,
+    /// Gradients of the loss for every parameter that trains (the adapters' and the head's).
+    pub grads: Grads,
+}
+
+impl SequenceClassifier {
+    /// One forward and backward of a loss of the head's scores (reward models' Bradley–Terry
+    /// loss, classification, regression): `loss` receives the scores of every row at its
+    /// pooled position ([`SequenceClassifier::pooled_rows`]) and returns `L` and `∂L/∂score`;
+    /// the head's gradient and `∂L/∂hidden` at the pooled rows flow back through the decoder
+    /// by the same host backward as [`CausalLm::try_backprop`]. `None` when this path does not
+    /// cover the model (then use burn's autodiff on [`SequenceClassifier::forward`]); an error
+    /// when `loss` returns another number of derivatives.
+    ///
+    /// # Shapes
+    /// - `loss`'s argument and its returned derivatives: `[b * num_labels]`
+    #[allow(unused_variables)]
+    pub fn try_backprop_scores<F>(
+        &self,
+        input: &DecoderInput,
+        loss: F,
+        options: BackpropOptions,
+    ) -> Option<Result<ScoreBackprop>>
+    where
+        F: FnOnce(&[f32]) -> (f64, Vec<f32>),
+    {
+        #[cfg(feature = "cpu")]
+        {
+            let rows = match self.pooled_rows(input) {
+                Ok(r) => r,
+                Err(e) => return Some(Err(e)),
+            };
+            let host = model::HostModel::new(&self.lm, input, options.precision)?;
+            let score = kiln_lora::backprop::HostLinear::new(&self.score)
+                .filter(|h| !h.has_dropout())?
+                .with_precision(options.precision);
+            let labels = vec![crate::loss::IGNORE_INDEX; input.batch * input.seq_len];
+            let head = model::HeadLoss::Score {
+                head: &score,
+                rows: &rows,
+                loss: Box::new(loss),
+            };
+            let out = host.run(&self.lm, input, &labels, head, options.checkpoint);
+            Some(out.map(|o| ScoreBackprop {
+                loss: o.loss,
+                scores: o.logps,
+                grads: o.grads,
+            }))
+        }
+        #[cfg(not(feature = "cpu"))]
+        {
+            None
+        }
+    }
 }
 
 impl CausalLm {

@@ -35,6 +35,26 @@ pub(super) enum HeadLoss<'a> {
     Logp(LogpLoss<'a>),
     /// The counted labels' log-probabilities only: no backward.
     LogpOnly,
+    /// A sequence-classification head read at `rows` of the final normed hidden state: the
+    /// loss gets the scores (`[rows, num_labels]`, row-major) and returns its value and its
+    /// derivative by each score; the head's gradient and `∂L/∂hidden` follow.
+    Score {
+        head: &'a HostLinear,
+        rows: &'a [usize],
+        loss: LogpLoss<'a>,
+    },
+}
+
+/// What the head pass leaves for the decoder's backward.
+enum HeadPass {
+    /// Log-probabilities only ([`HeadLoss::LogpOnly`]): no backward.
+    Forward(Vec<f32>),
+    /// The loss, the head's outputs (log-probabilities or scores) and `∂L/∂hidden`.
+    Backward {
+        loss: f64,
+        outputs: Vec<f32>,
+        dhidden: Vec<f32>,
+    },
 }
 
 /// See [`HeadLoss::Logp`].
@@ -42,11 +62,13 @@ pub(super) type LogpLoss<'a> = Box<dyn FnOnce(&[f32]) -> (f64, Vec<f32>) + 'a>;
 
 /// What [`HostModel::run`] returns.
 pub(super) struct RunOut {
-    /// The summed NLL ([`HeadLoss::Nll`]), the loss's value ([`HeadLoss::Logp`]) or 0.
+    /// The summed NLL ([`HeadLoss::Nll`]), the loss's value ([`HeadLoss::Logp`],
+    /// [`HeadLoss::Score`]) or 0.
     pub loss: f64,
     /// Counted labels.
     pub tokens: usize,
-    /// Their log-probabilities (empty for [`HeadLoss::Nll`]).
+    /// Their log-probabilities (empty for [`HeadLoss::Nll`]); the scores for
+    /// [`HeadLoss::Score`].
     pub logps: Vec<f32>,
     pub grads: Grads,
 }
@@ -187,34 +209,22 @@ impl HostModel {
         }
         let (hidden, rstd) = self.final_norm.forward(&x);
         let tokens = counted.len();
-        // Per counted label, the factor w of d loss / d logits = w · (softmax - onehot).
-        let (loss, logps, weights) = match head {
-            HeadLoss::Nll { normaliser } => {
-                (None, Vec::new(), vec![(1.0 / normaliser) as f32; tokens])
-            }
-            HeadLoss::LogpOnly => {
-                let logps = view.logps(&hidden, &counted, d);
-                let (loss, grads) = (0.0, grads);
-                return Ok(RunOut {
-                    loss,
-                    tokens,
-                    logps,
-                    grads,
-                });
-            }
-            HeadLoss::Logp(f) => {
-                let logps = view.logps(&hidden, &counted, d);
-                let (loss, g) = f(&logps);
-                if g.len() != tokens {
-                    return Err(ModelError::Input(format!(
-                        "the loss gave {} gradients for {tokens} counted labels",
-                        g.len()
-                    )));
+        let (loss, logps, dhidden) =
+            match self.head_pass(&view, &hidden, &counted, head, &mut grads)? {
+                HeadPass::Forward(logps) => {
+                    return Ok(RunOut {
+                        loss: 0.0,
+                        tokens,
+                        logps,
+                        grads,
+                    });
                 }
-                (Some(loss), logps, g.iter().map(|g| -g).collect())
-            }
-        };
-        let (nll, dhidden) = view.loss_backward(&hidden, &counted, &weights, d, &mut grads);
+                HeadPass::Backward {
+                    loss,
+                    outputs,
+                    dhidden,
+                } => (loss, outputs, dhidden),
+            };
         let mut dx = vec![0f32; x.len()];
         let dw = self
             .final_norm
@@ -232,10 +242,93 @@ impl HostModel {
         }
         self.embed_backward(&input.ids, &dx, d, &mut grads);
         Ok(RunOut {
-            loss: loss.unwrap_or(nll),
+            loss,
             tokens,
             logps,
             grads,
+        })
+    }
+
+    /// The head's forward, loss and backward down to the final hidden state (`[b·t, d]`).
+    fn head_pass(
+        &self,
+        view: &HeadView<'_>,
+        hidden: &[f32],
+        counted: &[(usize, usize)],
+        head: HeadLoss<'_>,
+        grads: &mut Grads,
+    ) -> Result<HeadPass> {
+        let d = self.final_norm.scale.len();
+        let tokens = counted.len();
+        // Per counted label, the factor w of d loss / d logits = w · (softmax - onehot).
+        let (loss, outputs, weights) = match head {
+            HeadLoss::Nll { normaliser } => {
+                (None, Vec::new(), vec![(1.0 / normaliser) as f32; tokens])
+            }
+            HeadLoss::LogpOnly => return Ok(HeadPass::Forward(view.logps(hidden, counted, d))),
+            HeadLoss::Logp(f) => {
+                let logps = view.logps(hidden, counted, d);
+                let (loss, g) = f(&logps);
+                if g.len() != tokens {
+                    return Err(ModelError::Input(format!(
+                        "the loss gave {} gradients for {tokens} counted labels",
+                        g.len()
+                    )));
+                }
+                (Some(loss), logps, g.iter().map(|g| -g).collect())
+            }
+            HeadLoss::Score { head, rows, loss } => {
+                return self.score_pass(head, hidden, rows, loss, grads);
+            }
+        };
+        let (nll, dhidden) = view.loss_backward(hidden, counted, &weights, d, grads);
+        Ok(HeadPass::Backward {
+            loss: loss.unwrap_or(nll),
+            outputs,
+            dhidden,
+        })
+    }
+
+    /// [`HeadLoss::Score`]: the head on the pooled rows (rounded to the precision, as the
+    /// head's product reads them), the loss of its scores, and the head's backward.
+    ///
+    /// # Shapes
+    /// - hidden: `[b·t, d]`; scores `[rows, num_labels]`; dhidden `[b·t, d]` (zero off `rows`)
+    fn score_pass(
+        &self,
+        head: &HostLinear,
+        hidden: &[f32],
+        rows: &[usize],
+        loss: LogpLoss<'_>,
+        grads: &mut Grads,
+    ) -> Result<HeadPass> {
+        let (m, d) = (rows.len(), head.d_in);
+        let mut h = vec![0f32; m * d];
+        for (dst, &r) in h.chunks_exact_mut(d).zip(rows) {
+            dst.copy_from_slice(&hidden[r * d..][..d]);
+        }
+        self.precision.round(&mut h);
+        let (mut scores, saved) = head.forward(&h, m);
+        self.precision.round(&mut scores);
+        let (value, dscores) = loss(&scores);
+        if dscores.len() != scores.len() {
+            return Err(ModelError::Input(format!(
+                "the loss gave {} gradients for {} scores",
+                dscores.len(),
+                scores.len()
+            )));
+        }
+        let mut dh = vec![0f32; m * d];
+        head.backward(&h, &saved, &dscores, m, &mut dh, grads);
+        let mut dhidden = vec![0f32; hidden.len()];
+        for (src, &r) in dh.chunks_exact(d).zip(rows) {
+            let dst = &mut dhidden[r * d..][..d];
+            dst.iter_mut().zip(src).for_each(|(g, s)| *g += s);
+        }
+        Ok(HeadPass::Backward {
+            loss: value,
+            outputs: scores,
+            dhidden,
         })
     }
 
