@@ -187,7 +187,7 @@ fn reward_model(run: &RewardRun, lm: Pretrained) -> Result<(LoraModel<SequenceCl
 }
 
 /// Trains a reward model (LoRA adapter and `score` head) with TRL's Bradley–Terry loss and
-/// writes `output_dir/{metrics.jsonl, loss_curve.png, adapter/}`; `on_step` sees each step's
+/// writes `output_dir/{metrics.jsonl, tensorboard/, loss_curve.png, adapter/}`; `on_step` sees each step's
 /// metrics. The summary holds the loss and pairwise accuracy on the training pairs before and
 /// after.
 pub fn run_reward(
@@ -214,7 +214,8 @@ pub fn run_reward(
     let mut rm = RewardTrainer::new(trainer, pairs, options)?;
     rm.trainer.set_run_id(run_dir.id());
     let before = rm.evaluate()?;
-    let mut log = JsonlLogger::open(&run.output_dir.join("metrics.jsonl"))?;
+    let mut log = JsonlLogger::open(&run.output_dir.join("metrics.jsonl"))?
+        .with_tensorboard(&run.output_dir.join("tensorboard"), 0)?;
     while rm.trainer.state.step < run.max_steps {
         if let Some(m) = rm.step()? {
             log.write("train", &m)?;
