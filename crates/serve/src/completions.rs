@@ -343,7 +343,10 @@ fn resolve_model(s: &Shared, model: &str, text: &str) -> Result<Resolved, ApiErr
     }
     if model == "auto" {
         let routes = s.routes.as_ref().ok_or_else(|| unknown(model))?;
-        let target = routes.pick(text).to_string();
+        let target = routes
+            .pick(text)
+            .map_err(|e| ApiError::internal(format!("routing: {e}")))?
+            .to_string();
         s.metrics.route(&target);
         if target == "base" {
             return Ok((Vec::new(), None, Some(target)));

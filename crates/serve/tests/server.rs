@@ -608,6 +608,93 @@ async fn longrope_rows_cross_the_original_context_as_each_alone() {
     }
 }
 
+/// `model: "auto"` routed by a classification head where no rule matches: a 2-label head on the
+/// tiny Llama (a new `score` head and LoRA, saved as PEFT's SEQ_CLS adapter with `score` in
+/// `modules_to_save`, as `reward_model`'s recipe writes it) sends each chat to the adapter of
+/// its label; the label is the head's argmax on the last user message, computed here from the
+/// adapter loaded on its own. A keyword rule still wins over the classifier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classification_head_routes_auto_requests() {
+    use kiln_lora::{LoraConfig, TargetModules};
+    use kiln_models::DecoderInput;
+    use kiln_models::classifier::{ClassifierConfig, SequenceClassifier};
+    let dir = model_dir();
+    let lm = Pretrained::load(dir.path(), &default_device()).unwrap();
+    lm.model.device().seed(11);
+    let cls = SequenceClassifier::from_causal_lm(lm.model, ClassifierConfig::new(2));
+    let mut config = LoraConfig::new(
+        4,
+        8.0,
+        TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]),
+    );
+    config.modules_to_save = Some(vec!["score".into()]);
+    config.task_type = Some("SEQ_CLS".into());
+    let head = LoraModel::with_adapter(cls, "default", config).unwrap();
+    let adapter = tempfile::tempdir().unwrap();
+    head.save_adapter(adapter.path(), "default").unwrap();
+    // Each candidate text's label, from the saved adapter on a fresh copy of the base.
+    let lm = Pretrained::load(dir.path(), &default_device()).unwrap();
+    let mut fresh = LoraModel::new(SequenceClassifier::from_causal_lm(
+        lm.model,
+        ClassifierConfig::new(2),
+    ));
+    fresh.load_adapter(adapter.path(), "default").unwrap();
+    let label = |text: &str| {
+        let ids: Vec<u32> = text.split(' ').map(|w| w[1..].parse().unwrap()).collect();
+        let s = fresh.model.scores(&DecoderInput::single(&ids)).unwrap();
+        usize::from(s[1] > s[0])
+    };
+    let texts: Vec<String> = (0..40)
+        .map(|i| format!("t{} t{}", 20 + 7 * i, 30 + 3 * i))
+        .collect();
+    let first = |l: usize| texts.iter().find(|t| label(t) == l).cloned().unwrap();
+    let (to_lora, to_base) = (first(0), first(1));
+
+    let router = tempfile::NamedTempFile::new().unwrap();
+    let toml = format!(
+        "[[rule]]\nadapter = \"base\"\nkeywords = [\"t99\"]\n[classifier]\nbase = {:?}\n\
+         adapter = {:?}\nlabels = [\"lora\", \"base\"]\n",
+        dir.path(),
+        adapter.path()
+    );
+    std::fs::write(router.path(), toml).unwrap();
+    let h = start(ServeOptions {
+        router: Some(router.path().to_path_buf()),
+        ..Default::default()
+    });
+    let (status, _) = h
+        .post("/v1/adapters", json!({"name": "lora", "path": lora_dir()}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let auto = |content: &str| {
+        json!({"model": "auto", "messages": [{"role": "user", "content": content}],
+               "max_tokens": 4, "temperature": 0})
+    };
+    let (_, r) = h.post("/v1/chat/completions", auto(&to_lora)).await;
+    assert_eq!(r["kiln"]["route"], "lora", "{to_lora}: {r}");
+    assert_eq!(r["model"], "lora");
+    let (_, r) = h.post("/v1/chat/completions", auto(&to_base)).await;
+    assert_eq!(r["kiln"]["route"], "base", "{to_base}: {r}");
+    // The rule is tried first.
+    let (_, r) = h
+        .post("/v1/chat/completions", auto(&format!("{to_lora} t99")))
+        .await;
+    assert_eq!(r["kiln"]["route"], "base");
+    // A classifier file with one label, or a missing adapter, is refused naming the file.
+    let bad = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        bad.path(),
+        format!(
+            "[classifier]\nbase = {:?}\nadapter = {:?}\nlabels = [\"lora\"]\n",
+            dir.path(),
+            adapter.path()
+        ),
+    )
+    .unwrap();
+    let err = kiln_serve::route::Router::from_file(bad.path()).unwrap_err();
+    assert!(err.to_string().contains("two labels"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_openai_errors() {
     let h = start(ServeOptions {
