@@ -5,6 +5,9 @@
 #
 #   MODEL=/path/to/hf-dir PYTHON=python3 tools/bench_dpo_side_by_side.sh
 #
+# An HF directory from kiln's default GGUF: python3 tools/bench_trl_dpo.py --hf-from-gguf \
+#   ~/.cache/kiln/SmolLM2-135M-Instruct.Q4_1.gguf --model /tmp/smollm2-hf
+#
 # TRL: median step time after 2 warmup steps (tools/bench_trl_dpo.py), with --precision f32 and
 # autocast-bf16. kiln: the `dpo` example run for STEPS and STEPS+10 steps; a step's time is the
 # difference of the two wall times over 10 (loading and the first steps cancel out); tokens per

@@ -8,7 +8,12 @@ reads the same records. `tools/bench_dpo_side_by_side.sh` runs this and kiln bac
     python3 tools/bench_trl_dpo.py --model DIR --data /tmp/dpo_pairs.jsonl --precision f32 \
         --steps 8 --warmup 2
 
-DIR is a Hugging Face model directory (config.json, model.safetensors, tokenizer files).
+DIR is a Hugging Face model directory (config.json, model.safetensors, tokenizer files). From
+kiln's default GGUF (transformers dequantizes it; both sides then read the same f32 weights):
+
+    python3 tools/bench_trl_dpo.py --hf-from-gguf ~/.cache/kiln/SmolLM2-135M-Instruct.Q4_1.gguf \
+        --model /tmp/smollm2-hf
+
 Setting: batch 2 pairs, `max_length` 256 (prompt + completion), LoRA r 16, alpha 32, dropout 0 on
 q_proj, k_proj, v_proj, o_proj (kiln's `dpo` defaults), sigmoid loss, beta 0.1, AdamW lr 1e-6,
 no gradient checkpointing; the reference is the policy with its adapter disabled (PEFT), as in
@@ -43,6 +48,31 @@ def pairs(n, words):
     return out
 
 
+def hf_from_gguf(gguf, out):
+    """The GGUF's weights dequantized by transformers, saved as safetensors with its config
+    (`architectures` set, the GGUF `quantization_config` dropped, so trainers and
+    `transformers serve` accept it) and tokenizer."""
+    import os
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    folder, name = os.path.split(os.path.abspath(gguf))
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    os.makedirs(out, exist_ok=True)
+    tied = model.config.tie_word_embeddings
+    state = {k: v.contiguous() for k, v in model.state_dict().items()
+             if not (tied and k == "lm_head.weight")}
+    save_file(state, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    config = model.config
+    config.architectures = [type(model).__name__]
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(out)
+    model.generation_config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
 def cpu_flags():
     try:
         for line in open("/proc/cpuinfo"):
@@ -59,12 +89,16 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--data")
     ap.add_argument("--write-data")
+    ap.add_argument("--hf-from-gguf", help="write --model as an HF directory from this GGUF")
     ap.add_argument("--pairs", type=int, default=32)
     ap.add_argument("--words", type=int, default=72)
     ap.add_argument("--precision", choices=["f32", "autocast-bf16"], default="f32")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
     args = ap.parse_args()
+    if args.hf_from_gguf:
+        hf_from_gguf(args.hf_from_gguf, args.model)
+        return
     if args.write_data:
         with open(args.write_data, "w") as f:
             for r in pairs(args.pairs, args.words):
