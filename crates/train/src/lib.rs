@@ -23,6 +23,9 @@ pub mod dpo_run;
 pub mod error;
 pub mod export;
 pub mod generation_eval;
+pub mod grpo;
+pub mod grpo_online;
+pub mod grpo_run;
 pub mod logging;
 pub mod model;
 pub mod orpo_cpo;
@@ -55,6 +58,15 @@ pub use dpo_run::{DpoRun, DpoSummary, run_dpo};
 pub use error::{Result, TrainError};
 pub use export::Export;
 pub use generation_eval::GenerationEvalCallback;
+pub use grpo::{
+    GrpoLearner, GrpoLoss, GrpoOptions, GrpoStepMetrics, Rollout, Rollouts, ScaleRewards,
+    advantages,
+};
+pub use grpo_online::{
+    GrpoTrainer, Prompt, PromptEncoder, PromptRecord, Reward, RewardClosure, numbers_in,
+    read_prompt_records,
+};
+pub use grpo_run::{GrpoRun, GrpoSummary, grpo_setup, run_grpo};
 pub use kiln_lora::Precision;
 pub use logging::{JsonlLogger, Progress, standard_callbacks};
 pub use model::{CausalModel, LogpLossFn};
