@@ -542,7 +542,7 @@ impl<M: CausalModel> GrpoLearner<M> {
     /// batch (`groups × num_generations` rollouts, groups consecutive).
     pub fn prepare(&self, rollouts: Vec<Rollout>) -> Result<Rollouts> {
         let g = self.options.num_generations;
-        if rollouts.is_empty() || rollouts.len() % g != 0 {
+        if rollouts.is_empty() || !rollouts.len().is_multiple_of(g) {
             return Err(TrainError::option(
                 "num_generations",
                 format!(

@@ -289,7 +289,7 @@ impl<M: CausalModel> GrpoTrainer<M> {
         encoder: PromptEncoder,
     ) -> Result<Self> {
         let g = learner.options.num_generations;
-        if learner.step_sequences() % g != 0 {
+        if !learner.step_sequences().is_multiple_of(g) {
             return Err(TrainError::option(
                 "num_generations",
                 format!(

@@ -345,7 +345,7 @@ fn groups_without_reward_are_skipped_and_counted() {
     let mut t = online(0, recording(&seen, first_only));
     let m = t.step().unwrap().unwrap();
     assert_eq!(m.skipped_groups, 1);
-    assert_eq!(m.tokens > 0, true);
+    assert!(m.tokens > 0);
     let mut t = online(0, recording(&seen, |_, _| None));
     assert!(t.step().unwrap().is_none());
     assert_eq!(t.skipped_batches, 1);
