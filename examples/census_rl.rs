@@ -39,7 +39,8 @@ struct Args {
     /// Model directory or .gguf (default: $KILN_MODEL, else the cached SmolLM2-135M-Instruct).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// The SFT adapter to start from (it trains further).
+    /// The SFT adapter to start from (it trains further); `none`: a new LoRA adapter on the
+    /// base model.
     #[arg(long, default_value = "runs/census_qa/adapter")]
     adapter: PathBuf,
     #[arg(long, default_value = "runs/census_rl")]
@@ -177,6 +178,9 @@ fn measure(
         lm.extras.eos_token.as_deref(),
     )?
     .context("the model has no chat template")?;
+    if adapter == Path::new("none") {
+        return score(&lm.model, &lm, &template, items, keys);
+    }
     let mut m = LoraModel::new(lm.model.clone());
     m.load_adapter(adapter, "default")
         .with_context(|| format!("{} (run census_qa first)", adapter.display()))?;
@@ -284,7 +288,7 @@ fn main() -> Result<()> {
             ..GrpoOptions::default()
         },
         temperature: args.temperature,
-        init_adapter: Some(args.adapter.clone()),
+        init_adapter: (args.adapter != Path::new("none")).then(|| args.adapter.clone()),
         seed: args.seed,
         overwrite: args.overwrite,
         ..GrpoRun::default()
