@@ -52,6 +52,9 @@ struct Args {
     /// Question kinds to train and measure (comma-separated `QaKind` names).
     #[arg(long, default_value = "grow_shrink,difference,percent_change")]
     kinds: String,
+    /// Question kinds measured before and after (default: `--kinds`).
+    #[arg(long)]
+    eval_kinds: Option<String>,
     /// Prompts per optimizer step (each sampled `num_generations` times).
     #[arg(long, default_value_t = 2)]
     prompts_per_step: usize,
@@ -215,16 +218,18 @@ fn records(items: &[QaItem]) -> Vec<PromptRecord> {
 fn main() -> Result<()> {
     kiln::train::keep_freed_memory();
     let args = Args::parse();
-    let kinds: Vec<QaKind> = args
-        .kinds
-        .split(',')
-        .map(|k| {
-            QaKind::ALL
-                .into_iter()
-                .find(|q| q.as_str() == k.trim())
-                .with_context(|| format!("--kinds: unknown kind `{k}`"))
-        })
-        .collect::<Result<_>>()?;
+    let parse = |list: &str| -> Result<Vec<QaKind>> {
+        list.split(',')
+            .map(|k| {
+                QaKind::ALL
+                    .into_iter()
+                    .find(|q| q.as_str() == k.trim())
+                    .with_context(|| format!("unknown question kind `{k}`"))
+            })
+            .collect()
+    };
+    let kinds = parse(&args.kinds)?;
+    let eval_kinds = parse(args.eval_kinds.as_deref().unwrap_or(&args.kinds))?;
     let table = Table::from_csv(&args.table, "prefecture").with_context(|| {
         format!(
             "--table {} (run from the repository root)",
@@ -251,7 +256,7 @@ fn main() -> Result<()> {
         )
     };
     let mut test = Vec::new();
-    for (i, &k) in kinds.iter().enumerate() {
+    for (i, &k) in eval_kinds.iter().enumerate() {
         test.extend(qa(
             test_keys,
             vec![k],

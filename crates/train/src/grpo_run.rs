@@ -23,7 +23,8 @@ use std::path::PathBuf;
 /// A GRPO run (TRL's `GRPOConfig` names where it has them).
 #[derive(Debug, Clone, PartialEq)]
 pub struct GrpoRun {
-    /// A model directory, GGUF file or Hugging Face repo id.
+    /// A model directory, GGUF file or Hugging Face repo id (empty: `$KILN_MODEL`, else the
+    /// cached default model).
     pub model: PathBuf,
     /// JSON Lines of prompt-only records (used when [`run_grpo`] gets no records).
     pub data: PathBuf,
@@ -129,7 +130,9 @@ pub fn grpo_setup(
     GenerationConfig,
 )> {
     let device = parse_device(&run.device)?;
-    let path = resolve_model(Some(&run.model), true)?;
+    // An empty path: $KILN_MODEL, else the cached default model.
+    let given = (!run.model.as_os_str().is_empty()).then_some(run.model.as_path());
+    let path = resolve_model(given, true)?;
     let lm = Pretrained::load(&path, &device)?;
     let template = ChatTemplate::select(
         run.chat_template.as_deref(),
