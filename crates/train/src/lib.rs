@@ -24,6 +24,9 @@ pub mod dpo_run;
 pub mod error;
 pub mod export;
 pub mod generation_eval;
+pub mod grpo;
+pub mod grpo_online;
+pub mod grpo_run;
 pub mod kto;
 pub mod kto_run;
 pub mod logging;
@@ -61,6 +64,15 @@ pub use dpo_run::{DpoRun, DpoSummary, run_dpo};
 pub use error::{Result, TrainError};
 pub use export::Export;
 pub use generation_eval::GenerationEvalCallback;
+pub use grpo::{
+    GrpoLearner, GrpoLoss, GrpoOptions, GrpoStepMetrics, Rollout, Rollouts, ScaleRewards,
+    advantages,
+};
+pub use grpo_online::{
+    GrpoTrainer, Prompt, PromptEncoder, PromptRecord, Reward, RewardClosure, numbers_in,
+    read_prompt_records,
+};
+pub use grpo_run::{GrpoRun, GrpoSummary, grpo_setup, run_grpo};
 pub use kiln_lora::Precision;
 pub use kto::{KtoLoss, KtoStepMetrics, KtoTrainer};
 pub use kto_run::{KtoSummary, run_kto};
