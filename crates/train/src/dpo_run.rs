@@ -2,14 +2,12 @@
 //! adapter (new, or continued from a PEFT adapter) → [`DpoTrainer`] steps (checkpointed, and
 //! resumed exactly) → `metrics.jsonl`, `tensorboard/`, `loss_curve.png` and the adapter in PEFT's format. The
 //! `dpo` example is a command line around [`run_dpo`].
-use crate::config::{AdamWOptions, BackwardPath, NonFinitePolicy, ScheduleKind, ScheduleOptions};
 use crate::dpo::{DpoOptions, DpoStepMetrics, DpoTrainer, PreferencePairs};
 use crate::error::{Result, TrainError};
 use crate::export::Export;
 use crate::logging::JsonlLogger;
 use crate::plot::write_loss_curve;
 use crate::rundir::{RunDir, RunMode};
-use crate::schedule::LrSchedule;
 use crate::trainer::{Trainer, TrainerOptions};
 use burn::tensor::Device;
 use kiln_data::{ChatTemplate, FieldMap, PreferenceEncoder, read_preferences, shuffled};
@@ -162,28 +160,14 @@ fn load_pairs(run: &DpoRun, lm: &Pretrained) -> Result<PreferencePairs> {
 
 /// The trainer options of `run`: AdamW without weight decay, constant learning rate.
 pub(crate) fn trainer_options(run: &DpoRun) -> TrainerOptions {
-    let schedule = ScheduleOptions {
-        kind: ScheduleKind::Constant,
-        warmup_steps: Some(0),
-        warmup_ratio: None,
-        min_lr: 0.0,
-    };
-    TrainerOptions {
-        grad_accum: run.grad_accum,
-        max_grad_norm: run.max_grad_norm,
-        schedule: LrSchedule::new(&schedule, run.lr, run.max_steps),
-        adamw: AdamWOptions {
-            lr: run.lr,
-            weight_decay: 0.0,
-            ..AdamWOptions::default()
-        },
-        seed: run.seed,
-        on_non_finite: NonFinitePolicy::Stop,
-        early_stopping: None,
-        gradient_checkpointing: false,
-        backward: BackwardPath::Fused,
-        precision: run.precision,
-    }
+    TrainerOptions::constant_lr(
+        run.lr,
+        run.max_steps,
+        run.grad_accum,
+        run.max_grad_norm,
+        run.seed,
+        run.precision,
+    )
 }
 
 /// `(step, loss)` of every training line of `metrics.jsonl` (a resumed run's earlier steps too).

@@ -3,7 +3,6 @@
 //! steps → `metrics.jsonl` (TRL's names, generation and training seconds apart),
 //! `loss_curve.png` and the adapter in PEFT's format. No checkpoints or resume yet (a run is
 //! re-run from its start).
-use crate::config::{AdamWOptions, BackwardPath, NonFinitePolicy, ScheduleKind, ScheduleOptions};
 use crate::error::{Result, TrainError};
 use crate::export::Export;
 use crate::grpo::{GrpoLearner, GrpoOptions, GrpoStepMetrics};
@@ -11,7 +10,6 @@ use crate::grpo_online::{GrpoTrainer, PromptEncoder, PromptRecord, Reward, read_
 use crate::logging::JsonlLogger;
 use crate::plot::write_loss_curve;
 use crate::rundir::{RunDir, RunMode};
-use crate::schedule::LrSchedule;
 use crate::trainer::{Trainer, TrainerOptions};
 use kiln_data::ChatTemplate;
 use kiln_lora::{LoraConfig, LoraModel, TargetModules};
@@ -96,28 +94,14 @@ pub struct GrpoSummary {
 
 /// The trainer options of `run`: AdamW without weight decay, constant learning rate.
 fn trainer_options(run: &GrpoRun) -> TrainerOptions {
-    let schedule = ScheduleOptions {
-        kind: ScheduleKind::Constant,
-        warmup_steps: Some(0),
-        warmup_ratio: None,
-        min_lr: 0.0,
-    };
-    TrainerOptions {
-        grad_accum: run.grad_accum,
-        max_grad_norm: run.max_grad_norm,
-        schedule: LrSchedule::new(&schedule, run.lr, run.max_steps),
-        adamw: AdamWOptions {
-            lr: run.lr,
-            weight_decay: 0.0,
-            ..AdamWOptions::default()
-        },
-        seed: run.seed,
-        on_non_finite: NonFinitePolicy::Stop,
-        early_stopping: None,
-        gradient_checkpointing: false,
-        backward: BackwardPath::Fused,
-        precision: run.precision,
-    }
+    TrainerOptions::constant_lr(
+        run.lr,
+        run.max_steps,
+        run.grad_accum,
+        run.max_grad_norm,
+        run.seed,
+        run.precision,
+    )
 }
 
 /// The model (with its new or continued adapter), the prompt encoder and the generation

@@ -4,13 +4,11 @@
 //! steps → `metrics.jsonl`, `loss_curve.png` and `adapter/` (PEFT's files, task SEQ_CLS: loads
 //! with `PeftModel.from_pretrained` on `AutoModelForSequenceClassification`). The
 //! `reward_model` example is a command line around [`run_reward`].
-use crate::config::{AdamWOptions, BackwardPath, NonFinitePolicy, ScheduleKind, ScheduleOptions};
 use crate::error::{Result, TrainError};
 use crate::logging::JsonlLogger;
 use crate::plot::write_loss_curve;
 use crate::reward::{PairEval, RewardOptions, RewardPair, RewardStepMetrics, RewardTrainer};
 use crate::rundir::{RunDir, RunMode};
-use crate::schedule::LrSchedule;
 use crate::trainer::{Trainer, TrainerOptions};
 use kiln_data::{ChatTemplate, FieldMap, PreferenceEncoder, read_reward_records, shuffled};
 use kiln_lora::{LoraConfig, LoraModel, TargetModules};
@@ -126,30 +124,16 @@ fn load_pairs(run: &RewardRun, lm: &Pretrained) -> Result<Vec<RewardPair>> {
     Ok(pairs)
 }
 
-/// AdamW without weight decay, constant learning rate, no warmup.
+/// The trainer options of `run`: AdamW without weight decay, constant learning rate.
 fn trainer_options(run: &RewardRun) -> TrainerOptions {
-    let schedule = ScheduleOptions {
-        kind: ScheduleKind::Constant,
-        warmup_steps: Some(0),
-        warmup_ratio: None,
-        min_lr: 0.0,
-    };
-    TrainerOptions {
-        grad_accum: run.grad_accum,
-        max_grad_norm: run.max_grad_norm,
-        schedule: LrSchedule::new(&schedule, run.lr, run.max_steps),
-        adamw: AdamWOptions {
-            lr: run.lr,
-            weight_decay: 0.0,
-            ..AdamWOptions::default()
-        },
-        seed: run.seed,
-        on_non_finite: NonFinitePolicy::Stop,
-        early_stopping: None,
-        gradient_checkpointing: false,
-        backward: BackwardPath::Fused,
-        precision: run.precision,
-    }
+    TrainerOptions::constant_lr(
+        run.lr,
+        run.max_steps,
+        run.grad_accum,
+        run.max_grad_norm,
+        run.seed,
+        run.precision,
+    )
 }
 
 /// The causal LM of `lm` with a new one-label head (pad token: the tokenizer's, else its EOS,

@@ -40,6 +40,41 @@ pub struct TrainerOptions {
 }
 
 impl TrainerOptions {
+    /// The options of the preference, reward and RL recipes (TRL's defaults there): AdamW
+    /// without weight decay, a constant learning rate without warmup, the fused backward, a
+    /// non-finite loss stopping the run.
+    pub fn constant_lr(
+        lr: f64,
+        max_steps: usize,
+        grad_accum: usize,
+        max_grad_norm: Option<f64>,
+        seed: u64,
+        precision: Option<Precision>,
+    ) -> Self {
+        let schedule = crate::config::ScheduleOptions {
+            kind: crate::config::ScheduleKind::Constant,
+            warmup_steps: Some(0),
+            warmup_ratio: None,
+            min_lr: 0.0,
+        };
+        Self {
+            grad_accum,
+            max_grad_norm,
+            schedule: LrSchedule::new(&schedule, lr, max_steps),
+            adamw: AdamWOptions {
+                lr,
+                weight_decay: 0.0,
+                ..AdamWOptions::default()
+            },
+            seed,
+            on_non_finite: NonFinitePolicy::Stop,
+            early_stopping: None,
+            gradient_checkpointing: false,
+            backward: BackwardPath::Fused,
+            precision,
+        }
+    }
+
     /// Options of `config` for a run of `total_steps` optimizer steps.
     pub fn from_config(config: &SftConfig, total_steps: usize) -> Self {
         Self {
