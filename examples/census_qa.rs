@@ -104,53 +104,6 @@ const TRAIN_KINDS: [QaKind; 2] = [QaKind::Lookup, QaKind::Larger];
 const DISTRACTORS: usize = 2;
 const HELD_OUT_KIND: QaKind = QaKind::GrowShrink;
 
-/// Numbers in `text` (`-1,234.5` → `1234.5`, signs and `%` dropped), in order.
-fn numbers(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let chars: Vec<char> = text.chars().collect();
-    for (i, &c) in chars.iter().enumerate() {
-        let next_digit = chars.get(i + 1).is_some_and(char::is_ascii_digit);
-        if c.is_ascii_digit() || (!cur.is_empty() && (c == ',' || c == '.') && next_digit) {
-            if c != ',' {
-                cur.push(c);
-            }
-        } else if !cur.is_empty() {
-            out.push(std::mem::take(&mut cur));
-        }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
-}
-
-/// Whether `reply` gives `item`'s answer first (see the module docs).
-fn is_correct(item: &QaItem, reply: &str, all_keys: &[String]) -> bool {
-    let gold = &item.answer;
-    let question = &item.messages[1].content;
-    if let Some(g) = numbers(gold).first()
-        && !all_keys.contains(gold)
-    {
-        let years: Vec<String> = numbers(question.rsplit("Question:").next().unwrap_or(""))
-            .into_iter()
-            .filter(|n| n.len() == 4 && n.starts_with("20"))
-            .collect();
-        return numbers(reply).into_iter().find(|n| !years.contains(n)) == Some(g.clone());
-    }
-    let candidates: Vec<&str> = if all_keys.contains(gold) {
-        all_keys.iter().map(String::as_str).collect()
-    } else {
-        vec!["grew", "shrank", "stayed"]
-    };
-    let lower = reply.to_lowercase();
-    let first = candidates
-        .iter()
-        .filter_map(|c| lower.find(&c.to_lowercase()).map(|at| (at, *c)))
-        .min();
-    first.is_some_and(|(_, c)| c == gold)
-}
-
 /// Greedy replies to the first question of each item, in batches of 8.
 fn answer_all(
     model: &CausalLm,
@@ -194,7 +147,7 @@ impl Score {
         let mut by_kind = BTreeMap::new();
         let mut correct = Vec::new();
         for (item, reply) in items.iter().zip(replies) {
-            let ok = is_correct(item, reply, keys);
+            let ok = item.is_answered_by(reply, keys);
             let e = by_kind.entry(item.kind).or_insert((0, 0));
             e.0 += usize::from(ok);
             e.1 += 1;

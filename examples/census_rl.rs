@@ -86,54 +86,6 @@ struct Args {
 const SYSTEM: &str = "Answer from the census data in one sentence.";
 const DISTRACTORS: usize = 2;
 
-/// Numbers in `text` (`-1,234.5` → `1234.5`, signs and `%` dropped), in order.
-fn numbers(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let chars: Vec<char> = text.chars().collect();
-    for (i, &c) in chars.iter().enumerate() {
-        let next_digit = chars.get(i + 1).is_some_and(char::is_ascii_digit);
-        if c.is_ascii_digit() || (!cur.is_empty() && (c == ',' || c == '.') && next_digit) {
-            if c != ',' {
-                cur.push(c);
-            }
-        } else if !cur.is_empty() {
-            out.push(std::mem::take(&mut cur));
-        }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
-}
-
-/// `census_qa`'s exact match: the reply's first number that is not a year of the question (or
-/// its first candidate word) is the answer.
-fn is_correct(item: &QaItem, reply: &str, all_keys: &[String]) -> bool {
-    let gold = &item.answer;
-    let question = &item.messages[1].content;
-    if let Some(g) = numbers(gold).first()
-        && !all_keys.contains(gold)
-    {
-        let years: Vec<String> = numbers(question.rsplit("Question:").next().unwrap_or(""))
-            .into_iter()
-            .filter(|n| n.len() == 4 && n.starts_with("20"))
-            .collect();
-        return numbers(reply).into_iter().find(|n| !years.contains(n)) == Some(g.clone());
-    }
-    let candidates: Vec<&str> = if all_keys.contains(gold) {
-        all_keys.iter().map(String::as_str).collect()
-    } else {
-        vec!["grew", "shrank", "stayed"]
-    };
-    let lower = reply.to_lowercase();
-    let first = candidates
-        .iter()
-        .filter_map(|c| lower.find(&c.to_lowercase()).map(|at| (at, *c)))
-        .min();
-    first.is_some_and(|(_, c)| c == gold)
-}
-
 /// Held-out exact match per kind, greedy replies in batches of 8.
 fn score(
     model: &CausalLm,
@@ -157,7 +109,7 @@ fn score(
         for (item, g) in chunk.iter().zip(out) {
             let reply = lm.decode(&g.tokens, true)?;
             let e = by_kind.entry(item.kind).or_insert((0, 0));
-            e.0 += usize::from(is_correct(item, reply.trim(), keys));
+            e.0 += usize::from(item.is_answered_by(reply.trim(), keys));
             e.1 += 1;
         }
     }
@@ -303,7 +255,9 @@ fn main() -> Result<()> {
         name: "census_exact_match".into(),
         f: Box::new(move |r, reply| {
             let item = &items[usize::try_from(r.fields.get("item")?.as_u64()?).ok()?];
-            Some(f64::from(u8::from(is_correct(item, reply.trim(), &keys))))
+            Some(f64::from(u8::from(
+                item.is_answered_by(reply.trim(), &keys),
+            )))
         }),
     };
     let t1 = Instant::now();

@@ -423,3 +423,43 @@ fn time_series_and_multi_turn_kinds_are_exact() {
         assert!(err.is_err(), "{kind}");
     }
 }
+
+/// The census exact match (`QaItem::is_answered_by`), shared by `census_qa` and `census_rl`:
+/// the first number that is not a year of the question, sign and `%` ignored; the first key or
+/// grew/shrank mentioned.
+#[test]
+fn the_first_answer_of_its_type_decides_exact_match() {
+    use kiln_data::{Message, QaItem, QaKind};
+    let item = |kind, answer: &str, question: &str| QaItem {
+        kind,
+        keys: vec![],
+        answer: answer.into(),
+        messages: vec![
+            Message::new(Role::System, "Answer from the census data."),
+            Message::new(Role::User, question),
+            Message::new(Role::Assistant, "-"),
+        ],
+    };
+    let keys: Vec<String> = vec!["Niigata".into(), "Osaka".into()];
+    let lookup = item(
+        QaKind::Lookup,
+        "6,222,666",
+        "Data:\nChiba: population in 2015 6,222,666.\nQuestion: What was the population of Chiba in 2015?",
+    );
+    assert!(lookup.is_answered_by("In 2015 the population of Chiba was 6,222,666.", &keys));
+    assert!(!lookup.is_answered_by("It was 6,284,480, up from 6,222,666.", &keys));
+    assert!(!lookup.is_answered_by("I do not know.", &keys));
+    let pct = item(
+        QaKind::PercentChange,
+        "-3.5%",
+        "By what percentage did it change?",
+    );
+    assert!(pct.is_answered_by("It fell by 3.5%.", &keys));
+    assert!(!pct.is_answered_by("It fell by 3.6%.", &keys));
+    let trend = item(QaKind::GrowShrink, "shrank", "Did it grow or shrink?");
+    assert!(trend.is_answered_by("It shrank; it did not grow.", &keys));
+    assert!(!trend.is_answered_by("It grew, it never shrank.", &keys));
+    let larger = item(QaKind::Larger, "Osaka", "Which had the larger population?");
+    assert!(larger.is_answered_by("Osaka, with 8,837,685 against 2,201,272.", &keys));
+    assert!(!larger.is_answered_by("Niigata had more people than Osaka.", &keys));
+}

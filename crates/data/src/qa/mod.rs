@@ -210,6 +210,67 @@ pub struct QaItem {
     pub messages: Vec<Message>,
 }
 
+impl QaItem {
+    /// Whether `reply` gives this item's short answer first, the census example's exact match:
+    /// for a number, the reply's first number that is not a year named in the question
+    /// (after `Question:` in open-book prompts), compared without thousands separators, sign
+    /// or percent sign (a reply "fell by 3.5%" counts for `-3.5%`); for a key (any of `keys`)
+    /// or `grew`/`shrank`/`stayed`, the first candidate the reply mentions (case-insensitive).
+    pub fn is_answered_by(&self, reply: &str, keys: &[String]) -> bool {
+        let gold = &self.answer;
+        let question = self
+            .messages
+            .iter()
+            .find(|m| m.role == Role::User)
+            .map_or("", |m| m.content.as_str());
+        if let Some(g) = numbers(gold).first()
+            && !keys.contains(gold)
+        {
+            let years: Vec<String> = numbers(question.rsplit("Question:").next().unwrap_or(""))
+                .into_iter()
+                .filter(|n| n.len() == 4 && n.starts_with("20"))
+                .collect();
+            return numbers(reply)
+                .into_iter()
+                .find(|n| !years.contains(n))
+                .as_ref()
+                == Some(g);
+        }
+        let candidates: Vec<&str> = if keys.contains(gold) {
+            keys.iter().map(String::as_str).collect()
+        } else {
+            vec!["grew", "shrank", "stayed"]
+        };
+        let lower = reply.to_lowercase();
+        let first = candidates
+            .iter()
+            .filter_map(|c| lower.find(&c.to_lowercase()).map(|at| (at, *c)))
+            .min();
+        first.is_some_and(|(_, c)| c == gold)
+    }
+}
+
+/// Numbers in `text` (`-1,234.5` → `1234.5`, signs and `%` dropped), in order.
+fn numbers(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let chars: Vec<char> = text.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        let next_digit = chars.get(i + 1).is_some_and(char::is_ascii_digit);
+        if c.is_ascii_digit() || (!cur.is_empty() && (c == ',' || c == '.') && next_digit) {
+            if c != ',' {
+                cur.push(c);
+            }
+        } else if !cur.is_empty() {
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
 /// Formats with thousands separators and `decimals` decimals (half away from zero).
 pub fn format_number(v: f64, decimals: usize) -> String {
     let scale = 10f64.powi(decimals as i32);
