@@ -160,6 +160,30 @@ impl Harness {
         (status, bytes)
     }
 
+    /// Sends every completion request at once (each on its own task, so they share decode
+    /// steps) and returns the responses in the order of `bodies`.
+    async fn completions_at_once(&self, bodies: Vec<Value>) -> Vec<Value> {
+        let tasks: Vec<_> = bodies
+            .into_iter()
+            .map(|body| {
+                let app = self.app.clone();
+                tokio::spawn(async move {
+                    let req = Request::post("/v1/completions")
+                        .body(Body::from(body.to_string()))
+                        .unwrap();
+                    let resp = app.oneshot(req).await.unwrap();
+                    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+                    serde_json::from_slice::<Value>(&bytes).unwrap()
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    }
+
     async fn post(&self, uri: &str, body: Value) -> (StatusCode, Value) {
         let (status, bytes) = self
             .send("POST", uri, Body::from(body.to_string()), None)
@@ -403,25 +427,15 @@ async fn adapters_hot_load_mix_in_one_batch_and_unload() {
     ];
     let max = 24;
     // Every prompt with and without the adapter, all at once: rows of both kinds share steps.
-    let mut tasks = Vec::new();
-    for p in &prompts {
-        for model in ["base", "lora"] {
-            let app = h.app.clone();
-            let body = json!({"model": model, "prompt": p, "max_tokens": max, "temperature": 0});
-            tasks.push(tokio::spawn(async move {
-                let req = Request::post("/v1/completions")
-                    .body(Body::from(body.to_string()))
-                    .unwrap();
-                let resp = app.oneshot(req).await.unwrap();
-                let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-                serde_json::from_slice::<Value>(&bytes).unwrap()
-            }));
-        }
-    }
-    let mut got = Vec::new();
-    for t in tasks {
-        got.push(t.await.unwrap());
-    }
+    let bodies = prompts
+        .iter()
+        .flat_map(|p| {
+            ["base", "lora"].map(
+                |model| json!({"model": model, "prompt": p, "max_tokens": max, "temperature": 0}),
+            )
+        })
+        .collect();
+    let got = h.completions_at_once(bodies).await;
     for (i, p) in prompts.iter().enumerate() {
         let base = offline(p, max, None);
         let lora = offline(p, max, Some(&lora_dir()));
@@ -509,24 +523,16 @@ async fn gemma_sliding_window_rows_in_a_mixed_batch_equal_each_alone() {
                "seed": 11})
     };
     let text = |r: &Value| r["choices"][0]["text"].as_str().unwrap().to_string();
-    let mut tasks = Vec::new();
-    for p in &prompts {
-        for model in ["base", "lora"] {
-            let (app, body) = (h.app.clone(), body(p, model, 1.0));
-            tasks.push(tokio::spawn(async move {
-                let req = Request::post("/v1/completions")
-                    .body(Body::from(body.to_string()))
-                    .unwrap();
-                let resp = app.oneshot(req).await.unwrap();
-                let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-                serde_json::from_slice::<Value>(&bytes).unwrap()
-            }));
-        }
-    }
-    let mut mixed = Vec::new();
-    for t in tasks {
-        mixed.push(text(&t.await.unwrap()));
-    }
+    let bodies = prompts
+        .iter()
+        .flat_map(|p| ["base", "lora"].map(|model| body(p, model, 1.0)))
+        .collect();
+    let mixed: Vec<String> = h
+        .completions_at_once(bodies)
+        .await
+        .iter()
+        .map(text)
+        .collect();
     let steps = h.metric("kiln_decode_batch_rows_count").await;
     let single = h.metric("kiln_decode_batch_rows_bucket{le=\"1\"}").await;
     assert!(single < steps, "{single} of {steps} steps had one row");
@@ -573,24 +579,15 @@ async fn longrope_rows_cross_the_original_context_as_each_alone() {
         vec![60, 61, 62, 63, 64, 65, 66, 67],
     ];
     let max = 14;
-    let mut tasks = Vec::new();
-    for (i, p) in prompts.iter().enumerate() {
-        let app = h.app.clone();
-        let body = json!({"model": "base", "prompt": p, "max_tokens": max, "temperature": 1.0,
-                          "seed": 100 + i});
-        tasks.push(tokio::spawn(async move {
-            let req = Request::post("/v1/completions")
-                .body(Body::from(body.to_string()))
-                .unwrap();
-            let resp = app.oneshot(req).await.unwrap();
-            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-            serde_json::from_slice::<Value>(&bytes).unwrap()
-        }));
-    }
-    let mut got = Vec::new();
-    for t in tasks {
-        got.push(t.await.unwrap());
-    }
+    let bodies = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            json!({"model": "base", "prompt": p, "max_tokens": max, "temperature": 1.0,
+                   "seed": 100 + i})
+        })
+        .collect();
+    let got = h.completions_at_once(bodies).await;
     let steps = h.metric("kiln_decode_batch_rows_count").await;
     let single = h.metric("kiln_decode_batch_rows_bucket{le=\"1\"}").await;
     assert!(single < steps, "{single} of {steps} steps had one row");
