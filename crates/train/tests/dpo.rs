@@ -216,33 +216,21 @@ fn dpo_drops_pairs_whose_prompt_fills_max_length() {
 fn dpo_recipe_writes_trl_metrics_and_a_peft_adapter() {
     let _g = serial();
     let dir = std::env::temp_dir().join(format!("kiln_dpo_recipe_{}", std::process::id()));
-    let model_dir = preference_model_dir(&dir);
-    let run = kiln_train::DpoRun {
-        model: model_dir,
-        data: fixture("dpo/conversational.jsonl"),
-        output_dir: dir.join("out"),
-        max_steps: 3,
-        lr: 1e-3,
-        dpo: DpoOptions {
+    let run = preference_recipe(
+        &dir,
+        fixture("dpo/conversational.jsonl"),
+        DpoOptions {
             beta: 0.1,
             batch_size: 2,
             max_length: Some(64),
             ..DpoOptions::default()
         },
-        init_adapter: Some(fixture("dpo/adapter_init")),
-        shuffle: false,
-        precision: Some(kiln_train::Precision::F32),
-        ..kiln_train::DpoRun::default()
-    };
+    );
     let summary = kiln_train::run_dpo(&run, |_| {}).unwrap();
     assert_eq!((summary.pairs, summary.history.len()), (6, 3));
     let text = std::fs::read_to_string(fixture("dpo/sigmoid/metrics.json")).unwrap();
     let want: Value = serde_json::from_str(&text).unwrap();
-    let lines = std::fs::read_to_string(dir.join("out/metrics.jsonl")).unwrap();
-    let lines: Vec<Value> = lines
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = metrics_lines(&dir.join("out/metrics.jsonl"));
     assert_eq!(lines.len(), 3);
     for (got, want) in lines.iter().zip(want["steps"].as_array().unwrap()) {
         for k in METRICS {

@@ -224,28 +224,16 @@ fn cpo_simpo_matches_trl() {
 fn orpo_recipe_writes_trl_metrics() {
     let _g = serial();
     let dir = std::env::temp_dir().join(format!("kiln_orpo_recipe_{}", std::process::id()));
-    let model_dir = preference_model_dir(&dir);
     let text = std::fs::read_to_string(fixture("orpo_cpo/orpo/metrics.json")).unwrap();
     let want: Value = serde_json::from_str(&text).unwrap();
-    let run = kiln_train::DpoRun {
-        model: model_dir,
-        data: fixture("dpo/conversational.jsonl"),
-        output_dir: dir.join("out"),
-        max_steps: 3,
-        lr: 1e-3,
-        dpo: options(&want["hyper"]),
-        init_adapter: Some(fixture("dpo/adapter_init")),
-        shuffle: false,
-        precision: Some(kiln_train::Precision::F32),
-        ..kiln_train::DpoRun::default()
-    };
+    let run = preference_recipe(
+        &dir,
+        fixture("dpo/conversational.jsonl"),
+        options(&want["hyper"]),
+    );
     let summary = kiln_train::run_dpo(&run, |_| {}).unwrap();
     assert_eq!((summary.pairs, summary.history.len()), (6, 3));
-    let lines = std::fs::read_to_string(dir.join("out/metrics.jsonl")).unwrap();
-    let lines: Vec<Value> = lines
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = metrics_lines(&dir.join("out/metrics.jsonl"));
     assert_eq!(lines.len(), 3);
     for (got, want) in lines.iter().zip(want["steps"].as_array().unwrap()) {
         for k in metric_names(PreferenceLoss::Orpo) {

@@ -144,6 +144,37 @@ pub fn preference_model_dir(dir: &std::path::Path) -> std::path::PathBuf {
     model_dir
 }
 
+/// The recipe tests' run (the TRL fixtures' settings): the tiny Llama directory under `dir`
+/// ([`preference_model_dir`]), `data` in file order, 3 steps at a constant 1e-3 from the DPO
+/// fixture's initial adapter, f32, output in `dir/out`.
+pub fn preference_recipe(
+    dir: &std::path::Path,
+    data: PathBuf,
+    dpo: kiln_train::DpoOptions,
+) -> kiln_train::DpoRun {
+    kiln_train::DpoRun {
+        model: preference_model_dir(dir),
+        data,
+        output_dir: dir.join("out"),
+        max_steps: 3,
+        lr: 1e-3,
+        dpo,
+        init_adapter: Some(fixture("dpo/adapter_init")),
+        shuffle: false,
+        precision: Some(kiln_train::Precision::F32),
+        ..kiln_train::DpoRun::default()
+    }
+}
+
+/// The JSON objects of a `metrics.jsonl`, one per line.
+pub fn metrics_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// The preference tests' trainer: constant learning rate, no warmup or decay, clipping at 1, f32
 /// fused backward (TRL's fixtures were written with the same settings).
 pub fn trainer_options(accum: usize, lr: f64, steps: usize) -> TrainerOptions {
