@@ -47,6 +47,10 @@ struct Args {
     /// Response cache for greedy requests, in MiB (0: off).
     #[arg(long, default_value_t = 16)]
     cache_mib: usize,
+    /// Keys and values of prompt prefixes kept for later prompts that start the same way
+    /// (prefix caching: a shared system prompt is prefilled once), in MiB (0: off).
+    #[arg(long, default_value_t = 64)]
+    prefix_cache_mib: usize,
     /// Access log file (one JSON line per request). Default: standard error.
     #[arg(long)]
     access_log: Option<PathBuf>,
@@ -60,6 +64,12 @@ struct Args {
     /// with `torch_dtype=torch.bfloat16` multiplies, on the CPU's bf16 unit where it has one).
     #[arg(long, default_value = "f32")]
     precision: kiln::lora::Precision,
+    /// With `--precision bf16` and quantized matrices (`--quantize stored|nf4|fp4|int8`): also
+    /// hold every matrix in the bf16 kernel's layout (2 bytes per weight more), so a batch of
+    /// decoding rows multiplies by it directly instead of dequantizing and packing each weight
+    /// at every step (PyTorch serves bf16 weights the same way).
+    #[arg(long)]
+    bf16_weights: bool,
 }
 
 fn parse_named(s: &str) -> Result<(String, PathBuf), String> {
@@ -102,6 +112,21 @@ async fn run(args: Args) -> Result<()> {
     let path = resolve_model(args.model.as_deref(), true)?;
     let mut lm = Pretrained::load_as(&path, &device, args.quantize)?;
     lm.model.set_precision(args.precision);
+    if args.bf16_weights {
+        if args.precision != kiln::lora::Precision::Bf16 {
+            anyhow::bail!("--bf16-weights holds weights for bf16 products: add --precision bf16");
+        }
+        let bytes = lm.model.hold_bf16_layouts();
+        if bytes == 0 {
+            anyhow::bail!(
+                "--bf16-weights found no quantized matrix to hold (with --quantize f32 the weights are dense f32)"
+            );
+        }
+        eprintln!(
+            "holding the weights in bf16 too: {:.0} MiB",
+            bytes as f64 / (1 << 20) as f64
+        );
+    }
     let model_id = path
         .file_stem()
         .map_or("kiln".into(), |s| s.to_string_lossy().into_owned());
@@ -112,6 +137,7 @@ async fn run(args: Args) -> Result<()> {
             engine: EngineOptions {
                 max_batch: args.max_batch,
                 max_queue: args.max_queue,
+                prefix_cache_bytes: args.prefix_cache_mib << 20,
             },
             api_keys: args.api_keys,
             rate_limits: RateLimits {

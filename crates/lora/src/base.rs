@@ -122,6 +122,17 @@ impl Frozen {
         &self.matrix
     }
 
+    /// Also holds the matrix in the bf16 kernel's layout ([`QMatrix::hold_bf16_layout`]): bf16
+    /// inference products of more than a few rows skip the per-product dequantization. A
+    /// matrix shared with another holder (a clone of this layer) is copied first (its codes
+    /// stay shared); returns the bytes the layout adds.
+    pub fn hold_bf16_layout(&mut self) -> usize {
+        let m = Arc::make_mut(&mut self.matrix);
+        let before = m.bf16_layout_bytes();
+        m.hold_bf16_layout();
+        m.bf16_layout_bytes() - before
+    }
+
     /// The whole matrix dequantized as a burn tensor on `device`, in the stored layout
     /// (`[rows, cols]`).
     pub fn dequantized(&self, device: &Device) -> Tensor<2> {

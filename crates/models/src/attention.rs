@@ -1,22 +1,13 @@
 //! Grouped-query self-attention with rotary positions and an optional KV cache, plus the knobs of
 //! Gemma (q/k norms, score scale, logit soft-capping) and Phi-3 (fused `qkv_proj`).
 use crate::config::AttentionKind;
+use crate::kv::LayerCache;
 use crate::norm::RmsNorm;
 use crate::rope::apply_rotary;
 use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 use kiln_lora::LoraLinear;
-
-/// Keys and values of earlier tokens for one layer.
-///
-/// # Shapes
-/// - k, v: `[b, kv_heads, t_past, head_dim]`
-#[derive(Debug, Clone)]
-pub struct LayerCache {
-    pub k: Tensor<4>,
-    pub v: Tensor<4>,
-}
 
 /// Multi-head attention where `num_heads / num_kv_heads` query heads share one key/value head.
 #[derive(Module, Debug)]
@@ -139,28 +130,41 @@ impl Attention {
         };
         let q = apply_rotary(q, cos, sin);
         let k = apply_rotary(k, cos, sin);
-        let (k, v) = match cache {
+        let out = match cache {
             Some(slot) => {
-                let (k, v) = match slot.take() {
-                    Some(past) => (
-                        Tensor::cat(vec![past.k, k], 2),
-                        Tensor::cat(vec![past.v, v], 2),
-                    ),
-                    None => (k, v),
+                let layer = match slot.take() {
+                    Some(mut past) => {
+                        past.append(k, v);
+                        past
+                    }
+                    None => LayerCache::new(k, v),
                 };
-                *slot = Some(LayerCache {
-                    k: k.clone(),
-                    v: v.clone(),
-                });
-                (k, v)
+                let out = layer.attend(q, mask, self.scale, self.softcap);
+                *slot = Some(layer);
+                out
             }
-            None => (k, v),
-        };
-        let out = match crate::kernels::try_attention(&q, &k, &v, mask, self.scale, self.softcap) {
-            Some(out) => out,
-            None => attend(q, k, v, mask, self.scale, self.softcap),
+            None => attend_any(q, k, v, mask, self.scale, self.softcap),
         };
         self.o_proj.forward(out)
+    }
+}
+
+/// Attention on the CPU kernel where it applies ([`crate::kernels::try_attention`]), else with
+/// burn's tensor ops ([`attend`]).
+///
+/// # Shapes
+/// As [`attend`].
+pub(crate) fn attend_any(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: &Tensor<4>,
+    scale: f64,
+    softcap: Option<f64>,
+) -> Tensor<3> {
+    match crate::kernels::try_attention(&q, &k, &v, mask, scale, softcap) {
+        Some(out) => out,
+        None => attend(q, k, v, mask, scale, softcap),
     }
 }
 

@@ -7,9 +7,10 @@
 //! `modeling_phi3.py`; Touvron et al. 2023, <https://arxiv.org/abs/2302.13971>; Gemma Team 2024,
 //! <https://arxiv.org/abs/2408.00118>; Gemma Team 2025, <https://arxiv.org/abs/2503.19786>;
 //! Abdin et al. 2024, <https://arxiv.org/abs/2404.14219>.
-use crate::attention::{Attention, LayerCache};
+use crate::attention::Attention;
 use crate::config::{AttentionKind, DecoderConfig};
 use crate::error::{ModelError, Result};
+use crate::kv::LayerCache;
 use crate::mask::MaskSpec;
 use crate::mlp::Mlp;
 use crate::norm::RmsNorm;
@@ -298,6 +299,50 @@ impl KvCache {
         self.key_padding.len()
     }
 
+    /// Bytes held for the cached keys and values (f32, with room to grow on the CPU).
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().flatten().map(LayerCache::bytes).sum()
+    }
+
+    /// A one-row cache holding the first `len` tokens of row `row` (its left padding dropped):
+    /// the keys and values of a prompt's prefix, for another prompt that starts with the same
+    /// tokens (prefix caching). Continuing from it with the rest of that prompt attends to
+    /// exactly what a prefill of the whole prompt would.
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] for a row outside the cache, a `len` of 0 or past the row's
+    /// tokens, or a row whose tokens do not start at position 0 right after its padding (a
+    /// row extended by decoding after other rows joined has padding between its tokens).
+    pub fn prefix(&self, row: usize, len: usize) -> Result<KvCache> {
+        let pads = self
+            .key_padding
+            .get(row)
+            .ok_or_else(|| ModelError::Input(format!("cache row {row} does not exist")))?;
+        let start = pads.iter().take_while(|&&real| !real).count();
+        let real = pads.len() - start;
+        if len == 0
+            || len > real
+            || !pads[start..].iter().all(|&r| r)
+            || self.next_position[row] != real as i64
+        {
+            return Err(ModelError::Input(format!(
+                "cache row {row} ({real} tokens after {start} padding, next position {}) has no \
+                 prefix of {len} tokens from position 0",
+                self.next_position[row]
+            )));
+        }
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| l.as_ref().map(|l| l.prefix(row, start, len)))
+            .collect();
+        Ok(KvCache {
+            layers,
+            key_padding: vec![vec![true; len]],
+            next_position: vec![len as i64],
+        })
+    }
+
     /// Keeps the rows `keep`, in that order, and drops the others (a finished sequence leaves a
     /// running batch). Key columns that are then padding in every row are dropped too.
     ///
@@ -318,12 +363,7 @@ impl KvCache {
             return Ok(());
         }
         for layer in self.layers.iter_mut().flatten() {
-            let idx = Tensor::<1, Int>::from_data(
-                TensorData::new(keep.iter().map(|&r| r as i64).collect(), [keep.len()]),
-                &layer.k.device(),
-            );
-            layer.k = layer.k.clone().select(0, idx.clone());
-            layer.v = layer.v.clone().select(0, idx);
+            *layer = layer.select_rows(keep);
         }
         self.key_padding = keep.iter().map(|&r| self.key_padding[r].clone()).collect();
         self.next_position = keep.iter().map(|&r| self.next_position[r]).collect();
@@ -360,19 +400,10 @@ impl KvCache {
         }
         let (ta, tb) = (self.len(), other.len());
         let t = ta.max(tb);
-        // [b, kv_heads, t, head_dim]: left-pad the time axis with zeros (masked keys).
-        let pad = |x: Tensor<4>, n: usize| {
-            if n == 0 {
-                return x;
-            }
-            let [b, h, _, d] = x.dims();
-            let zeros = Tensor::zeros([b, h, n, d], &x.device());
-            Tensor::cat(vec![zeros, x], 2)
-        };
-        for (a, b) in self.layers.iter_mut().zip(other.layers) {
-            if let (Some(a), Some(b)) = (a.as_mut(), b) {
-                a.k = Tensor::cat(vec![pad(a.k.clone(), t - ta), pad(b.k, t - tb)], 0);
-                a.v = Tensor::cat(vec![pad(a.v.clone(), t - ta), pad(b.v, t - tb)], 0);
+        // Left-pad the time axis with zeros (masked keys).
+        for (slot, b) in self.layers.iter_mut().zip(other.layers) {
+            if let (Some(a), Some(b)) = (slot.take(), b) {
+                *slot = Some(a.join(b, t - ta, t - tb));
             }
         }
         let widen =
@@ -396,9 +427,7 @@ impl KvCache {
             return;
         }
         for layer in self.layers.iter_mut().flatten() {
-            let [b, h, _, d] = layer.k.dims();
-            layer.k = layer.k.clone().slice([0..b, 0..h, n..len, 0..d]);
-            layer.v = layer.v.clone().slice([0..b, 0..h, n..len, 0..d]);
+            layer.drop_front(n);
         }
         for row in &mut self.key_padding {
             row.drain(..n);
@@ -597,6 +626,24 @@ impl CausalLm {
         use kiln_lora::target::AdapterTarget;
         self.precision = precision;
         self.visit_linears_mut(&mut |_, l| l.set_precision(precision));
+    }
+
+    /// Holds every quantized matrix (projections, the output head or tied embedding table)
+    /// also in the bf16 kernel's layout, 2 bytes per weight more, so bf16 products of more than
+    /// a few rows (a batch of decoding rows, prefill) multiply by it directly instead of
+    /// dequantizing and packing it at every product ([`kiln_cpu::QMatrix::hold_bf16_layout`]).
+    /// For serving with [`Self::set_precision`] `Bf16`; training and f32 products do not use
+    /// it. Matrices held dense are unchanged. Returns the bytes added.
+    pub fn hold_bf16_layouts(&mut self) -> usize {
+        use kiln_lora::target::AdapterTarget;
+        let mut bytes = 0;
+        self.visit_linears_mut(&mut |_, l| bytes += l.hold_bf16_layout());
+        if self.lm_head.is_none()
+            && let BaseWeight::Frozen(f) = &mut self.model.embed_tokens
+        {
+            bytes += f.hold_bf16_layout();
+        }
+        bytes
     }
 
     /// The output projection without soft-capping.

@@ -39,6 +39,35 @@ pub fn try_attention(
     }
 }
 
+/// Keys and values of a host KV cache (`[b, heads, stride, head_dim]` buffers whose first `len`
+/// tokens are filled), read in place by [`try_attention_host`].
+#[cfg(feature = "cpu")]
+pub(crate) struct HostKeys<'a> {
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub heads: usize,
+    pub len: usize,
+    pub stride: usize,
+    pub head_dim: usize,
+}
+
+/// [`try_attention`] over a host KV cache, its keys read where they are.
+///
+/// # Shapes
+/// - q: `[b, heads, t, hd]`
+/// - mask: `[b, 1, t, len]` additive
+/// - output: `[b, t, heads · hd]`
+#[cfg(feature = "cpu")]
+pub(crate) fn try_attention_host(
+    q: &Tensor<4>,
+    kv: &HostKeys<'_>,
+    mask: &Tensor<4>,
+    scale: f64,
+    softcap: Option<f64>,
+) -> Option<Tensor<3>> {
+    cpu::attention_host(q, kv, mask, scale as f32, softcap.map(|c| c as f32))
+}
+
 /// `x / sqrt(mean(x²) + eps) · w` over the last axis (`w + 1` for Gemma's unit offset), or
 /// `None` when the fast path does not apply.
 ///
@@ -137,19 +166,56 @@ mod cpu {
         {
             return None;
         }
+        let (kc, vc) = (kv.as_standard_layout(), vv.as_standard_layout());
+        let keys = super::HostKeys {
+            k: kc.as_slice()?,
+            v: vc.as_slice()?,
+            heads: kvh,
+            len: tk,
+            stride: tk,
+            head_dim: hd,
+        };
+        attend_heads(&qs, &keys, &ms, scale, softcap)
+    }
+
+    pub(super) fn attention_host(
+        q: &Tensor<4>,
+        kv: &super::HostKeys<'_>,
+        mask: &Tensor<4>,
+        scale: f32,
+        softcap: Option<f32>,
+    ) -> Option<Tensor<3>> {
+        let (qs, ms) = (Storage::of(q)?, Storage::of(mask)?);
+        let [b, _, _, hd] = q.dims();
+        if kv.len == 0
+            || kv.head_dim != hd
+            || kv.k.len() < b * kv.heads * kv.stride * hd
+            || kv.v.len() != kv.k.len()
+        {
+            return None;
+        }
+        attend_heads(&qs, kv, &ms, scale, softcap)
+    }
+
+    /// The attention of every (row, head) of `q` over `kv`, scattered into `[b, t, heads · hd]`.
+    fn attend_heads(
+        qs: &Storage,
+        kv: &super::HostKeys<'_>,
+        ms: &Storage,
+        scale: f32,
+        softcap: Option<f32>,
+    ) -> Option<Tensor<3>> {
+        let (qv, mv) = (qs.view(), ms.view());
+        let qd = qv.shape();
+        let (b, h, t, hd) = (qd[0], qd[1], qd[2], qd[3]);
+        let (kvh, tk, stride) = (kv.heads, kv.len, kv.stride);
+        if mv.shape() != [b, 1, t, tk] || kvh == 0 || h % kvh != 0 || tk == 0 || tk > stride {
+            return None;
+        }
         let groups = h / kvh;
-        let (qc, kc, vc, mc) = (
-            qv.as_standard_layout(),
-            kv.as_standard_layout(),
-            vv.as_standard_layout(),
-            mv.as_standard_layout(),
-        );
-        let (qx, kx, vx, mx) = (
-            qc.as_slice()?,
-            kc.as_slice()?,
-            vc.as_slice()?,
-            mc.as_slice()?,
-        );
+        let (qc, mc) = (qv.as_standard_layout(), mv.as_standard_layout());
+        let (qx, mx) = (qc.as_slice()?, mc.as_slice()?);
+        let (kx, vx) = (kv.k, kv.v);
         // One task per (batch row, head), each over blocks of queries; the per-head outputs are
         // scattered into `[b, t, heads · hd]` afterwards.
         let heads: Vec<Vec<f32>> = (0..b * h)
@@ -159,8 +225,8 @@ mod cpu {
                 let g = hi / groups;
                 let head = Head {
                     q: &qx[(bi * h + hi) * t * hd..][..t * hd],
-                    k: &kx[(bi * kvh + g) * tk * hd..][..tk * hd],
-                    v: &vx[(bi * kvh + g) * tk * hd..][..tk * hd],
+                    k: &kx[(bi * kvh + g) * stride * hd..][..tk * hd],
+                    v: &vx[(bi * kvh + g) * stride * hd..][..tk * hd],
                     mask: &mx[bi * t * tk..][..t * tk],
                     hd,
                     scale,

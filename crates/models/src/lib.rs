@@ -24,6 +24,7 @@ pub mod generate;
 pub mod gguf;
 pub mod hub;
 mod kernels;
+mod kv;
 mod load;
 mod loss;
 mod mask;
@@ -43,11 +44,12 @@ pub use config::{
     RopeScaling,
 };
 // The decoder's building blocks, named for code that walks a loaded model's layers.
-pub use attention::{Attention, LayerCache};
+pub use attention::Attention;
 pub use decoder::{CausalLm, DecoderInput, DecoderLayer, KvCache, Model};
 pub use device::{DeviceKind, default_device, parse_device};
 pub use error::{ModelError, Result};
 pub use generate::{FinishReason, Generated, GenerationConfig, Sampling, generate};
+pub use kv::LayerCache;
 pub use load::{Quantization, build_causal_lm, build_causal_lm_as, estimate_weight_bytes};
 pub use loss::{
     IGNORE_INDEX, LossSum, causal_lm_loss, causal_lm_loss_sum, causal_lm_loss_sum_hidden,

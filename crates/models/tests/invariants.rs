@@ -84,6 +84,41 @@ fn left_padded_batch_equals_rows_alone() {
     }
 }
 
+/// Prefix caching: the first tokens of a left-padded row of a batch prefill, cut out with
+/// `KvCache::prefix`, continue with the rest of another prompt exactly as that whole prompt
+/// prefilled alone (and as the cut row itself, whose tokens they are); impossible prefixes are
+/// refused.
+#[test]
+fn a_rows_prefix_continues_as_the_whole_prompt() {
+    for name in ["llama", "mistral", "qwen2"] {
+        let model = tiny(name);
+        let v = model.config.vocab_size;
+        let short = &IDS[..7];
+        let pad = IDS.len() - short.len();
+        let mut ids = IDS.to_vec();
+        ids.extend(std::iter::repeat_n(0, pad).chain(short.iter().copied()));
+        let mut mask = vec![1u8; IDS.len()];
+        mask.extend(std::iter::repeat_n(0, pad).chain(std::iter::repeat_n(1, short.len())));
+        let mut batch = KvCache::default();
+        let input = DecoderInput::new(ids, 2, IDS.len()).with_attention_mask(mask);
+        model.forward_hidden(&input, Some(&mut batch)).unwrap();
+        // Row 1 (padded) shares its first 5 tokens with a new prompt that goes on differently.
+        let mut cache = batch.prefix(1, 5).unwrap();
+        assert_eq!((cache.rows(), cache.len()), (1, 5));
+        let other = [IDS[0], IDS[1], IDS[2], IDS[3], IDS[4], 401, 77, 3];
+        let rest = model
+            .forward_hidden(&DecoderInput::single(&other[5..]), Some(&mut cache))
+            .unwrap();
+        let got = host(model.logits(rest));
+        let alone = host(model.forward(&DecoderInput::single(&other)).unwrap());
+        let d = max_abs_diff(&got, &alone[5 * v..]);
+        assert!(d <= 1e-5, "{name}: continued prefix differs by {d}");
+        assert!(batch.prefix(1, 8).is_err() && batch.prefix(1, 0).is_err());
+        assert!(batch.prefix(2, 1).is_err());
+        assert_eq!(batch.prefix(0, IDS.len()).unwrap().len(), IDS.len());
+    }
+}
+
 #[test]
 fn packed_segments_equal_separate_rows() {
     let model = tiny("llama");

@@ -16,6 +16,7 @@
 //! into the shared weights. Adapters are loaded and removed between steps.
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::prefix::{PrefixStore, blocks_of};
 use burn::tensor::Tensor;
 use kiln_lora::{Bias, LoraConfig, LoraModel, RowMix};
 use kiln_models::generate::pick_token;
@@ -83,6 +84,9 @@ pub struct EngineOptions {
     pub max_batch: usize,
     /// Requests waiting beyond the running batch at most (more: 429).
     pub max_queue: usize,
+    /// Bytes of prompt prefixes' keys and values kept for later prompts that start the same
+    /// way (prefix caching; 0: off). See `prefix.rs`.
+    pub prefix_cache_bytes: usize,
 }
 
 impl Default for EngineOptions {
@@ -90,6 +94,7 @@ impl Default for EngineOptions {
         Self {
             max_batch: 8,
             max_queue: 64,
+            prefix_cache_bytes: 64 << 20,
         }
     }
 }
@@ -141,6 +146,7 @@ impl Engine {
             metrics,
             max_batch: options.max_batch.max(1),
             held: None,
+            prefix: PrefixStore::new(options.prefix_cache_bytes),
         };
         let handle = std::thread::Builder::new()
             .name("kiln-scheduler".into())
@@ -232,6 +238,8 @@ struct Scheduler {
     max_batch: usize,
     /// A request taken from the queue that waits for room for all its samples.
     held: Option<Vec<Job>>,
+    /// Kept prompt prefixes (prefix caching).
+    prefix: PrefixStore,
 }
 
 impl Scheduler {
@@ -337,6 +345,8 @@ impl Scheduler {
             .map_err(|e| ApiError::invalid_param("path", e.to_string()))?;
         // Rows choose their adapters; none is active for the whole model.
         let _ = self.lora.set_active(&[]);
+        // A new adapter under an old name would otherwise find the old one's keys.
+        self.prefix.clear();
         if let Ok(mut a) = self.adapters.write() {
             a.push(name.to_string());
         }
@@ -360,6 +370,7 @@ impl Scheduler {
         if let Ok(mut a) = self.adapters.write() {
             a.retain(|n| n != name);
         }
+        self.prefix.clear();
         Ok(())
     }
 
@@ -390,16 +401,126 @@ impl Scheduler {
         true
     }
 
-    /// Prefills the prompts of `jobs` in one forward, left-padded to the longest, each row
-    /// through its own adapters.
+    /// Prefills the prompts of `jobs`, each row through its own adapters. A prompt that starts
+    /// with a kept prefix runs only its remaining tokens on a copy of that prefix's cache
+    /// (prompts with the same prefix and remaining lengths together, so no padding falls
+    /// between a prefix and the rest); the others run in one left-padded forward. The new
+    /// prompts' prefixes are kept for later prompts.
     ///
     /// # Shapes
     /// - output: logits `jobs.len() * vocab` (last position of each prompt), a cache of
-    ///   `jobs.len()` rows
+    ///   `jobs.len()` rows, both in the order of `jobs`
     fn prefill(&mut self, jobs: &[Job]) -> Result<(Vec<f32>, KvCache), String> {
-        let prompts: Vec<&[u32]> = jobs.iter().map(|j| j.prompt.as_slice()).collect();
-        let mixes: Vec<RowMix> = jobs.iter().map(|j| j.adapters.clone()).collect();
-        self.prefill_rows(&prompts, &mixes)
+        let mut cold = Vec::new();
+        let mut warm: Vec<((usize, usize), Vec<(usize, KvCache)>)> = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            let found = if self.prefix_allowed(job.prompt.len()) {
+                self.prefix.lookup(&job.adapters, &job.prompt)
+            } else {
+                None
+            };
+            self.metrics
+                .prefix_lookup(job.prompt.len(), found.as_ref().map_or(0, |f| f.0));
+            match found {
+                Some((len, cache)) => {
+                    let key = (len, job.prompt.len() - len);
+                    match warm.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, group)) => group.push((i, cache)),
+                        None => warm.push((key, vec![(i, cache)])),
+                    }
+                }
+                None => cold.push(i),
+            }
+        }
+        // Row r of `cache` is job `order[r]`.
+        let (mut order, mut logits, mut cache) = (Vec::new(), Vec::new(), KvCache::default());
+        let mut join = |rows: Vec<usize>, (l, c): (Vec<f32>, KvCache)| -> Result<(), String> {
+            order.extend(rows);
+            logits.push(l);
+            cache.append_rows(c).map_err(|e| e.to_string())
+        };
+        if !cold.is_empty() {
+            let prompts: Vec<&[u32]> = cold.iter().map(|&i| jobs[i].prompt.as_slice()).collect();
+            let mixes: Vec<RowMix> = cold.iter().map(|&i| jobs[i].adapters.clone()).collect();
+            let done = self.prefill_rows(&prompts, &mixes)?;
+            self.keep_prefixes(jobs, &cold, &done.1, 0);
+            join(cold, done)?;
+        }
+        for ((len, _), group) in warm {
+            let rows: Vec<usize> = group.iter().map(|(i, _)| *i).collect();
+            let done = self.extend_rows(jobs, group)?;
+            self.keep_prefixes(jobs, &rows, &done.1, len);
+            join(rows, done)?;
+        }
+        let vocab = logits.iter().map(Vec::len).sum::<usize>() / jobs.len().max(1);
+        let logits = logits.concat();
+        let mut row_of = vec![0; jobs.len()];
+        for (r, &j) in order.iter().enumerate() {
+            row_of[j] = r;
+        }
+        cache.retain_rows(&row_of).map_err(|e| e.to_string())?;
+        let logits = row_of
+            .iter()
+            .flat_map(|&r| logits[r * vocab..(r + 1) * vocab].iter().copied())
+            .collect();
+        Ok((logits, cache))
+    }
+
+    /// Whether a prompt of `n` tokens may share prefixes: not past LongRoPE's original context,
+    /// where a whole prefill switches every position to the long frequencies.
+    fn prefix_allowed(&self, n: usize) -> bool {
+        self.lora.model.recompute_cache_at().is_none_or(|o| n <= o)
+    }
+
+    /// Runs the rest of each prompt of `group` (jobs with prefixes of one length and rests of
+    /// one length) from its prefix's cache in one forward: the logits of each last position
+    /// and the rows' caches.
+    fn extend_rows(
+        &mut self,
+        jobs: &[Job],
+        group: Vec<(usize, KvCache)>,
+    ) -> Result<(Vec<f32>, KvCache), String> {
+        let (mut ids, mut mixes, mut cache) = (Vec::new(), Vec::new(), KvCache::default());
+        let mut rest = 0;
+        for (i, prefix) in group {
+            let len = prefix.len();
+            rest = jobs[i].prompt.len() - len;
+            ids.extend_from_slice(&jobs[i].prompt[len..]);
+            mixes.push(jobs[i].adapters.clone());
+            cache.append_rows(prefix).map_err(|e| e.to_string())?;
+        }
+        let b = mixes.len();
+        let input = DecoderInput::new(ids, b, rest).with_rope_per_row();
+        self.lora
+            .set_row_mixes(Some(&mixes))
+            .map_err(|e| e.to_string())?;
+        let hidden = self
+            .lora
+            .model
+            .forward_hidden(&input, Some(&mut cache))
+            .map_err(|e| e.to_string())?;
+        let logits = self.last_logits(hidden)?;
+        self.metrics.prefill(b, b * rest);
+        Ok((logits, cache))
+    }
+
+    /// Keeps the prefix (whole blocks) of each prompt `jobs[rows[r]]` from row `r` of its
+    /// prefill's `cache`, where it is longer than the `known` tokens the prompt started from.
+    fn keep_prefixes(&mut self, jobs: &[Job], rows: &[usize], cache: &KvCache, known: usize) {
+        for (r, &i) in rows.iter().enumerate() {
+            let prompt = &jobs[i].prompt;
+            let len = blocks_of(prompt.len());
+            if len <= known || !self.prefix_allowed(prompt.len()) {
+                continue;
+            }
+            match cache.prefix(r, len) {
+                Ok(c) => self
+                    .prefix
+                    .insert(&jobs[i].adapters, prompt[..len].to_vec(), c),
+                Err(e) => tracing::error!("keeping a prompt prefix: {e}"),
+            }
+        }
+        self.metrics.set_prefix_cache_bytes(self.prefix.bytes());
     }
 
     /// One left-padded forward over `prompts`, each row through its own adapters: the logits of

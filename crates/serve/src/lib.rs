@@ -27,6 +27,7 @@ mod completions;
 mod engine;
 mod error;
 mod metrics;
+mod prefix;
 pub mod route;
 mod server;
 mod text;

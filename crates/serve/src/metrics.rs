@@ -80,6 +80,9 @@ pub struct Metrics {
     prefills: AtomicU64,
     prefill_forwards: AtomicU64,
     prefill_tokens: AtomicU64,
+    prefix_queries: AtomicU64,
+    prefix_hits: AtomicU64,
+    prefix_bytes: AtomicUsize,
 }
 
 impl Default for Metrics {
@@ -100,6 +103,9 @@ impl Default for Metrics {
             prefills: AtomicU64::new(0),
             prefill_forwards: AtomicU64::new(0),
             prefill_tokens: AtomicU64::new(0),
+            prefix_queries: AtomicU64::new(0),
+            prefix_hits: AtomicU64::new(0),
+            prefix_bytes: AtomicUsize::new(0),
         }
     }
 }
@@ -150,6 +156,17 @@ impl Metrics {
         self.prefill_forwards.fetch_add(1, Ordering::Relaxed);
         self.prefill_tokens
             .fetch_add(tokens as u64, Ordering::Relaxed);
+    }
+
+    /// A prompt of `prompt` tokens looked up in the prefix cache, `hit` of them found.
+    pub fn prefix_lookup(&self, prompt: usize, hit: usize) {
+        self.prefix_queries
+            .fetch_add(prompt as u64, Ordering::Relaxed);
+        self.prefix_hits.fetch_add(hit as u64, Ordering::Relaxed);
+    }
+
+    pub fn set_prefix_cache_bytes(&self, bytes: usize) {
+        self.prefix_bytes.store(bytes, Ordering::Relaxed);
     }
 
     pub fn set_batch_size(&self, rows: usize) {
@@ -240,6 +257,16 @@ impl Metrics {
                 "Prompt tokens run through the model in prefills (without padding).",
                 &self.prefill_tokens,
             ),
+            (
+                "kiln_prefix_cache_queries_total",
+                "Prompt tokens looked up in the prefix cache (vLLM's prefix_cache_queries).",
+                &self.prefix_queries,
+            ),
+            (
+                "kiln_prefix_cache_hits_total",
+                "Prompt tokens found in the prefix cache and not run again.",
+                &self.prefix_hits,
+            ),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(
@@ -251,6 +278,11 @@ impl Metrics {
         let _ = writeln!(
             out,
             "# HELP kiln_queue_depth Requests waiting for a batch slot.\n# TYPE kiln_queue_depth gauge\nkiln_queue_depth {queue_depth}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP kiln_prefix_cache_bytes Keys and values kept for prompt prefixes.\n# TYPE kiln_prefix_cache_bytes gauge\nkiln_prefix_cache_bytes {}",
+            self.prefix_bytes.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,

@@ -403,6 +403,7 @@ async fn adapters_hot_load_mix_in_one_batch_and_unload() {
         engine: EngineOptions {
             max_batch: 8,
             max_queue: 16,
+            ..Default::default()
         },
         ..Default::default()
     });
@@ -504,6 +505,7 @@ async fn gemma_sliding_window_rows_in_a_mixed_batch_equal_each_alone() {
             engine: EngineOptions {
                 max_batch: 8,
                 max_queue: 16,
+                ..Default::default()
             },
             ..Default::default()
         },
@@ -568,6 +570,7 @@ async fn longrope_rows_cross_the_original_context_as_each_alone() {
             engine: EngineOptions {
                 max_batch: 8,
                 max_queue: 16,
+                ..Default::default()
             },
             ..Default::default()
         },
@@ -811,6 +814,7 @@ async fn full_queue_gives_429_and_a_dropped_stream_frees_its_slot() {
         engine: EngineOptions {
             max_batch: 1,
             max_queue: 1,
+            ..Default::default()
         },
         ..Default::default()
     });
@@ -1184,12 +1188,62 @@ async fn several_prompts_give_choices_equal_to_each_prompt_alone() {
     assert_eq!(status, 400, "9 prompts x n = 8 exceed 64 choices");
 }
 
+/// Prefix caching: a prompt that starts with the whole blocks of an earlier prompt runs only
+/// the rest (counted in the metrics), prompts with the same kept prefix and rest lengths run
+/// together, a cold prompt beside them runs in its own forward, and every answer equals kiln's
+/// `generate` of its prompt alone (greedy) or the same seeded request (sampled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_sharing_a_beginning_reuse_its_prefill() {
+    let t = Tcp::start(ServeOptions::default()).await;
+    let shared: Vec<u32> = (0..40).map(|i| 5 + (i * 37) % 300).collect();
+    let with = |rest: &[u32]| [shared.as_slice(), rest].concat();
+    let greedy = |prompt: Value| json!({"model": "base", "prompt": prompt, "max_tokens": 6, "temperature": 0});
+    let metric = |name: &'static str| t.h.metric(name);
+    let first = with(&[11, 12, 13, 14, 15]);
+    assert_eq!(
+        t.texts(greedy(json!(first))).await,
+        vec![text_of(&offline(&first, 6, None))]
+    );
+    assert_eq!(metric("kiln_prefix_cache_hits_total").await, 0.0);
+    assert!(metric("kiln_prefix_cache_bytes").await > 0.0);
+    // 45 tokens kept as 32 (two blocks; a token is always left to run).
+    let (tokens, hits) = (metric("kiln_prefill_tokens_total").await, 0.0);
+    let second = with(&[300, 301, 302]);
+    assert_eq!(
+        t.texts(greedy(json!(second))).await,
+        vec![text_of(&offline(&second, 6, None))]
+    );
+    assert_eq!(metric("kiln_prefix_cache_hits_total").await, hits + 32.0);
+    assert_eq!(metric("kiln_prefill_tokens_total").await, tokens + 11.0);
+    // Two warm prompts with equal rests share a forward; a cold one runs beside them.
+    let (a, b) = (with(&[20, 21, 22, 23]), with(&[30, 31, 32, 33]));
+    let cold: Vec<u32> = vec![9, 8, 7, 6, 5];
+    let forwards = metric("kiln_prefill_forwards_total").await;
+    let hits = metric("kiln_prefix_cache_hits_total").await;
+    let got = t.texts(greedy(json!([a, cold, b]))).await;
+    let want: Vec<String> = [&a, &cold, &b]
+        .iter()
+        .map(|p| text_of(&offline(p, 6, None)))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(metric("kiln_prefill_forwards_total").await, forwards + 2.0);
+    assert_eq!(metric("kiln_prefix_cache_hits_total").await, hits + 64.0);
+    // Sampled with a seed: the same choices with the prefix kept as after it is gone.
+    let sampled = json!({"model": "base", "prompt": with(&[40, 41]), "max_tokens": 8,
+                         "temperature": 0.9, "seed": 3, "n": 2});
+    let warm = t.texts(sampled.clone()).await;
+    let fresh = Tcp::start(ServeOptions::default()).await;
+    assert_eq!(fresh.texts(sampled).await, warm);
+    assert_eq!(fresh.h.metric("kiln_prefix_cache_hits_total").await, 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn n_samples_share_one_prefill_and_equal_seeded_single_requests() {
     let t = Tcp::start(ServeOptions {
         engine: EngineOptions {
             max_batch: 4,
             max_queue: 8,
+            ..Default::default()
         },
         ..Default::default()
     })

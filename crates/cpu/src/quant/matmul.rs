@@ -65,6 +65,11 @@ impl QMatrix {
             return;
         }
         let xm = MatRef::new(x, m, k);
+        if let (Precision::Bf16, Some(layout)) = (p, &self.bf16_layout) {
+            let dst = MatMut::new(&mut y[..m * n], m, n);
+            bf16::matmul_bf16_packed(dst, xm, layout, 1.0, accumulate, Threads::All);
+            return;
+        }
         let (tile_rows, packed) = match p {
             Precision::F32 => (TILE, None),
             Precision::Bf16 => (BF16_TILE, Some(bf16::pack_a(xm))),
@@ -396,6 +401,42 @@ mod tests {
     #[test]
     fn bf16_products_equal_the_rounded_dense_products() {
         check_products(20, 250, 1088, Precision::Bf16);
+    }
+
+    /// With the bf16 layout held, `matmul_t` in bf16 equals the naive product of the rounded
+    /// weight (from 5 rows, under the kernel's packing threshold, to 40, and accumulating), and
+    /// equals the tile path bit for bit (the same kernel sums each output in the same order);
+    /// f32 products ignore the layout.
+    #[test]
+    fn held_bf16_layout_gives_the_tile_paths_products() {
+        let (n, k) = (250, 1088);
+        let tiles = q4(n, k);
+        let mut held = tiles.clone();
+        held.hold_bf16_layout();
+        assert!(held.bf16_layout_bytes() >= n * k * 2);
+        assert_eq!(tiles.bf16_layout_bytes(), 0);
+        let r = crate::precision::round_bf16;
+        let dense: Vec<f32> = tiles.to_f32().into_iter().map(r).collect();
+        for m in [5, 20, 40] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| r(((i * 13 % 17) as f32 - 8.0) / 7.0))
+                .collect();
+            let (mut a, mut b) = (vec![1f32; m * n], vec![1f32; m * n]);
+            held.matmul_t(&x, m, &mut a, true, Precision::Bf16);
+            tiles.matmul_t(&x, m, &mut b, true, Precision::Bf16);
+            let want: Vec<f32> = naive(&x, &dense, m, k, n, true)
+                .iter()
+                .map(|v| v + 1.0)
+                .collect();
+            close(&a, &want);
+            if m >= 16 {
+                assert_eq!(a, b, "{m} rows");
+            }
+            let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
+            held.matmul_t(&x, m, &mut a, false, Precision::F32);
+            tiles.matmul_t(&x, m, &mut b, false, Precision::F32);
+            assert_eq!(a, b);
+        }
     }
 
     #[test]

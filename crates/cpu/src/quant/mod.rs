@@ -177,6 +177,8 @@ pub struct QMatrix {
     row_map: Option<Arc<[u32]>>,
     /// bitsandbytes' per-block statistics (NF4/FP4 absmax, int8 row scales).
     stats: Option<Arc<bnb::Stats>>,
+    /// The matrix also held in the bf16 kernel's layout ([`Self::hold_bf16_layout`]).
+    bf16_layout: Option<Arc<crate::bf16::PackedB>>,
 }
 
 impl QMatrix {
@@ -214,6 +216,7 @@ impl QMatrix {
             data,
             row_map: None,
             stats: None,
+            bf16_layout: None,
         })
     }
 
@@ -232,6 +235,7 @@ impl QMatrix {
             data,
             row_map: None,
             stats: Some(Arc::new(stats)),
+            bf16_layout: None,
         }
     }
 
@@ -254,7 +258,31 @@ impl QMatrix {
             )));
         }
         self.row_map = Some(map.into());
+        self.bf16_layout = None;
         Ok(self)
+    }
+
+    /// Also holds this matrix in the bf16 kernel's packed layout (its values rounded to bf16,
+    /// 2 bytes per weight more), so [`Self::matmul_t`] in bf16 multiplies by it directly instead
+    /// of dequantizing and packing a tile of rows at every product.
+    ///
+    /// Why: serving decodes a batch of rows in one product per weight at every step, and at
+    /// 32 rows the per-step dequantization and packing of SmolLM2's Q4_1 matrices was about a
+    /// fifth of the step (perf, `serve --precision bf16`, 32 clients) — PyTorch serving holds
+    /// bf16 weights. Products of up to [`dots::MAX_ROWS`] rows keep reading the stored codes
+    /// (fewer bytes per weight than bf16), and the backward keeps its tiles. Made once: the
+    /// whole matrix is dequantized to f32 for the packing and dropped.
+    pub fn hold_bf16_layout(&mut self) {
+        if self.bf16_layout.is_none() && self.rows > 0 && self.cols > 0 {
+            let w = self.to_f32();
+            let wt = crate::gemm::MatRef::new(&w, self.rows, self.cols).t();
+            self.bf16_layout = Some(Arc::new(crate::bf16::pack_b(wt)));
+        }
+    }
+
+    /// Bytes of the layout [`Self::hold_bf16_layout`] made (0 without one).
+    pub fn bf16_layout_bytes(&self) -> usize {
+        self.bf16_layout.as_ref().map_or(0, |l| l.bytes())
     }
 
     /// The storage format.
