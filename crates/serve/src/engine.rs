@@ -28,6 +28,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
+/// Prompts that prefill together from kept prefixes: (prefix length, rest length).
+type Shared = (usize, usize);
+
 /// One prompt to continue, `n = events.len()` times from one prefill.
 #[derive(Debug)]
 pub struct Job {
@@ -412,7 +415,7 @@ impl Scheduler {
     ///   `jobs.len()` rows, both in the order of `jobs`
     fn prefill(&mut self, jobs: &[Job]) -> Result<(Vec<f32>, KvCache), String> {
         let mut cold = Vec::new();
-        let mut warm: Vec<((usize, usize), Vec<(usize, KvCache)>)> = Vec::new();
+        let mut warm: Vec<(Shared, Vec<(usize, KvCache)>)> = Vec::new();
         for (i, job) in jobs.iter().enumerate() {
             let found = if self.prefix_allowed(job.prompt.len()) {
                 self.prefix.lookup(&job.adapters, &job.prompt)
