@@ -10,6 +10,7 @@
 //!   a time; [`quant::quantize`] writes f32 into ggml's blocks (GGUF export).
 //! - [`precision`]: f32 or bf16 compute ([`Precision`]), bf16 rounding and storage.
 //! - [`fastexp`]: a libm-free vectorisable `e^x`.
+//! - [`on_pool`]: runs a step on rayon's pool, so its kernels' parallel loops start inside it.
 //! - [`io`]: the atomic file writer (temporary file, fsync, rename) every saved file goes through.
 //! - With the `burn` feature, the bridge to burn's ndarray backend (the one crate of kiln that
 //!   names burn-ndarray): `host` (views of its tensors as [`host::Storage`], and `x · W` on them
@@ -27,6 +28,7 @@ pub mod host;
 pub mod io;
 #[cfg(feature = "burn")]
 pub mod packed;
+mod pool;
 pub mod precision;
 pub mod quant;
 pub mod scratch;
@@ -35,5 +37,6 @@ pub use error::{CpuError, Result};
 pub use gemm::{MatMut, MatRef, Threads, dot, matmul, matmul_in};
 #[cfg(feature = "burn")]
 pub use grads::Grads;
+pub use pool::on_pool;
 pub use precision::Precision;
 pub use quant::{Bytes, QMatrix, QuantType};

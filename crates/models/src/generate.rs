@@ -250,10 +250,11 @@ pub fn generate(
     let mut done = vec![false; b];
     let vocab = model.config.vocab_size;
     for _ in 0..config.max_new_tokens {
-        let hidden = model.forward_hidden(&input, Some(&mut cache))?;
-        let [_, tq, d] = hidden.dims();
-        let last = hidden.slice([0..b, tq - 1..tq, 0..d]);
-        let logits: Vec<f32> =
+        // On rayon's pool: every kernel loop of the step starts inside it (`on_pool`).
+        let logits: Vec<f32> = kiln_cpu::on_pool(|| {
+            let hidden = model.forward_hidden(&input, Some(&mut cache))?;
+            let [_, tq, d] = hidden.dims();
+            let last = hidden.slice([0..b, tq - 1..tq, 0..d]);
             model
                 .logits(last)
                 .into_data()
@@ -261,7 +262,8 @@ pub fn generate(
                 .map_err(|e| ModelError::Backend {
                     what: "logits".into(),
                     reason: format!("{e:?}"),
-                })?;
+                })
+        })?;
         let mut next = Vec::with_capacity(b);
         for r in 0..b {
             if done[r] {
