@@ -4,6 +4,11 @@
 //! cargo run --release --example generate -- --prompt "Write a haiku about Rust." --chat
 //! cargo run --release --example generate -- --model DIR --prompt "def fib(n):" --temperature 0.8 --top-p 0.9 --seed 1
 //! ```
+//!
+//! With `--num-return-sequences N` the prompt is sampled N times in one batch (as GRPO samples a
+//! group), the sequences are printed when all are done and standard error gets the tokens/s;
+//! `--ignore-eos` makes every sequence run to `--max-new-tokens` (transformers:
+//! `min_new_tokens = max_new_tokens`), for timing equal work (`tools/bench_generate.py`).
 use anyhow::{Result, bail};
 use clap::Parser;
 use kiln::data::{ChatTemplate, Message, Role};
@@ -52,6 +57,12 @@ struct Args {
     /// rounded to bf16, on the CPU's bf16 unit where it has one; norms and attention stay f32).
     #[arg(long, default_value = "f32")]
     precision: kiln::lora::Precision,
+    /// Sequences sampled from the prompt in one batch (transformers' `num_return_sequences`).
+    #[arg(long, default_value_t = 1)]
+    num_return_sequences: usize,
+    /// Generate `--max-new-tokens` tokens whatever the model emits (for timing).
+    #[arg(long)]
+    ignore_eos: bool,
     /// PEFT adapter directory, `DIR` or `DIR=WEIGHT`; repeat for a weighted mix.
     #[arg(long = "adapter", value_parser = kiln::lora::parse_adapter_arg)]
     adapters: Vec<(PathBuf, f64)>,
@@ -101,9 +112,16 @@ fn main() -> Result<()> {
         sampling,
         repetition_penalty: args.repetition_penalty,
         seed: args.seed,
-        eos_token_ids: lm.eos_token_ids(),
+        eos_token_ids: if args.ignore_eos {
+            Vec::new()
+        } else {
+            lm.eos_token_ids()
+        },
         stop_strings: Vec::new(),
     };
+    if args.num_return_sequences != 1 {
+        return sample_many(&lm, ids, &config, args.num_return_sequences);
+    }
     // Stream: decode the growing output and print what is new since the last token.
     let mut produced: Vec<u32> = Vec::new();
     let mut printed = 0;
@@ -126,5 +144,30 @@ fn main() -> Result<()> {
         },
     )?;
     println!();
+    Ok(())
+}
+
+/// Samples `ids` `n` times in one batch, prints each sequence and the tokens/s.
+fn sample_many(lm: &Pretrained, ids: Vec<u32>, config: &GenerationConfig, n: usize) -> Result<()> {
+    if n == 0 {
+        bail!("--num-return-sequences must be at least 1");
+    }
+    let started = std::time::Instant::now();
+    let out = generate(
+        &lm.model,
+        &vec![ids; n],
+        config,
+        Some(&lm.tokenizer),
+        &mut |_, _| {},
+    )?;
+    let seconds = started.elapsed().as_secs_f64();
+    let tokens: usize = out.iter().map(|g| g.tokens.len()).sum();
+    for (i, g) in out.iter().enumerate() {
+        println!("[{i}] {}", lm.decode(&g.tokens, true)?);
+    }
+    eprintln!(
+        "{{\"sequences\": {n}, \"new_tokens\": {tokens}, \"seconds\": {seconds:.3}, \"tokens_per_s\": {:.1}}}",
+        tokens as f64 / seconds
+    );
     Ok(())
 }

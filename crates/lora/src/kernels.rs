@@ -108,3 +108,119 @@ pub fn try_linear_in<const D: usize>(
         None
     }
 }
+
+/// One adapter's share of a routed forward ([`try_routed`]).
+pub(crate) struct RoutedTerm<'a> {
+    /// A `[in, r]`.
+    pub a: Tensor<2>,
+    /// B `[r, out]`.
+    pub b: Tensor<2>,
+    pub scale: f64,
+    /// Each row's weight of this adapter (0: the row does not use it).
+    pub weights: &'a [f32],
+}
+
+/// `y + Σ_terms w_row · scale · (x A) B` on the host, each term over only the rows that use it,
+/// or `None` when this path does not apply (autodiff, another backend, shapes).
+///
+/// Why: a served batch routes each row through its own adapters. With burn's ops every adapter
+/// ran its low-rank path on every row and was masked by a per-row weight afterwards, half a
+/// dozen tensor operations per projection; one client with an adapter decoded at 42 tokens/s
+/// against 115 on the base (SmolLM2, 210 projections per token).
+///
+/// # Shapes
+/// - y: `[b, ..., out]`, x: `[b, ..., in]`, each `weights`: `[b]`
+#[allow(unused_variables)]
+pub(crate) fn try_routed<const D: usize>(
+    y: &Tensor<D>,
+    x: &Tensor<D>,
+    terms: &[RoutedTerm<'_>],
+) -> Option<Tensor<D>> {
+    #[cfg(feature = "cpu")]
+    {
+        host::routed(y, x, terms)
+    }
+    #[cfg(not(feature = "cpu"))]
+    {
+        None
+    }
+}
+
+#[cfg(feature = "cpu")]
+mod host {
+    use super::RoutedTerm;
+    use burn::tensor::Tensor;
+    use kiln_cpu::host::{Storage, tensor};
+    use kiln_cpu::{MatMut, MatRef, Threads, matmul};
+
+    pub(super) fn routed<const D: usize>(
+        y: &Tensor<D>,
+        x: &Tensor<D>,
+        terms: &[RoutedTerm<'_>],
+    ) -> Option<Tensor<D>> {
+        let (xs, ys) = (Storage::of(x)?, Storage::of(y)?);
+        let (xv, yv) = (xs.view(), ys.view());
+        let (shape, yshape) = (xv.shape().to_vec(), yv.shape().to_vec());
+        let (din, dout, rows) = (*shape.last()?, *yshape.last()?, *shape.first()?);
+        if rows == 0 || shape[..D - 1] != yshape[..D - 1] {
+            return None;
+        }
+        let per_row = shape[..D - 1].iter().product::<usize>() / rows;
+        let (xc, yc) = (xv.as_standard_layout(), yv.as_standard_layout());
+        let xx = xc.as_slice()?;
+        let mut out = yc.as_slice()?.to_vec();
+        for term in terms {
+            let (a, b) = (Storage::of(&term.a)?, Storage::of(&term.b)?);
+            let (av, bv) = (a.view(), b.view());
+            let (am, bm) = (MatRef::of_view(&av)?, MatRef::of_view(&bv)?);
+            let rank = av.shape()[1];
+            if av.shape() != [din, rank] || bv.shape() != [rank, dout] || term.weights.len() != rows
+            {
+                return None;
+            }
+            let used: Vec<usize> = (0..rows).filter(|&r| term.weights[r] != 0.0).collect();
+            let m = used.len() * per_row;
+            if m == 0 {
+                continue;
+            }
+            let mut xu = Vec::with_capacity(m * din);
+            for &r in &used {
+                xu.extend_from_slice(&xx[r * per_row * din..][..per_row * din]);
+            }
+            let mut h = vec![0f32; m * rank];
+            let xm = MatRef::new(&xu, m, din);
+            matmul(
+                MatMut::new(&mut h, m, rank),
+                xm,
+                am,
+                1.0,
+                false,
+                Threads::All,
+            );
+            // As the tensor path: (x A) · scale, then · B, then · the row's weight (skipped at 1).
+            let scale = term.scale as f32;
+            h.iter_mut().for_each(|v| *v *= scale);
+            let mut d = vec![0f32; m * dout];
+            let hm = MatRef::new(&h, m, rank);
+            matmul(
+                MatMut::new(&mut d, m, dout),
+                hm,
+                bm,
+                1.0,
+                false,
+                Threads::All,
+            );
+            for (i, &r) in used.iter().enumerate() {
+                let w = term.weights[r];
+                let dst = &mut out[r * per_row * dout..][..per_row * dout];
+                let src = &d[i * per_row * dout..][..per_row * dout];
+                if w == 1.0 {
+                    dst.iter_mut().zip(src).for_each(|(o, v)| *o += v);
+                } else {
+                    dst.iter_mut().zip(src).for_each(|(o, v)| *o += v * w);
+                }
+            }
+        }
+        tensor(&yshape, out)
+    }
+}

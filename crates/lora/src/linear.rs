@@ -166,6 +166,9 @@ impl LoraLinear {
         rows: &[RowMix],
     ) -> Tensor<D> {
         let mut result = self.base_forward(x.clone(), bias.clone());
+        if let Some(done) = self.routed_host(&result, &x, rows) {
+            return done;
+        }
         let mut seen: Vec<&str> = Vec::new();
         for (name, _) in rows.iter().flatten() {
             if seen.contains(&name.as_str()) {
@@ -209,6 +212,51 @@ impl LoraLinear {
             };
         }
         result
+    }
+
+    /// [`Self::routed_forward`]'s adapters on the host in one pass per adapter over the rows
+    /// that use it ([`crate::kernels::try_routed`]); `None` where that does not apply (a DoRA
+    /// adapter, autodiff, another backend).
+    fn routed_host<const D: usize>(
+        &self,
+        result: &Tensor<D>,
+        x: &Tensor<D>,
+        rows: &[RowMix],
+    ) -> Option<Tensor<D>> {
+        let mut names: Vec<&str> = Vec::new();
+        for (name, _) in rows.iter().flatten() {
+            if !names.contains(&name.as_str()) {
+                names.push(name);
+            }
+        }
+        let adapters: Vec<&LoraAdapter> = names.iter().filter_map(|n| self.adapter(n)).collect();
+        if adapters.iter().any(|a| a.magnitude.is_some()) {
+            return None;
+        }
+        let weights: Vec<Vec<f32>> = adapters
+            .iter()
+            .map(|a| {
+                rows.iter()
+                    .map(|r| {
+                        r.iter()
+                            .filter(|(n, _)| *n == a.name)
+                            .map(|(_, w)| *w)
+                            .sum()
+                    })
+                    .collect()
+            })
+            .collect();
+        let terms: Vec<crate::kernels::RoutedTerm<'_>> = adapters
+            .iter()
+            .zip(&weights)
+            .map(|(a, w)| crate::kernels::RoutedTerm {
+                a: a.lora_a.val(),
+                b: a.lora_b.val(),
+                scale: a.scale,
+                weights: w,
+            })
+            .collect();
+        crate::kernels::try_routed(result, x, &terms)
     }
 
     /// Routes the rows of the following forwards to adapters: row `i` of the input (its first
