@@ -60,6 +60,11 @@ struct Args {
     /// Sequences sampled from the prompt in one batch (transformers' `num_return_sequences`).
     #[arg(long, default_value_t = 1)]
     num_return_sequences: usize,
+    /// With `--precision bf16` and quantized matrices: also hold every matrix in the bf16
+    /// kernel's layout (2 bytes per weight more), so a batch of rows multiplies by it directly
+    /// instead of dequantizing each weight at every step (as `serve --bf16-weights`).
+    #[arg(long)]
+    bf16_weights: bool,
     /// Generate `--max-new-tokens` tokens whatever the model emits (for timing).
     #[arg(long)]
     ignore_eos: bool,
@@ -80,6 +85,16 @@ fn main() -> Result<()> {
         lm.model = lora.into_inner();
     }
     lm.model.set_precision(args.precision);
+    if args.bf16_weights {
+        if args.precision != kiln::lora::Precision::Bf16 {
+            bail!("--bf16-weights holds weights for bf16 products: add --precision bf16");
+        }
+        if lm.model.hold_bf16_layouts() == 0 {
+            bail!(
+                "--bf16-weights found no quantized matrix to hold (--quantize f32 keeps dense f32)"
+            );
+        }
+    }
     let ids = if args.chat {
         let Some(template) = ChatTemplate::select(
             None,
