@@ -102,7 +102,7 @@ impl LoraLinear {
     }
 
     /// Holds a frozen base matrix also in the bf16 kernel's layout, for bf16 inference
-    /// ([`Frozen::hold_bf16_layout`]); a dense base is left as it is. Returns the bytes added.
+    /// ([`crate::Frozen::hold_bf16_layout`]); a dense base is left as it is. Returns the bytes added.
     pub fn hold_bf16_layout(&mut self) -> usize {
         match &mut self.weight {
             BaseWeight::Frozen(f) => f.hold_bf16_layout(),

@@ -269,9 +269,10 @@ impl QMatrix {
     /// Why: serving decodes a batch of rows in one product per weight at every step, and at
     /// 32 rows the per-step dequantization and packing of SmolLM2's Q4_1 matrices was about a
     /// fifth of the step (perf, `serve --precision bf16`, 32 clients) — PyTorch serving holds
-    /// bf16 weights. Products of up to [`dots::MAX_ROWS`] rows keep reading the stored codes
-    /// (fewer bytes per weight than bf16), and the backward keeps its tiles. Made once: the
-    /// whole matrix is dequantized to f32 for the packing and dropped.
+    /// bf16 weights. Decoding one to four sequences keeps reading the stored codes (fewer bytes
+    /// per weight than bf16; `host::try_frozen_linear` picks that product), and the backward
+    /// keeps its tiles. Made once: the whole matrix is dequantized to f32 for the packing and
+    /// dropped.
     pub fn hold_bf16_layout(&mut self) {
         if self.bf16_layout.is_none() && self.rows > 0 && self.cols > 0 {
             let w = self.to_f32();
