@@ -34,6 +34,7 @@ pub mod model;
 pub mod orpo_cpo;
 pub mod params;
 pub mod plot;
+mod ppo;
 pub mod reward;
 pub mod reward_run;
 pub mod run;
@@ -81,6 +82,9 @@ pub use model::{CausalModel, LogpLossFn};
 pub use orpo_cpo::{CpoLoss, PreferenceLoss};
 pub use params::{HostParams, ParamInfo};
 pub use plot::write_loss_curve;
+pub use ppo::{
+    KlEstimator, PpoBatch, PpoLearner, PpoMetrics, PpoMicroStats, PpoOptions, PpoRow, gae, whiten,
+};
 pub use reward::{
     ClassifierModel, PairEval, RewardOptions, RewardPair, RewardStepMetrics, RewardTrainer,
     ScoreLabel, classification_loss,
