@@ -303,6 +303,12 @@ fn no_fused_path() -> TrainError {
 
 /// PPO's optimisation half: the policy's and the value model's [`Trainer`]s, the reference and
 /// the options. Rollouts (prompt, completion, score) come from anywhere.
+///
+/// One update is [`Self::prepare`] (log-probabilities, reference log-probabilities, values,
+/// the score one column after the last token, the per-token KL penalty, GAE, whitened
+/// advantages) then [`Self::update`] (`num_ppo_epochs` shuffled passes of clipped policy and
+/// value losses, `num_mini_batches` optimizer steps each). The formulas, and where kiln differs
+/// from TRL, are in the header of `crates/train/src/ppo.rs`.
 pub struct PpoLearner<M: CausalModel, V: ClassifierModel> {
     pub policy: Trainer<M>,
     pub value: Trainer<V>,

@@ -44,7 +44,7 @@ pub enum PpoReward {
 /// [`GrpoRun`]'s: model, data, sampling, LoRA, seed, device).
 pub struct PpoRun {
     /// Model, data, output directory, `max_steps` (updates), learning rate, sampling
-    /// (`temperature` must be 1: see [`crate::ppo`]), LoRA, seed, precision, device.
+    /// (`temperature` must be 1: see [`PpoLearner`]), LoRA, seed, precision, device.
     pub base: GrpoRun,
     pub ppo: PpoOptions,
     /// Micro-batches per mini-batch step (`batch_size × grad_accum` rollouts per update).
