@@ -350,3 +350,94 @@ fn bad_rollouts_are_typed_errors() {
     assert!(matches!(e, TrainError::Option { .. }), "{e}");
     assert!("k2".parse::<KlEstimator>().is_err());
 }
+
+/// The recipe on the tiny Llama (the DPO fixture's tokenizer and chat template): sampling,
+/// scoring by a function, updates, `metrics.jsonl` with TRL's names, both adapters; the first
+/// update's KL is 0 (a new adapter has B = 0: policy = reference) and a second run with the
+/// same seed repeats the metrics exactly.
+#[test]
+fn run_ppo_writes_trl_metrics_and_repeats() {
+    let _g = serial();
+    let model = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("tiny/llama").join(f), model.path().join(f)).unwrap();
+    }
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    ] {
+        std::fs::copy(fixture("dpo/tokenizer").join(f), model.path().join(f)).unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    let run_once = |dir: &str| {
+        let run = kiln_train::PpoRun {
+            base: kiln_train::GrpoRun {
+                model: model.path().to_path_buf(),
+                data: fixture("grpo/prompts.jsonl"),
+                output_dir: out.path().join(dir),
+                max_steps: 2,
+                lr: 1e-2,
+                lora_r: 4,
+                lora_alpha: 8.0,
+                precision: Some(kiln_train::Precision::F32),
+                ..kiln_train::GrpoRun::default()
+            },
+            ppo: PpoOptions {
+                batch_size: 2,
+                num_ppo_epochs: 2,
+                missing_eos_penalty: Some(0.5),
+                ..PpoOptions::default()
+            },
+            grad_accum: 1,
+            response_length: 6,
+        };
+        let f = |_: &kiln_train::PromptRecord, text: &str| Some(text.chars().count() as f64 / 10.0);
+        let reward = kiln_train::PpoReward::Functions(vec![(
+            kiln_train::Reward::Custom {
+                name: "length".into(),
+                f: Box::new(f),
+            },
+            1.0,
+        )]);
+        kiln_train::run_ppo(&run, None, reward, |_| {}).unwrap()
+    };
+    let a = run_once("a");
+    assert_eq!(a.history.len(), 2);
+    assert!(a.history[0].kl.abs() < 1e-6, "{:?}", a.history[0]);
+    let text = std::fs::read_to_string(out.path().join("a/metrics.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    for k in [
+        "objective/kl",
+        "objective/entropy",
+        "objective/non_score_reward",
+        "objective/rlhf_reward",
+        "objective/scores",
+        "policy/approxkl_avg",
+        "policy/clipfrac_avg",
+        "loss/policy_avg",
+        "loss/value_avg",
+        "val/clipfrac_avg",
+        "val/ratio",
+        "val/num_eos_tokens",
+        "generation_s",
+        "training_s",
+    ] {
+        assert!(first[k].is_number(), "metrics.jsonl lacks {k}: {first}");
+    }
+    for d in ["a/adapter", "a/value_adapter"] {
+        assert!(
+            out.path()
+                .join(d)
+                .join("adapter_model.safetensors")
+                .exists()
+        );
+    }
+    let b = run_once("b");
+    for (x, y) in a.history.iter().zip(&b.history) {
+        assert_eq!(
+            (x.scores, x.kl, x.policy_loss_avg, x.value_loss_avg),
+            (y.scores, y.kl, y.policy_loss_avg, y.value_loss_avg)
+        );
+    }
+}
