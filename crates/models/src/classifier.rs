@@ -326,18 +326,43 @@ impl SequenceClassifier {
     /// - output: `[b, num_labels]`
     pub fn forward(&self, input: &DecoderInput) -> Result<Tensor<2>> {
         let rows = self.pooled_rows(input)?;
+        self.forward_at(input, &rows)
+    }
+
+    /// The scores at the given `rows` of the final hidden state (a value model's score at
+    /// every token, as TRL's PPO reads it).
+    ///
+    /// # Shapes
+    /// - rows: `[m]`, row-major indices into `[b * t]`; output: `[m, num_labels]`
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] for a row outside `[b * t]`, and the decoder's errors.
+    pub fn forward_at(&self, input: &DecoderInput, rows: &[usize]) -> Result<Tensor<2>> {
+        let (b, t) = (input.batch, input.seq_len);
+        if let Some(&r) = rows.iter().find(|&&r| r >= b * t) {
+            return Err(ModelError::Input(format!(
+                "score row {r} is outside batch {b} x seq_len {t}"
+            )));
+        }
         let hidden = self.lm.forward_hidden(input, None)?;
         let [b, t, d] = hidden.dims();
         let device = hidden.device();
-        let rows: Vec<i64> = rows.into_iter().map(|r| r as i64).collect();
-        let index = Tensor::<1, Int>::from_data(TensorData::new(rows, [b]), &device);
+        let m = rows.len();
+        let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let index = Tensor::<1, Int>::from_data(TensorData::new(rows, [m]), &device);
         let pooled = hidden.reshape([b * t, d]).select(0, index);
         Ok(self.score.forward(pooled))
     }
 
     /// [`Self::forward`]'s values on the host, row-major `[b * num_labels]`.
     pub fn scores(&self, input: &DecoderInput) -> Result<Vec<f32>> {
-        self.forward(input)?
+        let rows = self.pooled_rows(input)?;
+        self.scores_at(input, &rows)
+    }
+
+    /// [`Self::forward_at`]'s values on the host, row-major `[m * num_labels]`.
+    pub fn scores_at(&self, input: &DecoderInput, rows: &[usize]) -> Result<Vec<f32>> {
+        self.forward_at(input, rows)?
             .into_data()
             .convert::<f32>()
             .try_into_vec::<f32>()

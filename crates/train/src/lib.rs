@@ -34,6 +34,8 @@ pub mod model;
 pub mod orpo_cpo;
 pub mod params;
 pub mod plot;
+mod ppo;
+mod ppo_run;
 pub mod reward;
 pub mod reward_run;
 pub mod run;
@@ -81,6 +83,10 @@ pub use model::{CausalModel, LogpLossFn};
 pub use orpo_cpo::{CpoLoss, PreferenceLoss};
 pub use params::{HostParams, ParamInfo};
 pub use plot::write_loss_curve;
+pub use ppo::{
+    KlEstimator, PpoBatch, PpoLearner, PpoMetrics, PpoMicroStats, PpoOptions, PpoRow, gae, whiten,
+};
+pub use ppo_run::{PpoReward, PpoRun, PpoSummary, run_ppo};
 pub use reward::{
     ClassifierModel, PairEval, RewardOptions, RewardPair, RewardStepMetrics, RewardTrainer,
     ScoreLabel, classification_loss,

@@ -94,7 +94,6 @@ impl SequenceClassifier {
     ///
     /// # Shapes
     /// - `loss`'s argument and its returned derivatives: `[b * num_labels]`
-    #[allow(unused_variables)]
     pub fn try_backprop_scores<F>(
         &self,
         input: &DecoderInput,
@@ -104,20 +103,47 @@ impl SequenceClassifier {
     where
         F: FnOnce(&[f32]) -> (f64, Vec<f32>),
     {
+        let rows = match self.pooled_rows(input) {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e)),
+        };
+        self.try_backprop_scores_at(input, &rows, loss, options)
+    }
+
+    /// [`Self::try_backprop_scores`] with the head read at the given `rows` of the final
+    /// hidden state instead of the pooled ones: a value model's score at every completion
+    /// token (PPO's critic, TRL's `score(hidden_states[-1])` at each position).
+    ///
+    /// # Shapes
+    /// - rows: `[m]`, row-major indices into `[b * t]` (each `< b * t`)
+    /// - `loss`'s argument and its returned derivatives: `[m * num_labels]`
+    #[allow(unused_variables)]
+    pub fn try_backprop_scores_at<F>(
+        &self,
+        input: &DecoderInput,
+        rows: &[usize],
+        loss: F,
+        options: BackpropOptions,
+    ) -> Option<Result<ScoreBackprop>>
+    where
+        F: FnOnce(&[f32]) -> (f64, Vec<f32>),
+    {
         #[cfg(feature = "cpu")]
         {
-            let rows = match self.pooled_rows(input) {
-                Ok(r) => r,
-                Err(e) => return Some(Err(e)),
-            };
+            let (b, t) = (input.batch, input.seq_len);
+            if let Some(&r) = rows.iter().find(|&&r| r >= b * t) {
+                return Some(Err(crate::error::ModelError::Input(format!(
+                    "score row {r} is outside batch {b} x seq_len {t}"
+                ))));
+            }
             let host = model::HostModel::new(&self.lm, input, options.precision)?;
             let score = kiln_lora::backprop::HostLinear::new(&self.score)
                 .filter(|h| !h.has_dropout())?
                 .with_precision(options.precision);
-            let labels = vec![crate::loss::IGNORE_INDEX; input.batch * input.seq_len];
+            let labels = vec![crate::loss::IGNORE_INDEX; b * t];
             let head = model::HeadLoss::Score {
                 head: &score,
-                rows: &rows,
+                rows,
                 loss: Box::new(loss),
             };
             let out = host.run(&self.lm, input, &labels, head, options.checkpoint);
