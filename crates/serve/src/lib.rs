@@ -29,6 +29,7 @@ mod error;
 mod metrics;
 pub mod route;
 mod server;
+mod state;
 mod text;
 
 pub use auth::RateLimits;

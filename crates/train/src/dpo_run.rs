@@ -2,11 +2,12 @@
 //! adapter (new, or continued from a PEFT adapter) → [`DpoTrainer`] steps (checkpointed, and
 //! resumed exactly) → `metrics.jsonl`, `tensorboard/`, `loss_curve.png` and the adapter in PEFT's format. The
 //! `dpo` example is a command line around [`run_dpo`].
-use crate::dpo::{DpoOptions, DpoStepMetrics, DpoTrainer, PreferencePairs};
+use crate::dpo::{DpoStepMetrics, DpoTrainer, PreferencePairs};
 use crate::error::{Result, TrainError};
 use crate::export::Export;
 use crate::logging::JsonlLogger;
 use crate::plot::write_loss_curve;
+use crate::preference::DpoOptions;
 use crate::rundir::{RunDir, RunMode};
 use crate::trainer::{Trainer, TrainerOptions};
 use burn::tensor::Device;

@@ -34,6 +34,7 @@ pub mod model;
 pub mod orpo_cpo;
 pub mod params;
 pub mod plot;
+pub mod preference;
 pub mod reward;
 pub mod reward_run;
 pub mod run;
@@ -59,7 +60,7 @@ pub use data::{
     SftData, encode_records, encoder_for, packed_batches, padded_batches, prepare_data,
     stream_options,
 };
-pub use dpo::{DpoLoss, DpoOptions, DpoStepMetrics, DpoTrainer, PreferencePairs};
+pub use dpo::{DpoStepMetrics, DpoTrainer, PreferencePairs};
 pub use dpo_run::{DpoRun, DpoSummary, run_dpo};
 pub use error::{Result, TrainError};
 pub use export::Export;
@@ -74,13 +75,13 @@ pub use grpo_online::{
 };
 pub use grpo_run::{GrpoRun, GrpoSummary, grpo_setup, run_grpo};
 pub use kiln_lora::Precision;
-pub use kto::{KtoLoss, KtoStepMetrics, KtoTrainer};
+pub use kto::{KtoStepMetrics, KtoTrainer};
 pub use kto_run::{KtoSummary, run_kto};
 pub use logging::{JsonlLogger, Progress, standard_callbacks};
 pub use model::{CausalModel, LogpLossFn};
-pub use orpo_cpo::{CpoLoss, PreferenceLoss};
 pub use params::{HostParams, ParamInfo};
 pub use plot::write_loss_curve;
+pub use preference::{CpoLoss, DpoLoss, DpoOptions, KtoLoss, PreferenceLoss};
 pub use reward::{
     ClassifierModel, PairEval, RewardOptions, RewardPair, RewardStepMetrics, RewardTrainer,
     ScoreLabel, classification_loss,
