@@ -135,7 +135,7 @@ fn micro_loss(
 }
 
 /// The tokenized pairs a preference run trains on: as TRL's `DPOTrainer` makes them, or as
-/// its experimental `ORPOTrainer`/`CPOTrainer` do (see [`kiln_data::preference_answer`]).
+/// its experimental `ORPOTrainer`/`CPOTrainer` do (see [`kiln_data::AnswerIds`]).
 #[derive(Debug, Clone)]
 pub enum PreferencePairs {
     Dpo(Vec<PreferenceIds>),

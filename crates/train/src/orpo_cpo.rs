@@ -16,7 +16,7 @@
 //!
 //! Rewards are `β` times the log-probabilities the loss uses. The batches are laid out as DPO's
 //! ([`crate::preference`]), tokenized as TRL's experimental trainers do
-//! ([`kiln_data::preference_answer`]). TRL's `logits/chosen` and `logits/rejected` (the mean of
+//! ([`kiln_data::AnswerIds`]). TRL's `logits/chosen` and `logits/rejected` (the mean of
 //! every logit, padding positions included) are not logged: they would need the full logits,
 //! which the fused backward never forms.
 use crate::preference::{CpoLoss, PairBatch, PairStats, PreferenceLoss, log_sigmoid, sigmoid};
