@@ -35,6 +35,7 @@ pub mod orpo_cpo;
 pub mod params;
 pub mod plot;
 pub mod preference;
+mod recipe;
 pub mod reward;
 pub mod reward_run;
 pub mod run;
