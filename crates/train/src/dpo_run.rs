@@ -48,7 +48,7 @@ pub struct DpoRun {
     /// (built as the run started, then restored: the steps equal an uninterrupted run's).
     pub resume: bool,
     /// Delete a previous kiln run in `output_dir` first (without it, or `resume`, a non-empty
-    /// `output_dir` is refused: [`RunDir`]'s rule, as for SFT).
+    /// `output_dir` is refused: [`RunDir`](crate::RunDir)'s rule, as for SFT).
     pub overwrite: bool,
 }
 
