@@ -347,7 +347,7 @@ fn train(lm: CausalLm, mode: Mode, args: &Args, peak: f64) -> Result<serde_json:
     };
     let mut trainer = Trainer::new(model, &device, options)?;
     let trainable: usize = trainer.trainable().iter().map(|p| p.numel()).sum();
-    let total: usize = kiln::train::params::param_infos(trainer.model())
+    let total: usize = kiln::train::param_infos(trainer.model())
         .iter()
         .map(|p| p.numel())
         .sum();

@@ -21,9 +21,8 @@
 //! "fell by 3.5%" counts for `-3.5%`); for names and verbs, the first candidate mentioned.
 use anyhow::{Context, Result};
 use clap::Parser;
-use kiln::data::{
-    ChatTemplate, EncodeOptions, Encoder, QaItem, QaKind, QaOptions, Record, Table, generate_items,
-};
+use kiln::data::qa::{QaItem, QaKind, QaOptions, Table, generate_items};
+use kiln::data::{ChatTemplate, EncodeOptions, Encoder, Record};
 use kiln::lora::{LoraConfig, TargetModules};
 use kiln::models::{CausalLm, GenerationConfig, Pretrained, generate};
 use kiln::train::{

@@ -20,9 +20,8 @@
 //!    `loss_curve.png` and the adapter.
 use anyhow::{Context, Result};
 use clap::Parser;
-use kiln::data::{
-    ChatTemplate, Location, QaItem, QaKind, QaOptions, Table, generate_items, shuffled,
-};
+use kiln::data::qa::{QaItem, QaKind, QaOptions, Table, generate_items};
+use kiln::data::{ChatTemplate, Location, shuffled};
 use kiln::lora::LoraModel;
 use kiln::models::{CausalLm, GenerationConfig, Pretrained, generate};
 use kiln::train::{GrpoOptions, GrpoRun, Prompt, PromptRecord, Reward, run_grpo};

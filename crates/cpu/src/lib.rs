@@ -30,13 +30,15 @@ pub mod io;
 pub mod packed;
 mod pool;
 pub mod precision;
+mod product;
 pub mod quant;
 pub mod scratch;
 
 pub use error::{CpuError, Result};
-pub use gemm::{MatMut, MatRef, Threads, dot, matmul, matmul_in};
+pub use gemm::{MatMut, MatRef, Threads, dot, matmul};
 #[cfg(feature = "burn")]
 pub use grads::Grads;
 pub use pool::on_pool;
 pub use precision::Precision;
+pub use product::matmul_in;
 pub use quant::{Bytes, QMatrix, QuantType};

@@ -8,7 +8,7 @@
 //! Norms, softmax, the residual stream, the loss, the gradients' sums and the weights the
 //! optimizer updates stay f32. Activations kept for the backward pass are stored as bf16
 //! (2 bytes instead of 4), which is the memory it saves. The products whose operands are both
-//! bf16 values run through [`crate::gemm::matmul_in`] on [`crate::bf16::matmul_bf16`]: the
+//! bf16 values run through [`crate::matmul_in`] on [`crate::bf16::matmul_bf16`]: the
 //! CPU's bf16 unit where it has one (AVX512-BF16), the f32 product on the same values elsewhere.
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;

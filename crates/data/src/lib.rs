@@ -13,30 +13,30 @@
 /// The tokenizer library kiln-data takes its [`tokenizers::Tokenizer`] from.
 pub use tokenizers;
 
-pub mod batch;
+mod batch;
 pub mod bpe;
-pub mod encode;
-pub mod error;
+mod encode;
+mod error;
 mod jsonfmt;
 mod jsonl_messages;
 mod offsets;
-pub mod pack;
+mod pack;
 mod parquet_pages;
 mod parquet_rows;
-pub mod preference;
-pub mod preference_answer;
-pub mod pretty;
+mod preference;
+mod preference_answer;
+mod pretty;
 pub mod qa;
-pub mod reader;
-pub mod record;
-pub mod source;
-pub mod spans;
-pub mod split;
-pub mod stream;
+mod reader;
+mod record;
+mod source;
+mod spans;
+mod split;
+mod stream;
 pub mod synthetic;
-pub mod template;
+mod template;
 mod timefmt;
-pub mod unpaired;
+mod unpaired;
 
 pub use batch::{Batch, Padding, length_grouped_batches};
 pub use encode::{
@@ -51,11 +51,11 @@ pub use preference::{
 };
 pub use preference_answer::AnswerIds;
 pub use pretty::{show_labels, show_trained_text};
-pub use qa::{QaItem, QaKind, QaOptions, Table, format_number, generate_items};
 pub use reader::{BadRecords, ReadReport, Reader, count_lines};
-pub use record::{FieldMap, Format, Label, Message, Record, Role, parse_record};
-pub use source::{FileKind, RawItem, RawRecord, Source, expand_paths};
-pub use split::{ShuffleBuffer, SplitSize, dedup_by_key, shuffled, train_val_split};
+pub use record::{FieldMap, Format, Label, Message, Record, Role, detect_format, parse_record};
+pub use source::{DEFAULT_MAX_RECORD_BYTES, FileKind, RawItem, RawRecord, Source, expand_paths};
+pub use spans::assistant_spans;
+pub use split::{ShuffleBuffer, SplitSize, dedup_by_key, shuffled, stable_hash, train_val_split};
 pub use stream::PackedRows;
 pub use template::{ChatTemplate, TemplateSource, load_chat_template, template_from_config};
 pub use unpaired::{

@@ -7,8 +7,6 @@
 //! text; on any mismatch (prefix space, post-processor tokens...) the caller falls back to
 //! `encode`, so the result is always exact.
 
-use std::collections::HashMap;
-
 use tokenizers::Tokenizer;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 
@@ -22,12 +20,6 @@ pub struct TokenBytes {
     bytes: Vec<Vec<u8>>,
 }
 
-/// GPT-2's byte ↔ printable character table (`bytes_to_unicode`), inverted.
-pub(crate) fn char_to_byte() -> HashMap<char, u8> {
-    let chars = crate::bpe::byte_chars();
-    (0..=255u8).map(|b| (chars[usize::from(b)], b)).collect()
-}
-
 impl TokenBytes {
     /// `None` unless the tokenizer is a byte-level BPE with no normalizer.
     pub fn new(tokenizer: &Tokenizer) -> Option<Self> {
@@ -39,7 +31,7 @@ impl TokenBytes {
         {
             return None;
         }
-        let table = char_to_byte();
+        let table = crate::bpe::char_to_byte();
         let added = tokenizer.get_added_tokens_decoder();
         let vocab = tokenizer.get_vocab(true);
         let size = vocab.values().copied().max().map_or(0, |m| m as usize + 1);

@@ -10,7 +10,6 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::reader::RowIter;
 
 use crate::error::{DataError, Location, Result};
-use crate::source::RawRecord;
 
 /// Rows of one Parquet file.
 pub(crate) struct ParquetRows {
@@ -47,8 +46,9 @@ impl ParquetRows {
         })
     }
 
-    /// The next row as a raw record (`line` = 1-based row number).
-    pub(crate) fn next_record(&mut self) -> Option<Result<RawRecord>> {
+    /// The next row as a JSON object and where it is (`line` = 1-based row number); the source
+    /// wraps it as a raw record.
+    pub(crate) fn next_row(&mut self) -> Option<Result<(Location, serde_json::Value)>> {
         if self.failed {
             return None;
         }
@@ -63,10 +63,7 @@ impl ParquetRows {
             line: self.row,
         };
         Some(match row {
-            Ok(row) => Ok(RawRecord {
-                at,
-                value: row.to_json_value(),
-            }),
+            Ok(row) => Ok((at, row.to_json_value())),
             Err(message) => {
                 self.failed = true;
                 Err(DataError::Malformed {

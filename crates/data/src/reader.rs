@@ -103,7 +103,7 @@ impl Reader {
         self
     }
 
-    /// Refuse lines longer than `bytes` (default [`crate::source::DEFAULT_MAX_RECORD_BYTES`]).
+    /// Refuse lines longer than `bytes` (default [`DEFAULT_MAX_RECORD_BYTES`](crate::DEFAULT_MAX_RECORD_BYTES)).
     pub fn max_record_bytes(mut self, bytes: usize) -> Self {
         self.source = self.source.max_record_bytes(bytes);
         self
@@ -142,7 +142,7 @@ impl Reader {
 }
 
 /// Explains an empty dataset from its report.
-pub fn empty_reason(report: &ReadReport, files: &[std::path::PathBuf]) -> String {
+pub(crate) fn empty_reason(report: &ReadReport, files: &[std::path::PathBuf]) -> String {
     let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
     let files = match names.len() {
         0 => "no input file".to_string(),

@@ -277,7 +277,9 @@ impl FileIter {
     fn next_item(&mut self) -> Option<Result<RawItem>> {
         match self {
             FileIter::Buffered(it) => it.next().map(|r| r.map(RawItem::Record)),
-            FileIter::Parquet(rows) => rows.next_record().map(|r| r.map(RawItem::Record)),
+            FileIter::Parquet(rows) => rows
+                .next_row()
+                .map(|r| r.map(|(at, value)| RawItem::Record(RawRecord { at, value }))),
             FileIter::Lines {
                 path,
                 reader,

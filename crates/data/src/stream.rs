@@ -17,7 +17,7 @@ use crate::reader::{BadRecords, ItemParser, ReadReport, Reader, empty_reason};
 use crate::source::RawItem;
 
 /// Records per parallel chunk.
-pub const CHUNK: usize = 2048;
+pub(crate) const CHUNK: usize = 2048;
 
 /// A chunk as read.
 type RawChunk = Vec<Result<RawItem>>;

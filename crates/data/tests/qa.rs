@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use kiln_data::qa::{self, QaOptions, Table};
-use kiln_data::{DataError, Role, format_number};
+use kiln_data::qa::{self, QaOptions, Table, format_number};
+use kiln_data::{DataError, Role};
 
 fn census() -> PathBuf {
     PathBuf::from(concat!(
@@ -199,7 +199,7 @@ fn writes_messages_jsonl_that_the_reader_reads_back() {
 
 #[test]
 fn held_out_keys_kinds_context_and_short_answers() {
-    use kiln_data::{QaKind, generate_items};
+    use kiln_data::qa::{QaKind, generate_items};
     let t = Table::from_csv(&census(), "prefecture").expect("table");
     let held_out: Vec<String> = ["Tottori", "Kyoto", "Okinawa", "Saga"]
         .iter()
@@ -292,7 +292,7 @@ fn held_out_keys_kinds_context_and_short_answers() {
 /// density kind needs a declared derived measure, the change kinds need a measure over years.
 #[test]
 fn kinds_the_table_cannot_ask_are_an_error() {
-    use kiln_data::QaKind;
+    use kiln_data::qa::QaKind;
     let t = Table::from_csv(&census(), "prefecture").expect("table");
     let ask = |kinds: Vec<QaKind>, derived: Vec<qa::Derived>| {
         qa::generate_items(
@@ -339,7 +339,7 @@ fn kinds_the_table_cannot_ask_are_an_error() {
 /// 1,237,984 (2020): −70,281 in 5 years, −14,056.2 a year (rounded to the column's integers).
 #[test]
 fn time_series_and_multi_turn_kinds_are_exact() {
-    use kiln_data::{QaKind, generate_items};
+    use kiln_data::qa::{QaKind, generate_items};
     let t = Table::from_csv(&census(), "prefecture").expect("table");
     let items = |kind: QaKind| {
         generate_items(
@@ -429,7 +429,8 @@ fn time_series_and_multi_turn_kinds_are_exact() {
 /// grew/shrank mentioned.
 #[test]
 fn the_first_answer_of_its_type_decides_exact_match() {
-    use kiln_data::{Message, QaItem, QaKind};
+    use kiln_data::Message;
+    use kiln_data::qa::{QaItem, QaKind};
     let item = |kind, answer: &str, question: &str| QaItem {
         kind,
         keys: vec![],

@@ -8,18 +8,7 @@ use serde_json::{Map, Value};
 use std::path::Path;
 
 use crate::error::{LoraError, Result};
-use crate::pattern::{TargetMatcher, pattern_lookup};
-
-/// Which linear layers get an adapter (`target_modules`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum TargetModules {
-    /// Module names: a layer matches when its path equals a name or ends with `.name`.
-    Names(Vec<String>),
-    /// A regular expression that must match the whole module path.
-    Regex(String),
-    /// Every adaptable linear layer except the model's output layer (`lm_head`).
-    AllLinear,
-}
+use crate::pattern::{TargetMatcher, TargetModules, pattern_lookup};
 
 /// How a new adapter's weights start (`init_lora_weights`).
 #[derive(Debug, Clone, PartialEq)]
@@ -260,8 +249,24 @@ impl LoraConfig {
         if self.lora_bias {
             return err("lora_bias", "`true` is not supported".into());
         }
-        TargetMatcher::new(self)?;
+        self.target_matcher()?;
         Ok(())
+    }
+
+    /// `target_modules`, `exclude_modules`, `modules_to_save` and `layers_to_transform` /
+    /// `layers_pattern` compiled once.
+    ///
+    /// # Errors
+    /// [`LoraError::Config`] naming the field whose regular expression does not compile.
+    pub(crate) fn target_matcher(&self) -> Result<TargetMatcher> {
+        TargetMatcher::new(
+            self.target_modules.as_ref(),
+            self.exclude_modules.as_ref(),
+            self.modules_to_save.as_deref().unwrap_or_default(),
+            self.layers_to_transform
+                .as_deref()
+                .map(|idx| (idx, self.layers_pattern.as_deref().unwrap_or_default())),
+        )
     }
 
     /// Rank, alpha and scale for the module at `path`, applying `rank_pattern` / `alpha_pattern`.

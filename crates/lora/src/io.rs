@@ -19,7 +19,6 @@ use crate::base::replace_value;
 use crate::config::{Bias, LoraConfig};
 use crate::error::{LoraError, Result};
 use crate::model::LoraModel;
-use crate::pattern::TargetMatcher;
 use crate::target::{AdapterTarget, OtherParam, OtherParamMut};
 
 /// File names PEFT uses.
@@ -156,7 +155,7 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
             .config(name)
             .ok_or_else(|| LoraError::UnknownAdapter(name.into()))?
             .clone();
-        let matcher = TargetMatcher::new(&config)?;
+        let matcher = config.target_matcher()?;
         let mut out = BTreeMap::new();
         let mut result = Ok(());
         let mut put = |key: String, t: Result<HostTensor>| match t {
@@ -348,7 +347,7 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
         let file: PathBuf = dir.join(WEIGHTS_FILE);
         let mut tensors =
             current_keys(read_safetensors(&file)?, self.model.legacy_path_prefixes())?;
-        let matcher = TargetMatcher::new(&config)?;
+        let matcher = config.target_matcher()?;
         let output = self.model.output_layer().map(str::to_string);
         let device = self.device();
         let mut plans = HashMap::new();

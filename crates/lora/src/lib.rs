@@ -29,12 +29,13 @@ mod weighted;
 
 pub use adapter::{AdapterSpec, LoraAdapter};
 pub use base::{BaseWeight, Frozen, Layout};
-pub use config::{Bias, InitLoraWeights, LoraConfig, ModuleRank, TargetModules};
+pub use config::{Bias, InitLoraWeights, LoraConfig, ModuleRank};
 pub use error::{LoraError, Result};
 pub use init::manual_seed;
 pub use io::{CONFIG_FILE, HostTensor, WEIGHTS_FILE, read_safetensors, write_safetensors};
 pub use kiln_cpu::Precision;
 pub use linear::{LoraLinear, RowMix};
 pub use model::{LoraModel, ParamCount};
+pub use pattern::TargetModules;
 pub use target::{AdapterTarget, OtherParam, OtherParamMut};
 pub use weighted::{Combination, parse_adapter_arg};

@@ -99,7 +99,7 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
         if self.config(name).is_some() {
             return Err(LoraError::DuplicateAdapter(name.into()));
         }
-        let matcher = TargetMatcher::new(&config)?;
+        let matcher = config.target_matcher()?;
         self.check_modules_to_save(name, &config)?;
         let output = self.model.output_layer().map(str::to_string);
         let mut targeted = 0usize;
@@ -152,7 +152,7 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
                 modules_to_save: Some(vec![module.clone()]),
                 ..LoraConfig::default()
             };
-            let single = TargetMatcher::new(&one)?;
+            let single = one.target_matcher()?;
             let mut found = false;
             self.model
                 .visit_linears(&mut |p, _| found |= single.is_module_to_save(p));
@@ -402,7 +402,7 @@ impl<M: Module + AdapterTarget> LoraModel<M> {
         let mut plan = Plan::default();
         for name in &self.registry.active {
             if let Some(c) = self.config(name) {
-                if let Ok(m) = TargetMatcher::new(c) {
+                if let Ok(m) = c.target_matcher() {
                     plan.saves.push(m);
                 }
                 plan.bias = match (plan.bias, c.bias) {

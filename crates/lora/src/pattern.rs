@@ -2,8 +2,18 @@
 //! which `rank_pattern` / `alpha_pattern` key applies to a path (`get_pattern_key`).
 use regex::Regex;
 
-use crate::config::{LoraConfig, TargetModules};
 use crate::error::{LoraError, Result};
+
+/// Which linear layers get an adapter (`target_modules`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetModules {
+    /// Module names: a layer matches when its path equals a name or ends with `.name`.
+    Names(Vec<String>),
+    /// A regular expression that must match the whole module path.
+    Regex(String),
+    /// Every adaptable linear layer except the model's output layer (`lm_head`).
+    AllLinear,
+}
 
 /// `target_modules`, `exclude_modules`, `modules_to_save` and `layers_to_transform` compiled once.
 #[derive(Debug, Clone)]
@@ -69,34 +79,36 @@ impl TargetMatcher {
             .collect()
     }
 
-    /// Compiles the matching fields of `config`; invalid regular expressions are config errors.
-    pub fn new(config: &LoraConfig) -> Result<Self> {
-        let targets = config
-            .target_modules
-            .as_ref()
+    /// Compiles PEFT's matching fields: `target_modules`, `exclude_modules`, `modules_to_save`
+    /// and `layers_to_transform` with its `layers_pattern` (empty: PEFT's default pattern).
+    /// Invalid regular expressions are config errors naming the field.
+    pub fn new(
+        target_modules: Option<&TargetModules>,
+        exclude_modules: Option<&TargetModules>,
+        modules_to_save: &[String],
+        layers_to_transform: Option<(&[usize], &[String])>,
+    ) -> Result<Self> {
+        let targets = target_modules
             .map(|t| compile("target_modules", t))
             .transpose()?;
-        let exclude = config
-            .exclude_modules
-            .as_ref()
+        let exclude = exclude_modules
             .map(|t| compile("exclude_modules", t))
             .transpose()?;
-        let modules_to_save = config
-            .modules_to_save
+        let modules_to_save = modules_to_save
             .iter()
-            .flatten()
             .map(|m| regex("modules_to_save", &format!(r"^(?:|.*\.){m}(?:$|\..*)")))
             .collect::<Result<_>>()?;
-        let layers = match &config.layers_to_transform {
-            Some(idx) if !idx.is_empty() => {
-                let pats = match &config.layers_pattern {
-                    Some(p) if !p.is_empty() => p
+        let layers = match layers_to_transform {
+            Some((idx, layers_pattern)) if !idx.is_empty() => {
+                let pats = if layers_pattern.is_empty() {
+                    vec![regex("layers_pattern", r"^.*?\.[^.]*\.(\d+)\.")?]
+                } else {
+                    layers_pattern
                         .iter()
                         .map(|p| regex("layers_pattern", &format!(r"^(?:|.*?\.){p}\.(\d+)\.")))
-                        .collect::<Result<Vec<_>>>()?,
-                    _ => vec![regex("layers_pattern", r"^.*?\.[^.]*\.(\d+)\.")?],
+                        .collect::<Result<Vec<_>>>()?
                 };
-                Some((idx.clone(), pats))
+                Some((idx.to_vec(), pats))
             }
             _ => None,
         };
@@ -166,7 +178,7 @@ mod tests {
 
     #[test]
     fn list_matches_suffix_after_a_dot_only() {
-        let m = TargetMatcher::new(&LoraConfig::new(4, 8.0, names(&["q_proj"]))).unwrap();
+        let m = TargetMatcher::new(Some(&names(&["q_proj"])), None, &[], None).unwrap();
         assert!(m.is_target("model.layers.0.self_attn.q_proj", false));
         assert!(m.is_target("q_proj", false));
         assert!(!m.is_target("model.layers.0.self_attn.xq_proj", false));
@@ -175,7 +187,7 @@ mod tests {
     #[test]
     fn regex_must_match_the_whole_path() {
         let t = TargetModules::Regex(r".*\.layers\.1\..*(q|v)_proj".into());
-        let m = TargetMatcher::new(&LoraConfig::new(4, 8.0, t)).unwrap();
+        let m = TargetMatcher::new(Some(&t), None, &[], None).unwrap();
         assert!(m.is_target("model.layers.1.self_attn.v_proj", false));
         assert!(!m.is_target("model.layers.0.self_attn.v_proj", false));
         assert!(!m.is_target("model.layers.1.self_attn.v_proj_x", false));
@@ -183,21 +195,20 @@ mod tests {
 
     #[test]
     fn all_linear_skips_the_output_layer_and_modules_to_save() {
-        let mut c = LoraConfig::new(4, 8.0, TargetModules::AllLinear);
-        let m = TargetMatcher::new(&c).unwrap();
+        let all = Some(&TargetModules::AllLinear);
+        let m = TargetMatcher::new(all, None, &[], None).unwrap();
         assert!(m.is_target("model.layers.0.mlp.up_proj", false));
         assert!(!m.is_target("lm_head", true));
-        c.modules_to_save = Some(vec!["up_proj".into()]);
-        let m = TargetMatcher::new(&c).unwrap();
+        let m = TargetMatcher::new(all, None, &["up_proj".into()], None).unwrap();
         assert!(!m.is_target("model.layers.0.mlp.up_proj", false));
     }
 
     #[test]
     fn layers_to_transform_and_exclude() {
-        let mut c = LoraConfig::new(4, 8.0, names(&["q_proj", "k_proj"]));
-        c.layers_to_transform = Some(vec![1]);
-        c.exclude_modules = Some(names(&["k_proj"]));
-        let m = TargetMatcher::new(&c).unwrap();
+        let targets = names(&["q_proj", "k_proj"]);
+        let exclude = names(&["k_proj"]);
+        let layers: (&[usize], &[String]) = (&[1], &[]);
+        let m = TargetMatcher::new(Some(&targets), Some(&exclude), &[], Some(layers)).unwrap();
         assert!(m.is_target("model.layers.1.self_attn.q_proj", false));
         assert!(!m.is_target("model.layers.0.self_attn.q_proj", false));
         assert!(!m.is_target("model.layers.1.self_attn.k_proj", false));
@@ -222,9 +233,9 @@ mod tests {
 
     #[test]
     fn bad_regex_is_a_config_error() {
-        let c = LoraConfig::new(4, 8.0, TargetModules::Regex("(".into()));
+        let t = TargetModules::Regex("(".into());
         assert!(matches!(
-            TargetMatcher::new(&c),
+            TargetMatcher::new(Some(&t), None, &[], None),
             Err(LoraError::Config { field, .. }) if field == "target_modules"
         ));
     }

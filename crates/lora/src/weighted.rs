@@ -3,9 +3,10 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 
 use crate::adapter::LoraAdapter;
-use crate::config::{LoraConfig, TargetModules};
+use crate::config::LoraConfig;
 use crate::error::{LoraError, Result};
 use crate::model::LoraModel;
+use crate::pattern::TargetModules;
 use crate::target::AdapterTarget;
 
 /// How adapters are combined.

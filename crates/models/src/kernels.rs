@@ -112,7 +112,7 @@ pub fn try_gated<const D: usize>(
 }
 
 /// Rotary embedding of the first `rotary_dim` channels (the rest pass unchanged), as
-/// [`crate::rope::apply_rotary`], or `None` when the fast path does not apply.
+/// `apply_rotary` in `rope.rs` (its caller), or `None` when the fast path does not apply.
 ///
 /// # Shapes
 /// - x: `[b, heads, t, head_dim]`

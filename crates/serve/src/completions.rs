@@ -5,7 +5,7 @@ use crate::api::{ChatRequest, CompletionRequest, Prompt, SamplingParams};
 use crate::cache::{CachedChoice, key as cache_key};
 use crate::engine::{Event, Job};
 use crate::error::ApiError;
-use crate::server::{KeyId, Logged, Shared, unix_now};
+use crate::state::{KeyId, Logged, Shared, unix_now};
 use crate::text::TextStream;
 use axum::Json;
 use axum::body::{Body, Bytes};

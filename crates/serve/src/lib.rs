@@ -30,6 +30,7 @@ mod metrics;
 mod prefix;
 pub mod route;
 mod server;
+mod state;
 mod text;
 
 pub use auth::RateLimits;

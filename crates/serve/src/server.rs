@@ -1,11 +1,12 @@
-//! The HTTP side: shared state, routes, authentication, metrics and the access log. The
-//! completion endpoints live in [`crate::completions`].
+//! The HTTP side: routes, authentication, metrics and the access log. The shared state is in
+//! [`crate::state`]; the completion endpoints live in [`crate::completions`].
 use crate::auth::{Keys, RateLimits};
 use crate::cache::ResponseCache;
 use crate::engine::{Engine, EngineOptions};
 use crate::error::{ApiError, Result, ServeError};
 use crate::metrics::Metrics;
 use crate::route::Router as Routes;
+use crate::state::{AppState, KeyId, Logged, Shared, unix_now};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path as UrlPath, Request, State};
@@ -19,8 +20,7 @@ use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
-use tokenizers::Tokenizer;
+use std::time::Instant;
 
 /// How to run the server.
 #[derive(Debug, Clone)]
@@ -54,46 +54,6 @@ impl Default for ServeOptions {
             router: None,
         }
     }
-}
-
-/// What every handler reads.
-pub struct AppState {
-    pub(crate) engine: Engine,
-    pub(crate) tokenizer: Tokenizer,
-    pub(crate) template: Option<ChatTemplate>,
-    pub(crate) eos: Vec<u32>,
-    pub(crate) model_id: String,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) keys: Keys,
-    pub(crate) cache: ResponseCache,
-    pub(crate) routes: Option<Routes>,
-    pub(crate) max_body: usize,
-    log: Mutex<Box<dyn Write + Send>>,
-    started: u64,
-}
-
-impl std::fmt::Debug for AppState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState")
-            .field("model_id", &self.model_id)
-            .finish_non_exhaustive()
-    }
-}
-
-pub(crate) type Shared = Arc<AppState>;
-
-/// The key a request authenticated with (its id), for logs and token accounting.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct KeyId(pub Option<String>);
-
-/// Marks a response whose access-log line its handler writes (completions, which know tokens).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Logged;
-
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// A running server: the scheduler thread and the state the routes share.
@@ -262,27 +222,6 @@ async fn observe(State(s): State<Shared>, req: Request, next: Next) -> Response 
         }));
     }
     response
-}
-
-impl AppState {
-    /// Writes one access-log line: `fields` plus the time.
-    pub(crate) fn access_log(&self, mut fields: serde_json::Value) {
-        if let Some(o) = fields.as_object_mut() {
-            o.insert("time".into(), json!(unix_now()));
-        }
-        if let Ok(mut out) = self.log.lock() {
-            let _ = writeln!(out, "{fields}");
-            let _ = out.flush();
-        }
-    }
-
-    /// Reads a request body of at most `max_body` bytes.
-    pub(crate) async fn read_body(&self, body: Body) -> std::result::Result<Vec<u8>, ApiError> {
-        axum::body::to_bytes(body, self.max_body)
-            .await
-            .map(|b| b.to_vec())
-            .map_err(|_| ApiError::too_large(self.max_body))
-    }
 }
 
 async fn health(State(s): State<Shared>) -> Response {

@@ -175,7 +175,7 @@ impl<S: BatchSource> BatchSource for Shuffled<S> {
 }
 
 /// SplitMix64 of `seed + k`: independent seeds for epochs and micro-batches.
-pub fn mix(seed: u64, k: u64) -> u64 {
+pub(crate) fn mix(seed: u64, k: u64) -> u64 {
     let mut z = seed
         .wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15))
         .wrapping_add(0x9E37_79B9_7F4A_7C15);

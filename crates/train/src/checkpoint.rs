@@ -54,7 +54,7 @@ pub(crate) fn checkpoint_run_id(dir: &Path) -> Result<Option<String>> {
 
 /// Writes `host` to a safetensors file (f32) through kiln's one safetensors writer
 /// ([`kiln_cpu::io::write_f32_safetensors`]; ids are in `state.json`).
-pub fn write_host_safetensors(path: &Path, host: &HostParams) -> Result<()> {
+pub(crate) fn write_host_safetensors(path: &Path, host: &HostParams) -> Result<()> {
     let specs: Vec<(String, Vec<usize>)> = host
         .tensors
         .iter()
@@ -67,7 +67,7 @@ pub fn write_host_safetensors(path: &Path, host: &HostParams) -> Result<()> {
 }
 
 /// Reads a file written by [`write_host_safetensors`] (ids are set to 0; see `state.json`).
-pub fn read_host_safetensors(path: &Path) -> Result<HostParams> {
+pub(crate) fn read_host_safetensors(path: &Path) -> Result<HostParams> {
     let bytes = fs::read(path).map_err(|e| TrainError::io(path, e))?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
@@ -98,7 +98,7 @@ fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
 
 /// Checkpoint directory name of a state: `step-00000012`, or `step-00000012-micro-1` between
 /// micro-batches.
-pub fn checkpoint_name(state: &TrainState) -> String {
+pub(crate) fn checkpoint_name(state: &TrainState) -> String {
     match state.micro_in_step {
         0 => format!("step-{:08}", state.step),
         m => format!("step-{:08}-micro-{m}", state.step),

@@ -162,8 +162,8 @@ pub struct DataOptions {
     /// Compute the loss on the completion only (prompt tokens get label -100).
     #[serde(default = "yes")]
     pub completion_only: bool,
-    /// Read the training files while training instead of loading them ([`crate::stream`]):
-    /// memory stays flat whatever their size. Packs rows (`packing` is implied); validation
+    /// Read the training files while training instead of loading them
+    /// ([`StreamedBatches`](crate::StreamedBatches)): memory stays flat whatever their size. Packs rows (`packing` is implied); validation
     /// comes from `validation` files, not a split.
     #[serde(default)]
     pub streaming: bool,

@@ -2,19 +2,15 @@
 //! adapter (new, or continued from a PEFT adapter) → [`DpoTrainer`] steps (checkpointed, and
 //! resumed exactly) → `metrics.jsonl`, `tensorboard/`, `loss_curve.png` and the adapter in PEFT's format. The
 //! `dpo` example is a command line around [`run_dpo`].
-use crate::dpo::{DpoOptions, DpoStepMetrics, DpoTrainer, PreferencePairs};
+use crate::dpo::{DpoStepMetrics, DpoTrainer, PreferencePairs};
 use crate::error::{Result, TrainError};
-use crate::export::Export;
-use crate::logging::JsonlLogger;
-use crate::plot::write_loss_curve;
-use crate::rundir::{RunDir, RunMode};
-use crate::trainer::{Trainer, TrainerOptions};
+use crate::model::CausalModel;
+use crate::preference::DpoOptions;
+use crate::recipe::{Recipe, RecipeTrainer, Settings, pad_id, recipe_settings};
 use burn::tensor::Device;
-use kiln_data::{ChatTemplate, FieldMap, PreferenceEncoder, read_preferences, shuffled};
-use kiln_lora::{LoraConfig, LoraModel, TargetModules};
+use kiln_data::{FieldMap, PreferenceEncoder, read_preferences, shuffled};
+use kiln_models::Pretrained;
 use kiln_models::backprop::Precision;
-use kiln_models::fetch::resolve_model;
-use kiln_models::{CausalLm, Pretrained, parse_device};
 use std::path::{Path, PathBuf};
 
 /// A preference run, DPO, ORPO, CPO or KTO (TRL's config names where it has them).
@@ -23,7 +19,7 @@ pub struct DpoRun {
     /// A model directory, GGUF file or Hugging Face repo id.
     pub model: PathBuf,
     /// JSON Lines of preference pairs (standard, conversational or implicit prompt); for KTO
-    /// ([`crate::kto_run::run_kto`]) unpaired records, or pairs it unpairs.
+    /// ([`run_kto`](crate::run_kto)) unpaired records, or pairs it unpairs.
     pub data: PathBuf,
     pub output_dir: PathBuf,
     pub max_steps: usize,
@@ -52,7 +48,7 @@ pub struct DpoRun {
     /// (built as the run started, then restored: the steps equal an uninterrupted run's).
     pub resume: bool,
     /// Delete a previous kiln run in `output_dir` first (without it, or `resume`, a non-empty
-    /// `output_dir` is refused: [`RunDir`]'s rule, as for SFT).
+    /// `output_dir` is refused: [`RunDir`](crate::RunDir)'s rule, as for SFT).
     pub overwrite: bool,
 }
 
@@ -96,26 +92,26 @@ pub struct DpoSummary {
     pub adapter_dir: PathBuf,
 }
 
-/// The chat template conversational records are rendered with: `run.chat_template`, else the
-/// model's.
-pub(crate) fn chat_template(run: &DpoRun, lm: &Pretrained) -> Result<Option<ChatTemplate>> {
-    Ok(ChatTemplate::select(
-        run.chat_template.as_deref(),
-        lm.extras.chat_template.as_deref(),
-        lm.extras.chat_template_origin.as_deref(),
-        lm.extras.bos_token.as_deref(),
-        lm.extras.eos_token.as_deref(),
-    )?)
+impl DpoRun {
+    /// The settings the recipes share.
+    pub(crate) fn settings(&self) -> Settings<'_> {
+        recipe_settings!(self,
+            init_adapter: self.init_adapter.as_deref(),
+            resume: self.resume,
+            save_steps: self.save_steps,
+            save_total_limit: self.save_total_limit,
+        )
+    }
 }
 
 /// Reads and tokenizes the pairs of `path` (shuffled with `seed` when asked): as TRL's
 /// `DPOTrainer` for DPO, as its `ORPOTrainer`/`CPOTrainer` for the reference-free losses.
-fn load_pairs(run: &DpoRun, lm: &Pretrained) -> Result<PreferencePairs> {
+fn load_pairs(recipe: &Recipe<'_>, run: &DpoRun, lm: &Pretrained) -> Result<PreferencePairs> {
     let (bos, eos) = (
         lm.extras.bos_token.as_deref(),
         lm.extras.eos_token.as_deref(),
     );
-    let template = chat_template(run, lm)?;
+    let template = recipe.chat_template(lm)?;
     let encoder = PreferenceEncoder::new(&lm.tokenizer, template.as_ref(), eos);
     let records = read_preferences(&run.data, &FieldMap::default())?;
     let order = |n: usize| -> Vec<usize> {
@@ -158,119 +154,50 @@ fn load_pairs(run: &DpoRun, lm: &Pretrained) -> Result<PreferencePairs> {
     ))
 }
 
-/// The trainer options of `run`: AdamW without weight decay, constant learning rate.
-pub(crate) fn trainer_options(run: &DpoRun) -> TrainerOptions {
-    TrainerOptions::constant_lr(
-        run.lr,
-        run.max_steps,
-        run.grad_accum,
-        run.max_grad_norm,
-        run.seed,
-        run.precision,
-    )
-}
-
-/// `(step, loss)` of every training line of `metrics.jsonl` (a resumed run's earlier steps too).
-pub(crate) fn logged_losses(path: &Path) -> Result<Vec<(usize, f64)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| Some((v.get("step")?.as_u64()? as usize, v.get("loss")?.as_f64()?)))
-        .collect())
-}
-
-/// Checks `run`, opens its directory (a fresh run never appends to another run's files) and
-/// loads the model and tokenizer.
-pub(crate) fn start(run: &DpoRun) -> Result<(RunDir, Device, Pretrained)> {
-    if run.max_steps == 0 {
-        return Err(TrainError::option("max_steps", "must be at least 1"));
+impl<M: CausalModel> RecipeTrainer for DpoTrainer<M> {
+    type Metrics = DpoStepMetrics;
+    fn steps_done(&self) -> usize {
+        self.trainer.state.step
     }
-    let mode = RunMode::from_flags(run.resume, run.overwrite)?;
-    let run_dir = RunDir::open(&run.output_dir, mode)?;
-    let device = parse_device(&run.device)?;
-    let path = resolve_model(Some(&run.model), true)?;
-    let lm = Pretrained::load(&path, &device)?;
-    Ok((run_dir, device, lm))
-}
-
-/// The trainer of the policy: `run.init_adapter` (trainable) or a new LoRA adapter (A drawn on
-/// the host from the run's seed, B = 0).
-pub(crate) fn policy_trainer(
-    run: &DpoRun,
-    model: CausalLm,
-    device: &Device,
-) -> Result<Trainer<LoraModel<CausalLm>>> {
-    let model = match &run.init_adapter {
-        Some(dir) => {
-            let mut m = LoraModel::new(model);
-            m.load_adapter(dir, "default")?;
-            m
-        }
-        None => {
-            let targets = TargetModules::Names(run.targets.clone());
-            let config = LoraConfig::new(run.lora_r, run.lora_alpha, targets);
-            kiln_lora::manual_seed(run.seed);
-            LoraModel::with_adapter(model, "default", config)?
-        }
-    };
-    device.seed(run.seed);
-    Trainer::new(model, device, trainer_options(run))
+    fn step(&mut self) -> Result<Option<DpoStepMetrics>> {
+        DpoTrainer::step(self)
+    }
+    fn set_run_id(&mut self, id: &str) {
+        self.trainer.set_run_id(id);
+    }
+    fn save_checkpoint(&mut self, root: &Path, keep: usize) -> Result<()> {
+        DpoTrainer::save_checkpoint(self, root, keep).map(drop)
+    }
+    fn resume(self, device: &Device, dir: &Path) -> Result<Self> {
+        DpoTrainer::resume(self, device, dir)
+    }
 }
 
 /// Trains a LoRA adapter with DPO, ORPO or CPO (`run.dpo.loss_type`) and writes
 /// `output_dir/{metrics.jsonl, tensorboard/, loss_curve.png, adapter/}` (and `checkpoints/step-N/` every
 /// `save_steps`); `on_step` sees each step's metrics (a progress line). With `resume`, the run
 /// continues from its newest checkpoint (the summary's history then holds the steps run now).
-pub fn run_dpo(run: &DpoRun, mut on_step: impl FnMut(&DpoStepMetrics)) -> Result<DpoSummary> {
+pub fn run_dpo(run: &DpoRun, on_step: impl FnMut(&DpoStepMetrics)) -> Result<DpoSummary> {
     if run.dpo.loss_type.unpaired() {
         return Err(TrainError::option(
             "loss_type",
             "KTO trains on unpaired records: run_kto",
         ));
     }
-    let (run_dir, device, lm) = start(run)?;
-    let pairs = load_pairs(run, &lm)?;
+    let recipe = Recipe::open(run.settings())?;
+    let lm = recipe.load_model()?;
+    let pairs = load_pairs(&recipe, run, &lm)?;
     let n = match &pairs {
         PreferencePairs::Dpo(p) => p.len(),
         PreferencePairs::Answers(p) => p.len(),
     };
     let mut options = run.dpo.clone();
-    options.pad_id = lm.eos_token_ids().first().copied().unwrap_or(0);
-    let trainer = policy_trainer(run, lm.model, &device)?;
-    let mut dpo = DpoTrainer::new(trainer, pairs, options, run.max_steps)?;
-    let (root, metrics) = (
-        run_dir.checkpoint_dir(),
-        run.output_dir.join("metrics.jsonl"),
-    );
-    // A checkpoint of another run in this directory is refused (run ids), as for SFT.
-    let log = match run_dir.latest_checkpoint()?.filter(|_| run.resume) {
-        Some(dir) => {
-            dpo = dpo.resume(&device, &dir)?;
-            tracing::info!("resumed from {}", dir.display());
-            JsonlLogger::open_at(&metrics, dpo.trainer.state.step)?
-        }
-        None => JsonlLogger::open(&metrics)?,
-    };
-    let tensorboard = run.output_dir.join("tensorboard");
-    let mut log = log.with_tensorboard(&tensorboard, dpo.trainer.state.step)?;
-    dpo.trainer.set_run_id(run_dir.id());
-    let every = run.save_steps.filter(|&e| e > 0);
-    while dpo.trainer.state.step < run.max_steps {
-        if let Some(m) = dpo.step()? {
-            log.write("train", &m)?;
-            on_step(&m);
-            if every.is_some_and(|e| m.step % e == 0) {
-                dpo.save_checkpoint(&root, run.save_total_limit)?;
-            }
-        }
-    }
-    drop(log);
-    let curve = logged_losses(&metrics)?;
-    write_loss_curve(&run.output_dir.join("loss_curve.png"), &curve, &[])?;
+    options.pad_id = pad_id(&lm);
+    let trainer = recipe.settings.policy_trainer(lm.model, &recipe.device)?;
+    let dpo = DpoTrainer::new(trainer, pairs, options, run.max_steps)?;
+    let dpo = recipe.train(dpo, on_step)?;
     let (dropped, history) = (dpo.dropped, dpo.history.clone());
-    let adapter_dir = run.output_dir.join("adapter");
-    dpo.trainer.into_model().export(&adapter_dir)?;
+    let adapter_dir = recipe.save_adapter(&dpo.trainer.into_model())?;
     Ok(DpoSummary {
         pairs: n,
         dropped,

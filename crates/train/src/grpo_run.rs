@@ -4,18 +4,13 @@
 //! `loss_curve.png` and the adapter in PEFT's format. No checkpoints or resume yet (a run is
 //! re-run from its start).
 use crate::error::{Result, TrainError};
-use crate::export::Export;
 use crate::grpo::{GrpoLearner, GrpoOptions, GrpoStepMetrics};
 use crate::grpo_online::{GrpoTrainer, PromptEncoder, PromptRecord, Reward, read_prompt_records};
-use crate::logging::JsonlLogger;
-use crate::plot::write_loss_curve;
-use crate::rundir::{RunDir, RunMode};
-use crate::trainer::{Trainer, TrainerOptions};
-use kiln_data::ChatTemplate;
-use kiln_lora::{LoraConfig, LoraModel, TargetModules};
+use crate::model::CausalModel;
+use crate::recipe::{Recipe, RecipeTrainer, Settings, chat_template, load_model, recipe_settings};
+use kiln_lora::LoraModel;
 use kiln_models::backprop::Precision;
-use kiln_models::fetch::resolve_model;
-use kiln_models::{GenerationConfig, Pretrained, Sampling, parse_device};
+use kiln_models::{CausalLm, GenerationConfig, Pretrained, Quantization, Sampling, parse_device};
 use std::path::PathBuf;
 
 /// A GRPO run (TRL's `GRPOConfig` names where it has them).
@@ -92,39 +87,25 @@ pub struct GrpoSummary {
     pub adapter_dir: PathBuf,
 }
 
-/// The trainer options of `run`: AdamW without weight decay, constant learning rate.
-fn trainer_options(run: &GrpoRun) -> TrainerOptions {
-    TrainerOptions::constant_lr(
-        run.lr,
-        run.max_steps,
-        run.grad_accum,
-        run.max_grad_norm,
-        run.seed,
-        run.precision,
-    )
+impl GrpoRun {
+    /// The settings the recipes share (no checkpoints or resume yet).
+    fn settings(&self) -> Settings<'_> {
+        recipe_settings!(self,
+            init_adapter: self.init_adapter.as_deref(),
+            resume: false,
+            save_steps: None,
+            save_total_limit: 0,
+        )
+    }
 }
 
-/// The model (with its new or continued adapter), the prompt encoder and the generation
-/// settings of `run`.
-pub fn grpo_setup(
+/// The prompt encoder (`lm`'s tokenizer and the run's chat template) and the sampling settings
+/// of `run`.
+fn prompts_and_sampling(
     run: &GrpoRun,
-) -> Result<(
-    LoraModel<kiln_models::CausalLm>,
-    PromptEncoder,
-    GenerationConfig,
-)> {
-    let device = parse_device(&run.device)?;
-    // An empty path: $KILN_MODEL, else the cached default model.
-    let given = (!run.model.as_os_str().is_empty()).then_some(run.model.as_path());
-    let path = resolve_model(given, true)?;
-    let lm = Pretrained::load(&path, &device)?;
-    let template = ChatTemplate::select(
-        run.chat_template.as_deref(),
-        lm.extras.chat_template.as_deref(),
-        lm.extras.chat_template_origin.as_deref(),
-        lm.extras.bos_token.as_deref(),
-        lm.extras.eos_token.as_deref(),
-    )?;
+    lm: &Pretrained,
+) -> Result<(PromptEncoder, GenerationConfig)> {
+    let template = chat_template(run.chat_template.as_deref(), lm)?;
     if run.temperature <= 0.0 {
         return Err(TrainError::option(
             "temperature",
@@ -147,20 +128,43 @@ pub fn grpo_setup(
         tokenizer: lm.tokenizer.clone(),
         template,
     };
-    let model = match &run.init_adapter {
-        Some(dir) => {
-            let mut m = LoraModel::new(lm.model);
-            m.load_adapter(dir, "default")?;
-            m
-        }
-        None => {
-            let targets = TargetModules::Names(run.targets.clone());
-            let config = LoraConfig::new(run.lora_r, run.lora_alpha, targets);
-            kiln_lora::manual_seed(run.seed);
-            LoraModel::with_adapter(lm.model, "default", config)?
-        }
-    };
+    Ok((encoder, generation))
+}
+
+/// The model (with its new or continued adapter), the prompt encoder and the generation
+/// settings of `run`.
+pub fn grpo_setup(run: &GrpoRun) -> Result<(LoraModel<CausalLm>, PromptEncoder, GenerationConfig)> {
+    let device = parse_device(&run.device)?;
+    let (_, lm) = load_model(&run.model, &device, Quantization::default())?;
+    let (encoder, generation) = prompts_and_sampling(run, &lm)?;
+    let model = run.settings().adapter(lm.model, |_| {})?;
     Ok((model, encoder, generation))
+}
+
+impl<M: CausalModel> RecipeTrainer for GrpoTrainer<M> {
+    type Metrics = GrpoStepMetrics;
+    fn steps_done(&self) -> usize {
+        self.learner.trainer.state.step
+    }
+    fn step(&mut self) -> Result<Option<GrpoStepMetrics>> {
+        GrpoTrainer::step(self)
+    }
+    fn set_run_id(&mut self, id: &str) {
+        self.learner.trainer.set_run_id(id);
+    }
+    /// A batch without any reward is skipped; as many skips as steps end the run.
+    fn check(&self, max_steps: usize) -> Result<()> {
+        if self.skipped_batches >= max_steps {
+            return Err(TrainError::option(
+                "reward",
+                format!(
+                    "{} generation batches in a row had no completion with a reward",
+                    self.skipped_batches
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Trains a LoRA adapter with GRPO on `records` (or `run.data` when `None`) scored by
@@ -170,51 +174,23 @@ pub fn run_grpo(
     run: &GrpoRun,
     records: Option<Vec<PromptRecord>>,
     rewards: Vec<(Reward, f64)>,
-    mut on_step: impl FnMut(&GrpoStepMetrics),
+    on_step: impl FnMut(&GrpoStepMetrics),
 ) -> Result<GrpoSummary> {
-    if run.max_steps == 0 {
-        return Err(TrainError::option("max_steps", "must be at least 1"));
-    }
-    let run_dir = RunDir::open(&run.output_dir, RunMode::from_flags(false, run.overwrite)?)?;
+    let recipe = Recipe::open(run.settings())?;
     let records = match records {
         Some(r) => r,
         None => read_prompt_records(&run.data)?,
     };
-    let (model, encoder, generation) = grpo_setup(run)?;
-    let device = parse_device(&run.device)?;
-    device.seed(run.seed);
+    let lm = recipe.load_model()?;
+    let (encoder, generation) = prompts_and_sampling(run, &lm)?;
+    let trainer = recipe.settings.policy_trainer(lm.model, &recipe.device)?;
     let mut options = run.grpo.clone();
     options.pad_id = generation.eos_token_ids.first().copied().unwrap_or(0);
-    let trainer = Trainer::new(model, &device, trainer_options(run))?;
     let learner = GrpoLearner::new(trainer, options)?;
-    let mut grpo = GrpoTrainer::new(learner, records, rewards, generation, encoder)?;
-    grpo.learner.trainer.set_run_id(run_dir.id());
-    let metrics = run.output_dir.join("metrics.jsonl");
-    let mut log =
-        JsonlLogger::open(&metrics)?.with_tensorboard(&run.output_dir.join("tensorboard"), 0)?;
-    let mut curve = Vec::new();
-    // A batch without any reward is skipped; as many skips as steps end the run.
-    while grpo.learner.trainer.state.step < run.max_steps {
-        if grpo.skipped_batches >= run.max_steps {
-            return Err(TrainError::option(
-                "reward",
-                format!(
-                    "{} generation batches in a row had no completion with a reward",
-                    grpo.skipped_batches
-                ),
-            ));
-        }
-        if let Some(m) = grpo.step()? {
-            log.write("train", &m)?;
-            curve.push((m.step, m.loss));
-            on_step(&m);
-        }
-    }
-    drop(log);
-    write_loss_curve(&run.output_dir.join("loss_curve.png"), &curve, &[])?;
+    let grpo = GrpoTrainer::new(learner, records, rewards, generation, encoder)?;
+    let grpo = recipe.train(grpo, on_step)?;
     let (history, skipped_batches) = (grpo.history.clone(), grpo.skipped_batches);
-    let adapter_dir = run.output_dir.join("adapter");
-    grpo.learner.trainer.into_model().export(&adapter_dir)?;
+    let adapter_dir = recipe.save_adapter(&grpo.learner.trainer.into_model())?;
     Ok(GrpoSummary {
         history,
         skipped_batches,

@@ -25,26 +25,17 @@
 //! `logps/rejected` likewise, `rewards/margins` (chosen minus rejected, of the micro-batches with
 //! both) and `num_tokens` (input tokens trained on so far). TRL's `entropy` and `logits/*` are not
 //! logged: they need the full logits, which the fused backward never forms.
-use crate::dpo::{DpoOptions, SeqBatch, Side, check_common, sigmoid};
 use crate::error::{Result, TrainError};
 use crate::model::CausalModel;
-use crate::orpo_cpo::PreferenceLoss;
+use crate::preference::{
+    DpoOptions, KtoLoss, PreferenceLoss, SeqBatch, Side, check_common, sigmoid,
+};
 use crate::trainer::{MicroOutcome, Trainer, host_grads};
 use burn::tensor::Device;
 use kiln_data::{KtoExample, UnpairedIds, kto_examples};
 use kiln_models::backprop::{BackpropOptions, Precision};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-
-/// TRL's KTO `loss_type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum KtoLoss {
-    /// Desirable `1 - σ(β (x - z))`, undesirable `1 - σ(β (z - x))`, `z` the KL estimate.
-    #[default]
-    Kto,
-    /// Desirable `1 - σ(β x)`, undesirable `σ(β x)`.
-    ApoZeroUnpaired,
-}
 
 /// One optimizer step's metrics, with TRL's names in `metrics.jsonl`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

@@ -3,15 +3,15 @@
 //! (checkpointed, and resumed exactly) → `metrics.jsonl`, `tensorboard/`, `loss_curve.png` and the adapter in
 //! PEFT's format. The `dpo` example calls [`run_kto`] for `--loss kto` and
 //! `--loss apo_zero_unpaired`; the run's options are [`DpoRun`]'s.
-use crate::dpo_run::{DpoRun, chat_template, logged_losses, policy_trainer, start};
+use crate::dpo_run::DpoRun;
 use crate::error::{Result, TrainError};
-use crate::export::Export;
 use crate::kto::{KtoStepMetrics, KtoTrainer};
-use crate::logging::JsonlLogger;
-use crate::plot::write_loss_curve;
+use crate::model::CausalModel;
+use crate::recipe::{Recipe, RecipeTrainer, pad_id};
+use burn::tensor::Device;
 use kiln_data::{FieldMap, PreferenceEncoder, UnpairedIds, read_unpaired, shuffled};
 use kiln_models::Pretrained;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// What a KTO run did.
 #[derive(Debug, Clone)]
@@ -29,8 +29,8 @@ pub struct KtoSummary {
 /// Reads and tokenizes the records of `run.data` as TRL's `KTOTrainer` does, shuffled once with
 /// `run.seed` when asked (TRL keeps the file order: its KL pairs need a fixed order, which a
 /// shuffle done once keeps).
-fn load_records(run: &DpoRun, lm: &Pretrained) -> Result<Vec<UnpairedIds>> {
-    let template = chat_template(run, lm)?;
+fn load_records(recipe: &Recipe<'_>, run: &DpoRun, lm: &Pretrained) -> Result<Vec<UnpairedIds>> {
+    let template = recipe.chat_template(lm)?;
     let eos = lm.extras.eos_token.as_deref();
     let encoder = PreferenceEncoder::new(&lm.tokenizer, template.as_ref(), eos);
     let records = read_unpaired(&run.data, &FieldMap::default())?;
@@ -45,56 +45,48 @@ fn load_records(run: &DpoRun, lm: &Pretrained) -> Result<Vec<UnpairedIds>> {
     })
 }
 
+impl<M: CausalModel> RecipeTrainer for KtoTrainer<M> {
+    type Metrics = KtoStepMetrics;
+    fn steps_done(&self) -> usize {
+        self.trainer.state.step
+    }
+    fn step(&mut self) -> Result<Option<KtoStepMetrics>> {
+        KtoTrainer::step(self)
+    }
+    fn set_run_id(&mut self, id: &str) {
+        self.trainer.set_run_id(id);
+    }
+    fn save_checkpoint(&mut self, root: &Path, keep: usize) -> Result<()> {
+        KtoTrainer::save_checkpoint(self, root, keep).map(drop)
+    }
+    fn resume(self, device: &Device, dir: &Path) -> Result<Self> {
+        KtoTrainer::resume(self, device, dir)
+    }
+}
+
 /// Trains a LoRA adapter with KTO (`run.dpo.loss_type` `kto` or `apo_zero_unpaired`, the
 /// weights `run.dpo.desirable_weight`/`undesirable_weight`) and writes
 /// `output_dir/{metrics.jsonl, tensorboard/, loss_curve.png, adapter/}` (and `checkpoints/step-N/` every
 /// `save_steps`); `on_step` sees each step's metrics. With `resume`, the run continues from its
 /// newest checkpoint.
-pub fn run_kto(run: &DpoRun, mut on_step: impl FnMut(&KtoStepMetrics)) -> Result<KtoSummary> {
+pub fn run_kto(run: &DpoRun, on_step: impl FnMut(&KtoStepMetrics)) -> Result<KtoSummary> {
     if !run.dpo.loss_type.unpaired() {
         return Err(TrainError::option(
             "loss_type",
             "run_kto trains kto or apo_zero_unpaired",
         ));
     }
-    let (run_dir, device, lm) = start(run)?;
-    let records = load_records(run, &lm)?;
+    let recipe = Recipe::open(run.settings())?;
+    let lm = recipe.load_model()?;
+    let records = load_records(&recipe, run, &lm)?;
     let (n, desirable) = (records.len(), records.iter().filter(|r| r.label).count());
     let mut options = run.dpo.clone();
-    options.pad_id = lm.eos_token_ids().first().copied().unwrap_or(0);
-    let trainer = policy_trainer(run, lm.model, &device)?;
-    let mut kto = KtoTrainer::new(trainer, records, options, run.max_steps)?;
-    let (root, metrics) = (
-        run_dir.checkpoint_dir(),
-        run.output_dir.join("metrics.jsonl"),
-    );
-    let log = match run_dir.latest_checkpoint()?.filter(|_| run.resume) {
-        Some(dir) => {
-            kto = kto.resume(&device, &dir)?;
-            tracing::info!("resumed from {}", dir.display());
-            JsonlLogger::open_at(&metrics, kto.trainer.state.step)?
-        }
-        None => JsonlLogger::open(&metrics)?,
-    };
-    let tensorboard = run.output_dir.join("tensorboard");
-    let mut log = log.with_tensorboard(&tensorboard, kto.trainer.state.step)?;
-    kto.trainer.set_run_id(run_dir.id());
-    let every = run.save_steps.filter(|&e| e > 0);
-    while kto.trainer.state.step < run.max_steps {
-        if let Some(m) = kto.step()? {
-            log.write("train", &m)?;
-            on_step(&m);
-            if every.is_some_and(|e| m.step % e == 0) {
-                kto.save_checkpoint(&root, run.save_total_limit)?;
-            }
-        }
-    }
-    drop(log);
-    let curve = logged_losses(&metrics)?;
-    write_loss_curve(&run.output_dir.join("loss_curve.png"), &curve, &[])?;
+    options.pad_id = pad_id(&lm);
+    let trainer = recipe.settings.policy_trainer(lm.model, &recipe.device)?;
+    let kto = KtoTrainer::new(trainer, records, options, run.max_steps)?;
+    let kto = recipe.train(kto, on_step)?;
     let (dropped, history) = (kto.dropped, kto.history.clone());
-    let adapter_dir = run.output_dir.join("adapter");
-    kto.trainer.into_model().export(&adapter_dir)?;
+    let adapter_dir = recipe.save_adapter(&kto.trainer.into_model())?;
     Ok(KtoSummary {
         records: n,
         desirable,

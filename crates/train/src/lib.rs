@@ -10,41 +10,43 @@
 //!   NaN policy, loss-curve PNG).
 //! - Metrics: [`JsonlLogger`], [`TensorBoardWriter`], [`Progress`]; [`TrainingMetadata`] writes
 //!   the model card.
-pub mod adamw;
-pub mod alloc;
-pub mod batch;
-pub mod callback;
-pub mod card;
-pub mod checkpoint;
-pub mod classify;
-pub mod config;
-pub mod data;
-pub mod dpo;
-pub mod dpo_run;
-pub mod error;
-pub mod export;
-pub mod generation_eval;
-pub mod grpo;
-pub mod grpo_online;
-pub mod grpo_run;
-pub mod kto;
-pub mod kto_run;
-pub mod logging;
-pub mod model;
-pub mod orpo_cpo;
-pub mod params;
-pub mod plot;
+mod adamw;
+mod alloc;
+mod batch;
+mod callback;
+mod card;
+mod checkpoint;
+mod classify;
+mod config;
+mod data;
+mod dpo;
+mod dpo_run;
+mod error;
+mod export;
+mod generation_eval;
+mod grpo;
+mod grpo_online;
+mod grpo_run;
+mod kto;
+mod kto_run;
+mod logging;
+mod model;
+mod orpo_cpo;
+mod params;
+mod plot;
 mod ppo;
 mod ppo_run;
-pub mod reward;
-pub mod reward_run;
-pub mod run;
-pub mod rundir;
-pub mod schedule;
-pub mod sft_run;
-pub mod stream;
-pub mod tensorboard;
-pub mod trainer;
+mod preference;
+mod recipe;
+mod reward;
+mod reward_run;
+mod run;
+mod rundir;
+mod schedule;
+mod sft_run;
+mod stream;
+mod tensorboard;
+mod trainer;
 
 pub use adamw::FusedAdamW;
 pub use alloc::keep_freed_memory;
@@ -58,10 +60,10 @@ pub use config::{
     NonFinitePolicy, SaveOptions, ScheduleKind, ScheduleOptions, SftConfig,
 };
 pub use data::{
-    SftData, encode_records, encoder_for, packed_batches, padded_batches, prepare_data,
-    stream_options,
+    SftData, encode_located_records, encode_records, encoder_for, packed_batches, padded_batches,
+    prepare_data, stream_options,
 };
-pub use dpo::{DpoLoss, DpoOptions, DpoStepMetrics, DpoTrainer, PreferencePairs};
+pub use dpo::{DpoStepMetrics, DpoTrainer, PreferencePairs};
 pub use dpo_run::{DpoRun, DpoSummary, run_dpo};
 pub use error::{Result, TrainError};
 pub use export::Export;
@@ -76,26 +78,28 @@ pub use grpo_online::{
 };
 pub use grpo_run::{GrpoRun, GrpoSummary, grpo_setup, run_grpo};
 pub use kiln_lora::Precision;
-pub use kto::{KtoLoss, KtoStepMetrics, KtoTrainer};
+pub use kto::{KtoStepMetrics, KtoTrainer};
 pub use kto_run::{KtoSummary, run_kto};
 pub use logging::{JsonlLogger, Progress, standard_callbacks};
 pub use model::{CausalModel, LogpLossFn};
-pub use orpo_cpo::{CpoLoss, PreferenceLoss};
-pub use params::{HostParams, ParamInfo};
+pub use params::{
+    HostParams, ParamInfo, param_infos, params_to_host, restore_params, trainable_params,
+};
 pub use plot::write_loss_curve;
 pub use ppo::{
     KlEstimator, PpoBatch, PpoLearner, PpoMetrics, PpoMicroStats, PpoOptions, PpoRow, gae, whiten,
 };
 pub use ppo_run::{PpoReward, PpoRun, PpoSummary, run_ppo};
+pub use preference::{CpoLoss, DpoLoss, DpoOptions, KtoLoss, PreferenceLoss};
 pub use reward::{
     ClassifierModel, PairEval, RewardOptions, RewardPair, RewardStepMetrics, RewardTrainer,
     ScoreLabel, classification_loss,
 };
 pub use reward_run::{RewardRun, RewardSummary, run_reward};
-pub use run::{FitOptions, RunSummary, fit};
-pub use rundir::{RunDir, RunMode};
+pub use run::{FitOptions, RunSummary, fit, write_curves};
+pub use rundir::{RUN_FILE, RunDir, RunMode};
 pub use schedule::LrSchedule;
 pub use sft_run::{Sft, SftBatches, SftEvent, SftSummary, Trained, TrainedModel, run_sft};
 pub use stream::{StreamOptions, StreamedBatches};
-pub use tensorboard::TensorBoardWriter;
+pub use tensorboard::{TensorBoardWriter, read_tfrecords};
 pub use trainer::{MicroOutcome, TrainState, Trainer, TrainerOptions, training_device};

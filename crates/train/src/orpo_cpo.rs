@@ -15,87 +15,11 @@
 //!   is 0, its metric then 0 as TRL's).
 //!
 //! Rewards are `β` times the log-probabilities the loss uses. The batches are laid out as DPO's
-//! ([`crate::dpo`]), tokenized as TRL's experimental trainers do
-//! ([`kiln_data::preference_answer`]). TRL's `logits/chosen` and `logits/rejected` (the mean of
+//! ([`crate::preference`]), tokenized as TRL's experimental trainers do
+//! ([`kiln_data::AnswerIds`]). TRL's `logits/chosen` and `logits/rejected` (the mean of
 //! every logit, padding positions included) are not logged: they would need the full logits,
 //! which the fused backward never forms.
-use crate::dpo::{DpoLoss, PairBatch, PairStats, log_sigmoid, sigmoid};
-use crate::error::{Result, TrainError};
-use crate::kto::KtoLoss;
-
-/// TRL's CPO `loss_type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CpoLoss {
-    /// `-(1 - ε) log σ(β x) - ε log σ(-β x)`, `x` on summed log-probabilities.
-    Sigmoid,
-    /// `relu(1 - β x)`, summed log-probabilities.
-    Hinge,
-    /// `(x - 1 / (2β))²`, averaged log-probabilities.
-    Ipo,
-    /// The sigmoid loss of `x - γ / β`, averaged log-probabilities.
-    Simpo,
-}
-
-/// Which preference loss a run trains with (the `--loss` of the `dpo` example).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PreferenceLoss {
-    /// TRL's `DPOTrainer` (a reference model).
-    Dpo(DpoLoss),
-    /// TRL's `ORPOTrainer` (no reference model).
-    Orpo,
-    /// TRL's `CPOTrainer` (no reference model).
-    Cpo(CpoLoss),
-    /// TRL's `KTOTrainer` (a reference model; unpaired records, [`crate::kto::KtoTrainer`]).
-    Kto(KtoLoss),
-}
-
-impl Default for PreferenceLoss {
-    fn default() -> Self {
-        Self::Dpo(DpoLoss::Sigmoid)
-    }
-}
-
-impl From<DpoLoss> for PreferenceLoss {
-    fn from(l: DpoLoss) -> Self {
-        Self::Dpo(l)
-    }
-}
-
-impl std::str::FromStr for PreferenceLoss {
-    type Err = TrainError;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "orpo" => Self::Orpo,
-            "cpo" | "cpo_sigmoid" => Self::Cpo(CpoLoss::Sigmoid),
-            "cpo_hinge" => Self::Cpo(CpoLoss::Hinge),
-            "cpo_ipo" => Self::Cpo(CpoLoss::Ipo),
-            "simpo" => Self::Cpo(CpoLoss::Simpo),
-            "kto" => Self::Kto(KtoLoss::Kto),
-            "apo_zero_unpaired" => Self::Kto(KtoLoss::ApoZeroUnpaired),
-            _ => Self::Dpo(s.parse().map_err(|_| {
-                TrainError::option(
-                    "loss_type",
-                    format!(
-                        "`{s}`: expected sigmoid, ipo, hinge, robust (DPO), orpo, cpo, \
-                         cpo_hinge, cpo_ipo, simpo, kto or apo_zero_unpaired (KTO)"
-                    ),
-                )
-            })?),
-        })
-    }
-}
-
-impl PreferenceLoss {
-    /// Whether the loss compares with a reference model (DPO, KTO) or not (ORPO, CPO).
-    pub fn needs_reference(self) -> bool {
-        matches!(self, Self::Dpo(_) | Self::Kto(_))
-    }
-
-    /// Whether the loss trains on unpaired records (KTO).
-    pub fn unpaired(self) -> bool {
-        matches!(self, Self::Kto(_))
-    }
-}
+use crate::preference::{CpoLoss, PairBatch, PairStats, PreferenceLoss, log_sigmoid, sigmoid};
 
 /// The reference-free losses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

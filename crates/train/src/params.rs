@@ -174,7 +174,7 @@ pub fn restore_params<M: Module>(module: M, values: &HostParams) -> Result<M> {
 
 /// Adds `new` into `acc` for every parameter of `module` (burn's `GradientsAccumulator`, without
 /// the type parameter so it can be saved).
-pub fn accumulate_grads<M: Module>(
+pub(crate) fn accumulate_grads<M: Module>(
     module: &M,
     acc: &mut GradientsParams,
     mut new: GradientsParams,
@@ -194,7 +194,7 @@ pub fn accumulate_grads<M: Module>(
 }
 
 /// Global L2 norm over all gradients (`sqrt(Σ‖g‖²)`), as `torch.nn.utils.clip_grad_norm_`.
-pub fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> Result<f64> {
+pub(crate) fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> Result<f64> {
     struct V<'a>(&'a GradientsParams, Vec<Tensor<1>>);
     impl ModuleVisitor for V<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
@@ -214,7 +214,7 @@ pub fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> Resul
 }
 
 /// Multiplies every gradient by `factor`.
-pub fn scale_grads<M: Module>(module: &M, grads: &mut GradientsParams, factor: f64) {
+pub(crate) fn scale_grads<M: Module>(module: &M, grads: &mut GradientsParams, factor: f64) {
     struct V<'a>(&'a mut GradientsParams, f64);
     impl ModuleVisitor for V<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
@@ -227,7 +227,7 @@ pub fn scale_grads<M: Module>(module: &M, grads: &mut GradientsParams, factor: f
 }
 
 /// Copies gradients to the host by parameter path (for a checkpoint taken mid-accumulation).
-pub fn grads_to_host<M: Module>(module: &M, grads: &GradientsParams) -> Result<HostParams> {
+pub(crate) fn grads_to_host<M: Module>(module: &M, grads: &GradientsParams) -> Result<HostParams> {
     struct V<'a>(Path, &'a GradientsParams, HostParams, Option<TrainError>);
     impl ModuleVisitor for V<'_> {
         fn enter_module(&mut self, name: &str, _: &str) {
@@ -259,7 +259,7 @@ pub fn grads_to_host<M: Module>(module: &M, grads: &GradientsParams) -> Result<H
 
 /// Rebuilds gradients from the host for the parameters of `module` (on the parameters' device,
 /// without autodiff).
-pub fn grads_from_host<M: Module>(module: &M, host: &HostParams) -> GradientsParams {
+pub(crate) fn grads_from_host<M: Module>(module: &M, host: &HostParams) -> GradientsParams {
     struct V<'a>(Path, &'a HostParams, GradientsParams);
     impl ModuleVisitor for V<'_> {
         fn enter_module(&mut self, name: &str, _: &str) {

@@ -18,9 +18,9 @@
 //! (PEFT's `modules_to_save = ["score"]`) together; the [`Trainer`] does accumulation
 //! (each micro-batch's loss divided by the accumulation steps, as transformers' Trainer),
 //! clipping, AdamW and the schedule.
-use crate::dpo::{log_sigmoid, sigmoid};
 use crate::error::{Result, TrainError};
 use crate::model::CausalModel;
+use crate::preference::{log_sigmoid, sigmoid};
 use crate::trainer::{MicroOutcome, Trainer, host_grads};
 use burn::module::Module;
 use kiln_lora::LoraModel;

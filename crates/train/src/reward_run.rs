@@ -5,16 +5,15 @@
 //! with `PeftModel.from_pretrained` on `AutoModelForSequenceClassification`). The
 //! `reward_model` example is a command line around [`run_reward`].
 use crate::error::{Result, TrainError};
-use crate::logging::JsonlLogger;
-use crate::plot::write_loss_curve;
-use crate::reward::{PairEval, RewardOptions, RewardPair, RewardStepMetrics, RewardTrainer};
-use crate::rundir::{RunDir, RunMode};
-use crate::trainer::{Trainer, TrainerOptions};
-use kiln_data::{ChatTemplate, FieldMap, PreferenceEncoder, read_reward_records, shuffled};
-use kiln_lora::{LoraConfig, LoraModel, TargetModules};
+use crate::recipe::{Recipe, RecipeTrainer, Settings, recipe_settings};
+use crate::reward::{
+    ClassifierModel, PairEval, RewardOptions, RewardPair, RewardStepMetrics, RewardTrainer,
+};
+use crate::trainer::Trainer;
+use kiln_data::{FieldMap, PreferenceEncoder, read_reward_records, shuffled};
+use kiln_lora::LoraModel;
 use kiln_models::backprop::Precision;
-use kiln_models::fetch::resolve_model;
-use kiln_models::{ClassifierConfig, Pretrained, SequenceClassifier, parse_device};
+use kiln_models::{ClassifierConfig, Pretrained, SequenceClassifier};
 use std::path::PathBuf;
 
 /// A reward-model run (TRL's `RewardConfig` names where it has them).
@@ -93,19 +92,22 @@ pub struct RewardSummary {
     pub adapter_dir: PathBuf,
 }
 
+impl RewardRun {
+    /// The settings the recipes share (no checkpoints, no resume, always a new adapter).
+    fn settings(&self) -> Settings<'_> {
+        recipe_settings!(self,
+            init_adapter: None,
+            resume: false,
+            save_steps: None,
+            save_total_limit: 0,
+        )
+    }
+}
+
 /// The pairs of `run.data` tokenized as TRL's `RewardTrainer` (shuffled with `seed` when asked).
-fn load_pairs(run: &RewardRun, lm: &Pretrained) -> Result<Vec<RewardPair>> {
-    let (bos, eos) = (
-        lm.extras.bos_token.as_deref(),
-        lm.extras.eos_token.as_deref(),
-    );
-    let template = ChatTemplate::select(
-        run.chat_template.as_deref(),
-        lm.extras.chat_template.as_deref(),
-        lm.extras.chat_template_origin.as_deref(),
-        bos,
-        eos,
-    )?;
+fn load_pairs(recipe: &Recipe<'_>, run: &RewardRun, lm: &Pretrained) -> Result<Vec<RewardPair>> {
+    let eos = lm.extras.eos_token.as_deref();
+    let template = recipe.chat_template(lm)?;
     let encoder = PreferenceEncoder::new(&lm.tokenizer, template.as_ref(), eos);
     let records = read_reward_records(&run.data, &FieldMap::default())?;
     let mut pairs = Vec::with_capacity(records.len());
@@ -124,21 +126,13 @@ fn load_pairs(run: &RewardRun, lm: &Pretrained) -> Result<Vec<RewardPair>> {
     Ok(pairs)
 }
 
-/// The trainer options of `run`: AdamW without weight decay, constant learning rate.
-fn trainer_options(run: &RewardRun) -> TrainerOptions {
-    TrainerOptions::constant_lr(
-        run.lr,
-        run.max_steps,
-        run.grad_accum,
-        run.max_grad_norm,
-        run.seed,
-        run.precision,
-    )
-}
-
 /// The causal LM of `lm` with a new one-label head (pad token: the tokenizer's, else its EOS,
 /// as TRL sets it) and a new LoRA adapter training the head in full.
-fn reward_model(run: &RewardRun, lm: Pretrained) -> Result<(LoraModel<SequenceClassifier>, u32)> {
+fn reward_model(
+    recipe: &Recipe<'_>,
+    lm: Pretrained,
+) -> Result<(LoraModel<SequenceClassifier>, u32)> {
+    let seed = recipe.settings.seed;
     let id = |t: Option<&str>| t.and_then(|t| lm.tokenizer.token_to_id(t));
     let pad = id(lm.extras.pad_token.as_deref())
         .or_else(|| id(lm.extras.eos_token.as_deref()))
@@ -157,17 +151,26 @@ fn reward_model(run: &RewardRun, lm: Pretrained) -> Result<(LoraModel<SequenceCl
     {
         head.initializer_range = r;
     }
-    lm.model.device().seed(run.seed);
+    lm.model.device().seed(seed);
     let cls = SequenceClassifier::from_causal_lm(lm.model, head);
-    let mut config = LoraConfig::new(
-        run.lora_r,
-        run.lora_alpha,
-        TargetModules::Names(run.targets.clone()),
-    );
-    config.modules_to_save = Some(vec![kiln_models::classifier::SCORE.into()]);
-    config.task_type = Some("SEQ_CLS".into());
-    kiln_lora::manual_seed(run.seed);
-    Ok((LoraModel::with_adapter(cls, "default", config)?, pad))
+    let model = recipe.settings.adapter(cls, |config| {
+        config.modules_to_save = Some(vec![kiln_models::classifier::SCORE.into()]);
+        config.task_type = Some("SEQ_CLS".into());
+    })?;
+    Ok((model, pad))
+}
+
+impl<M: ClassifierModel> RecipeTrainer for RewardTrainer<M> {
+    type Metrics = RewardStepMetrics;
+    fn steps_done(&self) -> usize {
+        self.trainer.state.step
+    }
+    fn step(&mut self) -> Result<Option<RewardStepMetrics>> {
+        RewardTrainer::step(self)
+    }
+    fn set_run_id(&mut self, id: &str) {
+        self.trainer.set_run_id(id);
+    }
 }
 
 /// Trains a reward model (LoRA adapter and `score` head) with TRL's Bradley–Terry loss and
@@ -176,45 +179,26 @@ fn reward_model(run: &RewardRun, lm: Pretrained) -> Result<(LoraModel<SequenceCl
 /// after.
 pub fn run_reward(
     run: &RewardRun,
-    mut on_step: impl FnMut(&RewardStepMetrics),
+    on_step: impl FnMut(&RewardStepMetrics),
 ) -> Result<RewardSummary> {
-    if run.max_steps == 0 {
-        return Err(TrainError::option("max_steps", "must be at least 1"));
-    }
-    let run_dir = RunDir::open(&run.output_dir, RunMode::from_flags(false, run.overwrite)?)?;
-    let device = parse_device(&run.device)?;
-    let path = resolve_model(Some(&run.model), true)?;
-    let lm = Pretrained::load(&path, &device)?;
-    let pairs = load_pairs(run, &lm)?;
+    let recipe = Recipe::open(run.settings())?;
+    let lm = recipe.load_model()?;
+    let pairs = load_pairs(&recipe, run, &lm)?;
     let n = pairs.len();
-    let (model, pad_id) = reward_model(run, lm)?;
-    let trainer = Trainer::new(model, &device, trainer_options(run))?;
+    let (model, pad_id) = reward_model(&recipe, lm)?;
+    let trainer = Trainer::new(model, &recipe.device, recipe.settings.trainer_options())?;
     let options = RewardOptions {
         batch_size: run.batch_size,
         max_length: run.max_length,
         center_rewards_coefficient: run.center_rewards_coefficient,
         pad_id,
     };
-    let mut rm = RewardTrainer::new(trainer, pairs, options)?;
-    rm.trainer.set_run_id(run_dir.id());
+    let rm = RewardTrainer::new(trainer, pairs, options)?;
     let before = rm.evaluate()?;
-    let mut log = JsonlLogger::open(&run.output_dir.join("metrics.jsonl"))?
-        .with_tensorboard(&run.output_dir.join("tensorboard"), 0)?;
-    while rm.trainer.state.step < run.max_steps {
-        if let Some(m) = rm.step()? {
-            log.write("train", &m)?;
-            on_step(&m);
-        }
-    }
-    drop(log);
+    let rm = recipe.train(rm, on_step)?;
     let after = rm.evaluate()?;
-    let curve: Vec<(usize, f64)> = rm.history.iter().map(|m| (m.step, m.loss)).collect();
-    write_loss_curve(&run.output_dir.join("loss_curve.png"), &curve, &[])?;
-    let adapter_dir = run.output_dir.join("adapter");
     let (dropped, history) = (rm.dropped, rm.history.clone());
-    rm.trainer
-        .into_model()
-        .save_adapter(&adapter_dir, "default")?;
+    let adapter_dir = recipe.save_adapter(&rm.trainer.into_model())?;
     Ok(RewardSummary {
         pairs: n,
         dropped,

@@ -27,6 +27,7 @@ use crate::error::Result;
 use crate::export::Export;
 use crate::generation_eval::GenerationEvalCallback;
 use crate::logging::standard_callbacks;
+use crate::recipe::{adapter, chat_template, load_model, pad_id};
 use crate::run::{FitOptions, RunSummary, fit};
 use crate::rundir::{RunDir, RunMode};
 use crate::stream::StreamedBatches;
@@ -34,7 +35,6 @@ use crate::trainer::{Trainer, TrainerOptions};
 use burn::module::Module;
 use kiln_data::ChatTemplate;
 use kiln_lora::LoraModel;
-use kiln_models::fetch::resolve_model;
 use kiln_models::gguf::GgufExport;
 use kiln_models::{CausalLm, Pretrained, parse_device};
 use std::fmt;
@@ -223,25 +223,15 @@ impl Sft {
     /// or directory loaded (the model card's base and the adapter's base id come from it).
     pub fn load_model(&mut self) -> Result<Pretrained> {
         let device = parse_device(&self.config.device)?;
-        let model = Some(self.config.model.as_path()).filter(|p| !p.as_os_str().is_empty());
-        self.config.model = resolve_model(model, true)?;
-        Ok(Pretrained::load_as(
-            &self.config.model,
-            &device,
-            self.config.quantization,
-        )?)
+        let (path, lm) = load_model(&self.config.model, &device, self.config.quantization)?;
+        self.config.model = path;
+        Ok(lm)
     }
 
     /// The run's chat template ([`ChatTemplate::select`]): `chat_template` when set, else the
     /// model's own, else none.
     pub fn chat_template(&self, lm: &Pretrained) -> Result<Option<ChatTemplate>> {
-        Ok(ChatTemplate::select(
-            self.config.chat_template.as_deref(),
-            lm.extras.chat_template.as_deref(),
-            lm.extras.chat_template_origin.as_deref(),
-            lm.extras.bos_token.as_deref(),
-            lm.extras.eos_token.as_deref(),
-        )?)
+        chat_template(self.config.chat_template.as_deref(), lm)
     }
 
     /// The config's data files as batches ([`prepare_data`]).
@@ -276,10 +266,9 @@ impl Sft {
         let device = parse_device(&c.device)?;
         // The new adapter's A is drawn on the host from the run's seed, dropout on the device.
         device.seed(c.seed);
-        kiln_lora::manual_seed(c.seed);
         let (model, summary, output, counts) = match c.peft_config() {
             Some(lora) => {
-                let model = LoraModel::with_adapter(lm.model.clone(), "default", lora)?;
+                let model = adapter(lm.model.clone(), None, || lora, c.seed)?;
                 on_event(SftEvent::Parameters(model.trainable_parameters_report()));
                 let (summary, m) = self.fit(model, data, callbacks, on_event)?;
                 let m = m.valid();
@@ -355,11 +344,6 @@ impl Sft {
         )?;
         Ok((summary, trainer.into_model()))
     }
-}
-
-/// The pad id of `lm`'s batches: its first end-of-sequence id.
-fn pad_id(lm: &Pretrained) -> u32 {
-    lm.eos_token_ids().first().copied().unwrap_or(0)
 }
 
 /// `lm`'s tokenizer and metadata around another decoder (a trained one, for the exporters).

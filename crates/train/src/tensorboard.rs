@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const CASTAGNOLI: u32 = 0x82F6_3B78;
 
 /// CRC-32C (Castagnoli), bitwise reflected.
-pub fn crc32c(data: &[u8]) -> u32 {
+pub(crate) fn crc32c(data: &[u8]) -> u32 {
     let mut crc = !0u32;
     for &b in data {
         crc ^= b as u32;
@@ -30,13 +30,13 @@ pub fn crc32c(data: &[u8]) -> u32 {
 }
 
 /// TFRecord's masked CRC: `((crc >> 15) | (crc << 17)) + 0xa282ead8`.
-pub fn masked_crc(data: &[u8]) -> u32 {
+pub(crate) fn masked_crc(data: &[u8]) -> u32 {
     let c = crc32c(data);
     (c.rotate_right(15)).wrapping_add(0xa282_ead8)
 }
 
 /// Frames `data` as one TFRecord.
-pub fn tfrecord(data: &[u8]) -> Vec<u8> {
+pub(crate) fn tfrecord(data: &[u8]) -> Vec<u8> {
     let len = (data.len() as u64).to_le_bytes();
     let mut out = Vec::with_capacity(data.len() + 16);
     out.extend_from_slice(&len);
@@ -94,7 +94,7 @@ fn bytes_field(out: &mut Vec<u8>, field: u32, data: &[u8]) {
 }
 
 /// An `Event` protobuf with the file version (the first record of every event file).
-pub fn version_event(wall_time: f64) -> Vec<u8> {
+pub(crate) fn version_event(wall_time: f64) -> Vec<u8> {
     let mut e = Vec::new();
     key(&mut e, 1, 1);
     e.extend_from_slice(&wall_time.to_le_bytes());
@@ -104,7 +104,7 @@ pub fn version_event(wall_time: f64) -> Vec<u8> {
 
 /// An `Event` protobuf with `session_log { status: START }` at `step`: TensorBoard purges the
 /// events of `step` and later it read before (`EventAccumulator`'s restart handling).
-pub fn restart_event(wall_time: f64, step: i64) -> Vec<u8> {
+pub(crate) fn restart_event(wall_time: f64, step: i64) -> Vec<u8> {
     let mut e = Vec::new();
     key(&mut e, 1, 1);
     e.extend_from_slice(&wall_time.to_le_bytes());
@@ -116,7 +116,7 @@ pub fn restart_event(wall_time: f64, step: i64) -> Vec<u8> {
 }
 
 /// An `Event` protobuf holding scalar summaries at `step`.
-pub fn scalars_event(wall_time: f64, step: i64, scalars: &[(&str, f32)]) -> Vec<u8> {
+pub(crate) fn scalars_event(wall_time: f64, step: i64, scalars: &[(&str, f32)]) -> Vec<u8> {
     let mut summary = Vec::new();
     for (tag, value) in scalars {
         let mut v = Vec::new();

@@ -249,7 +249,7 @@ fn dpo_recipe_writes_trl_metrics_and_a_peft_adapter() {
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(tb.len(), 1, "{tb:?}");
-    let records = kiln_train::tensorboard::read_tfrecords(&std::fs::read(&tb[0]).unwrap()).unwrap();
+    let records = kiln_train::read_tfrecords(&std::fs::read(&tb[0]).unwrap()).unwrap();
     assert_eq!(records.len(), 1 + 3);
     for tag in ["train/loss", "train/rewards/margins", "train/logps/chosen"] {
         assert!(

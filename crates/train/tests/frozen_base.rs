@@ -13,7 +13,7 @@ use kiln_lora::{AdapterSpec, InitLoraWeights, Layout, LoraLinear};
 use kiln_models::{
     CausalLm, DecoderConfig, DecoderInput, Quantization, SafetensorsWeights, build_causal_lm_as,
 };
-use kiln_train::params::params_to_host;
+use kiln_train::params_to_host;
 use kiln_train::{BackwardPath, Batch, HostParams, MicroOutcome, Trainer};
 
 fn load(name: &str, quantization: Quantization, device: &Device) -> CausalLm {
@@ -206,7 +206,7 @@ fn frozen_base_trains_on_wgpu_like_its_dequantized_copy_and_the_cpu() {
             init.tensors.keys().take(6).collect::<Vec<_>>()
         );
         let on_gpu = with_adapters(load(name, q, &gpu), dora, 0.0, &gpu);
-        let on_gpu = kiln_train::params::restore_params(on_gpu, &init).unwrap();
+        let on_gpu = kiln_train::restore_params(on_gpu, &init).unwrap();
         let want = run(on_cpu, checkpointing, &cpu);
         let got = run(on_gpu, checkpointing, &gpu);
         assert_same_run(&format!("{what} vs cpu"), &got, &want, SAME_DEVICE);

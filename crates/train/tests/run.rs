@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use kiln_train::tensorboard::read_tfrecords;
+use kiln_train::read_tfrecords;
 use kiln_train::{
     Batch, BatchSource, EarlyStopping, FitOptions, JsonlLogger, Progress, SftConfig,
     TensorBoardWriter, Trainer, TrainingMetadata, fit,

@@ -4,11 +4,11 @@
 mod common;
 
 use common::*;
-use kiln_train::params::{params_to_host, restore_params};
 use kiln_train::{
     Batch, MicroOutcome, NonFinitePolicy, Shuffled, TrainError, Trainer, latest_checkpoint,
     list_checkpoints,
 };
+use kiln_train::{params_to_host, restore_params};
 
 fn max_abs_diff(a: &kiln_train::HostParams, b: &kiln_train::HostParams) -> f32 {
     assert_eq!(
@@ -246,7 +246,7 @@ fn full_fine_tuning_trains_every_parameter() {
     let model = burn::module::Module::set_require_grad(tiny_model(), true);
     let mut t = Trainer::new(model, &device(), options(1, 1e-3, 10)).unwrap();
     let n = t.trainable().len();
-    assert_eq!(n, kiln_train::params::param_infos(t.model()).len());
+    assert_eq!(n, kiln_train::param_infos(t.model()).len());
     t.step(&vec![batch(0..2, 8)]).unwrap();
     t.step(&vec![batch(0..2, 8)]).unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -22,7 +22,7 @@ use kiln_models::{
     CausalLm, DecoderConfig, DecoderInput, GenerationConfig, Pretrained, Quantization,
     SafetensorsWeights, build_causal_lm_as, default_device, generate,
 };
-use kiln_train::params::params_to_host;
+use kiln_train::params_to_host;
 use kiln_train::{HostParams, MicroOutcome, Trainer};
 use safetensors::SafeTensors;
 

@@ -8,8 +8,9 @@
 //! same output.
 use super::{QMatrix, dots};
 use crate::bf16;
-use crate::gemm::{MatMut, MatRef, Threads, dot, matmul, matmul_in};
+use crate::gemm::{MatMut, MatRef, Threads, dot, matmul};
 use crate::precision::Precision;
+use crate::product::matmul_in;
 use crate::scratch::with_scratch;
 use rayon::prelude::*;
 

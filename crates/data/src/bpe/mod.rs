@@ -119,6 +119,12 @@ pub fn byte_chars() -> [char; 256] {
     table
 }
 
+/// GPT-2's byte ↔ printable character table (`bytes_to_unicode`), inverted.
+pub(crate) fn char_to_byte() -> HashMap<char, u8> {
+    let chars = byte_chars();
+    (0..=255u8).map(|b| (chars[usize::from(b)], b)).collect()
+}
+
 /// The pre-tokenizer, when supported (from its serialised form, which names every field).
 fn pre_tokenizer(tokenizer: &Tokenizer) -> Option<PreTokenizer> {
     let json = serde_json::to_value(tokenizer.get_pre_tokenizer()?).ok()?;
@@ -181,7 +187,7 @@ impl ByteLevelBpe {
             .collect::<Option<_>>()?;
 
         let chars = byte_chars();
-        let char_byte = crate::offsets::char_to_byte();
+        let char_byte = char_to_byte();
         // A byte whose character is not a token is dropped by `tokenizers` when there is no
         // unknown token and no byte fallback (SmolLM2 lacks 21 of them); other handling of
         // unknown characters is not reproduced.

@@ -9,6 +9,7 @@
 //! must equal the model's own (see [`super::write_meta::check_round_trip`]).
 use super::config::GgufArch;
 use super::names;
+use super::types::GgufFileType;
 use super::value::GgufValue;
 use super::write_meta;
 use crate::error::{ModelError, Result};
@@ -19,97 +20,6 @@ use rayon::prelude::*;
 use std::path::Path;
 
 const ALIGNMENT: usize = 32;
-
-/// The file types `save_gguf` writes, as llama.cpp names them (`LLAMA_FTYPE_*`).
-/// In config files, the name as a string (`export.gguf = "Q8_0"`).
-#[allow(non_camel_case_types)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum GgufFileType {
-    /// Every tensor f32.
-    F32,
-    /// 2-d tensors f16 (`convert_hf_to_gguf.py --outtype f16`).
-    F16,
-    /// 2-d tensors bf16.
-    Bf16,
-    /// 2-d tensors Q8_0 (`--outtype q8_0`).
-    Q8_0,
-    /// 2-d tensors Q4_0, `output.weight` Q6_K (`llama-quantize … Q4_0`).
-    Q4_0,
-    /// llama.cpp's `Q4_K_M` mix: Q4_K, with Q6_K for `output.weight` (or the tied token
-    /// embedding), for `attn_v` and `ffn_down` of the layers llama.cpp's `use_more_bits` picks
-    /// (the first and last eighth and every third between), Q5_K for a fused `attn_qkv`.
-    Q4_K_M,
-}
-
-impl GgufFileType {
-    /// `general.file_type`: llama.cpp's `llama_ftype` number.
-    pub fn llama_ftype(self) -> u32 {
-        match self {
-            Self::F32 => 0,
-            Self::F16 => 1,
-            Self::Q4_0 => 2,
-            Self::Q8_0 => 7,
-            Self::Q4_K_M => 15,
-            Self::Bf16 => 32,
-        }
-    }
-
-    /// The name as llama.cpp and kiln's `--export-gguf` spell it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::F32 => "F32",
-            Self::F16 => "F16",
-            Self::Bf16 => "BF16",
-            Self::Q8_0 => "Q8_0",
-            Self::Q4_0 => "Q4_0",
-            Self::Q4_K_M => "Q4_K_M",
-        }
-    }
-}
-
-impl std::fmt::Display for GgufFileType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for GgufFileType {
-    type Err = ModelError;
-
-    /// Parses `F32`, `F16`, `BF16`, `Q8_0`, `Q4_0`, `Q4_K_M` (any case).
-    fn from_str(s: &str) -> Result<Self> {
-        let all = [
-            Self::F32,
-            Self::F16,
-            Self::Bf16,
-            Self::Q8_0,
-            Self::Q4_0,
-            Self::Q4_K_M,
-        ];
-        all.into_iter()
-            .find(|t| t.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                ModelError::Input(format!(
-                    "GGUF file type `{s}`: expected one of F32, F16, BF16, Q8_0, Q4_0, Q4_K_M"
-                ))
-            })
-    }
-}
-
-impl TryFrom<String> for GgufFileType {
-    type Error = ModelError;
-
-    fn try_from(s: String) -> Result<Self> {
-        s.parse()
-    }
-}
-
-impl From<GgufFileType> for String {
-    fn from(t: GgufFileType) -> Self {
-        t.name().to_string()
-    }
-}
 
 /// What [`save_gguf`] writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

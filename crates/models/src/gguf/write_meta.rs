@@ -9,8 +9,8 @@
 //! model is refused with the knob named, instead of written.
 use super::config::{GgufArch, hf_config_from_gguf};
 use super::file::GgufFile;
+use super::types::GgufFileType;
 use super::value::GgufValue;
-use super::write::GgufFileType;
 use crate::config::{DecoderConfig, Family, HfConfig, RopeScaling};
 use crate::error::{ModelError, Result};
 use crate::pretrained::Pretrained;
