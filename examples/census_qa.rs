@@ -390,6 +390,8 @@ fn main() -> Result<()> {
         pct(score_before.accuracy(|_| true)),
         t0.elapsed().as_secs_f64()
     );
+    // Generation ran on rayon's workers: their kept memory must not add to training's peak.
+    kiln::train::release_freed_memory();
 
     // Encode: completion-only labels (the assistant's answer and its <|im_end|>).
     let encoder = Encoder::new(&lm.tokenizer, Some(&template), EncodeOptions::default())?;
@@ -435,6 +437,7 @@ fn main() -> Result<()> {
         summary.final_eval.as_ref().map_or(f64::NAN, |e| e.val_loss)
     );
 
+    kiln::train::release_freed_memory();
     let after = answer_all(trained.model.causal_lm(), &lm, &template, &test)?;
     let score_after = Score::new(&test, &after, &table.keys);
 

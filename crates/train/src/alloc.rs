@@ -29,11 +29,34 @@ pub fn keep_freed_memory() -> bool {
     }
 }
 
+/// Hands the freed memory glibc keeps, in every arena, back to the kernel (`malloc_trim`).
+/// Call it between phases whose work runs on different threads: decoding runs on rayon's
+/// workers (`kiln_cpu::on_pool`), whose arenas keep their freed blocks under
+/// [`keep_freed_memory`], so an evaluation's generation before training would otherwise stay
+/// in the process's peak next to the training's own memory. Returns whether it ran (Linux with
+/// glibc only).
+pub fn release_freed_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only returns free pages of the allocator's arenas to the kernel.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        true
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn settings_apply_on_linux_glibc() {
         let applied = super::keep_freed_memory();
         assert_eq!(applied, cfg!(all(target_os = "linux", target_env = "gnu")));
+        let released = super::release_freed_memory();
+        assert_eq!(released, applied);
     }
 }

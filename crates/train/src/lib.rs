@@ -49,7 +49,7 @@ mod tensorboard;
 mod trainer;
 
 pub use adamw::FusedAdamW;
-pub use alloc::keep_freed_memory;
+pub use alloc::{keep_freed_memory, release_freed_memory};
 pub use batch::{Batch, BatchSource, Shuffled};
 pub use callback::{Callback, EvalMetrics, StepMetrics};
 pub use card::{EvalRow, TrainingMetadata};
