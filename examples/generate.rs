@@ -86,14 +86,7 @@ fn main() -> Result<()> {
     }
     lm.model.set_precision(args.precision);
     if args.bf16_weights {
-        if args.precision != kiln::lora::Precision::Bf16 {
-            bail!("--bf16-weights holds weights for bf16 products: add --precision bf16");
-        }
-        if lm.model.hold_bf16_layouts() == 0 {
-            bail!(
-                "--bf16-weights found no quantized matrix to hold (--quantize f32 keeps dense f32)"
-            );
-        }
+        lm.model.hold_bf16_weights()?;
     }
     let ids = if args.chat {
         let Some(template) = ChatTemplate::select(

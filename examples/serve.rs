@@ -113,15 +113,7 @@ async fn run(args: Args) -> Result<()> {
     let mut lm = Pretrained::load_as(&path, &device, args.quantize)?;
     lm.model.set_precision(args.precision);
     if args.bf16_weights {
-        if args.precision != kiln::lora::Precision::Bf16 {
-            anyhow::bail!("--bf16-weights holds weights for bf16 products: add --precision bf16");
-        }
-        let bytes = lm.model.hold_bf16_layouts();
-        if bytes == 0 {
-            anyhow::bail!(
-                "--bf16-weights found no quantized matrix to hold (with --quantize f32 the weights are dense f32)"
-            );
-        }
+        let bytes = lm.model.hold_bf16_weights()?;
         eprintln!(
             "holding the weights in bf16 too: {:.0} MiB",
             bytes as f64 / (1 << 20) as f64

@@ -632,10 +632,18 @@ impl CausalLm {
     /// also in the bf16 kernel's layout, 2 bytes per weight more, so bf16 products of more than
     /// a few rows (a batch of decoding rows, prefill) multiply by it directly instead of
     /// dequantizing and packing it at every product ([`kiln_cpu::QMatrix::hold_bf16_layout`]).
-    /// For serving with [`Self::set_precision`] `Bf16`; training and f32 products do not use
-    /// it. Matrices held dense are unchanged. Returns the bytes added.
-    pub fn hold_bf16_layouts(&mut self) -> usize {
+    /// Training and f32 products do not use it. Returns the bytes added.
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] unless [`Self::set_precision`] chose `Bf16` (the layouts would
+    /// only cost memory), or when no matrix is quantized (all held dense: nothing to hold).
+    pub fn hold_bf16_weights(&mut self) -> Result<usize> {
         use kiln_lora::target::AdapterTarget;
+        if self.precision != kiln_lora::Precision::Bf16 {
+            return Err(ModelError::Input(
+                "bf16 weights serve bf16 products: set the precision to bf16 first".into(),
+            ));
+        }
         let mut bytes = 0;
         self.visit_linears_mut(&mut |_, l| bytes += l.hold_bf16_layout());
         if self.lm_head.is_none()
@@ -643,7 +651,12 @@ impl CausalLm {
         {
             bytes += f.hold_bf16_layout();
         }
-        bytes
+        if bytes == 0 {
+            return Err(ModelError::Input(
+                "no quantized matrix to hold in bf16 (every weight is held dense in f32)".into(),
+            ));
+        }
+        Ok(bytes)
     }
 
     /// The output projection without soft-capping.

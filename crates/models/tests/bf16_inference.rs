@@ -42,6 +42,10 @@ fn check(name: &str, checkpoint: &str, quantization: Quantization) {
     let source = SafetensorsWeights::open(&dir).unwrap();
     let mut model = build_causal_lm_as(&config, &source, &default_device(), quantization).unwrap();
     let f32_logits = logits(&model, &ids);
+    assert!(
+        model.hold_bf16_weights().is_err(),
+        "bf16 layouts for f32 products"
+    );
     model.set_precision(kiln_lora::Precision::Bf16);
     let bf16_logits = logits(&model, &ids);
 
@@ -67,6 +71,16 @@ fn check(name: &str, checkpoint: &str, quantization: Quantization) {
         from_bf16 <= bound,
         "|kiln bf16 - torch bf16| {from_bf16} > {bound}"
     );
+    // Held bf16 layouts (`--bf16-weights`): the same bound against PyTorch's bf16 model; a
+    // model of dense f32 weights has nothing to hold and says so.
+    match quantization {
+        Quantization::Stored => {
+            assert!(model.hold_bf16_weights().unwrap() > 0);
+            let held = max_abs_diff(&logits(&model, &ids), &torch_bf16);
+            assert!(held <= bound, "held bf16 layouts: {held} > {bound}");
+        }
+        _ => assert!(model.hold_bf16_weights().is_err()),
+    }
     let from_f32 = max_abs_diff(&bf16_logits, &torch_f32);
     assert!(
         from_f32 <= bound,
