@@ -363,7 +363,7 @@ impl KvCache {
             return Ok(());
         }
         for layer in self.layers.iter_mut().flatten() {
-            *layer = layer.select_rows(keep);
+            layer.retain_rows(keep);
         }
         self.key_padding = keep.iter().map(|&r| self.key_padding[r].clone()).collect();
         self.next_position = keep.iter().map(|&r| self.next_position[r]).collect();

@@ -187,9 +187,12 @@ mod cpu {
     ) -> Option<Tensor<3>> {
         let (qs, ms) = (Storage::of(q)?, Storage::of(mask)?);
         let [b, _, _, hd] = q.dims();
+        // The last block needs only its `len` filled tokens (the slices may start at a
+        // cache's front offset and stop short of the last block's room).
         if kv.len == 0
             || kv.head_dim != hd
-            || kv.k.len() < b * kv.heads * kv.stride * hd
+            || b * kv.heads == 0
+            || kv.k.len() < ((b * kv.heads - 1) * kv.stride + kv.len) * hd
             || kv.v.len() != kv.k.len()
         {
             return None;

@@ -8,6 +8,15 @@
 //! attention kernel reads each row's keys in place, and a buffer that fills up is reallocated
 //! with half again as much room. Other backends (wgpu, cuda) keep burn tensors and
 //! concatenate.
+//!
+//! A served batch changes its rows all the time: a finished sequence leaves (the rows after it
+//! move up, the columns then padding in every row are dropped) and a prefilled one joins
+//! (left-padded to the batch's length). Copying the whole cache for each took 12% of a
+//! 32-client serving step (perf: `select_rows`, `join`, `drop_front` and the zeroing of their
+//! fresh buffers). So the host buffer also keeps room at the front: dropping leading columns
+//! moves a front offset, a joining row is written into rows added at the end (the batch's rows
+//! padded into the front room when the newcomer is longer), and rows leave in place, each moved
+//! row copying only its filled tokens.
 use burn::tensor::{Int, Tensor, TensorData};
 
 /// Keys and values of earlier tokens for one layer.
@@ -79,8 +88,8 @@ impl LayerCache {
             #[cfg(feature = "cpu")]
             Kv::Host(h) => {
                 let kv = crate::kernels::HostKeys {
-                    k: &h.k,
-                    v: &h.v,
+                    k: &h.k[h.front * h.d..],
+                    v: &h.v[h.front * h.d..],
                     heads: h.h,
                     len: h.len,
                     stride: h.cap,
@@ -95,6 +104,19 @@ impl LayerCache {
                 }
             }
         }
+    }
+
+    /// Keeps the rows `keep`, in that order, in place when every kept row stays or moves up
+    /// (`keep[i] >= i`, no repeats: the rows after a dropped one, or the last rows filling the
+    /// holes), else as [`Self::select_rows`].
+    pub(crate) fn retain_rows(&mut self, keep: &[usize]) {
+        #[cfg(feature = "cpu")]
+        if let Kv::Host(h) = &mut self.kv {
+            if h.retain_rows(keep) {
+                return;
+            }
+        }
+        *self = self.select_rows(keep);
     }
 
     /// The rows `rows`, in that order (repeats allowed).
@@ -119,13 +141,16 @@ impl LayerCache {
     /// This cache's rows then `other`'s, each side left-padded with zero keys to the longer
     /// (`pad_self`, `pad_other` tokens).
     pub(crate) fn join(self, other: Self, pad_self: usize, pad_other: usize) -> Self {
-        #[cfg(feature = "cpu")]
-        if let (Kv::Host(a), Kv::Host(b)) = (&self.kv, &other.kv) {
-            return Self {
-                kv: Kv::Host(HostKv::join(a, b, pad_self, pad_other)),
-            };
-        }
-        let device = [&self.kv, &other.kv]
+        let (this, other) = match (self.kv, other.kv) {
+            #[cfg(feature = "cpu")]
+            (Kv::Host(a), Kv::Host(b)) => {
+                return Self {
+                    kv: Kv::Host(HostKv::join(a, &b, pad_self, pad_other)),
+                };
+            }
+            (a, b) => (Self { kv: a }, Self { kv: b }),
+        };
+        let device = [&this.kv, &other.kv]
             .into_iter()
             .find_map(|kv| match kv {
                 Kv::Tensors { k, .. } => Some(k.device()),
@@ -133,7 +158,7 @@ impl LayerCache {
                 Kv::Host(_) => None,
             })
             .unwrap_or_default();
-        let (ak, av) = self.into_tensors(&device);
+        let (ak, av) = this.into_tensors(&device);
         let (bk, bv) = other.into_tensors(&device);
         let pad = |x: Tensor<4>, n: usize| {
             if n == 0 {
@@ -203,8 +228,8 @@ impl LayerCache {
     }
 }
 
-/// Keys and values in host buffers `[b, heads, cap, d]` of which the first `len` tokens of each
-/// row and head are filled.
+/// Keys and values in host buffers `[b, heads, cap, d]` in which tokens `front..front + len`
+/// of each row and head are filled (room before them and after).
 #[cfg(feature = "cpu")]
 #[derive(Debug, Clone)]
 struct HostKv {
@@ -213,6 +238,7 @@ struct HostKv {
     b: usize,
     h: usize,
     cap: usize,
+    front: usize,
     len: usize,
     d: usize,
 }
@@ -232,14 +258,15 @@ impl HostKv {
             b,
             h,
             cap,
+            front: 0,
             len: 0,
             d,
         }
     }
 
-    /// Block `(row, head)`'s buffer start.
+    /// Block `(row, head)`'s first filled token.
     fn at(&self, block: usize) -> usize {
-        block * self.cap * self.d
+        (block * self.cap + self.front) * self.d
     }
 
     /// `k` and `v` in host buffers, when both are f32 CPU tensors of one shape.
@@ -268,7 +295,7 @@ impl HostKv {
         let (Some(kx), Some(vx)) = (kc.as_slice(), vc.as_slice()) else {
             return false;
         };
-        if self.len + t > self.cap {
+        if self.front + self.len + t > self.cap {
             self.regrow(Self::room(self.len + t));
         }
         let (len, td) = (self.len, t * d);
@@ -281,10 +308,10 @@ impl HostKv {
         true
     }
 
-    /// Copies the filled tokens into buffers of room `cap`.
-    fn regrow(&mut self, cap: usize) {
+    /// Copies the filled tokens into buffers of room `cap`, `front` tokens of it before them.
+    fn regrow_with_front(&mut self, cap: usize, front: usize) {
         let mut next = Self::empty(self.b, self.h, cap, self.d);
-        next.len = self.len;
+        (next.front, next.len) = (front, self.len);
         let n = self.len * self.d;
         for block in 0..self.b * self.h {
             let (from, to) = (self.at(block), next.at(block));
@@ -294,9 +321,13 @@ impl HostKv {
         *self = next;
     }
 
+    fn regrow(&mut self, cap: usize) {
+        self.regrow_with_front(cap, 0);
+    }
+
     fn select_rows(&self, rows: &[usize]) -> Self {
         let mut out = Self::empty(rows.len(), self.h, self.cap, self.d);
-        out.len = self.len;
+        (out.front, out.len) = (self.front, self.len);
         let row = self.h * self.cap * self.d;
         for (i, &r) in rows.iter().enumerate() {
             out.k[i * row..(i + 1) * row].copy_from_slice(&self.k[r * row..(r + 1) * row]);
@@ -305,28 +336,70 @@ impl HostKv {
         out
     }
 
-    fn join(a: &Self, b: &Self, pad_a: usize, pad_b: usize) -> Self {
-        let len = a.len + pad_a;
-        let mut out = Self::empty(a.b + b.b, a.h, Self::room(len), a.d);
-        out.len = len;
-        for (src, pad, first) in [(a, pad_a, 0), (b, pad_b, a.b * a.h)] {
-            let n = src.len * src.d;
-            for block in 0..src.b * src.h {
-                let (from, to) = (src.at(block), out.at(first + block) + pad * out.d);
-                out.k[to..to + n].copy_from_slice(&src.k[from..from + n]);
-                out.v[to..to + n].copy_from_slice(&src.v[from..from + n]);
+    /// [`LayerCache::retain_rows`] in place: `false` (nothing changed) unless every `keep[i]`
+    /// is a row, at least `i`, and no row repeats. Copying in increasing `i` then never reads a
+    /// row already overwritten.
+    fn retain_rows(&mut self, keep: &[usize]) -> bool {
+        if self.h == 0 {
+            return false;
+        }
+        let mut seen = vec![false; self.b];
+        for (i, &r) in keep.iter().enumerate() {
+            if r < i || r >= self.b || std::mem::replace(&mut seen[r], true) {
+                return false;
             }
         }
-        out
+        // A row's filled tokens, every head: from its first head's front to its last head's end.
+        let span = ((self.h - 1) * self.cap + self.len) * self.d;
+        for (i, &r) in keep.iter().enumerate() {
+            if r != i {
+                let (from, to) = (self.at(r * self.h), self.at(i * self.h));
+                self.k.copy_within(from..from + span, to);
+                self.v.copy_within(from..from + span, to);
+            }
+        }
+        self.b = keep.len();
+        let n = self.b * self.h * self.cap * self.d;
+        self.k.truncate(n);
+        self.v.truncate(n);
+        true
     }
 
-    fn drop_front(&mut self, n: usize) {
-        let d = self.d;
-        for block in 0..self.b * self.h {
-            let at = self.at(block);
-            self.k.copy_within(at + n * d..at + self.len * d, at);
-            self.v.copy_within(at + n * d..at + self.len * d, at);
+    /// `a`'s rows then `b`'s, left-padded with zero keys by `pad_a` and `pad_b` tokens. In
+    /// `a`'s buffers when its front room holds `pad_a` (`b`'s rows written into rows added at
+    /// the end, whose zeroed room `Vec` grows by doubling); otherwise into new buffers with
+    /// room at the front too, so the next longer newcomer usually fits.
+    fn join(mut a: Self, b: &Self, pad_a: usize, pad_b: usize) -> Self {
+        let len = a.len + pad_a;
+        if pad_a > a.front {
+            let room = Self::room(len);
+            a.regrow_with_front(room + pad_a + 32, pad_a + 32);
         }
+        let d = a.d;
+        a.front -= pad_a;
+        for block in 0..a.b * a.h {
+            let at = a.at(block);
+            a.k[at..at + pad_a * d].fill(0.0);
+            a.v[at..at + pad_a * d].fill(0.0);
+        }
+        a.len = len;
+        let first = a.b * a.h;
+        a.b += b.b;
+        let n = a.b * a.h * a.cap * d;
+        a.k.resize(n, 0.0);
+        a.v.resize(n, 0.0);
+        let m = b.len * d;
+        for block in 0..b.b * b.h {
+            let (from, to) = (b.at(block), a.at(first + block) + pad_b * d);
+            a.k[to..to + m].copy_from_slice(&b.k[from..from + m]);
+            a.v[to..to + m].copy_from_slice(&b.v[from..from + m]);
+        }
+        a
+    }
+
+    /// Drops the first `n` filled tokens: the front offset moves past them.
+    fn drop_front(&mut self, n: usize) {
+        self.front += n;
         self.len -= n;
     }
 
@@ -378,7 +451,8 @@ mod tests {
     }
 
     /// The host buffers (appends past their room, rows selected with a repeat, joins with
-    /// padding on either side, dropped front tokens, a copied prefix) hold exactly what burn's
+    /// padding on either side, dropped front tokens, rows kept in place, newcomers padded into
+    /// the front room or not fitting it, a copied prefix) hold exactly what burn's
     /// tensor operations on the same keys give, and attention reads them in place as it reads
     /// the tensors.
     #[test]
@@ -416,6 +490,29 @@ mod tests {
         );
         host.drop_front(3);
         reference.drop_front(3);
+        assert_eq!(tensors_of(&host), tensors_of(&reference));
+        // In place: the last row fills the hole of a dropped one; then a repeat (not in place).
+        for keep in [&[0, 3, 2][..], &[0, 1, 1]] {
+            host.retain_rows(keep);
+            reference.retain_rows(keep);
+            assert_eq!(tensors_of(&host), tensors_of(&reference));
+        }
+        // A newcomer 2 tokens longer pads the batch into its front room; one 60 longer does not
+        // fit there; a shorter one is padded itself.
+        for extra in [2usize, 60, 0] {
+            let t = tensors_of(&host).2[2] + extra;
+            let t_new = if extra == 0 { t - 4 } else { t };
+            let (k, v) = (random(1, t_new, &dev), random(1, t_new, &dev));
+            let pads = (extra, t - t_new);
+            host = host.join(LayerCache::new(k.clone(), v.clone()), pads.0, pads.1);
+            let other = LayerCache {
+                kv: Kv::Tensors { k, v },
+            };
+            reference = reference.join(other, pads.0, pads.1);
+            assert_eq!(tensors_of(&host), tensors_of(&reference));
+        }
+        host.drop_front(1);
+        reference.drop_front(1);
         assert_eq!(tensors_of(&host), tensors_of(&reference));
         assert_eq!(
             tensors_of(&host.prefix(2, 1, 5)),

@@ -765,24 +765,36 @@ impl Scheduler {
     }
 
     /// Drops finished rows and rows whose client went away, with their cache rows.
+    ///
+    /// The last running rows move into the holes the finished ones leave (the cache moves one
+    /// row per hole in place, instead of every row after the first hole).
     fn sweep(&mut self) {
-        let keep: Vec<usize> = (0..self.rows.len())
-            .filter(|&i| !self.rows[i].finished && !self.rows[i].events.is_closed())
+        let alive: Vec<bool> = (self.rows.iter())
+            .map(|r| !r.finished && !r.events.is_closed())
             .collect();
-        if keep.len() == self.rows.len() {
+        let n = alive.iter().filter(|&&a| a).count();
+        if n == self.rows.len() {
             return;
         }
+        let mut tail: Vec<usize> = (n..alive.len()).filter(|&r| alive[r]).collect();
+        let keep: Vec<usize> = (0..n)
+            .map(|i| match alive[i] {
+                true => i,
+                false => tail
+                    .pop()
+                    .expect("as many running rows past n as holes before it"),
+            })
+            .collect();
         if let Err(e) = self.cache.retain_rows(&keep) {
             tracing::error!("dropping cache rows: {e}");
             self.cache = KvCache::default();
             self.rows.clear();
             return;
         }
-        let mut i = 0;
-        self.rows.retain(|_| {
-            let k = keep.contains(&i);
-            i += 1;
-            k
-        });
+        let mut rows: Vec<Option<Row>> = std::mem::take(&mut self.rows)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.rows = keep.iter().filter_map(|&r| rows[r].take()).collect();
     }
 }

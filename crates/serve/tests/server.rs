@@ -556,6 +556,49 @@ async fn gemma_sliding_window_rows_in_a_mixed_batch_equal_each_alone() {
     }
 }
 
+/// Rows leaving a running batch at different steps (each request its own `max_tokens`): the
+/// last running rows move into the holes finished ones leave, their cache rows and adapters
+/// with them. Seeded sampling over a base/adapter mix: every row equals the same request sent
+/// alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_finishing_at_different_steps_equal_each_alone() {
+    let name = "tiny/llama";
+    let adapter = fixtures().join(name).join("peft/lora");
+    let h = start_on(
+        name,
+        ServeOptions {
+            engine: EngineOptions {
+                max_batch: 8,
+                max_queue: 16,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    let (status, _) = h
+        .post("/v1/adapters", json!({"name": "lora", "path": adapter}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let body = |i: usize, max: usize| {
+        let prompt: Vec<u32> = (0..3 + i as u32 % 4)
+            .map(|t| 1 + 7 * i as u32 + t)
+            .collect();
+        let model = if i % 2 == 0 { "base" } else { "lora" };
+        json!({"model": model, "prompt": prompt, "max_tokens": max, "temperature": 1.0,
+               "seed": 5 + i})
+    };
+    let maxes = [2, 12, 4, 12, 1, 7, 12, 3];
+    let bodies = maxes.iter().enumerate().map(|(i, &m)| body(i, m)).collect();
+    let mixed = h.completions_at_once(bodies).await;
+    let text = |r: &Value| r["choices"][0]["text"].as_str().unwrap().to_string();
+    for (i, &m) in maxes.iter().enumerate() {
+        assert_eq!(mixed[i]["usage"]["completion_tokens"], m, "request {i}");
+        let (status, alone) = h.post("/v1/completions", body(i, m)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(text(&mixed[i]), text(&alone), "request {i}");
+    }
+}
+
 /// Phi-3 with LongRoPE (original context 8) in a running batch: rows cross the original
 /// context at different steps (one prompt is already past it), each row choosing its rotary
 /// frequencies by its own positions and a crossing row recomputing its cache whole, as
