@@ -111,10 +111,10 @@ impl LayerCache {
     /// holes), else as [`Self::select_rows`].
     pub(crate) fn retain_rows(&mut self, keep: &[usize]) {
         #[cfg(feature = "cpu")]
-        if let Kv::Host(h) = &mut self.kv {
-            if h.retain_rows(keep) {
-                return;
-            }
+        if let Kv::Host(h) = &mut self.kv
+            && h.retain_rows(keep)
+        {
+            return;
         }
         *self = self.select_rows(keep);
     }

@@ -583,7 +583,7 @@ async fn rows_finishing_at_different_steps_equal_each_alone() {
         let prompt: Vec<u32> = (0..3 + i as u32 % 4)
             .map(|t| 1 + 7 * i as u32 + t)
             .collect();
-        let model = if i % 2 == 0 { "base" } else { "lora" };
+        let model = if i.is_multiple_of(2) { "base" } else { "lora" };
         json!({"model": model, "prompt": prompt, "max_tokens": max, "temperature": 1.0,
                "seed": 5 + i})
     };
