@@ -74,6 +74,10 @@ struct Args {
     /// on CPUs with bf16 units, f32 elsewhere (as the trainer's default).
     #[arg(long)]
     precision: Option<kiln::train::Precision>,
+    /// `infer` with `--precision bf16`: keep each quantized matrix in the bf16 kernel's layout
+    /// too, instead of dequantizing and packing it at every product (as `serve --bf16-weights`).
+    #[arg(long)]
+    bf16_weights: bool,
     /// Sequences per step (default: 1 for `infer`, 4 for training).
     #[arg(long)]
     batch_size: Option<usize>,
@@ -273,6 +277,7 @@ fn infer(lm: &CausalLm, args: &Args, peak: f64) -> Result<serde_json::Value> {
     let result = json!({
         "mode": "infer",
         "precision": lm.precision.to_string(),
+        "bf16_weights": args.bf16_weights,
         "batch": batch,
         "seq": seq,
         "forward_b1x256_times_s": round4(&forward),
@@ -408,6 +413,9 @@ fn main() -> Result<()> {
     let result = match args.mode {
         Mode::Infer => {
             lm.set_precision(precision);
+            if args.bf16_weights {
+                lm.hold_bf16_weights()?;
+            }
             infer(&lm, &args, peak)?
         }
         mode => train(lm, mode, &args, peak)?,
