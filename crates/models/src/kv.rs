@@ -15,9 +15,9 @@ use crate::error::{ModelError, Result};
 use burn::tensor::{Int, Tensor, TensorData};
 
 /// Cached keys and values of every layer, plus each row's key padding and next position: the
-/// bookkeeping of a forward that continues the cache lives here ([`KvCache::positions`],
-/// [`KvCache::key_padding`], [`KvCache::advance`]), and
-/// [`crate::prepare::Prepared`] builds a step's inputs from it.
+/// bookkeeping of a forward that continues the cache lives here (its positions, key padding and
+/// the recording of new tokens), and the shared input preparation (`prepare.rs`) builds a
+/// step's inputs from it.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<LayerCache>>,
