@@ -256,6 +256,10 @@ macro_rules! projections_module {
                     })
                     .optional()
             }
+
+            fn num_params(&self) -> usize {
+                Module::num_params(self)
+            }
         }
 
         impl ModuleDisplay for $ty {}
@@ -348,6 +352,10 @@ macro_rules! projection_module {
                         c.add(n, l)
                     });
                 content$(.add(stringify!($field), &self.$field))*.optional()
+            }
+
+            fn num_params(&self) -> usize {
+                burn::module::Module::num_params(self)
             }
         }
 

@@ -274,3 +274,27 @@ fn parameter_paths_are_the_checkpoint_names() {
         assert_eq!(got, want, "{name}");
     }
 }
+
+/// The hand-written `Module` of the layers with projection enums counts and shows every
+/// projection: the parameter count is the checkpoint's, and the printed module names each
+/// projection of the layout (separate or fused).
+#[test]
+fn layers_with_projection_enums_count_and_show_their_projections() {
+    use burn::module::Module;
+    for (name, shown) in [("llama", "q_proj"), ("phi3", "gate_up_proj")] {
+        let model = tiny(name);
+        let bytes =
+            std::fs::read(fixtures().join("tiny").join(name).join("model.safetensors")).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let want: usize = file
+            .tensors()
+            .iter()
+            .filter(|(n, _)| !(model.lm_head.is_none() && n == "lm_head.weight"))
+            .map(|(_, t)| t.shape().iter().product::<usize>())
+            .sum();
+        assert_eq!(model.num_params(), want, "{name}");
+        let layer = &model.model.layers[0];
+        let attn = layer.self_attn.num_params() + layer.mlp.num_params();
+        assert!(attn > 0 && layer.to_string().contains(shown), "{name}");
+    }
+}
