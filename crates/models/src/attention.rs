@@ -3,70 +3,48 @@
 use crate::config::AttentionKind;
 use crate::kv::LayerCache;
 use crate::norm::RmsNorm;
+use crate::proj::{QkvProj, projection_module};
 use crate::rope::apply_rotary;
-use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 use kiln_lora::LoraLinear;
 
 /// Multi-head attention where `num_heads / num_kv_heads` query heads share one key/value head.
-#[derive(Module, Debug)]
 ///
 /// The projections are the checkpoint's modules: `q_proj`, `k_proj`, `v_proj`, or Phi-3's fused
-/// `qkv_proj` (output rows `[q; k; v]`) with the other three `None`; [`crate::build_causal_lm`]
-/// builds one layout or the other.
+/// `qkv_proj` (output rows `[q; k; v]`) ([`QkvProj`]); [`crate::build_causal_lm`] builds the
+/// layout the config names. Its [`Module`](burn::module::Module) visits them under those names
+/// (see `proj.rs`).
+#[derive(Debug, Clone)]
 pub struct Attention {
-    pub q_proj: Option<LoraLinear>,
-    pub k_proj: Option<LoraLinear>,
-    pub v_proj: Option<LoraLinear>,
-    pub qkv_proj: Option<LoraLinear>,
+    pub qkv: QkvProj,
     pub o_proj: LoraLinear,
     /// Gemma 3: RMSNorm over `head_dim` of every query head, before RoPE.
     pub q_norm: Option<RmsNorm>,
     /// Gemma 3: RMSNorm over `head_dim` of every key head, before RoPE.
     pub k_norm: Option<RmsNorm>,
-    #[module(skip)]
     pub num_heads: usize,
-    #[module(skip)]
     pub num_kv_heads: usize,
-    #[module(skip)]
     pub head_dim: usize,
-    #[module(skip)]
     pub kind: AttentionKind,
     /// Multiplier of `q · k` (`head_dim^-0.5`, or Gemma's `query_pre_attn_scalar^-0.5`).
-    #[module(skip)]
     pub scale: f64,
     /// `cap · tanh(scores / cap)` before the mask (Gemma 2).
-    #[module(skip)]
     pub softcap: Option<f64>,
 }
 
+projection_module!(Attention, qkv, [o_proj, q_norm, k_norm]);
+
 impl Attention {
-    /// The input projections present, with their module names, in checkpoint order
+    /// The input projections, with their module names, in checkpoint order
     /// (`q_proj`, `k_proj`, `v_proj`, or `qkv_proj`).
     pub fn input_projections(&self) -> Vec<(&'static str, &LoraLinear)> {
-        [
-            ("q_proj", self.q_proj.as_ref()),
-            ("k_proj", self.k_proj.as_ref()),
-            ("v_proj", self.v_proj.as_ref()),
-            ("qkv_proj", self.qkv_proj.as_ref()),
-        ]
-        .into_iter()
-        .filter_map(|(n, l)| l.map(|l| (n, l)))
-        .collect()
+        self.qkv.named()
     }
 
     /// Same as [`Self::input_projections`], mutably.
     pub fn input_projections_mut(&mut self) -> Vec<(&'static str, &mut LoraLinear)> {
-        [
-            ("q_proj", self.q_proj.as_mut()),
-            ("k_proj", self.k_proj.as_mut()),
-            ("v_proj", self.v_proj.as_mut()),
-            ("qkv_proj", self.qkv_proj.as_mut()),
-        ]
-        .into_iter()
-        .filter_map(|(n, l)| l.map(|l| (n, l)))
-        .collect()
+        self.qkv.named_mut()
     }
 
     /// Queries, keys and values.
@@ -79,10 +57,10 @@ impl Attention {
             self.num_heads * self.head_dim,
             self.num_kv_heads * self.head_dim,
         );
-        match (&self.qkv_proj, &self.q_proj, &self.k_proj, &self.v_proj) {
-            (Some(fused), ..) => {
+        match &self.qkv {
+            QkvProj::Fused { qkv_proj } => {
                 let [b, t, _] = x.dims();
-                let qkv = fused.forward(x); // [b, t, q_out + 2 * kv_out]
+                let qkv = qkv_proj.forward(x); // [b, t, q_out + 2 * kv_out]
                 let (k0, v0) = (q_out, q_out + kv_out);
                 [
                     qkv.clone().slice([0..b, 0..t, 0..k0]),
@@ -90,10 +68,15 @@ impl Attention {
                     qkv.slice([0..b, 0..t, v0..v0 + kv_out]),
                 ]
             }
-            (None, Some(q), Some(k), Some(v)) => {
-                [q.forward(x.clone()), k.forward(x.clone()), v.forward(x)]
-            }
-            _ => panic!("Attention needs qkv_proj or all of q_proj, k_proj, v_proj"),
+            QkvProj::Separate {
+                q_proj,
+                k_proj,
+                v_proj,
+            } => [
+                q_proj.forward(x.clone()),
+                k_proj.forward(x.clone()),
+                v_proj.forward(x),
+            ],
         }
     }
 
@@ -131,18 +114,7 @@ impl Attention {
         let q = apply_rotary(q, cos, sin);
         let k = apply_rotary(k, cos, sin);
         let out = match cache {
-            Some(slot) => {
-                let layer = match slot.take() {
-                    Some(mut past) => {
-                        past.append(k, v);
-                        past
-                    }
-                    None => LayerCache::new(k, v),
-                };
-                let out = layer.attend(q, mask, self.scale, self.softcap);
-                *slot = Some(layer);
-                out
-            }
+            Some(slot) => LayerCache::push(slot, k, v).attend(q, mask, self.scale, self.softcap),
             None => attend_any(q, k, v, mask, self.scale, self.softcap),
         };
         self.o_proj.forward(out)

@@ -8,12 +8,12 @@
 //! <https://arxiv.org/abs/2408.00118>; Gemma Team 2025, <https://arxiv.org/abs/2503.19786>;
 //! Abdin et al. 2024, <https://arxiv.org/abs/2404.14219>.
 use crate::attention::Attention;
-use crate::config::{AttentionKind, DecoderConfig};
+use crate::config::DecoderConfig;
 use crate::error::{ModelError, Result};
-use crate::kv::LayerCache;
-use crate::mask::MaskSpec;
+use crate::kv::{KvCache, LayerCache};
 use crate::mlp::Mlp;
 use crate::norm::RmsNorm;
+use crate::prepare::{Prepared, RotaryTables};
 use crate::rope::Rope;
 use burn::module::Module;
 use burn::tensor::module::embedding;
@@ -244,6 +244,11 @@ impl DecoderInput {
         Ok(())
     }
 
+    /// Whether token `k` (row-major over `[b, t]`) is real (not padding).
+    pub(crate) fn is_real(&self, k: usize) -> bool {
+        self.attention_mask.as_ref().is_none_or(|m| m[k] != 0)
+    }
+
     /// Position ids: the given ones, else per segment when packed, else
     /// `cumsum(attention_mask) - 1` clamped at 0 (as transformers' `generate` does; equal to
     /// `0..t` without padding), offset by `past` cached tokens.
@@ -263,7 +268,7 @@ impl DecoderInput {
                 {
                     next = 0;
                 }
-                let real = self.attention_mask.as_ref().is_none_or(|m| m[k] != 0);
+                let real = self.is_real(k);
                 out[k] = (next - if real { 0 } else { 1 }).max(0);
                 if real {
                     next += 1;
@@ -271,167 +276,6 @@ impl DecoderInput {
             }
         }
         out
-    }
-}
-
-/// Cached keys and values of every layer plus the key padding seen so far.
-#[derive(Debug, Clone, Default)]
-pub struct KvCache {
-    layers: Vec<Option<LayerCache>>,
-    /// `[b][t_past]`: false where the cached key is padding.
-    key_padding: Vec<Vec<bool>>,
-    /// Position of the next token of each row.
-    next_position: Vec<i64>,
-}
-
-impl KvCache {
-    /// Number of cached tokens per row.
-    pub fn len(&self) -> usize {
-        self.key_padding.first().map_or(0, Vec::len)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Number of sequences (rows) the cache holds.
-    pub fn rows(&self) -> usize {
-        self.key_padding.len()
-    }
-
-    /// Bytes held for the cached keys and values (f32, with room to grow on the CPU).
-    pub fn bytes(&self) -> usize {
-        self.layers.iter().flatten().map(LayerCache::bytes).sum()
-    }
-
-    /// A one-row cache holding the first `len` tokens of row `row` (its left padding dropped):
-    /// the keys and values of a prompt's prefix, for another prompt that starts with the same
-    /// tokens (prefix caching). Continuing from it with the rest of that prompt attends to
-    /// exactly what a prefill of the whole prompt would.
-    ///
-    /// # Errors
-    /// [`ModelError::Input`] for a row outside the cache, a `len` of 0 or past the row's
-    /// tokens, or a row whose tokens do not start at position 0 right after its padding (a
-    /// row extended by decoding after other rows joined has padding between its tokens).
-    pub fn prefix(&self, row: usize, len: usize) -> Result<KvCache> {
-        let pads = self
-            .key_padding
-            .get(row)
-            .ok_or_else(|| ModelError::Input(format!("cache row {row} does not exist")))?;
-        let start = pads.iter().take_while(|&&real| !real).count();
-        let real = pads.len() - start;
-        if len == 0
-            || len > real
-            || !pads[start..].iter().all(|&r| r)
-            || self.next_position[row] != real as i64
-        {
-            return Err(ModelError::Input(format!(
-                "cache row {row} ({real} tokens after {start} padding, next position {}) has no \
-                 prefix of {len} tokens from position 0",
-                self.next_position[row]
-            )));
-        }
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| l.as_ref().map(|l| l.prefix(row, start, len)))
-            .collect();
-        Ok(KvCache {
-            layers,
-            key_padding: vec![vec![true; len]],
-            next_position: vec![len as i64],
-        })
-    }
-
-    /// Keeps the rows `keep`, in that order, and drops the others (a finished sequence leaves a
-    /// running batch). Key columns that are then padding in every row are dropped too.
-    ///
-    /// # Errors
-    /// [`ModelError::Input`] for a row index outside the cache.
-    pub fn retain_rows(&mut self, keep: &[usize]) -> Result<()> {
-        if let Some(bad) = keep.iter().find(|&&r| r >= self.rows()) {
-            return Err(ModelError::Input(format!(
-                "cache row {bad} does not exist ({} rows)",
-                self.rows()
-            )));
-        }
-        if keep.is_empty() {
-            *self = Self::default();
-            return Ok(());
-        }
-        if keep.len() == self.rows() && keep.iter().enumerate().all(|(i, &r)| i == r) {
-            return Ok(());
-        }
-        for layer in self.layers.iter_mut().flatten() {
-            layer.retain_rows(keep);
-        }
-        self.key_padding = keep.iter().map(|&r| self.key_padding[r].clone()).collect();
-        self.next_position = keep.iter().map(|&r| self.next_position[r]).collect();
-        self.trim_padding();
-        Ok(())
-    }
-
-    /// Appends the rows of `other` after this cache's rows (a prefilled sequence joins a running
-    /// batch). The side with fewer cached tokens is left-padded with masked keys, so every row
-    /// keeps its own positions and attends only to its own tokens.
-    ///
-    /// # Errors
-    /// [`ModelError::Input`] when the caches come from models with different layer counts.
-    pub fn append_rows(&mut self, other: KvCache) -> Result<()> {
-        if other.rows() == 0 {
-            return Ok(());
-        }
-        if self.rows() == 0 {
-            *self = other;
-            return Ok(());
-        }
-        if self.layers.len() != other.layers.len()
-            || self
-                .layers
-                .iter()
-                .zip(&other.layers)
-                .any(|(a, b)| a.is_some() != b.is_some())
-        {
-            return Err(ModelError::Input(format!(
-                "cannot join caches of {} and {} layers",
-                self.layers.len(),
-                other.layers.len()
-            )));
-        }
-        let (ta, tb) = (self.len(), other.len());
-        let t = ta.max(tb);
-        // Left-pad the time axis with zeros (masked keys).
-        for (slot, b) in self.layers.iter_mut().zip(other.layers) {
-            if let (Some(a), Some(b)) = (slot.take(), b) {
-                *slot = Some(a.join(b, t - ta, t - tb));
-            }
-        }
-        let widen =
-            |row: Vec<bool>, n: usize| std::iter::repeat_n(false, n).chain(row).collect::<Vec<_>>();
-        self.key_padding = std::mem::take(&mut self.key_padding)
-            .into_iter()
-            .map(|r| widen(r, t - ta))
-            .chain(other.key_padding.into_iter().map(|r| widen(r, t - tb)))
-            .collect();
-        self.next_position.extend(other.next_position);
-        Ok(())
-    }
-
-    /// Drops the leading key columns that are padding in every row.
-    fn trim_padding(&mut self) {
-        let len = self.len();
-        let n = (0..len)
-            .take_while(|&c| self.key_padding.iter().all(|row| !row[c]))
-            .count();
-        if n == 0 || n == len {
-            return;
-        }
-        for layer in self.layers.iter_mut().flatten() {
-            layer.drop_front(n);
-        }
-        for row in &mut self.key_padding {
-            row.drain(..n);
-        }
     }
 }
 
@@ -448,99 +292,61 @@ impl CausalLm {
         input: &DecoderInput,
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor<3>> {
-        let c = &self.config;
-        input.check(c.vocab_size)?;
+        let prepared = Prepared::new(self, input, cache.as_deref())?;
         let device = self.device();
-        let (b, t) = (input.batch, input.seq_len);
-        let past = cache.as_ref().map_or(0, |c| c.len());
-        if let Some(cache) = cache.as_deref()
-            && past > 0
-            && cache.key_padding.len() != b
-        {
-            return Err(ModelError::Input(format!(
-                "cache holds {} rows, input has {b}",
-                cache.key_padding.len()
-            )));
-        }
-        if input.segment_ids.is_some() && past > 0 {
-            return Err(ModelError::Input(
-                "segment ids cannot be combined with a KV cache".into(),
-            ));
-        }
-        // Positions continue from the cache when none are given.
-        let positions = match (&input.position_ids, cache.as_deref()) {
-            (None, Some(cache)) if past > 0 => {
-                let mut p = vec![0i64; b * t];
-                for r in 0..b {
-                    let mut next = cache.next_position[r];
-                    for i in 0..t {
-                        let real = input
-                            .attention_mask
-                            .as_ref()
-                            .is_none_or(|m| m[r * t + i] != 0);
-                        p[r * t + i] = next;
-                        if real {
-                            next += 1;
-                        }
-                    }
-                }
-                p
-            }
-            _ => input.positions(0),
+        let (b, t, keys) = (prepared.batch, prepared.queries, prepared.keys);
+        let slots = prepared.layer_slots(&self.config.layer_attention);
+        let Prepared {
+            positions,
+            masks,
+            global,
+            local,
+            ..
+        } = prepared;
+        // The host buffers moved into tensors: nothing is copied.
+        let masks: Vec<Tensor<4>> = masks
+            .into_iter()
+            .map(|(_, m)| Tensor::from_data(TensorData::new(m, [b, 1, t, keys]), &device))
+            .collect();
+        let tensors = |r: RotaryTables| {
+            let shape = [b, 1, t, r.dim];
+            (
+                Tensor::<4>::from_data(TensorData::new(r.cos, shape), &device),
+                Tensor::<4>::from_data(TensorData::new(r.sin, shape), &device),
+            )
         };
-        // Key padding over cached + new keys.
-        let new_pad = |r: usize, i: usize| {
-            input
-                .attention_mask
-                .as_ref()
-                .is_none_or(|m| m[r * t + i] != 0)
-        };
-        let key_padding: Option<Vec<bool>> = {
-            let any_pad = input
-                .attention_mask
-                .as_ref()
-                .is_some_and(|m| m.contains(&0))
-                || cache
-                    .as_deref()
-                    .is_some_and(|c| c.key_padding.iter().flatten().any(|k| !k));
-            any_pad.then(|| {
-                (0..b)
-                    .flat_map(|r| {
-                        let cached = cache
-                            .as_deref()
-                            .and_then(|c| c.key_padding.get(r).cloned())
-                            .unwrap_or_default();
-                        cached.into_iter().chain((0..t).map(move |i| new_pad(r, i)))
-                    })
-                    .collect()
-            })
-        };
-        let spec = MaskSpec {
-            batch: b,
-            queries: t,
-            keys: past + t,
-            key_padding: key_padding.as_deref(),
-            segments: input.segment_ids.as_deref(),
-        };
-        let mut masks: Vec<(AttentionKind, Tensor<4>)> = Vec::new();
-        for kind in &c.layer_attention {
-            if !masks.iter().any(|(k, _)| k == kind) {
-                masks.push((*kind, spec.build(*kind, &device)));
-            }
-        }
-        let per_row = input.rope_per_row;
-        let tables = self.rope.tables(&positions, (b, t), per_row, &device);
-        let local_tables = self
-            .rope_local
-            .as_ref()
-            .map(|r| r.tables(&positions, (b, t), per_row, &device));
+        let global = tensors(global);
+        let local = local.map(tensors);
 
+        let mut x = self.embed(input, &device);
+        let n_layers = self.model.layers.len();
+        for (i, (layer, &(mask, is_local))) in self.model.layers.iter().zip(&slots).enumerate() {
+            let slot = cache.as_deref_mut().map(|c| c.layer_slot(i, n_layers));
+            let rope = match (&local, is_local) {
+                (Some(l), true) => l,
+                _ => &global,
+            };
+            x = layer.forward(x, rope, &masks[mask], slot);
+        }
+        if let Some(cache) = cache {
+            cache.advance(input, &positions);
+        }
+        Ok(self.model.norm.forward(x))
+    }
+
+    /// The embedded (and scaled) tokens of `input`.
+    ///
+    /// # Shapes
+    /// - output: `[b, t, hidden]`
+    fn embed(&self, input: &DecoderInput, device: &Device) -> Tensor<3> {
+        let c = &self.config;
+        let (b, t) = (input.batch, input.seq_len);
         let ids = Tensor::<2, Int>::from_data(
             TensorData::new(
                 input.ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
                 [b, t],
             ),
-            &device,
+            device,
         );
         let mut x = match &self.model.embed_tokens {
             BaseWeight::Dense(e) => embedding(e.val(), ids),
@@ -549,7 +355,7 @@ impl CausalLm {
                 let d = f.matrix().cols();
                 let mut rows = vec![0f32; b * t * d];
                 f.matrix().gather_rows(&input.ids, &mut rows);
-                Tensor::from_data(TensorData::new(rows, [b, t, d]), &device)
+                Tensor::from_data(TensorData::new(rows, [b, t, d]), device)
             }
         };
         if let Some(pad) = c.pad_token_id
@@ -560,45 +366,14 @@ impl CausalLm {
             // pad token passes no gradient to its row. Same values, detached there.
             let d = x.dims()[2];
             let is_pad = input.ids.iter().map(|&i| i == pad).collect::<Vec<_>>();
-            let mask = Tensor::<3, Bool>::from_data(TensorData::new(is_pad, [b, t, 1]), &device)
+            let mask = Tensor::<3, Bool>::from_data(TensorData::new(is_pad, [b, t, 1]), device)
                 .expand([b, t, d]);
             x = x.clone().mask_where(mask, x.detach());
         }
         if let Some(scale) = c.embed_scale {
             x = x * scale;
         }
-        if let Some(cache) = cache.as_deref_mut()
-            && cache.layers.len() != self.model.layers.len()
-        {
-            cache.layers = vec![None; self.model.layers.len()];
-        }
-        for (i, layer) in self.model.layers.iter().enumerate() {
-            let kind = c.layer_attention[i];
-            let mask = &masks
-                .iter()
-                .find(|(k, _)| *k == kind)
-                .expect("mask built for every kind")
-                .1;
-            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            let rope = match (kind, &local_tables) {
-                (AttentionKind::Sliding { .. }, Some(local)) => local,
-                _ => &tables,
-            };
-            x = layer.forward(x, rope, mask, slot);
-        }
-        if let Some(cache) = cache {
-            if cache.key_padding.len() != b {
-                cache.key_padding = vec![Vec::new(); b];
-                cache.next_position = vec![0; b];
-            }
-            for r in 0..b {
-                for i in 0..t {
-                    cache.key_padding[r].push(new_pad(r, i));
-                }
-                cache.next_position[r] = positions[r * t + t - 1] + 1;
-            }
-        }
-        Ok(self.model.norm.forward(x))
+        x
     }
 
     /// Projects hidden states to vocabulary logits, soft-capped when the config says so

@@ -3,8 +3,9 @@
 //!
 //! Logits are processed in transformers' order: repetition penalty, then temperature, top-k
 //! and top-p; greedy decoding takes the first maximum as `torch.argmax` does.
-use crate::decoder::{CausalLm, DecoderInput, KvCache};
+use crate::decoder::{CausalLm, DecoderInput};
 use crate::error::{ModelError, Result};
+use crate::kv::KvCache;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokenizers::Tokenizer;

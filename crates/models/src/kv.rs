@@ -1,4 +1,6 @@
-//! One layer's cached keys and values, grown in place on the CPU.
+//! The KV cache: every layer's cached keys and values ([`LayerCache`], grown in place on the
+//! CPU) and the bookkeeping of the rows they belong to ([`KvCache`]: key padding, next
+//! positions, rows joining and leaving a batch).
 //!
 //! Why not burn tensors alone: decoding appends one token per row and layer at every step, and
 //! `Tensor::cat` copies the whole cache to do it (burn-ndarray's concatenation goes element by
@@ -17,7 +19,264 @@
 //! moves a front offset, a joining row is written into rows added at the end (the batch's rows
 //! padded into the front room when the newcomer is longer), and rows leave in place, each moved
 //! row copying only its filled tokens.
+use crate::decoder::DecoderInput;
+use crate::error::{ModelError, Result};
 use burn::tensor::{Int, Tensor, TensorData};
+
+/// Cached keys and values of every layer, plus each row's key padding and next position: the
+/// bookkeeping of a forward that continues the cache lives here (its positions, key padding and
+/// the recording of new tokens), and the shared input preparation (`prepare.rs`) builds a
+/// step's inputs from it.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<LayerCache>>,
+    /// `[b][t_past]`: false where the cached key is padding.
+    key_padding: Vec<Vec<bool>>,
+    /// Position of the next token of each row.
+    next_position: Vec<i64>,
+}
+
+impl KvCache {
+    /// Number of cached tokens per row.
+    pub fn len(&self) -> usize {
+        self.key_padding.first().map_or(0, Vec::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of sequences (rows) the cache holds.
+    pub fn rows(&self) -> usize {
+        self.key_padding.len()
+    }
+
+    /// Bytes held for the cached keys and values (f32, with room to grow on the CPU).
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().flatten().map(LayerCache::bytes).sum()
+    }
+
+    /// A one-row cache holding the first `len` tokens of row `row` (its left padding dropped):
+    /// the keys and values of a prompt's prefix, for another prompt that starts with the same
+    /// tokens (prefix caching). Continuing from it with the rest of that prompt attends to
+    /// exactly what a prefill of the whole prompt would.
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] for a row outside the cache, a `len` of 0 or past the row's
+    /// tokens, or a row whose tokens do not start at position 0 right after its padding (a
+    /// row extended by decoding after other rows joined has padding between its tokens).
+    pub fn prefix(&self, row: usize, len: usize) -> Result<KvCache> {
+        let pads = self
+            .key_padding
+            .get(row)
+            .ok_or_else(|| ModelError::Input(format!("cache row {row} does not exist")))?;
+        let start = pads.iter().take_while(|&&real| !real).count();
+        let real = pads.len() - start;
+        if len == 0
+            || len > real
+            || !pads[start..].iter().all(|&r| r)
+            || self.next_position[row] != real as i64
+        {
+            return Err(ModelError::Input(format!(
+                "cache row {row} ({real} tokens after {start} padding, next position {}) has no \
+                 prefix of {len} tokens from position 0",
+                self.next_position[row]
+            )));
+        }
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| l.as_ref().map(|l| l.prefix(row, start, len)))
+            .collect();
+        Ok(KvCache {
+            layers,
+            key_padding: vec![vec![true; len]],
+            next_position: vec![len as i64],
+        })
+    }
+
+    /// Keeps the rows `keep`, in that order, and drops the others (a finished sequence leaves a
+    /// running batch). Key columns that are then padding in every row are dropped too.
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] for a row index outside the cache.
+    pub fn retain_rows(&mut self, keep: &[usize]) -> Result<()> {
+        if let Some(bad) = keep.iter().find(|&&r| r >= self.rows()) {
+            return Err(ModelError::Input(format!(
+                "cache row {bad} does not exist ({} rows)",
+                self.rows()
+            )));
+        }
+        if keep.is_empty() {
+            *self = Self::default();
+            return Ok(());
+        }
+        if keep.len() == self.rows() && keep.iter().enumerate().all(|(i, &r)| i == r) {
+            return Ok(());
+        }
+        for layer in self.layers.iter_mut().flatten() {
+            layer.retain_rows(keep);
+        }
+        self.key_padding = keep.iter().map(|&r| self.key_padding[r].clone()).collect();
+        self.next_position = keep.iter().map(|&r| self.next_position[r]).collect();
+        self.trim_padding();
+        Ok(())
+    }
+
+    /// Appends the rows of `other` after this cache's rows (a prefilled sequence joins a running
+    /// batch). The side with fewer cached tokens is left-padded with masked keys, so every row
+    /// keeps its own positions and attends only to its own tokens.
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] when the caches come from models with different layer counts.
+    pub fn append_rows(&mut self, other: KvCache) -> Result<()> {
+        if other.rows() == 0 {
+            return Ok(());
+        }
+        if self.rows() == 0 {
+            *self = other;
+            return Ok(());
+        }
+        if self.layers.len() != other.layers.len()
+            || self
+                .layers
+                .iter()
+                .zip(&other.layers)
+                .any(|(a, b)| a.is_some() != b.is_some())
+        {
+            return Err(ModelError::Input(format!(
+                "cannot join caches of {} and {} layers",
+                self.layers.len(),
+                other.layers.len()
+            )));
+        }
+        let (ta, tb) = (self.len(), other.len());
+        let t = ta.max(tb);
+        // Left-pad the time axis with zeros (masked keys).
+        for (slot, b) in self.layers.iter_mut().zip(other.layers) {
+            if let (Some(a), Some(b)) = (slot.take(), b) {
+                *slot = Some(a.join(b, t - ta, t - tb));
+            }
+        }
+        let widen =
+            |row: Vec<bool>, n: usize| std::iter::repeat_n(false, n).chain(row).collect::<Vec<_>>();
+        self.key_padding = std::mem::take(&mut self.key_padding)
+            .into_iter()
+            .map(|r| widen(r, t - ta))
+            .chain(other.key_padding.into_iter().map(|r| widen(r, t - tb)))
+            .collect();
+        self.next_position.extend(other.next_position);
+        Ok(())
+    }
+
+    /// Checks that `input` can continue this cache: the same rows, and no packed segments on
+    /// top of cached keys.
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] otherwise.
+    pub(crate) fn check_input(&self, input: &DecoderInput) -> Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        if self.rows() != input.batch {
+            return Err(ModelError::Input(format!(
+                "cache holds {} rows, input has {}",
+                self.rows(),
+                input.batch
+            )));
+        }
+        if input.segment_ids.is_some() {
+            return Err(ModelError::Input(
+                "segment ids cannot be combined with a KV cache".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The positions of `input`'s tokens (`[b * t]`): the given ones, else each row's from its
+    /// next position, advancing over real tokens only (a padding token takes the position of
+    /// the next real one), else, with nothing cached, [`DecoderInput::positions`].
+    pub(crate) fn positions(&self, input: &DecoderInput) -> Vec<i64> {
+        if input.position_ids.is_some() || self.is_empty() {
+            return input.positions(0);
+        }
+        let (b, t) = (input.batch, input.seq_len);
+        let mut p = vec![0i64; b * t];
+        for r in 0..b {
+            let mut next = self.next_position[r];
+            for i in 0..t {
+                p[r * t + i] = next;
+                if input.is_real(r * t + i) {
+                    next += 1;
+                }
+            }
+        }
+        p
+    }
+
+    /// Key padding over the cached keys then `input`'s (`[b * (len + t)]`, false where the key
+    /// is padding), or `None` when no key is padding.
+    pub(crate) fn key_padding(&self, input: &DecoderInput) -> Option<Vec<bool>> {
+        let new_pad = input
+            .attention_mask
+            .as_ref()
+            .is_some_and(|m| m.contains(&0));
+        let cached_pad = self.key_padding.iter().flatten().any(|k| !k);
+        if !new_pad && !cached_pad {
+            return None;
+        }
+        let t = input.seq_len;
+        let mut out = Vec::with_capacity(input.batch * (self.len() + t));
+        for r in 0..input.batch {
+            if let Some(cached) = self.key_padding.get(r) {
+                out.extend_from_slice(cached);
+            }
+            out.extend((0..t).map(|i| input.is_real(r * t + i)));
+        }
+        Some(out)
+    }
+
+    /// Layer `i`'s keys and values (`None` before its first forward), with a slot for each of
+    /// `layers` layers.
+    pub(crate) fn layer_slot(&mut self, i: usize, layers: usize) -> &mut Option<LayerCache> {
+        if self.layers.len() != layers {
+            self.layers = vec![None; layers];
+        }
+        &mut self.layers[i]
+    }
+
+    /// Records `input`'s tokens after a forward appended their keys and values to every layer:
+    /// their key padding and, per row, the position after the last token (`positions` are the
+    /// ones the forward used, [`Self::positions`]).
+    pub(crate) fn advance(&mut self, input: &DecoderInput, positions: &[i64]) {
+        let (b, t) = (input.batch, input.seq_len);
+        if self.key_padding.len() != b {
+            self.key_padding = vec![Vec::new(); b];
+            self.next_position = vec![0; b];
+        }
+        for r in 0..b {
+            self.key_padding[r].extend((0..t).map(|i| input.is_real(r * t + i)));
+            self.next_position[r] = positions[r * t + t - 1] + 1;
+        }
+    }
+
+    /// Drops the leading key columns that are padding in every row.
+    fn trim_padding(&mut self) {
+        let len = self.len();
+        let n = (0..len)
+            .take_while(|&c| self.key_padding.iter().all(|row| !row[c]))
+            .count();
+        if n == 0 || n == len {
+            return;
+        }
+        for layer in self.layers.iter_mut().flatten() {
+            layer.drop_front(n);
+        }
+        for row in &mut self.key_padding {
+            row.drain(..n);
+        }
+    }
+}
 
 /// Keys and values of earlier tokens for one layer.
 ///
@@ -49,6 +308,18 @@ impl LayerCache {
         }
         Self {
             kv: Kv::Tensors { k, v },
+        }
+    }
+
+    /// Appends `k` and `v` (`[b, kv_heads, t, head_dim]`) to the layer's cache in `slot`
+    /// (creating it on the first forward) and returns the cache.
+    pub(crate) fn push(slot: &mut Option<Self>, k: Tensor<4>, v: Tensor<4>) -> &Self {
+        match slot {
+            Some(past) => {
+                past.append(k, v);
+                past
+            }
+            None => slot.insert(Self::new(k, v)),
         }
     }
 

@@ -31,7 +31,9 @@ mod mask;
 mod mlp;
 mod multimodal;
 mod norm;
+mod prepare;
 mod pretrained;
+mod proj;
 mod rope;
 mod safetensors_header;
 mod safetensors_source;
@@ -45,11 +47,11 @@ pub use config::{
 };
 // The decoder's building blocks, named for code that walks a loaded model's layers.
 pub use attention::Attention;
-pub use decoder::{CausalLm, DecoderInput, DecoderLayer, KvCache, Model};
+pub use decoder::{CausalLm, DecoderInput, DecoderLayer, Model};
 pub use device::{DeviceKind, default_device, parse_device};
 pub use error::{ModelError, Result};
 pub use generate::{FinishReason, Generated, GenerationConfig, Sampling, generate};
-pub use kv::LayerCache;
+pub use kv::{KvCache, LayerCache};
 pub use load::{Quantization, build_causal_lm, build_causal_lm_as, estimate_weight_bytes};
 pub use loss::{
     IGNORE_INDEX, LossSum, causal_lm_loss, causal_lm_loss_sum, causal_lm_loss_sum_hidden,
@@ -57,6 +59,7 @@ pub use loss::{
 pub use mlp::Mlp;
 pub use norm::RmsNorm;
 pub use pretrained::Pretrained;
+pub use proj::{GateUpProj, QkvProj};
 pub use rope::Rope;
 pub use safetensors_source::{SafetensorsWeights, write_f32_safetensors};
 pub use weights::WeightSource;

@@ -7,6 +7,7 @@ use crate::error::{ModelError, Result};
 use crate::mlp::Mlp;
 use crate::multimodal::LanguageModelWeights;
 use crate::norm::RmsNorm;
+use crate::proj::{GateUpProj, QkvProj};
 use crate::rope::Rope;
 use crate::weights::WeightSource;
 use burn::module::Param;
@@ -508,19 +509,18 @@ fn build(
     for i in 0..c.num_layers {
         let p = format!("model.layers.{i}");
         let a = format!("{p}.self_attn");
-        let mut proj = |name: &str, d_out: usize| {
-            l.linear(&format!("{a}.{name}"), h, d_out, c.qkv_bias)
-                .map(Some)
-        };
-        let (q_proj, k_proj, v_proj, qkv_proj) = if c.fused_qkv {
-            (None, None, None, proj("qkv_proj", q_out + 2 * kv_out)?)
+        let mut proj =
+            |name: &str, d_out: usize| l.linear(&format!("{a}.{name}"), h, d_out, c.qkv_bias);
+        let qkv = if c.fused_qkv {
+            QkvProj::Fused {
+                qkv_proj: proj("qkv_proj", q_out + 2 * kv_out)?,
+            }
         } else {
-            (
-                proj("q_proj", q_out)?,
-                proj("k_proj", kv_out)?,
-                proj("v_proj", kv_out)?,
-                None,
-            )
+            QkvProj::Separate {
+                q_proj: proj("q_proj", q_out)?,
+                k_proj: proj("k_proj", kv_out)?,
+                v_proj: proj("v_proj", kv_out)?,
+            }
         };
         let (q_norm, k_norm) = if c.qk_norm {
             (
@@ -531,10 +531,7 @@ fn build(
             (None, None)
         };
         let self_attn = Attention {
-            q_proj,
-            k_proj,
-            v_proj,
-            qkv_proj,
+            qkv,
             o_proj: l.linear(&format!("{a}.o_proj"), q_out, h, c.o_bias)?,
             q_norm,
             k_norm,
@@ -546,19 +543,20 @@ fn build(
             softcap: c.attn_softcap,
         };
         let (m, inter) = (format!("{p}.mlp"), c.intermediate_size);
-        let mut proj = |name: &str, d_out: usize| {
-            l.linear(&format!("{m}.{name}"), h, d_out, c.mlp_bias)
-                .map(Some)
-        };
-        let (gate_proj, up_proj, gate_up_proj) = if c.fused_gate_up {
-            (None, None, proj("gate_up_proj", 2 * inter)?)
+        let mut proj =
+            |name: &str, d_out: usize| l.linear(&format!("{m}.{name}"), h, d_out, c.mlp_bias);
+        let gate_up = if c.fused_gate_up {
+            GateUpProj::Fused {
+                gate_up_proj: proj("gate_up_proj", 2 * inter)?,
+            }
         } else {
-            (proj("gate_proj", inter)?, proj("up_proj", inter)?, None)
+            GateUpProj::Separate {
+                gate_proj: proj("gate_proj", inter)?,
+                up_proj: proj("up_proj", inter)?,
+            }
         };
         let mlp = Mlp {
-            gate_proj,
-            up_proj,
-            gate_up_proj,
+            gate_up,
             down_proj: l.linear(&format!("{m}.down_proj"), inter, h, c.mlp_bias)?,
             activation: c.activation,
         };

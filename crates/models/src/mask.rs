@@ -1,7 +1,7 @@
 //! Attention masks: causal, key padding, sliding window and packed-sequence segments, built on
-//! the host once per forward and shared by every layer of the same attention kind.
+//! the host once per forward ([`crate::prepare::Prepared`]) and shared by every layer of the
+//! same attention kind.
 use crate::config::AttentionKind;
-use burn::tensor::{Device, Tensor, TensorData};
 
 /// Added to the scores of keys a query must not see (transformers uses the dtype's minimum).
 pub const MASKED: f32 = f32::MIN;
@@ -21,14 +21,8 @@ pub struct MaskSpec<'a> {
 }
 
 impl MaskSpec<'_> {
-    /// The additive mask `[b, 1, queries, keys]` (0 where visible, [`MASKED`] elsewhere) for
-    /// one attention kind. Query `i` sits at key index `keys - queries + i`.
-    pub fn build(&self, kind: AttentionKind, device: &Device) -> Tensor<4> {
-        let (b, tq, tk) = (self.batch, self.queries, self.keys);
-        Tensor::from_data(TensorData::new(self.host(kind), [b, 1, tq, tk]), device)
-    }
-
-    /// [`Self::build`]'s mask on the host, `[b, queries, keys]` row-major.
+    /// The additive mask `[b, queries, keys]` row-major (0 where visible, [`MASKED`]
+    /// elsewhere) for one attention kind. Query `i` sits at key index `keys - queries + i`.
     pub fn host(&self, kind: AttentionKind) -> Vec<f32> {
         let (b, tq, tk) = (self.batch, self.queries, self.keys);
         let past = tk - tq;

@@ -1,7 +1,7 @@
 //! The gated feed-forward block: `down_proj(act(gate) * up)`, SwiGLU (Llama, Phi-3) or GeGLU with
 //! the tanh approximation (Gemma); gate and up separate or fused into `gate_up_proj` (Phi-3).
 use crate::config::Activation;
-use burn::module::Module;
+use crate::proj::{GateUpProj, projection_module};
 use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu, silu};
 use kiln_lora::LoraLinear;
@@ -9,59 +9,48 @@ use kiln_lora::LoraLinear;
 /// `down_proj(act(gate_proj(x)) * up_proj(x))`.
 ///
 /// The projections are the checkpoint's modules: `gate_proj` and `up_proj`, or Phi-3's fused
-/// `gate_up_proj` (output rows `[gate; up]`) with the other two `None`.
-#[derive(Module, Debug)]
+/// `gate_up_proj` (output rows `[gate; up]`) ([`GateUpProj`]), visited under those names (see
+/// `proj.rs`).
+#[derive(Debug, Clone)]
 pub struct Mlp {
-    pub gate_proj: Option<LoraLinear>,
-    pub up_proj: Option<LoraLinear>,
-    pub gate_up_proj: Option<LoraLinear>,
+    pub gate_up: GateUpProj,
     pub down_proj: LoraLinear,
-    #[module(skip)]
     pub activation: Activation,
 }
 
+projection_module!(Mlp, gate_up, [down_proj]);
+
 impl Mlp {
-    /// The projections present, with their module names, in checkpoint order.
+    /// The projections, with their module names, in checkpoint order.
     pub fn projections(&self) -> Vec<(&'static str, &LoraLinear)> {
-        [
-            ("gate_proj", self.gate_proj.as_ref()),
-            ("up_proj", self.up_proj.as_ref()),
-            ("gate_up_proj", self.gate_up_proj.as_ref()),
-            ("down_proj", Some(&self.down_proj)),
-        ]
-        .into_iter()
-        .filter_map(|(n, l)| l.map(|l| (n, l)))
-        .collect()
+        let mut out = self.gate_up.named();
+        out.push(("down_proj", &self.down_proj));
+        out
     }
 
     /// Same as [`Self::projections`], mutably.
     pub fn projections_mut(&mut self) -> Vec<(&'static str, &mut LoraLinear)> {
-        [
-            ("gate_proj", self.gate_proj.as_mut()),
-            ("up_proj", self.up_proj.as_mut()),
-            ("gate_up_proj", self.gate_up_proj.as_mut()),
-            ("down_proj", Some(&mut self.down_proj)),
-        ]
-        .into_iter()
-        .filter_map(|(n, l)| l.map(|l| (n, l)))
-        .collect()
+        let mut out = self.gate_up.named_mut();
+        out.push(("down_proj", &mut self.down_proj));
+        out
     }
 
     /// # Shapes
     /// - x: `[b, t, hidden]`
     /// - output: `[b, t, hidden]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let (gate, up) = match (&self.gate_up_proj, &self.gate_proj, &self.up_proj) {
-            (Some(fused), ..) => {
-                let gu = fused.forward(x); // [b, t, 2 * intermediate]
+        let (gate, up) = match &self.gate_up {
+            GateUpProj::Fused { gate_up_proj } => {
+                let gu = gate_up_proj.forward(x); // [b, t, 2 * intermediate]
                 let [b, t, n] = gu.dims();
                 (
                     gu.clone().slice([0..b, 0..t, 0..n / 2]),
                     gu.slice([0..b, 0..t, n / 2..n]),
                 )
             }
-            (None, Some(gate), Some(up)) => (gate.forward(x.clone()), up.forward(x)),
-            _ => panic!("Mlp needs gate_up_proj or both gate_proj and up_proj"),
+            GateUpProj::Separate { gate_proj, up_proj } => {
+                (gate_proj.forward(x.clone()), up_proj.forward(x))
+            }
         };
         let hidden = match crate::kernels::try_gated(self.activation, &gate, &up) {
             Some(h) => h,

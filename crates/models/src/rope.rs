@@ -130,23 +130,35 @@ impl Rope {
         per_row: bool,
         device: &Device,
     ) -> (Tensor<4>, Tensor<4>) {
-        let (cos, sin) = if per_row && self.long.is_some() {
-            let (mut cos, mut sin) = (Vec::new(), Vec::new());
-            for row in positions.chunks(t.max(1)) {
-                let (c, s) = self.host_tables(row);
-                cos.extend(c);
-                sin.extend(s);
-            }
-            (cos, sin)
-        } else {
-            self.host_tables(positions)
-        };
-        let dim = self.dim();
-        let shape = [b, 1, t, dim];
+        let (cos, sin) = self.host_tables_rows(positions, t, per_row);
+        let shape = [b, 1, t, self.dim()];
         (
             Tensor::from_data(TensorData::new(cos, shape), device),
             Tensor::from_data(TensorData::new(sin, shape), device),
         )
+    }
+
+    /// [`Self::tables`] on the host: `cos`, `sin` `[b · t, rotary_dim]` row-major, each row of
+    /// `t` positions choosing LongRoPE's frequencies by its own positions when `per_row`.
+    pub(crate) fn host_tables_rows(
+        &self,
+        positions: &[i64],
+        t: usize,
+        per_row: bool,
+    ) -> (Vec<f32>, Vec<f32>) {
+        if !(per_row && self.long.is_some()) {
+            return self.host_tables(positions);
+        }
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(positions.len() * self.dim()),
+            Vec::with_capacity(positions.len() * self.dim()),
+        );
+        for row in positions.chunks(t.max(1)) {
+            let (c, s) = self.host_tables(row);
+            cos.extend(c);
+            sin.extend(s);
+        }
+        (cos, sin)
     }
 
     /// [`Self::tables`] on the host for one call: `cos`, `sin` `[positions, rotary_dim]`

@@ -251,8 +251,14 @@ fn gemma_and_phi3_fixtures_have_their_knobs_on() {
         assert!(kinds.contains(&kiln_models::AttentionKind::Sliding { window: 4 }));
     }
     let p = load("phi3");
-    assert!(p.model.layers[0].self_attn.qkv_proj.is_some());
-    assert!(p.model.layers[0].mlp.gate_up_proj.is_some());
+    assert!(matches!(
+        p.model.layers[0].self_attn.qkv,
+        kiln_models::QkvProj::Fused { .. }
+    ));
+    assert!(matches!(
+        p.model.layers[0].mlp.gate_up,
+        kiln_models::GateUpProj::Fused { .. }
+    ));
     assert!(p.rope.dim() < p.model.layers[0].self_attn.head_dim);
 }
 
@@ -469,7 +475,11 @@ fn fused_loss_propagates_nan() {
     let _g = serial();
     let (input, labels) = padded_batch();
     let mut model = with_lora(load("llama"), 0.0, false);
-    let q = model.model.layers[0].self_attn.q_proj.as_mut().unwrap();
+    let q = model.model.layers[0]
+        .self_attn
+        .qkv
+        .get_mut("q_proj")
+        .unwrap();
     let a = &mut q.adapters[0].lora_a;
     let mut values: Vec<f32> = a.val().into_data().try_into_vec().unwrap();
     values[0] = f32::NAN;
@@ -764,4 +774,178 @@ fn fused_logp_loss_checks_its_derivatives() {
         .unwrap();
     let err = out.unwrap_err().to_string();
     assert!(err.contains("1 gradients for"), "{err}");
+}
+
+/// Log-softmax of `logits` at `target`, in f64.
+fn log_prob(logits: &[f32], target: usize) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&z| (z as f64 - max).exp()).sum();
+    (logits[target] as f64 - max - sum.ln()) as f32
+}
+
+/// Index of the largest logit.
+fn argmax(logits: &[f32]) -> usize {
+    (0..logits.len())
+        .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+        .unwrap()
+}
+
+/// Decodes `steps` tokens greedily from a left-padded batch of prompts on the burn path with a
+/// KV cache (prefill, then one token per row and step); returns each row's tokens and their
+/// log-probabilities.
+fn decode_cached(
+    model: &CausalLm,
+    prompts: &[Vec<u32>],
+    mask: &[Vec<u8>],
+    steps: usize,
+) -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
+    let (b, t0, v) = (prompts.len(), prompts[0].len(), model.config.vocab_size);
+    let mut cache = kiln_models::KvCache::default();
+    let mut input = DecoderInput::new(prompts.concat(), b, t0).with_attention_mask(mask.concat());
+    let (mut tokens, mut logps) = (vec![Vec::new(); b], vec![Vec::new(); b]);
+    for _ in 0..steps {
+        let t = input.seq_len;
+        let hidden = model.forward_hidden(&input, Some(&mut cache)).unwrap();
+        let logits: Vec<f32> = model.logits(hidden).into_data().try_into_vec().unwrap();
+        let mut next = Vec::new();
+        for r in 0..b {
+            let last = &logits[(r * t + t - 1) * v..][..v];
+            let id = argmax(last);
+            tokens[r].push(id as u32);
+            logps[r].push(log_prob(last, id));
+            next.push(id as u32);
+        }
+        input = DecoderInput::new(next, b, 1);
+    }
+    assert_eq!(cache.len(), t0 + steps - 1);
+    (tokens, logps)
+}
+
+/// The fused host path's log-probabilities of `tokens` after the left-padded prompts, over the
+/// whole sequence at once (row-major).
+fn host_logps(
+    model: &CausalLm,
+    prompts: &[Vec<u32>],
+    mask: &[Vec<u8>],
+    tokens: &[Vec<u32>],
+) -> Vec<f32> {
+    let (b, t0, n) = (prompts.len(), prompts[0].len(), tokens[0].len());
+    let (mut ids, mut full_mask, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..b {
+        ids.extend(prompts[r].iter().chain(&tokens[r]));
+        full_mask.extend(mask[r].iter().copied().chain(std::iter::repeat_n(1, n)));
+        labels.extend(std::iter::repeat_n(-100, t0).chain(tokens[r].iter().map(|&i| i as i64)));
+    }
+    let input = DecoderInput::new(ids, b, t0 + n).with_attention_mask(full_mask);
+    model
+        .try_logps(&input, &labels, Precision::F32)
+        .unwrap()
+        .unwrap()
+}
+
+/// One input preparation for both compute paths (positions, key padding, masks and rotary
+/// tables come from `Prepared`, the cache's bookkeeping from `KvCache`): transformers'
+/// left-padded batch (`tiny/llama/generate.json`) decoded on the burn path with a KV cache picks
+/// transformers' greedy tokens, and the fused host path over the whole padded sequence gives
+/// every one of those tokens the log-probability the cached step gave it. The same agreement
+/// holds for a sliding window shorter than the decoded length (Mistral), Gemma 3's local RoPE
+/// and sliding layers, and Phi-3's fused projections and partial rotary.
+#[test]
+fn cached_burn_path_and_host_path_agree_on_a_padded_batch() {
+    let dir = fixtures().join("tiny/llama");
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("generate.json")).unwrap()).unwrap();
+    let batch = &g["batch"];
+    let rows = |key: &str| -> Vec<Vec<u32>> {
+        serde_json::from_value::<Vec<Vec<u32>>>(batch[key].clone()).unwrap()
+    };
+    let prompts = rows("input_ids");
+    let mask: Vec<Vec<u8>> = rows("attention_mask")
+        .into_iter()
+        .map(|r| r.into_iter().map(|m| m as u8).collect())
+        .collect();
+    let want = rows("greedy_new_ids");
+    let model = load("llama");
+    let (tokens, cached) = decode_cached(&model, &prompts, &mask, want[0].len());
+    assert_eq!(tokens, want, "transformers' greedy tokens");
+    let host = host_logps(&model, &prompts, &mask, &tokens);
+    let worst = common::max_abs_diff(&host, &cached.concat());
+    assert!(
+        worst <= 1e-4,
+        "llama: host vs cached log-probabilities {worst}"
+    );
+
+    // The other families' fixtures have 256 tokens: the same layout of prompts, smaller ids.
+    let small: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|&i| if i == 0 { 0 } else { i % 250 + 3 })
+                .collect()
+        })
+        .collect();
+    for name in ["mistral", "gemma3", "phi3"] {
+        let model = load(name);
+        let (tokens, cached) = decode_cached(&model, &small, &mask, 8);
+        let host = host_logps(&model, &small, &mask, &tokens);
+        let worst = common::max_abs_diff(&host, &cached.concat());
+        assert!(
+            worst <= 1e-4,
+            "{name}: host vs cached log-probabilities {worst}"
+        );
+    }
+}
+
+/// `rope_per_row` reaches both paths: with LongRoPE (original context 8) a batch of a short
+/// row and a long one gives the short row the short frequencies on each path, and the two
+/// paths' log-probabilities agree (the fused path used to build its tables for the whole batch).
+#[test]
+fn both_paths_choose_longrope_frequencies_per_row() {
+    let model = load("phi3_longrope");
+    let v = model.config.vocab_size;
+    let t = 12;
+    let ids: Vec<u32> = (0..2 * t).map(|i| (i * 7 % 250 + 3) as u32).collect();
+    // Row 0: 6 real tokens after 6 padding (positions 0..5); row 1: 12 real tokens.
+    let mask: Vec<u8> = (0..2 * t).map(|i| (i >= 6) as u8).collect();
+    let labels: Vec<i64> = (0..2 * t)
+        .map(|i| {
+            if mask[i] == 1 && i % t > 6 {
+                ids[i] as i64
+            } else {
+                -100
+            }
+        })
+        .collect();
+    let input = DecoderInput::new(ids.clone(), 2, t)
+        .with_attention_mask(mask)
+        .with_rope_per_row();
+    let logits: Vec<f32> = model
+        .forward(&input)
+        .unwrap()
+        .into_data()
+        .try_into_vec()
+        .unwrap();
+    let want: Vec<f32> = (0..2 * t)
+        .filter(|&i| labels[i] != -100)
+        .map(|i| log_prob(&logits[(i - 1) * v..][..v], labels[i] as usize))
+        .collect();
+    let host = model
+        .try_logps(&input, &labels, Precision::F32)
+        .unwrap()
+        .unwrap();
+    let worst = common::max_abs_diff(&host, &want);
+    assert!(worst <= 1e-4, "host vs burn log-probabilities {worst}");
+    // Per row differs from one table for the batch: the short row sees other frequencies.
+    let batch_wide = model
+        .try_logps(
+            &DecoderInput {
+                rope_per_row: false,
+                ..input
+            },
+            &labels,
+            Precision::F32,
+        )
+        .unwrap()
+        .unwrap();
+    assert!(common::max_abs_diff(&host[..5], &batch_wide[..5]) > 1e-4);
 }

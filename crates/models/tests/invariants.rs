@@ -228,3 +228,73 @@ fn full_training_dequantizes_every_frozen_matrix_into_a_trained_parameter() {
     // The dense weights are the NF4 values: the same logits.
     assert!(max_abs_diff(&host(full.forward(&input).unwrap()), &before) <= 1e-4);
 }
+
+/// burn's parameter paths (what training checkpoints, optimizer state and the parameter walks
+/// key on) are the checkpoint's tensor names, separate (Llama, Gemma 3) and fused (Phi-3)
+/// projections alike: the projection enums add no path segment. A dense base weight sits under
+/// `BaseWeight`'s `Dense` variant (`…q_proj.weight.Dense`, the embedding `embed_tokens.Dense`).
+#[test]
+fn parameter_paths_are_the_checkpoint_names() {
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::tensor::Tensor;
+    struct Paths(Vec<String>, Vec<String>);
+    impl ModuleVisitor for Paths {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.0.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.0.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, _: &Param<Tensor<D>>) {
+            self.1.push(self.0.join("."));
+        }
+    }
+    for name in ["llama", "gemma3", "phi3"] {
+        let model = tiny(name);
+        let mut v = Paths(Vec::new(), Vec::new());
+        model.visit(&mut v);
+        let mut got: Vec<String> =
+            v.1.iter()
+                .map(|p| match p.strip_suffix(".weight.Dense") {
+                    Some(module) => format!("{module}.weight"),
+                    None => p.replace(".Dense", ".weight"),
+                })
+                .collect();
+        got.sort();
+        let bytes =
+            std::fs::read(fixtures().join("tiny").join(name).join("model.safetensors")).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut want: Vec<String> = file
+            .names()
+            .into_iter()
+            .filter(|n| !(model.lm_head.is_none() && *n == "lm_head.weight"))
+            .map(str::to_string)
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+/// The hand-written `Module` of the layers with projection enums counts and shows every
+/// projection: the parameter count is the checkpoint's, and the printed module names each
+/// projection of the layout (separate or fused).
+#[test]
+fn layers_with_projection_enums_count_and_show_their_projections() {
+    use burn::module::Module;
+    for (name, shown) in [("llama", "q_proj"), ("phi3", "gate_up_proj")] {
+        let model = tiny(name);
+        let bytes =
+            std::fs::read(fixtures().join("tiny").join(name).join("model.safetensors")).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let want: usize = file
+            .tensors()
+            .iter()
+            .filter(|(n, _)| !(model.lm_head.is_none() && n == "lm_head.weight"))
+            .map(|(_, t)| t.shape().iter().product::<usize>())
+            .sum();
+        assert_eq!(model.num_params(), want, "{name}");
+        let layer = &model.model.layers[0];
+        let attn = layer.self_attn.num_params() + layer.mlp.num_params();
+        assert!(attn > 0 && layer.to_string().contains(shown), "{name}");
+    }
+}

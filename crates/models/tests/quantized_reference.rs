@@ -103,16 +103,16 @@ fn bnb_model(family: &str, kind: &str, device: &Device) -> CausalLm {
     // (and the tied lm_head) dense f32.
     for layer in &model.model.layers {
         let a = &layer.self_attn;
-        for p in [&a.q_proj, &a.k_proj, &a.v_proj]
+        for (_, p) in a
+            .input_projections()
             .into_iter()
-            .flatten()
-            .chain([&a.o_proj])
+            .chain([("o_proj", &a.o_proj)])
         {
             let frozen = p.weight.as_frozen().expect("projection frozen");
             assert_eq!(frozen.matrix().quant_type().name(), kind, "{family}");
         }
         let m = &layer.mlp;
-        for p in [&m.gate_proj, &m.up_proj].into_iter().flatten() {
+        for (_, p) in m.gate_up.named() {
             assert_eq!(
                 p.weight.as_frozen().unwrap().matrix().quant_type().name(),
                 kind
@@ -173,7 +173,7 @@ fn stored_gguf(name: &str, ty: QuantType) {
         let model = p.model;
         let o_proj = &model.model.layers[0].self_attn.o_proj.weight;
         assert_eq!(o_proj.as_frozen().unwrap().matrix().quant_type(), ty);
-        let q_proj = model.model.layers[1].self_attn.q_proj.as_ref().unwrap();
+        let q_proj = model.model.layers[1].self_attn.qkv.get("q_proj").unwrap();
         assert_eq!(q_proj.weight.as_frozen().unwrap().matrix().quant_type(), ty);
         let table = model.model.embed_tokens.as_frozen().unwrap();
         assert_eq!(

@@ -396,7 +396,11 @@ fn bf16_without_the_fused_path_is_an_error() {
             init: kiln_lora::InitLoraWeights::Random,
             use_dora: true,
         };
-        let q = model.model.layers[0].self_attn.q_proj.as_mut().unwrap();
+        let q = model.model.layers[0]
+            .self_attn
+            .qkv
+            .get_mut("q_proj")
+            .unwrap();
         q.add_adapter("default", &spec).unwrap();
         q.set_active(&["default".to_string()]);
         model

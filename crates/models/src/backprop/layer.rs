@@ -4,6 +4,7 @@ use super::attn::{self, Dims};
 use super::ops::{Norm, RopeTables, gated, gated_backward};
 use crate::config::Activation;
 use crate::decoder::DecoderLayer;
+use crate::proj::{GateUpProj, QkvProj};
 use burn::module::ParamId;
 use kiln_cpu::Grads;
 use kiln_cpu::host::to_vec;
@@ -70,18 +71,10 @@ impl LayerNorm {
 
 /// The attention's input projections: separate, or Phi-3's fused `qkv_proj` (output columns
 /// `[q | k | v]`, adapters on the fused module as PEFT puts them).
-#[derive(Debug)]
-enum Qkv {
-    Separate(Box<[HostLinear; 3]>),
-    Fused(Box<HostLinear>),
-}
+type Qkv = QkvProj<HostLinear>;
 
 /// The MLP's input projections: separate, or Phi-3's fused `gate_up_proj` (`[gate | up]`).
-#[derive(Debug)]
-enum GateUp {
-    Separate(Box<[HostLinear; 2]>),
-    Fused(Box<HostLinear>),
-}
+type GateUp = GateUpProj<HostLinear>;
 
 /// What a [`Qkv`] or [`GateUp`] forward keeps: one per projection, or one for the fused one.
 type ProjSaved = Vec<LinearSaved>;
@@ -139,18 +132,8 @@ impl HostLayer {
         }
         let linear =
             |l: &kiln_lora::LoraLinear| HostLinear::new(l).map(|h| h.with_precision(precision));
-        let qkv = match (&a.qkv_proj, &a.q_proj, &a.k_proj, &a.v_proj) {
-            (Some(f), None, None, None) => Qkv::Fused(Box::new(linear(f)?)),
-            (None, Some(q), Some(k), Some(v)) => {
-                Qkv::Separate(Box::new([linear(q)?, linear(k)?, linear(v)?]))
-            }
-            _ => return None,
-        };
-        let gate_up = match (&m.gate_up_proj, &m.gate_proj, &m.up_proj) {
-            (Some(f), None, None) => GateUp::Fused(Box::new(linear(f)?)),
-            (None, Some(g), Some(u)) => GateUp::Separate(Box::new([linear(g)?, linear(u)?])),
-            _ => return None,
-        };
+        let qkv = a.qkv.as_ref().try_map_each(|_, l| linear(l))?;
+        let gate_up = m.gate_up.as_ref().try_map_each(|_, l| linear(l))?;
         let qk_norm = match (&a.q_norm, &a.k_norm) {
             (Some(q), Some(k)) => Some([LayerNorm::new(q)?, LayerNorm::new(k)?]),
             (None, None) => None,
@@ -196,12 +179,17 @@ impl HostLayer {
     /// `[q, k, v]` of the normed input `n1` (`[n, hidden]`).
     fn project_qkv(&self, n1: &[f32], n: usize, r: &Replay<'_>) -> ([Vec<f32>; 3], ProjSaved) {
         match &self.qkv {
-            Qkv::Separate(l) => {
-                let [(q, sq), (k, sk), (v, sv)] =
-                    [0, 1, 2].map(|i| l[i].forward_replay(n1, n, r.get(i)));
+            Qkv::Separate {
+                q_proj,
+                k_proj,
+                v_proj,
+            } => {
+                let (q, sq) = q_proj.forward_replay(n1, n, r.get(0));
+                let (k, sk) = k_proj.forward_replay(n1, n, r.get(1));
+                let (v, sv) = v_proj.forward_replay(n1, n, r.get(2));
                 ([q, k, v], vec![sq, sk, sv])
             }
-            Qkv::Fused(l) => {
+            Qkv::Fused { qkv_proj: l } => {
                 let (y, s) = l.forward_replay(n1, n, r.get(0));
                 let (qw, kw) = (self.dims.q_width(), self.dims.kv_width());
                 (split_columns(&y, [qw, kw, kw]), vec![s])
@@ -220,12 +208,12 @@ impl HostLayer {
     ) {
         let n = self.dims.batch * self.dims.t;
         match &self.qkv {
-            Qkv::Separate(l) => {
-                for ((l, s), d) in l.iter().zip(saved).zip(d) {
+            Qkv::Separate { .. } => {
+                for (((_, l), s), d) in self.qkv.named().into_iter().zip(saved).zip(d) {
                     l.backward(n1, s, d, n, dn1, grads);
                 }
             }
-            Qkv::Fused(l) => {
+            Qkv::Fused { qkv_proj: l } => {
                 let (qw, kw) = (self.dims.q_width(), self.dims.kv_width());
                 let dy = join_columns(d, n, [qw, kw, kw]);
                 l.backward(n1, &saved[0], &dy, n, dn1, grads);
@@ -237,12 +225,12 @@ impl HostLayer {
     fn project_gate_up(&self, n2: &[f32], n: usize, r: &Replay<'_>) -> ([Vec<f32>; 2], ProjSaved) {
         let first = self.qkv_count() + 1;
         match &self.gate_up {
-            GateUp::Separate(l) => {
-                let [(g, sg), (u, su)] =
-                    [0, 1].map(|i| l[i].forward_replay(n2, n, r.get(first + i)));
+            GateUp::Separate { gate_proj, up_proj } => {
+                let (g, sg) = gate_proj.forward_replay(n2, n, r.get(first));
+                let (u, su) = up_proj.forward_replay(n2, n, r.get(first + 1));
                 ([g, u], vec![sg, su])
             }
-            GateUp::Fused(l) => {
+            GateUp::Fused { gate_up_proj: l } => {
                 let (y, s) = l.forward_replay(n2, n, r.get(first));
                 let half = l.d_out / 2;
                 (split_columns(&y, [half, half]), vec![s])
@@ -261,12 +249,12 @@ impl HostLayer {
     ) {
         let n = self.dims.batch * self.dims.t;
         match &self.gate_up {
-            GateUp::Separate(l) => {
-                for ((l, s), d) in l.iter().zip(saved).zip(d) {
+            GateUp::Separate { .. } => {
+                for (((_, l), s), d) in self.gate_up.named().into_iter().zip(saved).zip(d) {
                     l.backward(n2, s, d, n, dn2, grads);
                 }
             }
-            GateUp::Fused(l) => {
+            GateUp::Fused { gate_up_proj: l } => {
                 let half = l.d_out / 2;
                 let dy = join_columns(d, n, [half, half]);
                 l.backward(n2, &saved[0], &dy, n, dn2, grads);
@@ -277,8 +265,8 @@ impl HostLayer {
     /// How many projections [`Self::project_qkv`] runs.
     fn qkv_count(&self) -> usize {
         match &self.qkv {
-            Qkv::Separate(_) => 3,
-            Qkv::Fused(_) => 1,
+            Qkv::Separate { .. } => 3,
+            Qkv::Fused { .. } => 1,
         }
     }
 
@@ -440,8 +428,8 @@ impl HostLayer {
 
 fn gate_up_count(g: &GateUp) -> usize {
     match g {
-        GateUp::Separate(_) => 2,
-        GateUp::Fused(_) => 1,
+        GateUp::Separate { .. } => 2,
+        GateUp::Fused { .. } => 1,
     }
 }
 

@@ -4,11 +4,11 @@ use super::attn::Mask;
 use super::layer::{HostLayer, LayerInputs, Saved, add_norm_grad};
 use super::ops::{Norm, RopeTables};
 use super::softcap;
-use crate::config::{Activation, AttentionKind};
+use crate::config::Activation;
 use crate::decoder::{CausalLm, DecoderInput};
 use crate::error::{ModelError, Result};
 use crate::loss::IGNORE_INDEX;
-use crate::mask::MaskSpec;
+use crate::prepare::{Prepared, RotaryTables};
 use burn::module::ParamId;
 use kiln_cpu::Grads;
 use kiln_cpu::QMatrix;
@@ -180,7 +180,8 @@ impl HostModel {
         checkpoint: bool,
     ) -> Result<RunOut> {
         let c = &lm.config;
-        input.check(c.vocab_size)?;
+        // Checks the input, as the burn path does.
+        let prepared = Prepared::new(lm, input, None)?;
         let (b, t, d) = (input.batch, input.seq_len, c.hidden_size);
         if labels.len() != b * t {
             return Err(ModelError::Input(format!(
@@ -190,8 +191,8 @@ impl HostModel {
         }
         let view = HeadView::new(self);
         let counted = counted_labels(labels, b, t, view.vocab)?;
-        let prepared = Prepared::new(lm, input);
-        let inputs = prepared.inputs(lm);
+        let host_inputs = HostInputs::new(lm, prepared);
+        let inputs = host_inputs.inputs();
         let backward = !matches!(head, HeadLoss::LogpOnly);
 
         let mut grads = Grads::default();
@@ -372,66 +373,46 @@ impl HostModel {
     }
 }
 
-/// The attention masks (one per attention kind) and RoPE tables of one call, as
-/// `forward_hidden` builds them.
-struct Prepared {
-    masks: Vec<(AttentionKind, Mask)>,
+/// The masks and RoPE tables of one call in the host kernels' form: the shared input
+/// preparation ([`Prepared`], the one `forward_hidden` uses) with its buffers moved, not
+/// copied.
+struct HostInputs {
+    masks: Vec<Mask>,
     global: RopeTables,
     local: Option<RopeTables>,
+    /// Per layer: its mask's index and whether it takes `local`.
+    slots: Vec<(usize, bool)>,
 }
 
-impl Prepared {
-    fn new(lm: &CausalLm, input: &DecoderInput) -> Self {
-        let c = &lm.config;
-        let (b, t) = (input.batch, input.seq_len);
-        let positions = input.positions(0);
-        let key_padding: Option<Vec<bool>> = input
-            .attention_mask
-            .as_ref()
-            .filter(|m| m.contains(&0))
-            .map(|m| m.iter().map(|&v| v != 0).collect());
-        let spec = MaskSpec {
-            batch: b,
-            queries: t,
-            keys: t,
-            key_padding: key_padding.as_deref(),
-            segments: input.segment_ids.as_deref(),
-        };
-        let mut masks: Vec<(AttentionKind, Mask)> = Vec::new();
-        for kind in &c.layer_attention {
-            if !masks.iter().any(|(k, _)| k == kind) {
-                masks.push((*kind, Mask::new(spec.host(*kind), b, t)));
-            }
-        }
-        let tables = |rope: &crate::rope::Rope| {
-            let (cos, sin) = rope.host_tables(&positions);
-            RopeTables {
-                cos,
-                sin,
-                dim: rope.dim(),
-            }
+impl HostInputs {
+    fn new(lm: &CausalLm, prepared: Prepared) -> Self {
+        let (b, t) = (prepared.batch, prepared.queries);
+        let slots = prepared.layer_slots(&lm.config.layer_attention);
+        let tables = |r: RotaryTables| RopeTables {
+            cos: r.cos,
+            sin: r.sin,
+            dim: r.dim,
         };
         Self {
-            masks,
-            global: tables(&lm.rope),
-            local: lm.rope_local.as_ref().map(tables),
+            masks: prepared
+                .masks
+                .into_iter()
+                .map(|(_, m)| Mask::new(m, b, t))
+                .collect(),
+            global: tables(prepared.global),
+            local: prepared.local.map(tables),
+            slots,
         }
     }
 
     /// Each layer's mask and RoPE tables.
-    fn inputs(&self, lm: &CausalLm) -> Vec<LayerInputs<'_>> {
-        lm.config
-            .layer_attention
+    fn inputs(&self) -> Vec<LayerInputs<'_>> {
+        self.slots
             .iter()
-            .map(|kind| LayerInputs {
-                mask: &self
-                    .masks
-                    .iter()
-                    .find(|(k, _)| k == kind)
-                    .expect("a mask per kind")
-                    .1,
-                rope: match (kind, &self.local) {
-                    (AttentionKind::Sliding { .. }, Some(l)) => l,
+            .map(|&(mask, local)| LayerInputs {
+                mask: &self.masks[mask],
+                rope: match (&self.local, local) {
+                    (Some(l), true) => l,
                     _ => &self.global,
                 },
             })

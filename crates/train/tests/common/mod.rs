@@ -56,8 +56,10 @@ pub fn tiny_lora(r: usize, dropout: f64, seed: u64) -> CausalLm {
     };
     for (i, layer) in model.model.layers.iter_mut().enumerate() {
         let a = &mut layer.self_attn;
-        for (name, proj) in [("q_proj", &mut a.q_proj), ("v_proj", &mut a.v_proj)] {
-            let Some(proj) = proj else { continue };
+        for (name, proj) in a.input_projections_mut() {
+            if !matches!(name, "q_proj" | "v_proj") {
+                continue;
+            }
             let path = format!("model.layers.{i}.self_attn.{name}");
             proj.add_adapter_at("default", &spec, &path).unwrap();
             proj.set_active(&["default".to_string()]);
