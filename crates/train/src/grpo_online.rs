@@ -1,6 +1,7 @@
 //! GRPO's online loop (TRL's `GRPOTrainer`): prompt-only records → `num_generations` sampled
 //! completions per prompt (KV cache, temperature/top-k/top-p, EOS and stop strings,
-//! `max_completion_length`, seeded) → rewards (Rust closures and built-ins, summed with
+//! `max_completion_length`, seeded; at the training precision, on the frozen base's bf16
+//! layouts when [`GrpoLearner::hold_bf16_weights`] held them) → rewards (Rust closures and built-ins, summed with
 //! weights) → [`GrpoLearner`] steps. The recipe around it is [`crate::run_grpo`].
 //!
 //! Records are TRL's prompt-only format, one JSON object per line: `prompt` a string
@@ -346,7 +347,13 @@ impl<M: CausalModel> GrpoTrainer<M> {
         let mut config = self.generation.clone();
         config.max_new_tokens = self.learner.options.max_completion_length;
         let tok = (!config.stop_strings.is_empty()).then_some(&self.encoder.tokenizer);
-        let model = self.learner.trainer.model().valid();
+        // Sampled at the training precision, as TRL generates with the model it trains: the
+        // policy's inference copy (its adapters as they are now, the frozen base's matrices
+        // shared, with their bf16 layouts when held once for the run).
+        let mut model = self.learner.trainer.model().valid();
+        model
+            .causal_lm_mut()
+            .set_precision(self.learner.precision());
         let start = Instant::now();
         let out = generate(model.causal_lm(), &batch, &config, tok, &mut |_, _| {})?;
         self.generation_s = start.elapsed().as_secs_f64();

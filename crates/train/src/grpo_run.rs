@@ -40,7 +40,14 @@ pub struct GrpoRun {
     pub lora_alpha: f64,
     pub targets: Vec<String>,
     pub seed: u64,
+    /// Training precision (`None`: bf16 on CPUs with bf16 units, f32 elsewhere); the rollouts
+    /// sample in it too.
     pub precision: Option<Precision>,
+    /// Hold the frozen quantized base also in bf16 once for the run
+    /// ([`GrpoLearner::hold_bf16_weights`]; bf16 precision only): rollouts of several sequences
+    /// multiply by it directly instead of dequantizing at every product, for 2 bytes per base
+    /// weight more (about 270 MB on SmolLM2-135M, 14 GB on a 7B model).
+    pub bf16_weights: bool,
     pub device: String,
     /// A Jinja chat template file instead of the model's.
     pub chat_template: Option<PathBuf>,
@@ -71,6 +78,7 @@ impl Default for GrpoRun {
                 .to_vec(),
             seed: 42,
             precision: None,
+            bf16_weights: false,
             device: "cpu".into(),
             chat_template: None,
             overwrite: false,
@@ -186,7 +194,14 @@ pub fn run_grpo(
     let trainer = recipe.settings.policy_trainer(lm.model, &recipe.device)?;
     let mut options = run.grpo.clone();
     options.pad_id = generation.eos_token_ids.first().copied().unwrap_or(0);
-    let learner = GrpoLearner::new(trainer, options)?;
+    let mut learner = GrpoLearner::new(trainer, options)?;
+    if run.bf16_weights {
+        let bytes = learner.hold_bf16_weights()?;
+        tracing::info!(
+            "frozen base held in bf16 for the rollouts: {} MB",
+            bytes >> 20
+        );
+    }
     let grpo = GrpoTrainer::new(learner, records, rewards, generation, encoder)?;
     let grpo = recipe.train(grpo, on_step)?;
     let (history, skipped_batches) = (grpo.history.clone(), grpo.skipped_batches);

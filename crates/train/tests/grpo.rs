@@ -257,6 +257,18 @@ fn encoder() -> PromptEncoder {
 }
 
 fn online(seed: u64, reward: Reward) -> GrpoTrainer<LoraModel<CausalLm>> {
+    online_with(model(), kiln_train::Precision::F32, false, seed, reward)
+}
+
+/// The online trainer on `model` training in `precision`, with the frozen base held in bf16
+/// when `hold`.
+fn online_with(
+    model: LoraModel<CausalLm>,
+    precision: kiln_train::Precision,
+    hold: bool,
+    seed: u64,
+    reward: Reward,
+) -> GrpoTrainer<LoraModel<CausalLm>> {
     let options = GrpoOptions {
         loss_type: "grpo".parse().unwrap(),
         beta: 0.1,
@@ -265,8 +277,13 @@ fn online(seed: u64, reward: Reward) -> GrpoTrainer<LoraModel<CausalLm>> {
         batch_size: 8,
         ..GrpoOptions::default()
     };
-    let trainer = Trainer::new(model(), &device(), trainer_options(1, 1e-3, 2)).unwrap();
-    let learner = GrpoLearner::new(trainer, options).unwrap();
+    let mut topts = trainer_options(1, 1e-3, 2);
+    topts.precision = Some(precision);
+    let trainer = Trainer::new(model, &device(), topts).unwrap();
+    let mut learner = GrpoLearner::new(trainer, options).unwrap();
+    if hold {
+        assert!(learner.hold_bf16_weights().unwrap() > 0);
+    }
     let generation = GenerationConfig {
         sampling: Sampling::Sample {
             temperature: 1.0,
@@ -325,6 +342,108 @@ fn seeded_sampling_repeats_exactly() {
     assert_eq!(a.0.len(), 8);
     assert_eq!(a, b, "same seed, same completions, loss and adapter");
     assert_ne!(a.0, c.0, "another seed samples other completions");
+}
+
+/// The quantized tiny Llama (Q4_0 GGUF) with the fixture's initial adapter.
+fn quantized_model() -> LoraModel<CausalLm> {
+    let path = fixture("quantized/tiny_llama_q4_0.gguf");
+    let lm = kiln_models::Pretrained::load_as(&path, &device(), kiln_models::Quantization::Stored)
+        .unwrap();
+    let mut m = LoraModel::new(lm.model);
+    m.load_adapter(&fixture("dpo/adapter_init_b"), "default")
+        .unwrap();
+    m
+}
+
+/// The first layer's frozen `q_proj` matrix of the trainer's policy.
+fn q_proj(t: &GrpoTrainer<LoraModel<CausalLm>>) -> Arc<kiln_cpu::QMatrix> {
+    let lm = &t.learner.trainer.model().model;
+    match &lm.model.layers[0].self_attn.q_proj.as_ref().unwrap().weight {
+        kiln_lora::BaseWeight::Frozen(f) => f.shared(),
+        kiln_lora::BaseWeight::Dense(_) => panic!("q_proj is not frozen"),
+    }
+}
+
+/// Rollouts at bf16 on the frozen base's bf16 layouts held once for the run: seeded sampling
+/// repeats exactly (completions, loss, adapter), another seed samples otherwise; the layouts
+/// are made once (the policy keeps the same matrix, with its layout, through the steps while
+/// the adapter moves) and sample what the per-product dequantization samples. Holding needs
+/// bf16 training, a quantized base and no step taken yet.
+#[test]
+fn bf16_rollouts_on_held_layouts_repeat_exactly() {
+    use kiln_train::Precision::{Bf16, F32};
+    let run = |seed, hold| {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let reward = recording(&seen, |_, c| Some(c.len() as f64));
+        let mut t = online_with(quantized_model(), Bf16, hold, seed, reward);
+        let held = q_proj(&t);
+        let mut losses = Vec::new();
+        for _ in 0..2 {
+            losses.push(t.step().unwrap().unwrap().loss);
+        }
+        let after = q_proj(&t);
+        if hold {
+            assert!(Arc::ptr_eq(&held, &after), "the base matrix was replaced");
+            assert!(after.bf16_layout_bytes() > 0);
+            let err = t.learner.hold_bf16_weights().unwrap_err().to_string();
+            assert!(err.contains("before the first step"), "{err}");
+        } else {
+            assert_eq!(after.bf16_layout_bytes(), 0);
+        }
+        let adapter = t
+            .learner
+            .trainer
+            .model()
+            .adapter_state_dict("default")
+            .unwrap();
+        let mut weights: Vec<(String, Vec<f32>)> =
+            adapter.into_iter().map(|(k, t)| (k, t.data)).collect();
+        weights.sort_by(|x, y| x.0.cmp(&y.0));
+        let seen = seen.lock().unwrap().clone();
+        (seen, losses, weights)
+    };
+    let (a, b, c) = (run(5, true), run(5, true), run(6, true));
+    assert_eq!(a.0.len(), 16);
+    assert_ne!(a.2, model_weights_at_start(), "the adapter trained");
+    assert_eq!(a, b, "same seed, same completions, losses and adapter");
+    assert_ne!(a.0, c.0, "another seed samples other completions");
+    assert_eq!(
+        a.0,
+        run(5, false).0,
+        "held layouts sample as the per-product path"
+    );
+
+    let trainer = |m, p| {
+        let mut o = trainer_options(1, 1e-3, 2);
+        o.precision = Some(p);
+        let options = GrpoOptions {
+            num_generations: 4,
+            batch_size: 8,
+            ..GrpoOptions::default()
+        };
+        GrpoLearner::new(Trainer::new(m, &device(), o).unwrap(), options).unwrap()
+    };
+    let f32_err = trainer(quantized_model(), F32).hold_bf16_weights();
+    assert!(f32_err.unwrap_err().to_string().contains("precision bf16"));
+    let dense_err = trainer(model(), Bf16).hold_bf16_weights();
+    assert!(
+        dense_err
+            .unwrap_err()
+            .to_string()
+            .contains("no quantized matrix")
+    );
+}
+
+/// The initial adapter's weights, sorted by name.
+fn model_weights_at_start() -> Vec<(String, Vec<f32>)> {
+    let mut w: Vec<(String, Vec<f32>)> = quantized_model()
+        .adapter_state_dict("default")
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, t.data))
+        .collect();
+    w.sort_by(|x, y| x.0.cmp(&y.0));
+    w
 }
 
 #[test]
