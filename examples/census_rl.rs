@@ -6,6 +6,7 @@
 //! cargo run --release --example census_qa          # the SFT adapter, runs/census_qa/adapter
 //! cargo run --release --example census_rl
 //! cargo run --release --example census_rl -- --max-steps 40 --kinds grow_shrink
+//! cargo run --release --example census_rl -- --precision bf16 --bf16-weights   # faster rollouts
 //! ```
 //!
 //! 1. Questions come from `data/japan_census_prefectures.csv` as in `census_qa` (open book,
@@ -79,6 +80,14 @@ struct Args {
     seed: u64,
     #[arg(long, default_value = "data/japan_census_prefectures.csv")]
     table: PathBuf,
+    /// Training precision, which the rollouts sample in too (f32 or bf16; default: bf16 on
+    /// CPUs with bf16 units, f32 elsewhere).
+    #[arg(long)]
+    precision: Option<kiln::train::Precision>,
+    /// Hold the frozen quantized base also in bf16 once for the run (bf16 precision only):
+    /// faster rollouts for 2 bytes per base weight more (about 270 MB on SmolLM2-135M).
+    #[arg(long)]
+    bf16_weights: bool,
 }
 
 /// `census_qa`'s system prompt and distractor rows (the SFT adapter was trained with them).
@@ -246,6 +255,8 @@ fn main() -> Result<()> {
         temperature: args.temperature,
         init_adapter: (args.adapter != Path::new("none")).then(|| args.adapter.clone()),
         seed: args.seed,
+        precision: args.precision,
+        bf16_weights: args.bf16_weights,
         overwrite: args.overwrite,
         ..GrpoRun::default()
     };

@@ -82,6 +82,11 @@ struct Args {
     /// Continue training this PEFT adapter; its starting weights are the reference.
     #[arg(long)]
     init_adapter: Option<PathBuf>,
+    /// DPO and KTO: the reference log-probabilities of the whole dataset in one pass before
+    /// training (TRL's `precompute_ref_log_probs`); without it, those of the pairs the run's
+    /// steps read. No step runs a reference forward either way.
+    #[arg(long)]
+    precompute_ref_log_probs: bool,
     /// A new adapter's rank and alpha (LoRA on q, k, v, o).
     #[arg(long, default_value_t = 16)]
     lora_r: usize,
@@ -130,6 +135,7 @@ fn main() -> Result<()> {
             max_length: Some(a.max_seq_len),
             truncation: a.truncation_mode,
             pad_id: 0,
+            precompute_ref_log_probs: a.precompute_ref_log_probs,
         },
         grad_accum: a.grad_accum,
         init_adapter: a.init_adapter,

@@ -63,6 +63,12 @@ struct Args {
     /// A Jinja chat template file instead of the model's.
     #[arg(long)]
     chat_template: Option<PathBuf>,
+    /// Write a checkpoint under --output-dir/checkpoints/ every N steps (the newest 2 kept).
+    #[arg(long)]
+    save_steps: Option<usize>,
+    /// Continue from the newest checkpoint under --output-dir/checkpoints/.
+    #[arg(long)]
+    resume: bool,
     /// Delete a previous kiln run in --output-dir first (a non-empty one is refused otherwise).
     #[arg(long)]
     overwrite: bool,
@@ -87,6 +93,8 @@ fn main() -> Result<()> {
         seed: a.seed,
         precision: a.precision,
         chat_template: a.chat_template,
+        save_steps: a.save_steps,
+        resume: a.resume,
         overwrite: a.overwrite,
         ..RewardRun::default()
     };

@@ -95,6 +95,8 @@ def main():
     ap.add_argument("--precision", choices=["f32", "autocast-bf16"], default="f32")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--precompute-ref-log-probs", action="store_true",
+                    help="the reference log-probs in one pass before training, not one forward per step")
     args = ap.parse_args()
     if args.hf_from_gguf:
         hf_from_gguf(args.hf_from_gguf, args.model)
@@ -147,6 +149,7 @@ def main():
         logging_strategy="no", save_strategy="no", report_to=[], use_cpu=True,
         bf16=args.precision == "autocast-bf16", fp16=False, seed=0, data_seed=0,
         dataloader_num_workers=0, disable_tqdm=True, gradient_checkpointing=False,
+        precompute_ref_log_probs=args.precompute_ref_log_probs,
     )
     trainer = Counting(model=model, args=config, train_dataset=Dataset.from_list(rows),
                        processing_class=tokenizer, callbacks=[Timer()])
@@ -156,6 +159,7 @@ def main():
     tok = statistics.mean(tokens[args.warmup:]) if len(tokens) > args.warmup else float("nan")
     print(json.dumps({
         "side": "trl", "precision": args.precision, "steps": len(steady),
+        "precompute_ref_log_probs": args.precompute_ref_log_probs,
         "step_s_median": round(step, 3), "tokens_per_step": tok,
         "tokens_per_s": round(tok / step, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),

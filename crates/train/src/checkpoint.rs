@@ -141,9 +141,24 @@ impl<M: CausalModel> Trainer<M> {
     /// Writes a checkpoint under `root` atomically, then keeps only the newest `keep_last`.
     /// Returns its directory.
     pub fn save_checkpoint(&mut self, root: &Path, keep_last: usize) -> Result<PathBuf> {
+        self.save_checkpoint_with(root, keep_last, &[])
+    }
+
+    /// [`Self::save_checkpoint`] with a recipe's own state besides (`extra`: file names and
+    /// bytes, GRPO's sampling position), written into the checkpoint before it is renamed into
+    /// place, so a checkpoint holds all of it or does not exist.
+    pub(crate) fn save_checkpoint_with(
+        &mut self,
+        root: &Path,
+        keep_last: usize,
+        extra: &[(&str, &[u8])],
+    ) -> Result<PathBuf> {
         let name = checkpoint_name(&self.state);
         let tmp = root.join(format!(".tmp-{name}"));
         self.write_checkpoint_files(&tmp)?;
+        for (file, bytes) in extra {
+            write_synced(&tmp.join(file), bytes)?;
+        }
         let dir = root.join(&name);
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;

@@ -8,8 +8,9 @@
 //! ([`CausalModel::try_backprop_logp`]): the loss is a function of the per-token
 //! log-probabilities, so its derivative by each reaches the logits directly.
 //!
-//! The reference log-probabilities are computed once, before the first step, with the model
-//! as it starts: for a new LoRA adapter (B = 0) that is the base model (PEFT's
+//! The reference log-probabilities are computed once, before the first step (for the
+//! micro-batches the run's steps read, or the whole dataset with TRL's
+//! `precompute_ref_log_probs`), kept per pair, with the model as it starts: for a new LoRA adapter (B = 0) that is the base model (PEFT's
 //! `disable_adapter`), and when training continues from an existing adapter it is that adapter,
 //! frozen, as TRL's "ref" copy. One model in memory, and the same host forward as the policy's,
 //! so at step 0 policy and reference agree bit for bit (the sigmoid loss is exactly ln 2).
@@ -177,8 +178,9 @@ pub struct DpoTrainer<M: CausalModel> {
     pub trainer: Trainer<M>,
     pub options: DpoOptions,
     pairs: Vec<[Side; 2]>,
-    /// DPO: per micro-batch of an epoch (in order), the reference's per-row sums.
-    reference: Vec<Vec<f64>>,
+    /// DPO: per pair in training order, the reference's chosen and rejected log-probability
+    /// sums (`None` for pairs no step of the run reads, unless precomputed).
+    reference: Vec<Option<[f64; 2]>>,
     precision: Precision,
     /// Pairs left out because truncation leaves a side without a completion token to count
     /// (TRL's `DPOTrainer` drops them under `keep_start`; its ORPO/CPO would average over
@@ -228,25 +230,71 @@ impl<M: CausalModel> DpoTrainer<M> {
         let mut this = Self {
             trainer,
             options,
+            reference: vec![None; pairs.len()],
             pairs,
-            reference: Vec::new(),
             precision,
             dropped,
             history: Vec::new(),
         };
         if this.options.loss_type.needs_reference() {
-            let needed = (total_steps * this.trainer.options.grad_accum).min(this.per_epoch());
-            for j in 0..needed {
-                let batch = this.batch(j);
-                let logps = this
-                    .trainer
-                    .model()
-                    .try_logps(&batch.input, &batch.labels, precision)
-                    .ok_or_else(no_fused_path)??;
-                this.reference.push(batch.row_sums(&logps));
-            }
+            this.compute_reference(total_steps)?;
         }
         Ok(this)
+    }
+
+    /// The reference's log-probability sums of every pair the first `total_steps` steps read
+    /// (of every pair with `precompute_ref_log_probs`), in the training micro-batches.
+    fn compute_reference(&mut self, total_steps: usize) -> Result<()> {
+        let needed = if self.options.precompute_ref_log_probs {
+            self.per_epoch()
+        } else {
+            (total_steps * self.trainer.options.grad_accum).min(self.per_epoch())
+        };
+        let b = self.options.batch_size;
+        for j in 0..needed {
+            let batch = self.batch(j);
+            let logps = self
+                .trainer
+                .model()
+                .try_logps(&batch.input, &batch.labels, self.precision)
+                .ok_or_else(no_fused_path)??;
+            let sums = batch.row_sums(&logps);
+            let n = batch.pairs;
+            for p in 0..n {
+                self.reference[j * b + p] = Some([sums[p], sums[n + p]]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Per pair in training order, the reference's summed log-probabilities of the chosen and
+    /// the rejected completion (TRL's `ref_chosen_logps`, `ref_rejected_logps`); `None` for a
+    /// pair no step reads (without `precompute_ref_log_probs`) and for the reference-free
+    /// losses.
+    pub fn ref_log_probs(&self) -> &[Option<[f64; 2]>] {
+        &self.reference
+    }
+
+    /// The reference's row sums of micro-batch `j` (chosen rows, then rejected).
+    fn batch_reference(&self, j: usize) -> Result<Vec<f64>> {
+        let b = self.options.batch_size;
+        let end = ((j + 1) * b).min(self.pairs.len());
+        let pairs = self.reference[j * b..end]
+            .iter()
+            .map(|r| {
+                r.ok_or_else(|| {
+                    TrainError::option(
+                        "max_steps",
+                        "more steps than the reference was computed for",
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(pairs
+            .iter()
+            .map(|r| r[0])
+            .chain(pairs.iter().map(|r| r[1]))
+            .collect())
     }
 
     /// Writes a checkpoint of the run between steps under `root` (the [`Trainer`]'s format:
@@ -307,12 +355,7 @@ impl<M: CausalModel> DpoTrainer<M> {
         let o = &self.options;
         Ok(match (o.loss_type, o.loss_type.ref_free()) {
             (PreferenceLoss::Dpo(kind), _) => {
-                let reference = self.reference.get(j).cloned().ok_or_else(|| {
-                    TrainError::option(
-                        "max_steps",
-                        "more steps than the reference was computed for",
-                    )
-                })?;
+                let reference = self.batch_reference(j)?;
                 Box::new(move |o, b, logps, accum| micro_loss(o, kind, b, &reference, logps, accum))
             }
             (_, Some(loss)) => {

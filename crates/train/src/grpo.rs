@@ -512,6 +512,72 @@ impl<M: CausalModel> GrpoLearner<M> {
         })
     }
 
+    /// The precision of the training step's products (the trainer's, or the CPU's native one),
+    /// which the rollouts sample in too.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Holds every quantized matrix of the frozen base also in the bf16 kernel's layout, once
+    /// for the run ([`kiln_models::CausalLm::hold_bf16_weights`]; 2 bytes per base weight
+    /// more): the base never changes, so the layout made here serves every bf16 product by it
+    /// for the whole run — the rollouts' prefill and batched decoding, the policy's forward
+    /// and the reference's log-probabilities (policy and reference share the matrices) —
+    /// while the adapters' A and B, which change every step, are read as they are at each
+    /// product. Returns the bytes added.
+    ///
+    /// # Errors
+    /// When training is not in bf16 (f32 products never read the layout), after the first
+    /// optimizer step, or when the model has no quantized matrix.
+    pub fn hold_bf16_weights(&mut self) -> Result<usize> {
+        if self.precision != Precision::Bf16 {
+            return Err(TrainError::option(
+                "bf16_weights",
+                "bf16 weights serve bf16 products: train with precision bf16",
+            ));
+        }
+        if self.trainer.state.step > 0 {
+            return Err(TrainError::option(
+                "bf16_weights",
+                "hold the bf16 weights before the first step (the reference is the model as \
+                 training starts)",
+            ));
+        }
+        // The reference is a clone sharing the policy's matrices: dropped and cloned again
+        // after, so both share the one layout instead of a second copy being made for it.
+        let had_reference = self.reference.take().is_some();
+        let lm = self.trainer.model_mut().causal_lm_mut();
+        lm.set_precision(Precision::Bf16);
+        let held = lm.hold_bf16_weights();
+        if had_reference {
+            self.reference = Some(self.trainer.model().clone());
+        }
+        Ok(held?)
+    }
+
+    /// Continues from checkpoint `dir`: `self` built as the run started (its reference too),
+    /// the trainable weights, AdamW state and step from the checkpoint.
+    pub(crate) fn resume(
+        self,
+        device: &burn::tensor::Device,
+        dir: &std::path::Path,
+    ) -> Result<Self> {
+        let Self {
+            trainer,
+            options,
+            reference,
+            precision,
+        } = self;
+        let trainer_options = trainer.options.clone();
+        let trainer = Trainer::resume(trainer.into_model(), device, trainer_options, dir)?;
+        Ok(Self {
+            trainer,
+            options,
+            reference,
+            precision,
+        })
+    }
+
     /// Sequences per optimizer step: `batch_size × grad_accum`.
     pub fn step_sequences(&self) -> usize {
         self.options.batch_size * self.trainer.options.grad_accum

@@ -1,6 +1,7 @@
 //! GRPO's online loop (TRL's `GRPOTrainer`): prompt-only records → `num_generations` sampled
 //! completions per prompt (KV cache, temperature/top-k/top-p, EOS and stop strings,
-//! `max_completion_length`, seeded) → rewards (Rust closures and built-ins, summed with
+//! `max_completion_length`, seeded; at the training precision, on the frozen base's bf16
+//! layouts when [`GrpoLearner::hold_bf16_weights`] held them) → rewards (Rust closures and built-ins, summed with
 //! weights) → [`GrpoLearner`] steps. The recipe around it is [`crate::run_grpo`].
 //!
 //! Records are TRL's prompt-only format, one JSON object per line: `prompt` a string
@@ -20,8 +21,22 @@ use crate::model::CausalModel;
 use kiln_data::tokenizers::Tokenizer;
 use kiln_data::{ChatTemplate, Location, Message};
 use kiln_models::{FinishReason, GenerationConfig, generate};
-use std::path::Path;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// Where the sampling stands between steps, kept in a checkpoint beside the trainer's state.
+#[derive(Debug, Serialize, Deserialize)]
+struct SamplingState {
+    /// The next prompt of the cycle.
+    next: usize,
+    /// The seed of the next generation batch.
+    seed: u64,
+    skipped_batches: usize,
+}
+
+/// [`SamplingState`]'s file in a checkpoint directory.
+const SAMPLING: &str = "grpo_sampling.json";
 
 /// A record's prompt: TRL's standard or conversational form.
 #[derive(Debug, Clone, PartialEq)]
@@ -346,7 +361,13 @@ impl<M: CausalModel> GrpoTrainer<M> {
         let mut config = self.generation.clone();
         config.max_new_tokens = self.learner.options.max_completion_length;
         let tok = (!config.stop_strings.is_empty()).then_some(&self.encoder.tokenizer);
-        let model = self.learner.trainer.model().valid();
+        // Sampled at the training precision, as TRL generates with the model it trains: the
+        // policy's inference copy (its adapters as they are now, the frozen base's matrices
+        // shared, with their bf16 layouts when held once for the run).
+        let mut model = self.learner.trainer.model().valid();
+        model
+            .causal_lm_mut()
+            .set_precision(self.learner.precision());
         let start = Instant::now();
         let out = generate(model.causal_lm(), &batch, &config, tok, &mut |_, _| {})?;
         self.generation_s = start.elapsed().as_secs_f64();
@@ -380,6 +401,63 @@ impl<M: CausalModel> GrpoTrainer<M> {
             }
         }
         Ok(kept)
+    }
+
+    /// Writes a checkpoint under `root` (the [`crate::Trainer`]'s files and where the sampling
+    /// stands: next prompt, seed, skipped batches), keeping the newest `keep_last`.
+    ///
+    /// # Errors
+    /// Between the `num_iterations` steps of one generation batch (its rollouts are not
+    /// saved): checkpoint every multiple of `num_iterations` steps.
+    pub fn save_checkpoint(&mut self, root: &Path, keep_last: usize) -> Result<PathBuf> {
+        let mu = self.learner.options.num_iterations;
+        if let Some(b) = self.batch.as_ref().filter(|b| b.iterations_done < mu) {
+            return Err(TrainError::option(
+                "save_steps",
+                format!(
+                    "a checkpoint after {} of the {mu} iterations of a generation batch would lose \
+                     its rollouts: save every multiple of num_iterations steps",
+                    b.iterations_done
+                ),
+            ));
+        }
+        let state = SamplingState {
+            next: self.next,
+            seed: self.generation.seed,
+            skipped_batches: self.skipped_batches,
+        };
+        let json = serde_json::to_vec_pretty(&state)
+            .map_err(|e| TrainError::checkpoint(root, e.to_string()))?;
+        self.learner
+            .trainer
+            .save_checkpoint_with(root, keep_last, &[(SAMPLING, &json)])
+    }
+
+    /// Continues from checkpoint `dir`. `self` is built as the run started (the same model,
+    /// records, rewards and settings, so the reference is the uninterrupted run's); the
+    /// trainable weights, AdamW state, step and the sampling position then come from the
+    /// checkpoint, and the steps that follow sample and train as the uninterrupted run's.
+    pub fn resume(mut self, device: &burn::tensor::Device, dir: &Path) -> Result<Self> {
+        let path = dir.join(SAMPLING);
+        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+        let state: SamplingState = serde_json::from_str(&text)
+            .map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
+        if state.next >= self.prompts.len() {
+            return Err(TrainError::checkpoint(
+                &path,
+                format!(
+                    "prompt {} of {}: not this run's prompts",
+                    state.next,
+                    self.prompts.len()
+                ),
+            ));
+        }
+        self.learner = self.learner.resume(device, dir)?;
+        self.next = state.next;
+        self.generation.seed = state.seed;
+        self.skipped_batches = state.skipped_batches;
+        self.batch = None;
+        Ok(self)
     }
 
     /// One optimizer step: a new generation batch every `num_iterations` steps, then a step

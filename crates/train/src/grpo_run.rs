@@ -1,17 +1,18 @@
 //! The GRPO recipe: model and tokenizer → prompt-only records → LoRA adapter (new, or continued
 //! from a PEFT adapter, whose starting weights are then the reference) → [`GrpoTrainer`]
 //! steps → `metrics.jsonl` (TRL's names, generation and training seconds apart),
-//! `loss_curve.png` and the adapter in PEFT's format. No checkpoints or resume yet (a run is
-//! re-run from its start).
+//! `loss_curve.png` and the adapter in PEFT's format; checkpoints every `save_steps` (with
+//! where the sampling stands) and an exact `resume`.
 use crate::error::{Result, TrainError};
 use crate::grpo::{GrpoLearner, GrpoOptions, GrpoStepMetrics};
 use crate::grpo_online::{GrpoTrainer, PromptEncoder, PromptRecord, Reward, read_prompt_records};
 use crate::model::CausalModel;
 use crate::recipe::{Recipe, RecipeTrainer, Settings, chat_template, load_model, recipe_settings};
+use burn::tensor::Device;
 use kiln_lora::LoraModel;
 use kiln_models::backprop::Precision;
 use kiln_models::{CausalLm, GenerationConfig, Pretrained, Quantization, Sampling, parse_device};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A GRPO run (TRL's `GRPOConfig` names where it has them).
 #[derive(Debug, Clone, PartialEq)]
@@ -40,10 +41,26 @@ pub struct GrpoRun {
     pub lora_alpha: f64,
     pub targets: Vec<String>,
     pub seed: u64,
+    /// Training precision (`None`: bf16 on CPUs with bf16 units, f32 elsewhere); the rollouts
+    /// sample in it too.
     pub precision: Option<Precision>,
+    /// Hold the frozen quantized base also in bf16 once for the run
+    /// ([`GrpoLearner::hold_bf16_weights`]; bf16 precision only): rollouts of several sequences
+    /// multiply by it directly instead of dequantizing at every product, for 2 bytes per base
+    /// weight more (about 270 MB on SmolLM2-135M, 14 GB on a 7B model).
+    pub bf16_weights: bool,
     pub device: String,
     /// A Jinja chat template file instead of the model's.
     pub chat_template: Option<PathBuf>,
+    /// Write a checkpoint under `output_dir/checkpoints/` every this many steps (a multiple of
+    /// `num_iterations`).
+    pub save_steps: Option<usize>,
+    /// Checkpoints kept (the newest).
+    pub save_total_limit: usize,
+    /// Continue from the newest checkpoint under `output_dir/checkpoints/` when there is one
+    /// (built as the run started, then restored: the steps sample and train as an
+    /// uninterrupted run's).
+    pub resume: bool,
     /// Delete a previous kiln run in `output_dir` first.
     pub overwrite: bool,
 }
@@ -71,8 +88,12 @@ impl Default for GrpoRun {
                 .to_vec(),
             seed: 42,
             precision: None,
+            bf16_weights: false,
             device: "cpu".into(),
             chat_template: None,
+            save_steps: None,
+            save_total_limit: 2,
+            resume: false,
             overwrite: false,
         }
     }
@@ -88,13 +109,13 @@ pub struct GrpoSummary {
 }
 
 impl GrpoRun {
-    /// The settings the recipes share (no checkpoints or resume yet).
+    /// The settings the recipes share.
     fn settings(&self) -> Settings<'_> {
         recipe_settings!(self,
             init_adapter: self.init_adapter.as_deref(),
-            resume: false,
-            save_steps: None,
-            save_total_limit: 0,
+            resume: self.resume,
+            save_steps: self.save_steps,
+            save_total_limit: self.save_total_limit,
         )
     }
 }
@@ -152,6 +173,12 @@ impl<M: CausalModel> RecipeTrainer for GrpoTrainer<M> {
     fn set_run_id(&mut self, id: &str) {
         self.learner.trainer.set_run_id(id);
     }
+    fn save_checkpoint(&mut self, root: &Path, keep: usize) -> Result<()> {
+        GrpoTrainer::save_checkpoint(self, root, keep).map(drop)
+    }
+    fn resume(self, device: &Device, dir: &Path) -> Result<Self> {
+        GrpoTrainer::resume(self, device, dir)
+    }
     /// A batch without any reward is skipped; as many skips as steps end the run.
     fn check(&self, max_steps: usize) -> Result<()> {
         if self.skipped_batches >= max_steps {
@@ -186,7 +213,14 @@ pub fn run_grpo(
     let trainer = recipe.settings.policy_trainer(lm.model, &recipe.device)?;
     let mut options = run.grpo.clone();
     options.pad_id = generation.eos_token_ids.first().copied().unwrap_or(0);
-    let learner = GrpoLearner::new(trainer, options)?;
+    let mut learner = GrpoLearner::new(trainer, options)?;
+    if run.bf16_weights {
+        let bytes = learner.hold_bf16_weights()?;
+        tracing::info!(
+            "frozen base held in bf16 for the rollouts: {} MB",
+            bytes >> 20
+        );
+    }
     let grpo = GrpoTrainer::new(learner, records, rewards, generation, encoder)?;
     let grpo = recipe.train(grpo, on_step)?;
     let (history, skipped_batches) = (grpo.history.clone(), grpo.skipped_batches);

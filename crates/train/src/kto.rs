@@ -222,7 +222,8 @@ fn check_options(options: &DpoOptions) -> Result<KtoLoss> {
 impl<M: CausalModel> KtoTrainer<M> {
     /// Takes the trainer (its model as training starts is the reference) and the tokenized
     /// records in training order; computes the reference log-probabilities of the micro-batches
-    /// the first `total_steps` steps read.
+    /// the first `total_steps` steps read (of the whole dataset with
+    /// `precompute_ref_log_probs`).
     pub fn new(
         trainer: Trainer<M>,
         records: Vec<UnpairedIds>,
@@ -248,7 +249,11 @@ impl<M: CausalModel> KtoTrainer<M> {
             dropped,
             history: Vec::new(),
         };
-        let needed = (total_steps * this.trainer.options.grad_accum).min(this.per_epoch());
+        let needed = if this.options.precompute_ref_log_probs {
+            this.per_epoch()
+        } else {
+            (total_steps * this.trainer.options.grad_accum).min(this.per_epoch())
+        };
         for j in 0..needed {
             let batch = this.batch(j);
             let main = this.sums(&batch.main)?;

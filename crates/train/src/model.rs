@@ -19,6 +19,10 @@ pub trait CausalModel: Module {
     /// The language model itself (with its adapters applied), for evaluation callbacks.
     fn causal_lm(&self) -> &CausalLm;
 
+    /// The language model, to change how it runs inference ([`CausalLm::set_precision`],
+    /// [`CausalLm::hold_bf16_weights`]).
+    fn causal_lm_mut(&mut self) -> &mut CausalLm;
+
     /// Summed shifted NLL of `labels` and the number of counted tokens. The default computes
     /// every position's logits; models may project only the counted positions.
     fn loss_sum(&self, input: &DecoderInput, labels: &[i64]) -> kiln_models::Result<LossSum> {
@@ -73,6 +77,10 @@ impl CausalModel for CausalLm {
         self
     }
 
+    fn causal_lm_mut(&mut self) -> &mut CausalLm {
+        self
+    }
+
     fn loss_sum(&self, input: &DecoderInput, labels: &[i64]) -> kiln_models::Result<LossSum> {
         CausalLm::loss_sum(self, input, labels)
     }
@@ -114,6 +122,10 @@ impl<M: CausalModel + AdapterTarget + ModuleDisplay> CausalModel for LoraModel<M
 
     fn causal_lm(&self) -> &CausalLm {
         self.model.causal_lm()
+    }
+
+    fn causal_lm_mut(&mut self) -> &mut CausalLm {
+        self.model.causal_lm_mut()
     }
 
     fn loss_sum(&self, input: &DecoderInput, labels: &[i64]) -> kiln_models::Result<LossSum> {
@@ -161,5 +173,9 @@ impl CausalModel for SequenceClassifier {
 
     fn causal_lm(&self) -> &CausalLm {
         &self.lm
+    }
+
+    fn causal_lm_mut(&mut self) -> &mut CausalLm {
+        &mut self.lm
     }
 }

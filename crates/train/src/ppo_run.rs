@@ -142,6 +142,12 @@ pub fn run_ppo(
     mut on_update: impl FnMut(&PpoMetrics),
 ) -> Result<PpoSummary> {
     let base = &run.base;
+    if base.save_steps.is_some() || base.resume {
+        return Err(TrainError::option(
+            "save_steps",
+            "PPO runs write no checkpoints yet (save_steps, resume)",
+        ));
+    }
     if base.max_steps == 0 || run.response_length == 0 {
         return Err(TrainError::option(
             "max_steps",

@@ -63,6 +63,13 @@ pub struct DpoOptions {
     pub truncation: TruncationMode,
     /// The id right padding uses.
     pub pad_id: u32,
+    /// DPO and KTO: compute the reference log-probabilities of the whole dataset in one pass
+    /// before training (TRL's `precompute_ref_log_probs`), kept per record, instead of only
+    /// those of the micro-batches the run's steps read. Either way kiln computes the reference
+    /// once, before the first step, in the training micro-batches (so the values are the same
+    /// bit for bit): no step runs a reference forward (TRL without this option runs one per
+    /// step).
+    pub precompute_ref_log_probs: bool,
 }
 
 impl Default for DpoOptions {
@@ -79,6 +86,7 @@ impl Default for DpoOptions {
             max_length: Some(1024),
             truncation: TruncationMode::KeepStart,
             pad_id: 0,
+            precompute_ref_log_probs: false,
         }
     }
 }

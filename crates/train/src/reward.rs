@@ -328,6 +328,31 @@ impl<M: ClassifierModel> RewardTrainer<M> {
         })
     }
 
+    /// Continues from checkpoint `dir` ([`Trainer::save_checkpoint`]'s). `self` is built as the
+    /// run started (the same model with its new head and adapter, pairs and options); the
+    /// trainable weights (adapter and head), the AdamW state and the position then come from
+    /// the checkpoint, and the steps that follow equal the uninterrupted run's bit for bit.
+    pub fn resume(self, device: &burn::tensor::Device, dir: &std::path::Path) -> Result<Self> {
+        let Self {
+            trainer,
+            options,
+            pairs,
+            precision,
+            dropped,
+            history,
+        } = self;
+        let trainer_options = trainer.options.clone();
+        let trainer = Trainer::resume(trainer.into_model(), device, trainer_options, dir)?;
+        Ok(Self {
+            trainer,
+            options,
+            pairs,
+            precision,
+            dropped,
+            history,
+        })
+    }
+
     fn per_epoch(&self) -> usize {
         self.pairs.len().div_ceil(self.options.batch_size)
     }

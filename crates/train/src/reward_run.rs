@@ -3,18 +3,20 @@
 //! `RewardTrainer` → a LoRA adapter with the head in `modules_to_save` → [`RewardTrainer`]
 //! steps → `metrics.jsonl`, `loss_curve.png` and `adapter/` (PEFT's files, task SEQ_CLS: loads
 //! with `PeftModel.from_pretrained` on `AutoModelForSequenceClassification`). The
-//! `reward_model` example is a command line around [`run_reward`].
+//! `reward_model` example is a command line around [`run_reward`]. Checkpoints every
+//! `save_steps` and an exact `resume`, as the other recipes.
 use crate::error::{Result, TrainError};
 use crate::recipe::{Recipe, RecipeTrainer, Settings, recipe_settings};
 use crate::reward::{
     ClassifierModel, PairEval, RewardOptions, RewardPair, RewardStepMetrics, RewardTrainer,
 };
 use crate::trainer::Trainer;
+use burn::tensor::Device;
 use kiln_data::{FieldMap, PreferenceEncoder, read_reward_records, shuffled};
 use kiln_lora::LoraModel;
 use kiln_models::backprop::Precision;
 use kiln_models::{ClassifierConfig, Pretrained, SequenceClassifier};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A reward-model run (TRL's `RewardConfig` names where it has them).
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +47,14 @@ pub struct RewardRun {
     pub device: String,
     /// A Jinja chat template file instead of the model's.
     pub chat_template: Option<PathBuf>,
+    /// Write a checkpoint under `output_dir/checkpoints/` every this many steps (the adapter,
+    /// the head, AdamW's state and the data position).
+    pub save_steps: Option<usize>,
+    /// Checkpoints kept (the newest).
+    pub save_total_limit: usize,
+    /// Continue from the newest checkpoint under `output_dir/checkpoints/` when there is one
+    /// (built as the run started, then restored: the steps equal an uninterrupted run's).
+    pub resume: bool,
     /// Delete a previous kiln run in `output_dir` first.
     pub overwrite: bool,
 }
@@ -73,6 +83,9 @@ impl Default for RewardRun {
             precision: None,
             device: "cpu".into(),
             chat_template: None,
+            save_steps: None,
+            save_total_limit: 2,
+            resume: false,
             overwrite: false,
         }
     }
@@ -93,13 +106,13 @@ pub struct RewardSummary {
 }
 
 impl RewardRun {
-    /// The settings the recipes share (no checkpoints, no resume, always a new adapter).
+    /// The settings the recipes share (always a new adapter).
     fn settings(&self) -> Settings<'_> {
         recipe_settings!(self,
             init_adapter: None,
-            resume: false,
-            save_steps: None,
-            save_total_limit: 0,
+            resume: self.resume,
+            save_steps: self.save_steps,
+            save_total_limit: self.save_total_limit,
         )
     }
 }
@@ -170,6 +183,12 @@ impl<M: ClassifierModel> RecipeTrainer for RewardTrainer<M> {
     }
     fn set_run_id(&mut self, id: &str) {
         self.trainer.set_run_id(id);
+    }
+    fn save_checkpoint(&mut self, root: &Path, keep: usize) -> Result<()> {
+        self.trainer.save_checkpoint(root, keep).map(drop)
+    }
+    fn resume(self, device: &Device, dir: &Path) -> Result<Self> {
+        RewardTrainer::resume(self, device, dir)
     }
 }
 

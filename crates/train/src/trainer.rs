@@ -309,6 +309,12 @@ impl<M: CausalModel> Trainer<M> {
         self.model.as_ref().expect("model taken during a step")
     }
 
+    /// The model being trained, to change how it runs inference (GRPO's rollouts); its
+    /// parameters change only through the optimizer.
+    pub(crate) fn model_mut(&mut self) -> &mut M {
+        self.model.as_mut().expect("model taken during a step")
+    }
+
     /// The trained model, leaving the trainer.
     pub fn into_model(mut self) -> M {
         self.model.take().expect("model taken during a step")

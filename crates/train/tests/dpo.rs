@@ -1,8 +1,9 @@
 //! DPO against TRL 1.16's `DPOTrainer` with PEFT LoRA on the tiny Llama
 //! (fixtures/dpo/, tools/fixtures/trl_dpo.py): for each loss type (`sigmoid`, `ipo`, `hinge`,
 //! `robust`), gradient accumulation with `keep_end` truncation, and training on from an existing
-//! adapter, 3 optimizer steps give every logged metric within 1e-4 of TRL's and the adapter
-//! after step 1 within 1e-5. Invariant: with policy = reference the sigmoid loss at step 0 is
+//! adapter, and with `precompute_ref_log_probs` (from a new and from an existing adapter),
+//! 3 optimizer steps give every logged metric within 1e-4 of TRL's and the adapter after
+//! step 1 within 1e-5. Invariant: with policy = reference the sigmoid loss at step 0 is
 //! exactly ln 2.
 #![allow(clippy::unwrap_used)]
 mod common;
@@ -63,6 +64,7 @@ fn run_case(name: &str) {
         batch_size: h["batch"].as_u64().unwrap() as usize,
         max_length: Some(h["max_length"].as_u64().unwrap() as usize),
         truncation: h["truncation_mode"].as_str().unwrap().parse().unwrap(),
+        precompute_ref_log_probs: h["precompute_ref_log_probs"].as_bool().unwrap_or(false),
         ..DpoOptions::default()
     };
     let lr = h["lr"].as_f64().unwrap();
@@ -150,6 +152,46 @@ fn dpo_accumulation_and_keep_end_match_trl() {
 fn dpo_from_an_existing_adapter_matches_trl() {
     let _g = serial();
     run_case("sigmoid_init");
+}
+
+#[test]
+fn dpo_precomputed_reference_matches_trl() {
+    let _g = serial();
+    run_case("sigmoid_precompute");
+    run_case("sigmoid_init_precompute");
+}
+
+/// `precompute_ref_log_probs`: one pass over the whole dataset before training (every pair's
+/// reference sums, though one step reads only its first micro-batch), the same values bit for
+/// bit as the reference of the pairs the run reads (the same micro-batches), and the same step.
+#[test]
+fn precompute_ref_log_probs_covers_the_dataset_with_the_same_values() {
+    let _g = serial();
+    let run = |precompute| {
+        let trainer = Trainer::new(
+            model("adapter_init_b"),
+            &device(),
+            trainer_options(1, 1e-3, 1),
+        )
+        .unwrap();
+        let options = DpoOptions {
+            batch_size: 2,
+            beta: 0.5,
+            precompute_ref_log_probs: precompute,
+            ..DpoOptions::default()
+        };
+        let mut dpo = DpoTrainer::new(trainer, pairs(), options, 1).unwrap();
+        let reference = dpo.ref_log_probs().to_vec();
+        (reference, dpo.step().unwrap().unwrap())
+    };
+    let (lazy, step_lazy) = run(false);
+    let (all, step_all) = run(true);
+    assert_eq!(all.len(), 6);
+    assert!(all.iter().all(Option::is_some), "{all:?}");
+    assert_eq!(lazy.iter().filter(|r| r.is_some()).count(), 2, "{lazy:?}");
+    assert_eq!(lazy[..2], all[..2]);
+    assert!(all.iter().flatten().all(|[c, r]| *c < 0.0 && *r < 0.0));
+    assert_eq!(step_lazy, step_all);
 }
 
 /// Policy = reference at step 0: the sigmoid loss is ln 2 to the last bit of f32 log-probs

@@ -257,6 +257,18 @@ fn encoder() -> PromptEncoder {
 }
 
 fn online(seed: u64, reward: Reward) -> GrpoTrainer<LoraModel<CausalLm>> {
+    online_with(model(), kiln_train::Precision::F32, false, seed, reward)
+}
+
+/// The online trainer on `model` training in `precision`, with the frozen base held in bf16
+/// when `hold`.
+fn online_with(
+    model: LoraModel<CausalLm>,
+    precision: kiln_train::Precision,
+    hold: bool,
+    seed: u64,
+    reward: Reward,
+) -> GrpoTrainer<LoraModel<CausalLm>> {
     let options = GrpoOptions {
         loss_type: "grpo".parse().unwrap(),
         beta: 0.1,
@@ -265,8 +277,13 @@ fn online(seed: u64, reward: Reward) -> GrpoTrainer<LoraModel<CausalLm>> {
         batch_size: 8,
         ..GrpoOptions::default()
     };
-    let trainer = Trainer::new(model(), &device(), trainer_options(1, 1e-3, 2)).unwrap();
-    let learner = GrpoLearner::new(trainer, options).unwrap();
+    let mut topts = trainer_options(1, 1e-3, 2);
+    topts.precision = Some(precision);
+    let trainer = Trainer::new(model, &device(), topts).unwrap();
+    let mut learner = GrpoLearner::new(trainer, options).unwrap();
+    if hold {
+        assert!(learner.hold_bf16_weights().unwrap() > 0);
+    }
     let generation = GenerationConfig {
         sampling: Sampling::Sample {
             temperature: 1.0,
@@ -325,6 +342,108 @@ fn seeded_sampling_repeats_exactly() {
     assert_eq!(a.0.len(), 8);
     assert_eq!(a, b, "same seed, same completions, loss and adapter");
     assert_ne!(a.0, c.0, "another seed samples other completions");
+}
+
+/// The quantized tiny Llama (Q4_0 GGUF) with the fixture's initial adapter.
+fn quantized_model() -> LoraModel<CausalLm> {
+    let path = fixture("quantized/tiny_llama_q4_0.gguf");
+    let lm = kiln_models::Pretrained::load_as(&path, &device(), kiln_models::Quantization::Stored)
+        .unwrap();
+    let mut m = LoraModel::new(lm.model);
+    m.load_adapter(&fixture("dpo/adapter_init_b"), "default")
+        .unwrap();
+    m
+}
+
+/// The first layer's frozen `q_proj` matrix of the trainer's policy.
+fn q_proj(t: &GrpoTrainer<LoraModel<CausalLm>>) -> Arc<kiln_cpu::QMatrix> {
+    let lm = &t.learner.trainer.model().model;
+    match &lm.model.layers[0].self_attn.q_proj.as_ref().unwrap().weight {
+        kiln_lora::BaseWeight::Frozen(f) => f.shared(),
+        kiln_lora::BaseWeight::Dense(_) => panic!("q_proj is not frozen"),
+    }
+}
+
+/// Rollouts at bf16 on the frozen base's bf16 layouts held once for the run: seeded sampling
+/// repeats exactly (completions, loss, adapter), another seed samples otherwise; the layouts
+/// are made once (the policy keeps the same matrix, with its layout, through the steps while
+/// the adapter moves) and sample what the per-product dequantization samples. Holding needs
+/// bf16 training, a quantized base and no step taken yet.
+#[test]
+fn bf16_rollouts_on_held_layouts_repeat_exactly() {
+    use kiln_train::Precision::{Bf16, F32};
+    let run = |seed, hold| {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let reward = recording(&seen, |_, c| Some(c.len() as f64));
+        let mut t = online_with(quantized_model(), Bf16, hold, seed, reward);
+        let held = q_proj(&t);
+        let mut losses = Vec::new();
+        for _ in 0..2 {
+            losses.push(t.step().unwrap().unwrap().loss);
+        }
+        let after = q_proj(&t);
+        if hold {
+            assert!(Arc::ptr_eq(&held, &after), "the base matrix was replaced");
+            assert!(after.bf16_layout_bytes() > 0);
+            let err = t.learner.hold_bf16_weights().unwrap_err().to_string();
+            assert!(err.contains("before the first step"), "{err}");
+        } else {
+            assert_eq!(after.bf16_layout_bytes(), 0);
+        }
+        let adapter = t
+            .learner
+            .trainer
+            .model()
+            .adapter_state_dict("default")
+            .unwrap();
+        let mut weights: Vec<(String, Vec<f32>)> =
+            adapter.into_iter().map(|(k, t)| (k, t.data)).collect();
+        weights.sort_by(|x, y| x.0.cmp(&y.0));
+        let seen = seen.lock().unwrap().clone();
+        (seen, losses, weights)
+    };
+    let (a, b, c) = (run(5, true), run(5, true), run(6, true));
+    assert_eq!(a.0.len(), 16);
+    assert_ne!(a.2, model_weights_at_start(), "the adapter trained");
+    assert_eq!(a, b, "same seed, same completions, losses and adapter");
+    assert_ne!(a.0, c.0, "another seed samples other completions");
+    assert_eq!(
+        a.0,
+        run(5, false).0,
+        "held layouts sample as the per-product path"
+    );
+
+    let trainer = |m, p| {
+        let mut o = trainer_options(1, 1e-3, 2);
+        o.precision = Some(p);
+        let options = GrpoOptions {
+            num_generations: 4,
+            batch_size: 8,
+            ..GrpoOptions::default()
+        };
+        GrpoLearner::new(Trainer::new(m, &device(), o).unwrap(), options).unwrap()
+    };
+    let f32_err = trainer(quantized_model(), F32).hold_bf16_weights();
+    assert!(f32_err.unwrap_err().to_string().contains("precision bf16"));
+    let dense_err = trainer(model(), Bf16).hold_bf16_weights();
+    assert!(
+        dense_err
+            .unwrap_err()
+            .to_string()
+            .contains("no quantized matrix")
+    );
+}
+
+/// The initial adapter's weights, sorted by name.
+fn model_weights_at_start() -> Vec<(String, Vec<f32>)> {
+    let mut w: Vec<(String, Vec<f32>)> = quantized_model()
+        .adapter_state_dict("default")
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, t.data))
+        .collect();
+    w.sort_by(|x, y| x.0.cmp(&y.0));
+    w
 }
 
 #[test]
@@ -388,4 +507,72 @@ fn built_in_rewards() {
         },
     );
     assert!(missing.err().unwrap().to_string().contains("x.jsonl:7"));
+}
+
+/// The recipe (`run_grpo`) with `save_steps` 1: a run stopped after step 2 and resumed to step
+/// 4 samples the same completions (a reward that records them), logs the same metrics (every
+/// value but the timings) and writes the same adapter, byte for byte, as a run of 4 steps;
+/// with `num_iterations` 2 a checkpoint inside a generation batch is refused.
+#[test]
+fn recipe_resume_equals_an_uninterrupted_run() {
+    let dir = std::env::temp_dir().join(format!("kiln_grpo_resume_{}", std::process::id()));
+    let model_dir = preference_model_dir(&dir);
+    let run = |out: &str, max_steps: usize, resume: bool, num_iterations: usize| {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let reward = recording(&seen, |_, c| Some(c.len() as f64));
+        let run = kiln_train::GrpoRun {
+            model: model_dir.clone(),
+            output_dir: dir.join(out),
+            max_steps,
+            lr: 1e-2,
+            grpo: GrpoOptions {
+                loss_type: "grpo".parse().unwrap(),
+                beta: 0.1,
+                num_generations: 4,
+                max_completion_length: 6,
+                batch_size: 8,
+                num_iterations,
+                ..GrpoOptions::default()
+            },
+            init_adapter: Some(fixture("dpo/adapter_init_b")),
+            lora_r: 4,
+            lora_alpha: 8.0,
+            save_steps: Some(1),
+            resume,
+            precision: Some(kiln_train::Precision::F32),
+            ..kiln_train::GrpoRun::default()
+        };
+        let records = read_prompt_records(&fixture("grpo/prompts.jsonl")).unwrap();
+        let out = kiln_train::run_grpo(&run, Some(records), vec![(reward, 1.0)], |_| {});
+        let seen = seen.lock().unwrap().clone();
+        out.map(|_| seen)
+    };
+    let whole = run("whole", 4, false, 1).unwrap();
+    let first = run("stopped", 2, false, 1).unwrap();
+    let rest = run("stopped", 4, true, 1).unwrap();
+    assert_eq!(whole.len(), 32);
+    assert_eq!([first, rest].concat(), whole, "the same completions");
+    let read = |out: &str, f: &str| std::fs::read(dir.join(out).join(f)).unwrap();
+    assert!(
+        read("whole", "adapter/adapter_model.safetensors")
+            == read("stopped", "adapter/adapter_model.safetensors"),
+        "adapters differ"
+    );
+    let untimed = |out: &str| -> Vec<Value> {
+        metrics_lines(&dir.join(out).join("metrics.jsonl"))
+            .into_iter()
+            .map(|mut v| {
+                let m = v.as_object_mut().unwrap();
+                m.remove("generation_s");
+                m.remove("training_s");
+                v
+            })
+            .collect()
+    };
+    let (w, s) = (untimed("whole"), untimed("stopped"));
+    assert_eq!(w.len(), 4);
+    assert_eq!(w, s, "metrics.jsonl");
+    let err = run("mid_batch", 2, false, 2).unwrap_err().to_string();
+    assert!(err.contains("num_iterations"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

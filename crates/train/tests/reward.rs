@@ -537,3 +537,56 @@ fn run_reward_writes_metrics_and_a_peft_adapter() {
     assert_eq!(tensors["base_model.model.score.weight"].shape, [1, 64]);
     assert!(out.path().join("run/loss_curve.png").exists());
 }
+
+/// `run_reward` with `save_steps` 1 stopped after step 1 and resumed to step 3 writes the same
+/// `metrics.jsonl` and the same adapter (LoRA and the `score` head), byte for byte, as a run of
+/// 3 steps; a fresh run into the finished run's directory is refused.
+#[test]
+fn reward_recipe_resume_writes_the_same_files() {
+    let _g = serial();
+    let model = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("tiny/llama").join(f), model.path().join(f)).unwrap();
+    }
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    ] {
+        std::fs::copy(fixture("dpo/tokenizer").join(f), model.path().join(f)).unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    let run = |name: &str, max_steps: usize, resume: bool| {
+        let run = kiln_train::RewardRun {
+            model: model.path().to_path_buf(),
+            data: fixture("reward/standard_margin.jsonl"),
+            output_dir: out.path().join(name),
+            max_steps,
+            lr: 1e-2,
+            batch_size: 2,
+            lora_r: 4,
+            lora_alpha: 8.0,
+            save_steps: Some(1),
+            resume,
+            precision: Some(kiln_train::Precision::F32),
+            ..kiln_train::RewardRun::default()
+        };
+        kiln_train::run_reward(&run, |_| {})
+    };
+    run("whole", 3, false).unwrap();
+    let err = run("whole", 1, false).unwrap_err().to_string();
+    assert!(err.contains("overwrite"), "{err}");
+    run("stopped", 1, false).unwrap();
+    let resumed = run("stopped", 3, true).unwrap();
+    assert_eq!(
+        resumed.history.len(),
+        2,
+        "steps 2 and 3 run after the resume"
+    );
+    let read = |name: &str, f: &str| std::fs::read(out.path().join(name).join(f)).unwrap();
+    for f in ["metrics.jsonl", "adapter/adapter_model.safetensors"] {
+        assert!(read("whole", f) == read("stopped", f), "{f} differs");
+    }
+    let lines = String::from_utf8(read("stopped", "metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 3);
+}
