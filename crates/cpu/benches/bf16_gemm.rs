@@ -25,7 +25,7 @@
 //! | 1024 × 576 × 49152 (head) | 50–61 | **105–109** | 87–110 | 53–96 (70–97) | 103 | 36 |
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use kiln_cpu::bf16::{bf16_backend, matmul_bf16, matmul_bf16_packed, pack_a, pack_b};
-use kiln_cpu::precision::round_bf16;
+use kiln_cpu::round_bf16;
 use kiln_cpu::{MatMut, MatRef, Threads, matmul};
 use std::hint::black_box;
 use std::time::Duration;

@@ -8,7 +8,8 @@
 //! - [`quant`]: frozen weights kept in their storage format ([`QMatrix`]: ggml blocks from a
 //!   GGUF file, f16/bf16, bitsandbytes' NF4/FP4/int8) and their products, dequantized a tile at
 //!   a time; [`quant::quantize`] writes f32 into ggml's blocks (GGUF export).
-//! - [`precision`]: f32 or bf16 compute ([`Precision`]), bf16 rounding and storage.
+//! - f32 or bf16 compute ([`Precision`]), bf16 rounding ([`round_bf16`], [`round_slice`],
+//!   [`bf16_bits`], [`bf16_value`]) and storage of saved activations ([`Stash`]).
 //! - [`fastexp`]: a libm-free vectorisable `e^x`.
 //! - [`on_pool`]: runs a step on rayon's pool, so its kernels' parallel loops start inside it.
 //! - [`io`]: the atomic file writer (temporary file, fsync, rename) every saved file goes through.
@@ -29,7 +30,7 @@ pub mod io;
 #[cfg(feature = "burn")]
 pub mod packed;
 mod pool;
-pub mod precision;
+mod precision;
 mod product;
 pub mod quant;
 pub mod scratch;
@@ -39,6 +40,6 @@ pub use gemm::{MatMut, MatRef, Threads, dot, matmul};
 #[cfg(feature = "burn")]
 pub use grads::Grads;
 pub use pool::on_pool;
-pub use precision::Precision;
+pub use precision::{Precision, Stash, bf16_bits, bf16_value, round_bf16, round_slice};
 pub use product::matmul_in;
 pub use quant::{Bytes, QMatrix, QuantType};

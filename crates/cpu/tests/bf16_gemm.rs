@@ -20,7 +20,7 @@ use kiln_cpu::bf16::{
     Backend, PackedB, PackedWeight, bf16_backend, matmul_bf16, matmul_bf16_on, matmul_bf16_packed,
     matmul_bf16_packed_a, pack_a,
 };
-use kiln_cpu::precision::round_bf16;
+use kiln_cpu::round_bf16;
 use kiln_cpu::{MatMut, MatRef, Precision, Threads, matmul, matmul_in};
 
 /// bf16-valued pseudo-random numbers in [-2, 2).

@@ -79,7 +79,7 @@ pub struct HostLinear {
     bias_id: Option<ParamId>,
     /// Where dropout masks are drawn (the weight's device).
     device: Device,
-    /// bf16 rounds the products' inputs and outputs (see [`kiln_cpu::precision`]).
+    /// bf16 rounds the products' inputs and outputs (see [`kiln_cpu::Precision`]).
     precision: Precision,
     pub d_in: usize,
     pub d_out: usize,
@@ -571,7 +571,7 @@ fn add_rounded(dst: &mut [f32], t: &[f32]) {
     let add = |(d, t): (&mut [f32], &[f32])| {
         d.iter_mut()
             .zip(t)
-            .for_each(|(d, t)| *d += kiln_cpu::precision::round_bf16(*t));
+            .for_each(|(d, t)| *d += kiln_cpu::round_bf16(*t));
     };
     const CHUNK: usize = 1 << 14;
     if dst.len() <= CHUNK {

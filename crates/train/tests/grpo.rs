@@ -358,7 +358,13 @@ fn quantized_model() -> LoraModel<CausalLm> {
 /// The first layer's frozen `q_proj` matrix of the trainer's policy.
 fn q_proj(t: &GrpoTrainer<LoraModel<CausalLm>>) -> Arc<kiln_cpu::QMatrix> {
     let lm = &t.learner.trainer.model().model;
-    match &lm.model.layers[0].self_attn.qkv.get("q_proj").unwrap().weight {
+    match &lm.model.layers[0]
+        .self_attn
+        .qkv
+        .get("q_proj")
+        .unwrap()
+        .weight
+    {
         kiln_lora::BaseWeight::Frozen(f) => f.shared(),
         kiln_lora::BaseWeight::Dense(_) => panic!("q_proj is not frozen"),
     }

@@ -14,8 +14,8 @@
 //! gradients stay f32.
 use super::softcap;
 use crate::mask::MASKED;
+use kiln_cpu::Precision;
 use kiln_cpu::fastexp::{exp, sum};
-use kiln_cpu::precision::Precision;
 use kiln_cpu::{MatMut, MatRef, Threads, matmul, matmul_in};
 use rayon::prelude::*;
 

@@ -8,7 +8,7 @@ use crate::proj::{GateUpProj, QkvProj};
 use burn::module::ParamId;
 use kiln_cpu::Grads;
 use kiln_cpu::host::to_vec;
-use kiln_cpu::precision::{Precision, Stash};
+use kiln_cpu::{Precision, Stash};
 use kiln_lora::backprop::{DropoutMasks, HostLinear, LinearSaved};
 
 /// A decoder layer's weights, ready for host passes.

@@ -37,7 +37,7 @@ use crate::classifier::SequenceClassifier;
 use crate::decoder::{CausalLm, DecoderInput};
 use crate::error::Result;
 use kiln_cpu::Grads;
-pub use kiln_cpu::precision::Precision;
+pub use kiln_cpu::Precision;
 
 /// How [`CausalLm::try_backprop`] runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 //! `rope.rs`.
 use crate::config::Activation;
 use kiln_cpu::fastexp::exp;
-use kiln_cpu::precision::{Precision, round_bf16};
+use kiln_cpu::{Precision, round_bf16};
 use rayon::prelude::*;
 
 /// Rows per rayon task: at least this many elements.

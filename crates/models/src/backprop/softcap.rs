@@ -7,7 +7,7 @@
 //! 1e-7 (tested against `f32::tanh`), well inside the tolerance by which the fused path equals
 //! the tensor path.
 use kiln_cpu::fastexp::exp;
-use kiln_cpu::precision::round_bf16;
+use kiln_cpu::round_bf16;
 
 /// `tanh(x)`, absolute error below 1e-6. NaN gives NaN.
 #[inline(always)]
