@@ -225,6 +225,13 @@ impl<M: CausalModel> Trainer<M> {
         write_synced(&dir.join(STATE), &json)
     }
 
+    /// [`Self::resume`] with this trainer's own model and options (built as the run started):
+    /// what the preference and RL trainers, which own a trainer, continue with.
+    pub(crate) fn resumed(self, device: &Device, dir: &Path) -> Result<Self> {
+        let options = self.options.clone();
+        Self::resume(self.into_model(), device, options, dir)
+    }
+
     /// Continues from checkpoint `dir`. `model` must be built as for the original run (same
     /// base weights and adapter config); its trainable values, parameter ids, the optimizer
     /// state, the position and the accumulated gradients come from the checkpoint.

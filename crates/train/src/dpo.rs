@@ -308,27 +308,9 @@ impl<M: CausalModel> DpoTrainer<M> {
     /// starting weights exactly as the uninterrupted run's; the trainable weights, the AdamW
     /// state and the position then come from the checkpoint, and the steps that follow equal
     /// the uninterrupted run's bit for bit.
-    pub fn resume(self, device: &Device, dir: &Path) -> Result<Self> {
-        let Self {
-            trainer,
-            options,
-            pairs,
-            reference,
-            precision,
-            dropped,
-            history,
-        } = self;
-        let trainer_options = trainer.options.clone();
-        let trainer = Trainer::resume(trainer.into_model(), device, trainer_options, dir)?;
-        Ok(Self {
-            trainer,
-            options,
-            pairs,
-            reference,
-            precision,
-            dropped,
-            history,
-        })
+    pub fn resume(mut self, device: &Device, dir: &Path) -> Result<Self> {
+        self.trainer = self.trainer.resumed(device, dir)?;
+        Ok(self)
     }
 
     /// Micro-batches per epoch.

@@ -558,24 +558,12 @@ impl<M: CausalModel> GrpoLearner<M> {
     /// Continues from checkpoint `dir`: `self` built as the run started (its reference too),
     /// the trainable weights, AdamW state and step from the checkpoint.
     pub(crate) fn resume(
-        self,
+        mut self,
         device: &burn::tensor::Device,
         dir: &std::path::Path,
     ) -> Result<Self> {
-        let Self {
-            trainer,
-            options,
-            reference,
-            precision,
-        } = self;
-        let trainer_options = trainer.options.clone();
-        let trainer = Trainer::resume(trainer.into_model(), device, trainer_options, dir)?;
-        Ok(Self {
-            trainer,
-            options,
-            reference,
-            precision,
-        })
+        self.trainer = self.trainer.resumed(device, dir)?;
+        Ok(self)
     }
 
     /// Sequences per optimizer step: `batch_size × grad_accum`.

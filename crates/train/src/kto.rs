@@ -281,9 +281,7 @@ impl<M: CausalModel> KtoTrainer<M> {
     /// Continues from checkpoint `dir`; `self` is built as the run started (the same starting
     /// model, records, options and `total_steps`), so the reference is the uninterrupted run's.
     pub fn resume(mut self, device: &Device, dir: &Path) -> Result<Self> {
-        let trainer_options = self.trainer.options.clone();
-        let model = self.trainer.into_model();
-        self.trainer = Trainer::resume(model, device, trainer_options, dir)?;
+        self.trainer = self.trainer.resumed(device, dir)?;
         Ok(self)
     }
 

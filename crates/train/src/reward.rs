@@ -332,25 +332,9 @@ impl<M: ClassifierModel> RewardTrainer<M> {
     /// run started (the same model with its new head and adapter, pairs and options); the
     /// trainable weights (adapter and head), the AdamW state and the position then come from
     /// the checkpoint, and the steps that follow equal the uninterrupted run's bit for bit.
-    pub fn resume(self, device: &burn::tensor::Device, dir: &std::path::Path) -> Result<Self> {
-        let Self {
-            trainer,
-            options,
-            pairs,
-            precision,
-            dropped,
-            history,
-        } = self;
-        let trainer_options = trainer.options.clone();
-        let trainer = Trainer::resume(trainer.into_model(), device, trainer_options, dir)?;
-        Ok(Self {
-            trainer,
-            options,
-            pairs,
-            precision,
-            dropped,
-            history,
-        })
+    pub fn resume(mut self, device: &burn::tensor::Device, dir: &std::path::Path) -> Result<Self> {
+        self.trainer = self.trainer.resumed(device, dir)?;
+        Ok(self)
     }
 
     fn per_epoch(&self) -> usize {
