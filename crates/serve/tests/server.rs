@@ -102,6 +102,28 @@ fn start(options: ServeOptions) -> Harness {
     start_on("tiny/llama", options)
 }
 
+/// A server on fixture `name` running batches of up to 8 rows, with the fixture's PEFT LoRA
+/// adapter loaded as `lora` (its directory returned).
+async fn start_with_lora(name: &str) -> (Harness, PathBuf) {
+    let adapter = fixtures().join(name).join("peft/lora");
+    let h = start_on(
+        name,
+        ServeOptions {
+            engine: EngineOptions {
+                max_batch: 8,
+                max_queue: 16,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    let (status, _) = h
+        .post("/v1/adapters", json!({"name": "lora", "path": adapter}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    (h, adapter)
+}
+
 fn start_on(name: &str, options: ServeOptions) -> Harness {
     let dir = model_dir_of(name);
     let lm = Pretrained::load(dir.path(), &default_device()).unwrap();
@@ -498,22 +520,7 @@ async fn adapters_hot_load_mix_in_one_batch_and_unload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gemma_sliding_window_rows_in_a_mixed_batch_equal_each_alone() {
     let name = "tiny/gemma3";
-    let adapter = fixtures().join(name).join("peft/lora");
-    let h = start_on(
-        name,
-        ServeOptions {
-            engine: EngineOptions {
-                max_batch: 8,
-                max_queue: 16,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    );
-    let (status, _) = h
-        .post("/v1/adapters", json!({"name": "lora", "path": adapter}))
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    let (h, adapter) = start_with_lora(name).await;
     let prompts: Vec<Vec<u32>> = vec![
         vec![1, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51],
         vec![1, 90, 17, 18, 19, 20],
@@ -563,22 +570,7 @@ async fn gemma_sliding_window_rows_in_a_mixed_batch_equal_each_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_finishing_at_different_steps_equal_each_alone() {
     let name = "tiny/llama";
-    let adapter = fixtures().join(name).join("peft/lora");
-    let h = start_on(
-        name,
-        ServeOptions {
-            engine: EngineOptions {
-                max_batch: 8,
-                max_queue: 16,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    );
-    let (status, _) = h
-        .post("/v1/adapters", json!({"name": "lora", "path": adapter}))
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    let (h, adapter) = start_with_lora(name).await;
     let body = |i: usize, max: usize| {
         let prompt: Vec<u32> = (0..3 + i as u32 % 4)
             .map(|t| 1 + 7 * i as u32 + t)
