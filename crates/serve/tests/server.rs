@@ -570,7 +570,7 @@ async fn gemma_sliding_window_rows_in_a_mixed_batch_equal_each_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_finishing_at_different_steps_equal_each_alone() {
     let name = "tiny/llama";
-    let (h, adapter) = start_with_lora(name).await;
+    let (h, _) = start_with_lora(name).await;
     let body = |i: usize, max: usize| {
         let prompt: Vec<u32> = (0..3 + i as u32 % 4)
             .map(|t| 1 + 7 * i as u32 + t)
