@@ -68,16 +68,12 @@ impl<L> QkvProj<L> {
 
     /// The projection called `name` (`"q_proj"`, …, `"qkv_proj"`), when this layout has it.
     pub fn get(&self, name: &str) -> Option<&L> {
-        self.named()
-            .into_iter()
-            .find_map(|(n, l)| (n == name).then_some(l))
+        by_name(self.named(), name)
     }
 
     /// Same as [`Self::get`], mutably.
     pub fn get_mut(&mut self, name: &str) -> Option<&mut L> {
-        self.named_mut()
-            .into_iter()
-            .find_map(|(n, l)| (n == name).then_some(l))
+        by_name(self.named_mut(), name)
     }
 
     /// The same layout with every projection converted by `f` (given its name), or `None` when
@@ -151,16 +147,12 @@ impl<L> GateUpProj<L> {
     /// The projection called `name` (`"gate_proj"`, `"up_proj"` or `"gate_up_proj"`), when this
     /// layout has it.
     pub fn get(&self, name: &str) -> Option<&L> {
-        self.named()
-            .into_iter()
-            .find_map(|(n, l)| (n == name).then_some(l))
+        by_name(self.named(), name)
     }
 
     /// Same as [`Self::get`], mutably.
     pub fn get_mut(&mut self, name: &str) -> Option<&mut L> {
-        self.named_mut()
-            .into_iter()
-            .find_map(|(n, l)| (n == name).then_some(l))
+        by_name(self.named_mut(), name)
     }
 
     /// The same layout with every projection converted by `f` (given its name), or `None` when
@@ -370,3 +362,10 @@ macro_rules! projection_module {
     };
 }
 pub(crate) use projection_module;
+
+/// The entry of a `(name, projection)` list called `name` (shared by both layouts' `get`s).
+fn by_name<T>(named: Vec<(&'static str, T)>, name: &str) -> Option<T> {
+    named
+        .into_iter()
+        .find_map(|(n, l)| (n == name).then_some(l))
+}

@@ -102,21 +102,23 @@ fn start(options: ServeOptions) -> Harness {
     start_on("tiny/llama", options)
 }
 
+/// Batches of up to 8 rows, a queue of 16.
+fn batches_of_8() -> ServeOptions {
+    ServeOptions {
+        engine: EngineOptions {
+            max_batch: 8,
+            max_queue: 16,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 /// A server on fixture `name` running batches of up to 8 rows, with the fixture's PEFT LoRA
 /// adapter loaded as `lora` (its directory returned).
 async fn start_with_lora(name: &str) -> (Harness, PathBuf) {
     let adapter = fixtures().join(name).join("peft/lora");
-    let h = start_on(
-        name,
-        ServeOptions {
-            engine: EngineOptions {
-                max_batch: 8,
-                max_queue: 16,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    );
+    let h = start_on(name, batches_of_8());
     let (status, _) = h
         .post("/v1/adapters", json!({"name": "lora", "path": adapter}))
         .await;
@@ -421,14 +423,7 @@ async fn chat_streamed_equals_unstreamed_and_generate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adapters_hot_load_mix_in_one_batch_and_unload() {
-    let h = start(ServeOptions {
-        engine: EngineOptions {
-            max_batch: 8,
-            max_queue: 16,
-            ..Default::default()
-        },
-        ..Default::default()
-    });
+    let h = start(batches_of_8());
     let (_, models) = h.get("/v1/models").await;
     let models: Value = serde_json::from_str(&models).unwrap();
     assert_eq!(models["data"].as_array().unwrap().len(), 1);
@@ -599,17 +594,7 @@ async fn rows_finishing_at_different_steps_equal_each_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn longrope_rows_cross_the_original_context_as_each_alone() {
     let name = "tiny/phi3_longrope";
-    let h = start_on(
-        name,
-        ServeOptions {
-            engine: EngineOptions {
-                max_batch: 8,
-                max_queue: 16,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    );
+    let h = start_on(name, batches_of_8());
     let prompts: Vec<Vec<u32>> = vec![
         vec![5, 6, 7],
         vec![20, 21, 22, 23, 24, 25],
